@@ -1,0 +1,362 @@
+//! The tenant budget projection: budget, reservations, spend by category,
+//! status and concurrent pipeline runs.
+//!
+//! Invariant kept by validation: a reservation never takes `spent +
+//! reserved` past the budget. Spend itself is never refused (a cost that
+//! happened is a fact); EXCEEDED is reached only through a recorded
+//! `budget_overrun`.
+
+use bincode::{Decode, Encode};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use super::event::{BudgetPeriod, BudgetStatus, Category, Event, LearningIntensity};
+use super::ids::{TaskId, TenantId};
+use super::money::Micros;
+use super::rejection::Rejection;
+
+/// WARNING from this share of the budget spent, in basis points.
+pub const WARNING_BP: i64 = 8_000;
+/// CRITICAL from this share of the budget spent, in basis points.
+pub const CRITICAL_BP: i64 = 9_000;
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Encode, Decode)]
+pub struct Tenant {
+    pub tenant: TenantId,
+    pub budget_micros: Micros,
+    pub max_concurrent_runs: u32,
+    pub learning_intensity: LearningIntensity,
+    pub meta_learning: bool,
+    pub budget_period: BudgetPeriod,
+    /// Spend of the current period by category, indexed by `Category::index`.
+    pub spent_by_category: [Micros; 6],
+    pub reserved_micros: Micros,
+    /// Spend over all periods.
+    pub lifetime_spent_micros: Micros,
+    pub overrun: bool,
+    pub overrun_micros: Micros,
+    /// The status last recorded by a `budget_status_changed` event.
+    pub recorded_status: BudgetStatus,
+    /// Pipeline instances with unfinished tasks.
+    pub active_runs: u32,
+    pub peak_active_runs: u32,
+    pub admissions_denied: u64,
+    pub period_resets: u32,
+}
+
+impl Tenant {
+    pub fn spent_micros(&self) -> Micros {
+        Micros(self.spent_by_category.iter().map(|m| m.0).fold(0i64, i64::saturating_add))
+    }
+
+    /// Spent share of the budget, in basis points.
+    pub fn utilisation_bp(&self) -> i64 {
+        self.spent_micros().basis_points_of(self.budget_micros)
+    }
+
+    /// The status the numbers give now.
+    pub fn status(&self) -> BudgetStatus {
+        if self.overrun {
+            return BudgetStatus::Exceeded;
+        }
+        match self.utilisation_bp() {
+            bp if bp >= CRITICAL_BP => BudgetStatus::Critical,
+            bp if bp >= WARNING_BP => BudgetStatus::Warning,
+            _ => BudgetStatus::Healthy,
+        }
+    }
+
+    /// Budget not yet spent or reserved (may be negative after an overrun).
+    pub fn available_micros(&self) -> Micros {
+        Micros(self.budget_micros.0.saturating_sub(self.spent_micros().0).saturating_sub(self.reserved_micros.0))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Tenants {
+    tenants: FxHashMap<TenantId, Tenant>,
+}
+
+fn non_negative(field: &'static str, amount: Micros) -> Result<(), Rejection> {
+    if amount.is_negative() {
+        return Err(Rejection::Negative { field, value: amount.0 });
+    }
+    Ok(())
+}
+
+impl Tenants {
+    pub fn get(&self, tenant: &TenantId) -> Option<&Tenant> {
+        self.tenants.get(tenant)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
+    pub fn sorted(&self) -> Vec<&Tenant> {
+        let mut all: Vec<_> = self.tenants.values().collect();
+        all.sort_unstable_by(|a, b| a.tenant.cmp(&b.tenant));
+        all
+    }
+
+    fn tenant(&self, tenant: &TenantId) -> Result<&Tenant, Rejection> {
+        self.tenants.get(tenant).ok_or_else(|| Rejection::UnknownTenant(tenant.clone()))
+    }
+
+    /// Checks a tenant or money event. `task_tenant` is the owner of the
+    /// event's task and `task_reserved` its open reservation, looked up by
+    /// the caller in the queue projection.
+    pub fn validate(
+        &self,
+        event: &Event,
+        task_tenant: Option<&TenantId>,
+        task_reserved: Micros,
+    ) -> Result<(), Rejection> {
+        let owned_by = |tenant: &TenantId, task: &TaskId| -> Result<(), Rejection> {
+            match task_tenant {
+                None => Err(Rejection::UnknownTask(task.clone())),
+                Some(owner) if owner != tenant => Err(Rejection::ForeignTask {
+                    task: task.clone(),
+                    owner: owner.clone(),
+                    tenant: tenant.clone(),
+                }),
+                Some(_) => Ok(()),
+            }
+        };
+        match event {
+            Event::TenantRegistered { tenant, budget_micros, .. } => {
+                if tenant.as_str().is_empty() {
+                    return Err(Rejection::Empty { field: "tenant" });
+                }
+                if self.tenants.contains_key(tenant) {
+                    return Err(Rejection::DuplicateTenant(tenant.clone()));
+                }
+                non_negative("budget_micros", *budget_micros)
+            }
+            Event::TenantUpdated { tenant, budget_micros, .. } => {
+                self.tenant(tenant)?;
+                match budget_micros {
+                    Some(budget) => non_negative("budget_micros", *budget),
+                    None => Ok(()),
+                }
+            }
+            Event::TaskSubmitted { tenant, cost_ceiling_micros, .. } => {
+                self.tenant(tenant)?;
+                non_negative("cost_ceiling_micros", *cost_ceiling_micros)
+            }
+            Event::CostReserved { tenant, task, amount_micros } => {
+                let t = self.tenant(tenant)?;
+                owned_by(tenant, task)?;
+                non_negative("amount_micros", *amount_micros)?;
+                let spent = t.spent_micros();
+                let committed = spent
+                    .checked_add(t.reserved_micros)
+                    .and_then(|c| c.checked_add(*amount_micros))
+                    .ok_or(Rejection::Overflow)?;
+                if committed > t.budget_micros {
+                    return Err(Rejection::BudgetExceeded {
+                        tenant: tenant.clone(),
+                        task: task.clone(),
+                        amount: *amount_micros,
+                        spent,
+                        reserved: t.reserved_micros,
+                        budget: t.budget_micros,
+                    });
+                }
+                Ok(())
+            }
+            Event::CostIncurred { tenant, task, category, amount_micros } => {
+                let t = self.tenant(tenant)?;
+                if let Some(task) = task {
+                    owned_by(tenant, task)?;
+                }
+                non_negative("amount_micros", *amount_micros)?;
+                t.spent_by_category[category.index()]
+                    .checked_add(*amount_micros)
+                    .and_then(|_| t.lifetime_spent_micros.checked_add(*amount_micros))
+                    .and_then(|_| t.spent_micros().checked_add(*amount_micros))
+                    .ok_or(Rejection::Overflow)?;
+                Ok(())
+            }
+            Event::ReservationReleased { tenant, task, amount_micros } => {
+                self.tenant(tenant)?;
+                owned_by(tenant, task)?;
+                non_negative("amount_micros", *amount_micros)?;
+                if *amount_micros > task_reserved {
+                    return Err(Rejection::ReleaseExceedsReservation {
+                        task: task.clone(),
+                        amount: *amount_micros,
+                        reserved: task_reserved,
+                    });
+                }
+                Ok(())
+            }
+            Event::BudgetOverrun { tenant, task, amount_micros } => {
+                self.tenant(tenant)?;
+                if let Some(task) = task {
+                    owned_by(tenant, task)?;
+                }
+                non_negative("amount_micros", *amount_micros)
+            }
+            Event::BudgetStatusChanged { tenant, from, to } => {
+                let t = self.tenant(tenant)?;
+                if *from != t.recorded_status {
+                    return Err(Rejection::StatusMismatch {
+                        tenant: tenant.clone(),
+                        claimed: *from,
+                        actual: t.recorded_status,
+                    });
+                }
+                if *to != t.status() {
+                    return Err(Rejection::StatusMismatch { tenant: tenant.clone(), claimed: *to, actual: t.status() });
+                }
+                Ok(())
+            }
+            Event::BudgetPeriodReset { tenant }
+            | Event::LearningProfileAdjusted { tenant, .. }
+            | Event::DegradationDecided { tenant, .. } => self.tenant(tenant).map(drop),
+            Event::AdmissionDenied { tenant, task, .. } | Event::LearningOutcome { tenant, task, .. } => {
+                self.tenant(tenant)?;
+                match task {
+                    Some(task) => owned_by(tenant, task),
+                    None => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies a tenant or money event (assumed valid). Returns how much of
+    /// the event's task reservation it consumed or released, so the queue
+    /// projection can follow.
+    pub fn evolve(&mut self, event: &Event, task_reserved: Micros) -> Micros {
+        match event {
+            Event::TenantRegistered {
+                tenant,
+                budget_micros,
+                max_concurrent_runs,
+                learning_intensity,
+                meta_learning,
+                budget_period,
+            } => {
+                self.tenants.insert(
+                    tenant.clone(),
+                    Tenant {
+                        tenant: tenant.clone(),
+                        budget_micros: *budget_micros,
+                        max_concurrent_runs: *max_concurrent_runs,
+                        learning_intensity: *learning_intensity,
+                        meta_learning: *meta_learning,
+                        budget_period: *budget_period,
+                        spent_by_category: [Micros::ZERO; 6],
+                        reserved_micros: Micros::ZERO,
+                        lifetime_spent_micros: Micros::ZERO,
+                        overrun: false,
+                        overrun_micros: Micros::ZERO,
+                        recorded_status: BudgetStatus::Healthy,
+                        active_runs: 0,
+                        peak_active_runs: 0,
+                        admissions_denied: 0,
+                        period_resets: 0,
+                    },
+                );
+            }
+            Event::TenantUpdated {
+                tenant,
+                budget_micros,
+                max_concurrent_runs,
+                learning_intensity,
+                meta_learning,
+                budget_period,
+            } => {
+                if let Some(t) = self.tenants.get_mut(tenant) {
+                    if let Some(v) = budget_micros {
+                        t.budget_micros = *v;
+                    }
+                    if let Some(v) = max_concurrent_runs {
+                        t.max_concurrent_runs = *v;
+                    }
+                    if let Some(v) = learning_intensity {
+                        t.learning_intensity = *v;
+                    }
+                    if let Some(v) = meta_learning {
+                        t.meta_learning = *v;
+                    }
+                    if let Some(v) = budget_period {
+                        t.budget_period = *v;
+                    }
+                }
+            }
+            Event::CostReserved { tenant, amount_micros, .. } => {
+                if let Some(t) = self.tenants.get_mut(tenant) {
+                    t.reserved_micros.0 += amount_micros.0;
+                }
+            }
+            Event::CostIncurred { tenant, task, category, amount_micros } => {
+                if let Some(t) = self.tenants.get_mut(tenant) {
+                    t.spent_by_category[category.index()].0 += amount_micros.0;
+                    t.lifetime_spent_micros.0 += amount_micros.0;
+                    // Posting a task's cost consumes its reservation first.
+                    let consumed = if task.is_some() { (*amount_micros).min(task_reserved) } else { Micros::ZERO };
+                    t.reserved_micros.0 -= consumed.0;
+                    return consumed;
+                }
+            }
+            Event::ReservationReleased { tenant, amount_micros, .. } => {
+                if let Some(t) = self.tenants.get_mut(tenant) {
+                    t.reserved_micros.0 -= amount_micros.0;
+                    return *amount_micros;
+                }
+            }
+            Event::BudgetOverrun { tenant, amount_micros, .. } => {
+                if let Some(t) = self.tenants.get_mut(tenant) {
+                    t.overrun = true;
+                    t.overrun_micros.0 = t.overrun_micros.0.saturating_add(amount_micros.0);
+                }
+            }
+            Event::BudgetStatusChanged { tenant, to, .. } => {
+                if let Some(t) = self.tenants.get_mut(tenant) {
+                    t.recorded_status = *to;
+                }
+            }
+            Event::BudgetPeriodReset { tenant } => {
+                if let Some(t) = self.tenants.get_mut(tenant) {
+                    t.spent_by_category = [Micros::ZERO; 6];
+                    t.overrun = false;
+                    t.period_resets += 1;
+                }
+            }
+            Event::AdmissionDenied { tenant, .. } => {
+                if let Some(t) = self.tenants.get_mut(tenant) {
+                    t.admissions_denied += 1;
+                }
+            }
+            _ => {}
+        }
+        Micros::ZERO
+    }
+
+    /// A pipeline instance of `tenant` got its first open task.
+    pub(crate) fn run_opened(&mut self, tenant: &TenantId) {
+        if let Some(t) = self.tenants.get_mut(tenant) {
+            t.active_runs += 1;
+            t.peak_active_runs = t.peak_active_runs.max(t.active_runs);
+        }
+    }
+
+    /// A pipeline instance of `tenant` has no open task left.
+    pub(crate) fn run_closed(&mut self, tenant: &TenantId) {
+        if let Some(t) = self.tenants.get_mut(tenant) {
+            t.active_runs = t.active_runs.saturating_sub(1);
+        }
+    }
+}
+
+/// Spend by category as `(name, micros)` pairs, for views.
+pub fn spent_by_category_named(tenant: &Tenant) -> Vec<(&'static str, Micros)> {
+    Category::ALL.iter().map(|c| (c.name(), tenant.spent_by_category[c.index()])).collect()
+}

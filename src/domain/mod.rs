@@ -1,0 +1,24 @@
+//! The pure core: ids, money, time, the event vocabulary and the
+//! projections folded from it.
+//!
+//! `domain` knows nothing of sled, tokio, Redis, files or the system clock:
+//! every input (time, seq) arrives as a value, so unit tests need no runtime
+//! and no disk, and the live path and replay fold through the same code.
+
+pub mod activity;
+pub mod budget;
+pub mod event;
+pub mod ids;
+pub mod learning;
+pub mod money;
+pub mod queue;
+pub mod rejection;
+pub mod state;
+pub mod time;
+
+pub use event::{BudgetPeriod, BudgetStatus, Category, Decision, Event, LearningIntensity, Params, Priority};
+pub use ids::{PipelineId, RunId, TaskId, TenantId, WorkerId};
+pub use money::Micros;
+pub use rejection::Rejection;
+pub use state::{Digests, State};
+pub use time::Timestamp;

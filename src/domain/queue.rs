@@ -1,0 +1,391 @@
+//! The queue projection: every task, its lifecycle, and the ready set.
+//!
+//! Lifecycle: `waiting` (a parent is not yet ACKed) → `pending` (ready, FIFO
+//! per priority) → `leased` (a worker holds it until ACK, NACK or lease
+//! expiry) → back to `pending` for a retry, or `done` / `dead_lettered` /
+//! `cancelled`. Pure: no clock, no I/O; ordering uses the seq of the record
+//! that made a task ready.
+
+use std::collections::BTreeMap;
+
+use bincode::{Decode, Encode};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use super::event::{Event, Params, Priority};
+use super::ids::{PipelineId, RunId, TaskId, TenantId, WorkerId};
+use super::money::Micros;
+use super::rejection::Rejection;
+use super::time::Timestamp;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Encode, Decode)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Waiting,
+    Pending,
+    Leased,
+    Done,
+    DeadLettered,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn name(self) -> &'static str {
+        ["waiting", "pending", "leased", "done", "dead_lettered", "cancelled"][self as usize]
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Done | TaskStatus::DeadLettered | TaskStatus::Cancelled)
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One task as the ledger knows it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Encode, Decode)]
+pub struct Task {
+    pub run: RunId,
+    pub tenant: TenantId,
+    pub pipeline: PipelineId,
+    pub priority: Priority,
+    pub deps: Vec<TaskId>,
+    /// Parents not yet ACKed.
+    pub deps_open: u32,
+    /// Tasks that list this one as a parent.
+    pub dependants: Vec<TaskId>,
+    pub status: TaskStatus,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub worker: Option<WorkerId>,
+    pub lease_deadline: Option<Timestamp>,
+    pub retry_at: Option<Timestamp>,
+    /// Seq of the record that last made the task ready (FIFO key).
+    pub ready_seq: u64,
+    pub cost_ceiling_micros: Micros,
+    pub reserved_micros: Micros,
+    pub spent_micros: Micros,
+    pub handler: String,
+    pub params: Params,
+    pub optional: bool,
+    pub output: Params,
+    pub last_error: String,
+}
+
+/// Counts of tasks by status.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Encode, Decode)]
+pub struct QueueCounts {
+    pub waiting: u64,
+    pub pending: u64,
+    pub leased: u64,
+    pub done: u64,
+    pub dead_lettered: u64,
+    pub cancelled: u64,
+    /// NACKs and lease expiries that sent a task back for another attempt.
+    pub retries: u64,
+}
+
+impl QueueCounts {
+    fn slot(&mut self, status: TaskStatus) -> &mut u64 {
+        match status {
+            TaskStatus::Waiting => &mut self.waiting,
+            TaskStatus::Pending => &mut self.pending,
+            TaskStatus::Leased => &mut self.leased,
+            TaskStatus::Done => &mut self.done,
+            TaskStatus::DeadLettered => &mut self.dead_lettered,
+            TaskStatus::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.waiting + self.pending + self.leased + self.done + self.dead_lettered + self.cancelled
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Queue {
+    tasks: FxHashMap<TaskId, Task>,
+    /// Ready tasks per priority, keyed by `ready_seq` (FIFO).
+    ready: [BTreeMap<u64, TaskId>; 5],
+    counts: QueueCounts,
+}
+
+impl Queue {
+    pub fn get(&self, task: &TaskId) -> Option<&Task> {
+        self.tasks.get(task)
+    }
+
+    pub fn counts(&self) -> QueueCounts {
+        self.counts
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Ready tasks of one priority, oldest first.
+    pub fn ready(&self, priority: Priority) -> impl Iterator<Item = &TaskId> {
+        self.ready[priority.index()].values()
+    }
+
+    /// Number of ready tasks per priority, highest priority first.
+    pub fn ready_by_priority(&self) -> [u64; 5] {
+        let mut out = [0u64; 5];
+        for (slot, set) in out.iter_mut().zip(&self.ready) {
+            *slot = set.len() as u64;
+        }
+        out
+    }
+
+    /// All tasks in id order (for views and digests).
+    pub fn sorted(&self) -> Vec<(&TaskId, &Task)> {
+        let mut all: Vec<_> = self.tasks.iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+
+    fn task(&self, task: &TaskId) -> Result<&Task, Rejection> {
+        self.tasks.get(task).ok_or_else(|| Rejection::UnknownTask(task.clone()))
+    }
+
+    fn leased_by(&self, task: &TaskId, worker: &WorkerId, action: &'static str) -> Result<&Task, Rejection> {
+        let t = self.task(task)?;
+        if t.status != TaskStatus::Leased {
+            return Err(Rejection::InvalidTransition { task: task.clone(), action, status: t.status });
+        }
+        match &t.worker {
+            Some(holder) if holder != worker => Err(Rejection::WrongWorker {
+                task: task.clone(),
+                holder: holder.clone(),
+                worker: worker.clone(),
+            }),
+            _ => Ok(t),
+        }
+    }
+
+    /// Checks a queue event against the current state.
+    pub fn validate(&self, event: &Event) -> Result<(), Rejection> {
+        match event {
+            Event::TaskSubmitted { task, deps, max_attempts, .. } => {
+                if task.as_str().is_empty() {
+                    return Err(Rejection::Empty { field: "task" });
+                }
+                if self.tasks.contains_key(task) {
+                    return Err(Rejection::DuplicateTask(task.clone()));
+                }
+                for dep in deps {
+                    if dep == task {
+                        return Err(Rejection::SelfDependency(task.clone()));
+                    }
+                    if !self.tasks.contains_key(dep) {
+                        return Err(Rejection::UnknownDependency { task: task.clone(), dep: dep.clone() });
+                    }
+                }
+                if *max_attempts == 0 {
+                    return Err(Rejection::AttemptsExhausted { task: task.clone(), attempt: 1, max_attempts: 0 });
+                }
+                Ok(())
+            }
+            Event::TaskDequeued { task, worker, attempt, .. } => {
+                if worker.as_str().is_empty() {
+                    return Err(Rejection::Empty { field: "worker" });
+                }
+                let t = self.task(task)?;
+                if t.status != TaskStatus::Pending {
+                    return Err(Rejection::InvalidTransition { task: task.clone(), action: "dequeue", status: t.status });
+                }
+                if *attempt != t.attempts + 1 {
+                    return Err(Rejection::WrongAttempt { task: task.clone(), expected: t.attempts + 1, got: *attempt });
+                }
+                if *attempt > t.max_attempts {
+                    return Err(Rejection::AttemptsExhausted {
+                        task: task.clone(),
+                        attempt: *attempt,
+                        max_attempts: t.max_attempts,
+                    });
+                }
+                Ok(())
+            }
+            Event::TaskAcked { task, worker, .. } => self.leased_by(task, worker, "ack").map(drop),
+            Event::TaskNacked { task, worker, .. } => self.leased_by(task, worker, "nack").map(drop),
+            Event::LeaseExpired { task, worker } => self.leased_by(task, worker, "expire the lease of").map(drop),
+            Event::TaskDeadLettered { task, .. } => {
+                let t = self.task(task)?;
+                match t.status {
+                    TaskStatus::Pending | TaskStatus::Leased => Ok(()),
+                    status => Err(Rejection::InvalidTransition { task: task.clone(), action: "dead-letter", status }),
+                }
+            }
+            Event::TaskCancelled { task, .. } => {
+                let t = self.task(task)?;
+                match t.status {
+                    TaskStatus::Waiting | TaskStatus::Pending => Ok(()),
+                    status => Err(Rejection::InvalidTransition { task: task.clone(), action: "cancel", status }),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn set_status(&mut self, task: &TaskId, to: TaskStatus, seq: u64) {
+        let Some(t) = self.tasks.get_mut(task) else { return };
+        let from = t.status;
+        if from == TaskStatus::Pending {
+            self.ready[t.priority.index()].remove(&t.ready_seq);
+        }
+        if to == TaskStatus::Pending {
+            t.ready_seq = seq;
+            self.ready[t.priority.index()].insert(seq, task.clone());
+        }
+        t.status = to;
+        *self.counts.slot(from) -= 1;
+        *self.counts.slot(to) += 1;
+    }
+
+    /// Applies a queue event (assumed valid). Returns the terminal status the
+    /// task reached, if it reached one, so that owners of per-pipeline
+    /// counters can follow.
+    pub fn evolve(&mut self, seq: u64, event: &Event) -> Option<TaskStatus> {
+        match event {
+            Event::TaskSubmitted {
+                run,
+                task,
+                tenant,
+                priority,
+                deps,
+                pipeline,
+                cost_ceiling_micros,
+                handler,
+                params,
+                max_attempts,
+                optional,
+            } => {
+                let mut deps_open = 0;
+                for dep in deps {
+                    if let Some(parent) = self.tasks.get_mut(dep) {
+                        parent.dependants.push(task.clone());
+                        if parent.status != TaskStatus::Done {
+                            deps_open += 1;
+                        }
+                    }
+                }
+                let status = if deps_open == 0 { TaskStatus::Pending } else { TaskStatus::Waiting };
+                self.tasks.insert(
+                    task.clone(),
+                    Task {
+                        run: run.clone(),
+                        tenant: tenant.clone(),
+                        pipeline: pipeline.clone().unwrap_or_else(|| PipelineId(task.0.clone())),
+                        priority: *priority,
+                        deps: deps.clone(),
+                        deps_open,
+                        dependants: Vec::new(),
+                        status,
+                        attempts: 0,
+                        max_attempts: *max_attempts,
+                        worker: None,
+                        lease_deadline: None,
+                        retry_at: None,
+                        ready_seq: seq,
+                        cost_ceiling_micros: *cost_ceiling_micros,
+                        reserved_micros: Micros::ZERO,
+                        spent_micros: Micros::ZERO,
+                        handler: handler.clone(),
+                        params: params.clone(),
+                        optional: *optional,
+                        output: Params::null(),
+                        last_error: String::new(),
+                    },
+                );
+                *self.counts.slot(status) += 1;
+                if status == TaskStatus::Pending {
+                    self.ready[priority.index()].insert(seq, task.clone());
+                }
+                None
+            }
+            Event::TaskDequeued { task, worker, attempt, lease_deadline } => {
+                self.set_status(task, TaskStatus::Leased, seq);
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.attempts = *attempt;
+                    t.worker = Some(worker.clone());
+                    t.lease_deadline = *lease_deadline;
+                    t.retry_at = None;
+                }
+                None
+            }
+            Event::TaskAcked { task, output, .. } => {
+                self.set_status(task, TaskStatus::Done, seq);
+                let dependants = match self.tasks.get_mut(task) {
+                    Some(t) => {
+                        t.worker = None;
+                        t.lease_deadline = None;
+                        t.output = output.clone();
+                        t.dependants.clone()
+                    }
+                    None => Vec::new(),
+                };
+                for child in &dependants {
+                    let ready = match self.tasks.get_mut(child) {
+                        Some(c) => {
+                            c.deps_open = c.deps_open.saturating_sub(1);
+                            c.deps_open == 0 && c.status == TaskStatus::Waiting
+                        }
+                        None => false,
+                    };
+                    if ready {
+                        self.set_status(child, TaskStatus::Pending, seq);
+                    }
+                }
+                Some(TaskStatus::Done)
+            }
+            Event::TaskNacked { task, error, retry_at, .. } => {
+                self.set_status(task, TaskStatus::Pending, seq);
+                self.counts.retries += 1;
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.worker = None;
+                    t.lease_deadline = None;
+                    t.retry_at = *retry_at;
+                    t.last_error = error.clone();
+                }
+                None
+            }
+            Event::LeaseExpired { task, .. } => {
+                self.set_status(task, TaskStatus::Pending, seq);
+                self.counts.retries += 1;
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.worker = None;
+                    t.lease_deadline = None;
+                    t.last_error = "lease expired".to_owned();
+                }
+                None
+            }
+            Event::TaskDeadLettered { task, reason } => {
+                self.set_status(task, TaskStatus::DeadLettered, seq);
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.worker = None;
+                    t.lease_deadline = None;
+                    if !reason.is_empty() {
+                        t.last_error = reason.clone();
+                    }
+                }
+                Some(TaskStatus::DeadLettered)
+            }
+            Event::TaskCancelled { task, .. } => {
+                self.set_status(task, TaskStatus::Cancelled, seq);
+                Some(TaskStatus::Cancelled)
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn task_mut(&mut self, task: &TaskId) -> Option<&mut Task> {
+        self.tasks.get_mut(task)
+    }
+}

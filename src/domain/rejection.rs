@@ -1,0 +1,68 @@
+//! Why an event cannot be appended in the current state.
+
+use super::event::BudgetStatus;
+use super::ids::{RunId, TaskId, TenantId, WorkerId};
+use super::money::Micros;
+use super::queue::TaskStatus;
+
+/// An event that is impossible in the current state. The message says what
+/// and which id; the caller adds where (line, seq).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("tenant `{0}` is not registered")]
+    UnknownTenant(TenantId),
+    #[error("tenant `{0}` is already registered")]
+    DuplicateTenant(TenantId),
+    #[error("run `{0}` was never started")]
+    UnknownRun(RunId),
+    #[error("run `{0}` is already started")]
+    DuplicateRun(RunId),
+    #[error("run `{0}` is already finished")]
+    RunFinished(RunId),
+    #[error("task `{0}` was never submitted")]
+    UnknownTask(TaskId),
+    #[error("task `{0}` is already submitted")]
+    DuplicateTask(TaskId),
+    #[error("task `{task}` depends on `{dep}`, which was never submitted")]
+    UnknownDependency { task: TaskId, dep: TaskId },
+    #[error("task `{0}` depends on itself")]
+    SelfDependency(TaskId),
+    #[error("task `{task}` belongs to tenant `{owner}`, not `{tenant}`")]
+    ForeignTask { task: TaskId, owner: TenantId, tenant: TenantId },
+    #[error("cannot {action} task `{task}`: it is {status}")]
+    InvalidTransition { task: TaskId, action: &'static str, status: TaskStatus },
+    #[error("task `{task}` is leased by worker `{holder}`, not `{worker}`")]
+    WrongWorker { task: TaskId, holder: WorkerId, worker: WorkerId },
+    #[error("task `{task}`: attempt {got} is out of order, expected {expected}")]
+    WrongAttempt { task: TaskId, expected: u32, got: u32 },
+    #[error("task `{task}`: attempt {attempt} exceeds max_attempts {max_attempts}")]
+    AttemptsExhausted { task: TaskId, attempt: u32, max_attempts: u32 },
+    #[error("`{field}` must not be negative (got {value})")]
+    Negative { field: &'static str, value: i64 },
+    #[error("`{field}` must not be empty")]
+    Empty { field: &'static str },
+    #[error(
+        "reserving {amount} for task `{task}` would exceed the budget of tenant `{tenant}`: \
+         spent {spent} + reserved {reserved} + {amount} > budget {budget}"
+    )]
+    BudgetExceeded {
+        tenant: TenantId,
+        task: TaskId,
+        amount: Micros,
+        spent: Micros,
+        reserved: Micros,
+        budget: Micros,
+    },
+    #[error("cannot release {amount} for task `{task}`: only {reserved} is reserved")]
+    ReleaseExceedsReservation { task: TaskId, amount: Micros, reserved: Micros },
+    #[error("tenant `{tenant}`: status change claims {claimed}, but the ledger says {actual}")]
+    StatusMismatch { tenant: TenantId, claimed: BudgetStatus, actual: BudgetStatus },
+    #[error("an amount overflows 64-bit micros")]
+    Overflow,
+}
+
+impl std::fmt::Display for BudgetStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

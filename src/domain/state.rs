@@ -1,0 +1,205 @@
+//! The whole projection: queue, tenants, runs, workers and learning,
+//! folded from events by one `evolve` that the live writer and every replay
+//! share.
+//!
+//! `validate` decides whether an event is possible in the current state;
+//! `evolve` applies it without checking. Digests are blake3 over a canonical
+//! encoding (entries sorted by id), so two folds of the same log compare in
+//! one line whatever the hash-map order.
+
+use bincode::Encode;
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use super::activity::{Runs, RunStatus, Workers};
+use super::budget::Tenants;
+use super::event::Event;
+use super::ids::{PipelineId, RunId, TenantId};
+use super::learning::Learning;
+use super::money::Micros;
+use super::queue::Queue;
+use super::rejection::Rejection;
+use super::time::Timestamp;
+
+/// Every projection the ledger can rebuild.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    pub queue: Queue,
+    pub tenants: Tenants,
+    pub runs: Runs,
+    pub workers: Workers,
+    pub learning: Learning,
+    /// Open (non-terminal) tasks per pipeline instance.
+    pipelines: FxHashMap<(RunId, PipelineId), u32>,
+    /// Seq of the last event folded in.
+    pub seq: u64,
+}
+
+/// The digests of each projection and their combination.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Digests {
+    pub queue: blake3::Hash,
+    pub tenants: blake3::Hash,
+    pub runs: blake3::Hash,
+    pub workers: blake3::Hash,
+    pub learning: blake3::Hash,
+    pub combined: blake3::Hash,
+}
+
+impl Digests {
+    pub fn named(&self) -> [(&'static str, blake3::Hash); 5] {
+        [
+            ("queue", self.queue),
+            ("tenants", self.tenants),
+            ("runs", self.runs),
+            ("workers", self.workers),
+            ("learning", self.learning),
+        ]
+    }
+}
+
+impl Serialize for Digests {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(6))?;
+        for (name, hash) in self.named() {
+            map.serialize_entry(name, &hash.to_hex().as_str())?;
+        }
+        map.serialize_entry("combined", &self.combined.to_hex().as_str())?;
+        map.end()
+    }
+}
+
+fn digest_of<T: Encode>(tag: &str, value: &T) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"runledger.projection.v1\0");
+    hasher.update(tag.as_bytes());
+    hasher.update(&[0]);
+    // Writing into a hasher cannot fail.
+    let _ = bincode::encode_into_std_write(value, &mut hasher, bincode::config::standard());
+    hasher.finalize()
+}
+
+impl State {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The run and tenant an event belongs to, directly or through its task.
+    pub fn scope<'a>(&'a self, event: &'a Event) -> (Option<&'a RunId>, Option<&'a TenantId>) {
+        let task = event.task().and_then(|t| self.queue.get(t));
+        let run = event.run().or(task.map(|t| &t.run));
+        let tenant = event.tenant().or(task.map(|t| &t.tenant));
+        (run, tenant)
+    }
+
+    /// Whether `event` is possible now.
+    pub fn validate(&self, event: &Event) -> Result<(), Rejection> {
+        match event {
+            Event::RunStarted { run, .. } => {
+                if run.as_str().is_empty() {
+                    return Err(Rejection::Empty { field: "run" });
+                }
+                if self.runs.get(run).is_some() {
+                    return Err(Rejection::DuplicateRun(run.clone()));
+                }
+            }
+            Event::RunFinished { run }
+            | Event::BackpressureEngaged { run, .. }
+            | Event::BackpressureReleased { run, .. }
+            | Event::DegradationDecided { run, .. }
+            | Event::TaskSubmitted { run, .. } => match self.runs.get(run) {
+                None => return Err(Rejection::UnknownRun(run.clone())),
+                Some(r) if r.status == RunStatus::Finished => return Err(Rejection::RunFinished(run.clone())),
+                Some(_) => {}
+            },
+            _ => {}
+        }
+        // Tenant checks first so that an unknown tenant is reported as such.
+        let task = event.task().and_then(|t| self.queue.get(t));
+        let task_tenant = task.map(|t| &t.tenant);
+        let task_reserved = task.map_or(Micros::ZERO, |t| t.reserved_micros);
+        self.tenants.validate(event, task_tenant, task_reserved)?;
+        self.queue.validate(event)
+    }
+
+    /// Applies `event`, recorded at `seq` and `at`, without checking it.
+    pub fn evolve(&mut self, seq: u64, at: Timestamp, event: &Event) {
+        let (task_run, task_tenant, task_reserved, pipeline) = match event.task().and_then(|t| self.queue.get(t)) {
+            Some(t) => (Some(t.run.clone()), Some(t.tenant.clone()), t.reserved_micros, Some(t.pipeline.clone())),
+            None => (None, None, Micros::ZERO, None),
+        };
+
+        let terminal = self.queue.evolve(seq, event);
+        let moved = self.tenants.evolve(event, task_reserved);
+
+        match event {
+            Event::TaskSubmitted { run, tenant, .. } => {
+                let pipeline = event.task().and_then(|t| self.queue.get(t)).map(|t| t.pipeline.clone());
+                if let Some(pipeline) = pipeline {
+                    let open = self.pipelines.entry((run.clone(), pipeline)).or_insert(0);
+                    *open += 1;
+                    if *open == 1 {
+                        self.tenants.run_opened(tenant);
+                    }
+                }
+            }
+            Event::CostReserved { task, amount_micros, .. } => {
+                if let Some(t) = self.queue.task_mut(task) {
+                    t.reserved_micros.0 += amount_micros.0;
+                }
+            }
+            Event::CostIncurred { task: Some(task), amount_micros, .. } => {
+                if let Some(t) = self.queue.task_mut(task) {
+                    t.reserved_micros.0 -= moved.0;
+                    t.spent_micros.0 = t.spent_micros.0.saturating_add(amount_micros.0);
+                }
+            }
+            Event::ReservationReleased { task, .. } => {
+                if let Some(t) = self.queue.task_mut(task) {
+                    t.reserved_micros.0 -= moved.0;
+                }
+            }
+            _ => {}
+        }
+
+        if terminal.is_some() {
+            if let (Some(run), Some(tenant), Some(pipeline)) = (&task_run, &task_tenant, pipeline) {
+                let key = (run.clone(), pipeline);
+                if let Some(open) = self.pipelines.get_mut(&key) {
+                    *open = open.saturating_sub(1);
+                    if *open == 0 {
+                        self.pipelines.remove(&key);
+                        self.tenants.run_closed(tenant);
+                    }
+                }
+            }
+        }
+
+        self.runs.evolve(at, event, task_run.as_ref());
+        self.workers.evolve(at, event);
+        self.learning.evolve(event);
+        self.seq = seq;
+    }
+
+    /// `validate` then `evolve`.
+    pub fn apply(&mut self, seq: u64, at: Timestamp, event: &Event) -> Result<(), Rejection> {
+        self.validate(event)?;
+        self.evolve(seq, at, event);
+        Ok(())
+    }
+
+    pub fn digests(&self) -> Digests {
+        let queue = digest_of("queue", &(self.queue.counts(), self.queue.sorted()));
+        let tenants = digest_of("tenants", &self.tenants.sorted());
+        let runs = digest_of("runs", &self.runs.sorted());
+        let workers = digest_of("workers", &self.workers.sorted());
+        let learning = digest_of("learning", &self.learning.sorted());
+        let mut combined = blake3::Hasher::new();
+        combined.update(b"runledger.projections.v1\0");
+        for hash in [queue, tenants, runs, workers, learning] {
+            combined.update(hash.as_bytes());
+        }
+        Digests { queue, tenants, runs, workers, learning, combined: combined.finalize() }
+    }
+}

@@ -1,0 +1,18 @@
+//! runledger: a multi-tenant task engine whose every state change is an
+//! event in an append-only, blake3 hash-chained ledger stored in sled.
+//!
+//! Crate map (see ARCHITECTURE.md):
+//! - [`domain`]: the pure core — events, projections, validation, digests.
+//! - [`log`]: records, the hash chain, the versioned codec, the sled store,
+//!   the group-commit writer and chain verification.
+//! - [`replay`]: folding a stored log back into projections.
+//! - [`wire`]: the JSON line format of `ingest` and `log --json`.
+//! - [`bench`]: the ledger benchmark behind `runledger bench ledger`.
+//! - [`cli`]: the `runledger` command line.
+
+#![forbid(unsafe_code)]
+#![warn(clippy::all)]
+
+pub mod domain;
+pub mod log;
+pub mod replay;

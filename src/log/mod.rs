@@ -1,0 +1,17 @@
+//! The ledger: records, the hash chain, the versioned codec, the sled store,
+//! the group-commit writer and chain verification.
+//!
+//! This is the shell around the pure `domain`: it owns the disk and the wall
+//! clock. The codec (events ⇄ bytes) and the frame layout are a contract:
+//! a ledger written today must verify and replay forever.
+
+pub mod codec;
+pub mod frame;
+pub mod record;
+pub mod store;
+pub mod verify;
+pub mod writer;
+
+pub use record::{Record, ZERO_HASH};
+pub use store::{ChainBreak, Checkpoint, Head, Store, StoreError, WalkError};
+pub use writer::{Append, AppendError, Durability, Ledger, LedgerOptions, OpenError, Receipt};

@@ -1,0 +1,414 @@
+//! The sled store: one database per data directory, with trees for the log
+//! (frames keyed by their first seq), metadata, derived indices (by run, by
+//! tenant) and checkpoints.
+//!
+//! Only the log tree is truth. Indices carry a high-water mark in the
+//! metadata and are rebuilt from the log when they fall behind; checkpoints
+//! are checked against the chain, never trusted over it. Reading walks the
+//! chain and checks every hash on the way, so no command ever shows a
+//! record the chain does not vouch for.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use bincode::{Decode, Encode};
+
+use super::codec::CONFIG;
+use super::frame::{self, FrameHeader, decode_header, frame_key, key_seq, walk_frame};
+use super::record::{RawRecord, ZERO_HASH};
+
+const FORMAT_KEY: &[u8] = b"format";
+const FORMAT: &[u8] = b"runledger-ledger/1";
+const LEDGER_ID_KEY: &[u8] = b"ledger_id";
+const INDEX_HWM_KEY: &[u8] = b"index_hwm";
+const INDEX_SEPARATOR: u8 = 0xFF; // never part of UTF-8 text
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no ledger at {0}")]
+    Missing(PathBuf),
+    #[error("{path} is not a runledger ledger: {why}")]
+    Foreign { path: PathBuf, why: String },
+    #[error("the ledger at {0} is in use by another process")]
+    Locked(PathBuf),
+    #[error("storage error in {path}: {source}")]
+    Sled { path: PathBuf, source: sled::Error },
+    #[error("cannot sync {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// The first place where the chain does not hold.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("seq {seq}: {what}")]
+pub struct ChainBreak {
+    pub seq: u64,
+    pub what: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error(transparent)]
+    Break(#[from] ChainBreak),
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+}
+
+/// Where a walk ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: blake3::Hash,
+}
+
+impl Head {
+    pub const EMPTY: Head = Head { seq: 0, hash: ZERO_HASH };
+}
+
+/// `(seq, head hash, projection digest)` recorded by the writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub head: [u8; 32],
+    pub digest: [u8; 32],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexKind {
+    Run,
+    Tenant,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    by_run: sled::Tree,
+    by_tenant: sled::Tree,
+    checkpoints: sled::Tree,
+    data_file: std::fs::File,
+}
+
+impl Store {
+    /// Opens the ledger in `dir`; with `create`, makes a new one when there is
+    /// none (refusing a non-empty directory that holds something else).
+    pub fn open(dir: &Path, create: bool) -> Result<Store, StoreError> {
+        let db_path = dir.join("db");
+        if !db_path.exists() {
+            if !create {
+                return Err(StoreError::Missing(dir.to_path_buf()));
+            }
+            if let Ok(mut entries) = std::fs::read_dir(dir) {
+                if entries.next().is_some() {
+                    return Err(StoreError::Foreign {
+                        path: dir.to_path_buf(),
+                        why: "the directory is not empty and holds no sled database".to_owned(),
+                    });
+                }
+            }
+        }
+        let config = sled::Config::new().path(dir).flush_every_ms(None).mode(sled::Mode::HighThroughput);
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Io(e))) if e.to_string().contains("lock") => {
+                return Err(StoreError::Locked(dir.to_path_buf()));
+            }
+            Ok(Err(e)) => {
+                return Err(StoreError::Foreign { path: dir.to_path_buf(), why: format!("sled cannot open it: {e}") });
+            }
+            Err(_) => {
+                return Err(StoreError::Foreign {
+                    path: dir.to_path_buf(),
+                    why: "sled cannot open it (its files are damaged or not sled's)".to_owned(),
+                });
+            }
+        };
+        let sled_err = |source| StoreError::Sled { path: dir.to_path_buf(), source };
+        let meta = db.open_tree("meta").map_err(sled_err)?;
+        match meta.get(FORMAT_KEY).map_err(sled_err)? {
+            Some(format) if format.as_ref() == FORMAT => {}
+            Some(format) => {
+                return Err(StoreError::Foreign {
+                    path: dir.to_path_buf(),
+                    why: format!("unknown format `{}`", String::from_utf8_lossy(&format)),
+                });
+            }
+            None => {
+                let foreign_trees = db.tree_names().iter().any(|n| n.as_ref() != b"__sled__default" && n.as_ref() != b"meta");
+                if foreign_trees || !db.is_empty() {
+                    return Err(StoreError::Foreign {
+                        path: dir.to_path_buf(),
+                        why: "a sled database without runledger metadata".to_owned(),
+                    });
+                }
+                if !create {
+                    return Err(StoreError::Missing(dir.to_path_buf()));
+                }
+                let id: [u8; 16] = rand::random();
+                meta.insert(LEDGER_ID_KEY, blake3::Hash::from_bytes({
+                    let mut b = [0u8; 32];
+                    b[..16].copy_from_slice(&id);
+                    b
+                }).to_hex()[..32].as_bytes()).map_err(sled_err)?;
+                meta.insert(FORMAT_KEY, FORMAT).map_err(sled_err)?;
+                db.flush().map_err(sled_err)?;
+            }
+        }
+        let log = db.open_tree("log").map_err(sled_err)?;
+        let by_run = db.open_tree("by_run").map_err(sled_err)?;
+        let by_tenant = db.open_tree("by_tenant").map_err(sled_err)?;
+        let checkpoints = db.open_tree("checkpoints").map_err(sled_err)?;
+        let data_file = std::fs::File::open(&db_path)
+            .map_err(|source| StoreError::Io { path: db_path.clone(), source })?;
+        Ok(Store { dir: dir.to_path_buf(), db, log, meta, by_run, by_tenant, checkpoints, data_file })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn ledger_id(&self) -> String {
+        match self.meta.get(LEDGER_ID_KEY) {
+            Ok(Some(id)) => String::from_utf8_lossy(&id).into_owned(),
+            _ => String::new(),
+        }
+    }
+
+    /// The raw log tree, for tools that inspect or (in tests) damage frames.
+    pub fn log_tree(&self) -> &sled::Tree {
+        &self.log
+    }
+
+    /// The last record's seq and hash, read from the last frame's header.
+    pub fn head(&self) -> Result<Head, WalkError> {
+        let Some((key, value)) = self.log.last()? else { return Ok(Head::EMPTY) };
+        let seq = key_seq(&key).unwrap_or(0);
+        let (header, _) = decode_header(&value).map_err(|what| ChainBreak { seq, what })?;
+        Ok(Head {
+            seq: header.first_seq + u64::from(header.count).saturating_sub(1),
+            hash: blake3::Hash::from_bytes(header.last_hash),
+        })
+    }
+
+    /// Visits every record from `from_seq` on in order, checking every hash
+    /// and the links between frames. From seq 1 the whole chain is checked
+    /// from the zero hash; from a later seq the chain is trusted up to the
+    /// frame that holds it.
+    pub fn walk<'s>(
+        &'s self,
+        from_seq: u64,
+        mut visit: impl FnMut(RawRecord<'_>) -> ControlFlow<()>,
+    ) -> Result<Head, WalkError> {
+        let from_seq = from_seq.max(1);
+        let start = match self.log.range(..=frame_key(from_seq)).next_back() {
+            Some(item) => item?.0,
+            None => sled::IVec::from(&frame_key(1)),
+        };
+        let mut expected: Option<(u64, blake3::Hash)> = (key_seq(&start) == Some(1) || from_seq == 1).then_some((1, ZERO_HASH));
+        let mut head = Head::EMPTY;
+        for item in self.log.range(start..) {
+            let (key, value) = item?;
+            let next = expected.map_or(0, |e| e.0);
+            let Some(seq) = key_seq(&key) else {
+                return Err(ChainBreak { seq: next, what: "a log key is not a seq".to_owned() }.into());
+            };
+            let (header, entries) =
+                decode_header(&value).map_err(|what| ChainBreak { seq, what: format!("frame cannot be decoded: {what}") })?;
+            check_link(&header, seq, expected)?;
+            let mut stop = false;
+            let last = walk_frame(&header, entries, |record| {
+                if !stop && record.seq >= from_seq && visit(record).is_break() {
+                    stop = true;
+                }
+            })
+            .map_err(|e| ChainBreak { seq: e.seq, what: e.what })?;
+            let last_seq = header.first_seq + u64::from(header.count) - 1;
+            head = Head { seq: last_seq, hash: last };
+            if stop {
+                break;
+            }
+            expected = Some((last_seq + 1, last));
+        }
+        Ok(head)
+    }
+
+    /// Writes frames (already chained) in one atomic sled batch.
+    pub fn write_frames(&self, frames: Vec<(u64, Vec<u8>)>) -> Result<(), sled::Error> {
+        let mut batch = sled::Batch::default();
+        for (seq, bytes) in frames {
+            batch.insert(&frame_key(seq), bytes);
+        }
+        self.log.apply_batch(batch)
+    }
+
+    /// Writes index entries and moves the index high-water mark to `hwm`.
+    pub fn write_index(&self, entries: Vec<(IndexKind, Vec<u8>, Vec<u8>)>, hwm: u64) -> Result<(), sled::Error> {
+        let mut runs = sled::Batch::default();
+        let mut tenants = sled::Batch::default();
+        for (kind, key, value) in entries {
+            match kind {
+                IndexKind::Run => runs.insert(key, value),
+                IndexKind::Tenant => tenants.insert(key, value),
+            }
+        }
+        self.by_run.apply_batch(runs)?;
+        self.by_tenant.apply_batch(tenants)?;
+        self.meta.insert(INDEX_HWM_KEY, &hwm.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn index_hwm(&self) -> u64 {
+        match self.meta.get(INDEX_HWM_KEY) {
+            Ok(Some(v)) => key_seq(&v).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Drops every index entry (they are rebuilt from the log on next open).
+    pub fn clear_index(&self) -> Result<(), sled::Error> {
+        self.by_run.clear()?;
+        self.by_tenant.clear()?;
+        self.meta.remove(INDEX_HWM_KEY)?;
+        Ok(())
+    }
+
+    /// Frames holding records of `id`, with the offsets of those records in
+    /// each frame, in seq order.
+    pub fn indexed_frames(&self, kind: IndexKind, id: &str) -> Result<Vec<(u64, Vec<u32>)>, sled::Error> {
+        let tree = match kind {
+            IndexKind::Run => &self.by_run,
+            IndexKind::Tenant => &self.by_tenant,
+        };
+        let mut prefix = id.as_bytes().to_vec();
+        prefix.push(INDEX_SEPARATOR);
+        let mut out = Vec::new();
+        for item in tree.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let Some(seq) = key_seq(&key[prefix.len()..]) else { continue };
+            let offsets: Vec<u32> = bincode::decode_from_slice(&value, CONFIG).map(|(v, _)| v).unwrap_or_default();
+            out.push((seq, offsets));
+        }
+        Ok(out)
+    }
+
+    pub fn write_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), sled::Error> {
+        let bytes = bincode::encode_to_vec(checkpoint, CONFIG).unwrap_or_default();
+        self.checkpoints.insert(frame_key(checkpoint.seq), bytes)?;
+        Ok(())
+    }
+
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, ChainBreak> {
+        let mut out = Vec::new();
+        for item in self.checkpoints.iter() {
+            let (key, value) =
+                item.map_err(|e| ChainBreak { seq: 0, what: format!("cannot read checkpoints: {e}") })?;
+            let seq = key_seq(&key).unwrap_or(0);
+            let (checkpoint, _): (Checkpoint, usize) = bincode::decode_from_slice(&value, CONFIG)
+                .map_err(|e| ChainBreak { seq, what: format!("checkpoint cannot be decoded: {e}") })?;
+            out.push(checkpoint);
+        }
+        Ok(out)
+    }
+
+    /// Flushes sled's buffers and, with `sync`, fsyncs its data file: sled's
+    /// own flush ends in `sync_file_range`, which leaves the drive cache and
+    /// the file's metadata unflushed.
+    pub fn flush(&self, sync: bool) -> Result<(), StoreError> {
+        self.db.flush().map_err(|source| StoreError::Sled { path: self.dir.clone(), source })?;
+        if sync {
+            self.data_file
+                .sync_data()
+                .map_err(|source| StoreError::Io { path: self.dir.join("db"), source })?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        dir_size(&self.dir)
+    }
+}
+
+fn check_link(header: &FrameHeader, key_seq: u64, expected: Option<(u64, blake3::Hash)>) -> Result<(), ChainBreak> {
+    if header.first_seq != key_seq {
+        return Err(ChainBreak {
+            seq: key_seq,
+            what: format!("the frame stored at seq {key_seq} holds seq {} (records were moved)", header.first_seq),
+        });
+    }
+    if header.count == 0 {
+        return Err(ChainBreak { seq: key_seq, what: "empty frame".to_owned() });
+    }
+    let Some((next, prev)) = expected else { return Ok(()) };
+    if key_seq > next {
+        let what = if key_seq == next + 1 {
+            format!("record {next} is missing")
+        } else {
+            format!("records {next}..{} are missing", key_seq - 1)
+        };
+        return Err(ChainBreak { seq: next, what });
+    }
+    if key_seq < next {
+        return Err(ChainBreak { seq: key_seq, what: format!("seq {key_seq} appears twice") });
+    }
+    if header.prev_hash != *prev.as_bytes() {
+        return Err(ChainBreak {
+            seq: key_seq,
+            what: format!("prev_hash does not match the hash of seq {}", key_seq.saturating_sub(1)),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn index_key(id: &str, frame_seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 9);
+    key.extend_from_slice(id.as_bytes());
+    key.push(INDEX_SEPARATOR);
+    key.extend_from_slice(&frame::frame_key(frame_seq));
+    key
+}
+
+pub(crate) fn index_value(offsets: &[u32]) -> Vec<u8> {
+    bincode::encode_to_vec(offsets, CONFIG).unwrap_or_default()
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// `(frame seq, offset in frame, run, tenant)` of one record.
+pub(crate) type IndexEntry = (u64, u32, Option<String>, Option<String>);
+
+/// Groups per-record index entries into one entry per (id, frame).
+pub(crate) fn build_index(records: &[IndexEntry]) -> Vec<(IndexKind, Vec<u8>, Vec<u8>)> {
+    use std::collections::BTreeMap;
+    let mut runs: BTreeMap<(&str, u64), Vec<u32>> = BTreeMap::new();
+    let mut tenants: BTreeMap<(&str, u64), Vec<u32>> = BTreeMap::new();
+    for (frame, offset, run, tenant) in records {
+        if let Some(run) = run {
+            runs.entry((run, *frame)).or_default().push(*offset);
+        }
+        if let Some(tenant) = tenant {
+            tenants.entry((tenant, *frame)).or_default().push(*offset);
+        }
+    }
+    let mut out = Vec::with_capacity(runs.len() + tenants.len());
+    for ((id, frame), offsets) in runs {
+        out.push((IndexKind::Run, index_key(id, frame), index_value(&offsets)));
+    }
+    for ((id, frame), offsets) in tenants {
+        out.push((IndexKind::Tenant, index_key(id, frame), index_value(&offsets)));
+    }
+    out
+}

@@ -1,0 +1,473 @@
+//! The ledger: one writer thread that owns the sled store and the live
+//! projection, validates appends, chains and frames them, and commits them
+//! in groups.
+//!
+//! Appenders send `(events, reply)` over a channel. The writer takes every
+//! request waiting (up to [`MAX_GROUP_EVENTS`]), validates each batch
+//! against the live state (a batch is all-or-nothing), assigns seqs, hashes,
+//! packs frames, writes them in one sled batch and — under
+//! [`Durability::Always`] — flushes and fsyncs before any appender in the
+//! group hears back. One fsync covers the whole group: that is group commit.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::codec::encode_event_into;
+use super::frame::FrameBuilder;
+use super::record::record_hash;
+use super::store::{Checkpoint, Head, Store, StoreError, WalkError, build_index};
+use crate::domain::{Event, Rejection, State, Timestamp};
+use crate::replay;
+
+/// Most events one commit group takes before writing.
+pub const MAX_GROUP_EVENTS: usize = 64 * 1024;
+
+/// When an append counts as done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After the flush and fsync that cover it (survives `kill -9` and power loss).
+    Always,
+    /// Flushed (with fsync) at most `interval` after it returns.
+    Batch { interval: Duration },
+    /// Flushed when the ledger closes.
+    None,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "always" => Ok(Durability::Always),
+            "batch" => Ok(Durability::Batch { interval: Duration::from_millis(10) }),
+            "none" => Ok(Durability::None),
+            other => Err(format!("unknown durability `{other}` (expected always, batch or none)")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LedgerOptions {
+    pub durability: Durability,
+    /// Record a checkpoint every this many records (0: only on close).
+    pub checkpoint_every: u64,
+    /// Create the ledger if the directory holds none.
+    pub create: bool,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        LedgerOptions { durability: Durability::Always, checkpoint_every: 1_000_000, create: true }
+    }
+}
+
+/// An event to append, with the time to record (`None`: the writer stamps
+/// the wall clock, never earlier than the previous record).
+#[derive(Clone, Debug)]
+pub struct Append {
+    pub recorded_at: Option<Timestamp>,
+    pub event: Event,
+}
+
+impl From<Event> for Append {
+    fn from(event: Event) -> Self {
+        Append { recorded_at: None, event }
+    }
+}
+
+/// What an append returns: the seqs it got and the head after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub head: blake3::Hash,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    /// Event `index` of the batch is impossible; nothing of the batch was appended.
+    #[error("event {index} of the batch: {rejection}")]
+    Rejected { index: usize, rejection: Rejection },
+    #[error("the ledger cannot write: {0}")]
+    Storage(String),
+    #[error("the ledger is closed")]
+    Closed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the ledger is damaged at {0}")]
+    Damaged(#[from] WalkError),
+}
+
+type Query = Box<dyn FnOnce(&State, Head) + Send>;
+
+enum Msg {
+    Append { entries: Vec<Append>, reply: oneshot::Sender<Result<Receipt, AppendError>> },
+    Query(Query),
+    Checkpoint { reply: oneshot::Sender<Result<Checkpoint, AppendError>> },
+    Close { reply: oneshot::Sender<Result<(), AppendError>> },
+}
+
+/// A handle on an open ledger. Cloning is cheap; the writer stops when
+/// [`Ledger::close`] is called or the last handle is dropped.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Msg>,
+    thread: std::sync::Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `dir`, checks its whole chain and
+    /// folds it into the live projection.
+    pub fn open(dir: &Path, options: LedgerOptions) -> Result<Ledger, OpenError> {
+        if options.create {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+        }
+        let store = Store::open(dir, options.create)?;
+        let folded = replay::fold_and_index(&store)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            store,
+            state: folded.state,
+            head: folded.head,
+            last_time: folded.last_time,
+            options,
+            since_checkpoint: 0,
+            poisoned: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("runledger-writer".to_owned())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+        Ok(Ledger { tx, thread: std::sync::Arc::new(std::sync::Mutex::new(Some(thread))) })
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), AppendError> {
+        self.tx.send(msg).map_err(|_| AppendError::Closed)
+    }
+
+    /// Appends a batch atomically; returns once it is as durable as the
+    /// ledger's durability mode promises. Blocks: from async code use
+    /// [`Ledger::append_async`].
+    pub fn append(&self, entries: impl IntoIterator<Item = impl Into<Append>>) -> Result<Receipt, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Append { entries: entries.into_iter().map(Into::into).collect(), reply })?;
+        rx.blocking_recv().map_err(|_| AppendError::Closed)?
+    }
+
+    pub async fn append_async(&self, entries: Vec<Append>) -> Result<Receipt, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Append { entries, reply })?;
+        rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Runs `f` on the live projection (after every append sent before).
+    pub fn query<R: Send + 'static>(&self, f: impl FnOnce(&State, Head) -> R + Send + 'static) -> Result<R, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Query(Box::new(move |state, head| {
+            let _ = reply.send(f(state, head));
+        })))?;
+        rx.blocking_recv().map_err(|_| AppendError::Closed)
+    }
+
+    pub fn head(&self) -> Result<Head, AppendError> {
+        self.query(|_, head| head)
+    }
+
+    /// Records a checkpoint of the current head and projection digest.
+    pub fn checkpoint(&self) -> Result<Checkpoint, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Checkpoint { reply })?;
+        rx.blocking_recv().map_err(|_| AppendError::Closed)?
+    }
+
+    /// Flushes, records a checkpoint and stops the writer.
+    pub fn close(self) -> Result<(), AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Close { reply })?;
+        let result = rx.blocking_recv().map_err(|_| AppendError::Closed)?;
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+        result
+    }
+}
+
+/// A record of the batch being accepted, before it joins the group.
+struct Staged {
+    recorded_at: Timestamp,
+    hash: blake3::Hash,
+    bytes: std::ops::Range<usize>,
+    run: Option<String>,
+    tenant: Option<String>,
+}
+
+struct Writer {
+    store: Store,
+    state: State,
+    head: Head,
+    last_time: Timestamp,
+    options: LedgerOptions,
+    since_checkpoint: u64,
+    poisoned: Option<String>,
+}
+
+/// The group being built: records, frames and replies.
+struct Group {
+    builder: FrameBuilder,
+    frames: Vec<(u64, Vec<u8>)>,
+    index: Vec<(u64, u32, Option<String>, Option<String>)>,
+    records: u64,
+    replies: Vec<(oneshot::Sender<Result<Receipt, AppendError>>, Receipt)>,
+    staged: Vec<Staged>,
+    scratch: Vec<u8>,
+}
+
+impl Group {
+    fn new(head: Head) -> Self {
+        Group {
+            builder: FrameBuilder::new(head.seq + 1, head.hash),
+            frames: Vec::new(),
+            index: Vec::new(),
+            records: 0,
+            replies: Vec::new(),
+            staged: Vec::new(),
+            scratch: Vec::with_capacity(4096),
+        }
+    }
+}
+
+fn wall_clock() -> Timestamp {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    Timestamp(micros)
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut last_flush = Instant::now();
+        let mut dirty = false;
+        loop {
+            let first = match self.options.durability {
+                Durability::Batch { interval } if dirty => {
+                    let wait = interval.saturating_sub(last_flush.elapsed());
+                    match rx.recv_timeout(wait) {
+                        Ok(msg) => msg,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            self.flush(true);
+                            dirty = false;
+                            last_flush = Instant::now();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                _ => match rx.recv() {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                },
+            };
+            let mut group = Group::new(self.head);
+            let mut next = Some(first);
+            let mut taken = 0usize;
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Append { entries, reply } => {
+                        taken += entries.len();
+                        self.accept(&mut group, entries, reply);
+                    }
+                    other => {
+                        dirty |= self.commit(&mut group);
+                        if self.control(other) {
+                            return;
+                        }
+                    }
+                }
+                if taken < MAX_GROUP_EVENTS {
+                    next = rx.try_recv().ok();
+                }
+            }
+            dirty |= self.commit(&mut group);
+            if let Durability::Batch { interval } = self.options.durability {
+                if dirty && last_flush.elapsed() >= interval {
+                    self.flush(true);
+                    dirty = false;
+                    last_flush = Instant::now();
+                }
+            }
+        }
+        let _ = self.finish();
+    }
+
+    /// Handles a non-append message; returns true when the writer must stop.
+    fn control(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Append { .. } => false,
+            Msg::Query(f) => {
+                f(&self.state, self.head);
+                false
+            }
+            Msg::Checkpoint { reply } => {
+                let result = self.checkpoint();
+                let _ = reply.send(result);
+                false
+            }
+            Msg::Close { reply } => {
+                let result = self.finish();
+                let _ = reply.send(result);
+                true
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), AppendError> {
+        if self.poisoned.is_none() && self.since_checkpoint > 0 {
+            self.checkpoint()?;
+        }
+        self.store.flush(true).map_err(|e| AppendError::Storage(e.to_string()))
+    }
+
+    fn checkpoint(&mut self) -> Result<Checkpoint, AppendError> {
+        if let Some(why) = &self.poisoned {
+            return Err(AppendError::Storage(why.clone()));
+        }
+        let checkpoint = Checkpoint {
+            seq: self.head.seq,
+            head: *self.head.hash.as_bytes(),
+            digest: *self.state.digests().combined.as_bytes(),
+        };
+        self.store.write_checkpoint(checkpoint).map_err(|e| AppendError::Storage(e.to_string()))?;
+        self.store.flush(true).map_err(|e| AppendError::Storage(e.to_string()))?;
+        self.since_checkpoint = 0;
+        Ok(checkpoint)
+    }
+
+    /// Validates and evolves one batch into the group. A batch is
+    /// all-or-nothing: its records are staged and join the group only when
+    /// every event passed; a rejection after the first event commits what the
+    /// group held before and refolds the live state from the log.
+    fn accept(
+        &mut self,
+        group: &mut Group,
+        entries: Vec<Append>,
+        reply: oneshot::Sender<Result<Receipt, AppendError>>,
+    ) {
+        if let Some(why) = &self.poisoned {
+            let _ = reply.send(Err(AppendError::Storage(why.clone())));
+            return;
+        }
+        let start = (self.head, self.last_time);
+        group.staged.clear();
+        group.scratch.clear();
+        for (index, entry) in entries.iter().enumerate() {
+            if let Err(rejection) = self.state.validate(&entry.event) {
+                (self.head, self.last_time) = start;
+                if index > 0 {
+                    self.commit(group);
+                    self.refold();
+                }
+                let _ = reply.send(Err(AppendError::Rejected { index, rejection }));
+                return;
+            }
+            let seq = self.head.seq + 1;
+            let recorded_at = match entry.recorded_at {
+                Some(at) => at,
+                None => wall_clock().max(self.last_time),
+            };
+            self.state.evolve(seq, recorded_at, &entry.event);
+            let from = group.scratch.len();
+            encode_event_into(&entry.event, &mut group.scratch);
+            let hash = record_hash(seq, recorded_at, &self.head.hash, &group.scratch[from..]);
+            let (run, tenant) = self.state.scope(&entry.event);
+            group.staged.push(Staged {
+                recorded_at,
+                hash,
+                bytes: from..group.scratch.len(),
+                run: run.map(|r| r.0.clone()),
+                tenant: tenant.map(|t| t.0.clone()),
+            });
+            self.head = Head { seq, hash };
+            self.last_time = recorded_at;
+        }
+        for staged in group.staged.drain(..) {
+            if group.builder.is_full() {
+                let first = group.builder.first_seq();
+                group.frames.push((first, group.builder.finish()));
+            }
+            let frame = group.builder.first_seq();
+            group.builder.push(staged.recorded_at, staged.hash, &group.scratch[staged.bytes]);
+            group.index.push((frame, group.builder.len() - 1, staged.run, staged.tenant));
+            group.records += 1;
+        }
+        let receipt = Receipt { first_seq: start.0.seq + 1, last_seq: self.head.seq, head: self.head.hash };
+        if entries.is_empty() {
+            let _ = reply.send(Ok(receipt));
+        } else {
+            group.replies.push((reply, receipt));
+        }
+    }
+
+    /// Rebuilds the live state from the log (after a rejected batch).
+    fn refold(&mut self) {
+        match replay::fold_and_index(&self.store) {
+            Ok(folded) => self.state = folded.state,
+            Err(e) => self.poisoned = Some(format!("cannot refold the ledger: {e}")),
+        }
+    }
+
+    /// Writes the group, makes it durable per the mode and answers its
+    /// appenders. Returns true if unflushed data remains.
+    fn commit(&mut self, group: &mut Group) -> bool {
+        if group.records == 0 && group.replies.is_empty() {
+            return false;
+        }
+        if !group.builder.is_empty() {
+            let first = group.builder.first_seq();
+            group.frames.push((first, group.builder.finish()));
+        }
+        let frames = std::mem::take(&mut group.frames);
+        let mut result = self.store.write_frames(frames).map_err(|e| e.to_string());
+        if result.is_ok() {
+            result = self.store.write_index(build_index(&group.index), self.head.seq).map_err(|e| e.to_string());
+        }
+        let mut dirty = true;
+        if result.is_ok() && self.options.durability == Durability::Always {
+            result = self.store.flush(true).map_err(|e| e.to_string());
+            dirty = false;
+        }
+        if let Err(why) = result {
+            self.poisoned = Some(why.clone());
+            for (reply, _) in group.replies.drain(..) {
+                let _ = reply.send(Err(AppendError::Storage(why.clone())));
+            }
+            return false;
+        }
+        for (reply, receipt) in group.replies.drain(..) {
+            let _ = reply.send(Ok(receipt));
+        }
+        self.since_checkpoint += group.records;
+        group.records = 0;
+        group.index.clear();
+        group.builder = FrameBuilder::new(self.head.seq + 1, self.head.hash);
+        if self.options.checkpoint_every > 0 && self.since_checkpoint >= self.options.checkpoint_every {
+            if let Err(e) = self.checkpoint() {
+                self.poisoned = Some(e.to_string());
+            }
+        }
+        dirty
+    }
+
+    fn flush(&mut self, sync: bool) {
+        if let Err(e) = self.store.flush(sync) {
+            self.poisoned = Some(e.to_string());
+        }
+    }
+}
+

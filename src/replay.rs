@@ -1,0 +1,100 @@
+//! Replay: fold a stored log back into the projections, checking the chain
+//! on the way.
+//!
+//! The fold calls the same `State::evolve` as the live writer, so a live
+//! state and its replay have equal digests. Replay never validates: the log
+//! is the truth, and validation already happened before each append.
+
+use std::ops::ControlFlow;
+
+use rustc_hash::FxHashSet;
+
+use crate::domain::{Event, RunId, State, TaskId, Timestamp};
+use crate::log::codec::decode_event;
+use crate::log::store::{ChainBreak, Head, IndexEntry, Store, WalkError, build_index};
+
+/// The result of a fold.
+#[derive(Clone, Debug)]
+pub struct Folded {
+    pub state: State,
+    pub head: Head,
+    pub last_time: Timestamp,
+    /// Records folded in (with a run filter: those of the run and the global ones).
+    pub records: u64,
+}
+
+/// Which records a fold takes.
+#[derive(Default)]
+struct RunFilter {
+    run: Option<RunId>,
+    tasks: FxHashSet<TaskId>,
+}
+
+impl RunFilter {
+    fn takes(&mut self, event: &Event) -> bool {
+        let Some(run) = &self.run else { return true };
+        if let Some(r) = event.run() {
+            let ours = r == run;
+            if ours {
+                if let Event::TaskSubmitted { task, .. } = event {
+                    self.tasks.insert(task.clone());
+                }
+            }
+            return ours;
+        }
+        match event.task() {
+            Some(task) => self.tasks.contains(task),
+            None => true,
+        }
+    }
+}
+
+/// Folds the whole log (or, with `run`, the records of that run plus the
+/// global ones such as tenant registrations) into a fresh state.
+pub fn fold(store: &Store, run: Option<&RunId>) -> Result<Folded, WalkError> {
+    fold_inner(store, run, false)
+}
+
+/// Folds the whole log and rebuilds the derived indices above their
+/// high-water mark (what `Ledger::open` does).
+pub(crate) fn fold_and_index(store: &Store) -> Result<Folded, WalkError> {
+    fold_inner(store, None, true)
+}
+
+fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folded, WalkError> {
+    let mut state = State::new();
+    let mut filter = RunFilter { run: run.cloned(), tasks: FxHashSet::default() };
+    let mut last_time = Timestamp::EPOCH;
+    let mut records = 0u64;
+    let mut failure: Option<ChainBreak> = None;
+    let hwm = if reindex { store.index_hwm() } else { u64::MAX };
+    let mut index: Vec<IndexEntry> = Vec::new();
+    let head = store.walk(1, |record| {
+        let event = match decode_event(record.event_bytes) {
+            Ok(event) => event,
+            Err(what) => {
+                failure = Some(ChainBreak { seq: record.seq, what: format!("event cannot be decoded: {what}") });
+                return ControlFlow::Break(());
+            }
+        };
+        last_time = record.recorded_at;
+        if filter.takes(&event) {
+            state.evolve(record.seq, record.recorded_at, &event);
+            records += 1;
+        }
+        if record.seq > hwm {
+            let (run, tenant) = state.scope(&event);
+            let offset = u32::try_from(record.seq - record.frame_seq).unwrap_or(u32::MAX);
+            index.push((record.frame_seq, offset, run.map(|r| r.0.clone()), tenant.map(|t| t.0.clone())));
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(b) = failure {
+        return Err(b.into());
+    }
+    if reindex && head.seq > hwm {
+        store.write_index(build_index(&index), head.seq)?;
+    }
+    state.seq = head.seq;
+    Ok(Folded { state, head, last_time, records })
+}
