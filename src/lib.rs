@@ -16,3 +16,7 @@
 pub mod domain;
 pub mod log;
 pub mod replay;
+pub mod views;
+pub mod wire;
+pub mod bench;
+pub mod cli;

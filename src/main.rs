@@ -1,1 +1,20 @@
-fn main(){}
+//! `runledger`: parse, run, map errors to exit codes (0 ok, 1 a check
+//! failed, 2 bad input or usage).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = runledger::cli::Cli::parse();
+    match runledger::cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let code = runledger::cli::exit_code(&error);
+            if code != 0 {
+                eprintln!("error: {error:#}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}

@@ -136,14 +136,11 @@ impl Store {
             }
             None => {
                 let foreign_trees = db.tree_names().iter().any(|n| n.as_ref() != b"__sled__default" && n.as_ref() != b"meta");
-                if foreign_trees || !db.is_empty() {
+                if foreign_trees || !db.is_empty() || !create {
                     return Err(StoreError::Foreign {
                         path: dir.to_path_buf(),
                         why: "a sled database without runledger metadata".to_owned(),
                     });
-                }
-                if !create {
-                    return Err(StoreError::Missing(dir.to_path_buf()));
                 }
                 let id: [u8; 16] = rand::random();
                 meta.insert(LEDGER_ID_KEY, blake3::Hash::from_bytes({
@@ -373,7 +370,7 @@ pub(crate) fn index_value(offsets: &[u32]) -> Vec<u8> {
     bincode::encode_to_vec(offsets, CONFIG).unwrap_or_default()
 }
 
-fn dir_size(dir: &Path) -> u64 {
+pub(crate) fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -411,4 +408,53 @@ pub(crate) fn build_index(records: &[IndexEntry]) -> Vec<(IndexKind, Vec<u8>, Ve
         out.push((IndexKind::Tenant, index_key(id, frame), index_value(&offsets)));
     }
     out
+}
+
+impl Store {
+    /// Visits, in seq order from `from_seq`, the records that every filter's
+    /// index lists, checking the hashes inside each frame read. Returns
+    /// `None` when the indices lag behind the log (after a crash between
+    /// the two writes): the caller then walks the whole log instead.
+    pub fn walk_indexed(
+        &self,
+        filters: &[(IndexKind, &str)],
+        from_seq: u64,
+        mut visit: impl FnMut(RawRecord<'_>) -> ControlFlow<()>,
+    ) -> Result<Option<()>, WalkError> {
+        if filters.is_empty() || self.index_hwm() < self.head()?.seq {
+            return Ok(None);
+        }
+        let mut lists = Vec::with_capacity(filters.len());
+        for (kind, id) in filters {
+            lists.push(self.indexed_frames(*kind, id)?.into_iter().collect::<std::collections::BTreeMap<_, _>>());
+        }
+        let (first, rest) = lists.split_first().unwrap_or_else(|| unreachable!("filters is not empty"));
+        for (frame_seq, offsets) in first {
+            let mut wanted: Vec<u32> = offsets.clone();
+            for other in rest {
+                let theirs = other.get(frame_seq).map(Vec::as_slice).unwrap_or(&[]);
+                wanted.retain(|o| theirs.contains(o));
+            }
+            if wanted.is_empty() {
+                continue;
+            }
+            let Some(value) = self.log.get(frame_key(*frame_seq))? else {
+                return Err(ChainBreak { seq: *frame_seq, what: "an indexed frame is missing from the log".to_owned() }.into());
+            };
+            let (header, entries) = decode_header(&value)
+                .map_err(|what| ChainBreak { seq: *frame_seq, what: format!("frame cannot be decoded: {what}") })?;
+            let mut stop = false;
+            walk_frame(&header, entries, |record| {
+                let offset = u32::try_from(record.seq - record.frame_seq).unwrap_or(u32::MAX);
+                if !stop && record.seq >= from_seq && wanted.contains(&offset) && visit(record).is_break() {
+                    stop = true;
+                }
+            })
+            .map_err(|e| ChainBreak { seq: e.seq, what: e.what })?;
+            if stop {
+                break;
+            }
+        }
+        Ok(Some(()))
+    }
 }

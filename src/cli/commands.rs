@@ -1,0 +1,465 @@
+//! One function per subcommand. Arguments are already parsed; resources
+//! (the store, the ledger) are opened only once the input is known good.
+
+use std::io::{BufRead, Write};
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use super::{BenchCommand, CheckFailed, Cli, Command, Damaged};
+use crate::bench::{LedgerBench, run_ledger_bench};
+use crate::domain::{Event, RunId, TaskId, TenantId};
+use crate::log::codec::decode_event;
+use crate::log::record::{RawRecord, Record};
+use crate::log::store::IndexKind;
+use crate::log::verify::verify;
+use crate::log::{AppendError, Durability, Ledger, LedgerOptions, OpenError, Store, StoreError, WalkError};
+use crate::replay::{self, Folded};
+use crate::views::{self, Table, bp_percent};
+use crate::wire;
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = &mut std::io::stdout().lock();
+    match cli.command {
+        Command::Ingest { ref file } => ingest(&cli.data, file, cli.json, out),
+        Command::Log { ref run, ref tenant, from, limit } => {
+            log(&cli.data, run.as_deref(), tenant.as_deref(), from, limit, cli.json, out)
+        }
+        Command::Verify => verify_cmd(&cli.data, cli.json, out),
+        Command::Replay { ref run } => replay_cmd(&cli.data, run.as_deref(), cli.json, out),
+        Command::Tenants => tenants(&cli.data, cli.json, out),
+        Command::Queue => queue(&cli.data, cli.json, out),
+        Command::Runs => runs(&cli.data, cli.json, out),
+        Command::Workers => workers(&cli.data, cli.json, out),
+        Command::Bench { what: BenchCommand::Ledger { events, durability, appenders, batch } } => {
+            let data = std::env::args_os().any(|a| a == "--data") || std::env::var_os("RUNLEDGER_DATA").is_some();
+            let config = LedgerBench { events, durability, appenders, batch, data: data.then(|| cli.data.clone()) };
+            bench_ledger(&config, cli.json, out)
+        }
+    }
+}
+
+fn open_store(data: &Path) -> anyhow::Result<Store> {
+    match Store::open(data, false) {
+        Ok(store) => Ok(store),
+        Err(StoreError::Missing(dir)) => bail!(
+            "no ledger at {} (create one with `runledger ingest FILE`, or pass --data DIR)",
+            dir.display()
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn walk_error(error: WalkError) -> anyhow::Error {
+    match error {
+        WalkError::Break(b) => Damaged(b).into(),
+        WalkError::Storage(e) => anyhow::Error::new(e).context("cannot read the ledger"),
+    }
+}
+
+fn fold(data: &Path, run: Option<&str>) -> anyhow::Result<Folded> {
+    let store = open_store(data)?;
+    let run = run.map(|r| RunId(r.to_owned()));
+    replay::fold(&store, run.as_ref()).map_err(walk_error)
+}
+
+fn print_json(out: &mut dyn Write, value: &impl Serialize) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn ingest(data: &Path, file: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let (name, reader): (String, Box<dyn BufRead>) = if file == "-" {
+        ("<stdin>".to_owned(), Box::new(std::io::BufReader::new(std::io::stdin())))
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?;
+        (file.to_owned(), Box::new(std::io::BufReader::new(f)))
+    };
+    let mut appends = Vec::new();
+    let mut line_numbers = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let number = i + 1;
+        let line = line.map_err(|e| anyhow::anyhow!("{name}: line {number}: cannot read: {e}"))?;
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        match wire::parse_line(text) {
+            Ok(append) => {
+                appends.push(append);
+                line_numbers.push(number);
+            }
+            Err(reason) => bail!("{name}: line {number}: {reason}"),
+        }
+    }
+    let count = appends.len();
+    let ledger = open_ledger(data, Durability::Always)?;
+    let receipt = match ledger.append(appends) {
+        Ok(receipt) => receipt,
+        Err(AppendError::Rejected { index, rejection }) => {
+            let _ = ledger.close();
+            bail!("{name}: line {}: {rejection}; nothing was appended", line_numbers[index]);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    ledger.close()?;
+    if json {
+        print_json(
+            out,
+            &serde_json::json!({
+                "ingested": count,
+                "first_seq": receipt.first_seq,
+                "last_seq": receipt.last_seq,
+                "head": receipt.head.to_hex().as_str(),
+            }),
+        )
+    } else if count == 0 {
+        writeln!(out, "ingested 0 events").map_err(Into::into)
+    } else {
+        writeln!(
+            out,
+            "ingested {count} events (seq {}..{}), head {}",
+            receipt.first_seq,
+            receipt.last_seq,
+            receipt.head.to_hex()
+        )
+        .map_err(Into::into)
+    }
+}
+
+fn open_ledger(data: &Path, durability: Durability) -> anyhow::Result<Ledger> {
+    let options = LedgerOptions { durability, checkpoint_every: 1_000_000, create: true };
+    match Ledger::open(data, options) {
+        Ok(ledger) => Ok(ledger),
+        Err(OpenError::Damaged(e)) => Err(walk_error(e)),
+        Err(OpenError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// Follows which run and tenant each task belongs to during a full walk.
+#[derive(Default)]
+struct Scopes {
+    tasks: rustc_hash::FxHashMap<TaskId, (RunId, TenantId)>,
+}
+
+impl Scopes {
+    fn matches(&mut self, event: &Event, run: Option<&str>, tenant: Option<&str>) -> bool {
+        if let Event::TaskSubmitted { task, run, tenant, .. } = event {
+            self.tasks.insert(task.clone(), (run.clone(), tenant.clone()));
+        }
+        let owner = event.task().and_then(|t| self.tasks.get(t));
+        let event_run = event.run().or(owner.map(|o| &o.0));
+        let event_tenant = event.tenant().or(owner.map(|o| &o.1));
+        run.is_none_or(|r| event_run.is_some_and(|x| x.as_str() == r))
+            && tenant.is_none_or(|t| event_tenant.is_some_and(|x| x.as_str() == t))
+    }
+}
+
+fn log(
+    data: &Path,
+    run: Option<&str>,
+    tenant: Option<&str>,
+    from: u64,
+    limit: Option<u64>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let store = open_store(data)?;
+    let limit = limit.unwrap_or(u64::MAX);
+    let mut shown = 0u64;
+    let mut failure: Option<anyhow::Error> = None;
+    let mut emit = |raw: RawRecord<'_>, event: Event| -> ControlFlow<()> {
+        if shown >= limit {
+            return ControlFlow::Break(());
+        }
+        let record = Record { seq: raw.seq, recorded_at: raw.recorded_at, prev_hash: raw.prev_hash, hash: raw.hash, event };
+        let written = if json {
+            writeln!(out, "{}", wire::record_line(&record))
+        } else {
+            writeln!(out, "{:>8}  {}  {}  {}", record.seq, record.recorded_at, &record.hash.to_hex()[..16], record.event)
+        };
+        if let Err(e) = written {
+            failure = Some(e.into());
+            return ControlFlow::Break(());
+        }
+        shown += 1;
+        if shown >= limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    };
+    let mut decode_failure: Option<Damaged> = None;
+    let mut decode = |raw: &RawRecord<'_>| match decode_event(raw.event_bytes) {
+        Ok(event) => Some(event),
+        Err(what) => {
+            decode_failure = Some(Damaged(crate::log::ChainBreak { seq: raw.seq, what: format!("event cannot be decoded: {what}") }));
+            None
+        }
+    };
+    let mut filters = Vec::new();
+    if let Some(r) = run {
+        filters.push((IndexKind::Run, r));
+    }
+    if let Some(t) = tenant {
+        filters.push((IndexKind::Tenant, t));
+    }
+    let indexed = store
+        .walk_indexed(&filters, from, |raw| match decode(&raw) {
+            Some(event) => emit(raw, event),
+            None => ControlFlow::Break(()),
+        })
+        .map_err(walk_error)?;
+    if indexed.is_none() {
+        let mut scopes = Scopes::default();
+        let start = if filters.is_empty() { from } else { 1 };
+        store
+            .walk(start, |raw| {
+                let Some(event) = decode(&raw) else { return ControlFlow::Break(()) };
+                if raw.seq < from || !scopes.matches(&event, run, tenant) {
+                    return ControlFlow::Continue(());
+                }
+                emit(raw, event)
+            })
+            .map_err(walk_error)?;
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(d) = decode_failure {
+        return Err(d.into());
+    }
+    Ok(())
+}
+
+fn verify_cmd(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = open_store(data)?;
+    match verify(&store).context("cannot read the ledger")? {
+        Ok(report) => {
+            if json {
+                print_json(
+                    out,
+                    &serde_json::json!({
+                        "ok": true,
+                        "records": report.records,
+                        "head_seq": report.head.seq,
+                        "head": report.head.hash.to_hex().as_str(),
+                        "checkpoints": report.checkpoints,
+                    }),
+                )
+            } else {
+                writeln!(out, "ok: {} records, head {}", report.records, report.head.hash.to_hex())?;
+                Ok(())
+            }
+        }
+        Err(broken) => {
+            if json {
+                print_json(out, &serde_json::json!({"ok": false, "seq": broken.seq, "error": broken.what}))?;
+            } else {
+                writeln!(out, "FAILED at seq {}: {}", broken.seq, broken.what)?;
+            }
+            Err(CheckFailed(format!("verification failed at seq {}: {}", broken.seq, broken.what)).into())
+        }
+    }
+}
+
+fn replay_cmd(data: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let folded = fold(data, run)?;
+    if let Some(r) = run {
+        if folded.state.runs.get(&RunId(r.to_owned())).is_none() {
+            bail!("run `{r}` is not in the ledger");
+        }
+    }
+    let digests = folded.state.digests();
+    if json {
+        return print_json(
+            out,
+            &serde_json::json!({
+                "records": folded.records,
+                "head_seq": folded.head.seq,
+                "head": folded.head.hash.to_hex().as_str(),
+                "run": run,
+                "digests": digests,
+                "tenants": views::tenants(&folded.state),
+                "queue": views::queue(&folded.state),
+                "digest": digests.combined.to_hex().as_str(),
+            }),
+        );
+    }
+    writeln!(out, "replayed {} records, head seq {} {}", folded.records, folded.head.seq, folded.head.hash.to_hex())?;
+    for (name, hash) in digests.named() {
+        writeln!(out, "  {name:<9} {}", hash.to_hex())?;
+    }
+    let mut table = Table::new(&["TENANT", "SPENT", "BUDGET", "USED", "STATUS"]);
+    for t in views::tenants(&folded.state) {
+        table.row(vec![
+            t.tenant,
+            crate::domain::Micros(t.spent_micros).to_string(),
+            crate::domain::Micros(t.budget_micros).to_string(),
+            bp_percent(t.utilisation_bp),
+            t.status.name().to_owned(),
+        ]);
+    }
+    write!(out, "{}", table.render())?;
+    let c = folded.state.queue.counts();
+    writeln!(
+        out,
+        "queue: {} waiting, {} pending, {} leased, {} done, {} dead-lettered, {} cancelled ({} retries)",
+        c.waiting, c.pending, c.leased, c.done, c.dead_lettered, c.cancelled, c.retries
+    )?;
+    writeln!(out, "digest: {}", digests.combined.to_hex())?;
+    Ok(())
+}
+
+fn tenants(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let folded = fold(data, None)?;
+    let views = views::tenants(&folded.state);
+    if json {
+        return print_json(out, &views);
+    }
+    let mut table = Table::new(&[
+        "TENANT", "BUDGET", "SPENT", "RESERVED", "USED", "STATUS", "RUNS", "INTENSITY", "LLM", "RETRIEVAL", "RERANK",
+        "STORAGE", "TOOL", "OTHER",
+    ]);
+    let m = |v: i64| crate::domain::Micros(v).to_string();
+    for t in views {
+        let cat = |name: &str| m(t.spent_by_category.get(name).copied().unwrap_or(0));
+        table.row(vec![
+            t.tenant.clone(),
+            m(t.budget_micros),
+            m(t.spent_micros),
+            m(t.reserved_micros),
+            bp_percent(t.utilisation_bp),
+            t.status.name().to_owned(),
+            format!("{}/{}", t.active_runs, t.max_concurrent_runs),
+            t.learning_intensity.name().to_owned(),
+            cat("llm"),
+            cat("retrieval"),
+            cat("rerank"),
+            cat("storage"),
+            cat("tool"),
+            cat("other"),
+        ]);
+    }
+    write!(out, "{}", table.render())?;
+    Ok(())
+}
+
+fn queue(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let folded = fold(data, None)?;
+    let view = views::queue(&folded.state);
+    if json {
+        return print_json(out, &view);
+    }
+    let c = view.counts;
+    let mut table = Table::new(&["WAITING", "PENDING", "LEASED", "DONE", "DEAD-LETTERED", "CANCELLED", "RETRIES"]);
+    table.row(
+        [c.waiting, c.pending, c.leased, c.done, c.dead_lettered, c.cancelled, c.retries]
+            .iter()
+            .map(u64::to_string)
+            .collect(),
+    );
+    write!(out, "{}", table.render())?;
+    let r = view.ready_by_priority;
+    writeln!(
+        out,
+        "ready by priority: critical {}, high {}, normal {}, low {}, batch {}",
+        r.critical, r.high, r.normal, r.low, r.batch
+    )?;
+    if !view.leased_tasks.is_empty() {
+        let mut leases = Table::new(&["LEASED TASK", "TENANT", "WORKER", "ATTEMPT", "DEADLINE"]);
+        for l in &view.leased_tasks {
+            leases.row(vec![
+                l.task.clone(),
+                l.tenant.clone(),
+                l.worker.clone(),
+                l.attempt.to_string(),
+                l.lease_deadline.map_or_else(|| "-".to_owned(), |d| d.to_string()),
+            ]);
+        }
+        write!(out, "{}", leases.render())?;
+    }
+    if !view.dead_letter.is_empty() {
+        writeln!(out, "dead letter: {}", view.dead_letter.join(", "))?;
+    }
+    Ok(())
+}
+
+fn runs(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let folded = fold(data, None)?;
+    let views = views::runs(&folded.state);
+    if json {
+        return print_json(out, &views);
+    }
+    let mut table = Table::new(&[
+        "RUN", "STATUS", "SEED", "STARTED", "SUBMITTED", "ACKED", "NACKED", "DEAD", "CANCELLED", "COST", "PEAK",
+    ]);
+    for r in views {
+        table.row(vec![
+            r.run,
+            format!("{:?}", r.status).to_lowercase(),
+            r.seed.to_string(),
+            r.started_at.to_string(),
+            r.tasks_submitted.to_string(),
+            r.tasks_acked.to_string(),
+            r.tasks_nacked.to_string(),
+            r.tasks_dead_lettered.to_string(),
+            r.tasks_cancelled.to_string(),
+            crate::domain::Micros(r.cost_micros).to_string(),
+            r.peak_running.to_string(),
+        ]);
+    }
+    write!(out, "{}", table.render())?;
+    Ok(())
+}
+
+fn workers(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let folded = fold(data, None)?;
+    let views = views::workers(&folded.state);
+    if json {
+        return print_json(out, &views);
+    }
+    let mut table = Table::new(&["WORKER", "EXECUTED", "SUCCEEDED", "FAILED", "TIMED OUT", "SUCCESS", "UPTIME"]);
+    for w in views {
+        table.row(vec![
+            w.worker,
+            w.executed.to_string(),
+            w.succeeded.to_string(),
+            w.failed.to_string(),
+            w.timed_out.to_string(),
+            bp_percent(i64::from(w.success_rate_bp)),
+            format!("{:.3}s", w.uptime_micros as f64 / 1e6),
+        ]);
+    }
+    write!(out, "{}", table.render())?;
+    Ok(())
+}
+
+fn bench_ledger(config: &LedgerBench, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let report = run_ledger_bench(config, &mut |phase| eprintln!("bench: {phase}"))?;
+    let r = &report;
+    writeln!(
+        out,
+        "append ({} durability, {} appenders x {} events/append): {:.0} events/s, latency p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+        r.durability, r.appenders, r.batch, r.append_events_per_sec, r.append_latency_us_p50, r.append_latency_us_p99,
+        r.append_latency_us_max
+    )?;
+    writeln!(
+        out,
+        "raw sled baseline (one key per event, no hashing): {:.0} events/s, {:.1} bytes/event; ledger/raw = {:.2}x",
+        r.raw_sled_events_per_sec,
+        r.raw_sled_bytes_per_event,
+        r.append_events_per_sec / r.raw_sled_events_per_sec.max(1.0)
+    )?;
+    writeln!(
+        out,
+        "single appender, 1 event/append: {:.0} events/s, latency p99 {:.0} us",
+        r.single_appender_events_per_sec, r.single_appender_latency_us_p99
+    )?;
+    writeln!(out, "disk: {:.1} bytes/event (events average {:.1} bytes encoded)", r.bytes_per_event, r.event_bytes_avg)?;
+    writeln!(out, "replay: {:.0} events/s", r.replay_events_per_sec)?;
+    writeln!(out, "verify: {:.0} events/s", r.verify_events_per_sec)?;
+    if json {
+        print_json(out, &report)?;
+    }
+    Ok(())
+}

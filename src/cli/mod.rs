@@ -1,0 +1,117 @@
+//! The `runledger` command line: argument parsing (validation only) and one
+//! function per subcommand. Errors carry their exit code: 2 for bad input
+//! or usage, 1 for a failed check (a damaged chain), 0 otherwise.
+
+mod commands;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::log::{ChainBreak, Durability};
+
+#[derive(Parser, Debug)]
+#[command(name = "runledger", version, about = "Multi-tenant task engine with a hash-chained event ledger")]
+pub struct Cli {
+    /// Data directory of the ledger.
+    #[arg(long, global = true, env = "RUNLEDGER_DATA", default_value = "./runledger-data")]
+    pub data: PathBuf,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Append events given as JSON lines (a file, or - for stdin); all or nothing.
+    Ingest {
+        /// JSON-lines file, or `-` for standard input.
+        file: String,
+    },
+    /// Show records with seq, time, hash and event.
+    Log {
+        #[arg(long)]
+        run: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// First seq to show.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Show at most this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Check the whole hash chain; exit 1 naming the first bad seq.
+    Verify,
+    /// Rebuild every projection from the log and print their digests.
+    Replay {
+        /// Only the records of this run (plus global ones such as tenant registrations).
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Tenant budgets, spend by category, status, concurrency, learning intensity.
+    Tenants,
+    /// Queue state: counts, ready tasks by priority, leases, dead letters.
+    Queue,
+    /// Run summaries.
+    Runs,
+    /// Workers and their statistics.
+    Workers,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Append synthetic events, then replay and verify them, beside a raw sled baseline.
+    Ledger {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value = "always", value_parser = parse_durability)]
+        durability: Durability,
+        /// Concurrent appenders.
+        #[arg(long, default_value_t = 64)]
+        appenders: usize,
+        /// Events per append call.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+    },
+}
+
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    text.parse()
+}
+
+/// A check failed (exit 1): the ledger is damaged at `0`.
+#[derive(Debug, thiserror::Error)]
+#[error("the ledger is damaged at {0}")]
+pub struct Damaged(pub ChainBreak);
+
+/// A check failed (exit 1) with this message, already explained.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckFailed(pub String);
+
+/// Runs a parsed command line; the error's type decides the exit code
+/// (see [`exit_code`]).
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    commands::run(cli)
+}
+
+/// 1 for a failed check, 0 for a closed pipe, 2 for everything else.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<Damaged>().is_some() || error.downcast_ref::<CheckFailed>().is_some() {
+        return 1;
+    }
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::BrokenPipe {
+            return 0;
+        }
+    }
+    2
+}
