@@ -11,7 +11,7 @@ use rustc_hash::FxHashSet;
 
 use crate::domain::{Event, RunId, State, TaskId, Timestamp};
 use crate::log::codec::decode_event;
-use crate::log::store::{ChainBreak, Head, IndexEntry, Store, WalkError, build_index};
+use crate::log::store::{ChainBreak, Head, IndexBuilder, IndexKind, Store, WalkError};
 
 /// The result of a fold.
 #[derive(Clone, Debug)]
@@ -68,7 +68,7 @@ fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folde
     let mut records = 0u64;
     let mut failure: Option<ChainBreak> = None;
     let hwm = if reindex { store.index_hwm() } else { u64::MAX };
-    let mut index: Vec<IndexEntry> = Vec::new();
+    let mut index = IndexBuilder::default();
     let head = store.walk(1, |record| {
         let event = match decode_event(record.event_bytes) {
             Ok(event) => event,
@@ -84,8 +84,13 @@ fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folde
         }
         if record.seq > hwm {
             let (run, tenant) = state.scope(&event);
-            let offset = u32::try_from(record.seq - record.frame_seq).unwrap_or(u32::MAX);
-            index.push((record.frame_seq, offset, run.map(|r| r.0.clone()), tenant.map(|t| t.0.clone())));
+            let place = (record.frame_seq, u32::try_from(record.seq - record.frame_seq).unwrap_or(u32::MAX));
+            if let Some(run) = run {
+                index.add(IndexKind::Run, run.as_str(), place);
+            }
+            if let Some(tenant) = tenant {
+                index.add(IndexKind::Tenant, tenant.as_str(), place);
+            }
         }
         ControlFlow::Continue(())
     })?;
@@ -93,7 +98,7 @@ fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folde
         return Err(b.into());
     }
     if reindex && head.seq > hwm {
-        store.write_index(build_index(&index), head.seq)?;
+        store.write_index(index.take(), head.seq)?;
     }
     state.seq = head.seq;
     Ok(Folded { state, head, last_time, records })

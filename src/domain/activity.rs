@@ -159,6 +159,20 @@ pub struct WorkerStats {
 }
 
 impl WorkerStats {
+    fn new(worker: WorkerId, at: Timestamp) -> Self {
+        WorkerStats {
+            worker,
+            executed: 0,
+            succeeded: 0,
+            failed: 0,
+            timed_out: 0,
+            leases_expired: 0,
+            busy: 0,
+            first_seen: at,
+            last_seen: at,
+        }
+    }
+
     /// Succeeded share of finished attempts, in basis points.
     pub fn success_rate_bp(&self) -> u32 {
         let finished = self.succeeded + self.failed + self.leases_expired;
@@ -205,17 +219,10 @@ impl Workers {
             | Event::LeaseExpired { worker, .. } => worker,
             _ => return,
         };
-        let w = self.workers.entry(worker.clone()).or_insert_with(|| WorkerStats {
-            worker: worker.clone(),
-            executed: 0,
-            succeeded: 0,
-            failed: 0,
-            timed_out: 0,
-            leases_expired: 0,
-            busy: 0,
-            first_seen: at,
-            last_seen: at,
-        });
+        if !self.workers.contains_key(worker) {
+            self.workers.insert(worker.clone(), WorkerStats::new(worker.clone(), at));
+        }
+        let Some(w) = self.workers.get_mut(worker) else { return };
         w.first_seen = w.first_seen.min(at);
         w.last_seen = w.last_seen.max(at);
         match event {

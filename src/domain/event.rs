@@ -154,44 +154,57 @@ pub enum Decision {
 }
 
 /// Free-form JSON carried by an event (handler params, outputs, plans),
-/// stored as canonical compact JSON (object keys sorted) so that equal
-/// values always encode to equal bytes.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Encode, Decode)]
+/// kept as canonical compact JSON (object keys sorted) so that equal values
+/// always encode to equal bytes. JSON `null` is held as an empty string, so
+/// the common case allocates nothing.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct Params(String);
 
 impl Params {
     pub fn null() -> Self {
-        Params("null".to_owned())
+        Params(String::new())
     }
 
     pub fn from_value(value: &serde_json::Value) -> Self {
+        if value.is_null() {
+            return Params::null();
+        }
         // serde_json's map is a BTreeMap (no `preserve_order`), so keys come
         // out sorted: the text is canonical.
         Params(value.to_string())
     }
 
     pub fn to_value(&self) -> serde_json::Value {
-        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(self.as_json()).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The canonical JSON text (`null` for none).
     pub fn as_json(&self) -> &str {
-        &self.0
+        if self.0.is_empty() { "null" } else { &self.0 }
     }
 
     pub fn is_null(&self) -> bool {
-        self.0 == "null"
+        self.0.is_empty()
     }
 }
 
-impl Default for Params {
-    fn default() -> Self {
-        Params::null()
+impl Encode for Params {
+    fn encode<E: bincode::enc::Encoder>(&self, encoder: &mut E) -> Result<(), bincode::error::EncodeError> {
+        self.as_json().encode(encoder)
     }
 }
+
+impl<Context> Decode<Context> for Params {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, bincode::error::DecodeError> {
+        let text = String::decode(decoder)?;
+        Ok(if text == "null" { Params::null() } else { Params(text) })
+    }
+}
+bincode::impl_borrow_decode!(Params);
 
 impl Serialize for Params {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match serde_json::value::RawValue::from_string(self.0.clone()) {
+        match serde_json::value::RawValue::from_string(self.as_json().to_owned()) {
             Ok(raw) => raw.serialize(serializer),
             Err(_) => serializer.serialize_unit(),
         }

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::event::{Event, Params, Priority};
 use super::ids::{PipelineId, RunId, TaskId, TenantId, WorkerId};
+
 use super::money::Micros;
 use super::rejection::Rejection;
 use super::time::Timestamp;
@@ -50,7 +51,8 @@ impl std::fmt::Display for TaskStatus {
 pub struct Task {
     pub run: RunId,
     pub tenant: TenantId,
-    pub pipeline: PipelineId,
+    /// The pipeline instance; `None`: the task is a pipeline of its own.
+    pub pipeline: Option<PipelineId>,
     pub priority: Priority,
     pub deps: Vec<TaskId>,
     /// Parents not yet ACKed.
@@ -111,6 +113,13 @@ pub struct Queue {
     /// Ready tasks per priority, keyed by `ready_seq` (FIFO).
     ready: [BTreeMap<u64, TaskId>; 5],
     counts: QueueCounts,
+}
+
+impl Task {
+    /// The key of the pipeline instance the task belongs to.
+    pub fn pipeline_key<'a>(&'a self, task: &'a TaskId) -> &'a str {
+        self.pipeline.as_ref().map_or(task.as_str(), PipelineId::as_str)
+    }
 }
 
 impl Queue {
@@ -282,7 +291,7 @@ impl Queue {
                     Task {
                         run: run.clone(),
                         tenant: tenant.clone(),
-                        pipeline: pipeline.clone().unwrap_or_else(|| PipelineId(task.0.clone())),
+                        pipeline: pipeline.clone(),
                         priority: *priority,
                         deps: deps.clone(),
                         deps_open,

@@ -29,8 +29,8 @@ pub struct State {
     pub runs: Runs,
     pub workers: Workers,
     pub learning: Learning,
-    /// Open (non-terminal) tasks per pipeline instance.
-    pipelines: FxHashMap<(RunId, PipelineId), u32>,
+    /// Open (non-terminal) tasks per pipeline instance, by run.
+    pipelines: FxHashMap<RunId, FxHashMap<PipelineId, u32>>,
     /// Seq of the last event folded in.
     pub seq: u64,
 }
@@ -125,19 +125,26 @@ impl State {
 
     /// Applies `event`, recorded at `seq` and `at`, without checking it.
     pub fn evolve(&mut self, seq: u64, at: Timestamp, event: &Event) {
-        let (task_run, task_tenant, task_reserved, pipeline) = match event.task().and_then(|t| self.queue.get(t)) {
-            Some(t) => (Some(t.run.clone()), Some(t.tenant.clone()), t.reserved_micros, Some(t.pipeline.clone())),
-            None => (None, None, Micros::ZERO, None),
-        };
+        // Counters that only need to know whose task it is go first, while
+        // the task is as it was before the event.
+        let task = event.task().and_then(|t| self.queue.get(t));
+        self.runs.evolve(at, event, task.map(|t| &t.run));
+        let task_reserved = task.map_or(Micros::ZERO, |t| t.reserved_micros);
+        self.workers.evolve(at, event);
+        self.learning.evolve(event);
 
         let terminal = self.queue.evolve(seq, event);
         let moved = self.tenants.evolve(event, task_reserved);
 
         match event {
-            Event::TaskSubmitted { run, tenant, .. } => {
-                let pipeline = event.task().and_then(|t| self.queue.get(t)).map(|t| t.pipeline.clone());
-                if let Some(pipeline) = pipeline {
-                    let open = self.pipelines.entry((run.clone(), pipeline)).or_insert(0);
+            Event::TaskSubmitted { run, task, tenant, .. } => {
+                if let Some(t) = self.queue.get(task) {
+                    let key = t.pipeline_key(task);
+                    let pipelines = self.pipelines.entry(run.clone()).or_default();
+                    let open = match pipelines.get_mut(key) {
+                        Some(open) => open,
+                        None => pipelines.entry(PipelineId(key.to_owned())).or_insert(0),
+                    };
                     *open += 1;
                     if *open == 1 {
                         self.tenants.run_opened(tenant);
@@ -164,21 +171,22 @@ impl State {
         }
 
         if terminal.is_some() {
-            if let (Some(run), Some(tenant), Some(pipeline)) = (&task_run, &task_tenant, pipeline) {
-                let key = (run.clone(), pipeline);
-                if let Some(open) = self.pipelines.get_mut(&key) {
-                    *open = open.saturating_sub(1);
-                    if *open == 0 {
-                        self.pipelines.remove(&key);
-                        self.tenants.run_closed(tenant);
+            if let Some((id, t)) = event.task().and_then(|id| Some((id, self.queue.get(id)?))) {
+                if let Some(pipelines) = self.pipelines.get_mut(&t.run) {
+                    let key = t.pipeline_key(id);
+                    if let Some(open) = pipelines.get_mut(key) {
+                        *open = open.saturating_sub(1);
+                        if *open == 0 {
+                            pipelines.remove(key);
+                            self.tenants.run_closed(&t.tenant);
+                        }
+                    }
+                    if pipelines.is_empty() {
+                        self.pipelines.remove(&t.run);
                     }
                 }
             }
         }
-
-        self.runs.evolve(at, event, task_run.as_ref());
-        self.workers.evolve(at, event);
-        self.learning.evolve(event);
         self.seq = seq;
     }
 

@@ -384,30 +384,41 @@ pub(crate) fn dir_size(dir: &Path) -> u64 {
     total
 }
 
-/// `(frame seq, offset in frame, run, tenant)` of one record.
-pub(crate) type IndexEntry = (u64, u32, Option<String>, Option<String>);
+/// Collects index entries: for each run and tenant id, the `(frame seq,
+/// offset in frame)` of its records, in seq order.
+#[derive(Default)]
+pub(crate) struct IndexBuilder {
+    runs: rustc_hash::FxHashMap<String, Vec<(u64, u32)>>,
+    tenants: rustc_hash::FxHashMap<String, Vec<(u64, u32)>>,
+}
 
-/// Groups per-record index entries into one entry per (id, frame).
-pub(crate) fn build_index(records: &[IndexEntry]) -> Vec<(IndexKind, Vec<u8>, Vec<u8>)> {
-    use std::collections::BTreeMap;
-    let mut runs: BTreeMap<(&str, u64), Vec<u32>> = BTreeMap::new();
-    let mut tenants: BTreeMap<(&str, u64), Vec<u32>> = BTreeMap::new();
-    for (frame, offset, run, tenant) in records {
-        if let Some(run) = run {
-            runs.entry((run, *frame)).or_default().push(*offset);
+impl IndexBuilder {
+    pub(crate) fn add(&mut self, kind: IndexKind, id: &str, place: (u64, u32)) {
+        let map = match kind {
+            IndexKind::Run => &mut self.runs,
+            IndexKind::Tenant => &mut self.tenants,
+        };
+        match map.get_mut(id) {
+            Some(places) => places.push(place),
+            None => {
+                map.insert(id.to_owned(), vec![place]);
+            }
         }
-        if let Some(tenant) = tenant {
-            tenants.entry((tenant, *frame)).or_default().push(*offset);
+    }
+
+    /// The sled entries (one per id and frame), leaving the builder empty.
+    pub(crate) fn take(&mut self) -> Vec<(IndexKind, Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (kind, map) in [(IndexKind::Run, &mut self.runs), (IndexKind::Tenant, &mut self.tenants)] {
+            for (id, places) in map.drain() {
+                for chunk in places.chunk_by(|a, b| a.0 == b.0) {
+                    let offsets: Vec<u32> = chunk.iter().map(|p| p.1).collect();
+                    out.push((kind, index_key(&id, chunk[0].0), index_value(&offsets)));
+                }
+            }
         }
+        out
     }
-    let mut out = Vec::with_capacity(runs.len() + tenants.len());
-    for ((id, frame), offsets) in runs {
-        out.push((IndexKind::Run, index_key(id, frame), index_value(&offsets)));
-    }
-    for ((id, frame), offsets) in tenants {
-        out.push((IndexKind::Tenant, index_key(id, frame), index_value(&offsets)));
-    }
-    out
 }
 
 impl Store {

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::codec::encode_event_into;
 use super::frame::FrameBuilder;
 use super::record::record_hash;
-use super::store::{Checkpoint, Head, Store, StoreError, WalkError, build_index};
+use super::store::{Checkpoint, Head, IndexBuilder, IndexKind, Store, StoreError, WalkError};
 use crate::domain::{Event, Rejection, State, Timestamp};
 use crate::replay;
 
@@ -204,8 +204,6 @@ struct Staged {
     recorded_at: Timestamp,
     hash: blake3::Hash,
     bytes: std::ops::Range<usize>,
-    run: Option<String>,
-    tenant: Option<String>,
 }
 
 struct Writer {
@@ -222,7 +220,7 @@ struct Writer {
 struct Group {
     builder: FrameBuilder,
     frames: Vec<(u64, Vec<u8>)>,
-    index: Vec<(u64, u32, Option<String>, Option<String>)>,
+    index: IndexBuilder,
     records: u64,
     replies: Vec<(oneshot::Sender<Result<Receipt, AppendError>>, Receipt)>,
     staged: Vec<Staged>,
@@ -234,7 +232,7 @@ impl Group {
         Group {
             builder: FrameBuilder::new(head.seq + 1, head.hash),
             frames: Vec::new(),
-            index: Vec::new(),
+            index: IndexBuilder::default(),
             records: 0,
             replies: Vec::new(),
             staged: Vec::new(),
@@ -385,25 +383,25 @@ impl Writer {
             let from = group.scratch.len();
             encode_event_into(&entry.event, &mut group.scratch);
             let hash = record_hash(seq, recorded_at, &self.head.hash, &group.scratch[from..]);
-            let (run, tenant) = self.state.scope(&entry.event);
-            group.staged.push(Staged {
-                recorded_at,
-                hash,
-                bytes: from..group.scratch.len(),
-                run: run.map(|r| r.0.clone()),
-                tenant: tenant.map(|t| t.0.clone()),
-            });
+            group.staged.push(Staged { recorded_at, hash, bytes: from..group.scratch.len() });
             self.head = Head { seq, hash };
             self.last_time = recorded_at;
         }
-        for staged in group.staged.drain(..) {
+        for (entry, staged) in entries.iter().zip(group.staged.drain(..)) {
             if group.builder.is_full() {
                 let first = group.builder.first_seq();
                 group.frames.push((first, group.builder.finish()));
             }
             let frame = group.builder.first_seq();
             group.builder.push(staged.recorded_at, staged.hash, &group.scratch[staged.bytes]);
-            group.index.push((frame, group.builder.len() - 1, staged.run, staged.tenant));
+            let place = (frame, group.builder.len() - 1);
+            let (run, tenant) = self.state.scope(&entry.event);
+            if let Some(run) = run {
+                group.index.add(IndexKind::Run, run.as_str(), place);
+            }
+            if let Some(tenant) = tenant {
+                group.index.add(IndexKind::Tenant, tenant.as_str(), place);
+            }
             group.records += 1;
         }
         let receipt = Receipt { first_seq: start.0.seq + 1, last_seq: self.head.seq, head: self.head.hash };
@@ -435,7 +433,7 @@ impl Writer {
         let frames = std::mem::take(&mut group.frames);
         let mut result = self.store.write_frames(frames).map_err(|e| e.to_string());
         if result.is_ok() {
-            result = self.store.write_index(build_index(&group.index), self.head.seq).map_err(|e| e.to_string());
+            result = self.store.write_index(group.index.take(), self.head.seq).map_err(|e| e.to_string());
         }
         let mut dirty = true;
         if result.is_ok() && self.options.durability == Durability::Always {
@@ -454,7 +452,6 @@ impl Writer {
         }
         self.since_checkpoint += group.records;
         group.records = 0;
-        group.index.clear();
         group.builder = FrameBuilder::new(self.head.seq + 1, self.head.hash);
         if self.options.checkpoint_every > 0 && self.since_checkpoint >= self.options.checkpoint_every {
             if let Err(e) = self.checkpoint() {
