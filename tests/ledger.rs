@@ -1,0 +1,298 @@
+//! The ledger end to end on disk: appends are all-or-nothing, survive a
+//! reopen, fold to the same digests live and from disk (property test), and
+//! the derived indices are rebuilt from the log when they fall behind.
+
+use std::ops::ControlFlow;
+
+use proptest::prelude::*;
+use runledger::domain::*;
+use runledger::log::codec::decode_event;
+use runledger::log::store::IndexKind;
+use runledger::log::{Append, AppendError, Durability, Ledger, LedgerOptions, Store};
+use runledger::replay;
+
+fn options() -> LedgerOptions {
+    LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }
+}
+
+fn tenant(id: &str, budget: i64) -> Event {
+    Event::TenantRegistered {
+        tenant: id.into(),
+        budget_micros: Micros(budget),
+        max_concurrent_runs: 4,
+        learning_intensity: LearningIntensity::Conservative,
+        meta_learning: false,
+        budget_period: BudgetPeriod::Monthly,
+    }
+}
+
+fn submit(run: &str, task: &str, tenant: &str, deps: Vec<TaskId>) -> Event {
+    Event::TaskSubmitted {
+        run: run.into(),
+        task: task.into(),
+        tenant: tenant.into(),
+        priority: Priority::Normal,
+        deps,
+        pipeline: None,
+        cost_ceiling_micros: Micros(0),
+        handler: String::new(),
+        params: Params::null(),
+        max_attempts: 3,
+        optional: false,
+    }
+}
+
+/// Turns random choices into a sequence of events that are each valid in
+/// the state left by the ones before (invalid picks are skipped).
+fn valid_sequence(ops: &[(u8, u8, u8)]) -> Vec<Event> {
+    let mut state = State::new();
+    let mut out = Vec::new();
+    let tenants = ["t0", "t1", "t2"];
+    let mut push = |state: &mut State, out: &mut Vec<Event>, event: Event| {
+        if state.validate(&event).is_ok() {
+            state.evolve(out.len() as u64 + 1, Timestamp(out.len() as i64), &event);
+            out.push(event);
+        }
+    };
+    push(&mut state, &mut out, Event::RunStarted { run: "r".into(), seed: 1, config_hash: String::new() });
+    for &(kind, a, b) in ops {
+        let tenant_id = tenants[usize::from(a) % 3];
+        let task = format!("k{}", b % 24);
+        let worker = format!("w{}", a % 3);
+        let attempt = state.queue.get(&task.as_str().into()).map_or(1, |t| t.attempts + 1);
+        let event = match kind % 14 {
+            0 => tenant(tenant_id, i64::from(b) * 1_000),
+            1 | 2 => {
+                let deps = if b % 3 == 0 { vec![TaskId(format!("k{}", a % 24))] } else { Vec::new() };
+                submit("r", &task, tenant_id, deps)
+            }
+            3 | 4 => Event::TaskDequeued { task: task.into(), worker: worker.into(), attempt, lease_deadline: None },
+            5 | 6 => Event::TaskAcked { task: task.into(), worker: worker.into(), output: Params::null() },
+            7 => Event::TaskNacked { task: task.into(), worker: worker.into(), error: "x".into(), retry_at: None, timed_out: a % 2 == 0 },
+            8 => Event::CostReserved { tenant: tenant_id.into(), task: task.into(), amount_micros: Micros(i64::from(a) * 10) },
+            9 => Event::CostIncurred {
+                tenant: tenant_id.into(),
+                task: (b % 2 == 0).then(|| task.into()),
+                category: Category::ALL[usize::from(a) % 6],
+                amount_micros: Micros(i64::from(a)),
+            },
+            10 => Event::ReservationReleased { tenant: tenant_id.into(), task: task.into(), amount_micros: Micros(i64::from(a)) },
+            11 => Event::TaskDeadLettered { task: task.into(), reason: "x".into() },
+            12 => Event::LeaseExpired { task: task.into(), worker: worker.into() },
+            _ => Event::LearningOutcome {
+                tenant: tenant_id.into(),
+                task: None,
+                arm: format!("arm{}", a % 3),
+                reward_bp: i32::from(b) * 10,
+                cost_micros: Micros(1),
+            },
+        };
+        push(&mut state, &mut out, event);
+    }
+    out
+}
+
+fn fold_in_memory(events: &[Event]) -> State {
+    let mut state = State::new();
+    for (i, event) in events.iter().enumerate() {
+        state.evolve(i as u64 + 1, Timestamp(i as i64), event);
+    }
+    state
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Live state after appending == fold of the same events in memory ==
+    /// fold from disk after reopening.
+    #[test]
+    fn ledger_live_state_equals_rebuild_from_disk(
+        ops in prop::collection::vec(any::<(u8, u8, u8)>(), 1..160),
+        chunk in 1usize..9,
+    ) {
+        let events = valid_sequence(&ops);
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), options()).unwrap();
+        let timed: Vec<Append> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Append { recorded_at: Some(Timestamp(i as i64)), event: e.clone() })
+            .collect();
+        for (n, batch) in timed.chunks(chunk).enumerate() {
+            if n % 3 == 1 {
+                // A batch that ends in an impossible event leaves no trace.
+                let mut bad = batch.to_vec();
+                bad.push(Append::from(Event::TaskAcked { task: "never".into(), worker: "w".into(), output: Params::null() }));
+                let rejected = ledger.append(bad);
+                let rejected_at_end = matches!(rejected, Err(AppendError::Rejected { index, .. }) if index == batch.len());
+                prop_assert!(rejected_at_end);
+            }
+            ledger.append(batch.to_vec()).unwrap();
+        }
+        let live = ledger.query(|state, head| (state.digests(), head)).unwrap();
+        ledger.close().unwrap();
+        prop_assert_eq!(live.1.seq, events.len() as u64);
+        prop_assert_eq!(live.0, fold_in_memory(&events).digests());
+        let store = Store::open(dir.path(), false).unwrap();
+        let folded = replay::fold(&store, None).unwrap();
+        prop_assert_eq!(folded.state.digests(), live.0);
+        prop_assert_eq!(folded.head, live.1);
+    }
+}
+
+#[test]
+fn ledger_append_rejected_batch_appends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    ledger.append([tenant("acme", 100)]).unwrap();
+    let batch = vec![
+        Event::RunStarted { run: "r1".into(), seed: 1, config_hash: String::new() },
+        submit("r1", "a", "acme", vec![]),
+        submit("r1", "b", "nobody", vec![]),
+    ];
+    match ledger.append(batch) {
+        Err(AppendError::Rejected { index, rejection }) => {
+            assert_eq!(index, 2);
+            assert_eq!(rejection, Rejection::UnknownTenant("nobody".into()));
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let (seq, runs) = ledger.query(|state, head| (head.seq, state.runs.len())).unwrap();
+    assert_eq!((seq, runs), (1, 0), "the rejected batch's run must not be live");
+    // The same run can be started now: nothing of the batch survived.
+    let receipt = ledger.append([Event::RunStarted { run: "r1".into(), seed: 1, config_hash: String::new() }]).unwrap();
+    assert_eq!((receipt.first_seq, receipt.last_seq), (2, 2));
+    ledger.close().unwrap();
+}
+
+#[test]
+fn ledger_reopen_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let ledger = Ledger::open(dir.path(), options()).unwrap();
+        let receipt = ledger.append([tenant("acme", 100), tenant("globex", 50)]).unwrap();
+        ledger.close().unwrap();
+        receipt
+    };
+    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    assert_eq!(ledger.head().unwrap().hash, first.head);
+    let receipt = ledger
+        .append([Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Llm, amount_micros: Micros(7) }])
+        .unwrap();
+    assert_eq!(receipt.first_seq, 3);
+    ledger.close().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    let report = runledger::log::verify::verify(&store).unwrap().unwrap();
+    assert_eq!((report.records, report.head.hash), (3, receipt.head));
+    assert!(report.checkpoints >= 1, "close records a checkpoint");
+}
+
+#[test]
+fn ledger_many_appenders_get_disjoint_gapless_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), LedgerOptions { durability: Durability::Always, ..options() }).unwrap();
+    ledger.append([tenant("acme", i64::MAX / 2)]).unwrap();
+    let receipts: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|k| {
+                let ledger = ledger.clone();
+                s.spawn(move || {
+                    (0..50)
+                        .map(|n| {
+                            let events: Vec<Event> = (0..(n % 5 + 1))
+                                .map(|i| Event::CostIncurred {
+                                    tenant: "acme".into(),
+                                    task: None,
+                                    category: Category::Tool,
+                                    amount_micros: Micros(k * 1_000 + i),
+                                })
+                                .collect();
+                            ledger.append(events).unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let mut ranges: Vec<(u64, u64)> = receipts.iter().map(|r| (r.first_seq, r.last_seq)).collect();
+    ranges.sort_unstable();
+    let mut next = 2;
+    for (first, last) in ranges {
+        assert_eq!(first, next, "seqs must be gapless and disjoint");
+        next = last + 1;
+    }
+    let head = ledger.head().unwrap();
+    assert_eq!(head.seq, next - 1);
+    ledger.close().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    assert_eq!(runledger::log::verify::verify(&store).unwrap().unwrap().head, head);
+}
+
+fn events_of(store: &Store, filters: &[(IndexKind, &str)]) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let used = store
+        .walk_indexed(filters, 1, |r| {
+            out.push((r.seq, decode_event(r.event_bytes).unwrap().kind().to_owned()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert!(used.is_some(), "the index should be current");
+    out
+}
+
+#[test]
+fn index_lists_records_by_run_and_tenant_and_is_rebuilt_after_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    ledger.append([tenant("acme", 1_000), tenant("globex", 1_000)]).unwrap();
+    ledger.append([Event::RunStarted { run: "r1".into(), seed: 1, config_hash: String::new() }]).unwrap();
+    ledger.append([Event::RunStarted { run: "r2".into(), seed: 2, config_hash: String::new() }]).unwrap();
+    ledger.append([submit("r1", "a", "acme", vec![]), submit("r2", "b", "globex", vec![])]).unwrap();
+    ledger
+        .append([Event::TaskDequeued { task: "b".into(), worker: "w".into(), attempt: 1, lease_deadline: None }])
+        .unwrap();
+    ledger.close().unwrap();
+
+    let store = Store::open(dir.path(), false).unwrap();
+    let globex = events_of(&store, &[(IndexKind::Tenant, "globex")]);
+    assert_eq!(globex, vec![(2, "tenant_registered".into()), (6, "task_submitted".into()), (7, "task_dequeued".into())]);
+    let r1 = events_of(&store, &[(IndexKind::Run, "r1")]);
+    assert_eq!(r1, vec![(3, "run_started".into()), (5, "task_submitted".into())]);
+    let both = events_of(&store, &[(IndexKind::Run, "r2"), (IndexKind::Tenant, "globex")]);
+    assert_eq!(both, vec![(6, "task_submitted".into()), (7, "task_dequeued".into())]);
+
+    // Lose the index (as after a crash between the log write and the index
+    // write): reads fall back to the log, and the next open rebuilds it.
+    store.clear_index().unwrap();
+    assert!(store.walk_indexed(&[(IndexKind::Tenant, "globex")], 1, |_| ControlFlow::Continue(())).unwrap().is_none());
+    drop(store);
+    Ledger::open(dir.path(), options()).unwrap().close().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    assert_eq!(events_of(&store, &[(IndexKind::Tenant, "globex")]), globex);
+    assert_eq!(events_of(&store, &[(IndexKind::Run, "r1")]), r1);
+}
+
+#[test]
+fn replay_of_one_run_keeps_global_events_and_drops_other_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    ledger
+        .append([
+            tenant("acme", 1_000),
+            Event::RunStarted { run: "r1".into(), seed: 1, config_hash: String::new() },
+            Event::RunStarted { run: "r2".into(), seed: 2, config_hash: String::new() },
+            submit("r1", "a", "acme", vec![]),
+            submit("r2", "b", "acme", vec![]),
+            Event::CostIncurred { tenant: "acme".into(), task: Some("b".into()), category: Category::Llm, amount_micros: Micros(30) },
+            Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Other, amount_micros: Micros(5) },
+        ])
+        .unwrap();
+    ledger.close().unwrap();
+    let store = Store::open(dir.path(), false).unwrap();
+    let r1 = replay::fold(&store, Some(&"r1".into())).unwrap().state;
+    assert!(r1.runs.get(&"r2".into()).is_none());
+    assert!(r1.queue.get(&"b".into()).is_none());
+    assert_eq!(r1.queue.len(), 1);
+    assert_eq!(r1.tenants.get(&"acme".into()).unwrap().spent_micros(), Micros(5), "only the global cost");
+}
