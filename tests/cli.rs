@@ -1,0 +1,211 @@
+//! The `runledger` binary as users drive it: exit codes, messages that say
+//! what and where, JSON shapes, and the `log --json` → `ingest` round trip.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use std::io::Write;
+
+const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/replay/sample/ledger.jsonl");
+
+fn runledger(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("RUNLEDGER_DATA")
+        .output()
+        .unwrap()
+}
+
+fn runledger_stdin(data: &Path, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn digest_line(o: &Output) -> String {
+    stdout(o).lines().find(|l| l.starts_with("digest: ")).expect("a digest line").to_owned()
+}
+
+fn sample_ledger() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runledger(dir.path(), &["ingest", SAMPLE]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    dir
+}
+
+#[test]
+fn ingest_then_verify_and_replay_print_head_and_digest() {
+    let dir = sample_ledger();
+    let verify = runledger(dir.path(), &["verify"]);
+    assert_eq!(verify.status.code(), Some(0));
+    let text = stdout(&verify);
+    assert!(text.starts_with("ok: 56 records, head "), "{text}");
+    let head = text.trim().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(head.len(), 64);
+    let replay = runledger(dir.path(), &["replay"]);
+    assert_eq!(replay.status.code(), Some(0));
+    let line = digest_line(&replay);
+    assert_eq!(line.len(), "digest: ".len() + 64);
+    assert!(stdout(&replay).contains(&head));
+}
+
+#[test]
+fn log_json_round_trips_through_ingest_with_identical_digests() {
+    let dir = sample_ledger();
+    let log = runledger(dir.path(), &["log", "--json"]);
+    assert!(log.status.success());
+    let copy = tempfile::tempdir().unwrap();
+    let ingest = runledger_stdin(copy.path(), &["ingest", "-"], &log.stdout);
+    assert!(ingest.status.success(), "{}", stderr(&ingest));
+    assert_eq!(digest_line(&runledger(dir.path(), &["replay"])), digest_line(&runledger(copy.path(), &["replay"])));
+    assert_eq!(stdout(&runledger(dir.path(), &["verify"])), stdout(&runledger(copy.path(), &["verify"])));
+    let a = runledger(dir.path(), &["--json", "replay"]);
+    let b = runledger(copy.path(), &["--json", "replay"]);
+    assert_eq!(stdout(&a), stdout(&b));
+}
+
+#[test]
+fn ingest_bad_line_exits_2_names_the_line_and_appends_nothing() {
+    let dir = sample_ledger();
+    let before = stdout(&runledger(dir.path(), &["verify"]));
+    let cases: [(&str, &str); 5] = [
+        ("{\"type\":\"run_started\",\"run\":\"r9\",\"seed\":1}\n{oops\n", "line 2: invalid JSON"),
+        ("{\"type\":\"run_started\",\"run\":\"r9\",\"seed\":1}\n\n{\"type\":\"run_paused\",\"run\":\"r9\"}\n", "line 3: unknown variant `run_paused`"),
+        (
+            "{\"type\":\"run_started\",\"run\":\"r9\",\"seed\":1}\n{\"type\":\"task_acked\",\"task\":\"acme/q1/retrieve\",\"worker\":\"w1\"}\n",
+            "line 2: cannot ack task `acme/q1/retrieve`: it is done",
+        ),
+        ("{\"type\":\"cost_incurred\",\"tenant\":\"nobody\",\"category\":\"llm\",\"amount_micros\":5}\n", "line 1: tenant `nobody` is not registered"),
+        ("{\"type\":\"cost_incurred\",\"tenant\":\"acme\",\"category\":\"llm\",\"amount_micros\":1.5}\n", "line 1: invalid type"),
+    ];
+    for (input, expected) in cases {
+        let out = runledger_stdin(dir.path(), &["ingest", "-"], input.as_bytes());
+        assert_eq!(out.status.code(), Some(2), "{input}");
+        assert!(stderr(&out).contains(expected), "expected `{expected}` in: {}", stderr(&out));
+        assert_eq!(stdout(&runledger(dir.path(), &["verify"])), before, "nothing may be appended");
+    }
+}
+
+#[test]
+fn ingest_missing_file_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runledger(dir.path(), &["ingest", "/nonexistent/events.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot open /nonexistent/events.jsonl"), "{}", stderr(&out));
+}
+
+#[test]
+fn read_commands_on_missing_or_foreign_data_exit_2() {
+    let missing = tempfile::tempdir().unwrap();
+    let path = missing.path().join("nothing-here");
+    for cmd in ["verify", "replay", "tenants", "queue", "runs", "log"] {
+        let out = runledger(&path, &[cmd]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        assert!(stderr(&out).contains("no ledger at"), "{cmd}: {}", stderr(&out));
+    }
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::write(foreign.path().join("db"), vec![0xAB; 70_000]).unwrap();
+    let out = runledger(foreign.path(), &["verify"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a runledger ledger"), "{}", stderr(&out));
+}
+
+#[test]
+fn tenants_json_uses_snake_case_status_and_tenant_field() {
+    let dir = sample_ledger();
+    let out = runledger(dir.path(), &["tenants", "--json"]);
+    assert!(out.status.success());
+    let tenants: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let acme = tenants.as_array().unwrap().iter().find(|t| t["tenant"] == "acme").unwrap();
+    assert_eq!(acme["status"], "exceeded");
+    assert_eq!(acme["spent_micros"], 9_176_000);
+    assert_eq!(acme["spent_by_category"]["llm"], 9_100_000);
+    assert_eq!(acme["learning_intensity"], "balanced");
+    let globex = tenants.as_array().unwrap().iter().find(|t| t["tenant"] == "globex").unwrap();
+    assert_eq!(globex["status"], "healthy");
+}
+
+#[test]
+fn log_filters_by_tenant_run_seq_and_limit() {
+    let dir = sample_ledger();
+    let lines = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = runledger(dir.path(), args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let initech = lines(&["log", "--json", "--tenant", "initech"]);
+    assert!(!initech.is_empty());
+    for record in &initech {
+        let text = record["event"].to_string();
+        assert!(text.contains("initech"), "{text}");
+    }
+    let second_run = lines(&["log", "--json", "--run", "rag-2026-11-02"]);
+    let seqs: Vec<u64> = second_run.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [54, 55, 56]);
+    let window = lines(&["log", "--json", "--from", "10", "--limit", "3"]);
+    let seqs: Vec<u64> = window.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [10, 11, 12]);
+    assert_eq!(window[0]["prev_hash"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn replay_of_one_run_differs_from_whole_ledger_and_unknown_run_exits_2() {
+    let dir = sample_ledger();
+    let all = digest_line(&runledger(dir.path(), &["replay"]));
+    let one = runledger(dir.path(), &["replay", "--run", "rag-2026-11-02"]);
+    assert!(one.status.success());
+    assert_ne!(digest_line(&one), all);
+    let unknown = runledger(dir.path(), &["replay", "--run", "nope"]);
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn bench_ledger_json_last_line_has_the_contract_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(["bench", "ledger", "--events", "4000", "--appenders", "4", "--batch", "50", "--durability", "batch", "--json"])
+        .env("TMPDIR", dir.path())
+        .env_remove("RUNLEDGER_DATA")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let last = stdout(&out).lines().last().unwrap().to_owned();
+    let report: serde_json::Value = serde_json::from_str(&last).unwrap();
+    for field in [
+        "append_events_per_sec",
+        "append_latency_us_p99",
+        "bytes_per_event",
+        "replay_events_per_sec",
+        "verify_events_per_sec",
+        "raw_sled_events_per_sec",
+        "single_appender_events_per_sec",
+    ] {
+        assert!(report[field].as_f64().is_some_and(|v| v > 0.0), "{field} in {last}");
+    }
+    assert_eq!(report["events"], 4000);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(runledger(dir.path(), &["frobnicate"]).status.code(), Some(2));
+    assert_eq!(runledger(dir.path(), &["bench", "ledger", "--durability", "sometimes"]).status.code(), Some(2));
+}
