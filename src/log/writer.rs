@@ -5,12 +5,14 @@
 //! Appenders send `(events, reply)` over a channel. The writer takes every
 //! request waiting (up to [`MAX_GROUP_EVENTS`]), validates each batch
 //! against the live state (a batch is all-or-nothing), assigns seqs, hashes,
-//! packs frames, writes them in one sled batch and — under
-//! [`Durability::Always`] — flushes and fsyncs before any appender in the
-//! group hears back. One fsync covers the whole group: that is group commit.
+//! packs frames and writes them in one sled batch. Under
+//! [`Durability::Always`] it hands the group's replies to a syncer thread,
+//! which flushes sled and fsyncs its data file once for every group that
+//! arrived meanwhile, then answers them: one fsync covers many groups (group
+//! commit), and the writer prepares the next group while the disk syncs.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -129,10 +131,16 @@ impl Ledger {
         if options.create {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
         }
-        let store = Store::open(dir, options.create)?;
+        let store = Arc::new(Store::open(dir, options.create)?);
         let folded = replay::fold_and_index(&store)?;
         let (tx, rx) = mpsc::channel();
+        let io_error = |source| StoreError::Io { path: dir.to_path_buf(), source };
+        let syncer = match options.durability {
+            Durability::Always => Some(Syncer::start(Arc::clone(&store)).map_err(io_error)?),
+            _ => None,
+        };
         let writer = Writer {
+            syncer,
             store,
             state: folded.state,
             head: folded.head,
@@ -144,7 +152,7 @@ impl Ledger {
         let thread = std::thread::Builder::new()
             .name("runledger-writer".to_owned())
             .spawn(move || writer.run(rx))
-            .map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+            .map_err(io_error)?;
         Ok(Ledger { tx, thread: std::sync::Arc::new(std::sync::Mutex::new(Some(thread))) })
     }
 
@@ -207,13 +215,56 @@ struct Staged {
 }
 
 struct Writer {
-    store: Store,
+    store: Arc<Store>,
     state: State,
     head: Head,
     last_time: Timestamp,
     options: LedgerOptions,
     since_checkpoint: u64,
     poisoned: Option<String>,
+    syncer: Option<Syncer>,
+}
+
+type Reply = (oneshot::Sender<Result<Receipt, AppendError>>, Receipt);
+
+/// The thread that makes groups durable under `always` and answers them.
+struct Syncer {
+    tx: mpsc::Sender<Vec<Reply>>,
+    thread: JoinHandle<()>,
+    /// Set when a flush failed: the writer refuses further appends.
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl Syncer {
+    fn start(store: Arc<Store>) -> std::io::Result<Syncer> {
+        let (tx, rx) = mpsc::channel::<Vec<Reply>>();
+        let failed = Arc::new(Mutex::new(None));
+        let flag = Arc::clone(&failed);
+        let thread = std::thread::Builder::new().name("runledger-sync".to_owned()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut groups = vec![first];
+                groups.extend(rx.try_iter());
+                // Every group here was written to sled before it was sent, so
+                // this flush covers all of them.
+                let result = store.flush(true).map_err(|e| e.to_string());
+                if let Err(why) = &result {
+                    if let Ok(mut f) = flag.lock() {
+                        *f = Some(why.clone());
+                    }
+                }
+                for (reply, receipt) in groups.into_iter().flatten() {
+                    let _ = reply.send(result.clone().map(|()| receipt).map_err(AppendError::Storage));
+                }
+            }
+        })?;
+        Ok(Syncer { tx, thread, failed })
+    }
+
+    /// Waits until every group sent so far is durable and answered.
+    fn stop(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
 }
 
 /// The group being built: records, frames and replies.
@@ -222,7 +273,7 @@ struct Group {
     frames: Vec<(u64, Vec<u8>)>,
     index: IndexBuilder,
     records: u64,
-    replies: Vec<(oneshot::Sender<Result<Receipt, AppendError>>, Receipt)>,
+    replies: Vec<Reply>,
     staged: Vec<Staged>,
     scratch: Vec<u8>,
 }
@@ -326,6 +377,10 @@ impl Writer {
     }
 
     fn finish(&mut self) -> Result<(), AppendError> {
+        if let Some(syncer) = self.syncer.take() {
+            syncer.stop();
+        }
+        self.check_syncer();
         if self.poisoned.is_none() && self.since_checkpoint > 0 {
             self.checkpoint()?;
         }
@@ -357,6 +412,7 @@ impl Writer {
         entries: Vec<Append>,
         reply: oneshot::Sender<Result<Receipt, AppendError>>,
     ) {
+        self.check_syncer();
         if let Some(why) = &self.poisoned {
             let _ = reply.send(Err(AppendError::Storage(why.clone())));
             return;
@@ -435,11 +491,6 @@ impl Writer {
         if result.is_ok() {
             result = self.store.write_index(group.index.take(), self.head.seq).map_err(|e| e.to_string());
         }
-        let mut dirty = true;
-        if result.is_ok() && self.options.durability == Durability::Always {
-            result = self.store.flush(true).map_err(|e| e.to_string());
-            dirty = false;
-        }
         if let Err(why) = result {
             self.poisoned = Some(why.clone());
             for (reply, _) in group.replies.drain(..) {
@@ -447,9 +498,23 @@ impl Writer {
             }
             return false;
         }
-        for (reply, receipt) in group.replies.drain(..) {
-            let _ = reply.send(Ok(receipt));
-        }
+        let replies = std::mem::take(&mut group.replies);
+        let dirty = match &self.syncer {
+            Some(syncer) => {
+                if let Err(mpsc::SendError(replies)) = syncer.tx.send(replies) {
+                    for (reply, _) in replies {
+                        let _ = reply.send(Err(AppendError::Storage("the syncer stopped".to_owned())));
+                    }
+                }
+                false
+            }
+            None => {
+                for (reply, receipt) in replies {
+                    let _ = reply.send(Ok(receipt));
+                }
+                true
+            }
+        };
         self.since_checkpoint += group.records;
         group.records = 0;
         group.builder = FrameBuilder::new(self.head.seq + 1, self.head.hash);
@@ -459,6 +524,15 @@ impl Writer {
             }
         }
         dirty
+    }
+
+    fn check_syncer(&mut self) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        if let Some(why) = self.syncer.as_ref().and_then(|s| s.failed.lock().ok().and_then(|f| f.clone())) {
+            self.poisoned = Some(why);
+        }
     }
 
     fn flush(&mut self, sync: bool) {
