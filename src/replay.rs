@@ -5,13 +5,10 @@
 //! state and its replay have equal digests. Replay never validates: the log
 //! is the truth, and validation already happened before each append.
 
-use std::ops::ControlFlow;
-
 use rustc_hash::FxHashSet;
 
 use crate::domain::{Event, RunId, State, TaskId, Timestamp};
-use crate::log::codec::decode_event;
-use crate::log::store::{ChainBreak, Head, IndexBuilder, IndexKind, Store, WalkError};
+use crate::log::store::{Head, IndexBuilder, IndexKind, Store, WalkError};
 
 /// The result of a fold.
 #[derive(Clone, Debug)]
@@ -66,37 +63,27 @@ fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folde
     let mut filter = RunFilter { run: run.cloned(), tasks: FxHashSet::default() };
     let mut last_time = Timestamp::EPOCH;
     let mut records = 0u64;
-    let mut failure: Option<ChainBreak> = None;
     let hwm = if reindex { store.index_hwm() } else { u64::MAX };
     let mut index = IndexBuilder::default();
-    let head = store.walk(1, |record| {
-        let event = match decode_event(record.event_bytes) {
-            Ok(event) => event,
-            Err(what) => {
-                failure = Some(ChainBreak { seq: record.seq, what: format!("event cannot be decoded: {what}") });
-                return ControlFlow::Break(());
+    let head = store.read_chain(|chunk| {
+        for record in chunk {
+            last_time = record.recorded_at;
+            if filter.takes(&record.event) {
+                state.evolve(record.seq, record.recorded_at, &record.event);
+                records += 1;
             }
-        };
-        last_time = record.recorded_at;
-        if filter.takes(&event) {
-            state.evolve(record.seq, record.recorded_at, &event);
-            records += 1;
-        }
-        if record.seq > hwm {
-            let (run, tenant) = state.scope(&event);
-            let place = (record.frame_seq, u32::try_from(record.seq - record.frame_seq).unwrap_or(u32::MAX));
-            if let Some(run) = run {
-                index.add(IndexKind::Run, run.as_str(), place);
-            }
-            if let Some(tenant) = tenant {
-                index.add(IndexKind::Tenant, tenant.as_str(), place);
+            if record.seq > hwm {
+                let (run, tenant) = state.scope(&record.event);
+                let place = (record.frame_seq, u32::try_from(record.seq - record.frame_seq).unwrap_or(u32::MAX));
+                if let Some(run) = run {
+                    index.add(IndexKind::Run, run.as_str(), place);
+                }
+                if let Some(tenant) = tenant {
+                    index.add(IndexKind::Tenant, tenant.as_str(), place);
+                }
             }
         }
-        ControlFlow::Continue(())
     })?;
-    if let Some(b) = failure {
-        return Err(b.into());
-    }
     if reindex && head.seq > hwm {
         store.write_index(index.take(), head.seq)?;
     }

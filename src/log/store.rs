@@ -9,6 +9,7 @@
 //! record the chain does not vouch for.
 
 use std::ops::ControlFlow;
+use std::sync::mpsc;
 use std::path::{Path, PathBuf};
 
 use bincode::{Decode, Encode};
@@ -467,5 +468,127 @@ impl Store {
             }
         }
         Ok(Some(()))
+    }
+}
+
+/// A record read back with its event decoded.
+#[derive(Clone, Debug)]
+pub struct DecodedRecord {
+    pub seq: u64,
+    pub frame_seq: u64,
+    pub recorded_at: crate::domain::Timestamp,
+    pub hash: blake3::Hash,
+    pub event: crate::domain::Event,
+}
+
+/// Frames read per parallel step (about 70 records each).
+const CHUNK_FRAMES: usize = 512;
+
+fn decode_frame(key: &[u8], value: &[u8]) -> Result<(FrameHeader, Vec<DecodedRecord>), ChainBreak> {
+    let seq = key_seq(key).ok_or_else(|| ChainBreak { seq: 0, what: "a log key is not a seq".to_owned() })?;
+    let (header, entries) =
+        decode_header(value).map_err(|what| ChainBreak { seq, what: format!("frame cannot be decoded: {what}") })?;
+    if header.first_seq != seq || header.count == 0 {
+        // Reported by `check_link` with the right wording.
+        return Ok((header, Vec::new()));
+    }
+    let mut records = Vec::with_capacity(header.count as usize);
+    let mut bad: Option<ChainBreak> = None;
+    walk_frame(&header, entries, |raw| {
+        if bad.is_some() {
+            return;
+        }
+        match super::codec::decode_event(raw.event_bytes) {
+            Ok(event) => records.push(DecodedRecord {
+                seq: raw.seq,
+                frame_seq: raw.frame_seq,
+                recorded_at: raw.recorded_at,
+                hash: raw.hash,
+                event,
+            }),
+            Err(what) => bad = Some(ChainBreak { seq: raw.seq, what: format!("event cannot be decoded: {what}") }),
+        }
+    })
+    .map_err(|e| ChainBreak { seq: e.seq, what: e.what })?;
+    match bad {
+        Some(b) => Err(b),
+        None => Ok((header, records)),
+    }
+}
+
+impl Store {
+    /// Reads the whole chain from seq 1 with every hash, link and event
+    /// checked, decoding frames on all cores while `sink` consumes the
+    /// records in seq order on the calling thread. Stops at the first break,
+    /// after handing `sink` the good frames before it.
+    pub fn read_chain(&self, mut sink: impl FnMut(Vec<DecodedRecord>)) -> Result<Head, WalkError> {
+        use rayon::prelude::*;
+        let (tx, rx) = mpsc::sync_channel::<Result<Vec<DecodedRecord>, WalkError>>(2);
+        std::thread::scope(|scope| {
+            let producer = scope.spawn(move || -> Head {
+                let mut expected = Some((1u64, ZERO_HASH));
+                let mut head = Head::EMPTY;
+                let mut frames = self.log.iter();
+                loop {
+                    let mut chunk = Vec::with_capacity(CHUNK_FRAMES);
+                    for item in frames.by_ref().take(CHUNK_FRAMES) {
+                        match item {
+                            Ok(kv) => chunk.push(kv),
+                            Err(e) => {
+                                let _ = tx.send(Err(e.into()));
+                                return head;
+                            }
+                        }
+                    }
+                    if chunk.is_empty() {
+                        return head;
+                    }
+                    let decoded: Vec<_> = chunk.par_iter().map(|(k, v)| decode_frame(k, v)).collect();
+                    let mut good = Vec::new();
+                    let mut failure = None;
+                    for ((key, _), frame) in chunk.iter().zip(decoded) {
+                        let seq = key_seq(key).unwrap_or(0);
+                        let checked = frame.and_then(|(header, records)| {
+                            check_link(&header, seq, expected)?;
+                            Ok((header, records))
+                        });
+                        match checked {
+                            Ok((header, records)) => {
+                                let last_seq = header.first_seq + u64::from(header.count) - 1;
+                                head = Head { seq: last_seq, hash: blake3::Hash::from_bytes(header.last_hash) };
+                                expected = Some((last_seq + 1, head.hash));
+                                good.extend(records);
+                            }
+                            Err(b) => {
+                                failure = Some(b);
+                                break;
+                            }
+                        }
+                    }
+                    if !good.is_empty() && tx.send(Ok(good)).is_err() {
+                        return head;
+                    }
+                    if let Some(b) = failure {
+                        let _ = tx.send(Err(b.into()));
+                        return head;
+                    }
+                }
+            });
+            let mut failure = None;
+            for item in rx {
+                match item {
+                    Ok(records) => sink(records),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            let head = producer.join().unwrap_or(Head::EMPTY);
+            match failure {
+                Some(e) => Err(e),
+                None => Ok(head),
+            }
+        })
     }
 }

@@ -1,9 +1,6 @@
 //! Chain verification: walk every frame from seq 1, recompute every hash,
 //! decode every event, and check every checkpoint against the chain.
 
-use std::ops::ControlFlow;
-
-use super::codec::decode_event;
 use super::store::{ChainBreak, Head, Store, WalkError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,36 +13,34 @@ pub struct VerifyReport {
 /// `Ok(Ok(report))` when the chain holds, `Ok(Err(break))` naming the first
 /// bad seq when it does not, `Err` when the store cannot be read at all.
 pub fn verify(store: &Store) -> Result<Result<VerifyReport, ChainBreak>, sled::Error> {
-    let mut records = 0u64;
-    let mut bad_event: Option<ChainBreak> = None;
-    let mut checkpoint_hashes = Vec::new();
     let checkpoints = match store.checkpoints() {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
+    let mut records = 0u64;
+    let mut checkpoint_hashes = Vec::new();
     let mut wanted = checkpoints.iter().map(|c| c.seq).peekable();
-    let walked = store.walk(1, |record| {
-        records += 1;
-        if let Err(what) = decode_event(record.event_bytes) {
-            bad_event = Some(ChainBreak { seq: record.seq, what: format!("event cannot be decoded: {what}") });
-            return ControlFlow::Break(());
-        }
-        while wanted.peek().is_some_and(|&s| s < record.seq) {
+    let walked = store.read_chain(|chunk| {
+        records += chunk.len() as u64;
+        let last = chunk.last().map_or(0, |r| r.seq);
+        while let Some(&seq) = wanted.peek() {
+            if seq > last {
+                break;
+            }
+            if let Some(first) = chunk.first() {
+                if seq >= first.seq {
+                    let record = &chunk[(seq - first.seq) as usize];
+                    checkpoint_hashes.push((record.seq, record.hash));
+                }
+            }
             wanted.next();
         }
-        if wanted.peek() == Some(&record.seq) {
-            checkpoint_hashes.push((record.seq, record.hash));
-        }
-        ControlFlow::Continue(())
     });
     let head = match walked {
         Ok(head) => head,
         Err(WalkError::Break(b)) => return Ok(Err(b)),
         Err(WalkError::Storage(e)) => return Err(e),
     };
-    if let Some(b) = bad_event {
-        return Ok(Err(b));
-    }
     for checkpoint in &checkpoints {
         if checkpoint.seq > head.seq {
             return Ok(Err(ChainBreak {
