@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use runledger::domain::{Category, Event, Micros, TenantId};
 use runledger::log::store::IndexKind;
 use runledger::log::verify::verify;
-use runledger::log::{Durability, Ledger, LedgerOptions, Store, StoreError};
+use runledger::log::{Durability, Ledger, LedgerOptions, OpenError, Store, StoreError};
 
 /// Set on the child only: the data directory it appends to.
 const CHILD_DIR_ENV: &str = "RUNLEDGER_CRASH_CHILD_DIR";
@@ -41,7 +41,18 @@ fn crash_child_appends_until_killed() {
     let seed: u64 = std::env::var(CHILD_SEED_ENV).ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let options = LedgerOptions { durability: Durability::Always, checkpoint_every: 50, create: true };
-    let ledger = Ledger::open(Path::new(&dir), options).expect("child: open ledger");
+    // The parent may have dropped its store a moment ago: sled lets go of
+    // its file lock a few milliseconds after the last handle is dropped.
+    let start = Instant::now();
+    let ledger = loop {
+        match Ledger::open(Path::new(&dir), options) {
+            Ok(ledger) => break ledger,
+            Err(OpenError::Store(StoreError::Locked(_))) if start.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => panic!("child: open ledger: {e}"),
+        }
+    };
     let tenant = TenantId::from(TENANT);
     let known = {
         let tenant = tenant.clone();

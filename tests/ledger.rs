@@ -48,7 +48,7 @@ fn valid_sequence(ops: &[(u8, u8, u8)]) -> Vec<Event> {
     let mut state = State::new();
     let mut out = Vec::new();
     let tenants = ["t0", "t1", "t2"];
-    let mut push = |state: &mut State, out: &mut Vec<Event>, event: Event| {
+    let push = |state: &mut State, out: &mut Vec<Event>, event: Event| {
         if state.validate(&event).is_ok() {
             state.evolve(out.len() as u64 + 1, Timestamp(out.len() as i64), &event);
             out.push(event);

@@ -56,6 +56,10 @@ pub fn key_seq(key: &[u8]) -> Option<u64> {
 pub struct FrameError {
     pub seq: u64,
     pub what: String,
+    /// Every record matched its tag but the frame's last hash did not: a
+    /// tag was forged, or records were cut from the end of the frame (the
+    /// caller can tell by the seq of the next frame).
+    pub end_mismatch: bool,
 }
 
 /// Decodes the header and returns it with the bytes of the entries.
@@ -81,7 +85,7 @@ pub fn walk_frame<'a>(
     for i in 0..u64::from(header.count) {
         let seq = header.first_seq + i;
         let (entry, used): (Entry<'a>, usize) = bincode::borrow_decode_from_slice(entries, CONFIG)
-            .map_err(|e| FrameError { seq, what: format!("record cannot be decoded: {e}") })?;
+            .map_err(|e| FrameError { seq, what: format!("record cannot be decoded: {e}"), end_mismatch: false })?;
         entries = &entries[used..];
         time = time.wrapping_add(entry.time_delta);
         let recorded_at = Timestamp(time);
@@ -90,6 +94,7 @@ pub fn walk_frame<'a>(
             return Err(FrameError {
                 seq,
                 what: "hash mismatch: the record was edited, removed or reordered".to_owned(),
+                end_mismatch: false,
             });
         }
         visit(RawRecord { seq, frame_seq: header.first_seq, recorded_at, prev_hash: prev, hash, event_bytes: entry.event });
@@ -97,10 +102,18 @@ pub fn walk_frame<'a>(
     }
     let last_seq = header.first_seq + u64::from(header.count).saturating_sub(1);
     if !entries.is_empty() {
-        return Err(FrameError { seq: last_seq + 1, what: format!("{} unexpected bytes after the last record of its frame", entries.len()) });
+        return Err(FrameError {
+            seq: last_seq + 1,
+            what: format!("{} unexpected bytes after the last record of its frame", entries.len()),
+            end_mismatch: false,
+        });
     }
     if prev.as_bytes() != &header.last_hash {
-        return Err(FrameError { seq: last_seq, what: "frame hash mismatch: a record of this frame was edited".to_owned() });
+        return Err(FrameError {
+            seq: last_seq,
+            what: "frame hash mismatch: a record of this frame was edited".to_owned(),
+            end_mismatch: true,
+        });
     }
     Ok(prev)
 }

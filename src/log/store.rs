@@ -109,10 +109,21 @@ impl Store {
             }
         }
         let config = sled::Config::new().path(dir).flush_every_ms(None).mode(sled::Mode::HighThroughput);
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        // sled's background threads hold the file lock for a few ms after a
+        // `Db` in this process is dropped: retry a lock error for a second.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let opened = loop {
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+            match attempt {
+                Ok(Err(sled::Error::Io(e))) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other,
+            }
+        };
         let db = match opened {
             Ok(Ok(db)) => db,
-            Ok(Err(sled::Error::Io(e))) if e.to_string().contains("lock") => {
+            Ok(Err(sled::Error::Io(e))) if is_lock_error(&e) => {
                 return Err(StoreError::Locked(dir.to_path_buf()));
             }
             Ok(Err(e)) => {
@@ -193,8 +204,8 @@ impl Store {
     /// and the links between frames. From seq 1 the whole chain is checked
     /// from the zero hash; from a later seq the chain is trusted up to the
     /// frame that holds it.
-    pub fn walk<'s>(
-        &'s self,
+    pub fn walk(
+        &self,
         from_seq: u64,
         mut visit: impl FnMut(RawRecord<'_>) -> ControlFlow<()>,
     ) -> Result<Head, WalkError> {
@@ -205,22 +216,30 @@ impl Store {
         };
         let mut expected: Option<(u64, blake3::Hash)> = (key_seq(&start) == Some(1) || from_seq == 1).then_some((1, ZERO_HASH));
         let mut head = Head::EMPTY;
-        for item in self.log.range(start..) {
+        let mut frames = self.log.range(start..).peekable();
+        while let Some(item) = frames.next() {
             let (key, value) = item?;
             let next = expected.map_or(0, |e| e.0);
             let Some(seq) = key_seq(&key) else {
                 return Err(ChainBreak { seq: next, what: "a log key is not a seq".to_owned() }.into());
             };
+            check_gap(seq, expected)?;
             let (header, entries) =
                 decode_header(&value).map_err(|what| ChainBreak { seq, what: format!("frame cannot be decoded: {what}") })?;
             check_link(&header, seq, expected)?;
             let mut stop = false;
-            let last = walk_frame(&header, entries, |record| {
+            let walked = walk_frame(&header, entries, |record| {
                 if !stop && record.seq >= from_seq && visit(record).is_break() {
                     stop = true;
                 }
-            })
-            .map_err(|e| ChainBreak { seq: e.seq, what: e.what })?;
+            });
+            let last = match walked {
+                Ok(last) => last,
+                Err(e) => {
+                    let next_key = frames.peek().and_then(|i| i.as_ref().ok()).and_then(|(k, _)| key_seq(k));
+                    return Err(frame_break(e, next_key).into());
+                }
+            };
             let last_seq = header.first_seq + u64::from(header.count) - 1;
             head = Head { seq: last_seq, hash: last };
             if stop {
@@ -328,17 +347,13 @@ impl Store {
     }
 }
 
-fn check_link(header: &FrameHeader, key_seq: u64, expected: Option<(u64, blake3::Hash)>) -> Result<(), ChainBreak> {
-    if header.first_seq != key_seq {
-        return Err(ChainBreak {
-            seq: key_seq,
-            what: format!("the frame stored at seq {key_seq} holds seq {} (records were moved)", header.first_seq),
-        });
-    }
-    if header.count == 0 {
-        return Err(ChainBreak { seq: key_seq, what: "empty frame".to_owned() });
-    }
-    let Some((next, prev)) = expected else { return Ok(()) };
+/// Is the frame stored at `key_seq` the one expected next?
+fn is_lock_error(error: &std::io::Error) -> bool {
+    error.to_string().contains("lock")
+}
+
+fn check_gap(key_seq: u64, expected: Option<(u64, blake3::Hash)>) -> Result<(), ChainBreak> {
+    let Some((next, _)) = expected else { return Ok(()) };
     if key_seq > next {
         let what = if key_seq == next + 1 {
             format!("record {next} is missing")
@@ -350,6 +365,21 @@ fn check_link(header: &FrameHeader, key_seq: u64, expected: Option<(u64, blake3:
     if key_seq < next {
         return Err(ChainBreak { seq: key_seq, what: format!("seq {key_seq} appears twice") });
     }
+    Ok(())
+}
+
+/// Does the frame's header fit its key and the hash before it?
+fn check_link(header: &FrameHeader, key_seq: u64, expected: Option<(u64, blake3::Hash)>) -> Result<(), ChainBreak> {
+    if header.first_seq != key_seq {
+        return Err(ChainBreak {
+            seq: key_seq,
+            what: format!("the frame stored at seq {key_seq} holds seq {} (records were moved)", header.first_seq),
+        });
+    }
+    if header.count == 0 {
+        return Err(ChainBreak { seq: key_seq, what: "empty frame".to_owned() });
+    }
+    let Some((_, prev)) = expected else { return Ok(()) };
     if header.prev_hash != *prev.as_bytes() {
         return Err(ChainBreak {
             seq: key_seq,
@@ -357,6 +387,23 @@ fn check_link(header: &FrameHeader, key_seq: u64, expected: Option<(u64, blake3:
         });
     }
     Ok(())
+}
+
+/// Turns a frame's inner error into the first bad seq. A frame whose records
+/// all match their tags but whose end hash does not, followed by a frame
+/// that starts past its end, lost records from its end.
+fn frame_break(error: super::frame::FrameError, next_key: Option<u64>) -> ChainBreak {
+    if error.end_mismatch {
+        if let Some(next) = next_key {
+            if next > error.seq + 1 {
+                return ChainBreak {
+                    seq: error.seq + 1,
+                    what: format!("record {} is missing (cut from the end of its frame)", error.seq + 1),
+                };
+            }
+        }
+    }
+    ChainBreak { seq: error.seq, what: error.what }
 }
 
 pub(crate) fn index_key(id: &str, frame_seq: u64) -> Vec<u8> {
@@ -484,17 +531,27 @@ pub struct DecodedRecord {
 /// Frames read per parallel step (about 70 records each).
 const CHUNK_FRAMES: usize = 512;
 
-fn decode_frame(key: &[u8], value: &[u8]) -> Result<(FrameHeader, Vec<DecodedRecord>), ChainBreak> {
-    let seq = key_seq(key).ok_or_else(|| ChainBreak { seq: 0, what: "a log key is not a seq".to_owned() })?;
-    let (header, entries) =
-        decode_header(value).map_err(|what| ChainBreak { seq, what: format!("frame cannot be decoded: {what}") })?;
-    if header.first_seq != seq || header.count == 0 {
-        // Reported by `check_link` with the right wording.
-        return Ok((header, Vec::new()));
-    }
-    let mut records = Vec::with_capacity(header.count as usize);
-    let mut bad: Option<ChainBreak> = None;
-    walk_frame(&header, entries, |raw| {
+/// A frame read on a worker thread: its header, then its records.
+struct FrameRead {
+    header: Result<FrameHeader, ChainBreak>,
+    records: Result<Vec<DecodedRecord>, super::frame::FrameError>,
+}
+
+fn decode_frame(seq: u64, value: &[u8]) -> FrameRead {
+    let (header, entries) = match decode_header(value) {
+        Ok(decoded) => decoded,
+        Err(what) => {
+            return FrameRead {
+                header: Err(ChainBreak { seq, what: format!("frame cannot be decoded: {what}") }),
+                records: Ok(Vec::new()),
+            };
+        }
+    };
+    // The count is untrusted until the frame verifies: an entry takes at
+    // least ten bytes, so never reserve more than the bytes allow.
+    let mut records = Vec::with_capacity((header.count as usize).min(entries.len() / 10));
+    let mut bad: Option<super::frame::FrameError> = None;
+    let walked = walk_frame(&header, entries, |raw| {
         if bad.is_some() {
             return;
         }
@@ -506,14 +563,21 @@ fn decode_frame(key: &[u8], value: &[u8]) -> Result<(FrameHeader, Vec<DecodedRec
                 hash: raw.hash,
                 event,
             }),
-            Err(what) => bad = Some(ChainBreak { seq: raw.seq, what: format!("event cannot be decoded: {what}") }),
+            Err(what) => {
+                bad = Some(super::frame::FrameError {
+                    seq: raw.seq,
+                    what: format!("event cannot be decoded: {what}"),
+                    end_mismatch: false,
+                });
+            }
         }
-    })
-    .map_err(|e| ChainBreak { seq: e.seq, what: e.what })?;
-    match bad {
-        Some(b) => Err(b),
-        None => Ok((header, records)),
-    }
+    });
+    let records = match (walked, bad) {
+        (_, Some(bad)) => Err(bad),
+        (Err(e), None) => Err(e),
+        (Ok(_), None) => Ok(records),
+    };
+    FrameRead { header: Ok(header), records }
 }
 
 impl Store {
@@ -528,12 +592,20 @@ impl Store {
             let producer = scope.spawn(move || -> Head {
                 let mut expected = Some((1u64, ZERO_HASH));
                 let mut head = Head::EMPTY;
-                let mut frames = self.log.iter();
+                let mut frames = self.log.iter().peekable();
                 loop {
                     let mut chunk = Vec::with_capacity(CHUNK_FRAMES);
                     for item in frames.by_ref().take(CHUNK_FRAMES) {
                         match item {
-                            Ok(kv) => chunk.push(kv),
+                            Ok((key, value)) => match key_seq(&key) {
+                                Some(seq) => chunk.push((seq, value)),
+                                None => {
+                                    let what = "a log key is not a seq".to_owned();
+                                    let seq = expected.map_or(0, |e| e.0);
+                                    let _ = tx.send(Err(ChainBreak { seq, what }.into()));
+                                    return head;
+                                }
+                            },
                             Err(e) => {
                                 let _ = tx.send(Err(e.into()));
                                 return head;
@@ -543,13 +615,17 @@ impl Store {
                     if chunk.is_empty() {
                         return head;
                     }
-                    let decoded: Vec<_> = chunk.par_iter().map(|(k, v)| decode_frame(k, v)).collect();
+                    let after = frames.peek().and_then(|i| i.as_ref().ok()).and_then(|(k, _)| key_seq(k));
+                    let decoded: Vec<FrameRead> = chunk.par_iter().map(|(seq, v)| decode_frame(*seq, v)).collect();
                     let mut good = Vec::new();
                     let mut failure = None;
-                    for ((key, _), frame) in chunk.iter().zip(decoded) {
-                        let seq = key_seq(key).unwrap_or(0);
-                        let checked = frame.and_then(|(header, records)| {
+                    for (i, frame) in decoded.into_iter().enumerate() {
+                        let seq = chunk[i].0;
+                        let next_key = chunk.get(i + 1).map(|c| c.0).or(after);
+                        let checked = check_gap(seq, expected).and_then(|()| {
+                            let header = frame.header?;
                             check_link(&header, seq, expected)?;
+                            let records = frame.records.map_err(|e| frame_break(e, next_key))?;
                             Ok((header, records))
                         });
                         match checked {
