@@ -8,7 +8,7 @@
 use rustc_hash::FxHashSet;
 
 use crate::domain::{Event, RunId, State, TaskId, Timestamp};
-use crate::log::store::{Head, IndexBuilder, IndexKind, Store, WalkError};
+use crate::log::store::{Head, IndexBuilder, IndexKind, Store, WalkError, decode_record};
 
 /// The result of a fold.
 #[derive(Clone, Debug)]
@@ -65,8 +65,8 @@ fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folde
     let mut records = 0u64;
     let hwm = if reindex { store.index_hwm() } else { u64::MAX };
     let mut index = IndexBuilder::default();
-    let head = store.read_chain(|chunk| {
-        for record in chunk {
+    let head = store.read_chain(decode_record, |frames| {
+        for record in frames.into_iter().flatten() {
             last_time = record.recorded_at;
             if filter.takes(&record.event) {
                 state.evolve(record.seq, record.recorded_at, &record.event);

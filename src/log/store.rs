@@ -532,12 +532,12 @@ pub struct DecodedRecord {
 const CHUNK_FRAMES: usize = 512;
 
 /// A frame read on a worker thread: its header, then its records.
-struct FrameRead {
+struct FrameRead<T> {
     header: Result<FrameHeader, ChainBreak>,
-    records: Result<Vec<DecodedRecord>, super::frame::FrameError>,
+    records: Result<Vec<T>, super::frame::FrameError>,
 }
 
-fn decode_frame(seq: u64, value: &[u8]) -> FrameRead {
+fn decode_frame<T>(seq: u64, value: &[u8], map: &(impl Fn(RawRecord<'_>) -> Result<T, String> + Sync)) -> FrameRead<T> {
     let (header, entries) = match decode_header(value) {
         Ok(decoded) => decoded,
         Err(what) => {
@@ -555,21 +555,9 @@ fn decode_frame(seq: u64, value: &[u8]) -> FrameRead {
         if bad.is_some() {
             return;
         }
-        match super::codec::decode_event(raw.event_bytes) {
-            Ok(event) => records.push(DecodedRecord {
-                seq: raw.seq,
-                frame_seq: raw.frame_seq,
-                recorded_at: raw.recorded_at,
-                hash: raw.hash,
-                event,
-            }),
-            Err(what) => {
-                bad = Some(super::frame::FrameError {
-                    seq: raw.seq,
-                    what: format!("event cannot be decoded: {what}"),
-                    end_mismatch: false,
-                });
-            }
+        match map(raw) {
+            Ok(item) => records.push(item),
+            Err(what) => bad = Some(super::frame::FrameError { seq: raw.seq, what, end_mismatch: false }),
         }
     });
     let records = match (walked, bad) {
@@ -580,14 +568,26 @@ fn decode_frame(seq: u64, value: &[u8]) -> FrameRead {
     FrameRead { header: Ok(header), records }
 }
 
+/// Decodes a record's event: the `map` of [`Store::read_chain`] for folds.
+pub fn decode_record(raw: RawRecord<'_>) -> Result<DecodedRecord, String> {
+    let event = super::codec::decode_event(raw.event_bytes).map_err(|what| format!("event cannot be decoded: {what}"))?;
+    Ok(DecodedRecord { seq: raw.seq, frame_seq: raw.frame_seq, recorded_at: raw.recorded_at, hash: raw.hash, event })
+}
+
 impl Store {
-    /// Reads the whole chain from seq 1 with every hash, link and event
-    /// checked, decoding frames on all cores while `sink` consumes the
-    /// records in seq order on the calling thread. Stops at the first break,
-    /// after handing `sink` the good frames before it.
-    pub fn read_chain(&self, mut sink: impl FnMut(Vec<DecodedRecord>)) -> Result<Head, WalkError> {
+    /// Reads the whole chain from seq 1 with every hash and link checked.
+    /// Frames are hashed on all cores and each record goes through `map`
+    /// there (an `Err` is a break at that seq); `sink` gets the results on
+    /// the calling thread, in seq order, one `Vec` per frame. Stops at the
+    /// first break, after handing `sink` the good frames before it.
+    pub fn read_chain<T: Send>(
+        &self,
+        map: impl Fn(RawRecord<'_>) -> Result<T, String> + Sync,
+        mut sink: impl FnMut(Vec<Vec<T>>),
+    ) -> Result<Head, WalkError> {
         use rayon::prelude::*;
-        let (tx, rx) = mpsc::sync_channel::<Result<Vec<DecodedRecord>, WalkError>>(2);
+        let (tx, rx) = mpsc::sync_channel::<Result<Vec<Vec<T>>, WalkError>>(2);
+        let map = &map;
         std::thread::scope(|scope| {
             let producer = scope.spawn(move || -> Head {
                 let mut expected = Some((1u64, ZERO_HASH));
@@ -616,7 +616,7 @@ impl Store {
                         return head;
                     }
                     let after = frames.peek().and_then(|i| i.as_ref().ok()).and_then(|(k, _)| key_seq(k));
-                    let decoded: Vec<FrameRead> = chunk.par_iter().map(|(seq, v)| decode_frame(*seq, v)).collect();
+                    let decoded: Vec<FrameRead<T>> = chunk.par_iter().map(|(seq, v)| decode_frame(*seq, v, map)).collect();
                     let mut good = Vec::new();
                     let mut failure = None;
                     for (i, frame) in decoded.into_iter().enumerate() {
@@ -633,7 +633,7 @@ impl Store {
                                 let last_seq = header.first_seq + u64::from(header.count) - 1;
                                 head = Head { seq: last_seq, hash: blake3::Hash::from_bytes(header.last_hash) };
                                 expected = Some((last_seq + 1, head.hash));
-                                good.extend(records);
+                                good.push(records);
                             }
                             Err(b) => {
                                 failure = Some(b);

@@ -1,6 +1,7 @@
 //! Chain verification: walk every frame from seq 1, recompute every hash,
 //! decode every event, and check every checkpoint against the chain.
 
+use super::codec::decode_event;
 use super::store::{ChainBreak, Head, Store, WalkError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,20 +21,23 @@ pub fn verify(store: &Store) -> Result<Result<VerifyReport, ChainBreak>, sled::E
     let mut records = 0u64;
     let mut checkpoint_hashes = Vec::new();
     let mut wanted = checkpoints.iter().map(|c| c.seq).peekable();
-    let walked = store.read_chain(|chunk| {
-        records += chunk.len() as u64;
-        let last = chunk.last().map_or(0, |r| r.seq);
-        while let Some(&seq) = wanted.peek() {
-            if seq > last {
-                break;
-            }
-            if let Some(first) = chunk.first() {
-                if seq >= first.seq {
-                    let record = &chunk[(seq - first.seq) as usize];
-                    checkpoint_hashes.push((record.seq, record.hash));
+    // Workers decode every event (and drop it there); only seq and hash
+    // come back, for the checkpoints.
+    let check = |raw: super::record::RawRecord<'_>| match decode_event(raw.event_bytes) {
+        Ok(_) => Ok((raw.seq, raw.hash)),
+        Err(what) => Err(format!("event cannot be decoded: {what}")),
+    };
+    let walked = store.read_chain(check, |frames| {
+        for frame in frames {
+            records += frame.len() as u64;
+            for (seq, hash) in frame {
+                while wanted.peek().is_some_and(|&w| w < seq) {
+                    wanted.next();
+                }
+                if wanted.peek() == Some(&seq) {
+                    checkpoint_hashes.push((seq, hash));
                 }
             }
-            wanted.next();
         }
     });
     let head = match walked {
