@@ -68,10 +68,6 @@ fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folde
     let head = store.read_chain(decode_record, |frames| {
         for record in frames.into_iter().flatten() {
             last_time = record.recorded_at;
-            if filter.takes(&record.event) {
-                state.evolve(record.seq, record.recorded_at, &record.event);
-                records += 1;
-            }
             if record.seq > hwm {
                 let (run, tenant) = state.scope(&record.event);
                 let place = (record.frame_seq, u32::try_from(record.seq - record.frame_seq).unwrap_or(u32::MAX));
@@ -81,6 +77,10 @@ fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folde
                 if let Some(tenant) = tenant {
                     index.add(IndexKind::Tenant, tenant.as_str(), place);
                 }
+            }
+            if filter.takes(&record.event) {
+                state.evolve(record.seq, record.recorded_at, record.event);
+                records += 1;
             }
         }
     })?;

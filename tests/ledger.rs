@@ -50,7 +50,7 @@ fn valid_sequence(ops: &[(u8, u8, u8)]) -> Vec<Event> {
     let tenants = ["t0", "t1", "t2"];
     let push = |state: &mut State, out: &mut Vec<Event>, event: Event| {
         if state.validate(&event).is_ok() {
-            state.evolve(out.len() as u64 + 1, Timestamp(out.len() as i64), &event);
+            state.evolve(out.len() as u64 + 1, Timestamp(out.len() as i64), event.clone());
             out.push(event);
         }
     };
@@ -95,7 +95,7 @@ fn valid_sequence(ops: &[(u8, u8, u8)]) -> Vec<Event> {
 fn fold_in_memory(events: &[Event]) -> State {
     let mut state = State::new();
     for (i, event) in events.iter().enumerate() {
-        state.evolve(i as u64 + 1, Timestamp(i as i64), event);
+        state.evolve(i as u64 + 1, Timestamp(i as i64), event.clone());
     }
     state
 }

@@ -260,10 +260,10 @@ impl Queue {
         *self.counts.slot(to) += 1;
     }
 
-    /// Applies a queue event (assumed valid). Returns the terminal status the
-    /// task reached, if it reached one, so that owners of per-pipeline
-    /// counters can follow.
-    pub fn evolve(&mut self, seq: u64, event: &Event) -> Option<TaskStatus> {
+    /// Applies a queue event (assumed valid), taking its strings. Returns
+    /// the task when it reached a terminal status, so that owners of
+    /// per-pipeline counters can follow.
+    pub fn evolve(&mut self, seq: u64, event: Event) -> Option<TaskId> {
         match event {
             Event::TaskSubmitted {
                 run,
@@ -279,7 +279,7 @@ impl Queue {
                 optional,
             } => {
                 let mut deps_open = 0;
-                for dep in deps {
+                for dep in &deps {
                     if let Some(parent) = self.tasks.get_mut(dep) {
                         parent.dependants.push(task.clone());
                         if parent.status != TaskStatus::Done {
@@ -288,57 +288,57 @@ impl Queue {
                     }
                 }
                 let status = if deps_open == 0 { TaskStatus::Pending } else { TaskStatus::Waiting };
-                self.tasks.insert(
-                    task.clone(),
-                    Box::new(Task {
-                        run: run.clone(),
-                        tenant: tenant.clone(),
-                        pipeline: pipeline.clone(),
-                        priority: *priority,
-                        deps: deps.clone(),
-                        deps_open,
-                        dependants: Vec::new(),
-                        status,
-                        attempts: 0,
-                        max_attempts: *max_attempts,
-                        worker: None,
-                        lease_deadline: None,
-                        retry_at: None,
-                        ready_seq: seq,
-                        cost_ceiling_micros: *cost_ceiling_micros,
-                        reserved_micros: Micros::ZERO,
-                        spent_micros: Micros::ZERO,
-                        handler: handler.clone(),
-                        params: params.clone(),
-                        optional: *optional,
-                        output: Params::null(),
-                        last_error: String::new(),
-                    }),
-                );
                 *self.counts.slot(status) += 1;
                 if status == TaskStatus::Pending {
                     self.ready[priority.index()].insert(seq, task.clone());
                 }
+                self.tasks.insert(
+                    task,
+                    Box::new(Task {
+                        run,
+                        tenant,
+                        pipeline,
+                        priority,
+                        deps,
+                        deps_open,
+                        dependants: Vec::new(),
+                        status,
+                        attempts: 0,
+                        max_attempts,
+                        worker: None,
+                        lease_deadline: None,
+                        retry_at: None,
+                        ready_seq: seq,
+                        cost_ceiling_micros,
+                        reserved_micros: Micros::ZERO,
+                        spent_micros: Micros::ZERO,
+                        handler,
+                        params,
+                        optional,
+                        output: Params::null(),
+                        last_error: String::new(),
+                    }),
+                );
                 None
             }
             Event::TaskDequeued { task, worker, attempt, lease_deadline } => {
-                self.set_status(task, TaskStatus::Leased, seq);
-                if let Some(t) = self.tasks.get_mut(task) {
-                    t.attempts = *attempt;
-                    t.worker = Some(worker.clone());
-                    t.lease_deadline = *lease_deadline;
+                self.set_status(&task, TaskStatus::Leased, seq);
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    t.attempts = attempt;
+                    t.worker = Some(worker);
+                    t.lease_deadline = lease_deadline;
                     t.retry_at = None;
                 }
                 None
             }
             Event::TaskAcked { task, output, .. } => {
-                self.set_status(task, TaskStatus::Done, seq);
-                let dependants = match self.tasks.get_mut(task) {
+                self.set_status(&task, TaskStatus::Done, seq);
+                let dependants = match self.tasks.get_mut(&task) {
                     Some(t) => {
                         t.worker = None;
                         t.lease_deadline = None;
-                        t.output = output.clone();
-                        t.dependants.clone()
+                        t.output = output;
+                        std::mem::take(&mut t.dependants)
                     }
                     None => Vec::new(),
                 };
@@ -354,23 +354,26 @@ impl Queue {
                         self.set_status(child, TaskStatus::Pending, seq);
                     }
                 }
-                Some(TaskStatus::Done)
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    t.dependants = dependants;
+                }
+                Some(task)
             }
             Event::TaskNacked { task, error, retry_at, .. } => {
-                self.set_status(task, TaskStatus::Pending, seq);
+                self.set_status(&task, TaskStatus::Pending, seq);
                 self.counts.retries += 1;
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(&task) {
                     t.worker = None;
                     t.lease_deadline = None;
-                    t.retry_at = *retry_at;
-                    t.last_error = error.clone();
+                    t.retry_at = retry_at;
+                    t.last_error = error;
                 }
                 None
             }
             Event::LeaseExpired { task, .. } => {
-                self.set_status(task, TaskStatus::Pending, seq);
+                self.set_status(&task, TaskStatus::Pending, seq);
                 self.counts.retries += 1;
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(&task) {
                     t.worker = None;
                     t.lease_deadline = None;
                     t.last_error = "lease expired".to_owned();
@@ -378,19 +381,19 @@ impl Queue {
                 None
             }
             Event::TaskDeadLettered { task, reason } => {
-                self.set_status(task, TaskStatus::DeadLettered, seq);
-                if let Some(t) = self.tasks.get_mut(task) {
+                self.set_status(&task, TaskStatus::DeadLettered, seq);
+                if let Some(t) = self.tasks.get_mut(&task) {
                     t.worker = None;
                     t.lease_deadline = None;
                     if !reason.is_empty() {
-                        t.last_error = reason.clone();
+                        t.last_error = reason;
                     }
                 }
-                Some(TaskStatus::DeadLettered)
+                Some(task)
             }
             Event::TaskCancelled { task, .. } => {
-                self.set_status(task, TaskStatus::Cancelled, seq);
-                Some(TaskStatus::Cancelled)
+                self.set_status(&task, TaskStatus::Cancelled, seq);
+                Some(task)
             }
             _ => None,
         }

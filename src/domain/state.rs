@@ -124,31 +124,29 @@ impl State {
     }
 
     /// Applies `event`, recorded at `seq` and `at`, without checking it.
-    pub fn evolve(&mut self, seq: u64, at: Timestamp, event: &Event) {
+    /// Takes the event so its strings move into the state instead of being
+    /// copied.
+    pub fn evolve(&mut self, seq: u64, at: Timestamp, event: Event) {
         // Counters that only need to know whose task it is go first, while
         // the task is as it was before the event.
         let task = event.task().and_then(|t| self.queue.get(t));
-        self.runs.evolve(at, event, task.map(|t| &t.run));
+        self.runs.evolve(at, &event, task.map(|t| &t.run));
         let task_reserved = task.map_or(Micros::ZERO, |t| t.reserved_micros);
-        self.workers.evolve(at, event);
-        self.learning.evolve(event);
+        self.workers.evolve(at, &event);
+        self.learning.evolve(&event);
+        let moved = self.tenants.evolve(&event, task_reserved);
 
-        let terminal = self.queue.evolve(seq, event);
-        let moved = self.tenants.evolve(event, task_reserved);
-
-        match event {
-            Event::TaskSubmitted { run, task, tenant, .. } => {
-                if let Some(t) = self.queue.get(task) {
-                    let key = t.pipeline_key(task);
-                    let pipelines = self.pipelines.entry(run.clone()).or_default();
-                    let open = match pipelines.get_mut(key) {
-                        Some(open) => open,
-                        None => pipelines.entry(PipelineId(key.to_owned())).or_insert(0),
-                    };
-                    *open += 1;
-                    if *open == 1 {
-                        self.tenants.run_opened(tenant);
-                    }
+        match &event {
+            Event::TaskSubmitted { run, task, tenant, pipeline, .. } => {
+                let key = pipeline.as_ref().map_or(task.as_str(), PipelineId::as_str);
+                let pipelines = self.pipelines.entry(run.clone()).or_default();
+                let open = match pipelines.get_mut(key) {
+                    Some(open) => open,
+                    None => pipelines.entry(PipelineId(key.to_owned())).or_insert(0),
+                };
+                *open += 1;
+                if *open == 1 {
+                    self.tenants.run_opened(tenant);
                 }
             }
             Event::CostReserved { task, amount_micros, .. } => {
@@ -170,10 +168,10 @@ impl State {
             _ => {}
         }
 
-        if terminal.is_some() {
-            if let Some((id, t)) = event.task().and_then(|id| Some((id, self.queue.get(id)?))) {
+        if let Some(id) = self.queue.evolve(seq, event) {
+            if let Some(t) = self.queue.get(&id) {
                 if let Some(pipelines) = self.pipelines.get_mut(&t.run) {
-                    let key = t.pipeline_key(id);
+                    let key = t.pipeline_key(&id);
                     if let Some(open) = pipelines.get_mut(key) {
                         *open = open.saturating_sub(1);
                         if *open == 0 {
@@ -193,7 +191,7 @@ impl State {
     /// `validate` then `evolve`.
     pub fn apply(&mut self, seq: u64, at: Timestamp, event: &Event) -> Result<(), Rejection> {
         self.validate(event)?;
-        self.evolve(seq, at, event);
+        self.evolve(seq, at, event.clone());
         Ok(())
     }
 

@@ -433,38 +433,53 @@ pub(crate) fn dir_size(dir: &Path) -> u64 {
 }
 
 /// Collects index entries: for each run and tenant id, the `(frame seq,
-/// offset in frame)` of its records, in seq order.
+/// offset in frame)` of its records, in seq order. Ids are interned into
+/// slots, so a record costs no allocation unless its id is new.
 #[derive(Default)]
 pub(crate) struct IndexBuilder {
-    runs: rustc_hash::FxHashMap<String, Vec<(u64, u32)>>,
-    tenants: rustc_hash::FxHashMap<String, Vec<(u64, u32)>>,
+    runs: rustc_hash::FxHashMap<String, u32>,
+    tenants: rustc_hash::FxHashMap<String, u32>,
+    slots: Vec<(IndexKind, String, Vec<(u64, u32)>)>,
 }
 
 impl IndexBuilder {
-    pub(crate) fn add(&mut self, kind: IndexKind, id: &str, place: (u64, u32)) {
+    /// The slot of `id`, created if new.
+    pub(crate) fn slot(&mut self, kind: IndexKind, id: &str) -> u32 {
         let map = match kind {
             IndexKind::Run => &mut self.runs,
             IndexKind::Tenant => &mut self.tenants,
         };
-        match map.get_mut(id) {
-            Some(places) => places.push(place),
-            None => {
-                map.insert(id.to_owned(), vec![place]);
-            }
+        if let Some(&slot) = map.get(id) {
+            return slot;
         }
+        let slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        map.insert(id.to_owned(), slot);
+        self.slots.push((kind, id.to_owned(), Vec::new()));
+        slot
+    }
+
+    pub(crate) fn push(&mut self, slot: u32, place: (u64, u32)) {
+        if let Some(entry) = self.slots.get_mut(slot as usize) {
+            entry.2.push(place);
+        }
+    }
+
+    pub(crate) fn add(&mut self, kind: IndexKind, id: &str, place: (u64, u32)) {
+        let slot = self.slot(kind, id);
+        self.push(slot, place);
     }
 
     /// The sled entries (one per id and frame), leaving the builder empty.
     pub(crate) fn take(&mut self) -> Vec<(IndexKind, Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
-        for (kind, map) in [(IndexKind::Run, &mut self.runs), (IndexKind::Tenant, &mut self.tenants)] {
-            for (id, places) in map.drain() {
-                for chunk in places.chunk_by(|a, b| a.0 == b.0) {
-                    let offsets: Vec<u32> = chunk.iter().map(|p| p.1).collect();
-                    out.push((kind, index_key(&id, chunk[0].0), index_value(&offsets)));
-                }
+        for (kind, id, places) in self.slots.drain(..) {
+            for chunk in places.chunk_by(|a, b| a.0 == b.0) {
+                let offsets: Vec<u32> = chunk.iter().map(|p| p.1).collect();
+                out.push((kind, index_key(&id, chunk[0].0), index_value(&offsets)));
             }
         }
+        self.runs.clear();
+        self.tenants.clear();
         out
     }
 }

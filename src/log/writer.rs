@@ -212,6 +212,9 @@ struct Staged {
     recorded_at: Timestamp,
     hash: blake3::Hash,
     bytes: std::ops::Range<usize>,
+    /// Index slots of the record's run and tenant.
+    run: Option<u32>,
+    tenant: Option<u32>,
 }
 
 struct Writer {
@@ -418,9 +421,10 @@ impl Writer {
             return;
         }
         let start = (self.head, self.last_time);
+        let count = entries.len();
         group.staged.clear();
         group.scratch.clear();
-        for (index, entry) in entries.iter().enumerate() {
+        for (index, entry) in entries.into_iter().enumerate() {
             if let Err(rejection) = self.state.validate(&entry.event) {
                 (self.head, self.last_time) = start;
                 if index > 0 {
@@ -435,15 +439,18 @@ impl Writer {
                 Some(at) => at,
                 None => wall_clock().max(self.last_time),
             };
-            self.state.evolve(seq, recorded_at, &entry.event);
             let from = group.scratch.len();
             encode_event_into(&entry.event, &mut group.scratch);
             let hash = record_hash(seq, recorded_at, &self.head.hash, &group.scratch[from..]);
-            group.staged.push(Staged { recorded_at, hash, bytes: from..group.scratch.len() });
+            let (run, tenant) = self.state.scope(&entry.event);
+            let run = run.map(|r| group.index.slot(IndexKind::Run, r.as_str()));
+            let tenant = tenant.map(|t| group.index.slot(IndexKind::Tenant, t.as_str()));
+            self.state.evolve(seq, recorded_at, entry.event);
+            group.staged.push(Staged { recorded_at, hash, bytes: from..group.scratch.len(), run, tenant });
             self.head = Head { seq, hash };
             self.last_time = recorded_at;
         }
-        for (entry, staged) in entries.iter().zip(group.staged.drain(..)) {
+        for staged in group.staged.drain(..) {
             if group.builder.is_full() {
                 let first = group.builder.first_seq();
                 group.frames.push((first, group.builder.finish()));
@@ -451,17 +458,16 @@ impl Writer {
             let frame = group.builder.first_seq();
             group.builder.push(staged.recorded_at, staged.hash, &group.scratch[staged.bytes]);
             let place = (frame, group.builder.len() - 1);
-            let (run, tenant) = self.state.scope(&entry.event);
-            if let Some(run) = run {
-                group.index.add(IndexKind::Run, run.as_str(), place);
+            if let Some(slot) = staged.run {
+                group.index.push(slot, place);
             }
-            if let Some(tenant) = tenant {
-                group.index.add(IndexKind::Tenant, tenant.as_str(), place);
+            if let Some(slot) = staged.tenant {
+                group.index.push(slot, place);
             }
             group.records += 1;
         }
         let receipt = Receipt { first_seq: start.0.seq + 1, last_seq: self.head.seq, head: self.head.hash };
-        if entries.is_empty() {
+        if count == 0 {
             let _ = reply.send(Ok(receipt));
         } else {
             group.replies.push((reply, receipt));
