@@ -137,18 +137,24 @@ impl State {
         let moved = self.tenants.evolve(&event, task_reserved);
 
         match &event {
-            Event::TaskSubmitted { run, task, tenant, pipeline, .. } => {
-                let key = pipeline.as_ref().map_or(task.as_str(), PipelineId::as_str);
-                let pipelines = self.pipelines.entry(run.clone()).or_default();
-                let open = match pipelines.get_mut(key) {
-                    Some(open) => open,
-                    None => pipelines.entry(PipelineId(key.to_owned())).or_insert(0),
-                };
-                *open += 1;
-                if *open == 1 {
-                    self.tenants.run_opened(tenant);
+            Event::TaskSubmitted { run, tenant, pipeline, .. } => match pipeline {
+                // A task without a pipeline is a pipeline run of its own.
+                None => self.tenants.run_opened(tenant),
+                Some(pipeline) => {
+                    let pipelines = match self.pipelines.get_mut(run) {
+                        Some(p) => p,
+                        None => self.pipelines.entry(run.clone()).or_default(),
+                    };
+                    let open = match pipelines.get_mut(pipeline) {
+                        Some(open) => open,
+                        None => pipelines.entry(pipeline.clone()).or_insert(0),
+                    };
+                    *open += 1;
+                    if *open == 1 {
+                        self.tenants.run_opened(tenant);
+                    }
                 }
-            }
+            },
             Event::CostReserved { task, amount_micros, .. } => {
                 if let Some(t) = self.queue.task_mut(task) {
                     t.reserved_micros.0 += amount_micros.0;
@@ -170,19 +176,7 @@ impl State {
 
         if let Some(id) = self.queue.evolve(seq, event) {
             if let Some(t) = self.queue.get(&id) {
-                if let Some(pipelines) = self.pipelines.get_mut(&t.run) {
-                    let key = t.pipeline_key(&id);
-                    if let Some(open) = pipelines.get_mut(key) {
-                        *open = open.saturating_sub(1);
-                        if *open == 0 {
-                            pipelines.remove(key);
-                            self.tenants.run_closed(&t.tenant);
-                        }
-                    }
-                    if pipelines.is_empty() {
-                        self.pipelines.remove(&t.run);
-                    }
-                }
+                close_pipeline_task(&mut self.pipelines, &mut self.tenants, t);
             }
         }
         self.seq = seq;
@@ -207,5 +201,29 @@ impl State {
             combined.update(hash.as_bytes());
         }
         Digests { queue, tenants, runs, workers, learning, combined: combined.finalize() }
+    }
+}
+
+/// A task of a pipeline run ended: the run stops counting towards its
+/// tenant's concurrency when it has no open task left.
+fn close_pipeline_task(
+    pipelines: &mut FxHashMap<RunId, FxHashMap<PipelineId, u32>>,
+    tenants: &mut Tenants,
+    t: &super::queue::Task,
+) {
+    let Some(pipeline) = &t.pipeline else {
+        tenants.run_closed(&t.tenant);
+        return;
+    };
+    let Some(open_by_pipeline) = pipelines.get_mut(&t.run) else { return };
+    if let Some(open) = open_by_pipeline.get_mut(pipeline) {
+        *open = open.saturating_sub(1);
+        if *open == 0 {
+            open_by_pipeline.remove(pipeline);
+            tenants.run_closed(&t.tenant);
+        }
+    }
+    if open_by_pipeline.is_empty() {
+        pipelines.remove(&t.run);
     }
 }
