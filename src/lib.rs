@@ -20,3 +20,6 @@ pub mod views;
 pub mod wire;
 pub mod bench;
 pub mod cli;
+pub mod workload;
+pub mod runtime;
+pub mod demo;

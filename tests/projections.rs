@@ -443,3 +443,63 @@ fn digests_do_not_depend_on_insertion_order_of_independent_tenants() {
     assert_ne!(a.tenants, c.tenants);
     assert_ne!(a.combined, c.combined);
 }
+
+#[test]
+fn ack_releasing_several_dependants_makes_each_ready() {
+    let mut given = base();
+    given.extend([
+        submit("parent", "acme", Priority::Normal, &[]),
+        submit("a", "acme", Priority::Normal, &["parent"]),
+        submit("b", "acme", Priority::Normal, &["parent"]),
+        submit("c", "acme", Priority::Normal, &["parent"]),
+        dequeue("parent", "w", 1),
+    ]);
+    let (verdict, state) = check(&given, ack("parent", "w"));
+    verdict.unwrap();
+    let ready: Vec<_> = state.queue.ready(Priority::Normal).map(|t| t.as_str()).collect();
+    assert_eq!(ready, ["a", "b", "c"], "one record released three tasks: all ready, in order");
+    assert_eq!(state.queue.ready_by_priority()[Priority::Normal.index()], 3);
+    given.push(ack("parent", "w"));
+    let (_, state) = check(&given, dequeue("b", "w", 1));
+    let ready: Vec<_> = state.queue.ready(Priority::Normal).map(|t| t.as_str()).collect();
+    assert_eq!(ready, ["a", "c"]);
+}
+
+#[test]
+fn scheduler_prefers_priority_then_age_and_ages_batch_work() {
+    use runledger::domain::scheduler::{QueuePolicy, next_ready};
+    let mut given = base();
+    given.push(submit("batch-1", "acme", Priority::Batch, &[]));
+    // Twenty records pass before a HIGH task arrives.
+    for _ in 0..20 {
+        given.push(cost("globex", None, Category::Other, 1));
+    }
+    given.push(submit("high-1", "acme", Priority::High, &[]));
+    let (_, state) = check(&given, submit("high-2", "acme", Priority::High, &[]));
+    let now = Timestamp(0);
+    let patient = QueuePolicy { aging_records: 1_000, ..QueuePolicy::default() };
+    assert_eq!(next_ready(&state, now, state.seq, &patient).unwrap().as_str(), "high-1", "priority first, then FIFO");
+    // With one level per 5 records, the batch task (waited 22) outranks a HIGH
+    // task that waited 1: 4*5-22 < 1*5-1.
+    let eager = QueuePolicy { aging_records: 5, ..QueuePolicy::default() };
+    assert_eq!(next_ready(&state, now, state.seq, &eager).unwrap().as_str(), "batch-1");
+}
+
+#[test]
+fn scheduler_skips_tasks_waiting_for_their_retry_time() {
+    use runledger::domain::scheduler::{QueuePolicy, next_ready, next_retry_at};
+    let mut given = base();
+    given.extend([submit("t1", "acme", Priority::Critical, &[]), submit("t2", "acme", Priority::Low, &[]), dequeue("t1", "w", 1)]);
+    let retry = Event::TaskNacked {
+        task: "t1".into(),
+        worker: "w".into(),
+        error: "x".into(),
+        retry_at: Some(Timestamp(5_000_000)),
+        timed_out: false,
+    };
+    let (_, state) = check(&given, retry);
+    let policy = QueuePolicy::default();
+    assert_eq!(next_ready(&state, Timestamp(1), state.seq, &policy).unwrap().as_str(), "t2");
+    assert_eq!(next_ready(&state, Timestamp(5_000_000), state.seq, &policy).unwrap().as_str(), "t1");
+    assert_eq!(next_retry_at(&state, Timestamp(1)), Some(Timestamp(5_000_000)));
+}

@@ -18,7 +18,10 @@ use crate::log::verify::verify;
 use crate::log::{AppendError, Durability, Ledger, LedgerOptions, OpenError, Store, StoreError, WalkError};
 use crate::replay::{self, Folded};
 use crate::views::{self, Table, bp_percent};
+use crate::runtime::sim::RunError;
+use crate::runtime::{RunOptions, RunReport, run_simulated};
 use crate::wire;
+use crate::workload::Workload;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let out = &mut std::io::stdout().lock();
@@ -33,6 +36,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue => queue(&cli.data, cli.json, out),
         Command::Runs => runs(&cli.data, cli.json, out),
         Command::Workers => workers(&cli.data, cli.json, out),
+        Command::Run { ref workload, seed, ref run_id } => {
+            let loaded = Workload::load(workload)?;
+            let explicit = run_id.is_some();
+            execute(&cli.data, &loaded, RunOptions { seed, run_id: run_id.clone() }, explicit, None, cli.json, out)
+        }
+        Command::Demo { tenants, runs, seed, max_concurrency, ref artifacts } => {
+            if tenants == 0 || runs == 0 || max_concurrency == 0 {
+                bail!("--tenants, --runs and --max-concurrency must be at least 1");
+            }
+            let text = crate::demo::workload_toml(tenants, runs, seed, max_concurrency);
+            let loaded = Workload::parse("<demo>", &text)?;
+            execute(&cli.data, &loaded, RunOptions::default(), false, artifacts.as_deref(), cli.json, out)
+        }
         Command::Bench { what: BenchCommand::Ledger { events, durability, appenders, batch } } => {
             let data = std::env::args_os().any(|a| a == "--data") || std::env::var_os("RUNLEDGER_DATA").is_some();
             let config = LedgerBench { events, durability, appenders, batch, data: data.then(|| cli.data.clone()) };
@@ -461,5 +477,147 @@ fn bench_ledger(config: &LedgerBench, json: bool, out: &mut dyn Write) -> anyhow
     if json {
         print_json(out, &report)?;
     }
+    Ok(())
+}
+
+/// Runs a workload on the ledger in `data` with a progress bar on a
+/// terminal, then prints the summary. Without an explicit run id, an id
+/// already in the ledger gets a `-2`, `-3`, ... suffix.
+fn execute(
+    data: &Path,
+    workload: &Workload,
+    mut options: RunOptions,
+    explicit_id: bool,
+    artifacts: Option<&Path>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let ledger = open_ledger(data, Durability::Batch { interval: std::time::Duration::from_millis(10) })?;
+    if !explicit_id {
+        let seed = options.seed.unwrap_or(workload.seed);
+        let base = workload.run.clone().unwrap_or_else(|| format!("run-{seed}"));
+        let taken = {
+            let base = base.clone();
+            ledger.query(move |state, _| {
+                (1u32..)
+                    .map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") })
+                    .find(|id| state.runs.get(&RunId(id.clone())).is_none())
+            })?
+        };
+        options.run_id = taken;
+    }
+    let bar = if std::io::stderr().is_terminal() && !json {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tasks")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let result = run_simulated(&ledger, workload, &options, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let report = match result {
+        Ok(report) => report,
+        Err(RunError::RunExists(id)) => {
+            let _ = ledger.close();
+            bail!("run `{id}` is already in the ledger (choose another with --run-id)");
+        }
+        Err(e) => {
+            let _ = ledger.close();
+            return Err(e.into());
+        }
+    };
+    let state = ledger.query(|state, _| state.clone())?;
+    ledger.close()?;
+    let tenants = views::tenants(&state);
+    let workers = views::workers(&state);
+    if let Some(dir) = artifacts {
+        let run_dir = dir.join("runs").join(&report.run);
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+        let write = |name: &str, value: serde_json::Value| -> anyhow::Result<()> {
+            let path = run_dir.join(name);
+            std::fs::write(&path, serde_json::to_string_pretty(&value)? + "\n")
+                .with_context(|| format!("cannot write {}", path.display()))
+        };
+        write("summary.json", serde_json::to_value(&report)?)?;
+        write("tenants.json", serde_json::to_value(&tenants)?)?;
+        write("workers.json", serde_json::to_value(&workers)?)?;
+    }
+    if json {
+        return print_json(
+            out,
+            &serde_json::json!({ "report": report, "tenants": tenants, "workers": workers, "digest": report.digest }),
+        );
+    }
+    print_summary(&report, &tenants, &workers, out)
+}
+
+fn print_summary(
+    r: &RunReport,
+    tenants: &[views::TenantView],
+    workers: &[views::WorkerView],
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    writeln!(out, "run {} (seed {}): {} tasks", r.run, r.seed, r.tasks)?;
+    writeln!(
+        out,
+        "  outcomes: {} acked, {} dead-lettered, {} cancelled; {} retries ({} timeouts)",
+        r.acked, r.dead_lettered, r.cancelled, r.retries, r.timeouts
+    )?;
+    writeln!(
+        out,
+        "  peak concurrency {}; backpressure engaged {} times, released {} times",
+        r.peak_running, r.backpressure_engaged, r.backpressure_released
+    )?;
+    let virtual_secs = r.virtual_elapsed_micros as f64 / 1e6;
+    let wall_secs = r.wall_elapsed_micros as f64 / 1e6;
+    writeln!(
+        out,
+        "  throughput: {:.1} tasks/s over {:.3} s of virtual time; executed in {:.3} s ({:.0} tasks/s)",
+        r.tasks as f64 / virtual_secs.max(1e-9),
+        virtual_secs,
+        wall_secs,
+        r.tasks as f64 / wall_secs.max(1e-9)
+    )?;
+    let m = |v: i64| crate::domain::Micros(v).to_string();
+    let mut costs = Table::new(&["TENANT", "STATUS", "LLM", "RETRIEVAL", "RERANK", "STORAGE", "TOOL", "OTHER", "TOTAL", "BUDGET"]);
+    for t in tenants {
+        let cat = |name: &str| m(t.spent_by_category.get(name).copied().unwrap_or(0));
+        costs.row(vec![
+            t.tenant.clone(),
+            t.status.name().to_owned(),
+            cat("llm"),
+            cat("retrieval"),
+            cat("rerank"),
+            cat("storage"),
+            cat("tool"),
+            cat("other"),
+            m(t.spent_micros),
+            m(t.budget_micros),
+        ]);
+    }
+    write!(out, "{}", costs.render())?;
+    let mut table = Table::new(&["WORKER", "EXECUTED", "SUCCEEDED", "FAILED", "SUCCESS", "TASKS/S", "UPTIME"]);
+    for w in workers {
+        let uptime = w.uptime_micros as f64 / 1e6;
+        table.row(vec![
+            w.worker.clone(),
+            w.executed.to_string(),
+            w.succeeded.to_string(),
+            w.failed.to_string(),
+            bp_percent(i64::from(w.success_rate_bp)),
+            format!("{:.2}", w.executed as f64 / uptime.max(1e-9)),
+            format!("{uptime:.3}s"),
+        ]);
+    }
+    write!(out, "{}", table.render())?;
+    writeln!(out, "head: {} (seq {})", r.head, r.head_seq)?;
+    writeln!(out, "digest: {}", r.digest)?;
     Ok(())
 }

@@ -59,6 +59,32 @@ pub enum Command {
     Runs,
     /// Workers and their statistics.
     Workers,
+    /// Execute a workload file to completion.
+    Run {
+        /// The workload (TOML).
+        workload: PathBuf,
+        /// Override the workload's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The run's id (default: the workload's `run`, else `run-<seed>`).
+        #[arg(long)]
+        run_id: Option<String>,
+    },
+    /// Run the built-in multi-tenant RAG demo on the embedded ledger.
+    Demo {
+        #[arg(long, default_value_t = 4)]
+        tenants: u32,
+        /// Pipeline runs per tenant.
+        #[arg(long, default_value_t = 6)]
+        runs: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 8)]
+        max_concurrency: u32,
+        /// Also write the run's summary files here.
+        #[arg(long)]
+        artifacts: Option<PathBuf>,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]

@@ -13,6 +13,8 @@ pub mod learning;
 pub mod money;
 pub mod queue;
 pub mod rejection;
+pub mod scheduler;
+pub mod sim;
 pub mod state;
 pub mod time;
 

@@ -112,8 +112,11 @@ pub struct Queue {
     /// Boxed so the table holds 32-byte entries: growing it moves and
     /// faults in far less memory than inline 300-byte tasks would.
     tasks: FxHashMap<TaskId, Box<Task>>,
-    /// Ready tasks per priority, keyed by `ready_seq` (FIFO).
-    ready: [BTreeMap<u64, TaskId>; 5],
+    /// Ready tasks per priority, keyed by `ready_seq` (FIFO); one record
+    /// can make several tasks ready (an ACK releasing its dependants), kept
+    /// in the order it released them.
+    ready: [BTreeMap<u64, Vec<TaskId>>; 5],
+    ready_len: [u64; 5],
     counts: QueueCounts,
 }
 
@@ -143,16 +146,35 @@ impl Queue {
 
     /// Ready tasks of one priority, oldest first.
     pub fn ready(&self, priority: Priority) -> impl Iterator<Item = &TaskId> {
-        self.ready[priority.index()].values()
+        self.ready[priority.index()].values().flatten()
+    }
+
+    /// Ready tasks of one priority with the seq that made each ready, oldest first.
+    pub fn ready_entries(&self, priority: Priority) -> impl Iterator<Item = (u64, &TaskId)> {
+        self.ready[priority.index()].iter().flat_map(|(seq, ids)| ids.iter().map(move |id| (*seq, id)))
     }
 
     /// Number of ready tasks per priority, highest priority first.
     pub fn ready_by_priority(&self) -> [u64; 5] {
-        let mut out = [0u64; 5];
-        for (slot, set) in out.iter_mut().zip(&self.ready) {
-            *slot = set.len() as u64;
+        self.ready_len
+    }
+
+    fn make_ready(&mut self, priority: Priority, seq: u64, task: TaskId) {
+        self.ready[priority.index()].entry(seq).or_default().push(task);
+        self.ready_len[priority.index()] += 1;
+    }
+
+    fn unready(&mut self, priority: Priority, seq: u64, task: &TaskId) {
+        let set = &mut self.ready[priority.index()];
+        if let Some(ids) = set.get_mut(&seq) {
+            if let Some(i) = ids.iter().position(|id| id == task) {
+                ids.remove(i);
+                self.ready_len[priority.index()] -= 1;
+            }
+            if ids.is_empty() {
+                set.remove(&seq);
+            }
         }
-        out
     }
 
     /// All tasks in id order (for views and digests).
@@ -247,15 +269,17 @@ impl Queue {
 
     fn set_status(&mut self, task: &TaskId, to: TaskStatus, seq: u64) {
         let Some(t) = self.tasks.get_mut(task) else { return };
-        let from = t.status;
-        if from == TaskStatus::Pending {
-            self.ready[t.priority.index()].remove(&t.ready_seq);
-        }
+        let (from, priority, ready_seq) = (t.status, t.priority, t.ready_seq);
+        t.status = to;
         if to == TaskStatus::Pending {
             t.ready_seq = seq;
-            self.ready[t.priority.index()].insert(seq, task.clone());
         }
-        t.status = to;
+        if from == TaskStatus::Pending {
+            self.unready(priority, ready_seq, task);
+        }
+        if to == TaskStatus::Pending {
+            self.make_ready(priority, seq, task.clone());
+        }
         *self.counts.slot(from) -= 1;
         *self.counts.slot(to) += 1;
     }
@@ -290,7 +314,7 @@ impl Queue {
                 let status = if deps_open == 0 { TaskStatus::Pending } else { TaskStatus::Waiting };
                 *self.counts.slot(status) += 1;
                 if status == TaskStatus::Pending {
-                    self.ready[priority.index()].insert(seq, task.clone());
+                    self.make_ready(priority, seq, task.clone());
                 }
                 self.tasks.insert(
                     task,

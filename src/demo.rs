@@ -1,0 +1,84 @@
+//! The built-in demo workload: a multi-tenant RAG-style mix that shows the
+//! engine at work in a few seconds — serial pipelines with an optional
+//! rerank, map-reduce research pipelines, retries, timeouts, dead letters
+//! and the cancellations they cause, backpressure.
+
+use std::fmt::Write;
+
+const TENANTS: [(&str, i64, &str); 8] = [
+    ("acme", 40_000_000, "balanced"),
+    ("globex", 8_000_000, "aggressive"),
+    ("initech", 20_000_000, "conservative"),
+    ("umbrella", 60_000_000, "balanced"),
+    ("hooli", 15_000_000, "aggressive"),
+    ("stark", 90_000_000, "conservative"),
+    ("wayne", 30_000_000, "balanced"),
+    ("wonka", 5_000_000, "balanced"),
+];
+
+/// The demo workload as TOML (so it goes through the same checks as a
+/// user's file). `tenants` above eight get generated names.
+pub fn workload_toml(tenants: u32, runs: u32, seed: u64, max_concurrency: u32) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"# runledger demo workload
+seed = {seed}
+start = "2026-01-01T00:00:00Z"
+run = "demo-{seed}"
+
+[execution.pool]
+max_concurrency = {max_concurrency}
+backpressure_threshold = 0.8
+
+[execution.queue]
+type = "memory"
+max_attempts = 3
+retry_base_ms = 200
+retry_max_ms = 5000
+
+[execution.workers]
+num_workers = {max_concurrency}
+worker_timeout_sec = 1.5
+
+[[pipelines]]
+id = "rag"
+mode = "serial"
+nodes = [
+  {{ id = "retrieve", handler = "sim", params = {{ step = "retrieve", depth = 5 }} }},
+  {{ id = "rerank", handler = "sim", optional = true, params = {{ step = "rerank", failure_rate_bp = 3000 }} }},
+  {{ id = "generate", handler = "sim", params = {{ step = "generate", model = "large", candidates = 3 }} }},
+  {{ id = "evaluate", handler = "sim", priority = "low", params = {{ step = "evaluate" }} }},
+]
+
+[[pipelines]]
+id = "research"
+mode = "map_reduce"
+fan_out = 4
+nodes = [
+  {{ id = "search", stage = "map", handler = "sim", params = {{ step = "retrieve", depth = 3 }} }},
+  {{ id = "browse", stage = "map", handler = "sim", deps = ["search"], params = {{ step = "tool", latency_ms = 1300, failure_rate_bp = 2500 }} }},
+  {{ id = "summarize", stage = "reduce", handler = "sim", params = {{ step = "generate", model = "medium" }} }},
+]
+"#
+    );
+    for i in 0..tenants {
+        let (name, budget, intensity) = match TENANTS.get(i as usize) {
+            Some(&(n, b, l)) => (n.to_owned(), b, l),
+            None => (format!("tenant-{i:03}"), 25_000_000, "balanced"),
+        };
+        let _ = write!(
+            out,
+            "\n[[tenants]]\nid = \"{name}\"\nbudget_micros = {budget}\nmax_concurrent_runs = 4\nlearning_intensity = \"{intensity}\"\n"
+        );
+        let _ = write!(out, "\n[[submissions]]\ntenant = \"{name}\"\npipeline = \"rag\"\nruns = {runs}\ninterval_ms = 150\n");
+        if i % 2 == 0 {
+            let research = runs.div_ceil(3);
+            let _ = write!(
+                out,
+                "\n[[submissions]]\ntenant = \"{name}\"\npipeline = \"research\"\nruns = {research}\npriority = \"batch\"\ninterval_ms = 400\n"
+            );
+        }
+    }
+    out
+}

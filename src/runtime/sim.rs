@@ -1,0 +1,414 @@
+//! The simulated executor: runs a workload on virtual time.
+//!
+//! Each step takes the earliest timer (a task attempt finishing, a retry
+//! becoming due, a pipeline run arriving), runs the deciders on a mirror of
+//! the ledger's state, and appends the resulting events as one batch with
+//! `recorded_at` set to the virtual time. No sleeping and no thread
+//! interleaving: the ledger it writes depends only on the workload, the
+//! seed and what the ledger held before.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+use std::time::Instant;
+
+use crate::domain::scheduler::{dependants_to_cancel, draw, next_ready, next_retry_at};
+use crate::domain::sim::simulate;
+use crate::domain::{Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp, WorkerId};
+use crate::log::{Append, AppendError, Ledger};
+use crate::workload::{Stage, Workload};
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Overrides the workload's seed.
+    pub seed: Option<u64>,
+    /// The run's id (default: the workload's `run`, else `run-<seed>`).
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("run `{0}` is already in the ledger (choose another with --run-id)")]
+    RunExists(String),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error("internal error: the executor produced an impossible event: {0}")]
+    Impossible(String),
+}
+
+/// What a run did, for the summary.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunReport {
+    pub run: String,
+    pub seed: u64,
+    pub tasks: u64,
+    pub acked: u64,
+    pub dead_lettered: u64,
+    pub cancelled: u64,
+    pub retries: u64,
+    pub timeouts: u64,
+    pub peak_running: u32,
+    pub backpressure_engaged: u64,
+    pub backpressure_released: u64,
+    pub virtual_elapsed_micros: i64,
+    pub wall_elapsed_micros: u64,
+    pub head_seq: u64,
+    pub head: String,
+    pub digest: String,
+}
+
+/// A task attempt in flight: when it ends, and how.
+type Timer = Reverse<(i64, u64, TaskId, u32, u32, bool)>;
+
+struct Sim<'a> {
+    ledger: &'a Ledger,
+    workload: &'a Workload,
+    seed: u64,
+    run: RunId,
+    state: State,
+    now: Timestamp,
+    batch: Vec<Append>,
+    timers: BinaryHeap<Timer>,
+    order: u64,
+    free_workers: BTreeSet<u32>,
+    running: u32,
+    backpressure: bool,
+}
+
+impl Sim<'_> {
+    /// Checks `event` on the mirror state, applies it and queues it for the
+    /// ledger.
+    fn emit(&mut self, event: Event) -> Result<(), RunError> {
+        let seq = self.state.seq + 1;
+        self.state.validate(&event).map_err(|r| RunError::Impossible(format!("{event}: {r}")))?;
+        self.batch.push(Append { recorded_at: Some(self.now), event: event.clone() });
+        self.state.evolve(seq, self.now, event);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), RunError> {
+        if !self.batch.is_empty() {
+            self.ledger.append(std::mem::take(&mut self.batch))?;
+        }
+        Ok(())
+    }
+
+    fn over_threshold(&self) -> bool {
+        u64::from(self.running) * 10_000
+            > u64::from(self.workload.backpressure_threshold_bp) * u64::from(self.workload.max_concurrency)
+    }
+
+    fn dispatch(&mut self) -> Result<(), RunError> {
+        while let Some(&worker) = self.free_workers.iter().next() {
+            let seq = self.state.seq;
+            let Some(task) = next_ready(&self.state, self.now, seq, &self.workload.policy).cloned() else { break };
+            let Some(t) = self.state.queue.get(&task) else { break };
+            let attempt = t.attempts + 1;
+            let params = t.params.clone();
+            self.free_workers.remove(&worker);
+            self.running += 1;
+            let timeout = self.workload.worker_timeout_micros;
+            self.emit(Event::TaskDequeued {
+                task: task.clone(),
+                worker: worker_id(worker),
+                attempt,
+                lease_deadline: Some(self.now.saturating_add_micros(timeout)),
+            })?;
+            let latency = simulate(self.seed, task.as_str(), attempt, &params).latency_micros;
+            let (ends, timed_out) = if latency > timeout { (timeout, true) } else { (latency, false) };
+            self.order += 1;
+            self.timers.push(Reverse((self.now.0.saturating_add(ends), self.order, task, worker, attempt, timed_out)));
+        }
+        if !self.backpressure && self.over_threshold() {
+            self.backpressure = true;
+            let threshold = self.threshold_count();
+            self.emit(Event::BackpressureEngaged { run: self.run.clone(), running: self.running, threshold })?;
+        }
+        Ok(())
+    }
+
+    fn threshold_count(&self) -> u32 {
+        (u64::from(self.workload.backpressure_threshold_bp) * u64::from(self.workload.max_concurrency) / 10_000) as u32
+    }
+
+    fn finish_attempt(&mut self, task: TaskId, worker: u32, attempt: u32, timed_out: bool) -> Result<(), RunError> {
+        let Some(t) = self.state.queue.get(&task) else { return Ok(()) };
+        let tenant = t.tenant.clone();
+        let max_attempts = t.max_attempts;
+        let outcome = simulate(self.seed, task.as_str(), attempt, &t.params);
+        self.free_workers.insert(worker);
+        self.running -= 1;
+        let result = if timed_out {
+            Err(format!("timed out after {} ms", self.workload.worker_timeout_micros / 1_000))
+        } else {
+            for (category, amount) in &outcome.costs {
+                if amount.0 > 0 {
+                    self.emit(Event::CostIncurred {
+                        tenant: tenant.clone(),
+                        task: Some(task.clone()),
+                        category: *category,
+                        amount_micros: *amount,
+                    })?;
+                }
+            }
+            outcome.result
+        };
+        match result {
+            Ok(output) => {
+                self.emit(Event::TaskAcked { task: task.clone(), worker: worker_id(worker), output })?;
+                let cost = Micros(outcome.costs.iter().map(|c| c.1.0).sum());
+                self.emit(Event::LearningOutcome {
+                    tenant,
+                    task: Some(task),
+                    arm: outcome.arm,
+                    reward_bp: outcome.reward_bp,
+                    cost_micros: cost,
+                })?;
+            }
+            Err(error) => {
+                let exhausted = attempt >= max_attempts;
+                let retry_at = (!exhausted).then(|| {
+                    let delay = self.workload.policy.retry_delay_micros(attempt, draw(self.seed, "retry", task.as_str(), attempt));
+                    self.now.saturating_add_micros(delay)
+                });
+                self.emit(Event::TaskNacked {
+                    task: task.clone(),
+                    worker: worker_id(worker),
+                    error: error.clone(),
+                    retry_at,
+                    timed_out,
+                })?;
+                if exhausted {
+                    self.emit(Event::TaskDeadLettered {
+                        task: task.clone(),
+                        reason: format!("{attempt} of {max_attempts} attempts failed, last: {error}"),
+                    })?;
+                    for child in dependants_to_cancel(&self.state, &task) {
+                        self.emit(Event::TaskCancelled { task: child, reason: format!("parent `{task}` was dead-lettered") })?;
+                    }
+                }
+            }
+        }
+        if self.backpressure && !self.over_threshold() {
+            self.backpressure = false;
+            let threshold = self.threshold_count();
+            self.emit(Event::BackpressureReleased { run: self.run.clone(), running: self.running, threshold })?;
+        }
+        Ok(())
+    }
+
+    /// Submits every task of one pipeline run.
+    fn submit_instance(&mut self, submission: usize, instance: u32) -> Result<(), RunError> {
+        let spec = &self.workload.submissions[submission];
+        let Some(pipeline) = self.workload.pipelines.get(&spec.pipeline) else { return Ok(()) };
+        let instance_id = format!("{}/{}#{instance}", spec.tenant, spec.pipeline);
+        let task_id = |node: &str| TaskId(format!("{}/{instance_id}/{node}", self.run));
+        let replicas = |node: &crate::workload::NodeSpec| -> Vec<String> {
+            if node.stage == Some(Stage::Map) {
+                (0..pipeline.fan_out).map(|k| format!("{}.{k}", node.id)).collect()
+            } else {
+                vec![node.id.clone()]
+            }
+        };
+        let by_id: std::collections::BTreeMap<&str, &crate::workload::NodeSpec> =
+            pipeline.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+        let mut events = Vec::new();
+        for node in &pipeline.nodes {
+            let deps: Vec<TaskId> = node
+                .deps
+                .iter()
+                .filter_map(|d| by_id.get(d.as_str()))
+                .flat_map(|d| replicas(d))
+                .map(|r| task_id(&r))
+                .collect();
+            for (k, name) in replicas(node).into_iter().enumerate() {
+                let mut params = node.params.to_value();
+                if node.stage.is_some() {
+                    let extra = if node.stage == Some(Stage::Map) {
+                        ("shard", serde_json::Value::from(k))
+                    } else {
+                        ("inputs", serde_json::Value::from(deps.iter().map(|d| d.0.clone()).collect::<Vec<_>>()))
+                    };
+                    if !params.is_object() {
+                        params = serde_json::json!({});
+                    }
+                    params[extra.0] = extra.1;
+                }
+                events.push(Event::TaskSubmitted {
+                    run: self.run.clone(),
+                    task: task_id(&name),
+                    tenant: TenantId(spec.tenant.clone()),
+                    priority: node.priority.unwrap_or(spec.priority),
+                    deps: deps.clone(),
+                    pipeline: Some(PipelineId(instance_id.clone())),
+                    cost_ceiling_micros: node.cost_ceiling_micros,
+                    handler: node.handler.clone(),
+                    params: Params::from_value(&params),
+                    max_attempts: self.workload.max_attempts,
+                    optional: node.optional,
+                });
+            }
+        }
+        for event in events {
+            self.emit(event)?;
+        }
+        Ok(())
+    }
+}
+
+/// `Some(new)` when it differs from `old`.
+fn changed<T: PartialEq + Copy>(old: &T, new: T) -> Option<T> {
+    (*old != new).then_some(new)
+}
+
+fn worker_id(n: u32) -> WorkerId {
+    WorkerId(format!("worker-{n:02}"))
+}
+
+/// Runs `workload` on virtual time, appending every step to `ledger`;
+/// `progress(done, total)` is called after each step.
+pub fn run_simulated(
+    ledger: &Ledger,
+    workload: &Workload,
+    options: &RunOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RunReport, RunError> {
+    let wall = Instant::now();
+    let seed = options.seed.unwrap_or(workload.seed);
+    let run = RunId(options.run_id.clone().or_else(|| workload.run.clone()).unwrap_or_else(|| format!("run-{seed}")));
+    let state = ledger.query(|state, _| state.clone())?;
+    if state.runs.get(&run).is_some() {
+        return Err(RunError::RunExists(run.0));
+    }
+    let concurrency = workload.num_workers.min(workload.max_concurrency);
+    let mut sim = Sim {
+        ledger,
+        workload,
+        seed,
+        run: run.clone(),
+        state,
+        now: workload.start,
+        batch: Vec::new(),
+        timers: BinaryHeap::new(),
+        order: 0,
+        free_workers: (1..=concurrency).collect(),
+        running: 0,
+        backpressure: false,
+    };
+
+    for t in &workload.tenants {
+        let tenant = TenantId(t.id.clone());
+        let event = match sim.state.tenants.get(&tenant) {
+            None => Some(Event::TenantRegistered {
+                tenant,
+                budget_micros: t.budget_micros,
+                max_concurrent_runs: t.max_concurrent_runs,
+                learning_intensity: t.learning_intensity,
+                meta_learning: t.meta_learning,
+                budget_period: t.budget_period,
+            }),
+            Some(known) => {
+                let update = Event::TenantUpdated {
+                    tenant,
+                    budget_micros: changed(&known.budget_micros, t.budget_micros),
+                    max_concurrent_runs: changed(&known.max_concurrent_runs, t.max_concurrent_runs),
+                    learning_intensity: changed(&known.learning_intensity, t.learning_intensity),
+                    meta_learning: changed(&known.meta_learning, t.meta_learning),
+                    budget_period: changed(&known.budget_period, t.budget_period),
+                };
+                match &update {
+                    Event::TenantUpdated {
+                        budget_micros: None,
+                        max_concurrent_runs: None,
+                        learning_intensity: None,
+                        meta_learning: None,
+                        budget_period: None,
+                        ..
+                    } => None,
+                    _ => Some(update),
+                }
+            }
+        };
+        if let Some(event) = event {
+            sim.emit(event)?;
+        }
+    }
+    sim.emit(Event::RunStarted { run: run.clone(), seed, config_hash: workload.config_hash.clone() })?;
+
+    // Pipeline runs arrive at the start plus their submission's interval.
+    let mut arrivals: Vec<(i64, usize, u32)> = Vec::new();
+    for (i, s) in workload.submissions.iter().enumerate() {
+        for n in 0..s.runs {
+            arrivals.push((workload.start.0.saturating_add(s.interval_micros.saturating_mul(i64::from(n))), i, n));
+        }
+    }
+    arrivals.sort_unstable();
+    let total_tasks: u64 = workload
+        .submissions
+        .iter()
+        .map(|s| {
+            let p = &workload.pipelines[&s.pipeline];
+            let per_run: u64 = p
+                .nodes
+                .iter()
+                .map(|n| if n.stage == Some(Stage::Map) { u64::from(p.fan_out) } else { 1 })
+                .sum();
+            per_run * u64::from(s.runs)
+        })
+        .sum();
+    let mut next_arrival = 0usize;
+
+    loop {
+        while !sim.backpressure && next_arrival < arrivals.len() && arrivals[next_arrival].0 <= sim.now.0 {
+            let (_, submission, instance) = arrivals[next_arrival];
+            sim.submit_instance(submission, instance)?;
+            next_arrival += 1;
+        }
+        sim.dispatch()?;
+        sim.flush()?;
+        if let Some(r) = sim.state.runs.get(&run) {
+            progress(r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled, total_tasks);
+        }
+
+        let mut wake: Option<i64> = sim.timers.peek().map(|t| t.0.0);
+        if !sim.backpressure && next_arrival < arrivals.len() {
+            wake = Some(wake.map_or(arrivals[next_arrival].0, |w| w.min(arrivals[next_arrival].0)));
+        }
+        if let Some(at) = next_retry_at(&sim.state, sim.now) {
+            wake = Some(wake.map_or(at.0, |w| w.min(at.0)));
+        }
+        let Some(at) = wake else { break };
+        sim.now = Timestamp(at.max(sim.now.0));
+        while sim.timers.peek().is_some_and(|t| t.0.0 <= sim.now.0) {
+            let Some(Reverse((_, _, task, worker, attempt, timed_out))) = sim.timers.pop() else { break };
+            sim.finish_attempt(task, worker, attempt, timed_out)?;
+        }
+    }
+    sim.emit(Event::RunFinished { run: run.clone() })?;
+    sim.flush()?;
+
+    let mirror = sim.state.digests();
+    let (digests, head) = ledger.query(|state, head| (state.digests(), head))?;
+    if digests != mirror {
+        return Err(RunError::Impossible("the executor's state and the ledger's disagree".to_owned()));
+    }
+    let summary = sim.state.runs.get(&run).cloned();
+    let s = summary.ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
+    Ok(RunReport {
+        run: run.0,
+        seed,
+        tasks: s.tasks_submitted,
+        acked: s.tasks_acked,
+        dead_lettered: s.tasks_dead_lettered,
+        cancelled: s.tasks_cancelled,
+        retries: s.tasks_nacked + s.leases_expired,
+        timeouts: s.tasks_timed_out,
+        peak_running: s.peak_running,
+        backpressure_engaged: s.backpressure_engaged,
+        backpressure_released: s.backpressure_released,
+        virtual_elapsed_micros: sim.now.0 - workload.start.0,
+        wall_elapsed_micros: u64::try_from(wall.elapsed().as_micros()).unwrap_or(u64::MAX),
+        head_seq: head.seq,
+        head: head.hash.to_hex().to_string(),
+        digest: digests.combined.to_hex().to_string(),
+    })
+}

@@ -1,0 +1,564 @@
+//! Workload files (TOML): what to run — seed, pool / queue / worker
+//! settings under the keys of DESIGN §11, tenants, pipeline templates (a DAG
+//! of nodes) and submissions — parsed and checked before anything is
+//! appended. Every error names the file and line.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::domain::scheduler::QueuePolicy;
+use crate::domain::{BudgetPeriod, LearningIntensity, Micros, Params, Priority, Timestamp};
+
+/// Handlers the executor knows.
+pub const HANDLERS: &[&str] = &["sim"];
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct WorkloadError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    #[serde(default)]
+    seed: u64,
+    /// The virtual instant the run starts at (RFC 3339).
+    #[serde(default)]
+    start: Option<Spanned<String>>,
+    #[serde(default)]
+    run: Option<String>,
+    #[serde(default)]
+    execution: RawExecution,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+    #[serde(default)]
+    pipelines: Vec<RawPipeline>,
+    #[serde(default)]
+    submissions: Vec<RawSubmission>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecution {
+    #[serde(default)]
+    pool: RawPool,
+    #[serde(default)]
+    queue: RawQueue,
+    #[serde(default)]
+    workers: RawWorkers,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    #[serde(default = "default_max_concurrency")]
+    max_concurrency: Spanned<i64>,
+    #[serde(default = "default_threshold")]
+    backpressure_threshold: Spanned<f64>,
+}
+
+fn default_max_concurrency() -> Spanned<i64> {
+    Spanned::new(0..0, 8)
+}
+
+fn default_threshold() -> Spanned<f64> {
+    Spanned::new(0..0, 0.8)
+}
+
+impl Default for RawPool {
+    fn default() -> Self {
+        RawPool { max_concurrency: default_max_concurrency(), backpressure_threshold: default_threshold() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    #[serde(default = "default_queue_type", rename = "type")]
+    kind: Spanned<String>,
+    #[serde(default)]
+    redis_url: Option<String>,
+    #[serde(default = "default_max_attempts")]
+    max_attempts: Spanned<i64>,
+    #[serde(default = "default_retry_base_ms")]
+    retry_base_ms: i64,
+    #[serde(default = "default_retry_max_ms")]
+    retry_max_ms: i64,
+    #[serde(default = "default_aging_records")]
+    aging_records: u64,
+}
+
+fn default_queue_type() -> Spanned<String> {
+    Spanned::new(0..0, "memory".to_owned())
+}
+fn default_max_attempts() -> Spanned<i64> {
+    Spanned::new(0..0, 3)
+}
+fn default_retry_base_ms() -> i64 {
+    200
+}
+fn default_retry_max_ms() -> i64 {
+    30_000
+}
+fn default_aging_records() -> u64 {
+    2_000
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            kind: default_queue_type(),
+            redis_url: None,
+            max_attempts: default_max_attempts(),
+            retry_base_ms: default_retry_base_ms(),
+            retry_max_ms: default_retry_max_ms(),
+            aging_records: default_aging_records(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkers {
+    #[serde(default = "default_num_workers")]
+    num_workers: Spanned<i64>,
+    #[serde(default = "default_timeout")]
+    worker_timeout_sec: Spanned<f64>,
+}
+
+fn default_num_workers() -> Spanned<i64> {
+    Spanned::new(0..0, 8)
+}
+fn default_timeout() -> Spanned<f64> {
+    Spanned::new(0..0, 30.0)
+}
+
+impl Default for RawWorkers {
+    fn default() -> Self {
+        RawWorkers { num_workers: default_num_workers(), worker_timeout_sec: default_timeout() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: Spanned<String>,
+    budget_micros: Spanned<i64>,
+    #[serde(default = "default_runs")]
+    max_concurrent_runs: Spanned<i64>,
+    #[serde(default)]
+    learning_intensity: LearningIntensity,
+    #[serde(default)]
+    meta_learning: bool,
+    #[serde(default)]
+    budget_period: BudgetPeriod,
+}
+
+fn default_runs() -> Spanned<i64> {
+    Spanned::new(0..0, 4)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Serial,
+    Parallel,
+    MapReduce,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Map,
+    Reduce,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    id: Spanned<String>,
+    #[serde(default = "default_mode")]
+    mode: Mode,
+    /// Map-reduce: how many instances of each map node run in parallel.
+    #[serde(default = "default_fan_out")]
+    fan_out: Spanned<i64>,
+    nodes: Vec<RawNode>,
+}
+
+fn default_mode() -> Mode {
+    Mode::Parallel
+}
+fn default_fan_out() -> Spanned<i64> {
+    Spanned::new(0..0, 4)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: Spanned<String>,
+    #[serde(default = "default_handler")]
+    handler: Spanned<String>,
+    #[serde(default)]
+    params: Option<toml::Value>,
+    #[serde(default)]
+    optional: bool,
+    #[serde(default)]
+    priority: Option<Priority>,
+    #[serde(default)]
+    deps: Vec<Spanned<String>>,
+    #[serde(default = "default_zero")]
+    cost_ceiling_micros: Spanned<i64>,
+    #[serde(default)]
+    stage: Option<Stage>,
+}
+
+fn default_handler() -> Spanned<String> {
+    Spanned::new(0..0, "sim".to_owned())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubmission {
+    tenant: Spanned<String>,
+    pipeline: Spanned<String>,
+    #[serde(default = "default_one")]
+    runs: Spanned<i64>,
+    #[serde(default)]
+    priority: Priority,
+    /// Virtual milliseconds between two runs' arrivals.
+    #[serde(default = "default_zero")]
+    interval_ms: Spanned<i64>,
+}
+
+fn default_zero() -> Spanned<i64> {
+    Spanned::new(0..0, 0)
+}
+
+fn default_one() -> Spanned<i64> {
+    Spanned::new(0..0, 1)
+}
+
+/// A checked workload.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub seed: u64,
+    pub start: Timestamp,
+    pub run: Option<String>,
+    pub max_concurrency: u32,
+    /// Backpressure engages when running tasks exceed this share of
+    /// `max_concurrency` (basis points).
+    pub backpressure_threshold_bp: u32,
+    pub queue_kind: String,
+    pub redis_url: Option<String>,
+    pub max_attempts: u32,
+    pub policy: QueuePolicy,
+    pub num_workers: u32,
+    pub worker_timeout_micros: i64,
+    pub tenants: Vec<TenantSpec>,
+    pub pipelines: BTreeMap<String, PipelineSpec>,
+    pub submissions: Vec<SubmissionSpec>,
+    /// blake3 of the file's text, recorded in `run_started`.
+    pub config_hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantSpec {
+    pub id: String,
+    pub budget_micros: Micros,
+    pub max_concurrent_runs: u32,
+    pub learning_intensity: LearningIntensity,
+    pub meta_learning: bool,
+    pub budget_period: BudgetPeriod,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    pub id: String,
+    pub mode: Mode,
+    pub fan_out: u32,
+    pub nodes: Vec<NodeSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub id: String,
+    pub handler: String,
+    pub params: Params,
+    pub optional: bool,
+    pub priority: Option<Priority>,
+    pub deps: Vec<String>,
+    pub cost_ceiling_micros: Micros,
+    pub stage: Option<Stage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubmissionSpec {
+    pub tenant: String,
+    pub pipeline: String,
+    pub runs: u32,
+    pub priority: Priority,
+    pub interval_micros: i64,
+}
+
+/// Line number (1-based) of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Checker<'_> {
+    fn err(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> WorkloadError {
+        WorkloadError { file: self.file.to_owned(), line: line_of(self.text, span.start), message: message.into() }
+    }
+
+    fn positive(&self, value: &Spanned<i64>, what: &str) -> Result<u32, WorkloadError> {
+        let v = *value.get_ref();
+        if v <= 0 || v > i64::from(u32::MAX) {
+            return Err(self.err(value.span(), format!("{what} must be a positive integer (got {v})")));
+        }
+        Ok(v as u32)
+    }
+}
+
+fn json_of(value: &toml::Value) -> serde_json::Value {
+    match value {
+        toml::Value::String(s) => serde_json::Value::String(s.clone()),
+        toml::Value::Integer(i) => serde_json::Value::from(*i),
+        toml::Value::Float(f) => serde_json::Value::from(*f),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(json_of).collect()),
+        toml::Value::Table(t) => serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), json_of(v))).collect()),
+    }
+}
+
+impl Workload {
+    pub fn load(path: &Path) -> Result<Workload, WorkloadError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| WorkloadError { file: file.clone(), line: 0, message: format!("cannot read: {e}") })?;
+        Workload::parse(&file, &text)
+    }
+
+    /// Parses and checks a workload; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Workload, WorkloadError> {
+        let c = Checker { file, text };
+        let raw: RawWorkload = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(1, |s| line_of(text, s.start));
+            WorkloadError { file: file.to_owned(), line, message: e.message().trim().to_owned() }
+        })?;
+
+        let start = match &raw.start {
+            Some(s) => Timestamp::parse(s.get_ref()).map_err(|e| c.err(s.span(), e))?,
+            None => Timestamp::parse("2026-01-01T00:00:00Z").unwrap_or(Timestamp::EPOCH),
+        };
+        let pool = &raw.execution.pool;
+        let max_concurrency = c.positive(&pool.max_concurrency, "execution.pool.max_concurrency")?;
+        let threshold = *pool.backpressure_threshold.get_ref();
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            return Err(c.err(
+                pool.backpressure_threshold.span(),
+                format!("execution.pool.backpressure_threshold must be in (0, 1] (got {threshold})"),
+            ));
+        }
+        let queue = &raw.execution.queue;
+        let queue_kind = queue.kind.get_ref().clone();
+        if queue_kind != "memory" && queue_kind != "redis" {
+            return Err(c.err(queue.kind.span(), format!("execution.queue.type must be \"memory\" or \"redis\" (got \"{queue_kind}\")")));
+        }
+        if queue_kind == "redis" {
+            return Err(c.err(queue.kind.span(), "the Redis queue is not available yet: use type = \"memory\""));
+        }
+        let max_attempts = c.positive(&queue.max_attempts, "execution.queue.max_attempts")?;
+        let workers = &raw.execution.workers;
+        let num_workers = c.positive(&workers.num_workers, "execution.workers.num_workers")?;
+        let timeout = *workers.worker_timeout_sec.get_ref();
+        if !(timeout > 0.0 && timeout < 1e9) {
+            return Err(c.err(workers.worker_timeout_sec.span(), format!("execution.workers.worker_timeout_sec must be positive (got {timeout})")));
+        }
+
+        let mut tenants = Vec::new();
+        let mut tenant_ids = BTreeSet::new();
+        for t in &raw.tenants {
+            let id = t.id.get_ref();
+            if id.is_empty() {
+                return Err(c.err(t.id.span(), "tenant id must not be empty"));
+            }
+            if !tenant_ids.insert(id.clone()) {
+                return Err(c.err(t.id.span(), format!("duplicate tenant `{id}`")));
+            }
+            if *t.budget_micros.get_ref() < 0 {
+                return Err(c.err(t.budget_micros.span(), format!("tenant `{id}`: budget_micros must not be negative (got {})", t.budget_micros.get_ref())));
+            }
+            tenants.push(TenantSpec {
+                id: id.clone(),
+                budget_micros: Micros(*t.budget_micros.get_ref()),
+                max_concurrent_runs: c.positive(&t.max_concurrent_runs, "max_concurrent_runs")?,
+                learning_intensity: t.learning_intensity,
+                meta_learning: t.meta_learning,
+                budget_period: t.budget_period,
+            });
+        }
+
+        let mut pipelines = BTreeMap::new();
+        for p in &raw.pipelines {
+            let pid = p.id.get_ref();
+            if pid.is_empty() || pid.contains('/') || pid.contains('#') {
+                return Err(c.err(p.id.span(), format!("pipeline id `{pid}` must be non-empty without '/' or '#'")));
+            }
+            if pipelines.contains_key(pid) {
+                return Err(c.err(p.id.span(), format!("duplicate pipeline `{pid}`")));
+            }
+            if p.nodes.is_empty() {
+                return Err(c.err(p.id.span(), format!("pipeline `{pid}` has no nodes")));
+            }
+            let mut nodes = Vec::new();
+            let mut node_ids = BTreeMap::new();
+            for n in &p.nodes {
+                let nid = n.id.get_ref();
+                if nid.is_empty() || nid.contains('/') || nid.contains('#') {
+                    return Err(c.err(n.id.span(), format!("node id `{nid}` must be non-empty without '/' or '#'")));
+                }
+                if node_ids.insert(nid.clone(), n.id.span()).is_some() {
+                    return Err(c.err(n.id.span(), format!("duplicate node `{nid}` in pipeline `{pid}`")));
+                }
+                if !HANDLERS.contains(&n.handler.get_ref().as_str()) {
+                    return Err(c.err(
+                        n.handler.span(),
+                        format!("unknown handler `{}` (known: {})", n.handler.get_ref(), HANDLERS.join(", ")),
+                    ));
+                }
+                if *n.cost_ceiling_micros.get_ref() < 0 {
+                    return Err(c.err(n.cost_ceiling_micros.span(), "cost_ceiling_micros must not be negative"));
+                }
+                if n.stage.is_some() && p.mode != Mode::MapReduce {
+                    return Err(c.err(n.id.span(), format!("node `{nid}` has a stage but pipeline `{pid}` is not map_reduce")));
+                }
+            }
+            for n in &p.nodes {
+                for dep in &n.deps {
+                    if !node_ids.contains_key(dep.get_ref()) {
+                        return Err(c.err(dep.span(), format!("node `{}` depends on unknown node `{}`", n.id.get_ref(), dep.get_ref())));
+                    }
+                }
+            }
+            if p.mode == Mode::MapReduce {
+                let reduces: Vec<_> = p.nodes.iter().filter(|n| n.stage == Some(Stage::Reduce)).collect();
+                if !p.nodes.iter().any(|n| n.stage == Some(Stage::Map)) || reduces.len() != 1 {
+                    return Err(c.err(p.id.span(), format!("map_reduce pipeline `{pid}` needs map nodes and exactly one reduce node")));
+                }
+            }
+            let fan_out = if p.mode == Mode::MapReduce { c.positive(&p.fan_out, "fan_out")? } else { 1 };
+            for n in &p.nodes {
+                let mut deps: Vec<String> = n.deps.iter().map(|d| d.get_ref().clone()).collect();
+                if p.mode == Mode::Serial {
+                    if let Some(prev) = nodes.last().map(|prev: &NodeSpec| prev.id.clone()) {
+                        if !deps.contains(&prev) {
+                            deps.push(prev);
+                        }
+                    }
+                }
+                if n.stage == Some(Stage::Reduce) {
+                    for m in p.nodes.iter().filter(|m| m.stage == Some(Stage::Map)) {
+                        if !deps.contains(m.id.get_ref()) {
+                            deps.push(m.id.get_ref().clone());
+                        }
+                    }
+                }
+                nodes.push(NodeSpec {
+                    id: n.id.get_ref().clone(),
+                    handler: n.handler.get_ref().clone(),
+                    params: n.params.as_ref().map_or_else(Params::null, |v| Params::from_value(&json_of(v))),
+                    optional: n.optional,
+                    priority: n.priority,
+                    deps,
+                    cost_ceiling_micros: Micros(*n.cost_ceiling_micros.get_ref()),
+                    stage: n.stage,
+                });
+            }
+            if let Some(cycle_at) = find_cycle(&nodes) {
+                let span = node_ids.get(&cycle_at).cloned().unwrap_or(p.id.span());
+                return Err(c.err(span, format!("pipeline `{pid}` has a dependency cycle through node `{cycle_at}`")));
+            }
+            pipelines.insert(pid.clone(), PipelineSpec { id: pid.clone(), mode: p.mode, fan_out, nodes });
+        }
+
+        let mut submissions = Vec::new();
+        for s in &raw.submissions {
+            if !tenant_ids.contains(s.tenant.get_ref()) {
+                return Err(c.err(s.tenant.span(), format!("unknown tenant `{}`", s.tenant.get_ref())));
+            }
+            if !pipelines.contains_key(s.pipeline.get_ref()) {
+                return Err(c.err(s.pipeline.span(), format!("unknown pipeline `{}`", s.pipeline.get_ref())));
+            }
+            if *s.interval_ms.get_ref() < 0 {
+                return Err(c.err(s.interval_ms.span(), "interval_ms must not be negative"));
+            }
+            submissions.push(SubmissionSpec {
+                tenant: s.tenant.get_ref().clone(),
+                pipeline: s.pipeline.get_ref().clone(),
+                runs: c.positive(&s.runs, "runs")?,
+                priority: s.priority,
+                interval_micros: s.interval_ms.get_ref().saturating_mul(1_000),
+            });
+        }
+
+        Ok(Workload {
+            seed: raw.seed,
+            start,
+            run: raw.run,
+            max_concurrency,
+            backpressure_threshold_bp: (threshold * 10_000.0).round() as u32,
+            queue_kind,
+            redis_url: queue.redis_url.clone(),
+            max_attempts,
+            policy: QueuePolicy {
+                aging_records: queue.aging_records.max(1),
+                retry_base_micros: queue.retry_base_ms.max(0).saturating_mul(1_000),
+                retry_max_micros: queue.retry_max_ms.max(0).saturating_mul(1_000),
+                jitter_bp: 5_000,
+            },
+            num_workers,
+            worker_timeout_micros: (timeout * 1e6) as i64,
+            tenants,
+            pipelines,
+            submissions,
+            config_hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
+        })
+    }
+}
+
+/// A node on a dependency cycle, if there is one.
+fn find_cycle(nodes: &[NodeSpec]) -> Option<String> {
+    let index: BTreeMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    // 0 = unvisited, 1 = on the stack, 2 = done
+    let mut mark = vec![0u8; nodes.len()];
+    fn visit(i: usize, nodes: &[NodeSpec], index: &BTreeMap<&str, usize>, mark: &mut [u8]) -> Option<usize> {
+        match mark[i] {
+            1 => return Some(i),
+            2 => return None,
+            _ => {}
+        }
+        mark[i] = 1;
+        for dep in &nodes[i].deps {
+            if let Some(&j) = index.get(dep.as_str()) {
+                if let Some(found) = visit(j, nodes, index, mark) {
+                    return Some(found);
+                }
+            }
+        }
+        mark[i] = 2;
+        None
+    }
+    (0..nodes.len()).find_map(|i| visit(i, nodes, &index, &mut mark)).map(|i| nodes[i].id.clone())
+}
