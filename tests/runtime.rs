@@ -1,0 +1,284 @@
+//! Workload files and the simulated executor: every invalid input is named
+//! by file and line before anything is appended; a run is deterministic and
+//! its ledger shows retries, timeouts, dead letters, cancellations,
+//! priorities, map-reduce fan-out and backpressure.
+
+use std::path::Path;
+use std::process::Command;
+
+use runledger::domain::queue::TaskStatus;
+use runledger::domain::{Event, State};
+use runledger::log::{Durability, Ledger, LedgerOptions, Store};
+use runledger::runtime::{RunOptions, run_simulated};
+use runledger::workload::Workload;
+
+const HEADER: &str = r#"
+seed = 7
+[execution.pool]
+max_concurrency = 2
+backpressure_threshold = 0.5
+[execution.queue]
+max_attempts = 2
+retry_base_ms = 100
+[execution.workers]
+num_workers = 2
+worker_timeout_sec = 1.0
+
+[[tenants]]
+id = "acme"
+budget_micros = 100000000
+"#;
+
+fn parse_err(body: &str) -> String {
+    let text = format!("{HEADER}{body}");
+    Workload::parse("w.toml", &text).map(|_| ()).unwrap_err().to_string()
+}
+
+#[test]
+fn workload_errors_name_file_and_line() {
+    let pipeline = "\n[[pipelines]]\nid = \"p\"\nnodes = [ { id = \"a\" } ]\n";
+    let cases = [
+        ("\n[[tenants]]\nid = \"y\"\nbudget_micros = 1\ncolor = 1\n", "w.toml:", "unknown field `color`"),
+        ("\n[[tenants]]\nid = \"x\"\nbudget_micros = \"lots\"\n", "w.toml:19:", "invalid type"),
+        ("\n[[tenants]]\nid = \"x\"\nbudget_micros = -5\n", "w.toml:19:", "must not be negative"),
+        ("\n[[tenants]]\nid = \"acme\"\nbudget_micros = 5\n", "w.toml:18:", "duplicate tenant `acme`"),
+        (
+            "\n[[pipelines]]\nid = \"p\"\nnodes = [ { id = \"a\", handler = \"teleport\" } ]\n",
+            "w.toml:19:",
+            "unknown handler `teleport`",
+        ),
+        (
+            "\n[[pipelines]]\nid = \"p\"\nnodes = [\n  { id = \"a\", deps = [\"b\"] },\n  { id = \"b\", deps = [\"a\"] },\n]\n",
+            "w.toml:",
+            "dependency cycle",
+        ),
+        ("\n[[pipelines]]\nid = \"p\"\nnodes = [ { id = \"a\", deps = [\"zz\"] } ]\n", "w.toml:19:", "unknown node `zz`"),
+        (&format!("{pipeline}\n[[submissions]]\ntenant = \"nobody\"\npipeline = \"p\"\n"), "w.toml:22:", "unknown tenant `nobody`"),
+        (&format!("{pipeline}\n[[submissions]]\ntenant = \"acme\"\npipeline = \"q\"\n"), "w.toml:23:", "unknown pipeline `q`"),
+        (&format!("{pipeline}{pipeline}"), "w.toml:22:", "duplicate pipeline `p`"),
+    ];
+    for (body, place, what) in cases {
+        let err = parse_err(body);
+        assert!(err.starts_with(place) && err.contains(what), "expected `{place}...{what}`, got `{err}` for {body}");
+    }
+}
+
+fn workload(body: &str) -> Workload {
+    Workload::parse("w.toml", &format!("{HEADER}{body}")).unwrap()
+}
+
+fn run(dir: &Path, w: &Workload) -> (runledger::runtime::RunReport, State) {
+    let ledger = Ledger::open(dir, LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
+    let report = run_simulated(&ledger, w, &RunOptions::default(), &mut |_, _| {}).unwrap();
+    let state = ledger.query(|s, _| s.clone()).unwrap();
+    ledger.close().unwrap();
+    (report, state)
+}
+
+fn events(dir: &Path) -> Vec<Event> {
+    let store = Store::open(dir, false).unwrap();
+    let mut out = Vec::new();
+    store
+        .walk(1, |r| {
+            out.push(runledger::log::codec::decode_event(r.event_bytes).unwrap());
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    out
+}
+
+const RAG: &str = r#"
+[[pipelines]]
+id = "rag"
+mode = "serial"
+nodes = [
+  { id = "retrieve", params = { step = "retrieve" } },
+  { id = "generate", params = { step = "generate", model = "small" } },
+]
+
+[[submissions]]
+tenant = "acme"
+pipeline = "rag"
+runs = 5
+interval_ms = 10
+"#;
+
+#[test]
+fn run_is_deterministic_and_replay_agrees() {
+    let w = workload(RAG);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (report_a, _) = run(a.path(), &w);
+    let (report_b, _) = run(b.path(), &w);
+    assert_eq!(report_a.head, report_b.head, "same workload and seed, same ledger");
+    assert_eq!(report_a.digest, report_b.digest);
+    let store = Store::open(a.path(), false).unwrap();
+    let replayed = runledger::replay::fold(&store, None).unwrap();
+    assert_eq!(replayed.state.digests().combined.to_hex().as_str(), report_a.digest);
+    drop(store);
+    let other_seed = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(other_seed.path(), LedgerOptions::default()).unwrap();
+    let report_c = run_simulated(&ledger, &w, &RunOptions { seed: Some(8), run_id: None }, &mut |_, _| {}).unwrap();
+    ledger.close().unwrap();
+    assert_ne!(report_c.head, report_a.head);
+}
+
+#[test]
+fn serial_pipeline_runs_nodes_in_order_and_every_task_ends() {
+    let w = workload(RAG);
+    let dir = tempfile::tempdir().unwrap();
+    let (report, state) = run(dir.path(), &w);
+    assert_eq!(report.tasks, 10);
+    assert_eq!(report.acked + report.dead_lettered + report.cancelled, 10);
+    let generate = state.queue.get(&"run-7/acme/rag#0/generate".into()).unwrap();
+    assert_eq!(generate.deps, vec!["run-7/acme/rag#0/retrieve".into()]);
+    let c = state.queue.counts();
+    assert_eq!((c.waiting, c.pending, c.leased), (0, 0, 0));
+    let evs = events(dir.path());
+    let first_dequeue = |task: &str| {
+        evs.iter().position(|e| matches!(e, Event::TaskDequeued { task: t, .. } if t.as_str() == task)).unwrap()
+    };
+    let acked = |task: &str| evs.iter().position(|e| matches!(e, Event::TaskAcked { task: t, .. } if t.as_str() == task)).unwrap();
+    assert!(acked("run-7/acme/rag#0/retrieve") < first_dequeue("run-7/acme/rag#0/generate"));
+    assert!(matches!(evs.last(), Some(Event::RunFinished { .. })));
+}
+
+#[test]
+fn failing_node_retries_with_backoff_then_dead_letters_and_cancels_dependants() {
+    let w = workload(
+        r#"
+[[pipelines]]
+id = "p"
+mode = "serial"
+nodes = [
+  { id = "flaky", params = { step = "tool", failure_rate_bp = 10000 } },
+  { id = "after", params = { step = "tool" } },
+]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (report, state) = run(dir.path(), &w);
+    assert_eq!((report.dead_lettered, report.cancelled, report.retries), (1, 1, 2));
+    assert_eq!(state.queue.get(&"run-7/acme/p#0/after".into()).unwrap().status, TaskStatus::Cancelled);
+    let evs = events(dir.path());
+    let nacks: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::TaskNacked { retry_at, .. } => Some(*retry_at),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(nacks.len(), 2);
+    assert!(nacks[0].is_some(), "the first failure schedules a retry");
+    assert!(nacks[1].is_none(), "the last attempt does not");
+}
+
+#[test]
+fn slow_node_times_out_and_is_nacked_as_timed_out() {
+    let w = workload(
+        r#"
+[[pipelines]]
+id = "p"
+nodes = [ { id = "slow", params = { step = "tool", latency_ms = 5000, failure_rate_bp = 0 } } ]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (report, _) = run(dir.path(), &w);
+    assert_eq!((report.timeouts, report.dead_lettered), (2, 1));
+    assert!(events(dir.path()).iter().any(|e| matches!(e, Event::TaskNacked { timed_out: true, error, .. } if error.contains("timed out"))));
+}
+
+#[test]
+fn map_reduce_fans_out_and_reduce_gets_every_map_output() {
+    let w = workload(
+        r#"
+[[pipelines]]
+id = "mr"
+mode = "map_reduce"
+fan_out = 3
+nodes = [
+  { id = "map", stage = "map", params = { step = "retrieve", failure_rate_bp = 0 } },
+  { id = "reduce", stage = "reduce", params = { step = "generate", failure_rate_bp = 0 } },
+]
+[[submissions]]
+tenant = "acme"
+pipeline = "mr"
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (report, state) = run(dir.path(), &w);
+    assert_eq!((report.tasks, report.acked), (4, 4));
+    let reduce = state.queue.get(&"run-7/acme/mr#0/reduce".into()).unwrap();
+    assert_eq!(reduce.deps.len(), 3);
+    let inputs = reduce.params.to_value()["inputs"].as_array().unwrap().len();
+    assert_eq!(inputs, 3);
+    assert!(report.peak_running >= 2, "maps run in parallel");
+}
+
+#[test]
+fn backpressure_engages_and_releases_as_events() {
+    let w = workload(
+        r#"
+[[pipelines]]
+id = "p"
+nodes = [ { id = "a", params = { step = "tool", failure_rate_bp = 0 } }, { id = "b", params = { step = "tool", failure_rate_bp = 0 } } ]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+runs = 6
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (report, _) = run(dir.path(), &w);
+    assert!(report.backpressure_engaged >= 1);
+    assert_eq!(report.backpressure_engaged, report.backpressure_released);
+    let evs = events(dir.path());
+    assert!(evs.iter().any(|e| matches!(e, Event::BackpressureEngaged { running: 2, threshold: 1, .. })));
+}
+
+#[test]
+fn cli_run_bad_workload_exits_2_with_file_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, format!("{HEADER}\n[[tenants]]\nid = \"x\"\nbudget_micros = -1\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(["--data"])
+        .arg(dir.path().join("data"))
+        .arg("run")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml:19:") && stderr.contains("must not be negative"), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "nothing may be created for a bad workload");
+}
+
+#[test]
+fn cli_demo_twice_prints_the_same_digest_as_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = |data: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
+            .arg("--data")
+            .arg(data)
+            .args(["demo", "--tenants", "3", "--runs", "2"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let digest = |text: &str| text.lines().find(|l| l.starts_with("digest: ")).unwrap().to_owned();
+    let head = |text: &str| text.lines().find(|l| l.starts_with("head: ")).unwrap().to_owned();
+    let a = demo(&dir.path().join("a"));
+    let b = demo(&dir.path().join("b"));
+    assert_eq!(head(&a), head(&b), "fresh ledgers, same head");
+    let replay = Command::new(env!("CARGO_BIN_EXE_runledger")).arg("--data").arg(dir.path().join("a")).arg("replay").output().unwrap();
+    assert_eq!(digest(&a), digest(&String::from_utf8_lossy(&replay.stdout)));
+    let again = demo(&dir.path().join("a"));
+    assert!(again.starts_with("run demo-42-2 "), "a second demo in the same ledger gets a new run id: {again}");
+}
