@@ -282,3 +282,17 @@ fn cli_demo_twice_prints_the_same_digest_as_replay() {
     let again = demo(&dir.path().join("a"));
     assert!(again.starts_with("run demo-42-2 "), "a second demo in the same ledger gets a new run id: {again}");
 }
+
+#[test]
+fn readme_workload_example_parses_and_runs() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("## Workloads").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let text = &section[start..start + section[start..].find("```").unwrap()];
+    let w = Workload::parse("README.md", text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((w.tenants.len(), w.pipelines.len(), w.submissions.len()), (1, 2, 1));
+    let dir = tempfile::tempdir().unwrap();
+    let (report, _) = run(dir.path(), &w);
+    assert_eq!(report.run, "nightly");
+    assert_eq!(report.acked + report.dead_lettered + report.cancelled, report.tasks);
+}

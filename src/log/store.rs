@@ -439,8 +439,11 @@ pub(crate) fn dir_size(dir: &Path) -> u64 {
 pub(crate) struct IndexBuilder {
     runs: rustc_hash::FxHashMap<String, u32>,
     tenants: rustc_hash::FxHashMap<String, u32>,
-    slots: Vec<(IndexKind, String, Vec<(u64, u32)>)>,
+    slots: Vec<IndexSlot>,
 }
+
+/// One id's index entries: `(frame seq, offset in frame)` per record.
+type IndexSlot = (IndexKind, String, Vec<(u64, u32)>);
 
 impl IndexBuilder {
     /// The slot of `id`, created if new.
