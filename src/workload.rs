@@ -265,6 +265,8 @@ pub struct Workload {
     pub submissions: Vec<SubmissionSpec>,
     /// blake3 of the file's text, recorded in `run_started`.
     pub config_hash: String,
+    /// The file's text, recorded in `workload_recorded`.
+    pub text: String,
 }
 
 #[derive(Debug, Clone)]
@@ -534,6 +536,7 @@ impl Workload {
             pipelines,
             submissions,
             config_hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
+            text: text.to_owned(),
         })
     }
 }

@@ -117,7 +117,7 @@ fn run_is_deterministic_and_replay_agrees() {
     drop(store);
     let other_seed = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(other_seed.path(), LedgerOptions::default()).unwrap();
-    let report_c = run_simulated(&ledger, &w, &RunOptions { seed: Some(8), run_id: None }, &mut |_, _| {}).unwrap();
+    let report_c = run_simulated(&ledger, &w, &RunOptions { seed: Some(8), ..RunOptions::default() }, &mut |_, _| {}).unwrap();
     ledger.close().unwrap();
     assert_ne!(report_c.head, report_a.head);
 }
@@ -295,4 +295,65 @@ fn readme_workload_example_parses_and_runs() {
     let (report, _) = run(dir.path(), &w);
     assert_eq!(report.run, "nightly");
     assert_eq!(report.acked + report.dead_lettered + report.cancelled, report.tasks);
+}
+
+fn assert_run_complete_and_acked_once(dir: &Path) {
+    let evs = events(dir);
+    let mut acks = std::collections::BTreeMap::<String, u32>::new();
+    for e in &evs {
+        if let Event::TaskAcked { task, .. } = e {
+            *acks.entry(task.0.clone()).or_default() += 1;
+        }
+    }
+    assert!(acks.values().all(|&n| n == 1), "a task was ACKed twice");
+    let store = Store::open(dir, false).unwrap();
+    runledger::log::verify::verify(&store).unwrap().unwrap();
+    let state = runledger::replay::fold(&store, None).unwrap().state;
+    let c = state.queue.counts();
+    assert_eq!((c.waiting, c.pending, c.leased), (0, 0, 0), "every task ended");
+    assert_eq!(c.done + c.dead_lettered + c.cancelled, c.total());
+    assert!(state.runs.sorted().iter().all(|r| r.status == runledger::domain::activity::RunStatus::Finished));
+}
+
+#[test]
+fn resume_finishes_a_run_whose_process_stopped_mid_run() {
+    let w = workload(RAG);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
+    let stopped = run_simulated(&ledger, &w, &RunOptions { stop_after_steps: Some(6), ..RunOptions::default() }, &mut |_, _| {});
+    assert!(matches!(stopped, Err(runledger::runtime::sim::RunError::Stopped(6))));
+    let leased = ledger.query(|s, _| s.queue.counts().leased).unwrap();
+    assert!(leased > 0, "the drill stops with attempts in flight");
+    let report = runledger::runtime::sim::resume_simulated(&ledger, None, &mut |_, _| {}).unwrap();
+    ledger.close().unwrap();
+    assert_eq!(report.run, "run-7");
+    assert_eq!(report.tasks, 10);
+    assert_eq!(report.acked + report.dead_lettered + report.cancelled, 10);
+    let expired = events(dir.path()).iter().filter(|e| matches!(e, Event::LeaseExpired { .. })).count();
+    assert_eq!(expired as u64, leased, "each lease of the dead process is returned");
+    assert_run_complete_and_acked_once(dir.path());
+}
+
+#[test]
+fn cli_resume_after_sigkill_finishes_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .arg("--data")
+        .arg(&data)
+        .args(["demo", "--tenants", "8", "--runs", "150"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resume = Command::new(env!("CARGO_BIN_EXE_runledger")).arg("--data").arg(&data).arg("resume").output().unwrap();
+    let stderr = String::from_utf8_lossy(&resume.stderr);
+    if stderr.contains("no unfinished run") {
+        panic!("the demo finished before it was killed: make it bigger");
+    }
+    assert!(resume.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&resume.stdout).starts_with("run demo-42 "));
+    assert_run_complete_and_acked_once(&data);
 }

@@ -39,7 +39,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { ref workload, seed, ref run_id } => {
             let loaded = Workload::load(workload)?;
             let explicit = run_id.is_some();
-            execute(&cli.data, &loaded, RunOptions { seed, run_id: run_id.clone() }, explicit, None, cli.json, out)
+            execute(&cli.data, &loaded, RunOptions { seed, run_id: run_id.clone(), stop_after_steps: None }, explicit, None, cli.json, out)
+        }
+        Command::Resume { ref run } => {
+            let ledger = open_ledger(&cli.data, Durability::Batch { interval: std::time::Duration::from_millis(10) })?;
+            let result = crate::runtime::sim::resume_simulated(&ledger, run.as_deref(), &mut |_, _| {});
+            match result {
+                Ok(report) => finish_run(ledger, &report, None, cli.json, out),
+                Err(e) => {
+                    let _ = ledger.close();
+                    Err(e.into())
+                }
+            }
         }
         Command::Demo { tenants, runs, seed, max_concurrency, ref artifacts } => {
             if tenants == 0 || runs == 0 || max_concurrency == 0 {
@@ -533,6 +544,18 @@ fn execute(
             return Err(e.into());
         }
     };
+    finish_run(ledger, &report, artifacts, json, out)
+}
+
+/// Closes the ledger, writes the run's files under `artifacts` and prints
+/// the summary.
+fn finish_run(
+    ledger: Ledger,
+    report: &RunReport,
+    artifacts: Option<&Path>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let state = ledger.query(|state, _| state.clone())?;
     ledger.close()?;
     let tenants = views::tenants(&state);
@@ -545,7 +568,7 @@ fn execute(
             std::fs::write(&path, serde_json::to_string_pretty(&value)? + "\n")
                 .with_context(|| format!("cannot write {}", path.display()))
         };
-        write("summary.json", serde_json::to_value(&report)?)?;
+        write("summary.json", serde_json::to_value(report)?)?;
         write("tenants.json", serde_json::to_value(&tenants)?)?;
         write("workers.json", serde_json::to_value(&workers)?)?;
     }
@@ -555,7 +578,7 @@ fn execute(
             &serde_json::json!({ "report": report, "tenants": tenants, "workers": workers, "digest": report.digest }),
         );
     }
-    print_summary(&report, &tenants, &workers, out)
+    print_summary(report, &tenants, &workers, out)
 }
 
 fn print_summary(

@@ -70,6 +70,11 @@ pub enum Command {
         #[arg(long)]
         run_id: Option<String>,
     },
+    /// Finish a run whose process died, from its ledger.
+    Resume {
+        /// The run (default: the most recent unfinished one).
+        run: Option<String>,
+    },
     /// Run the built-in multi-tenant RAG demo on the embedded ledger.
     Demo {
         #[arg(long, default_value_t = 4)]

@@ -405,6 +405,14 @@ pub enum Event {
         #[serde(default)]
         reason: String,
     },
+    /// The workload a run executes, kept so that `resume` can finish the
+    /// run from the ledger alone.
+    WorkloadRecorded {
+        run: RunId,
+        /// `toml`.
+        format: String,
+        text: String,
+    },
 }
 
 impl Event {
@@ -434,6 +442,7 @@ impl Event {
             Event::DegradationDecided { .. } => "degradation_decided",
             Event::LearningOutcome { .. } => "learning_outcome",
             Event::LearningProfileAdjusted { .. } => "learning_profile_adjusted",
+            Event::WorkloadRecorded { .. } => "workload_recorded",
         }
     }
 
@@ -486,7 +495,8 @@ impl Event {
             | Event::TaskSubmitted { run, .. }
             | Event::BackpressureEngaged { run, .. }
             | Event::BackpressureReleased { run, .. }
-            | Event::DegradationDecided { run, .. } => Some(run),
+            | Event::DegradationDecided { run, .. }
+            | Event::WorkloadRecorded { run, .. } => Some(run),
             _ => None,
         }
     }

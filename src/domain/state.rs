@@ -29,10 +29,15 @@ pub struct State {
     pub runs: Runs,
     pub workers: Workers,
     pub learning: Learning,
+    /// The workload text each run recorded (what `resume` needs); derived
+    /// from the log like the rest, outside the digests.
+    workloads: FxHashMap<RunId, String>,
     /// Open (non-terminal) tasks per pipeline instance, by run.
     pipelines: FxHashMap<RunId, FxHashMap<PipelineId, u32>>,
     /// Seq of the last event folded in.
     pub seq: u64,
+    /// `recorded_at` of the last event folded in.
+    pub last_at: Timestamp,
 }
 
 /// The digests of each projection and their combination.
@@ -93,6 +98,11 @@ impl State {
         (run, tenant)
     }
 
+    /// The workload text recorded for `run`.
+    pub fn workload_of(&self, run: &RunId) -> Option<&str> {
+        self.workloads.get(run).map(String::as_str)
+    }
+
     /// Whether `event` is possible now.
     pub fn validate(&self, event: &Event) -> Result<(), Rejection> {
         match event {
@@ -108,6 +118,7 @@ impl State {
             | Event::BackpressureEngaged { run, .. }
             | Event::BackpressureReleased { run, .. }
             | Event::DegradationDecided { run, .. }
+            | Event::WorkloadRecorded { run, .. }
             | Event::TaskSubmitted { run, .. } => match self.runs.get(run) {
                 None => return Err(Rejection::UnknownRun(run.clone())),
                 Some(r) if r.status == RunStatus::Finished => return Err(Rejection::RunFinished(run.clone())),
@@ -136,6 +147,9 @@ impl State {
         self.learning.evolve(&event);
         let moved = self.tenants.evolve(&event, task_reserved);
 
+        if let Event::WorkloadRecorded { run, text, .. } = &event {
+            self.workloads.insert(run.clone(), text.clone());
+        }
         match &event {
             Event::TaskSubmitted { run, tenant, pipeline, .. } => match pipeline {
                 // A task without a pipeline is a pipeline run of its own.
@@ -180,6 +194,7 @@ impl State {
             }
         }
         self.seq = seq;
+        self.last_at = at;
     }
 
     /// `validate` then `evolve`.

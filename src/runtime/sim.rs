@@ -23,6 +23,8 @@ pub struct RunOptions {
     pub seed: Option<u64>,
     /// The run's id (default: the workload's `run`, else `run-<seed>`).
     pub run_id: Option<String>,
+    /// Stop (as if the process died) after this many steps: crash drills.
+    pub stop_after_steps: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,10 @@ pub enum RunError {
     Append(#[from] AppendError),
     #[error("internal error: the executor produced an impossible event: {0}")]
     Impossible(String),
+    #[error("{0}")]
+    Resume(String),
+    #[error("stopped after {0} steps, as asked")]
+    Stopped(u64),
 }
 
 /// What a run did, for the summary.
@@ -196,6 +202,16 @@ impl Sim<'_> {
         Ok(())
     }
 
+    /// Whether pipeline run `instance` of `submission` is already in the ledger.
+    fn submitted(&self, submission: usize, instance: u32) -> bool {
+        let spec = &self.workload.submissions[submission];
+        let Some(pipeline) = self.workload.pipelines.get(&spec.pipeline) else { return false };
+        let Some(first) = pipeline.nodes.first() else { return false };
+        let node = if first.stage == Some(Stage::Map) { format!("{}.0", first.id) } else { first.id.clone() };
+        let id = TaskId(format!("{}/{}/{}#{instance}/{node}", self.run, spec.tenant, spec.pipeline));
+        self.state.queue.get(&id).is_some()
+    }
+
     /// Submits every task of one pipeline run.
     fn submit_instance(&mut self, submission: usize, instance: u32) -> Result<(), RunError> {
         let spec = &self.workload.submissions[submission];
@@ -334,30 +350,58 @@ pub fn run_simulated(
     }
     sim.emit(Event::RunStarted { run: run.clone(), seed, config_hash: workload.config_hash.clone() })?;
 
-    // Pipeline runs arrive at the start plus their submission's interval.
-    let mut arrivals: Vec<(i64, usize, u32)> = Vec::new();
+    sim.emit(Event::WorkloadRecorded { run: run.clone(), format: "toml".to_owned(), text: workload.text.clone() })?;
+    drive(sim, options.stop_after_steps, progress, wall)
+}
+
+/// The arrival times of every pipeline run: `(time, submission, instance)`.
+fn arrivals(workload: &Workload) -> Vec<(i64, usize, u32)> {
+    let mut arrivals = Vec::new();
     for (i, s) in workload.submissions.iter().enumerate() {
         for n in 0..s.runs {
             arrivals.push((workload.start.0.saturating_add(s.interval_micros.saturating_mul(i64::from(n))), i, n));
         }
     }
     arrivals.sort_unstable();
-    let total_tasks: u64 = workload
+    arrivals
+}
+
+fn total_tasks(workload: &Workload) -> u64 {
+    workload
         .submissions
         .iter()
         .map(|s| {
             let p = &workload.pipelines[&s.pipeline];
-            let per_run: u64 = p
-                .nodes
-                .iter()
-                .map(|n| if n.stage == Some(Stage::Map) { u64::from(p.fan_out) } else { 1 })
-                .sum();
+            let per_run: u64 =
+                p.nodes.iter().map(|n| if n.stage == Some(Stage::Map) { u64::from(p.fan_out) } else { 1 }).sum();
             per_run * u64::from(s.runs)
         })
-        .sum();
-    let mut next_arrival = 0usize;
+        .sum()
+}
 
+/// Runs the event loop until every task has ended, then finishes the run.
+fn drive(
+    mut sim: Sim<'_>,
+    stop_after_steps: Option<u64>,
+    progress: &mut dyn FnMut(u64, u64),
+    wall: Instant,
+) -> Result<RunReport, RunError> {
+    let workload = sim.workload;
+    let run = sim.run.clone();
+    let arrivals = arrivals(workload);
+    let total_tasks = total_tasks(workload);
+    // On resume, pipeline runs already submitted are not submitted again.
+    let mut next_arrival = 0usize;
+    while next_arrival < arrivals.len() && sim.submitted(arrivals[next_arrival].1, arrivals[next_arrival].2) {
+        next_arrival += 1;
+    }
+    let mut steps = 0u64;
     loop {
+        if sim.backpressure && !sim.over_threshold() {
+            sim.backpressure = false;
+            let threshold = sim.threshold_count();
+            sim.emit(Event::BackpressureReleased { run: run.clone(), running: sim.running, threshold })?;
+        }
         while !sim.backpressure && next_arrival < arrivals.len() && arrivals[next_arrival].0 <= sim.now.0 {
             let (_, submission, instance) = arrivals[next_arrival];
             sim.submit_instance(submission, instance)?;
@@ -365,6 +409,10 @@ pub fn run_simulated(
         }
         sim.dispatch()?;
         sim.flush()?;
+        steps += 1;
+        if stop_after_steps.is_some_and(|limit| steps >= limit) {
+            return Err(RunError::Stopped(steps));
+        }
         if let Some(r) = sim.state.runs.get(&run) {
             progress(r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled, total_tasks);
         }
@@ -387,15 +435,14 @@ pub fn run_simulated(
     sim.flush()?;
 
     let mirror = sim.state.digests();
-    let (digests, head) = ledger.query(|state, head| (state.digests(), head))?;
+    let (digests, head) = sim.ledger.query(|state, head| (state.digests(), head))?;
     if digests != mirror {
         return Err(RunError::Impossible("the executor's state and the ledger's disagree".to_owned()));
     }
-    let summary = sim.state.runs.get(&run).cloned();
-    let s = summary.ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
+    let s = sim.state.runs.get(&run).cloned().ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
     Ok(RunReport {
         run: run.0,
-        seed,
+        seed: sim.seed,
         tasks: s.tasks_submitted,
         acked: s.tasks_acked,
         dead_lettered: s.tasks_dead_lettered,
@@ -412,3 +459,68 @@ pub fn run_simulated(
         digest: digests.combined.to_hex().to_string(),
     })
 }
+
+/// Finishes a run whose process died: leases it held are returned
+/// (`lease_expired`), pending tasks stay pending, pipeline runs not yet
+/// submitted are submitted, and the loop goes on from the last recorded
+/// time until every task is ACKed, dead-lettered or cancelled. `run`
+/// defaults to the most recent unfinished run.
+pub fn resume_simulated(
+    ledger: &Ledger,
+    run: Option<&str>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RunReport, RunError> {
+    let wall = Instant::now();
+    let state = ledger.query(|state, _| state.clone())?;
+    let summary = match run {
+        Some(id) => state.runs.get(&RunId(id.to_owned())).cloned().ok_or_else(|| RunError::Resume(format!("run `{id}` is not in the ledger")))?,
+        None => state
+            .runs
+            .sorted()
+            .into_iter()
+            .rev()
+            .find(|r| r.status == crate::domain::activity::RunStatus::Running)
+            .cloned()
+            .ok_or_else(|| RunError::Resume("no unfinished run in the ledger".to_owned()))?,
+    };
+    if summary.status == crate::domain::activity::RunStatus::Finished {
+        return Err(RunError::Resume(format!("run `{}` is already finished", summary.run)));
+    }
+    let text = state
+        .workload_of(&summary.run)
+        .ok_or_else(|| RunError::Resume(format!("run `{}` recorded no workload to resume from", summary.run)))?
+        .to_owned();
+    let workload = Workload::parse(&format!("<workload of {}>", summary.run), &text)
+        .map_err(|e| RunError::Resume(format!("the recorded workload no longer parses: {e}")))?;
+    let concurrency = workload.num_workers.min(workload.max_concurrency);
+    let now = state.last_at.max(workload.start);
+    let engaged = summary.backpressure_engaged > summary.backpressure_released;
+    let mut sim = Sim {
+        ledger,
+        workload: &workload,
+        seed: summary.seed,
+        run: summary.run.clone(),
+        state,
+        now,
+        batch: Vec::new(),
+        timers: BinaryHeap::new(),
+        order: 0,
+        free_workers: (1..=concurrency).collect(),
+        running: 0,
+        backpressure: engaged,
+    };
+    // The dead process's leases: its attempts are lost, the tasks go back.
+    let leased: Vec<(TaskId, WorkerId)> = sim
+        .state
+        .queue
+        .sorted()
+        .into_iter()
+        .filter(|(_, t)| t.run == summary.run && t.status == crate::domain::queue::TaskStatus::Leased)
+        .map(|(id, t)| (id.clone(), t.worker.clone().unwrap_or_default()))
+        .collect();
+    for (task, worker) in leased {
+        sim.emit(Event::LeaseExpired { task, worker })?;
+    }
+    drive(sim, None, progress, wall)
+}
+
