@@ -110,7 +110,9 @@ pub enum OpenError {
 type Query = Box<dyn FnOnce(&State, Head) + Send>;
 
 enum Msg {
-    Append { entries: Vec<Append>, reply: oneshot::Sender<Result<Receipt, AppendError>> },
+    Append { entries: Vec<Append>, reply: Replier },
+    /// Decide events from the live state and append them in one step.
+    Decide(Box<dyn FnOnce(&State, Head, Timestamp) -> (Vec<Event>, Replier) + Send>),
     Query(Query),
     Checkpoint { reply: oneshot::Sender<Result<Checkpoint, AppendError>> },
     Close { reply: oneshot::Sender<Result<(), AppendError>> },
@@ -165,13 +167,33 @@ impl Ledger {
     /// [`Ledger::append_async`].
     pub fn append(&self, entries: impl IntoIterator<Item = impl Into<Append>>) -> Result<Receipt, AppendError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Append { entries: entries.into_iter().map(Into::into).collect(), reply })?;
+        self.send(Msg::Append { entries: entries.into_iter().map(Into::into).collect(), reply: replier(reply) })?;
         rx.blocking_recv().map_err(|_| AppendError::Closed)?
     }
 
     pub async fn append_async(&self, entries: Vec<Append>) -> Result<Receipt, AppendError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Append { entries, reply })?;
+        self.send(Msg::Append { entries, reply: replier(reply) })?;
+        rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Decides events from the live state (given the head and the wall
+    /// clock) and appends them in the same step, so no other append can
+    /// come between the decision and its record. `f` also returns a value
+    /// for the caller, handed back once the events are as durable as the
+    /// ledger promises.
+    pub async fn decide<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&State, Head, Timestamp) -> (Vec<Event>, R) + Send + 'static,
+    ) -> Result<(Receipt, R), AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Decide(Box::new(move |state, head, now| {
+            let (events, value) = f(state, head, now);
+            let answer: Replier = Box::new(move |result: Result<Receipt, AppendError>| {
+                let _ = reply.send(result.map(|receipt| (receipt, value)));
+            });
+            (events, answer)
+        })))?;
         rx.await.map_err(|_| AppendError::Closed)?
     }
 
@@ -228,7 +250,16 @@ struct Writer {
     syncer: Option<Syncer>,
 }
 
-type Reply = (oneshot::Sender<Result<Receipt, AppendError>>, Receipt);
+/// Answers one append once its fate is known.
+pub(crate) type Replier = Box<dyn FnOnce(Result<Receipt, AppendError>) + Send>;
+
+fn replier(tx: oneshot::Sender<Result<Receipt, AppendError>>) -> Replier {
+    Box::new(move |result| {
+        let _ = tx.send(result);
+    })
+}
+
+type Reply = (Replier, Receipt);
 
 /// The thread that makes groups durable under `always` and answers them.
 struct Syncer {
@@ -256,7 +287,7 @@ impl Syncer {
                     }
                 }
                 for (reply, receipt) in groups.into_iter().flatten() {
-                    let _ = reply.send(result.clone().map(|()| receipt).map_err(AppendError::Storage));
+                    reply(result.clone().map(|()| receipt).map_err(AppendError::Storage));
                 }
             }
         })?;
@@ -335,6 +366,13 @@ impl Writer {
                         taken += entries.len();
                         self.accept(&mut group, entries, reply);
                     }
+                    Msg::Decide(decide) => {
+                        let now = wall_clock().max(self.last_time);
+                        let (events, reply) = decide(&self.state, self.head, now);
+                        taken += events.len();
+                        let entries = events.into_iter().map(|event| Append { recorded_at: Some(now), event }).collect();
+                        self.accept(&mut group, entries, reply);
+                    }
                     other => {
                         dirty |= self.commit(&mut group);
                         if self.control(other) {
@@ -361,7 +399,7 @@ impl Writer {
     /// Handles a non-append message; returns true when the writer must stop.
     fn control(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Append { .. } => false,
+            Msg::Append { .. } | Msg::Decide(_) => false,
             Msg::Query(f) => {
                 f(&self.state, self.head);
                 false
@@ -413,11 +451,11 @@ impl Writer {
         &mut self,
         group: &mut Group,
         entries: Vec<Append>,
-        reply: oneshot::Sender<Result<Receipt, AppendError>>,
+        reply: Replier,
     ) {
         self.check_syncer();
         if let Some(why) = &self.poisoned {
-            let _ = reply.send(Err(AppendError::Storage(why.clone())));
+            reply(Err(AppendError::Storage(why.clone())));
             return;
         }
         let start = (self.head, self.last_time);
@@ -431,7 +469,7 @@ impl Writer {
                     self.commit(group);
                     self.refold();
                 }
-                let _ = reply.send(Err(AppendError::Rejected { index, rejection }));
+                reply(Err(AppendError::Rejected { index, rejection }));
                 return;
             }
             let seq = self.head.seq + 1;
@@ -468,7 +506,7 @@ impl Writer {
         }
         let receipt = Receipt { first_seq: start.0.seq + 1, last_seq: self.head.seq, head: self.head.hash };
         if count == 0 {
-            let _ = reply.send(Ok(receipt));
+            reply(Ok(receipt));
         } else {
             group.replies.push((reply, receipt));
         }
@@ -500,7 +538,7 @@ impl Writer {
         if let Err(why) = result {
             self.poisoned = Some(why.clone());
             for (reply, _) in group.replies.drain(..) {
-                let _ = reply.send(Err(AppendError::Storage(why.clone())));
+                reply(Err(AppendError::Storage(why.clone())));
             }
             return false;
         }
@@ -509,14 +547,14 @@ impl Writer {
             Some(syncer) => {
                 if let Err(mpsc::SendError(replies)) = syncer.tx.send(replies) {
                     for (reply, _) in replies {
-                        let _ = reply.send(Err(AppendError::Storage("the syncer stopped".to_owned())));
+                        reply(Err(AppendError::Storage("the syncer stopped".to_owned())));
                     }
                 }
                 false
             }
             None => {
                 for (reply, receipt) in replies {
-                    let _ = reply.send(Ok(receipt));
+                    reply(Ok(receipt));
                 }
                 true
             }

@@ -5,6 +5,8 @@
 //! core, and one ledger append per step — deterministic, so the same
 //! workload and seed give the same ledger, head hash included.
 
+pub mod handler;
+pub mod queue;
 pub mod sim;
 
 pub use sim::{RunOptions, RunReport, run_simulated};

@@ -202,69 +202,13 @@ impl Sim<'_> {
         Ok(())
     }
 
-    /// Whether pipeline run `instance` of `submission` is already in the ledger.
     fn submitted(&self, submission: usize, instance: u32) -> bool {
-        let spec = &self.workload.submissions[submission];
-        let Some(pipeline) = self.workload.pipelines.get(&spec.pipeline) else { return false };
-        let Some(first) = pipeline.nodes.first() else { return false };
-        let node = if first.stage == Some(Stage::Map) { format!("{}.0", first.id) } else { first.id.clone() };
-        let id = TaskId(format!("{}/{}/{}#{instance}/{node}", self.run, spec.tenant, spec.pipeline));
-        self.state.queue.get(&id).is_some()
+        instance_submitted(&self.state, self.workload, &self.run, submission, instance)
     }
 
     /// Submits every task of one pipeline run.
     fn submit_instance(&mut self, submission: usize, instance: u32) -> Result<(), RunError> {
-        let spec = &self.workload.submissions[submission];
-        let Some(pipeline) = self.workload.pipelines.get(&spec.pipeline) else { return Ok(()) };
-        let instance_id = format!("{}/{}#{instance}", spec.tenant, spec.pipeline);
-        let task_id = |node: &str| TaskId(format!("{}/{instance_id}/{node}", self.run));
-        let replicas = |node: &crate::workload::NodeSpec| -> Vec<String> {
-            if node.stage == Some(Stage::Map) {
-                (0..pipeline.fan_out).map(|k| format!("{}.{k}", node.id)).collect()
-            } else {
-                vec![node.id.clone()]
-            }
-        };
-        let by_id: std::collections::BTreeMap<&str, &crate::workload::NodeSpec> =
-            pipeline.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
-        let mut events = Vec::new();
-        for node in &pipeline.nodes {
-            let deps: Vec<TaskId> = node
-                .deps
-                .iter()
-                .filter_map(|d| by_id.get(d.as_str()))
-                .flat_map(|d| replicas(d))
-                .map(|r| task_id(&r))
-                .collect();
-            for (k, name) in replicas(node).into_iter().enumerate() {
-                let mut params = node.params.to_value();
-                if node.stage.is_some() {
-                    let extra = if node.stage == Some(Stage::Map) {
-                        ("shard", serde_json::Value::from(k))
-                    } else {
-                        ("inputs", serde_json::Value::from(deps.iter().map(|d| d.0.clone()).collect::<Vec<_>>()))
-                    };
-                    if !params.is_object() {
-                        params = serde_json::json!({});
-                    }
-                    params[extra.0] = extra.1;
-                }
-                events.push(Event::TaskSubmitted {
-                    run: self.run.clone(),
-                    task: task_id(&name),
-                    tenant: TenantId(spec.tenant.clone()),
-                    priority: node.priority.unwrap_or(spec.priority),
-                    deps: deps.clone(),
-                    pipeline: Some(PipelineId(instance_id.clone())),
-                    cost_ceiling_micros: node.cost_ceiling_micros,
-                    handler: node.handler.clone(),
-                    params: Params::from_value(&params),
-                    max_attempts: self.workload.max_attempts,
-                    optional: node.optional,
-                });
-            }
-        }
-        for event in events {
+        for event in instance_events(self.workload, &self.run, submission, instance) {
             self.emit(event)?;
         }
         Ok(())
@@ -278,6 +222,107 @@ fn changed<T: PartialEq + Copy>(old: &T, new: T) -> Option<T> {
 
 fn worker_id(n: u32) -> WorkerId {
     WorkerId(format!("worker-{n:02}"))
+}
+
+/// The `task_submitted` events of pipeline run `instance` of `submission`.
+pub(crate) fn instance_events(workload: &Workload, run: &RunId, submission: usize, instance: u32) -> Vec<Event> {
+    let spec = &workload.submissions[submission];
+    let Some(pipeline) = workload.pipelines.get(&spec.pipeline) else { return Vec::new() };
+    let instance_id = format!("{}/{}#{instance}", spec.tenant, spec.pipeline);
+    let task_id = |node: &str| TaskId(format!("{run}/{instance_id}/{node}"));
+    let replicas = |node: &crate::workload::NodeSpec| -> Vec<String> {
+        if node.stage == Some(Stage::Map) {
+            (0..pipeline.fan_out).map(|k| format!("{}.{k}", node.id)).collect()
+        } else {
+            vec![node.id.clone()]
+        }
+    };
+    let by_id: std::collections::BTreeMap<&str, &crate::workload::NodeSpec> =
+        pipeline.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    let mut events = Vec::new();
+    for node in &pipeline.nodes {
+        let deps: Vec<TaskId> =
+            node.deps.iter().filter_map(|d| by_id.get(d.as_str())).flat_map(|d| replicas(d)).map(|r| task_id(&r)).collect();
+        for (k, name) in replicas(node).into_iter().enumerate() {
+            let mut params = node.params.to_value();
+            if node.stage.is_some() {
+                let extra = if node.stage == Some(Stage::Map) {
+                    ("shard", serde_json::Value::from(k))
+                } else {
+                    ("inputs", serde_json::Value::from(deps.iter().map(|d| d.0.clone()).collect::<Vec<_>>()))
+                };
+                if !params.is_object() {
+                    params = serde_json::json!({});
+                }
+                params[extra.0] = extra.1;
+            }
+            events.push(Event::TaskSubmitted {
+                run: run.clone(),
+                task: task_id(&name),
+                tenant: TenantId(spec.tenant.clone()),
+                priority: node.priority.unwrap_or(spec.priority),
+                deps: deps.clone(),
+                pipeline: Some(PipelineId(instance_id.clone())),
+                cost_ceiling_micros: node.cost_ceiling_micros,
+                handler: node.handler.clone(),
+                params: Params::from_value(&params),
+                max_attempts: workload.max_attempts,
+                optional: node.optional,
+            });
+        }
+    }
+    events
+}
+
+/// Whether pipeline run `instance` of `submission` is already in `state`.
+pub(crate) fn instance_submitted(state: &State, workload: &Workload, run: &RunId, submission: usize, instance: u32) -> bool {
+    instance_events(workload, run, submission, instance)
+        .first()
+        .and_then(|e| e.task())
+        .is_some_and(|t| state.queue.get(t).is_some())
+}
+
+/// Registers the workload's tenants, or updates the ones the ledger knows
+/// when their settings changed.
+pub(crate) fn registration_events(state: &State, workload: &Workload) -> Vec<Event> {
+    let mut out = Vec::new();
+    for t in &workload.tenants {
+        let tenant = TenantId(t.id.clone());
+        let event = match state.tenants.get(&tenant) {
+            None => Some(Event::TenantRegistered {
+                tenant,
+                budget_micros: t.budget_micros,
+                max_concurrent_runs: t.max_concurrent_runs,
+                learning_intensity: t.learning_intensity,
+                meta_learning: t.meta_learning,
+                budget_period: t.budget_period,
+            }),
+            Some(known) => {
+                let update = Event::TenantUpdated {
+                    tenant,
+                    budget_micros: changed(&known.budget_micros, t.budget_micros),
+                    max_concurrent_runs: changed(&known.max_concurrent_runs, t.max_concurrent_runs),
+                    learning_intensity: changed(&known.learning_intensity, t.learning_intensity),
+                    meta_learning: changed(&known.meta_learning, t.meta_learning),
+                    budget_period: changed(&known.budget_period, t.budget_period),
+                };
+                let unchanged = matches!(
+                    &update,
+                    Event::TenantUpdated {
+                        budget_micros: None,
+                        max_concurrent_runs: None,
+                        learning_intensity: None,
+                        meta_learning: None,
+                        budget_period: None,
+                        ..
+                    }
+                );
+                (!unchanged).then_some(update)
+            }
+        };
+        out.extend(event);
+    }
+    out
 }
 
 /// Runs `workload` on virtual time, appending every step to `ledger`;
@@ -311,42 +356,8 @@ pub fn run_simulated(
         backpressure: false,
     };
 
-    for t in &workload.tenants {
-        let tenant = TenantId(t.id.clone());
-        let event = match sim.state.tenants.get(&tenant) {
-            None => Some(Event::TenantRegistered {
-                tenant,
-                budget_micros: t.budget_micros,
-                max_concurrent_runs: t.max_concurrent_runs,
-                learning_intensity: t.learning_intensity,
-                meta_learning: t.meta_learning,
-                budget_period: t.budget_period,
-            }),
-            Some(known) => {
-                let update = Event::TenantUpdated {
-                    tenant,
-                    budget_micros: changed(&known.budget_micros, t.budget_micros),
-                    max_concurrent_runs: changed(&known.max_concurrent_runs, t.max_concurrent_runs),
-                    learning_intensity: changed(&known.learning_intensity, t.learning_intensity),
-                    meta_learning: changed(&known.meta_learning, t.meta_learning),
-                    budget_period: changed(&known.budget_period, t.budget_period),
-                };
-                match &update {
-                    Event::TenantUpdated {
-                        budget_micros: None,
-                        max_concurrent_runs: None,
-                        learning_intensity: None,
-                        meta_learning: None,
-                        budget_period: None,
-                        ..
-                    } => None,
-                    _ => Some(update),
-                }
-            }
-        };
-        if let Some(event) = event {
-            sim.emit(event)?;
-        }
+    for event in registration_events(&sim.state, workload) {
+        sim.emit(event)?;
     }
     sim.emit(Event::RunStarted { run: run.clone(), seed, config_hash: workload.config_hash.clone() })?;
 
@@ -355,7 +366,7 @@ pub fn run_simulated(
 }
 
 /// The arrival times of every pipeline run: `(time, submission, instance)`.
-fn arrivals(workload: &Workload) -> Vec<(i64, usize, u32)> {
+pub(crate) fn arrivals(workload: &Workload) -> Vec<(i64, usize, u32)> {
     let mut arrivals = Vec::new();
     for (i, s) in workload.submissions.iter().enumerate() {
         for n in 0..s.runs {
@@ -366,7 +377,7 @@ fn arrivals(workload: &Workload) -> Vec<(i64, usize, u32)> {
     arrivals
 }
 
-fn total_tasks(workload: &Workload) -> u64 {
+pub(crate) fn total_tasks(workload: &Workload) -> u64 {
     workload
         .submissions
         .iter()

@@ -1,0 +1,200 @@
+//! Handlers: the code a task runs. Library users register async handlers
+//! by name; two are built in — `sim` (the simulated agent step of
+//! `domain::sim`, sleeping its simulated latency) and `exec` (runs a
+//! program: the task as JSON on stdin, `{"costs": [...], "output": ...}`
+//! on stdout).
+//!
+//! A handler reports costs by category; the worker posts them to the
+//! ledger with the task's ACK or NACK. Timeouts are the worker's: it drops
+//! the handler's future, which kills an `exec` child.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::domain::{Category, Micros, Params, RunId, TaskId, TenantId};
+
+/// What a handler knows about the task it runs.
+#[derive(Clone, Debug)]
+pub struct TaskContext {
+    pub run: RunId,
+    pub task: TaskId,
+    pub tenant: TenantId,
+    pub attempt: u32,
+    /// The run's seed, for handlers that simulate.
+    pub seed: u64,
+    pub params: Params,
+    /// Outputs of the task's parents.
+    pub inputs: Vec<(TaskId, Params)>,
+}
+
+/// A finished attempt: its output and what it cost.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub output: Params,
+    pub costs: Vec<(Category, Micros)>,
+}
+
+/// A failed attempt: why, and what it cost up to the failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failure {
+    pub error: String,
+    pub costs: Vec<(Category, Micros)>,
+}
+
+impl From<String> for Failure {
+    fn from(error: String) -> Self {
+        Failure { error, costs: Vec::new() }
+    }
+}
+
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Outcome, Failure>> + Send + 'a>>;
+
+/// User code for one kind of task.
+pub trait Handler: Send + Sync {
+    fn run<'a>(&'a self, ctx: &'a TaskContext) -> HandlerFuture<'a>;
+}
+
+/// Handlers by name.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    map: BTreeMap<String, Arc<dyn Handler>>,
+}
+
+impl Handlers {
+    /// The built-ins: `sim` and `exec`.
+    pub fn builtin() -> Self {
+        let mut handlers = Handlers::default();
+        handlers.register("sim", SimHandler);
+        handlers.register("exec", ExecHandler);
+        handlers
+    }
+
+    pub fn register(&mut self, name: &str, handler: impl Handler + 'static) {
+        self.map.insert(name.to_owned(), Arc::new(handler));
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Handler>> {
+        self.map.get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.map.keys().map(String::as_str).collect()
+    }
+}
+
+/// The simulated agent step, in real time.
+pub struct SimHandler;
+
+impl Handler for SimHandler {
+    fn run<'a>(&'a self, ctx: &'a TaskContext) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let sim = crate::domain::sim::simulate(ctx.seed, ctx.task.as_str(), ctx.attempt, &ctx.params);
+            tokio::time::sleep(Duration::from_micros(sim.latency_micros.max(0) as u64)).await;
+            match sim.result {
+                Ok(output) => Ok(Outcome { output, costs: sim.costs }),
+                Err(error) => Err(Failure { error, costs: sim.costs }),
+            }
+        })
+    }
+}
+
+/// Runs `params.argv` (program and arguments); the task goes to its stdin
+/// as JSON and it answers on stdout with
+/// `{"costs": [{"category": "llm", "amount_micros": 1200}], "output": ...}`.
+/// A non-zero exit or an unreadable answer is a failure.
+pub struct ExecHandler;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecCost {
+    category: Category,
+    amount_micros: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecAnswer {
+    #[serde(default)]
+    costs: Vec<ExecCost>,
+    #[serde(default)]
+    output: Option<serde_json::Value>,
+}
+
+fn parse_answer(stdout: &[u8]) -> Result<Outcome, String> {
+    let text = String::from_utf8_lossy(stdout);
+    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let answer: ExecAnswer = serde_json::from_str(last)
+        .map_err(|e| format!("the program's answer is not {{\"costs\": [...], \"output\": ...}}: {e}"))?;
+    let mut costs = Vec::new();
+    for c in answer.costs {
+        if c.amount_micros < 0 {
+            return Err(format!("the program reported a negative cost ({})", c.amount_micros));
+        }
+        costs.push((c.category, Micros(c.amount_micros)));
+    }
+    Ok(Outcome { output: answer.output.map_or_else(Params::null, |v| Params::from_value(&v)), costs })
+}
+
+impl Handler for ExecHandler {
+    fn run<'a>(&'a self, ctx: &'a TaskContext) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let params = ctx.params.to_value();
+            let argv: Vec<String> = params
+                .get("argv")
+                .and_then(|a| a.as_array())
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            let Some((program, args)) = argv.split_first() else {
+                return Err(Failure::from("exec needs params.argv = [program, args...]".to_owned()));
+            };
+            let spec = serde_json::json!({
+                "run": ctx.run,
+                "task": ctx.task,
+                "tenant": ctx.tenant,
+                "attempt": ctx.attempt,
+                "params": params,
+                "inputs": ctx.inputs.iter().map(|(t, o)| serde_json::json!({"task": t, "output": o.to_value()})).collect::<Vec<_>>(),
+            });
+            let mut child = tokio::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| Failure::from(format!("cannot start `{program}`: {e}")))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(spec.to_string().as_bytes()).await;
+            }
+            let out = child.wait_with_output().await.map_err(|e| Failure::from(format!("`{program}` failed: {e}")))?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let tail: String = stderr.lines().last().unwrap_or("").chars().take(200).collect();
+                let code = out.status.code().map_or_else(|| "a signal".to_owned(), |c| format!("code {c}"));
+                return Err(Failure::from(format!("`{program}` exited with {code}: {tail}")));
+            }
+            parse_answer(&out.stdout).map_err(Failure::from)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_answer_parses_costs_and_output_and_refuses_garbage() {
+        let ok = parse_answer(b"log line\n{\"costs\":[{\"category\":\"llm\",\"amount_micros\":12}],\"output\":{\"a\":1}}\n").unwrap();
+        assert_eq!(ok.costs, vec![(Category::Llm, Micros(12))]);
+        assert_eq!(ok.output.as_json(), r#"{"a":1}"#);
+        assert!(parse_answer(b"not json").is_err());
+        assert!(parse_answer(b"{\"costs\":[{\"category\":\"llm\",\"amount_micros\":-1}]}").unwrap_err().contains("negative"));
+        assert!(parse_answer(b"{\"costs\":[{\"category\":\"gpu\",\"amount_micros\":1}]}").is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! The task queue: the `TaskQueue` trait every implementation follows, and
+//! `MemoryQueue`, whose state is the ledger's queue projection.
+//!
+//! Every move is an event decided against the live state and appended in
+//! the same step (`Ledger::decide`): a dequeue is a `task_dequeued` with a
+//! lease deadline, an ACK posts the task's costs and `task_acked`, a NACK
+//! schedules a retry with backoff and seeded jitter or dead-letters the
+//! task and cancels its dependants, an expired lease returns the task.
+//! Because the state is the projection, a restarted process resumes from
+//! the ledger. The trait is shaped for a Redis Streams implementation too:
+//! callers only see leases.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::domain::queue::{QueueCounts, TaskStatus};
+use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, next_ready};
+use crate::domain::{Category, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId};
+use crate::log::{AppendError, Ledger};
+
+/// A task handed to a worker until its deadline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub task: TaskId,
+    pub run: RunId,
+    pub tenant: TenantId,
+    pub worker: WorkerId,
+    pub attempt: u32,
+    pub deadline: Timestamp,
+    pub handler: String,
+    pub params: Params,
+    /// Outputs of the task's parents, for reduce steps.
+    pub inputs: Vec<(TaskId, Params)>,
+}
+
+/// What a NACK led to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NackOutcome {
+    RetryAt(Timestamp),
+    /// Out of attempts: dead-lettered, with the dependants it cancelled.
+    DeadLettered { cancelled: usize },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Ledger(#[from] AppendError),
+}
+
+/// A queue of tasks with leases. Implementations: [`MemoryQueue`] (the
+/// ledger's projection); a Redis Streams queue fits the same calls.
+pub trait TaskQueue: Send + Sync {
+    /// Submits tasks (`task_submitted` events).
+    fn enqueue(&self, tasks: Vec<Event>) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// The next ready task of `run`, leased to `worker` for `lease`; waits
+    /// up to `wait` for one.
+    fn dequeue(
+        &self,
+        run: &RunId,
+        worker: &WorkerId,
+        lease: Duration,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, QueueError>> + Send;
+    /// The attempt succeeded: post its costs and ACK it.
+    fn ack(
+        &self,
+        lease: &Lease,
+        output: Params,
+        costs: Vec<(Category, Micros)>,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// The attempt failed (or timed out): retry later or dead-letter.
+    fn nack(
+        &self,
+        lease: &Lease,
+        error: String,
+        timed_out: bool,
+        costs: Vec<(Category, Micros)>,
+    ) -> impl Future<Output = Result<NackOutcome, QueueError>> + Send;
+    /// Returns tasks whose lease deadline has passed; how many.
+    fn expire_leases(&self) -> impl Future<Output = Result<usize, QueueError>> + Send;
+    /// Tasks by state.
+    fn depth(&self) -> impl Future<Output = Result<QueueCounts, QueueError>> + Send;
+}
+
+/// The in-memory queue: the ledger's queue projection, moved by events.
+#[derive(Clone)]
+pub struct MemoryQueue {
+    ledger: Ledger,
+    policy: QueuePolicy,
+    seed: u64,
+    /// Poll interval while waiting for work.
+    poll: Duration,
+}
+
+impl MemoryQueue {
+    pub fn new(ledger: Ledger, policy: QueuePolicy, seed: u64) -> Self {
+        MemoryQueue { ledger, policy, seed, poll: Duration::from_millis(2) }
+    }
+}
+
+fn cost_events(lease: &Lease, costs: Vec<(Category, Micros)>) -> impl Iterator<Item = Event> + '_ {
+    costs.into_iter().filter(|(_, amount)| amount.0 > 0).map(move |(category, amount)| Event::CostIncurred {
+        tenant: lease.tenant.clone(),
+        task: Some(lease.task.clone()),
+        category,
+        amount_micros: amount,
+    })
+}
+
+impl TaskQueue for MemoryQueue {
+    async fn enqueue(&self, tasks: Vec<Event>) -> Result<(), QueueError> {
+        self.ledger.append_async(tasks.into_iter().map(Into::into).collect()).await?;
+        Ok(())
+    }
+
+    async fn dequeue(&self, run: &RunId, worker: &WorkerId, lease: Duration, wait: Duration) -> Result<Option<Lease>, QueueError> {
+        let give_up = tokio::time::Instant::now() + wait;
+        let lease_micros = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
+        loop {
+            let (run_id, worker_id, policy) = (run.clone(), worker.clone(), self.policy);
+            let (_, leased) = self
+                .ledger
+                .decide(move |state, head, now| {
+                    let Some(task) = next_ready_of_run(state, now, head.seq, &policy, &run_id) else {
+                        return (Vec::new(), None);
+                    };
+                    let Some(t) = state.queue.get(&task) else { return (Vec::new(), None) };
+                    let deadline = now.saturating_add_micros(lease_micros);
+                    let inputs = t
+                        .deps
+                        .iter()
+                        .filter_map(|d| state.queue.get(d).map(|p| (d.clone(), p.output.clone())))
+                        .collect();
+                    let lease = Lease {
+                        task: task.clone(),
+                        run: t.run.clone(),
+                        tenant: t.tenant.clone(),
+                        worker: worker_id.clone(),
+                        attempt: t.attempts + 1,
+                        deadline,
+                        handler: t.handler.clone(),
+                        params: t.params.clone(),
+                        inputs,
+                    };
+                    let event = Event::TaskDequeued {
+                        task,
+                        worker: worker_id,
+                        attempt: lease.attempt,
+                        lease_deadline: Some(deadline),
+                    };
+                    (vec![event], Some(lease))
+                })
+                .await?;
+            if leased.is_some() || tokio::time::Instant::now() >= give_up {
+                return Ok(leased);
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    async fn ack(&self, lease: &Lease, output: Params, costs: Vec<(Category, Micros)>) -> Result<(), QueueError> {
+        let mut events: Vec<Event> = cost_events(lease, costs).collect();
+        events.push(Event::TaskAcked { task: lease.task.clone(), worker: lease.worker.clone(), output });
+        self.ledger.append_async(events.into_iter().map(Into::into).collect()).await?;
+        Ok(())
+    }
+
+    async fn nack(
+        &self,
+        lease: &Lease,
+        error: String,
+        timed_out: bool,
+        costs: Vec<(Category, Micros)>,
+    ) -> Result<NackOutcome, QueueError> {
+        let mut events: Vec<Event> = cost_events(lease, costs).collect();
+        let (lease, policy, seed) = (lease.clone(), self.policy, self.seed);
+        let (_, outcome) = self
+            .ledger
+            .decide(move |state, _, now| {
+                let max_attempts = state.queue.get(&lease.task).map_or(1, |t| t.max_attempts);
+                if lease.attempt < max_attempts {
+                    let delay = policy.retry_delay_micros(lease.attempt, draw(seed, "retry", lease.task.as_str(), lease.attempt));
+                    let at = now.saturating_add_micros(delay);
+                    events.push(Event::TaskNacked {
+                        task: lease.task.clone(),
+                        worker: lease.worker.clone(),
+                        error,
+                        retry_at: Some(at),
+                        timed_out,
+                    });
+                    return (events, NackOutcome::RetryAt(at));
+                }
+                let reason = format!("{} of {max_attempts} attempts failed, last: {error}", lease.attempt);
+                events.push(Event::TaskNacked { task: lease.task.clone(), worker: lease.worker.clone(), error, retry_at: None, timed_out });
+                events.push(Event::TaskDeadLettered { task: lease.task.clone(), reason });
+                // Dependants of the task as it is now (the NACK changes nothing about them).
+                let doomed = dependants_to_cancel(state, &lease.task);
+                let cancelled = doomed.len();
+                for child in doomed {
+                    events.push(Event::TaskCancelled { task: child, reason: format!("parent `{}` was dead-lettered", lease.task) });
+                }
+                (events, NackOutcome::DeadLettered { cancelled })
+            })
+            .await?;
+        Ok(outcome)
+    }
+
+    async fn expire_leases(&self) -> Result<usize, QueueError> {
+        let (_, n) = self
+            .ledger
+            .decide(|state, _, now| {
+                let events: Vec<Event> = state
+                    .queue
+                    .sorted()
+                    .into_iter()
+                    .filter(|(_, t)| t.status == TaskStatus::Leased && t.lease_deadline.is_some_and(|d| d < now))
+                    .map(|(id, t)| Event::LeaseExpired { task: id.clone(), worker: t.worker.clone().unwrap_or_default() })
+                    .collect();
+                let n = events.len();
+                (events, n)
+            })
+            .await?;
+        Ok(n)
+    }
+
+    async fn depth(&self) -> Result<QueueCounts, QueueError> {
+        Ok(self.ledger.query(|state, _| state.queue.counts())?)
+    }
+}
+
+/// `next_ready` restricted to one run's tasks.
+fn next_ready_of_run(
+    state: &crate::domain::State,
+    now: Timestamp,
+    seq: u64,
+    policy: &QueuePolicy,
+    run: &RunId,
+) -> Option<TaskId> {
+    let best = next_ready(state, now, seq, policy)?;
+    if state.queue.get(best).is_some_and(|t| &t.run == run) {
+        return Some(best.clone());
+    }
+    // Another run's task is first: look at this run's own candidates.
+    crate::domain::Priority::ALL
+        .iter()
+        .flat_map(|p| state.queue.ready_entries(*p))
+        .filter(|(_, id)| state.queue.get(id).is_some_and(|t| &t.run == run && t.retry_at.is_none_or(|at| at <= now)))
+        .min_by_key(|(seq_ready, id)| {
+            let t = state.queue.get(id).map_or(4, |t| t.priority.index());
+            (t as i128 * i128::from(policy.aging_records.max(1)) - i128::from(seq.saturating_sub(*seq_ready)), t, *seq_ready)
+        })
+        .map(|(_, id)| id.clone())
+}
