@@ -13,7 +13,7 @@ use crate::domain::scheduler::QueuePolicy;
 use crate::domain::{BudgetPeriod, LearningIntensity, Micros, Params, Priority, Timestamp};
 
 /// Handlers the executor knows.
-pub const HANDLERS: &[&str] = &["sim"];
+pub const HANDLERS: &[&str] = &["exec", "sim"];
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {message}")]
@@ -440,6 +440,13 @@ impl Workload {
                         format!("unknown handler `{}` (known: {})", n.handler.get_ref(), HANDLERS.join(", ")),
                     ));
                 }
+                if n.handler.get_ref() == "exec" {
+                    let argv = n.params.as_ref().and_then(|p| p.get("argv")).and_then(|a| a.as_array());
+                    let ok = argv.is_some_and(|a| !a.is_empty() && a.iter().all(|v| v.is_str()));
+                    if !ok {
+                        return Err(c.err(n.id.span(), format!("node `{nid}`: handler exec needs params.argv = [\"program\", \"arg\", ...]")));
+                    }
+                }
                 if *n.cost_ceiling_micros.get_ref() < 0 {
                     return Err(c.err(n.cost_ceiling_micros.span(), "cost_ceiling_micros must not be negative"));
                 }
@@ -538,6 +545,14 @@ impl Workload {
             config_hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
             text: text.to_owned(),
         })
+    }
+}
+
+impl Workload {
+    /// Whether every node runs the `sim` handler: such a workload runs on
+    /// virtual time, deterministically; any other runs in real time.
+    pub fn is_simulated(&self) -> bool {
+        self.pipelines.values().flat_map(|p| &p.nodes).all(|n| n.handler == "sim")
     }
 }
 

@@ -43,7 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Resume { ref run } => {
             let ledger = open_ledger(&cli.data, Durability::Batch { interval: std::time::Duration::from_millis(10) })?;
-            let result = crate::runtime::sim::resume_simulated(&ledger, run.as_deref(), &mut |_, _| {});
+            let result = resume(&ledger, run.as_deref());
             match result {
                 Ok(report) => finish_run(ledger, &report, None, cli.json, out),
                 Err(e) => {
@@ -528,10 +528,22 @@ fn execute(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let result = run_simulated(&ledger, workload, &options, &mut |done, total| {
+    let mut progress = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);
-    });
+    };
+    let result = if workload.is_simulated() {
+        run_simulated(&ledger, workload, &options, &mut progress)
+    } else {
+        live_runtime()?.block_on(crate::runtime::live::run_live(
+            &ledger,
+            workload,
+            &options,
+            &crate::runtime::handler::Handlers::builtin(),
+            false,
+            &mut progress,
+        ))
+    };
     bar.finish_and_clear();
     let report = match result {
         Ok(report) => report,
@@ -602,7 +614,7 @@ fn print_summary(
     let wall_secs = r.wall_elapsed_micros as f64 / 1e6;
     writeln!(
         out,
-        "  throughput: {:.1} tasks/s over {:.3} s of virtual time; executed in {:.3} s ({:.0} tasks/s)",
+        "  throughput: {:.1} tasks/s over {:.3} s of recorded time; executed in {:.3} s ({:.0} tasks/s)",
         r.tasks as f64 / virtual_secs.max(1e-9),
         virtual_secs,
         wall_secs,
@@ -643,4 +655,48 @@ fn print_summary(
     writeln!(out, "head: {} (seq {})", r.head, r.head_seq)?;
     writeln!(out, "digest: {}", r.digest)?;
     Ok(())
+}
+
+fn live_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Finishes an unfinished run with the executor its workload calls for.
+fn resume(ledger: &Ledger, run: Option<&str>) -> Result<RunReport, RunError> {
+    let target = {
+        let run = run.map(str::to_owned);
+        ledger.query(move |state, _| {
+            let summary = match &run {
+                Some(id) => state.runs.get(&RunId(id.clone())),
+                None => state
+                    .runs
+                    .sorted()
+                    .into_iter()
+                    .rev()
+                    .find(|r| r.status == crate::domain::activity::RunStatus::Running),
+            };
+            summary.map(|s| (s.run.clone(), s.seed, state.workload_of(&s.run).map(str::to_owned)))
+        })?
+    };
+    let simulated = match &target {
+        Some((_, _, Some(text))) => Workload::parse("<recorded workload>", text).map(|w| w.is_simulated()).unwrap_or(true),
+        _ => true,
+    };
+    if simulated {
+        return crate::runtime::sim::resume_simulated(ledger, run, &mut |_, _| {});
+    }
+    let Some((id, seed, Some(text))) = target else {
+        return Err(RunError::Resume("no unfinished run in the ledger".to_owned()));
+    };
+    let workload = Workload::parse("<recorded workload>", &text).map_err(|e| RunError::Resume(e.to_string()))?;
+    let options = RunOptions { seed: Some(seed), run_id: Some(id.0), stop_after_steps: None };
+    let runtime = live_runtime().map_err(|e| RunError::Resume(e.to_string()))?;
+    runtime.block_on(crate::runtime::live::run_live(
+        ledger,
+        &workload,
+        &options,
+        &crate::runtime::handler::Handlers::builtin(),
+        true,
+        &mut |_, _| {},
+    ))
 }

@@ -109,10 +109,14 @@ pub enum OpenError {
 
 type Query = Box<dyn FnOnce(&State, Head) + Send>;
 
+/// Decides events from the state, the head and the time; returns them with
+/// how to answer once they are appended.
+type Decision = Box<dyn FnOnce(&State, Head, Timestamp) -> (Vec<Event>, Replier) + Send>;
+
 enum Msg {
     Append { entries: Vec<Append>, reply: Replier },
     /// Decide events from the live state and append them in one step.
-    Decide(Box<dyn FnOnce(&State, Head, Timestamp) -> (Vec<Event>, Replier) + Send>),
+    Decide(Decision),
     Query(Query),
     Checkpoint { reply: oneshot::Sender<Result<Checkpoint, AppendError>> },
     Close { reply: oneshot::Sender<Result<(), AppendError>> },
@@ -204,6 +208,18 @@ impl Ledger {
             let _ = reply.send(f(state, head));
         })))?;
         rx.blocking_recv().map_err(|_| AppendError::Closed)
+    }
+
+    /// [`Ledger::query`] for async code.
+    pub async fn query_async<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&State, Head) -> R + Send + 'static,
+    ) -> Result<R, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Query(Box::new(move |state, head| {
+            let _ = reply.send(f(state, head));
+        })))?;
+        rx.await.map_err(|_| AppendError::Closed)
     }
 
     pub fn head(&self) -> Result<Head, AppendError> {

@@ -6,6 +6,7 @@
 //! workload and seed give the same ledger, head hash included.
 
 pub mod handler;
+pub mod live;
 pub mod queue;
 pub mod sim;
 

@@ -224,7 +224,7 @@ impl TaskQueue for MemoryQueue {
     }
 
     async fn depth(&self) -> Result<QueueCounts, QueueError> {
-        Ok(self.ledger.query(|state, _| state.queue.counts())?)
+        Ok(self.ledger.query_async(|state, _| state.queue.counts()).await?)
     }
 }
 

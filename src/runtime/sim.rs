@@ -33,6 +33,8 @@ pub enum RunError {
     RunExists(String),
     #[error(transparent)]
     Append(#[from] AppendError),
+    #[error(transparent)]
+    Queue(#[from] super::queue::QueueError),
     #[error("internal error: the executor produced an impossible event: {0}")]
     Impossible(String),
     #[error("{0}")]

@@ -1,0 +1,250 @@
+//! The real-time executor: a pool of pull-based workers on tokio running
+//! real handlers (`exec`, user code, or `sim` sleeping its latency) under a
+//! timeout, fed by a submitter that waits while the pool is under
+//! backpressure. Every move goes through the [`TaskQueue`]; time is the
+//! wall clock, so the ledger is replayable but not reproducible byte for
+//! byte (use the simulated executor for that).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::handler::{Failure, Handlers, TaskContext};
+use super::queue::{MemoryQueue, TaskQueue};
+use super::sim::{RunError, RunOptions, RunReport, arrivals, instance_events, instance_submitted, registration_events, total_tasks};
+use crate::domain::{Event, RunId, WorkerId};
+use crate::log::{Append, Ledger};
+use crate::workload::Workload;
+
+/// Shared between the submitter and the workers.
+struct Pool {
+    ledger: Ledger,
+    run: RunId,
+    running: AtomicU32,
+    max_concurrency: u32,
+    threshold_bp: u32,
+    /// Whether backpressure is engaged; the lock orders engage/release events.
+    backpressure: tokio::sync::Mutex<bool>,
+    submitted_all: AtomicBool,
+}
+
+impl Pool {
+    fn over_threshold(&self, running: u32) -> bool {
+        u64::from(running) * 10_000 > u64::from(self.threshold_bp) * u64::from(self.max_concurrency)
+    }
+
+    fn threshold(&self) -> u32 {
+        (u64::from(self.threshold_bp) * u64::from(self.max_concurrency) / 10_000) as u32
+    }
+
+    /// Records an engage or release when the running count crossed the threshold.
+    async fn check_backpressure(&self) -> Result<(), RunError> {
+        let mut engaged = self.backpressure.lock().await;
+        let running = self.running.load(Ordering::SeqCst);
+        let over = self.over_threshold(running);
+        if over != *engaged {
+            *engaged = over;
+            let (run, threshold) = (self.run.clone(), self.threshold());
+            let event = if over {
+                Event::BackpressureEngaged { run, running, threshold }
+            } else {
+                Event::BackpressureReleased { run, running, threshold }
+            };
+            self.ledger.append_async(vec![Append::from(event)]).await?;
+        }
+        Ok(())
+    }
+
+    /// Tasks of the run that have not ended.
+    async fn open_tasks(&self) -> Result<u64, RunError> {
+        let run = self.run.clone();
+        Ok(self.ledger.query_async(move |state, _| {
+            state.runs.get(&run).map_or(0, |r| {
+                r.tasks_submitted.saturating_sub(r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled)
+            })
+        }).await?)
+    }
+}
+
+/// Runs `workload` in real time with `handlers`. With `resume`, continues
+/// the unfinished run `options.run_id` instead of starting one.
+pub async fn run_live(
+    ledger: &Ledger,
+    workload: &Workload,
+    options: &RunOptions,
+    handlers: &Handlers,
+    resume: bool,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<RunReport, RunError> {
+    let wall = Instant::now();
+    let seed = options.seed.unwrap_or(workload.seed);
+    let run = RunId(options.run_id.clone().or_else(|| workload.run.clone()).unwrap_or_else(|| format!("run-{seed}")));
+    let state = ledger.query_async(|state, _| state.clone()).await?;
+    if resume {
+        let leased: Vec<Event> = state
+            .queue
+            .sorted()
+            .into_iter()
+            .filter(|(_, t)| t.run == run && t.status == crate::domain::queue::TaskStatus::Leased)
+            .map(|(id, t)| Event::LeaseExpired { task: id.clone(), worker: t.worker.clone().unwrap_or_default() })
+            .collect();
+        ledger.append_async(leased.into_iter().map(Into::into).collect()).await?;
+    } else {
+        if state.runs.get(&run).is_some() {
+            return Err(RunError::RunExists(run.0));
+        }
+        let mut setup = registration_events(&state, workload);
+        setup.push(Event::RunStarted { run: run.clone(), seed, config_hash: workload.config_hash.clone() });
+        setup.push(Event::WorkloadRecorded { run: run.clone(), format: "toml".to_owned(), text: workload.text.clone() });
+        ledger.append_async(setup.into_iter().map(Into::into).collect()).await?;
+    }
+
+    let queue = MemoryQueue::new(ledger.clone(), workload.policy, seed);
+    let pool = Arc::new(Pool {
+        ledger: ledger.clone(),
+        run: run.clone(),
+        running: AtomicU32::new(0),
+        max_concurrency: workload.max_concurrency,
+        threshold_bp: workload.backpressure_threshold_bp,
+        backpressure: tokio::sync::Mutex::new(
+            state.runs.get(&run).is_some_and(|r| r.backpressure_engaged > r.backpressure_released),
+        ),
+        submitted_all: AtomicBool::new(false),
+    });
+
+    // The submitter: pipeline runs arrive at their offsets from the start,
+    // and wait while backpressure is engaged.
+    let submitter = {
+        let (pool, queue, workload, run) = (Arc::clone(&pool), queue.clone(), workload.clone(), run.clone());
+        let state = state.clone();
+        tokio::spawn(async move {
+            let origin = tokio::time::Instant::now();
+            for (at, submission, instance) in arrivals(&workload) {
+                if resume && instance_submitted(&state, &workload, &run, submission, instance) {
+                    continue;
+                }
+                let offset = Duration::from_micros(at.saturating_sub(workload.start.0).max(0) as u64);
+                tokio::time::sleep_until(origin + offset).await;
+                while *pool.backpressure.lock().await {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                queue.enqueue(instance_events(&workload, &run, submission, instance)).await?;
+            }
+            pool.submitted_all.store(true, Ordering::SeqCst);
+            Ok::<(), RunError>(())
+        })
+    };
+
+    let expiry = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if queue.expire_leases().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
+    let timeout = Duration::from_micros(workload.worker_timeout_micros.max(1) as u64);
+    let concurrency = workload.num_workers.min(workload.max_concurrency);
+    let mut workers = Vec::new();
+    for n in 1..=concurrency {
+        let (pool, queue, handlers, run) = (Arc::clone(&pool), queue.clone(), handlers.clone(), run.clone());
+        let worker = WorkerId(format!("worker-{n:02}"));
+        workers.push(tokio::spawn(async move {
+            loop {
+                let lease_for = timeout + Duration::from_secs(5);
+                let Some(lease) = queue.dequeue(&run, &worker, lease_for, Duration::from_millis(20)).await? else {
+                    if pool.submitted_all.load(Ordering::SeqCst) && pool.open_tasks().await? == 0 {
+                        return Ok::<(), RunError>(());
+                    }
+                    continue;
+                };
+                pool.running.fetch_add(1, Ordering::SeqCst);
+                pool.check_backpressure().await?;
+                let ctx = TaskContext {
+                    run: lease.run.clone(),
+                    task: lease.task.clone(),
+                    tenant: lease.tenant.clone(),
+                    attempt: lease.attempt,
+                    seed,
+                    params: lease.params.clone(),
+                    inputs: lease.inputs.clone(),
+                };
+                let result = match handlers.get(&lease.handler) {
+                    None => Some(Err(Failure::from(format!("no handler named `{}`", lease.handler)))),
+                    Some(handler) => tokio::time::timeout(timeout, handler.run(&ctx)).await.ok(),
+                };
+                pool.running.fetch_sub(1, Ordering::SeqCst);
+                match result {
+                    Some(Ok(outcome)) => queue.ack(&lease, outcome.output, outcome.costs).await?,
+                    Some(Err(failure)) => {
+                        queue.nack(&lease, failure.error, false, failure.costs).await?;
+                    }
+                    None => {
+                        let error = format!("timed out after {} ms", timeout.as_millis());
+                        queue.nack(&lease, error, true, Vec::new()).await?;
+                    }
+                }
+                pool.check_backpressure().await?;
+            }
+        }));
+    }
+
+    let total = total_tasks(workload);
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut outcome: Result<(), RunError> = Ok(());
+    for handle in workers {
+        let mut handle = handle;
+        loop {
+            tokio::select! {
+                joined = &mut handle => {
+                    match joined {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => outcome = outcome.and(Err(e)),
+                        Err(e) => outcome = outcome.and(Err(RunError::Impossible(format!("a worker panicked: {e}")))),
+                    }
+                    break;
+                }
+                _ = ticker.tick() => {
+                    let done = total.saturating_sub(pool.open_tasks().await.unwrap_or(0));
+                    progress(done.min(total), total);
+                }
+            }
+        }
+    }
+    expiry.abort();
+    match submitter.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => outcome = outcome.and(Err(e)),
+        Err(e) => outcome = outcome.and(Err(RunError::Impossible(format!("the submitter panicked: {e}")))),
+    }
+    outcome?;
+    ledger.append_async(vec![Append::from(Event::RunFinished { run: run.clone() })]).await?;
+
+    let (summary, digests, head, last_at) = {
+        let run = run.clone();
+        ledger.query_async(move |state, head| (state.runs.get(&run).cloned(), state.digests(), head, state.last_at)).await?
+    };
+    let s = summary.ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
+    Ok(RunReport {
+        run: run.0,
+        seed,
+        tasks: s.tasks_submitted,
+        acked: s.tasks_acked,
+        dead_lettered: s.tasks_dead_lettered,
+        cancelled: s.tasks_cancelled,
+        retries: s.tasks_nacked + s.leases_expired,
+        timeouts: s.tasks_timed_out,
+        peak_running: s.peak_running,
+        backpressure_engaged: s.backpressure_engaged,
+        backpressure_released: s.backpressure_released,
+        virtual_elapsed_micros: last_at.0 - s.started_at.0,
+        wall_elapsed_micros: u64::try_from(wall.elapsed().as_micros()).unwrap_or(u64::MAX),
+        head_seq: head.seq,
+        head: head.hash.to_hex().to_string(),
+        digest: digests.combined.to_hex().to_string(),
+    })
+}

@@ -1,0 +1,179 @@
+//! The real-time executor: pull-based workers running `exec` programs and
+//! user handlers under a timeout, with costs from the handlers in the
+//! ledger.
+
+use std::path::Path;
+
+use runledger::domain::{Category, Event, Micros, Params};
+use runledger::log::{Durability, Ledger, LedgerOptions, Store};
+use runledger::runtime::RunOptions;
+use runledger::runtime::handler::{Failure, Handler, HandlerFuture, Handlers, Outcome, TaskContext};
+use runledger::runtime::live::run_live;
+use runledger::workload::Workload;
+
+fn script(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&path).status().unwrap();
+    path.display().to_string()
+}
+
+fn workload(nodes: &str, runs: u32, timeout_sec: f64) -> Workload {
+    let text = format!(
+        r#"
+seed = 5
+[execution.pool]
+max_concurrency = 3
+backpressure_threshold = 0.5
+[execution.queue]
+max_attempts = 2
+retry_base_ms = 20
+[execution.workers]
+num_workers = 3
+worker_timeout_sec = {timeout_sec}
+[[tenants]]
+id = "acme"
+budget_micros = 100000000
+[[pipelines]]
+id = "p"
+mode = "serial"
+nodes = [ {nodes} ]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+runs = {runs}
+"#
+    );
+    Workload::parse("live.toml", &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run(dir: &Path, w: &Workload, handlers: &Handlers) -> runledger::runtime::RunReport {
+    let ledger = Ledger::open(dir, LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let report = runtime.block_on(run_live(&ledger, w, &RunOptions::default(), handlers, false, &mut |_, _| {})).unwrap();
+    ledger.close().unwrap();
+    report
+}
+
+fn events(dir: &Path) -> Vec<Event> {
+    let store = Store::open(dir, false).unwrap();
+    let mut out = Vec::new();
+    store
+        .walk(1, |r| {
+            out.push(runledger::log::codec::decode_event(r.event_bytes).unwrap());
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert!(runledger::log::verify::verify(&store).unwrap().is_ok());
+    out
+}
+
+#[test]
+fn exec_handler_posts_its_costs_and_failures_dead_letter_with_dependants_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = script(
+        dir.path(),
+        "ok.sh",
+        r#"read -r spec; echo "progress" ; echo '{"costs":[{"category":"tool","amount_micros":250},{"category":"llm","amount_micros":1000}],"output":{"seen":1}}'"#,
+    );
+    let bad = script(dir.path(), "bad.sh", "cat >/dev/null; echo 'no key' >&2; exit 3");
+    let nodes = format!(
+        r#"{{ id = "a", handler = "exec", params = {{ argv = ["{ok}"] }} }}, {{ id = "b", handler = "exec", params = {{ argv = ["{bad}"] }} }}, {{ id = "c", handler = "exec", params = {{ argv = ["{ok}"] }} }}"#
+    );
+    let w = workload(&nodes, 2, 5.0);
+    let data = dir.path().join("data");
+    let report = run(&data, &w, &Handlers::builtin());
+    assert_eq!((report.tasks, report.acked, report.dead_lettered, report.cancelled), (6, 2, 2, 2));
+    let evs = events(&data);
+    let costs: i64 = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::CostIncurred { category: Category::Tool | Category::Llm, amount_micros, .. } => Some(amount_micros.0),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(costs, 2 * 1_250);
+    assert!(evs.iter().any(|e| matches!(e, Event::TaskNacked { error, .. } if error.contains("exited with code 3") && error.contains("no key"))));
+    assert!(evs.iter().any(|e| matches!(e, Event::TaskAcked { output, .. } if output.as_json() == r#"{"seen":1}"#)));
+}
+
+#[test]
+fn exec_past_the_timeout_is_killed_and_nacked_as_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let slow = script(dir.path(), "slow.sh", &format!("cat >/dev/null; echo $$ >> {}; sleep 30", pids.display()));
+    let nodes = format!(r#"{{ id = "slow", handler = "exec", params = {{ argv = ["{slow}"] }} }}"#);
+    let w = workload(&nodes, 1, 0.3);
+    let data = dir.path().join("data");
+    let started = std::time::Instant::now();
+    let report = run(&data, &w, &Handlers::builtin());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the run must not wait for the child");
+    assert_eq!((report.timeouts, report.dead_lettered), (2, 1));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for pid in std::fs::read_to_string(&pids).unwrap().lines() {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "child {pid} was not killed");
+    }
+}
+
+struct Echo;
+
+impl Handler for Echo {
+    fn run<'a>(&'a self, ctx: &'a TaskContext) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let n = ctx.params.to_value()["n"].as_i64().unwrap_or(0);
+            if n < 0 {
+                return Err(Failure { error: "negative".into(), costs: vec![(Category::Other, Micros(1))] });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            Ok(Outcome {
+                output: Params::from_value(&serde_json::json!({ "n": n, "inputs": ctx.inputs.len() })),
+                costs: vec![(Category::Rerank, Micros(n * 10))],
+            })
+        })
+    }
+}
+
+#[test]
+fn user_handlers_run_by_name_with_parent_outputs_and_bounded_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+seed = 1
+[execution.pool]
+max_concurrency = 2
+[execution.workers]
+num_workers = 4
+[[tenants]]
+id = "acme"
+budget_micros = 1000000
+[[pipelines]]
+id = "p"
+mode = "serial"
+nodes = [ { id = "one", handler = "sim", params = { step = "store", latency_ms = 5, failure_rate_bp = 0 } } ]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+runs = 6
+"#;
+    // A workload may name handlers the library user registers.
+    let mut w = Workload::parse("u.toml", text).unwrap();
+    for p in w.pipelines.values_mut() {
+        for n in &mut p.nodes {
+            n.handler = "echo".to_owned();
+            n.params = Params::from_value(&serde_json::json!({ "n": 7 }));
+        }
+    }
+    let mut handlers = Handlers::builtin();
+    handlers.register("echo", Echo);
+    let data = dir.path().join("data");
+    let report = run(&data, &w, &handlers);
+    assert_eq!((report.tasks, report.acked), (6, 6));
+    assert!(report.peak_running <= 2, "max_concurrency 2, peak {}", report.peak_running);
+    let rerank: i64 = events(&data)
+        .iter()
+        .filter_map(|e| match e {
+            Event::CostIncurred { category: Category::Rerank, amount_micros, .. } => Some(amount_micros.0),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(rerank, 6 * 70);
+}
