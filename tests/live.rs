@@ -177,3 +177,53 @@ runs = 6
         .sum();
     assert_eq!(rerank, 6 * 70);
 }
+
+#[test]
+fn cli_resume_finishes_a_real_time_run_killed_mid_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let step = script(dir.path(), "step.sh", r#"cat >/dev/null; sleep 0.05; echo '{"costs":[{"category":"tool","amount_micros":5}]}'"#);
+    let file = dir.path().join("w.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+seed = 9
+[execution.pool]
+max_concurrency = 2
+[execution.workers]
+num_workers = 2
+worker_timeout_sec = 5
+[[tenants]]
+id = "acme"
+budget_micros = 1000000
+[[pipelines]]
+id = "p"
+mode = "serial"
+nodes = [ {{ id = "a", handler = "exec", params = {{ argv = ["{step}"] }} }}, {{ id = "b", handler = "exec", params = {{ argv = ["{step}"] }} }} ]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+runs = 20
+"#
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let bin = env!("CARGO_BIN_EXE_runledger");
+    let mut child = std::process::Command::new(bin).arg("--data").arg(&data).arg("run").arg(&file).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resume = std::process::Command::new(bin).arg("--data").arg(&data).arg("resume").output().unwrap();
+    assert!(resume.status.success(), "{}", String::from_utf8_lossy(&resume.stderr));
+    let evs = events(&data);
+    let mut acks = std::collections::BTreeMap::<String, u32>::new();
+    for e in &evs {
+        if let Event::TaskAcked { task, .. } = e {
+            *acks.entry(task.0.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(acks.len(), 40, "every task ACKed");
+    assert!(acks.values().all(|&n| n == 1), "none twice");
+    assert!(matches!(evs.last(), Some(Event::RunFinished { .. })));
+}
