@@ -269,3 +269,100 @@ pub fn run_ledger_bench(config: &LedgerBench, progress: &mut dyn FnMut(&str)) ->
         raw_sled_bytes_per_event: raw_bytes,
     })
 }
+
+#[derive(Clone, Debug, Serialize)]
+pub struct QueueBenchReport {
+    pub tasks: u64,
+    pub workers: usize,
+    pub durability: String,
+    /// submit → dequeue → ack through `MemoryQueue`, no-op tasks.
+    pub tasks_per_sec: f64,
+    /// The same three events per task appended directly, in batches.
+    pub baseline_tasks_per_sec: f64,
+}
+
+/// Submits `tasks` no-op tasks, drains them with `workers` pull-based
+/// workers through the in-memory queue, and compares with appending the
+/// same events without queue decisions.
+pub fn run_queue_bench(tasks: u64, workers: usize, durability: Durability) -> anyhow::Result<QueueBenchReport> {
+    use crate::runtime::queue::{MemoryQueue, TaskQueue};
+    let scratch = tempfile::tempdir()?;
+    let run = RunId("bench-queue".to_owned());
+    let tenant = TenantId("bench-tenant-0".to_owned());
+    let setup = |ledger: &Ledger| -> anyhow::Result<()> {
+        ledger.append(vec![
+            Event::TenantRegistered {
+                tenant: tenant.clone(),
+                budget_micros: Micros(i64::MAX / 4),
+                max_concurrent_runs: u32::MAX,
+                learning_intensity: Default::default(),
+                meta_learning: false,
+                budget_period: Default::default(),
+            },
+            Event::RunStarted { run: run.clone(), seed: 0, config_hash: String::new() },
+        ])?;
+        Ok(())
+    };
+    let submissions: Vec<Event> = (0..tasks)
+        .map(|n| {
+            let [submitted, ..] = synthetic_task(&run, &tenant, &WorkerId::default(), n);
+            submitted
+        })
+        .collect();
+
+    // Baseline: the same submit / dequeue / ack events, appended directly.
+    let baseline = {
+        let ledger = Ledger::open(&scratch.path().join("baseline"), LedgerOptions { durability, checkpoint_every: 0, create: true })?;
+        setup(&ledger)?;
+        let worker = WorkerId("w".to_owned());
+        let events: Vec<Event> = (0..tasks)
+            .flat_map(|n| {
+                let [submitted, dequeued, _, acked] = synthetic_task(&run, &tenant, &worker, n);
+                [submitted, dequeued, acked]
+            })
+            .collect();
+        let start = Instant::now();
+        for chunk in events.chunks(3 * 1024) {
+            ledger.append(chunk.to_vec())?;
+        }
+        let rate = tasks as f64 / start.elapsed().as_secs_f64();
+        ledger.close()?;
+        rate
+    };
+
+    let ledger = Ledger::open(&scratch.path().join("queue"), LedgerOptions { durability, checkpoint_every: 0, create: true })?;
+    setup(&ledger)?;
+    let queue = MemoryQueue::new(ledger.clone(), Default::default(), 0);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let elapsed = runtime.block_on(async {
+        let start = Instant::now();
+        for chunk in submissions.chunks(1024) {
+            queue.enqueue(chunk.to_vec()).await?;
+        }
+        let mut handles = Vec::new();
+        for k in 0..workers.max(1) {
+            let (queue, run) = (queue.clone(), run.clone());
+            handles.push(tokio::spawn(async move {
+                let worker = WorkerId(format!("w{k}"));
+                while let Some(lease) = queue.dequeue(&run, &worker, Duration::from_secs(60), Duration::ZERO).await? {
+                    queue.ack(&lease, Default::default(), Vec::new()).await?;
+                }
+                Ok::<(), anyhow::Error>(())
+            }));
+        }
+        for h in handles {
+            h.await??;
+        }
+        Ok::<Duration, anyhow::Error>(start.elapsed())
+    })?;
+    let done = ledger.query(|s, _| s.queue.counts().done)?;
+    ledger.close()?;
+    anyhow::ensure!(done == tasks, "only {done} of {tasks} tasks were ACKed");
+    Ok(QueueBenchReport {
+        tasks,
+        workers,
+        durability: durability_name(durability).to_owned(),
+        tasks_per_sec: tasks as f64 / elapsed.as_secs_f64(),
+        baseline_tasks_per_sec: baseline,
+    })
+}

@@ -338,14 +338,29 @@ fn resume_finishes_a_run_whose_process_stopped_mid_run() {
 fn cli_resume_after_sigkill_finishes_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // Size the demo so that it runs for about two seconds on this build:
+    // time two small demos, so that start-up cost cancels out.
+    let timed = |runs: &str, name: &str| {
+        let start = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
+            .arg("--data")
+            .arg(dir.path().join(name))
+            .args(["demo", "--tenants", "8", "--runs", runs])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        start.elapsed().as_secs_f64()
+    };
+    let per_run = ((timed("60", "probe-60") - timed("20", "probe-20")) / 40.0).max(1e-5);
+    let runs = ((2.0 / per_run) as u64).clamp(40, 20_000).to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
         .arg("--data")
         .arg(&data)
-        .args(["demo", "--tenants", "8", "--runs", "150"])
+        .args(["demo", "--tenants", "8", "--runs", &runs])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(600));
+    std::thread::sleep(std::time::Duration::from_millis(700));
     child.kill().unwrap();
     child.wait().unwrap();
     let resume = Command::new(env!("CARGO_BIN_EXE_runledger")).arg("--data").arg(&data).arg("resume").output().unwrap();

@@ -60,6 +60,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = Workload::parse("<demo>", &text)?;
             execute(&cli.data, &loaded, RunOptions::default(), false, artifacts.as_deref(), cli.json, out)
         }
+        Command::Bench { what: BenchCommand::Queue { tasks, workers, durability } } => {
+            let report = crate::bench::run_queue_bench(tasks, workers, durability)?;
+            writeln!(
+                out,
+                "queue ({} durability, {} workers): {:.0} no-op tasks/s submit → dequeue → ack; appending the same events directly: {:.0} tasks/s ({:.2}x)",
+                report.durability,
+                report.workers,
+                report.tasks_per_sec,
+                report.baseline_tasks_per_sec,
+                report.tasks_per_sec / report.baseline_tasks_per_sec.max(1.0)
+            )?;
+            if cli.json {
+                print_json(out, &report)?;
+            }
+            Ok(())
+        }
         Command::Bench { what: BenchCommand::Ledger { events, durability, appenders, batch } } => {
             let data = std::env::args_os().any(|a| a == "--data") || std::env::var_os("RUNLEDGER_DATA").is_some();
             let config = LedgerBench { events, durability, appenders, batch, data: data.then(|| cli.data.clone()) };

@@ -99,6 +99,16 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// submit → dequeue → ack of no-op tasks through the in-memory queue,
+    /// beside appending the same events directly.
+    Queue {
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        #[arg(long, default_value = "none", value_parser = parse_durability)]
+        durability: Durability,
+    },
     /// Append synthetic events, then replay and verify them, beside a raw sled baseline.
     Ledger {
         #[arg(long, default_value_t = 1_000_000)]

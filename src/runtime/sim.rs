@@ -64,6 +64,9 @@ pub struct RunReport {
     pub digest: String,
 }
 
+/// Events the executor decides before it hands them to the ledger.
+const FLUSH_EVENTS: usize = 4_096;
+
 /// A task attempt in flight: when it ends, and how.
 type Timer = Reverse<(i64, u64, TaskId, u32, u32, bool)>;
 
@@ -80,6 +83,8 @@ struct Sim<'a> {
     free_workers: BTreeSet<u32>,
     running: u32,
     backpressure: bool,
+    /// Times at which a NACKed task becomes ready again.
+    retry_wakeups: BinaryHeap<Reverse<i64>>,
 }
 
 impl Sim<'_> {
@@ -178,6 +183,9 @@ impl Sim<'_> {
                     let delay = self.workload.policy.retry_delay_micros(attempt, draw(self.seed, "retry", task.as_str(), attempt));
                     self.now.saturating_add_micros(delay)
                 });
+                if let Some(at) = retry_at {
+                    self.retry_wakeups.push(Reverse(at.0));
+                }
                 self.emit(Event::TaskNacked {
                     task: task.clone(),
                     worker: worker_id(worker),
@@ -356,6 +364,7 @@ pub fn run_simulated(
         free_workers: (1..=concurrency).collect(),
         running: 0,
         backpressure: false,
+        retry_wakeups: BinaryHeap::new(),
     };
 
     for event in registration_events(&sim.state, workload) {
@@ -421,9 +430,15 @@ fn drive(
             next_arrival += 1;
         }
         sim.dispatch()?;
-        sim.flush()?;
+        // Steps are decided on the mirror, so the ledger need not answer
+        // each one: append in batches of a few thousand events.
+        if sim.batch.len() >= FLUSH_EVENTS {
+            sim.flush()?;
+        }
         steps += 1;
         if stop_after_steps.is_some_and(|limit| steps >= limit) {
+            // The drill dies right after its last append.
+            sim.flush()?;
             return Err(RunError::Stopped(steps));
         }
         if let Some(r) = sim.state.runs.get(&run) {
@@ -434,8 +449,11 @@ fn drive(
         if !sim.backpressure && next_arrival < arrivals.len() {
             wake = Some(wake.map_or(arrivals[next_arrival].0, |w| w.min(arrivals[next_arrival].0)));
         }
-        if let Some(at) = next_retry_at(&sim.state, sim.now) {
-            wake = Some(wake.map_or(at.0, |w| w.min(at.0)));
+        while sim.retry_wakeups.peek().is_some_and(|r| r.0 <= sim.now.0) {
+            sim.retry_wakeups.pop();
+        }
+        if let Some(Reverse(at)) = sim.retry_wakeups.peek().copied() {
+            wake = Some(wake.map_or(at, |w| w.min(at)));
         }
         let Some(at) = wake else { break };
         sim.now = Timestamp(at.max(sim.now.0));
@@ -521,7 +539,12 @@ pub fn resume_simulated(
         free_workers: (1..=concurrency).collect(),
         running: 0,
         backpressure: engaged,
+        retry_wakeups: BinaryHeap::new(),
     };
+    // Retries the dead process had scheduled.
+    if let Some(at) = next_retry_at(&sim.state, sim.now) {
+        sim.retry_wakeups.push(Reverse(at.0));
+    }
     // The dead process's leases: its attempts are lost, the tasks go back.
     let leased: Vec<(TaskId, WorkerId)> = sim
         .state
