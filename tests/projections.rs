@@ -503,3 +503,23 @@ fn scheduler_skips_tasks_waiting_for_their_retry_time() {
     assert_eq!(next_ready(&state, Timestamp(5_000_000), state.seq, &policy).unwrap().as_str(), "t1");
     assert_eq!(next_retry_at(&state, Timestamp(1)), Some(Timestamp(5_000_000)));
 }
+
+#[test]
+fn lost_lease_on_last_attempt_dead_letters_and_cancels_dependants() {
+    use runledger::domain::scheduler::expire_lease;
+    let fold = |events: &[Event]| {
+        let mut state = State::new();
+        for (i, e) in events.iter().enumerate() {
+            state.apply(i as u64 + 1, Timestamp(0), e).unwrap();
+        }
+        state
+    };
+    let mut first = base();
+    first.extend([submit("t1", "acme", Priority::Normal, &[]), submit("child", "acme", Priority::Normal, &["t1"]), dequeue("t1", "w", 1)]);
+    let kinds: Vec<&str> = expire_lease(&fold(&first), &"t1".into()).iter().map(Event::kind).collect();
+    assert_eq!(kinds, ["lease_expired"], "attempt 1 of 2: the task goes back");
+    let mut last = first.clone();
+    last.extend([nack("t1", "w"), dequeue("t1", "w", 2)]);
+    let kinds: Vec<&str> = expire_lease(&fold(&last), &"t1".into()).iter().map(Event::kind).collect();
+    assert_eq!(kinds, ["lease_expired", "task_dead_lettered", "task_cancelled"], "attempt 2 of 2 was the last");
+}

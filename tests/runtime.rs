@@ -352,7 +352,7 @@ fn cli_resume_after_sigkill_finishes_the_run() {
         start.elapsed().as_secs_f64()
     };
     let per_run = ((timed("60", "probe-60") - timed("20", "probe-20")) / 40.0).max(1e-5);
-    let runs = ((2.0 / per_run) as u64).clamp(40, 20_000).to_string();
+    let runs = ((4.0 / per_run) as u64).clamp(60, 20_000).to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
         .arg("--data")
         .arg(&data)
@@ -360,7 +360,18 @@ fn cli_resume_after_sigkill_finishes_the_run() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // Kill it once the ledger has grown, i.e. mid-run, whatever the speed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the demo ended ({status}) before it was killed: make it bigger");
+        }
+        let size = std::fs::metadata(data.join("db")).map_or(0, |m| m.len());
+        if size > 2_000_000 || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     let resume = Command::new(env!("CARGO_BIN_EXE_runledger")).arg("--data").arg(&data).arg("resume").output().unwrap();

@@ -114,6 +114,28 @@ pub fn dependants_to_cancel(state: &State, task: &TaskId) -> Vec<TaskId> {
     out
 }
 
+/// The events that return a lost lease: `lease_expired`, and when that was
+/// the task's last attempt, `task_dead_lettered` and the cancellation of
+/// its dependants.
+pub fn expire_lease(state: &State, task: &TaskId) -> Vec<super::event::Event> {
+    use super::event::Event;
+    let Some(t) = state.queue.get(task) else { return Vec::new() };
+    if t.status != TaskStatus::Leased {
+        return Vec::new();
+    }
+    let mut events = vec![Event::LeaseExpired { task: task.clone(), worker: t.worker.clone().unwrap_or_default() }];
+    if t.attempts >= t.max_attempts {
+        events.push(Event::TaskDeadLettered {
+            task: task.clone(),
+            reason: format!("lease lost on attempt {} of {}", t.attempts, t.max_attempts),
+        });
+        for child in dependants_to_cancel(state, task) {
+            events.push(Event::TaskCancelled { task: child, reason: format!("parent `{task}` was dead-lettered") });
+        }
+    }
+    events
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,14 +81,27 @@ pub async fn run_live(
     let run = RunId(options.run_id.clone().or_else(|| workload.run.clone()).unwrap_or_else(|| format!("run-{seed}")));
     let state = ledger.query_async(|state, _| state.clone()).await?;
     if resume {
-        let leased: Vec<Event> = state
-            .queue
-            .sorted()
-            .into_iter()
-            .filter(|(_, t)| t.run == run && t.status == crate::domain::queue::TaskStatus::Leased)
-            .map(|(id, t)| Event::LeaseExpired { task: id.clone(), worker: t.worker.clone().unwrap_or_default() })
-            .collect();
-        ledger.append_async(leased.into_iter().map(Into::into).collect()).await?;
+        let run = run.clone();
+        ledger
+            .decide(move |state, _, _| {
+                let mut events = Vec::new();
+                let mut scratch = state.clone();
+                let leased: Vec<_> = state
+                    .queue
+                    .sorted()
+                    .into_iter()
+                    .filter(|(_, t)| t.run == run && t.status == crate::domain::queue::TaskStatus::Leased)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for task in leased {
+                    for event in crate::domain::scheduler::expire_lease(&scratch, &task) {
+                        scratch.evolve(scratch.seq + 1, scratch.last_at, event.clone());
+                        events.push(event);
+                    }
+                }
+                (events, ())
+            })
+            .await?;
     } else {
         if state.runs.get(&run).is_some() {
             return Err(RunError::RunExists(run.0));

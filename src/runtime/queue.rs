@@ -209,14 +209,27 @@ impl TaskQueue for MemoryQueue {
         let (_, n) = self
             .ledger
             .decide(|state, _, now| {
-                let events: Vec<Event> = state
+                let expired: Vec<TaskId> = state
                     .queue
                     .sorted()
                     .into_iter()
                     .filter(|(_, t)| t.status == TaskStatus::Leased && t.lease_deadline.is_some_and(|d| d < now))
-                    .map(|(id, t)| Event::LeaseExpired { task: id.clone(), worker: t.worker.clone().unwrap_or_default() })
+                    .map(|(id, _)| id.clone())
                     .collect();
-                let n = events.len();
+                let n = expired.len();
+                if n == 0 {
+                    return (Vec::new(), 0);
+                }
+                // Each expiry may dead-letter and cancel: decide them in
+                // order on a scratch copy so they see each other.
+                let mut scratch = state.clone();
+                let mut events = Vec::new();
+                for task in expired {
+                    for event in crate::domain::scheduler::expire_lease(&scratch, &task) {
+                        scratch.evolve(scratch.seq + 1, now, event.clone());
+                        events.push(event);
+                    }
+                }
                 (events, n)
             })
             .await?;

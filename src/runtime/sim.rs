@@ -545,6 +545,25 @@ pub fn resume_simulated(
     if let Some(at) = next_retry_at(&sim.state, sim.now) {
         sim.retry_wakeups.push(Reverse(at.0));
     }
+    // The dead process's leases: its attempts are lost, the tasks go back
+    // (or, after a last attempt, to the dead letters).
+    let leased: Vec<TaskId> = sim
+        .state
+        .queue
+        .sorted()
+        .into_iter()
+        .filter(|(_, t)| t.run == summary.run && t.status == crate::domain::queue::TaskStatus::Leased)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for task in leased {
+        for event in crate::domain::scheduler::expire_lease(&sim.state, &task) {
+            sim.emit(event)?;
+        }
+    }
+    // Retries the dead process had scheduled.
+    if let Some(at) = next_retry_at(&sim.state, sim.now) {
+        sim.retry_wakeups.push(Reverse(at.0));
+    }
     // The dead process's leases: its attempts are lost, the tasks go back.
     let leased: Vec<(TaskId, WorkerId)> = sim
         .state
