@@ -274,6 +274,8 @@ pub fn run_ledger_bench(config: &LedgerBench, progress: &mut dyn FnMut(&str)) ->
 pub struct QueueBenchReport {
     pub tasks: u64,
     pub workers: usize,
+    /// Tasks each worker leases (and ACKs) at once.
+    pub batch: usize,
     pub durability: String,
     /// submit → dequeue → ack through `MemoryQueue`, no-op tasks.
     pub tasks_per_sec: f64,
@@ -284,7 +286,7 @@ pub struct QueueBenchReport {
 /// Submits `tasks` no-op tasks, drains them with `workers` pull-based
 /// workers through the in-memory queue, and compares with appending the
 /// same events without queue decisions.
-pub fn run_queue_bench(tasks: u64, workers: usize, durability: Durability) -> anyhow::Result<QueueBenchReport> {
+pub fn run_queue_bench(tasks: u64, workers: usize, batch: usize, durability: Durability) -> anyhow::Result<QueueBenchReport> {
     use crate::runtime::queue::{MemoryQueue, TaskQueue};
     let scratch = tempfile::tempdir()?;
     let run = RunId("bench-queue".to_owned());
@@ -344,8 +346,12 @@ pub fn run_queue_bench(tasks: u64, workers: usize, durability: Durability) -> an
             let (queue, run) = (queue.clone(), run.clone());
             handles.push(tokio::spawn(async move {
                 let worker = WorkerId(format!("w{k}"));
-                while let Some(lease) = queue.dequeue(&run, &worker, Duration::from_secs(60), Duration::ZERO).await? {
-                    queue.ack(&lease, Default::default(), Vec::new()).await?;
+                loop {
+                    let leases = queue.dequeue_many(&run, &worker, batch, Duration::from_secs(60), Duration::ZERO).await?;
+                    if leases.is_empty() {
+                        break;
+                    }
+                    queue.ack_many(leases.into_iter().map(|l| (l, Default::default(), Vec::new())).collect()).await?;
                 }
                 Ok::<(), anyhow::Error>(())
             }));
@@ -361,6 +367,7 @@ pub fn run_queue_bench(tasks: u64, workers: usize, durability: Durability) -> an
     Ok(QueueBenchReport {
         tasks,
         workers,
+        batch,
         durability: durability_name(durability).to_owned(),
         tasks_per_sec: tasks as f64 / elapsed.as_secs_f64(),
         baseline_tasks_per_sec: baseline,

@@ -523,3 +523,26 @@ fn lost_lease_on_last_attempt_dead_letters_and_cancels_dependants() {
     let kinds: Vec<&str> = expire_lease(&fold(&last), &"t1".into()).iter().map(Event::kind).collect();
     assert_eq!(kinds, ["lease_expired", "task_dead_lettered", "task_cancelled"], "attempt 2 of 2 was the last");
 }
+
+#[test]
+fn scheduler_batch_pick_matches_one_by_one_picks() {
+    use runledger::domain::scheduler::{QueuePolicy, next_ready, next_ready_many};
+    let mut given = base();
+    let priorities = [Priority::Low, Priority::Critical, Priority::Batch, Priority::Normal, Priority::High];
+    for i in 0..25 {
+        given.push(submit(&format!("t{i:02}"), "acme", priorities[i % 5], &[]));
+        given.push(cost("globex", None, Category::Other, 1));
+    }
+    let (_, mut state) = check(&given, cost("globex", None, Category::Other, 1));
+    let policy = QueuePolicy { aging_records: 7, ..QueuePolicy::default() };
+    let seq = state.seq;
+    let batch: Vec<String> =
+        next_ready_many(&state, Timestamp(0), seq, &policy, 12, |_| true).into_iter().map(|t| t.0.clone()).collect();
+    let mut one_by_one = Vec::new();
+    for _ in 0..12 {
+        let task = next_ready(&state, Timestamp(0), seq, &policy).unwrap().clone();
+        state.evolve(state.seq + 1, Timestamp(0), dequeue(task.as_str(), "w", 1));
+        one_by_one.push(task.0);
+    }
+    assert_eq!(batch, one_by_one);
+}

@@ -60,13 +60,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = Workload::parse("<demo>", &text)?;
             execute(&cli.data, &loaded, RunOptions::default(), false, artifacts.as_deref(), cli.json, out)
         }
-        Command::Bench { what: BenchCommand::Queue { tasks, workers, durability } } => {
-            let report = crate::bench::run_queue_bench(tasks, workers, durability)?;
+        Command::Bench { what: BenchCommand::Queue { tasks, workers, batch, durability } } => {
+            let report = crate::bench::run_queue_bench(tasks, workers, batch, durability)?;
             writeln!(
                 out,
-                "queue ({} durability, {} workers): {:.0} no-op tasks/s submit → dequeue → ack; appending the same events directly: {:.0} tasks/s ({:.2}x)",
+                "queue ({} durability, {} workers x {} leases): {:.0} no-op tasks/s submit → dequeue → ack; appending the same events directly: {:.0} tasks/s ({:.2}x)",
                 report.durability,
                 report.workers,
+                report.batch,
                 report.tasks_per_sec,
                 report.baseline_tasks_per_sec,
                 report.tasks_per_sec / report.baseline_tasks_per_sec.max(1.0)

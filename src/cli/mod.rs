@@ -106,6 +106,9 @@ pub enum BenchCommand {
         tasks: u64,
         #[arg(long, default_value_t = 8)]
         workers: usize,
+        /// Tasks a worker leases and ACKs at once.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
         #[arg(long, default_value = "none", value_parser = parse_durability)]
         durability: Durability,
     },

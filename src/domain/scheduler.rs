@@ -81,6 +81,33 @@ pub fn next_ready<'s>(state: &'s State, now: Timestamp, seq: u64, policy: &Queue
     best.map(|b| b.3)
 }
 
+/// Up to `max` ready tasks in the order [`next_ready`] would hand them out
+/// one by one (optionally only those `keep` accepts).
+pub fn next_ready_many<'s>(
+    state: &'s State,
+    now: Timestamp,
+    seq: u64,
+    policy: &QueuePolicy,
+    max: usize,
+    keep: impl Fn(&super::queue::Task) -> bool,
+) -> Vec<&'s TaskId> {
+    // Within one priority, older tasks rank better, so the best `max`
+    // overall are among the first `max` eligible of each priority.
+    let mut candidates: Vec<(i128, usize, u64, &TaskId)> = Vec::new();
+    for priority in super::event::Priority::ALL {
+        let eligible = state.queue.ready_entries(priority).filter(|(_, id)| {
+            state.queue.get(id).is_some_and(|t| t.retry_at.is_none_or(|at| at <= now) && keep(t))
+        });
+        for (ready_seq, id) in eligible.take(max) {
+            let waited = i128::from(seq.saturating_sub(ready_seq));
+            let rank = priority.index() as i128 * i128::from(policy.aging_records.max(1)) - waited;
+            candidates.push((rank, priority.index(), ready_seq, id));
+        }
+    }
+    candidates.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    candidates.into_iter().take(max).map(|c| c.3).collect()
+}
+
 /// The earliest retry time among ready tasks still waiting for it, if any.
 pub fn next_retry_at(state: &State, now: Timestamp) -> Option<Timestamp> {
     super::event::Priority::ALL

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::domain::queue::{QueueCounts, TaskStatus};
-use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, next_ready};
+use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, next_ready_many};
 use crate::domain::{Category, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId};
 use crate::log::{AppendError, Ledger};
 
@@ -61,6 +61,17 @@ pub trait TaskQueue: Send + Sync {
         lease: Duration,
         wait: Duration,
     ) -> impl Future<Output = Result<Option<Lease>, QueueError>> + Send;
+    /// Up to `max` ready tasks of `run` at once, leased to `worker`.
+    fn dequeue_many(
+        &self,
+        run: &RunId,
+        worker: &WorkerId,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Lease>, QueueError>> + Send;
+    /// ACKs several attempts in one append.
+    fn ack_many(&self, done: Vec<(Lease, Params, Vec<(Category, Micros)>)>) -> impl Future<Output = Result<(), QueueError>> + Send;
     /// The attempt succeeded: post its costs and ACK it.
     fn ack(
         &self,
@@ -114,48 +125,72 @@ impl TaskQueue for MemoryQueue {
     }
 
     async fn dequeue(&self, run: &RunId, worker: &WorkerId, lease: Duration, wait: Duration) -> Result<Option<Lease>, QueueError> {
+        Ok(self.dequeue_many(run, worker, 1, lease, wait).await?.pop())
+    }
+
+    async fn dequeue_many(
+        &self,
+        run: &RunId,
+        worker: &WorkerId,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
         let give_up = tokio::time::Instant::now() + wait;
         let lease_micros = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
         loop {
             let (run_id, worker_id, policy) = (run.clone(), worker.clone(), self.policy);
-            let (_, leased) = self
+            let (_, leases) = self
                 .ledger
                 .decide(move |state, head, now| {
-                    let Some(task) = next_ready_of_run(state, now, head.seq, &policy, &run_id) else {
-                        return (Vec::new(), None);
-                    };
-                    let Some(t) = state.queue.get(&task) else { return (Vec::new(), None) };
+                    let picked = next_ready_many(state, now, head.seq, &policy, max.max(1), |t| t.run == run_id);
                     let deadline = now.saturating_add_micros(lease_micros);
-                    let inputs = t
-                        .deps
-                        .iter()
-                        .filter_map(|d| state.queue.get(d).map(|p| (d.clone(), p.output.clone())))
-                        .collect();
-                    let lease = Lease {
-                        task: task.clone(),
-                        run: t.run.clone(),
-                        tenant: t.tenant.clone(),
-                        worker: worker_id.clone(),
-                        attempt: t.attempts + 1,
-                        deadline,
-                        handler: t.handler.clone(),
-                        params: t.params.clone(),
-                        inputs,
-                    };
-                    let event = Event::TaskDequeued {
-                        task,
-                        worker: worker_id,
-                        attempt: lease.attempt,
-                        lease_deadline: Some(deadline),
-                    };
-                    (vec![event], Some(lease))
+                    let mut events = Vec::with_capacity(picked.len());
+                    let mut leases = Vec::with_capacity(picked.len());
+                    for task in picked {
+                        let Some(t) = state.queue.get(task) else { continue };
+                        let inputs = t
+                            .deps
+                            .iter()
+                            .filter_map(|d| state.queue.get(d).map(|p| (d.clone(), p.output.clone())))
+                            .collect();
+                        let lease = Lease {
+                            task: task.clone(),
+                            run: t.run.clone(),
+                            tenant: t.tenant.clone(),
+                            worker: worker_id.clone(),
+                            attempt: t.attempts + 1,
+                            deadline,
+                            handler: t.handler.clone(),
+                            params: t.params.clone(),
+                            inputs,
+                        };
+                        events.push(Event::TaskDequeued {
+                            task: task.clone(),
+                            worker: worker_id.clone(),
+                            attempt: lease.attempt,
+                            lease_deadline: Some(deadline),
+                        });
+                        leases.push(lease);
+                    }
+                    (events, leases)
                 })
                 .await?;
-            if leased.is_some() || tokio::time::Instant::now() >= give_up {
-                return Ok(leased);
+            if !leases.is_empty() || tokio::time::Instant::now() >= give_up {
+                return Ok(leases);
             }
             tokio::time::sleep(self.poll).await;
         }
+    }
+
+    async fn ack_many(&self, done: Vec<(Lease, Params, Vec<(Category, Micros)>)>) -> Result<(), QueueError> {
+        let mut events = Vec::with_capacity(done.len() * 2);
+        for (lease, output, costs) in done {
+            events.extend(cost_events(&lease, costs));
+            events.push(Event::TaskAcked { task: lease.task.clone(), worker: lease.worker.clone(), output });
+        }
+        self.ledger.append_async(events.into_iter().map(Into::into).collect()).await?;
+        Ok(())
     }
 
     async fn ack(&self, lease: &Lease, output: Params, costs: Vec<(Category, Micros)>) -> Result<(), QueueError> {
@@ -239,28 +274,4 @@ impl TaskQueue for MemoryQueue {
     async fn depth(&self) -> Result<QueueCounts, QueueError> {
         Ok(self.ledger.query_async(|state, _| state.queue.counts()).await?)
     }
-}
-
-/// `next_ready` restricted to one run's tasks.
-fn next_ready_of_run(
-    state: &crate::domain::State,
-    now: Timestamp,
-    seq: u64,
-    policy: &QueuePolicy,
-    run: &RunId,
-) -> Option<TaskId> {
-    let best = next_ready(state, now, seq, policy)?;
-    if state.queue.get(best).is_some_and(|t| &t.run == run) {
-        return Some(best.clone());
-    }
-    // Another run's task is first: look at this run's own candidates.
-    crate::domain::Priority::ALL
-        .iter()
-        .flat_map(|p| state.queue.ready_entries(*p))
-        .filter(|(_, id)| state.queue.get(id).is_some_and(|t| &t.run == run && t.retry_at.is_none_or(|at| at <= now)))
-        .min_by_key(|(seq_ready, id)| {
-            let t = state.queue.get(id).map_or(4, |t| t.priority.index());
-            (t as i128 * i128::from(policy.aging_records.max(1)) - i128::from(seq.saturating_sub(*seq_ready)), t, *seq_ready)
-        })
-        .map(|(_, id)| id.clone())
 }
