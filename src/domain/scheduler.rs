@@ -104,7 +104,7 @@ pub fn next_ready_many<'s>(
             candidates.push((rank, priority.index(), ready_seq, id));
         }
     }
-    candidates.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    candidates.sort_unstable_by_key(|c| (c.0, c.1, c.2));
     candidates.into_iter().take(max).map(|c| c.3).collect()
 }
 

@@ -33,6 +33,9 @@ pub struct Lease {
     pub inputs: Vec<(TaskId, Params)>,
 }
 
+/// A finished attempt to ACK: its lease, output and costs.
+pub type Done = (Lease, Params, Vec<(Category, Micros)>);
+
 /// What a NACK led to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NackOutcome {
@@ -71,7 +74,7 @@ pub trait TaskQueue: Send + Sync {
         wait: Duration,
     ) -> impl Future<Output = Result<Vec<Lease>, QueueError>> + Send;
     /// ACKs several attempts in one append.
-    fn ack_many(&self, done: Vec<(Lease, Params, Vec<(Category, Micros)>)>) -> impl Future<Output = Result<(), QueueError>> + Send;
+    fn ack_many(&self, done: Vec<Done>) -> impl Future<Output = Result<(), QueueError>> + Send;
     /// The attempt succeeded: post its costs and ACK it.
     fn ack(
         &self,
@@ -183,7 +186,7 @@ impl TaskQueue for MemoryQueue {
         }
     }
 
-    async fn ack_many(&self, done: Vec<(Lease, Params, Vec<(Category, Micros)>)>) -> Result<(), QueueError> {
+    async fn ack_many(&self, done: Vec<Done>) -> Result<(), QueueError> {
         let mut events = Vec::with_capacity(done.len() * 2);
         for (lease, output, costs) in done {
             events.extend(cost_events(&lease, costs));
