@@ -242,22 +242,5 @@ pub async fn run_live(
         ledger.query_async(move |state, head| (state.runs.get(&run).cloned(), state.digests(), head, state.last_at)).await?
     };
     let s = summary.ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
-    Ok(RunReport {
-        run: run.0,
-        seed,
-        tasks: s.tasks_submitted,
-        acked: s.tasks_acked,
-        dead_lettered: s.tasks_dead_lettered,
-        cancelled: s.tasks_cancelled,
-        retries: s.tasks_nacked + s.leases_expired,
-        timeouts: s.tasks_timed_out,
-        peak_running: s.peak_running,
-        backpressure_engaged: s.backpressure_engaged,
-        backpressure_released: s.backpressure_released,
-        virtual_elapsed_micros: last_at.0 - s.started_at.0,
-        wall_elapsed_micros: u64::try_from(wall.elapsed().as_micros()).unwrap_or(u64::MAX),
-        head_seq: head.seq,
-        head: head.hash.to_hex().to_string(),
-        digest: digests.combined.to_hex().to_string(),
-    })
+    Ok(RunReport::new(&s, last_at.0 - s.started_at.0, wall, head, digests.combined))
 }

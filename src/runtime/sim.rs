@@ -64,6 +64,36 @@ pub struct RunReport {
     pub digest: String,
 }
 
+impl RunReport {
+    /// The report of a finished run from its summary and the ledger's head.
+    pub(crate) fn new(
+        s: &crate::domain::activity::RunSummary,
+        elapsed_micros: i64,
+        wall: Instant,
+        head: crate::log::Head,
+        digest: blake3::Hash,
+    ) -> Self {
+        RunReport {
+            run: s.run.0.clone(),
+            seed: s.seed,
+            tasks: s.tasks_submitted,
+            acked: s.tasks_acked,
+            dead_lettered: s.tasks_dead_lettered,
+            cancelled: s.tasks_cancelled,
+            retries: s.tasks_nacked + s.leases_expired,
+            timeouts: s.tasks_timed_out,
+            peak_running: s.peak_running,
+            backpressure_engaged: s.backpressure_engaged,
+            backpressure_released: s.backpressure_released,
+            virtual_elapsed_micros: elapsed_micros,
+            wall_elapsed_micros: u64::try_from(wall.elapsed().as_micros()).unwrap_or(u64::MAX),
+            head_seq: head.seq,
+            head: head.hash.to_hex().to_string(),
+            digest: digest.to_hex().to_string(),
+        }
+    }
+}
+
 /// Events the executor decides before it hands them to the ledger.
 const FLUSH_EVENTS: usize = 4_096;
 
@@ -470,25 +500,8 @@ fn drive(
     if digests != mirror {
         return Err(RunError::Impossible("the executor's state and the ledger's disagree".to_owned()));
     }
-    let s = sim.state.runs.get(&run).cloned().ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
-    Ok(RunReport {
-        run: run.0,
-        seed: sim.seed,
-        tasks: s.tasks_submitted,
-        acked: s.tasks_acked,
-        dead_lettered: s.tasks_dead_lettered,
-        cancelled: s.tasks_cancelled,
-        retries: s.tasks_nacked + s.leases_expired,
-        timeouts: s.tasks_timed_out,
-        peak_running: s.peak_running,
-        backpressure_engaged: s.backpressure_engaged,
-        backpressure_released: s.backpressure_released,
-        virtual_elapsed_micros: sim.now.0 - workload.start.0,
-        wall_elapsed_micros: u64::try_from(wall.elapsed().as_micros()).unwrap_or(u64::MAX),
-        head_seq: head.seq,
-        head: head.hash.to_hex().to_string(),
-        digest: digests.combined.to_hex().to_string(),
-    })
+    let s = sim.state.runs.get(&run).ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
+    Ok(RunReport::new(s, sim.now.0 - workload.start.0, wall, head, digests.combined))
 }
 
 /// Finishes a run whose process died: leases it held are returned
