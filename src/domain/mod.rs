@@ -8,6 +8,7 @@
 pub mod activity;
 pub mod budget;
 pub mod event;
+pub mod governance;
 pub mod ids;
 pub mod learning;
 pub mod money;

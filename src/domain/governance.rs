@@ -1,0 +1,138 @@
+//! The tenant budget controller: admission with reservations, settlement of
+//! actual costs, releases, overruns and status changes — the two-phase
+//! pattern of financial ledgers.
+//!
+//! Admission reserves a task's cost ceiling before it runs; settlement posts
+//! what it actually cost by category (consuming the reservation), records a
+//! `budget_overrun` when it cost more than its ceiling (the only way to
+//! EXCEEDED, which blocks the tenant) and releases the rest; a failed
+//! attempt posts what it spent and releases the rest too. So `spent +
+//! reserved ≤ budget` holds at every seq unless an overrun was recorded.
+//! Pure: decisions read the projection and return events.
+
+use super::event::{BudgetStatus, Category, Event};
+use super::ids::{TaskId, TenantId};
+use super::money::Micros;
+use super::state::State;
+
+/// Why a task or a pipeline run may not start now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// It does not fit the budget now but may once reservations settle.
+    BudgetBusy(String),
+    /// It can never fit: nothing is reserved that could free room.
+    BudgetExhausted(String),
+    /// The tenant is blocked after a budget overrun.
+    Blocked(String),
+    /// The tenant runs as many pipeline runs as it may.
+    Concurrency(String),
+}
+
+impl Denial {
+    pub fn reason(&self) -> &str {
+        match self {
+            Denial::BudgetBusy(r) | Denial::BudgetExhausted(r) | Denial::Blocked(r) | Denial::Concurrency(r) => r,
+        }
+    }
+
+    /// Whether waiting can help (else the task is rejected).
+    pub fn may_wait(&self) -> bool {
+        matches!(self, Denial::BudgetBusy(_) | Denial::Concurrency(_))
+    }
+}
+
+/// May `tenant` start one more pipeline run?
+pub fn admit_run(state: &State, tenant: &TenantId) -> Result<(), Denial> {
+    let Some(t) = state.tenants.get(tenant) else {
+        return Err(Denial::Blocked(format!("tenant `{tenant}` is not registered")));
+    };
+    if t.overrun {
+        return Err(Denial::Blocked(format!("tenant `{tenant}` is blocked after a budget overrun")));
+    }
+    if t.active_runs >= t.max_concurrent_runs {
+        return Err(Denial::Concurrency(format!(
+            "tenant `{tenant}` runs {} of {} concurrent pipeline runs",
+            t.active_runs, t.max_concurrent_runs
+        )));
+    }
+    Ok(())
+}
+
+/// The reservation that admits `task` now (its cost ceiling), or why not.
+pub fn admit_task(state: &State, task: &TaskId) -> Result<Micros, Denial> {
+    let Some(t) = state.queue.get(task) else {
+        return Err(Denial::Blocked(format!("task `{task}` was never submitted")));
+    };
+    let Some(tenant) = state.tenants.get(&t.tenant) else {
+        return Err(Denial::Blocked(format!("tenant `{}` is not registered", t.tenant)));
+    };
+    if tenant.overrun {
+        return Err(Denial::Blocked(format!("tenant `{}` is blocked after a budget overrun", t.tenant)));
+    }
+    let ceiling = t.cost_ceiling_micros;
+    let available = tenant.available_micros();
+    if ceiling <= available {
+        return Ok(ceiling);
+    }
+    let reason = format!(
+        "task `{task}` needs a reservation of {ceiling} but tenant `{}` has {available} available (budget {}, spent {}, reserved {})",
+        t.tenant,
+        tenant.budget_micros,
+        tenant.spent_micros(),
+        tenant.reserved_micros
+    );
+    if tenant.reserved_micros > Micros::ZERO {
+        Err(Denial::BudgetBusy(reason))
+    } else {
+        Err(Denial::BudgetExhausted(reason))
+    }
+}
+
+/// The events that settle an attempt of `task`: its costs by category, an
+/// overrun if they pass its ceiling, the release of what stays reserved,
+/// and a status change if the numbers moved the tenant to another status.
+pub fn settle(state: &State, task: &TaskId, costs: &[(Category, Micros)]) -> Vec<Event> {
+    let Some(t) = state.queue.get(task) else { return Vec::new() };
+    let tenant = t.tenant.clone();
+    let mut events: Vec<Event> = costs
+        .iter()
+        .filter(|(_, amount)| amount.0 > 0)
+        .map(|(category, amount)| Event::CostIncurred {
+            tenant: tenant.clone(),
+            task: Some(task.clone()),
+            category: *category,
+            amount_micros: *amount,
+        })
+        .collect();
+    let total: i64 = costs.iter().map(|c| c.1.0.max(0)).fold(0i64, i64::saturating_add);
+    let reserved = t.reserved_micros.0;
+    // A task with no ceiling (0) is not governed: its costs count as they come.
+    let governed = t.cost_ceiling_micros > Micros::ZERO;
+    if governed && total > reserved {
+        events.push(Event::BudgetOverrun { tenant: tenant.clone(), task: Some(task.clone()), amount_micros: Micros(total - reserved) });
+    } else if reserved > total {
+        events.push(Event::ReservationReleased { tenant: tenant.clone(), task: task.clone(), amount_micros: Micros(reserved - total) });
+    }
+    // The status after these events: fold them on a copy of the tenant.
+    if let Some(before) = state.tenants.get(&tenant) {
+        let spent = before.spent_micros().0.saturating_add(total);
+        let overrun = before.overrun || (governed && total > reserved);
+        let status = status_of(spent, before.budget_micros.0, overrun);
+        if status != before.recorded_status {
+            events.push(Event::BudgetStatusChanged { tenant, from: before.recorded_status, to: status });
+        }
+    }
+    events
+}
+
+/// The budget status for `spent` of `budget` (EXCEEDED only with an overrun).
+pub fn status_of(spent: i64, budget: i64, overrun: bool) -> BudgetStatus {
+    if overrun {
+        return BudgetStatus::Exceeded;
+    }
+    match Micros(spent).basis_points_of(Micros(budget)) {
+        bp if bp >= super::budget::CRITICAL_BP => BudgetStatus::Critical,
+        bp if bp >= super::budget::WARNING_BP => BudgetStatus::Warning,
+        _ => BudgetStatus::Healthy,
+    }
+}

@@ -1,0 +1,146 @@
+//! Given / when / then tests of the tenant budget controller: admission at
+//! the exact edge of the budget, reservation posting and release, overruns,
+//! status changes at their thresholds, concurrency limits, isolation.
+
+use runledger::domain::governance::{Denial, admit_run, admit_task, settle, status_of};
+use runledger::domain::*;
+
+fn tenant(id: &str, budget: i64, max_runs: u32) -> Event {
+    Event::TenantRegistered {
+        tenant: id.into(),
+        budget_micros: Micros(budget),
+        max_concurrent_runs: max_runs,
+        learning_intensity: LearningIntensity::Balanced,
+        meta_learning: false,
+        budget_period: BudgetPeriod::None,
+    }
+}
+
+fn submit(task: &str, tenant: &str, ceiling: i64) -> Event {
+    Event::TaskSubmitted {
+        run: "r".into(),
+        task: task.into(),
+        tenant: tenant.into(),
+        priority: Priority::Normal,
+        deps: vec![],
+        pipeline: None,
+        cost_ceiling_micros: Micros(ceiling),
+        handler: "sim".into(),
+        params: Params::null(),
+        max_attempts: 2,
+        optional: false,
+    }
+}
+
+fn given(events: &[Event]) -> State {
+    let mut state = State::new();
+    for (i, e) in events.iter().enumerate() {
+        state.apply(i as u64 + 1, Timestamp(0), e).unwrap_or_else(|r| panic!("given {e}: {r}"));
+    }
+    state
+}
+
+fn apply_all(state: &mut State, events: &[Event]) {
+    for e in events {
+        state.apply(state.seq + 1, Timestamp(0), e).unwrap_or_else(|r| panic!("{e}: {r}"));
+    }
+}
+
+fn base() -> Vec<Event> {
+    vec![tenant("acme", 1_000, 2), tenant("globex", 1_000, 2), Event::RunStarted { run: "r".into(), seed: 1, config_hash: String::new() }]
+}
+
+#[test]
+fn admission_reserves_exactly_up_to_the_budget_edge() {
+    let mut events = base();
+    events.extend([submit("a", "acme", 600), submit("b", "acme", 400), submit("c", "acme", 1)]);
+    let mut state = given(&events);
+    assert_eq!(admit_task(&state, &"a".into()), Ok(Micros(600)));
+    apply_all(&mut state, &[Event::CostReserved { tenant: "acme".into(), task: "a".into(), amount_micros: Micros(600) }]);
+    assert_eq!(admit_task(&state, &"b".into()), Ok(Micros(400)), "exactly the rest fits");
+    apply_all(&mut state, &[Event::CostReserved { tenant: "acme".into(), task: "b".into(), amount_micros: Micros(400) }]);
+    match admit_task(&state, &"c".into()) {
+        Err(Denial::BudgetBusy(reason)) => assert!(reason.contains("0.000000 available"), "{reason}"),
+        other => panic!("one micro over must wait while reservations are open: {other:?}"),
+    }
+}
+
+#[test]
+fn admission_with_nothing_reserved_and_no_room_is_exhausted() {
+    let mut events = base();
+    events.extend([
+        Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Llm, amount_micros: Micros(950) },
+        submit("a", "acme", 51),
+    ]);
+    let state = given(&events);
+    let denial = admit_task(&state, &"a".into()).unwrap_err();
+    assert!(matches!(denial, Denial::BudgetExhausted(_)) && !denial.may_wait(), "{denial:?}");
+}
+
+#[test]
+fn settlement_posts_costs_releases_the_rest_and_changes_status_at_the_threshold() {
+    let mut events = base();
+    events.extend([
+        submit("a", "acme", 900),
+        Event::CostReserved { tenant: "acme".into(), task: "a".into(), amount_micros: Micros(900) },
+    ]);
+    let mut state = given(&events);
+    let settled = settle(&state, &"a".into(), &[(Category::Llm, Micros(700)), (Category::Rerank, Micros(100))]);
+    let kinds: Vec<&str> = settled.iter().map(Event::kind).collect();
+    assert_eq!(kinds, ["cost_incurred", "cost_incurred", "reservation_released", "budget_status_changed"]);
+    assert!(matches!(&settled[2], Event::ReservationReleased { amount_micros: Micros(100), .. }));
+    assert!(matches!(&settled[3], Event::BudgetStatusChanged { to: BudgetStatus::Warning, .. }), "800 of 1000 is WARNING");
+    apply_all(&mut state, &settled);
+    let t = state.tenants.get(&"acme".into()).unwrap();
+    assert_eq!((t.spent_micros(), t.reserved_micros, t.status()), (Micros(800), Micros(0), BudgetStatus::Warning));
+}
+
+#[test]
+fn settlement_above_the_ceiling_is_an_overrun_that_blocks_the_tenant() {
+    let mut events = base();
+    events.extend([
+        submit("a", "acme", 100),
+        submit("b", "acme", 100),
+        Event::CostReserved { tenant: "acme".into(), task: "a".into(), amount_micros: Micros(100) },
+    ]);
+    let mut state = given(&events);
+    let settled = settle(&state, &"a".into(), &[(Category::Llm, Micros(130))]);
+    assert!(settled.iter().any(|e| matches!(e, Event::BudgetOverrun { amount_micros: Micros(30), .. })));
+    assert!(settled.iter().any(|e| matches!(e, Event::BudgetStatusChanged { to: BudgetStatus::Exceeded, .. })));
+    apply_all(&mut state, &settled);
+    assert!(matches!(admit_task(&state, &"b".into()), Err(Denial::Blocked(_))));
+    assert!(matches!(admit_run(&state, &"acme".into()), Err(Denial::Blocked(_))));
+    assert_eq!(admit_run(&state, &"globex".into()), Ok(()), "another tenant is untouched");
+}
+
+#[test]
+fn failed_attempt_posts_what_it_spent_and_releases_the_rest() {
+    let mut events = base();
+    events.extend([submit("a", "acme", 300), Event::CostReserved { tenant: "acme".into(), task: "a".into(), amount_micros: Micros(300) }]);
+    let mut state = given(&events);
+    let settled = settle(&state, &"a".into(), &[(Category::Tool, Micros(50))]);
+    apply_all(&mut state, &settled);
+    let t = state.tenants.get(&"acme".into()).unwrap();
+    assert_eq!((t.spent_micros(), t.reserved_micros), (Micros(50), Micros(0)));
+    let nothing = settle(&state, &"a".into(), &[]);
+    assert!(nothing.is_empty(), "nothing reserved, nothing spent: {nothing:?}");
+}
+
+#[test]
+fn concurrency_limit_counts_open_pipeline_runs() {
+    let mut events = base();
+    events.extend([submit("a", "acme", 0), submit("b", "acme", 0)]);
+    let state = given(&events);
+    assert!(matches!(admit_run(&state, &"acme".into()), Err(Denial::Concurrency(r)) if r.contains("2 of 2")));
+    assert_eq!(admit_run(&state, &"globex".into()), Ok(()));
+}
+
+#[test]
+fn status_thresholds_at_exact_edges() {
+    assert_eq!(status_of(7_999, 10_000, false), BudgetStatus::Healthy);
+    assert_eq!(status_of(8_000, 10_000, false), BudgetStatus::Warning);
+    assert_eq!(status_of(8_999, 10_000, false), BudgetStatus::Warning);
+    assert_eq!(status_of(9_000, 10_000, false), BudgetStatus::Critical);
+    assert_eq!(status_of(10_000, 10_000, false), BudgetStatus::Critical);
+    assert_eq!(status_of(1, 10_000, true), BudgetStatus::Exceeded);
+}
