@@ -49,6 +49,26 @@ fn vary(base: i64, spread_bp: i64, draw: u64) -> i64 {
     base + base * offset / 10_000
 }
 
+/// The most one attempt of a `sim` step with these params can cost: its
+/// cost ceiling when the workload declares none.
+pub fn cost_ceiling(params: &Params) -> Micros {
+    let params = params.to_value();
+    let step = params.get("step").and_then(serde_json::Value::as_str).unwrap_or("generate");
+    let model = params.get("model").and_then(serde_json::Value::as_str).unwrap_or("medium");
+    let depth = int_param(&params, "depth", 5).max(1);
+    let candidates = int_param(&params, "candidates", 1).max(1);
+    // Token counts vary by at most ±20 % (see `vary`).
+    let most = |base: i64| base + base * 2_000 / 10_000;
+    Micros(match step {
+        "retrieve" => 40 * depth,
+        "rerank" => 25 * depth.max(5),
+        "evaluate" => most(600) * model_price_micros_per_1k("small") / 1_000,
+        "tool" => 300,
+        "store" => 50,
+        _ => most(900 + 150 * depth) * candidates * model_price_micros_per_1k(model) / 1_000,
+    })
+}
+
 /// Simulates attempt `attempt` of `task` under `seed`.
 pub fn simulate(seed: u64, task: &str, attempt: u32, params: &Params) -> SimOutcome {
     let params = params.to_value();
@@ -110,6 +130,24 @@ mod tests {
         assert_eq!(large.costs[0].0, Category::Llm);
         assert_eq!(large.costs[0].1.0, small.costs[0].1.0 * 30);
         assert_eq!(three.costs[0].1.0 / large.costs[0].1.0, 3);
+    }
+
+    #[test]
+    fn sim_cost_never_exceeds_its_ceiling() {
+        for json in [
+            r#"{"step":"generate","model":"large","candidates":3}"#,
+            r#"{"step":"generate","model":"small","depth":2}"#,
+            r#"{"step":"retrieve","depth":7}"#,
+            r#"{"step":"rerank"}"#,
+            r#"{"step":"evaluate"}"#,
+            r#"{"step":"tool"}"#,
+        ] {
+            let p = params(json);
+            let ceiling = cost_ceiling(&p);
+            let most = (0..500).map(|seed| simulate(seed, "t", 1, &p).costs[0].1).max().unwrap();
+            assert!(most <= ceiling, "{json}: {most} > {ceiling}");
+            assert!(most.0 * 10 >= ceiling.0 * 8, "{json}: the ceiling {ceiling} is loose for {most}");
+        }
     }
 
     #[test]
