@@ -352,8 +352,15 @@ impl Workload {
         Workload::parse(&file, &text)
     }
 
-    /// Parses and checks a workload; `file` names it in errors.
+    /// Parses and checks a workload that uses the built-in handlers; `file`
+    /// names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Workload, WorkloadError> {
+        Workload::parse_for(file, text, HANDLERS)
+    }
+
+    /// Parses and checks a workload whose nodes may name any of `handlers`
+    /// (the built-ins plus those a library user registers).
+    pub fn parse_for(file: &str, text: &str, handlers: &[&str]) -> Result<Workload, WorkloadError> {
         let c = Checker { file, text };
         let raw: RawWorkload = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(1, |s| line_of(text, s.start));
@@ -428,16 +435,16 @@ impl Workload {
             let mut node_ids = BTreeMap::new();
             for n in &p.nodes {
                 let nid = n.id.get_ref();
-                if nid.is_empty() || nid.contains('/') || nid.contains('#') {
-                    return Err(c.err(n.id.span(), format!("node id `{nid}` must be non-empty without '/' or '#'")));
+                if nid.is_empty() || nid.contains(['/', '#', '.']) {
+                    return Err(c.err(n.id.span(), format!("node id `{nid}` must be non-empty without '/', '#' or '.'")));
                 }
                 if node_ids.insert(nid.clone(), n.id.span()).is_some() {
                     return Err(c.err(n.id.span(), format!("duplicate node `{nid}` in pipeline `{pid}`")));
                 }
-                if !HANDLERS.contains(&n.handler.get_ref().as_str()) {
+                if !handlers.contains(&n.handler.get_ref().as_str()) {
                     return Err(c.err(
                         n.handler.span(),
-                        format!("unknown handler `{}` (known: {})", n.handler.get_ref(), HANDLERS.join(", ")),
+                        format!("unknown handler `{}` (known: {})", n.handler.get_ref(), handlers.join(", ")),
                     ));
                 }
                 if n.handler.get_ref() == "exec" {
@@ -499,6 +506,8 @@ impl Workload {
                 let span = node_ids.get(&cycle_at).cloned().unwrap_or(p.id.span());
                 return Err(c.err(span, format!("pipeline `{pid}` has a dependency cycle through node `{cycle_at}`")));
             }
+            // Parents are submitted before their children.
+            let nodes = topological(nodes);
             pipelines.insert(pid.clone(), PipelineSpec { id: pid.clone(), mode: p.mode, fan_out, nodes });
         }
 
@@ -554,6 +563,21 @@ impl Workload {
     pub fn is_simulated(&self) -> bool {
         self.pipelines.values().flat_map(|p| &p.nodes).all(|n| n.handler == "sim")
     }
+}
+
+/// The nodes with every node after its dependencies, otherwise in the order
+/// written (the graph has no cycle).
+fn topological(nodes: Vec<NodeSpec>) -> Vec<NodeSpec> {
+    let mut placed: BTreeSet<String> = BTreeSet::new();
+    let mut rest = nodes;
+    let mut out = Vec::with_capacity(rest.len());
+    while !rest.is_empty() {
+        let ready = rest.iter().position(|n| n.deps.iter().all(|d| placed.contains(d))).unwrap_or(0);
+        let node = rest.remove(ready);
+        placed.insert(node.id.clone());
+        out.push(node);
+    }
+    out
 }
 
 /// A node on a dependency cycle, if there is one.

@@ -155,13 +155,9 @@ pipeline = "p"
 runs = 6
 "#;
     // A workload may name handlers the library user registers.
-    let mut w = Workload::parse("u.toml", text).unwrap();
-    for p in w.pipelines.values_mut() {
-        for n in &mut p.nodes {
-            n.handler = "echo".to_owned();
-            n.params = Params::from_value(&serde_json::json!({ "n": 7 }));
-        }
-    }
+    let text = text.replace(r#"handler = "sim", params = { step = "store", latency_ms = 5, failure_rate_bp = 0 }"#, r#"handler = "echo", params = { n = 7 }"#);
+    assert!(Workload::parse("u.toml", &text).unwrap_err().to_string().contains("unknown handler `echo`"));
+    let w = Workload::parse_for("u.toml", &text, &["echo", "exec", "sim"]).unwrap();
     let mut handlers = Handlers::builtin();
     handlers.register("echo", Echo);
     let data = dir.path().join("data");

@@ -501,7 +501,7 @@ fn scheduler_skips_tasks_waiting_for_their_retry_time() {
     let policy = QueuePolicy::default();
     assert_eq!(next_ready(&state, Timestamp(1), state.seq, &policy).unwrap().as_str(), "t2");
     assert_eq!(next_ready(&state, Timestamp(5_000_000), state.seq, &policy).unwrap().as_str(), "t1");
-    assert_eq!(next_retry_at(&state, Timestamp(1)), Some(Timestamp(5_000_000)));
+    assert_eq!(next_retry_at(&state, Timestamp(1), |_| true), Some(Timestamp(5_000_000)));
 }
 
 #[test]

@@ -383,3 +383,39 @@ fn cli_resume_after_sigkill_finishes_the_run() {
     assert!(String::from_utf8_lossy(&resume.stdout).starts_with("run demo-42 "));
     assert_run_complete_and_acked_once(&data);
 }
+
+#[test]
+fn a_run_never_executes_another_runs_tasks() {
+    let w = workload(RAG);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
+    let options = RunOptions { run_id: Some("A".into()), stop_after_steps: Some(1), ..RunOptions::default() };
+    assert!(run_simulated(&ledger, &w, &options, &mut |_, _| {}).is_err());
+    let b = run_simulated(&ledger, &w, &RunOptions { run_id: Some("B".into()), ..RunOptions::default() }, &mut |_, _| {}).unwrap();
+    assert_eq!(b.tasks, b.acked + b.dead_lettered + b.cancelled);
+    let state = ledger.query(|s, _| s.clone()).unwrap();
+    let a = state.runs.get(&"A".into()).unwrap();
+    assert_eq!(a.tasks_acked, 0, "run B must not have run A's tasks");
+    let resumed = runledger::runtime::sim::resume_simulated(&ledger, Some("A"), &mut |_, _| {}).unwrap();
+    ledger.close().unwrap();
+    assert_eq!(resumed.acked + resumed.dead_lettered + resumed.cancelled, resumed.tasks);
+}
+
+#[test]
+fn nodes_may_be_written_before_their_parents_and_ids_cannot_shadow_map_copies() {
+    let w = workload(
+        r#"
+[[pipelines]]
+id = "p"
+nodes = [ { id = "late", deps = ["early"], params = { step = "tool", failure_rate_bp = 0 } }, { id = "early", params = { step = "tool", failure_rate_bp = 0 } } ]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (report, _) = run(dir.path(), &w);
+    assert_eq!((report.tasks, report.acked), (2, 2));
+    let err = parse_err("\n[[pipelines]]\nid = \"m\"\nmode = \"map_reduce\"\nnodes = [ { id = \"s\", stage = \"map\" }, { id = \"s.0\" }, { id = \"r\", stage = \"reduce\" } ]\n");
+    assert!(err.contains("must be non-empty without '/', '#' or '.'"), "{err}");
+}

@@ -108,12 +108,13 @@ pub fn next_ready_many<'s>(
     candidates.into_iter().take(max).map(|c| c.3).collect()
 }
 
-/// The earliest retry time among ready tasks still waiting for it, if any.
-pub fn next_retry_at(state: &State, now: Timestamp) -> Option<Timestamp> {
+/// The earliest retry time among ready tasks (that `keep` accepts) still
+/// waiting for it, if any.
+pub fn next_retry_at(state: &State, now: Timestamp, keep: impl Fn(&super::queue::Task) -> bool) -> Option<Timestamp> {
     super::event::Priority::ALL
         .iter()
         .flat_map(|p| state.queue.ready_entries(*p))
-        .filter_map(|(_, id)| state.queue.get(id).and_then(|t| t.retry_at))
+        .filter_map(|(_, id)| state.queue.get(id).filter(|t| keep(t)).and_then(|t| t.retry_at))
         .filter(|at| *at > now)
         .min()
 }

@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::time::Instant;
 
-use crate::domain::scheduler::{dependants_to_cancel, draw, next_ready, next_retry_at};
+use crate::domain::scheduler::{dependants_to_cancel, draw, next_ready_many, next_retry_at};
 use crate::domain::sim::simulate;
 use crate::domain::{Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp, WorkerId};
 use crate::log::{Append, AppendError, Ledger};
@@ -143,7 +143,10 @@ impl Sim<'_> {
     fn dispatch(&mut self) -> Result<(), RunError> {
         while let Some(&worker) = self.free_workers.iter().next() {
             let seq = self.state.seq;
-            let Some(task) = next_ready(&self.state, self.now, seq, &self.workload.policy).cloned() else { break };
+            // Only this run's tasks: other runs in the ledger are not ours to execute.
+            let run = &self.run;
+            let picked = next_ready_many(&self.state, self.now, seq, &self.workload.policy, 1, |t| &t.run == run);
+            let Some(task) = picked.first().map(|t| (*t).clone()) else { break };
             let Some(t) = self.state.queue.get(&task) else { break };
             let attempt = t.attempts + 1;
             let params = t.params.clone();
@@ -555,7 +558,8 @@ pub fn resume_simulated(
         retry_wakeups: BinaryHeap::new(),
     };
     // Retries the dead process had scheduled.
-    if let Some(at) = next_retry_at(&sim.state, sim.now) {
+    let run_id = summary.run.clone();
+    if let Some(at) = next_retry_at(&sim.state, sim.now, |t| t.run == run_id) {
         sim.retry_wakeups.push(Reverse(at.0));
     }
     // The dead process's leases: its attempts are lost, the tasks go back
@@ -574,20 +578,9 @@ pub fn resume_simulated(
         }
     }
     // Retries the dead process had scheduled.
-    if let Some(at) = next_retry_at(&sim.state, sim.now) {
+    let run_id = summary.run.clone();
+    if let Some(at) = next_retry_at(&sim.state, sim.now, |t| t.run == run_id) {
         sim.retry_wakeups.push(Reverse(at.0));
-    }
-    // The dead process's leases: its attempts are lost, the tasks go back.
-    let leased: Vec<(TaskId, WorkerId)> = sim
-        .state
-        .queue
-        .sorted()
-        .into_iter()
-        .filter(|(_, t)| t.run == summary.run && t.status == crate::domain::queue::TaskStatus::Leased)
-        .map(|(id, t)| (id.clone(), t.worker.clone().unwrap_or_default()))
-        .collect();
-    for (task, worker) in leased {
-        sim.emit(Event::LeaseExpired { task, worker })?;
     }
     drive(sim, None, progress, wall)
 }
