@@ -296,3 +296,17 @@ fn replay_of_one_run_keeps_global_events_and_drops_other_runs() {
     assert_eq!(r1.queue.len(), 1);
     assert_eq!(r1.tenants.get(&"acme".into()).unwrap().spent_micros(), Micros(5), "only the global cost");
 }
+
+#[test]
+fn wall_clock_stamps_are_not_frozen_by_records_stamped_in_the_future() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    let future = Timestamp::parse("2099-01-01T00:00:00Z").unwrap();
+    ledger.append([Append { recorded_at: Some(future), event: tenant("acme", 10) }]).unwrap();
+    ledger.append([tenant("globex", 10)]).unwrap();
+    ledger.append([tenant("initech", 10)]).unwrap();
+    let (last_at, seq) = ledger.query(|state, _| (state.last_at, state.seq)).unwrap();
+    ledger.close().unwrap();
+    assert_eq!(seq, 3);
+    assert!(last_at < future, "wall-clock records after a future-stamped one use the wall clock ({last_at})");
+}

@@ -223,3 +223,57 @@ runs = 20
     assert!(acks.values().all(|&n| n == 1), "none twice");
     assert!(matches!(evs.last(), Some(Event::RunFinished { .. })));
 }
+
+struct Panics;
+
+impl Handler for Panics {
+    fn run<'a>(&'a self, _: &'a TaskContext) -> HandlerFuture<'a> {
+        Box::pin(async move { panic!("handler bug") })
+    }
+}
+
+#[test]
+fn a_panicking_handler_or_an_impossible_result_fails_the_attempt_instead_of_hanging_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = script(
+        dir.path(),
+        "huge.sh",
+        r#"cat >/dev/null; echo '{"costs":[{"category":"llm","amount_micros":9223372036854775807},{"category":"llm","amount_micros":1}]}'"#,
+    );
+    let nodes = format!(
+        r#"{{ id = "boom", handler = "panics" }}, {{ id = "huge", handler = "exec", params = {{ argv = ["{huge}"] }} }}"#
+    );
+    let text = format!(
+        r#"
+seed = 1
+[execution.pool]
+max_concurrency = 1
+backpressure_threshold = 0.5
+[execution.queue]
+max_attempts = 1
+[execution.workers]
+num_workers = 1
+worker_timeout_sec = 5
+[[tenants]]
+id = "acme"
+budget_micros = 1000
+[[pipelines]]
+id = "p"
+nodes = [ {nodes} ]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+runs = 2
+interval_ms = 200
+"#
+    );
+    let w = Workload::parse_for("p.toml", &text, &["exec", "panics", "sim"]).unwrap();
+    let mut handlers = Handlers::builtin();
+    handlers.register("panics", Panics);
+    let data = dir.path().join("data");
+    let report = run(&data, &w, &handlers);
+    assert_eq!((report.tasks, report.dead_lettered), (4, 4));
+    let evs = events(&data);
+    assert!(evs.iter().any(|e| matches!(e, Event::TaskNacked { error, .. } if error.contains("panicked"))));
+    assert!(evs.iter().any(|e| matches!(e, Event::TaskNacked { error, .. } if error.contains("refused") && error.contains("overflows"))));
+}

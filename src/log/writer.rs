@@ -150,7 +150,7 @@ impl Ledger {
             store,
             state: folded.state,
             head: folded.head,
-            last_time: folded.last_time,
+            last_wall: Timestamp::EPOCH,
             options,
             since_checkpoint: 0,
             poisoned: None,
@@ -259,7 +259,10 @@ struct Writer {
     store: Arc<Store>,
     state: State,
     head: Head,
-    last_time: Timestamp,
+    /// The latest wall-clock stamp this writer gave: stamps never go back.
+    /// Explicit `recorded_at`s (virtual time, imports) do not move it, so a
+    /// simulated run stamped in the future cannot freeze the clock.
+    last_wall: Timestamp,
     options: LedgerOptions,
     since_checkpoint: u64,
     poisoned: Option<String>,
@@ -383,7 +386,8 @@ impl Writer {
                         self.accept(&mut group, entries, reply);
                     }
                     Msg::Decide(decide) => {
-                        let now = wall_clock().max(self.last_time);
+                        let now = wall_clock().max(self.last_wall);
+                        self.last_wall = now;
                         let (events, reply) = decide(&self.state, self.head, now);
                         taken += events.len();
                         let entries = events.into_iter().map(|event| Append { recorded_at: Some(now), event }).collect();
@@ -474,15 +478,18 @@ impl Writer {
             reply(Err(AppendError::Storage(why.clone())));
             return;
         }
-        let start = (self.head, self.last_time);
+        let start = (self.head, self.last_wall);
         let count = entries.len();
         group.staged.clear();
         group.scratch.clear();
         for (index, entry) in entries.into_iter().enumerate() {
             if let Err(rejection) = self.state.validate(&entry.event) {
-                (self.head, self.last_time) = start;
+                (self.head, self.last_wall) = start;
                 if index > 0 {
-                    self.commit(group);
+                    // Write what the group held before this batch, without a
+                    // checkpoint: the live state still holds the rejected
+                    // events until the refold.
+                    self.commit_with(group, false);
                     self.refold();
                 }
                 reply(Err(AppendError::Rejected { index, rejection }));
@@ -491,7 +498,11 @@ impl Writer {
             let seq = self.head.seq + 1;
             let recorded_at = match entry.recorded_at {
                 Some(at) => at,
-                None => wall_clock().max(self.last_time),
+                None => {
+                    let now = wall_clock().max(self.last_wall);
+                    self.last_wall = now;
+                    now
+                }
             };
             let from = group.scratch.len();
             encode_event_into(&entry.event, &mut group.scratch);
@@ -502,7 +513,6 @@ impl Writer {
             self.state.evolve(seq, recorded_at, entry.event);
             group.staged.push(Staged { recorded_at, hash, bytes: from..group.scratch.len(), run, tenant });
             self.head = Head { seq, hash };
-            self.last_time = recorded_at;
         }
         for staged in group.staged.drain(..) {
             if group.builder.is_full() {
@@ -539,6 +549,10 @@ impl Writer {
     /// Writes the group, makes it durable per the mode and answers its
     /// appenders. Returns true if unflushed data remains.
     fn commit(&mut self, group: &mut Group) -> bool {
+        self.commit_with(group, true)
+    }
+
+    fn commit_with(&mut self, group: &mut Group, allow_checkpoint: bool) -> bool {
         if group.records == 0 && group.replies.is_empty() {
             return false;
         }
@@ -578,7 +592,7 @@ impl Writer {
         self.since_checkpoint += group.records;
         group.records = 0;
         group.builder = FrameBuilder::new(self.head.seq + 1, self.head.hash);
-        if self.options.checkpoint_every > 0 && self.since_checkpoint >= self.options.checkpoint_every {
+        if allow_checkpoint && self.options.checkpoint_every > 0 && self.since_checkpoint >= self.options.checkpoint_every {
             if let Err(e) = self.checkpoint() {
                 self.poisoned = Some(e.to_string());
             }

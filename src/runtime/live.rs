@@ -26,9 +26,24 @@ struct Pool {
     /// Whether backpressure is engaged; the lock orders engage/release events.
     backpressure: tokio::sync::Mutex<bool>,
     submitted_all: AtomicBool,
+    /// Set on the first error anywhere: every task of the pool stops.
+    stop: AtomicBool,
+    failure: std::sync::Mutex<Option<RunError>>,
 }
 
 impl Pool {
+    /// Records the first failure and stops the pool.
+    fn fail(&self, error: RunError) {
+        if let Ok(mut slot) = self.failure.lock() {
+            slot.get_or_insert(error);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
     fn over_threshold(&self, running: u32) -> bool {
         u64::from(running) * 10_000 > u64::from(self.threshold_bp) * u64::from(self.max_concurrency)
     }
@@ -123,7 +138,12 @@ pub async fn run_live(
             state.runs.get(&run).is_some_and(|r| r.backpressure_engaged > r.backpressure_released),
         ),
         submitted_all: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        failure: std::sync::Mutex::new(None),
     });
+    // A resumed run may have stopped with backpressure engaged: nothing runs
+    // now, so release it.
+    pool.check_backpressure().await?;
 
     // The submitter: pipeline runs arrive at their offsets from the start,
     // and wait while backpressure is engaged.
@@ -138,23 +158,28 @@ pub async fn run_live(
                 }
                 let offset = Duration::from_micros(at.saturating_sub(workload.start.0).max(0) as u64);
                 tokio::time::sleep_until(origin + offset).await;
-                while *pool.backpressure.lock().await {
+                while *pool.backpressure.lock().await && !pool.stopped() {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                queue.enqueue(instance_events(&workload, &run, submission, instance)).await?;
+                if pool.stopped() {
+                    return;
+                }
+                if let Err(e) = queue.enqueue(instance_events(&workload, &run, submission, instance)).await {
+                    pool.fail(e.into());
+                    return;
+                }
             }
             pool.submitted_all.store(true, Ordering::SeqCst);
-            Ok::<(), RunError>(())
         })
     };
 
     let expiry = {
-        let queue = queue.clone();
+        let (pool, queue) = (Arc::clone(&pool), queue.clone());
         tokio::spawn(async move {
-            loop {
+            while !pool.stopped() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                if queue.expire_leases().await.is_err() {
-                    return;
+                if let Err(e) = queue.expire_leases().await {
+                    pool.fail(e.into());
                 }
             }
         })
@@ -162,79 +187,41 @@ pub async fn run_live(
 
     let timeout = Duration::from_micros(workload.worker_timeout_micros.max(1) as u64);
     let concurrency = workload.num_workers.min(workload.max_concurrency);
-    let mut workers = Vec::new();
+    let mut workers = tokio::task::JoinSet::new();
     for n in 1..=concurrency {
         let (pool, queue, handlers, run) = (Arc::clone(&pool), queue.clone(), handlers.clone(), run.clone());
         let worker = WorkerId(format!("worker-{n:02}"));
-        workers.push(tokio::spawn(async move {
-            loop {
-                let lease_for = timeout + Duration::from_secs(5);
-                let Some(lease) = queue.dequeue(&run, &worker, lease_for, Duration::from_millis(20)).await? else {
-                    if pool.submitted_all.load(Ordering::SeqCst) && pool.open_tasks().await? == 0 {
-                        return Ok::<(), RunError>(());
-                    }
-                    continue;
-                };
-                pool.running.fetch_add(1, Ordering::SeqCst);
-                pool.check_backpressure().await?;
-                let ctx = TaskContext {
-                    run: lease.run.clone(),
-                    task: lease.task.clone(),
-                    tenant: lease.tenant.clone(),
-                    attempt: lease.attempt,
-                    seed,
-                    params: lease.params.clone(),
-                    inputs: lease.inputs.clone(),
-                };
-                let result = match handlers.get(&lease.handler) {
-                    None => Some(Err(Failure::from(format!("no handler named `{}`", lease.handler)))),
-                    Some(handler) => tokio::time::timeout(timeout, handler.run(&ctx)).await.ok(),
-                };
-                pool.running.fetch_sub(1, Ordering::SeqCst);
-                match result {
-                    Some(Ok(outcome)) => queue.ack(&lease, outcome.output, outcome.costs).await?,
-                    Some(Err(failure)) => {
-                        queue.nack(&lease, failure.error, false, failure.costs).await?;
-                    }
-                    None => {
-                        let error = format!("timed out after {} ms", timeout.as_millis());
-                        queue.nack(&lease, error, true, Vec::new()).await?;
-                    }
-                }
-                pool.check_backpressure().await?;
+        workers.spawn(async move {
+            if let Err(e) = work(&pool, &queue, &handlers, &run, &worker, seed, timeout).await {
+                pool.fail(e);
             }
-        }));
+        });
     }
 
     let total = total_tasks(workload);
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
-    let mut outcome: Result<(), RunError> = Ok(());
-    for handle in workers {
-        let mut handle = handle;
-        loop {
-            tokio::select! {
-                joined = &mut handle => {
-                    match joined {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => outcome = outcome.and(Err(e)),
-                        Err(e) => outcome = outcome.and(Err(RunError::Impossible(format!("a worker panicked: {e}")))),
-                    }
-                    break;
-                }
-                _ = ticker.tick() => {
-                    let done = total.saturating_sub(pool.open_tasks().await.unwrap_or(0));
-                    progress(done.min(total), total);
+    loop {
+        tokio::select! {
+            joined = workers.join_next() => match joined {
+                None => break,
+                Some(Ok(())) => {}
+                Some(Err(e)) => pool.fail(RunError::Impossible(format!("a worker panicked: {e}"))),
+            },
+            _ = ticker.tick() => {
+                if let Ok(open) = pool.open_tasks().await {
+                    progress(total.saturating_sub(open).min(total), total);
                 }
             }
         }
     }
+    pool.stop.store(true, Ordering::SeqCst);
     expiry.abort();
-    match submitter.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => outcome = outcome.and(Err(e)),
-        Err(e) => outcome = outcome.and(Err(RunError::Impossible(format!("the submitter panicked: {e}")))),
+    if let Err(e) = submitter.await {
+        pool.fail(RunError::Impossible(format!("the submitter panicked: {e}")));
     }
-    outcome?;
+    if let Some(error) = pool.failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(error);
+    }
     ledger.append_async(vec![Append::from(Event::RunFinished { run: run.clone() })]).await?;
 
     let (summary, digests, head, last_at) = {
@@ -243,4 +230,81 @@ pub async fn run_live(
     };
     let s = summary.ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
     Ok(RunReport::new(&s, last_at.0 - s.started_at.0, wall, head, digests.combined))
+}
+
+/// One worker: lease a task, run its handler under the timeout (on a task
+/// of its own, so a panic is a failure and a timeout drops it — killing an
+/// `exec` child), ACK or NACK, until the run has no open task left.
+async fn work(
+    pool: &Pool,
+    queue: &MemoryQueue,
+    handlers: &Handlers,
+    run: &RunId,
+    worker: &WorkerId,
+    seed: u64,
+    timeout: Duration,
+) -> Result<(), RunError> {
+    use super::queue::QueueError;
+    use crate::log::AppendError;
+    while !pool.stopped() {
+        let lease_for = timeout + Duration::from_secs(5);
+        let Some(lease) = queue.dequeue(run, worker, lease_for, Duration::from_millis(20)).await? else {
+            if pool.submitted_all.load(Ordering::SeqCst) && pool.open_tasks().await? == 0 {
+                return Ok(());
+            }
+            continue;
+        };
+        pool.running.fetch_add(1, Ordering::SeqCst);
+        pool.check_backpressure().await?;
+        let ctx = TaskContext {
+            run: lease.run.clone(),
+            task: lease.task.clone(),
+            tenant: lease.tenant.clone(),
+            attempt: lease.attempt,
+            seed,
+            params: lease.params.clone(),
+            inputs: lease.inputs.clone(),
+        };
+        let result = match handlers.get(&lease.handler) {
+            None => Some(Err(Failure::from(format!("no handler named `{}`", lease.handler)))),
+            Some(handler) => {
+                let mut attempt = tokio::spawn(async move { handler.run(&ctx).await });
+                match tokio::time::timeout(timeout, &mut attempt).await {
+                    Ok(Ok(outcome)) => Some(outcome),
+                    Ok(Err(join)) => Some(Err(Failure::from(format!("the handler panicked: {join}")))),
+                    Err(_) => {
+                        attempt.abort();
+                        None
+                    }
+                }
+            }
+        };
+        pool.running.fetch_sub(1, Ordering::SeqCst);
+        let settled = match result {
+            Some(Ok(outcome)) => match queue.ack(&lease, outcome.output, outcome.costs).await {
+                // The ledger refused the result (e.g. costs that overflow):
+                // that attempt failed.
+                Err(QueueError::Ledger(AppendError::Rejected { rejection, .. })) => {
+                    queue.nack(&lease, format!("the result was refused: {rejection}"), false, Vec::new()).await.map(drop)
+                }
+                other => other,
+            },
+            Some(Err(failure)) => queue.nack(&lease, failure.error, false, failure.costs).await.map(drop),
+            None => {
+                let error = format!("timed out after {} ms", timeout.as_millis());
+                queue.nack(&lease, error, true, Vec::new()).await.map(drop)
+            }
+        };
+        match settled {
+            Ok(()) => {}
+            // A result for a lease that is no longer ours (it expired and
+            // the task moved on): drop it.
+            Err(QueueError::Ledger(AppendError::Rejected { rejection, .. })) => {
+                tracing::warn!(task = %lease.task, %rejection, "dropped a stale result");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        pool.check_backpressure().await?;
+    }
+    Ok(())
 }
