@@ -12,6 +12,9 @@ use toml::Spanned;
 use crate::domain::scheduler::QueuePolicy;
 use crate::domain::{BudgetPeriod, LearningIntensity, Micros, Params, Priority, Timestamp};
 
+/// The largest count a workload may ask for (workers, runs, fan-out, ...).
+const MAX_COUNT: i64 = 1_000_000;
+
 /// Handlers the executor knows.
 pub const HANDLERS: &[&str] = &["exec", "sim"];
 
@@ -325,8 +328,8 @@ impl Checker<'_> {
 
     fn positive(&self, value: &Spanned<i64>, what: &str) -> Result<u32, WorkloadError> {
         let v = *value.get_ref();
-        if v <= 0 || v > i64::from(u32::MAX) {
-            return Err(self.err(value.span(), format!("{what} must be a positive integer (got {v})")));
+        if v <= 0 || v > MAX_COUNT {
+            return Err(self.err(value.span(), format!("{what} must be an integer from 1 to {MAX_COUNT} (got {v})")));
         }
         Ok(v as u32)
     }

@@ -36,8 +36,9 @@ pub fn model_price_micros_per_1k(model: &str) -> i64 {
     }
 }
 
+/// An integer param, clamped to what the cost model can compute with.
 fn int_param(params: &serde_json::Value, key: &str, default: i64) -> i64 {
-    params.get(key).and_then(serde_json::Value::as_i64).unwrap_or(default)
+    params.get(key).and_then(serde_json::Value::as_i64).unwrap_or(default).clamp(-1_000_000, 1_000_000)
 }
 
 /// `base` varied by ±`spread_bp` with a draw.

@@ -169,8 +169,13 @@ impl Handler for ExecHandler {
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| Failure::from(format!("cannot start `{program}`: {e}")))?;
+            // Feed stdin while stdout is read: a program that answers before
+            // it has read all of a large task must not deadlock on a pipe.
             if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(spec.to_string().as_bytes()).await;
+                let input = spec.to_string().into_bytes();
+                tokio::spawn(async move {
+                    let _ = stdin.write_all(&input).await;
+                });
             }
             let out = child.wait_with_output().await.map_err(|e| Failure::from(format!("`{program}` failed: {e}")))?;
             if !out.status.success() {

@@ -429,9 +429,9 @@ pub(crate) fn total_tasks(workload: &Workload) -> u64 {
             let p = &workload.pipelines[&s.pipeline];
             let per_run: u64 =
                 p.nodes.iter().map(|n| if n.stage == Some(Stage::Map) { u64::from(p.fan_out) } else { 1 }).sum();
-            per_run * u64::from(s.runs)
+            per_run.saturating_mul(u64::from(s.runs))
         })
-        .sum()
+        .fold(0u64, u64::saturating_add)
 }
 
 /// Runs the event loop until every task has ended, then finishes the run.
