@@ -35,7 +35,7 @@ struct RawWorkload {
     #[serde(default)]
     start: Option<Spanned<String>>,
     #[serde(default)]
-    run: Option<String>,
+    run: Option<Spanned<String>>,
     #[serde(default)]
     execution: RawExecution,
     #[serde(default)]
@@ -370,6 +370,11 @@ impl Workload {
             WorkloadError { file: file.to_owned(), line, message: e.message().trim().to_owned() }
         })?;
 
+        if let Some(run) = &raw.run {
+            if run.get_ref().is_empty() || run.get_ref().contains(['/', '#']) {
+                return Err(c.err(run.span(), format!("run id `{}` must be non-empty without '/' or '#'", run.get_ref())));
+            }
+        }
         let start = match &raw.start {
             Some(s) => Timestamp::parse(s.get_ref()).map_err(|e| c.err(s.span(), e))?,
             None => Timestamp::parse("2026-01-01T00:00:00Z").unwrap_or(Timestamp::EPOCH),
@@ -403,8 +408,9 @@ impl Workload {
         let mut tenant_ids = BTreeSet::new();
         for t in &raw.tenants {
             let id = t.id.get_ref();
-            if id.is_empty() {
-                return Err(c.err(t.id.span(), "tenant id must not be empty"));
+            // Task ids are `run/tenant/pipeline#n/node`: keep them unambiguous.
+            if id.is_empty() || id.contains(['/', '#']) {
+                return Err(c.err(t.id.span(), format!("tenant id `{id}` must be non-empty without '/' or '#'")));
             }
             if !tenant_ids.insert(id.clone()) {
                 return Err(c.err(t.id.span(), format!("duplicate tenant `{id}`")));
@@ -537,7 +543,7 @@ impl Workload {
         Ok(Workload {
             seed: raw.seed,
             start,
-            run: raw.run,
+            run: raw.run.map(Spanned::into_inner),
             max_concurrency,
             backpressure_threshold_bp: (threshold * 10_000.0).round() as u32,
             queue_kind,

@@ -56,6 +56,7 @@ fn workload_errors_name_file_and_line() {
         (&format!("{pipeline}\n[[submissions]]\ntenant = \"nobody\"\npipeline = \"p\"\n"), "w.toml:22:", "unknown tenant `nobody`"),
         (&format!("{pipeline}\n[[submissions]]\ntenant = \"acme\"\npipeline = \"q\"\n"), "w.toml:23:", "unknown pipeline `q`"),
         (&format!("{pipeline}{pipeline}"), "w.toml:22:", "duplicate pipeline `p`"),
+        ("\n[[tenants]]\nid = \"a/b\"\nbudget_micros = 1\n", "w.toml:18:", "without '/' or '#'"),
     ];
     for (body, place, what) in cases {
         let err = parse_err(body);

@@ -37,6 +37,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runs => runs(&cli.data, cli.json, out),
         Command::Workers => workers(&cli.data, cli.json, out),
         Command::Run { ref workload, seed, ref run_id } => {
+            if let Some(id) = run_id {
+                if id.is_empty() || id.contains(['/', '#']) {
+                    bail!("--run-id `{id}` must be non-empty without '/' or '#'");
+                }
+            }
             let loaded = Workload::load(workload)?;
             let explicit = run_id.is_some();
             execute(&cli.data, &loaded, RunOptions { seed, run_id: run_id.clone(), stop_after_steps: None }, explicit, None, cli.json, out)
