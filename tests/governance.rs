@@ -105,7 +105,7 @@ fn settlement_above_the_ceiling_is_an_overrun_that_blocks_the_tenant() {
     ]);
     let mut state = given(&events);
     let settled = settle(&state, &"a".into(), &[(Category::Llm, Micros(130))]);
-    assert!(settled.iter().any(|e| matches!(e, Event::BudgetOverrun { amount_micros: Micros(30), .. })));
+    assert!(matches!(&settled[0], Event::BudgetOverrun { amount_micros: Micros(30), .. }), "the overrun comes before its costs");
     assert!(settled.iter().any(|e| matches!(e, Event::BudgetStatusChanged { to: BudgetStatus::Exceeded, .. })));
     apply_all(&mut state, &settled);
     assert!(matches!(admit_task(&state, &"b".into()), Err(Denial::Blocked(_))));

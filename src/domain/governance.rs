@@ -94,23 +94,23 @@ pub fn admit_task(state: &State, task: &TaskId) -> Result<Micros, Denial> {
 pub fn settle(state: &State, task: &TaskId, costs: &[(Category, Micros)]) -> Vec<Event> {
     let Some(t) = state.queue.get(task) else { return Vec::new() };
     let tenant = t.tenant.clone();
-    let mut events: Vec<Event> = costs
-        .iter()
-        .filter(|(_, amount)| amount.0 > 0)
-        .map(|(category, amount)| Event::CostIncurred {
-            tenant: tenant.clone(),
-            task: Some(task.clone()),
-            category: *category,
-            amount_micros: *amount,
-        })
-        .collect();
     let total: i64 = costs.iter().map(|c| c.1.0.max(0)).fold(0i64, i64::saturating_add);
     let reserved = t.reserved_micros.0;
     // A task with no ceiling (0) is not governed: its costs count as they come.
     let governed = t.cost_ceiling_micros > Micros::ZERO;
+    let mut events = Vec::new();
+    // An overrun is recorded before the costs that cause it, so that no seq
+    // shows spend past the reservation without it.
     if governed && total > reserved {
         events.push(Event::BudgetOverrun { tenant: tenant.clone(), task: Some(task.clone()), amount_micros: Micros(total - reserved) });
-    } else if reserved > total {
+    }
+    events.extend(costs.iter().filter(|(_, amount)| amount.0 > 0).map(|(category, amount)| Event::CostIncurred {
+        tenant: tenant.clone(),
+        task: Some(task.clone()),
+        category: *category,
+        amount_micros: *amount,
+    }));
+    if reserved > total {
         events.push(Event::ReservationReleased { tenant: tenant.clone(), task: task.clone(), amount_micros: Micros(reserved - total) });
     }
     // The status after these events: fold them on a copy of the tenant.

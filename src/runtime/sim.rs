@@ -11,6 +11,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::time::Instant;
 
+use crate::domain::governance::{Denial, admit_run, admit_task, settle};
 use crate::domain::scheduler::{dependants_to_cancel, draw, next_ready_many, next_retry_at};
 use crate::domain::sim::simulate;
 use crate::domain::{Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp, WorkerId};
@@ -115,6 +116,12 @@ struct Sim<'a> {
     backpressure: bool,
     /// Times at which a NACKed task becomes ready again.
     retry_wakeups: BinaryHeap<Reverse<i64>>,
+    /// Tasks whose admission was denied for budget and that wait for room.
+    waiting_budget: BTreeSet<TaskId>,
+    /// Pipeline runs that wait for their tenant's concurrency to allow them.
+    deferred: Vec<(usize, u32)>,
+    /// Whether this run continues one whose process died.
+    resumed: bool,
 }
 
 impl Sim<'_> {
@@ -141,33 +148,80 @@ impl Sim<'_> {
     }
 
     fn dispatch(&mut self) -> Result<(), RunError> {
-        while let Some(&worker) = self.free_workers.iter().next() {
+        'workers: while let Some(&worker) = self.free_workers.iter().next() {
             let seq = self.state.seq;
-            // Only this run's tasks: other runs in the ledger are not ours to execute.
+            // Only this run's tasks: other runs in the ledger are not ours to
+            // execute. A few candidates, in case the best must wait.
             let run = &self.run;
-            let picked = next_ready_many(&self.state, self.now, seq, &self.workload.policy, 1, |t| &t.run == run);
-            let Some(task) = picked.first().map(|t| (*t).clone()) else { break };
-            let Some(t) = self.state.queue.get(&task) else { break };
-            let attempt = t.attempts + 1;
-            let params = t.params.clone();
-            self.free_workers.remove(&worker);
-            self.running += 1;
-            let timeout = self.workload.worker_timeout_micros;
-            self.emit(Event::TaskDequeued {
-                task: task.clone(),
-                worker: worker_id(worker),
-                attempt,
-                lease_deadline: Some(self.now.saturating_add_micros(timeout)),
-            })?;
-            let latency = simulate(self.seed, task.as_str(), attempt, &params).latency_micros;
-            let (ends, timed_out) = if latency > timeout { (timeout, true) } else { (latency, false) };
-            self.order += 1;
-            self.timers.push(Reverse((self.now.0.saturating_add(ends), self.order, task, worker, attempt, timed_out)));
+            let window = self.free_workers.len() * 2 + 16;
+            let candidates: Vec<TaskId> =
+                next_ready_many(&self.state, self.now, seq, &self.workload.policy, window, |t| &t.run == run)
+                    .into_iter()
+                    .cloned()
+                    .collect();
+            for task in candidates {
+                match admit_task(&self.state, &task) {
+                    Ok(reserve) => {
+                        self.waiting_budget.remove(&task);
+                        self.start_attempt(task, worker, reserve)?;
+                        continue 'workers;
+                    }
+                    Err(denial) if denial.may_wait() => {
+                        // Recorded once per wait; the task stays ready.
+                        if self.waiting_budget.insert(task.clone()) {
+                            let tenant = self.state.queue.get(&task).map(|t| t.tenant.clone()).unwrap_or_default();
+                            let reason = denial.reason().to_owned();
+                            self.emit(Event::AdmissionDenied { tenant, task: Some(task), reason })?;
+                        }
+                    }
+                    Err(denial) => self.reject(&task, denial.reason())?,
+                }
+            }
+            break;
         }
         if !self.backpressure && self.over_threshold() {
             self.backpressure = true;
             let threshold = self.threshold_count();
             self.emit(Event::BackpressureEngaged { run: self.run.clone(), running: self.running, threshold })?;
+        }
+        Ok(())
+    }
+
+    /// Reserves the task's ceiling, leases it to `worker` and schedules the
+    /// attempt's end.
+    fn start_attempt(&mut self, task: TaskId, worker: u32, reserve: Micros) -> Result<(), RunError> {
+        let Some(t) = self.state.queue.get(&task) else { return Ok(()) };
+        let attempt = t.attempts + 1;
+        let (tenant, params) = (t.tenant.clone(), t.params.clone());
+        self.free_workers.remove(&worker);
+        self.running += 1;
+        if reserve > Micros::ZERO {
+            self.emit(Event::CostReserved { tenant, task: task.clone(), amount_micros: reserve })?;
+        }
+        let timeout = self.workload.worker_timeout_micros;
+        self.emit(Event::TaskDequeued {
+            task: task.clone(),
+            worker: worker_id(worker),
+            attempt,
+            lease_deadline: Some(self.now.saturating_add_micros(timeout)),
+        })?;
+        let latency = simulate(self.seed, task.as_str(), attempt, &params).latency_micros;
+        let (ends, timed_out) = if latency > timeout { (timeout, true) } else { (latency, false) };
+        self.order += 1;
+        self.timers.push(Reverse((self.now.0.saturating_add(ends), self.order, task, worker, attempt, timed_out)));
+        Ok(())
+    }
+
+    /// A task that can never be admitted: denied, cancelled, and so are its
+    /// dependants.
+    fn reject(&mut self, task: &TaskId, reason: &str) -> Result<(), RunError> {
+        let tenant = self.state.queue.get(task).map(|t| t.tenant.clone()).unwrap_or_default();
+        self.waiting_budget.remove(task);
+        self.emit(Event::AdmissionDenied { tenant, task: Some(task.clone()), reason: reason.to_owned() })?;
+        let doomed = dependants_to_cancel(&self.state, task);
+        self.emit(Event::TaskCancelled { task: task.clone(), reason: format!("not admitted: {reason}") })?;
+        for child in doomed {
+            self.emit(Event::TaskCancelled { task: child, reason: format!("parent `{task}` was not admitted") })?;
         }
         Ok(())
     }
@@ -183,19 +237,15 @@ impl Sim<'_> {
         let outcome = simulate(self.seed, task.as_str(), attempt, &t.params);
         self.free_workers.insert(worker);
         self.running -= 1;
+        // Post what the attempt cost (a timed-out attempt reports nothing),
+        // release the rest of its reservation, record an overrun.
+        let spent = if timed_out { Vec::new() } else { outcome.costs.clone() };
+        for event in settle(&self.state, &task, &spent) {
+            self.emit(event)?;
+        }
         let result = if timed_out {
             Err(format!("timed out after {} ms", self.workload.worker_timeout_micros / 1_000))
         } else {
-            for (category, amount) in &outcome.costs {
-                if amount.0 > 0 {
-                    self.emit(Event::CostIncurred {
-                        tenant: tenant.clone(),
-                        task: Some(task.clone()),
-                        category: *category,
-                        amount_micros: *amount,
-                    })?;
-                }
-            }
             outcome.result
         };
         match result {
@@ -247,6 +297,29 @@ impl Sim<'_> {
 
     fn submitted(&self, submission: usize, instance: u32) -> bool {
         instance_submitted(&self.state, self.workload, &self.run, submission, instance)
+    }
+
+    /// Submits a pipeline run if its tenant may start one now; otherwise
+    /// records why (once) and defers it, or drops it when it never can.
+    fn admit_instance(&mut self, submission: usize, instance: u32, retried: bool) -> Result<(), RunError> {
+        // On resume, runs admitted out of arrival order are already in.
+        if self.resumed && self.submitted(submission, instance) {
+            return Ok(());
+        }
+        let tenant = TenantId(self.workload.submissions[submission].tenant.clone());
+        match admit_run(&self.state, &tenant) {
+            Ok(()) => self.submit_instance(submission, instance),
+            Err(denial) => {
+                if !retried || !denial.may_wait() {
+                    let reason = denial.reason().to_owned();
+                    self.emit(Event::AdmissionDenied { tenant, task: None, reason })?;
+                }
+                if let Denial::Concurrency(_) = denial {
+                    self.deferred.push((submission, instance));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Submits every task of one pipeline run.
@@ -306,7 +379,7 @@ pub(crate) fn instance_events(workload: &Workload, run: &RunId, submission: usiz
                 priority: node.priority.unwrap_or(spec.priority),
                 deps: deps.clone(),
                 pipeline: Some(PipelineId(instance_id.clone())),
-                cost_ceiling_micros: node.cost_ceiling_micros,
+                cost_ceiling_micros: ceiling_of(node, &params),
                 handler: node.handler.clone(),
                 params: Params::from_value(&params),
                 max_attempts: workload.max_attempts,
@@ -315,6 +388,18 @@ pub(crate) fn instance_events(workload: &Workload, run: &RunId, submission: usiz
         }
     }
     events
+}
+
+/// A node's cost ceiling: the declared one, else for `sim` the most the
+/// step can cost; 0 (not governed) for other handlers without one.
+fn ceiling_of(node: &crate::workload::NodeSpec, params: &serde_json::Value) -> Micros {
+    if node.cost_ceiling_micros > Micros::ZERO {
+        return node.cost_ceiling_micros;
+    }
+    if node.handler == "sim" {
+        return crate::domain::sim::cost_ceiling(&Params::from_value(params));
+    }
+    Micros::ZERO
 }
 
 /// Whether pipeline run `instance` of `submission` is already in `state`.
@@ -398,6 +483,9 @@ pub fn run_simulated(
         running: 0,
         backpressure: false,
         retry_wakeups: BinaryHeap::new(),
+        waiting_budget: BTreeSet::new(),
+        deferred: Vec::new(),
+        resumed: false,
     };
 
     for event in registration_events(&sim.state, workload) {
@@ -457,9 +545,15 @@ fn drive(
             let threshold = sim.threshold_count();
             sim.emit(Event::BackpressureReleased { run: run.clone(), running: sim.running, threshold })?;
         }
+        if !sim.backpressure {
+            // Pipeline runs that waited for their tenant's concurrency go first.
+            for (submission, instance) in std::mem::take(&mut sim.deferred) {
+                sim.admit_instance(submission, instance, true)?;
+            }
+        }
         while !sim.backpressure && next_arrival < arrivals.len() && arrivals[next_arrival].0 <= sim.now.0 {
             let (_, submission, instance) = arrivals[next_arrival];
-            sim.submit_instance(submission, instance)?;
+            sim.admit_instance(submission, instance, false)?;
             next_arrival += 1;
         }
         sim.dispatch()?;
@@ -488,7 +582,25 @@ fn drive(
         if let Some(Reverse(at)) = sim.retry_wakeups.peek().copied() {
             wake = Some(wake.map_or(at, |w| w.min(at)));
         }
-        let Some(at) = wake else { break };
+        let Some(at) = wake else {
+            if sim.deferred.is_empty() {
+                break;
+            }
+            // Nothing runs, so no concurrency limit can hold them back: a
+            // deferred run still refused here never will be admitted.
+            let before = sim.deferred.len();
+            for (submission, instance) in std::mem::take(&mut sim.deferred) {
+                sim.admit_instance(submission, instance, true)?;
+            }
+            if sim.deferred.len() == before {
+                for (submission, instance) in std::mem::take(&mut sim.deferred) {
+                    let tenant = TenantId(workload.submissions[submission].tenant.clone());
+                    let reason = format!("pipeline run #{instance} of tenant `{tenant}` could not be admitted");
+                    sim.emit(Event::AdmissionDenied { tenant, task: None, reason })?;
+                }
+            }
+            continue;
+        };
         sim.now = Timestamp(at.max(sim.now.0));
         while sim.timers.peek().is_some_and(|t| t.0.0 <= sim.now.0) {
             let Some(Reverse((_, _, task, worker, attempt, timed_out))) = sim.timers.pop() else { break };
@@ -556,6 +668,9 @@ pub fn resume_simulated(
         running: 0,
         backpressure: engaged,
         retry_wakeups: BinaryHeap::new(),
+        waiting_budget: BTreeSet::new(),
+        deferred: Vec::new(),
+        resumed: true,
     };
     // Retries the dead process had scheduled.
     let run_id = summary.run.clone();
