@@ -277,3 +277,62 @@ interval_ms = 200
     assert!(evs.iter().any(|e| matches!(e, Event::TaskNacked { error, .. } if error.contains("panicked"))));
     assert!(evs.iter().any(|e| matches!(e, Event::TaskNacked { error, .. } if error.contains("refused") && error.contains("overflows"))));
 }
+
+fn governed(dir: &Path, cost: i64) -> runledger::runtime::RunReport {
+    let step = script(
+        dir,
+        &format!("cost{cost}.sh"),
+        &format!(r#"cat >/dev/null; echo '{{"costs":[{{"category":"llm","amount_micros":{cost}}}]}}'"#),
+    );
+    let text = format!(
+        r#"
+seed = 2
+[execution.pool]
+max_concurrency = 1
+[execution.workers]
+num_workers = 1
+[[tenants]]
+id = "small"
+budget_micros = 1000
+[[pipelines]]
+id = "p"
+nodes = [ {{ id = "a", handler = "exec", cost_ceiling_micros = 300, params = {{ argv = ["{step}"] }} }} ]
+[[submissions]]
+tenant = "small"
+pipeline = "p"
+runs = 5
+"#
+    );
+    let w = Workload::parse("g.toml", &text).unwrap();
+    run(&dir.join("data"), &w, &Handlers::builtin())
+}
+
+#[test]
+fn real_time_budget_admits_up_to_the_edge_then_cancels_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = governed(dir.path(), 300);
+    assert_eq!((report.acked, report.cancelled), (3, 2), "three reservations of 300 fit a budget of 1000, a fourth does not");
+    let evs = events(&dir.path().join("data"));
+    assert!(evs.iter().any(|e| matches!(e, Event::AdmissionDenied { reason, .. } if reason.contains("available"))));
+    assert!(evs.iter().any(|e| matches!(e, Event::BudgetStatusChanged { to: runledger::domain::BudgetStatus::Critical, .. })));
+    let mut state = runledger::domain::State::new();
+    for (i, e) in evs.into_iter().enumerate() {
+        state.evolve(i as u64 + 1, runledger::domain::Timestamp(0), e);
+        let t = state.tenants.get(&"small".into());
+        if let Some(t) = t {
+            assert!(t.spent_micros().0 + t.reserved_micros.0 <= t.budget_micros.0, "over budget at seq {}", i + 1);
+        }
+    }
+}
+
+#[test]
+fn real_time_cost_above_the_ceiling_is_an_overrun_that_blocks_the_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = governed(dir.path(), 400);
+    assert_eq!(report.acked, 1, "after the overrun nothing more is admitted");
+    assert_eq!(report.tasks, report.acked + report.cancelled, "submitted tasks are cancelled, later runs dropped");
+    let evs = events(&dir.path().join("data"));
+    assert!(evs.iter().any(|e| matches!(e, Event::AdmissionDenied { reason, .. } if reason.contains("blocked"))));
+    assert!(evs.iter().any(|e| matches!(e, Event::BudgetOverrun { amount_micros: Micros(100), .. })));
+    assert!(evs.iter().any(|e| matches!(e, Event::BudgetStatusChanged { to: runledger::domain::BudgetStatus::Exceeded, .. })));
+}

@@ -60,69 +60,113 @@ pub fn admit_run(state: &State, tenant: &TenantId) -> Result<(), Denial> {
 
 /// The reservation that admits `task` now (its cost ceiling), or why not.
 pub fn admit_task(state: &State, task: &TaskId) -> Result<Micros, Denial> {
-    let Some(t) = state.queue.get(task) else {
-        return Err(Denial::Blocked(format!("task `{task}` was never submitted")));
-    };
-    let Some(tenant) = state.tenants.get(&t.tenant) else {
-        return Err(Denial::Blocked(format!("tenant `{}` is not registered", t.tenant)));
-    };
-    if tenant.overrun {
-        return Err(Denial::Blocked(format!("tenant `{}` is blocked after a budget overrun", t.tenant)));
+    Admitter::new(state).admit(task)
+}
+
+/// Admits several tasks in one decision: each admission sees the
+/// reservations of the ones before it.
+pub struct Admitter<'s> {
+    state: &'s State,
+    reserved: std::collections::BTreeMap<TenantId, Micros>,
+}
+
+impl<'s> Admitter<'s> {
+    pub fn new(state: &'s State) -> Self {
+        Admitter { state, reserved: std::collections::BTreeMap::new() }
     }
-    let ceiling = t.cost_ceiling_micros;
-    let available = tenant.available_micros();
-    if ceiling <= available {
-        return Ok(ceiling);
-    }
-    let reason = format!(
-        "task `{task}` needs a reservation of {ceiling} but tenant `{}` has {available} available (budget {}, spent {}, reserved {})",
-        t.tenant,
-        tenant.budget_micros,
-        tenant.spent_micros(),
-        tenant.reserved_micros
-    );
-    if tenant.reserved_micros > Micros::ZERO {
-        Err(Denial::BudgetBusy(reason))
-    } else {
-        Err(Denial::BudgetExhausted(reason))
+
+    /// Admits `task` and counts its reservation, or says why not.
+    pub fn admit(&mut self, task: &TaskId) -> Result<Micros, Denial> {
+        let state = self.state;
+        let Some(t) = state.queue.get(task) else {
+            return Err(Denial::Blocked(format!("task `{task}` was never submitted")));
+        };
+        let Some(tenant) = state.tenants.get(&t.tenant) else {
+            return Err(Denial::Blocked(format!("tenant `{}` is not registered", t.tenant)));
+        };
+        if tenant.overrun {
+            return Err(Denial::Blocked(format!("tenant `{}` is blocked after a budget overrun", t.tenant)));
+        }
+        let extra = self.reserved.get(&t.tenant).copied().unwrap_or(Micros::ZERO);
+        let ceiling = t.cost_ceiling_micros;
+        let reserved = Micros(tenant.reserved_micros.0.saturating_add(extra.0));
+        let available = Micros(tenant.available_micros().0.saturating_sub(extra.0));
+        if ceiling <= available {
+            *self.reserved.entry(t.tenant.clone()).or_insert(Micros::ZERO) = Micros(extra.0 + ceiling.0);
+            return Ok(ceiling);
+        }
+        let reason = format!(
+            "task `{task}` needs a reservation of {ceiling} but tenant `{}` has {available} available (budget {}, spent {}, reserved {reserved})",
+            t.tenant,
+            tenant.budget_micros,
+            tenant.spent_micros(),
+        );
+        if reserved > Micros::ZERO {
+            Err(Denial::BudgetBusy(reason))
+        } else {
+            Err(Denial::BudgetExhausted(reason))
+        }
     }
 }
 
-/// The events that settle an attempt of `task`: its costs by category, an
-/// overrun if they pass its ceiling, the release of what stays reserved,
-/// and a status change if the numbers moved the tenant to another status.
+/// The events that settle an attempt of `task`: an overrun if its costs
+/// pass its ceiling (recorded first), its costs by category, the release of
+/// what stays reserved, and a status change if the numbers moved the tenant
+/// to another status.
 pub fn settle(state: &State, task: &TaskId, costs: &[(Category, Micros)]) -> Vec<Event> {
-    let Some(t) = state.queue.get(task) else { return Vec::new() };
-    let tenant = t.tenant.clone();
-    let total: i64 = costs.iter().map(|c| c.1.0.max(0)).fold(0i64, i64::saturating_add);
-    let reserved = t.reserved_micros.0;
-    // A task with no ceiling (0) is not governed: its costs count as they come.
-    let governed = t.cost_ceiling_micros > Micros::ZERO;
-    let mut events = Vec::new();
-    // An overrun is recorded before the costs that cause it, so that no seq
-    // shows spend past the reservation without it.
-    if governed && total > reserved {
-        events.push(Event::BudgetOverrun { tenant: tenant.clone(), task: Some(task.clone()), amount_micros: Micros(total - reserved) });
+    Settler::new(state).settle(task, costs)
+}
+
+/// Settles several attempts in one decision: each sees the spend and the
+/// status the ones before it left.
+pub struct Settler<'s> {
+    state: &'s State,
+    /// Per tenant: spend added, overrun, recorded status, in this decision.
+    tenants: std::collections::BTreeMap<TenantId, (i64, bool, BudgetStatus)>,
+}
+
+impl<'s> Settler<'s> {
+    pub fn new(state: &'s State) -> Self {
+        Settler { state, tenants: std::collections::BTreeMap::new() }
     }
-    events.extend(costs.iter().filter(|(_, amount)| amount.0 > 0).map(|(category, amount)| Event::CostIncurred {
-        tenant: tenant.clone(),
-        task: Some(task.clone()),
-        category: *category,
-        amount_micros: *amount,
-    }));
-    if reserved > total {
-        events.push(Event::ReservationReleased { tenant: tenant.clone(), task: task.clone(), amount_micros: Micros(reserved - total) });
-    }
-    // The status after these events: fold them on a copy of the tenant.
-    if let Some(before) = state.tenants.get(&tenant) {
-        let spent = before.spent_micros().0.saturating_add(total);
-        let overrun = before.overrun || (governed && total > reserved);
-        let status = status_of(spent, before.budget_micros.0, overrun);
-        if status != before.recorded_status {
-            events.push(Event::BudgetStatusChanged { tenant, from: before.recorded_status, to: status });
+
+    pub fn settle(&mut self, task: &TaskId, costs: &[(Category, Micros)]) -> Vec<Event> {
+        let Some(t) = self.state.queue.get(task) else { return Vec::new() };
+        let Some(before) = self.state.tenants.get(&t.tenant) else { return Vec::new() };
+        let tenant = t.tenant.clone();
+        let total: i64 = costs.iter().map(|c| c.1.0.max(0)).fold(0i64, i64::saturating_add);
+        let reserved = t.reserved_micros.0;
+        // A task with no ceiling (0) is not governed: its costs count as they come.
+        let governed = t.cost_ceiling_micros > Micros::ZERO;
+        let mut events = Vec::new();
+        // An overrun is recorded before the costs that cause it, so that no
+        // seq shows spend past the reservation without it.
+        if governed && total > reserved {
+            events.push(Event::BudgetOverrun {
+                tenant: tenant.clone(),
+                task: Some(task.clone()),
+                amount_micros: Micros(total - reserved),
+            });
         }
+        events.extend(costs.iter().filter(|(_, amount)| amount.0 > 0).map(|(category, amount)| Event::CostIncurred {
+            tenant: tenant.clone(),
+            task: Some(task.clone()),
+            category: *category,
+            amount_micros: *amount,
+        }));
+        if reserved > total {
+            events.push(Event::ReservationReleased { tenant: tenant.clone(), task: task.clone(), amount_micros: Micros(reserved - total) });
+        }
+        let entry = self.tenants.entry(tenant.clone()).or_insert((0, before.overrun, before.recorded_status));
+        entry.0 = entry.0.saturating_add(total);
+        entry.1 |= governed && total > reserved;
+        let status = status_of(before.spent_micros().0.saturating_add(entry.0), before.budget_micros.0, entry.1);
+        if status != entry.2 {
+            events.push(Event::BudgetStatusChanged { tenant, from: entry.2, to: status });
+            entry.2 = status;
+        }
+        events
     }
-    events
 }
 
 /// The budget status for `spent` of `budget` (EXCEEDED only with an overrun).

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use super::handler::{Failure, Handlers, TaskContext};
 use super::queue::{MemoryQueue, TaskQueue};
 use super::sim::{RunError, RunOptions, RunReport, arrivals, instance_events, instance_submitted, registration_events, total_tasks};
-use crate::domain::{Event, RunId, WorkerId};
+use crate::domain::governance::admit_run;
+use crate::domain::{Event, RunId, TenantId, WorkerId};
 use crate::log::{Append, Ledger};
 use crate::workload::Workload;
 
@@ -163,6 +164,40 @@ pub async fn run_live(
                 }
                 if pool.stopped() {
                     return;
+                }
+                // The tenant's concurrency limit: wait for one of its runs
+                // to end (the denial is recorded once); a blocked tenant's
+                // run is dropped.
+                let tenant = TenantId(workload.submissions[submission].tenant.clone());
+                let mut recorded = false;
+                let admitted = loop {
+                    let verdict = {
+                        let tenant = tenant.clone();
+                        pool.ledger.query_async(move |state, _| admit_run(state, &tenant)).await
+                    };
+                    let denial = match verdict {
+                        Ok(Ok(())) => break true,
+                        Ok(Err(denial)) => denial,
+                        Err(e) => {
+                            pool.fail(e.into());
+                            return;
+                        }
+                    };
+                    if !recorded {
+                        recorded = true;
+                        let event = Event::AdmissionDenied { tenant: tenant.clone(), task: None, reason: denial.reason().to_owned() };
+                        if let Err(e) = pool.ledger.append_async(vec![Append::from(event)]).await {
+                            pool.fail(e.into());
+                            return;
+                        }
+                    }
+                    if !denial.may_wait() || pool.stopped() {
+                        break false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                };
+                if !admitted {
+                    continue;
                 }
                 if let Err(e) = queue.enqueue(instance_events(&workload, &run, submission, instance)).await {
                     pool.fail(e.into());

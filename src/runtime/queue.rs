@@ -14,6 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::domain::queue::{QueueCounts, TaskStatus};
+use crate::domain::governance::{Admitter, Settler};
 use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, next_ready_many};
 use crate::domain::{Category, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId};
 use crate::log::{AppendError, Ledger};
@@ -104,22 +105,17 @@ pub struct MemoryQueue {
     seed: u64,
     /// Poll interval while waiting for work.
     poll: Duration,
+    /// Tasks denied admission for budget that wait for room (their denial
+    /// is recorded once).
+    waiting: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<TaskId>>>,
 }
 
 impl MemoryQueue {
     pub fn new(ledger: Ledger, policy: QueuePolicy, seed: u64) -> Self {
-        MemoryQueue { ledger, policy, seed, poll: Duration::from_millis(2) }
+        MemoryQueue { ledger, policy, seed, poll: Duration::from_millis(2), waiting: Default::default() }
     }
 }
 
-fn cost_events(lease: &Lease, costs: Vec<(Category, Micros)>) -> impl Iterator<Item = Event> + '_ {
-    costs.into_iter().filter(|(_, amount)| amount.0 > 0).map(move |(category, amount)| Event::CostIncurred {
-        tenant: lease.tenant.clone(),
-        task: Some(lease.task.clone()),
-        category,
-        amount_micros: amount,
-    })
-}
 
 impl TaskQueue for MemoryQueue {
     async fn enqueue(&self, tasks: Vec<Event>) -> Result<(), QueueError> {
@@ -143,15 +139,53 @@ impl TaskQueue for MemoryQueue {
         let lease_micros = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
         loop {
             let (run_id, worker_id, policy) = (run.clone(), worker.clone(), self.policy);
+            let waiting = std::sync::Arc::clone(&self.waiting);
             let (_, leases) = self
                 .ledger
                 .decide(move |state, head, now| {
-                    let picked = next_ready_many(state, now, head.seq, &policy, max.max(1), |t| t.run == run_id);
+                    let window = max.max(1) * 2 + 16;
+                    let picked = next_ready_many(state, now, head.seq, &policy, window, |t| t.run == run_id);
                     let deadline = now.saturating_add_micros(lease_micros);
                     let mut events = Vec::with_capacity(picked.len());
                     let mut leases = Vec::with_capacity(picked.len());
+                    let mut admitter = Admitter::new(state);
+                    let mut gone = std::collections::BTreeSet::new();
+                    let mut waiting = waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     for task in picked {
+                        if leases.len() >= max.max(1) {
+                            break;
+                        }
+                        if gone.contains(task) {
+                            continue;
+                        }
                         let Some(t) = state.queue.get(task) else { continue };
+                        let reserve = match admitter.admit(task) {
+                            Ok(reserve) => reserve,
+                            Err(denial) if denial.may_wait() => {
+                                if waiting.insert(task.clone()) {
+                                    let reason = denial.reason().to_owned();
+                                    events.push(Event::AdmissionDenied { tenant: t.tenant.clone(), task: Some(task.clone()), reason });
+                                }
+                                continue;
+                            }
+                            Err(denial) => {
+                                waiting.remove(task);
+                                let reason = denial.reason().to_owned();
+                                events.push(Event::AdmissionDenied { tenant: t.tenant.clone(), task: Some(task.clone()), reason: reason.clone() });
+                                events.push(Event::TaskCancelled { task: task.clone(), reason: format!("not admitted: {reason}") });
+                                gone.insert(task.clone());
+                                for child in dependants_to_cancel(state, task) {
+                                    if gone.insert(child.clone()) {
+                                        events.push(Event::TaskCancelled { task: child, reason: format!("parent `{task}` was not admitted") });
+                                    }
+                                }
+                                continue;
+                            }
+                        };
+                        waiting.remove(task);
+                        if reserve > Micros::ZERO {
+                            events.push(Event::CostReserved { tenant: t.tenant.clone(), task: task.clone(), amount_micros: reserve });
+                        }
                         let inputs = t
                             .deps
                             .iter()
@@ -187,20 +221,22 @@ impl TaskQueue for MemoryQueue {
     }
 
     async fn ack_many(&self, done: Vec<Done>) -> Result<(), QueueError> {
-        let mut events = Vec::with_capacity(done.len() * 2);
-        for (lease, output, costs) in done {
-            events.extend(cost_events(&lease, costs));
-            events.push(Event::TaskAcked { task: lease.task.clone(), worker: lease.worker.clone(), output });
-        }
-        self.ledger.append_async(events.into_iter().map(Into::into).collect()).await?;
+        self.ledger
+            .decide(move |state, _, _| {
+                let mut settler = Settler::new(state);
+                let mut events = Vec::with_capacity(done.len() * 2);
+                for (lease, output, costs) in done {
+                    events.extend(settler.settle(&lease.task, &costs));
+                    events.push(Event::TaskAcked { task: lease.task, worker: lease.worker, output });
+                }
+                (events, ())
+            })
+            .await?;
         Ok(())
     }
 
     async fn ack(&self, lease: &Lease, output: Params, costs: Vec<(Category, Micros)>) -> Result<(), QueueError> {
-        let mut events: Vec<Event> = cost_events(lease, costs).collect();
-        events.push(Event::TaskAcked { task: lease.task.clone(), worker: lease.worker.clone(), output });
-        self.ledger.append_async(events.into_iter().map(Into::into).collect()).await?;
-        Ok(())
+        self.ack_many(vec![(lease.clone(), output, costs)]).await
     }
 
     async fn nack(
@@ -210,11 +246,11 @@ impl TaskQueue for MemoryQueue {
         timed_out: bool,
         costs: Vec<(Category, Micros)>,
     ) -> Result<NackOutcome, QueueError> {
-        let mut events: Vec<Event> = cost_events(lease, costs).collect();
         let (lease, policy, seed) = (lease.clone(), self.policy, self.seed);
         let (_, outcome) = self
             .ledger
             .decide(move |state, _, now| {
+                let mut events = Settler::new(state).settle(&lease.task, &costs);
                 let max_attempts = state.queue.get(&lease.task).map_or(1, |t| t.max_attempts);
                 if lease.attempt < max_attempts {
                     let delay = policy.retry_delay_micros(lease.attempt, draw(seed, "retry", lease.task.as_str(), lease.attempt));
