@@ -5,16 +5,22 @@
 
 use std::fmt::Write;
 
+/// Name, budget as a share of what the tenant's runs would cost (basis
+/// points), learning intensity: a generous tenant stays HEALTHY beside
+/// tenants that run into WARNING, CRITICAL and their budget's edge.
 const TENANTS: [(&str, i64, &str); 8] = [
-    ("acme", 40_000_000, "balanced"),
-    ("globex", 8_000_000, "aggressive"),
-    ("initech", 20_000_000, "conservative"),
-    ("umbrella", 60_000_000, "balanced"),
-    ("hooli", 15_000_000, "aggressive"),
-    ("stark", 90_000_000, "conservative"),
-    ("wayne", 30_000_000, "balanced"),
-    ("wonka", 5_000_000, "balanced"),
+    ("acme", 30_000, "balanced"),
+    ("globex", 9_500, "aggressive"),
+    ("initech", 9_000, "conservative"),
+    ("umbrella", 6_000, "balanced"),
+    ("hooli", 20_000, "aggressive"),
+    ("stark", 11_000, "conservative"),
+    ("wayne", 9_200, "balanced"),
+    ("wonka", 5_000, "balanced"),
 ];
+
+/// About what one pipeline run of the demo costs, in micros.
+const COST_PER_RUN_MICROS: i64 = 75_000;
 
 /// The demo workload as TOML (so it goes through the same checks as a
 /// user's file). `tenants` above eight get generated names.
@@ -63,10 +69,11 @@ nodes = [
 "#
     );
     for i in 0..tenants {
-        let (name, budget, intensity) = match TENANTS.get(i as usize) {
+        let (name, share_bp, intensity) = match TENANTS.get(i as usize) {
             Some(&(n, b, l)) => (n.to_owned(), b, l),
-            None => (format!("tenant-{i:03}"), 25_000_000, "balanced"),
+            None => (format!("tenant-{i:03}"), TENANTS[i as usize % TENANTS.len()].1, "balanced"),
         };
+        let budget = i64::from(runs) * COST_PER_RUN_MICROS * share_bp / 10_000;
         let _ = write!(
             out,
             "\n[[tenants]]\nid = \"{name}\"\nbudget_micros = {budget}\nmax_concurrent_runs = 4\nlearning_intensity = \"{intensity}\"\n"
