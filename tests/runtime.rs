@@ -420,3 +420,21 @@ pipeline = "p"
     let err = parse_err("\n[[pipelines]]\nid = \"m\"\nmode = \"map_reduce\"\nnodes = [ { id = \"s\", stage = \"map\" }, { id = \"s.0\" }, { id = \"r\", stage = \"reduce\" } ]\n");
     assert!(err.contains("must be non-empty without '/', '#' or '.'"), "{err}");
 }
+
+#[test]
+fn cli_decisions_lists_admission_denials_and_status_changes_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bin = env!("CARGO_BIN_EXE_runledger");
+    let demo = Command::new(bin).arg("--data").arg(&data).args(["demo", "--tenants", "4", "--runs", "6"]).output().unwrap();
+    assert!(demo.status.success());
+    let out = Command::new(bin).arg("--data").arg(&data).args(["decisions", "--json", "--tenant", "globex"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(rows.iter().all(|r| r["tenant"] == "globex"));
+    assert!(rows.iter().any(|r| r["kind"] == "budget_status_changed" && r["reason"].as_str().unwrap().contains("-> ")));
+    assert!(rows.iter().any(|r| r["kind"] == "admission_denied" && r["reason"].as_str().unwrap().contains("available")));
+    let seqs: Vec<u64> = rows.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in ledger order");
+}

@@ -36,6 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue => queue(&cli.data, cli.json, out),
         Command::Runs => runs(&cli.data, cli.json, out),
         Command::Workers => workers(&cli.data, cli.json, out),
+        Command::Decisions { ref run, ref tenant } => decisions(&cli.data, run.as_deref(), tenant.as_deref(), cli.json, out),
         Command::Run { ref workload, seed, ref run_id } => {
             if let Some(id) = run_id {
                 if id.is_empty() || id.contains(['/', '#']) {
@@ -721,4 +722,88 @@ fn resume(ledger: &Ledger, run: Option<&str>) -> Result<RunReport, RunError> {
         true,
         &mut |_, _| {},
     ))
+}
+
+/// One governance decision as `decisions` shows it.
+#[derive(Serialize)]
+struct DecisionView {
+    seq: u64,
+    recorded_at: crate::domain::Timestamp,
+    /// The event kind (`admission_denied`, `budget_status_changed`, ...).
+    kind: &'static str,
+    tenant: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task: Option<String>,
+    /// `continue` | `degrade` | `terminate` for cost-agent verdicts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<crate::domain::Decision>,
+    reason: String,
+}
+
+fn decisions(data: &Path, run: Option<&str>, tenant: Option<&str>, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = open_store(data)?;
+    let mut scopes = Scopes::default();
+    let mut found = Vec::new();
+    let mut failure = None;
+    store
+        .walk(1, |raw| {
+            let event = match decode_event(raw.event_bytes) {
+                Ok(event) => event,
+                Err(what) => {
+                    failure = Some(Damaged(crate::log::ChainBreak { seq: raw.seq, what }));
+                    return ControlFlow::Break(());
+                }
+            };
+            let owner_run = event.run().cloned().or_else(|| event.task().and_then(|t| scopes.tasks.get(t)).map(|o| o.0.clone()));
+            if !scopes.matches(&event, run, tenant) {
+                return ControlFlow::Continue(());
+            }
+            let (decision, reason) = match &event {
+                Event::AdmissionDenied { reason, .. } => (None, reason.clone()),
+                Event::BudgetStatusChanged { from, to, .. } => (None, format!("{from} -> {to}")),
+                Event::BudgetOverrun { amount_micros, .. } => (None, format!("cost passed the ceiling by {amount_micros}; tenant blocked")),
+                Event::BudgetPeriodReset { .. } => (None, "budget period reset".to_owned()),
+                Event::DegradationDecided { decision, reason, .. } => (Some(*decision), reason.clone()),
+                Event::LearningProfileAdjusted { exploration_bp, reason, .. } => {
+                    (None, format!("exploration {}: {reason}", bp_percent(i64::from(*exploration_bp))))
+                }
+                _ => return ControlFlow::Continue(()),
+            };
+            found.push(DecisionView {
+                seq: raw.seq,
+                recorded_at: raw.recorded_at,
+                kind: event.kind(),
+                tenant: event.tenant().map(|t| t.0.clone()).unwrap_or_default(),
+                run: owner_run.map(|r| r.0),
+                task: event.task().map(|t| t.0.clone()),
+                decision,
+                reason,
+            });
+            ControlFlow::Continue(())
+        })
+        .map_err(walk_error)?;
+    if let Some(d) = failure {
+        return Err(d.into());
+    }
+    if json {
+        for d in &found {
+            print_json(out, d)?;
+        }
+        return Ok(());
+    }
+    let mut table = Table::new(&["SEQ", "KIND", "TENANT", "TASK", "DECISION", "REASON"]);
+    for d in found {
+        table.row(vec![
+            d.seq.to_string(),
+            d.kind.to_owned(),
+            d.tenant,
+            d.task.unwrap_or_else(|| "-".to_owned()),
+            d.decision.map_or_else(|| "-".to_owned(), |x| format!("{x:?}").to_lowercase()),
+            d.reason,
+        ]);
+    }
+    write!(out, "{}", table.render())?;
+    Ok(())
 }

@@ -59,6 +59,14 @@ pub enum Command {
     Runs,
     /// Workers and their statistics.
     Workers,
+    /// Governance decisions with their reasons: admission denials, budget
+    /// status changes, overruns, degradation verdicts, learning adjustments.
+    Decisions {
+        #[arg(long)]
+        run: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Execute a workload file to completion.
     Run {
         /// The workload (TOML).
