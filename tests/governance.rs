@@ -144,3 +144,36 @@ fn status_thresholds_at_exact_edges() {
     assert_eq!(status_of(10_000, 10_000, false), BudgetStatus::Critical);
     assert_eq!(status_of(1, 10_000, true), BudgetStatus::Exceeded);
 }
+
+#[test]
+fn budget_periods_turn_at_utc_midnight_and_month_start() {
+    use runledger::domain::governance::{period_index, period_resets};
+    let t = |s: &str| Timestamp::parse(s).unwrap();
+    assert_eq!(period_index(BudgetPeriod::None, t("2026-01-01T00:00:00Z")), None);
+    assert_eq!(
+        period_index(BudgetPeriod::Daily, t("2026-01-01T23:59:59.999999Z")).map(|d| d + 1),
+        period_index(BudgetPeriod::Daily, t("2026-01-02T00:00:00Z"))
+    );
+    assert_eq!(period_index(BudgetPeriod::Monthly, t("2026-01-31T23:00:00Z")), period_index(BudgetPeriod::Monthly, t("2026-01-01T00:00:00Z")));
+    assert_ne!(period_index(BudgetPeriod::Monthly, t("2026-01-31T23:00:00Z")), period_index(BudgetPeriod::Monthly, t("2026-02-01T00:00:00Z")));
+
+    let daily = Event::TenantRegistered {
+        tenant: "d".into(),
+        budget_micros: Micros(100),
+        max_concurrent_runs: 1,
+        learning_intensity: LearningIntensity::Balanced,
+        meta_learning: false,
+        budget_period: BudgetPeriod::Daily,
+    };
+    let mut state = given(&[daily, tenant("forever", 100, 1)]);
+    apply_all(&mut state, &[
+        Event::CostIncurred { tenant: "d".into(), task: None, category: Category::Llm, amount_micros: Micros(95) },
+        Event::BudgetStatusChanged { tenant: "d".into(), from: BudgetStatus::Healthy, to: BudgetStatus::Critical },
+    ]);
+    assert!(period_resets(&state, t("2026-01-01T10:00:00Z"), t("2026-01-01T20:00:00Z")).is_empty());
+    let resets = period_resets(&state, t("2026-01-01T10:00:00Z"), t("2026-01-02T00:00:01Z"));
+    let kinds: Vec<&str> = resets.iter().map(Event::kind).collect();
+    assert_eq!(kinds, ["budget_period_reset", "budget_status_changed"], "only the daily tenant resets");
+    apply_all(&mut state, &resets);
+    assert_eq!(state.tenants.get(&"d".into()).unwrap().spent_micros(), Micros(0));
+}

@@ -438,3 +438,33 @@ fn cli_decisions_lists_admission_denials_and_status_changes_with_reasons() {
     let seqs: Vec<u64> = rows.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in ledger order");
 }
+
+#[test]
+fn a_daily_budget_starts_again_each_virtual_day() {
+    let text = r#"
+seed = 4
+start = "2026-03-01T12:00:00Z"
+[execution.workers]
+num_workers = 1
+[[tenants]]
+id = "daily"
+budget_micros = 1000
+budget_period = "daily"
+[[pipelines]]
+id = "p"
+nodes = [ { id = "a", cost_ceiling_micros = 900, params = { step = "tool", failure_rate_bp = 0 } } ]
+[[submissions]]
+tenant = "daily"
+pipeline = "p"
+runs = 3
+interval_ms = 86400000
+"#;
+    let w = Workload::parse("d.toml", text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (report, state) = run(dir.path(), &w);
+    // 900 reserved of 1000 a day: one run a day fits, three days, three runs.
+    assert_eq!((report.tasks, report.acked), (3, 3));
+    let resets = events(dir.path()).iter().filter(|e| matches!(e, Event::BudgetPeriodReset { .. })).count();
+    assert_eq!(resets, 2);
+    assert_eq!(state.tenants.get(&"daily".into()).unwrap().spent_micros().0, 300, "only today's spend");
+}

@@ -10,7 +10,8 @@
 //! reserved ≤ budget` holds at every seq unless an overrun was recorded.
 //! Pure: decisions read the projection and return events.
 
-use super::event::{BudgetStatus, Category, Event};
+use super::event::{BudgetPeriod, BudgetStatus, Category, Event};
+use super::time::Timestamp;
 use super::ids::{TaskId, TenantId};
 use super::money::Micros;
 use super::state::State;
@@ -179,4 +180,39 @@ pub fn status_of(spent: i64, budget: i64, overrun: bool) -> BudgetStatus {
         bp if bp >= super::budget::WARNING_BP => BudgetStatus::Warning,
         _ => BudgetStatus::Healthy,
     }
+}
+
+/// Which budget period `at` falls in: the UTC day or calendar month since
+/// the epoch; `None` for tenants without a period.
+pub fn period_index(period: BudgetPeriod, at: Timestamp) -> Option<i64> {
+    const DAY_MICROS: i64 = 86_400_000_000;
+    match period {
+        BudgetPeriod::None => None,
+        BudgetPeriod::Daily => Some(at.0.div_euclid(DAY_MICROS)),
+        BudgetPeriod::Monthly => {
+            use chrono::Datelike;
+            let dt = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(at.0)?;
+            Some(i64::from(dt.year()) * 12 + i64::from(dt.month0()))
+        }
+    }
+}
+
+/// The period resets due when time moves from `from` to `to`: for each
+/// tenant (in id order) whose budget period changed, `budget_period_reset`
+/// and, if its recorded status was not HEALTHY, the change back.
+pub fn period_resets(state: &State, from: Timestamp, to: Timestamp) -> Vec<Event> {
+    let mut events = Vec::new();
+    for t in state.tenants.sorted() {
+        let (Some(a), Some(b)) = (period_index(t.budget_period, from), period_index(t.budget_period, to)) else {
+            continue;
+        };
+        if a == b {
+            continue;
+        }
+        events.push(Event::BudgetPeriodReset { tenant: t.tenant.clone() });
+        if t.recorded_status != BudgetStatus::Healthy {
+            events.push(Event::BudgetStatusChanged { tenant: t.tenant.clone(), from: t.recorded_status, to: BudgetStatus::Healthy });
+        }
+    }
+    events
 }

@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::time::Instant;
 
-use crate::domain::governance::{Denial, admit_run, admit_task, settle};
+use crate::domain::governance::{Denial, admit_run, admit_task, period_resets, settle};
 use crate::domain::scheduler::{dependants_to_cancel, draw, next_ready_many, next_retry_at};
 use crate::domain::sim::simulate;
 use crate::domain::{Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp, WorkerId};
@@ -601,7 +601,13 @@ fn drive(
             }
             continue;
         };
-        sim.now = Timestamp(at.max(sim.now.0));
+        let next = Timestamp(at.max(sim.now.0));
+        // Budgets of tenants with a period start again when it turns.
+        let resets = period_resets(&sim.state, sim.now, next);
+        sim.now = next;
+        for event in resets {
+            sim.emit(event)?;
+        }
         while sim.timers.peek().is_some_and(|t| t.0.0 <= sim.now.0) {
             let Some(Reverse((_, _, task, worker, attempt, timed_out))) = sim.timers.pop() else { break };
             sim.finish_attempt(task, worker, attempt, timed_out)?;
