@@ -10,9 +10,9 @@ use std::fmt::Write;
 /// tenants that run into WARNING, CRITICAL and their budget's edge.
 const TENANTS: [(&str, i64, &str); 8] = [
     ("acme", 30_000, "balanced"),
-    ("globex", 9_500, "aggressive"),
-    ("initech", 9_000, "conservative"),
-    ("umbrella", 6_000, "balanced"),
+    ("globex", 6_000, "aggressive"),
+    ("initech", 4_500, "conservative"),
+    ("umbrella", 2_500, "balanced"),
     ("hooli", 20_000, "aggressive"),
     ("stark", 11_000, "conservative"),
     ("wayne", 9_200, "balanced"),
@@ -76,7 +76,7 @@ nodes = [
         let budget = i64::from(runs) * COST_PER_RUN_MICROS * share_bp / 10_000;
         let _ = write!(
             out,
-            "\n[[tenants]]\nid = \"{name}\"\nbudget_micros = {budget}\nmax_concurrent_runs = 4\nlearning_intensity = \"{intensity}\"\n"
+            "\n[[tenants]]\nid = \"{name}\"\nbudget_micros = {budget}\nmax_concurrent_runs = 10\nlearning_intensity = \"{intensity}\"\n"
         );
         let _ = write!(out, "\n[[submissions]]\ntenant = \"{name}\"\npipeline = \"rag\"\nruns = {runs}\ninterval_ms = 150\n");
         if i % 2 == 0 {

@@ -177,3 +177,74 @@ fn budget_periods_turn_at_utc_midnight_and_month_start() {
     apply_all(&mut state, &resets);
     assert_eq!(state.tenants.get(&"d".into()).unwrap().spent_micros(), Micros(0));
 }
+
+fn node(task: &str, tenant: &str, ceiling: i64, deps: &[&str], optional: bool, params: &str) -> Event {
+    Event::TaskSubmitted {
+        run: "r".into(),
+        task: task.into(),
+        tenant: tenant.into(),
+        priority: Priority::Normal,
+        deps: deps.iter().map(|d| TaskId::from(*d)).collect(),
+        pipeline: Some("p1".into()),
+        cost_ceiling_micros: Micros(ceiling),
+        handler: "sim".into(),
+        params: serde_json::from_str(params).unwrap(),
+        max_attempts: 1,
+        optional,
+    }
+}
+
+fn agent(state: &State, task: &str) -> runledger::domain::cost_agent::CostDecision {
+    use runledger::domain::cost_agent::{Plan, decide};
+    let degraded = |t: &runledger::domain::queue::Task, plan: &Plan| {
+        if plan.skip_optional && t.optional { Micros::ZERO } else { Micros(t.cost_ceiling_micros.0 / 2) }
+    };
+    decide(state, &task.into(), &degraded).unwrap()
+}
+
+#[test]
+fn cost_agent_continues_degrades_and_terminates_on_the_projection() {
+    let mut events = vec![tenant("acme", 1_000, 10), Event::RunStarted { run: "r".into(), seed: 1, config_hash: String::new() }];
+    events.extend([
+        node("retrieve", "acme", 200, &[], false, r#"{"step":"retrieve","depth":5}"#),
+        node("rerank", "acme", 100, &["retrieve"], true, r#"{"step":"rerank"}"#),
+        node("generate", "acme", 500, &["rerank"], false, r#"{"step":"generate","model":"large","candidates":3}"#),
+    ]);
+    let state = given(&events);
+    // 200 + 100 + 500 = 800 of 1000 with one run: continue.
+    let d = agent(&state, "retrieve");
+    assert_eq!((d.decision, d.projection.remaining_micros, d.projection.projected_micros), (Decision::Continue, 800, 800));
+    // 400 already spent: 1200 projected > 1000, degraded 400 + 100 + 0 + 250 = 750 fits.
+    let mut spent = state.clone();
+    apply_all(&mut spent, &[Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Other, amount_micros: Micros(400) }]);
+    let d = agent(&spent, "retrieve");
+    assert_eq!(d.decision, Decision::Degrade, "{}", d.reason);
+    assert_eq!(d.projection.projected_degraded_micros, 750);
+    let plan = d.plan.unwrap();
+    let degraded = plan.apply(&serde_json::from_str(r#"{"step":"generate","model":"large","candidates":3,"depth":5}"#).unwrap());
+    assert_eq!(degraded.as_json(), r#"{"candidates":1,"depth":3,"model":"medium","step":"generate"}"#);
+    // 700 spent: even degraded (700 + 350) does not fit: terminate.
+    apply_all(&mut spent, &[Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Other, amount_micros: Micros(300) }]);
+    assert_eq!(agent(&spent, "retrieve").decision, Decision::Terminate);
+}
+
+#[test]
+fn cost_agent_degrades_above_ninety_percent_utilisation_and_eighty_percent_concurrency() {
+    let mut events = vec![tenant("acme", 10_000, 10), Event::RunStarted { run: "r".into(), seed: 1, config_hash: String::new() }];
+    events.push(node("t", "acme", 10, &[], false, "{}"));
+    let mut state = given(&events);
+    apply_all(&mut state, &[Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Llm, amount_micros: Micros(9_000) }]);
+    assert_eq!(agent(&state, "t").decision, Decision::Continue, "exactly 90 % is not above it");
+    apply_all(&mut state, &[Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Llm, amount_micros: Micros(1) }]);
+    assert_eq!(agent(&state, "t").decision, Decision::Degrade);
+
+    let mut busy = vec![tenant("b", 1_000_000, 10), Event::RunStarted { run: "r".into(), seed: 1, config_hash: String::new() }];
+    for i in 0..8 {
+        busy.push(submit(&format!("x{i}"), "b", 1));
+    }
+    let state = given(&busy);
+    assert_eq!(agent(&state, "x0").decision, Decision::Continue, "8 of 10 runs is not above 80 %");
+    let mut more = busy.clone();
+    more.push(submit("x8", "b", 1));
+    assert_eq!(agent(&given(&more), "x0").decision, Decision::Degrade);
+}

@@ -129,7 +129,7 @@ fn serial_pipeline_runs_nodes_in_order_and_every_task_ends() {
     let dir = tempfile::tempdir().unwrap();
     let (report, state) = run(dir.path(), &w);
     assert_eq!(report.tasks, 10);
-    assert_eq!(report.acked + report.dead_lettered + report.cancelled, 10);
+    assert_eq!(report.acked + report.dead_lettered + report.cancelled + report.skipped, 10);
     let generate = state.queue.get(&"run-7/acme/rag#0/generate".into()).unwrap();
     assert_eq!(generate.deps, vec!["run-7/acme/rag#0/retrieve".into()]);
     let c = state.queue.counts();
@@ -295,7 +295,7 @@ fn readme_workload_example_parses_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let (report, _) = run(dir.path(), &w);
     assert_eq!(report.run, "nightly");
-    assert_eq!(report.acked + report.dead_lettered + report.cancelled, report.tasks);
+    assert_eq!(report.acked + report.dead_lettered + report.cancelled + report.skipped, report.tasks);
 }
 
 fn assert_run_complete_and_acked_once(dir: &Path) {
@@ -312,7 +312,7 @@ fn assert_run_complete_and_acked_once(dir: &Path) {
     let state = runledger::replay::fold(&store, None).unwrap().state;
     let c = state.queue.counts();
     assert_eq!((c.waiting, c.pending, c.leased), (0, 0, 0), "every task ended");
-    assert_eq!(c.done + c.dead_lettered + c.cancelled, c.total());
+    assert_eq!(c.done + c.dead_lettered + c.cancelled + c.skipped, c.total());
     assert!(state.runs.sorted().iter().all(|r| r.status == runledger::domain::activity::RunStatus::Finished));
 }
 
@@ -329,7 +329,7 @@ fn resume_finishes_a_run_whose_process_stopped_mid_run() {
     ledger.close().unwrap();
     assert_eq!(report.run, "run-7");
     assert_eq!(report.tasks, 10);
-    assert_eq!(report.acked + report.dead_lettered + report.cancelled, 10);
+    assert_eq!(report.acked + report.dead_lettered + report.cancelled + report.skipped, 10);
     let expired = events(dir.path()).iter().filter(|e| matches!(e, Event::LeaseExpired { .. })).count();
     assert_eq!(expired as u64, leased, "each lease of the dead process is returned");
     assert_run_complete_and_acked_once(dir.path());
@@ -393,13 +393,13 @@ fn a_run_never_executes_another_runs_tasks() {
     let options = RunOptions { run_id: Some("A".into()), stop_after_steps: Some(1), ..RunOptions::default() };
     assert!(run_simulated(&ledger, &w, &options, &mut |_, _| {}).is_err());
     let b = run_simulated(&ledger, &w, &RunOptions { run_id: Some("B".into()), ..RunOptions::default() }, &mut |_, _| {}).unwrap();
-    assert_eq!(b.tasks, b.acked + b.dead_lettered + b.cancelled);
+    assert_eq!(b.tasks, b.acked + b.dead_lettered + b.cancelled + b.skipped);
     let state = ledger.query(|s, _| s.clone()).unwrap();
     let a = state.runs.get(&"A".into()).unwrap();
     assert_eq!(a.tasks_acked, 0, "run B must not have run A's tasks");
     let resumed = runledger::runtime::sim::resume_simulated(&ledger, Some("A"), &mut |_, _| {}).unwrap();
     ledger.close().unwrap();
-    assert_eq!(resumed.acked + resumed.dead_lettered + resumed.cancelled, resumed.tasks);
+    assert_eq!(resumed.acked + resumed.dead_lettered + resumed.cancelled + resumed.skipped, resumed.tasks);
 }
 
 #[test]
@@ -428,15 +428,20 @@ fn cli_decisions_lists_admission_denials_and_status_changes_with_reasons() {
     let bin = env!("CARGO_BIN_EXE_runledger");
     let demo = Command::new(bin).arg("--data").arg(&data).args(["demo", "--tenants", "4", "--runs", "6"]).output().unwrap();
     assert!(demo.status.success());
-    let out = Command::new(bin).arg("--data").arg(&data).args(["decisions", "--json", "--tenant", "globex"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(rows.iter().all(|r| r["tenant"] == "globex"));
-    assert!(rows.iter().any(|r| r["kind"] == "budget_status_changed" && r["reason"].as_str().unwrap().contains("-> ")));
-    assert!(rows.iter().any(|r| r["kind"] == "admission_denied" && r["reason"].as_str().unwrap().contains("available")));
-    let seqs: Vec<u64> = rows.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    let rows = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = Command::new(bin).arg("--data").arg(&data).arg("decisions").arg("--json").args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let all = rows(&[]);
+    for verdict in ["continue", "degrade", "terminate"] {
+        assert!(all.iter().any(|r| r["kind"] == "degradation_decided" && r["decision"] == verdict), "no {verdict} verdict");
+    }
+    assert!(all.iter().any(|r| r["kind"] == "budget_status_changed" && r["reason"].as_str().unwrap().contains("-> ")));
+    let seqs: Vec<u64> = all.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in ledger order");
+    let umbrella = rows(&["--tenant", "umbrella"]);
+    assert!(!umbrella.is_empty() && umbrella.iter().all(|r| r["tenant"] == "umbrella"));
 }
 
 #[test]

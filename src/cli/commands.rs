@@ -353,8 +353,8 @@ fn replay_cmd(data: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -
     let c = folded.state.queue.counts();
     writeln!(
         out,
-        "queue: {} waiting, {} pending, {} leased, {} done, {} dead-lettered, {} cancelled ({} retries)",
-        c.waiting, c.pending, c.leased, c.done, c.dead_lettered, c.cancelled, c.retries
+        "queue: {} waiting, {} pending, {} leased, {} done, {} dead-lettered, {} cancelled, {} skipped ({} retries)",
+        c.waiting, c.pending, c.leased, c.done, c.dead_lettered, c.cancelled, c.skipped, c.retries
     )?;
     writeln!(out, "digest: {}", digests.combined.to_hex())?;
     Ok(())
@@ -625,8 +625,8 @@ fn print_summary(
     writeln!(out, "run {} (seed {}): {} tasks", r.run, r.seed, r.tasks)?;
     writeln!(
         out,
-        "  outcomes: {} acked, {} dead-lettered, {} cancelled; {} retries ({} timeouts)",
-        r.acked, r.dead_lettered, r.cancelled, r.retries, r.timeouts
+        "  outcomes: {} acked, {} dead-lettered, {} cancelled, {} skipped; {} retries ({} timeouts)",
+        r.acked, r.dead_lettered, r.cancelled, r.skipped, r.retries, r.timeouts
     )?;
     writeln!(
         out,

@@ -33,6 +33,7 @@ pub struct RunSummary {
     pub tasks_timed_out: u64,
     pub tasks_dead_lettered: u64,
     pub tasks_cancelled: u64,
+    pub tasks_skipped: u64,
     pub leases_expired: u64,
     pub cost_micros: Micros,
     pub running: u32,
@@ -86,6 +87,7 @@ impl Runs {
                     tasks_timed_out: 0,
                     tasks_dead_lettered: 0,
                     tasks_cancelled: 0,
+                    tasks_skipped: 0,
                     leases_expired: 0,
                     cost_micros: Micros::ZERO,
                     running: 0,
@@ -125,6 +127,7 @@ impl Runs {
             }
             Event::TaskDeadLettered { .. } => r.tasks_dead_lettered += 1,
             Event::TaskCancelled { .. } => r.tasks_cancelled += 1,
+            Event::TaskSkipped { .. } => r.tasks_skipped += 1,
             Event::CostIncurred { amount_micros, .. } => {
                 r.cost_micros.0 = r.cost_micros.0.saturating_add(amount_micros.0);
             }

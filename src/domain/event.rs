@@ -413,6 +413,13 @@ pub enum Event {
         format: String,
         text: String,
     },
+    /// An optional node a degradation plan skipped: it ends without running
+    /// and its dependants go on.
+    TaskSkipped {
+        task: TaskId,
+        #[serde(default)]
+        reason: String,
+    },
 }
 
 impl Event {
@@ -443,6 +450,7 @@ impl Event {
             Event::LearningOutcome { .. } => "learning_outcome",
             Event::LearningProfileAdjusted { .. } => "learning_profile_adjusted",
             Event::WorkloadRecorded { .. } => "workload_recorded",
+            Event::TaskSkipped { .. } => "task_skipped",
         }
     }
 
@@ -456,6 +464,7 @@ impl Event {
             | Event::TaskDeadLettered { task, .. }
             | Event::LeaseExpired { task, .. }
             | Event::TaskCancelled { task, .. }
+            | Event::TaskSkipped { task, .. }
             | Event::CostReserved { task, .. }
             | Event::ReservationReleased { task, .. } => Some(task),
             Event::CostIncurred { task, .. }

@@ -78,6 +78,13 @@ impl<'s> Admitter<'s> {
 
     /// Admits `task` and counts its reservation, or says why not.
     pub fn admit(&mut self, task: &TaskId) -> Result<Micros, Denial> {
+        let ceiling = self.state.queue.get(task).map_or(Micros::ZERO, |t| t.cost_ceiling_micros);
+        self.admit_at(task, ceiling)
+    }
+
+    /// Admits `task` reserving `ceiling` (its own, or a lower one when a
+    /// degradation plan makes the node cheaper).
+    pub fn admit_at(&mut self, task: &TaskId, ceiling: Micros) -> Result<Micros, Denial> {
         let state = self.state;
         let Some(t) = state.queue.get(task) else {
             return Err(Denial::Blocked(format!("task `{task}` was never submitted")));
@@ -89,7 +96,6 @@ impl<'s> Admitter<'s> {
             return Err(Denial::Blocked(format!("tenant `{}` is blocked after a budget overrun", t.tenant)));
         }
         let extra = self.reserved.get(&t.tenant).copied().unwrap_or(Micros::ZERO);
-        let ceiling = t.cost_ceiling_micros;
         let reserved = Micros(tenant.reserved_micros.0.saturating_add(extra.0));
         let available = Micros(tenant.available_micros().0.saturating_sub(extra.0));
         if ceiling <= available {

@@ -7,6 +7,7 @@
 
 pub mod activity;
 pub mod budget;
+pub mod cost_agent;
 pub mod event;
 pub mod governance;
 pub mod ids;

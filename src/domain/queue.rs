@@ -28,15 +28,17 @@ pub enum TaskStatus {
     Done,
     DeadLettered,
     Cancelled,
+    /// Ended without running (an optional node a degradation plan skipped).
+    Skipped,
 }
 
 impl TaskStatus {
     pub fn name(self) -> &'static str {
-        ["waiting", "pending", "leased", "done", "dead_lettered", "cancelled"][self as usize]
+        ["waiting", "pending", "leased", "done", "dead_lettered", "cancelled", "skipped"][self as usize]
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskStatus::Done | TaskStatus::DeadLettered | TaskStatus::Cancelled)
+        matches!(self, TaskStatus::Done | TaskStatus::DeadLettered | TaskStatus::Cancelled | TaskStatus::Skipped)
     }
 }
 
@@ -88,6 +90,7 @@ pub struct QueueCounts {
     pub cancelled: u64,
     /// NACKs and lease expiries that sent a task back for another attempt.
     pub retries: u64,
+    pub skipped: u64,
 }
 
 impl QueueCounts {
@@ -99,11 +102,12 @@ impl QueueCounts {
             TaskStatus::Done => &mut self.done,
             TaskStatus::DeadLettered => &mut self.dead_lettered,
             TaskStatus::Cancelled => &mut self.cancelled,
+            TaskStatus::Skipped => &mut self.skipped,
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.waiting + self.pending + self.leased + self.done + self.dead_lettered + self.cancelled
+        self.waiting + self.pending + self.leased + self.done + self.dead_lettered + self.cancelled + self.skipped
     }
 }
 
@@ -263,6 +267,14 @@ impl Queue {
                     status => Err(Rejection::InvalidTransition { task: task.clone(), action: "cancel", status }),
                 }
             }
+            Event::TaskSkipped { task, .. } => {
+                let t = self.task(task)?;
+                match t.status {
+                    TaskStatus::Pending if t.optional => Ok(()),
+                    TaskStatus::Pending => Err(Rejection::NotOptional(task.clone())),
+                    status => Err(Rejection::InvalidTransition { task: task.clone(), action: "skip", status }),
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -306,7 +318,7 @@ impl Queue {
                 for dep in &deps {
                     if let Some(parent) = self.tasks.get_mut(dep) {
                         parent.dependants.push(task.clone());
-                        if parent.status != TaskStatus::Done {
+                        if !matches!(parent.status, TaskStatus::Done | TaskStatus::Skipped) {
                             deps_open += 1;
                         }
                     }
@@ -357,30 +369,20 @@ impl Queue {
             }
             Event::TaskAcked { task, output, .. } => {
                 self.set_status(&task, TaskStatus::Done, seq);
-                let dependants = match self.tasks.get_mut(&task) {
-                    Some(t) => {
-                        t.worker = None;
-                        t.lease_deadline = None;
-                        t.output = output;
-                        std::mem::take(&mut t.dependants)
-                    }
-                    None => Vec::new(),
-                };
-                for child in &dependants {
-                    let ready = match self.tasks.get_mut(child) {
-                        Some(c) => {
-                            c.deps_open = c.deps_open.saturating_sub(1);
-                            c.deps_open == 0 && c.status == TaskStatus::Waiting
-                        }
-                        None => false,
-                    };
-                    if ready {
-                        self.set_status(child, TaskStatus::Pending, seq);
-                    }
-                }
                 if let Some(t) = self.tasks.get_mut(&task) {
-                    t.dependants = dependants;
+                    t.worker = None;
+                    t.lease_deadline = None;
+                    t.output = output;
                 }
+                self.release_dependants(&task, seq);
+                Some(task)
+            }
+            Event::TaskSkipped { task, reason } => {
+                self.set_status(&task, TaskStatus::Skipped, seq);
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    t.last_error = reason;
+                }
+                self.release_dependants(&task, seq);
                 Some(task)
             }
             Event::TaskNacked { task, error, retry_at, .. } => {
@@ -420,6 +422,30 @@ impl Queue {
                 Some(task)
             }
             _ => None,
+        }
+    }
+
+    /// A parent ended well (ACKed or skipped): its waiting children whose
+    /// parents all ended become ready.
+    fn release_dependants(&mut self, task: &TaskId, seq: u64) {
+        let dependants = match self.tasks.get_mut(task) {
+            Some(t) => std::mem::take(&mut t.dependants),
+            None => return,
+        };
+        for child in &dependants {
+            let ready = match self.tasks.get_mut(child) {
+                Some(c) => {
+                    c.deps_open = c.deps_open.saturating_sub(1);
+                    c.deps_open == 0 && c.status == TaskStatus::Waiting
+                }
+                None => false,
+            };
+            if ready {
+                self.set_status(child, TaskStatus::Pending, seq);
+            }
+        }
+        if let Some(t) = self.tasks.get_mut(task) {
+            t.dependants = dependants;
         }
     }
 

@@ -57,6 +57,8 @@ pub enum Rejection {
     ReleaseExceedsReservation { task: TaskId, amount: Micros, reserved: Micros },
     #[error("tenant `{tenant}`: status change claims {claimed}, but the ledger says {actual}")]
     StatusMismatch { tenant: TenantId, claimed: BudgetStatus, actual: BudgetStatus },
+    #[error("task `{0}` is not optional: only optional nodes can be skipped")]
+    NotOptional(TaskId),
     #[error("an amount overflows 64-bit micros")]
     Overflow,
 }

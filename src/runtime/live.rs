@@ -76,7 +76,7 @@ impl Pool {
         let run = self.run.clone();
         Ok(self.ledger.query_async(move |state, _| {
             state.runs.get(&run).map_or(0, |r| {
-                r.tasks_submitted.saturating_sub(r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled)
+                r.tasks_submitted.saturating_sub(r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled + r.tasks_skipped)
             })
         }).await?)
     }

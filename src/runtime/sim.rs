@@ -11,10 +11,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::time::Instant;
 
-use crate::domain::governance::{Denial, admit_run, admit_task, period_resets, settle};
+use crate::domain::cost_agent;
+use crate::domain::governance::{Denial, admit_run, period_resets, settle};
 use crate::domain::scheduler::{dependants_to_cancel, draw, next_ready_many, next_retry_at};
 use crate::domain::sim::simulate;
-use crate::domain::{Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp, WorkerId};
+use crate::domain::{Decision, Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp, WorkerId};
 use crate::log::{Append, AppendError, Ledger};
 use crate::workload::{Stage, Workload};
 
@@ -53,6 +54,8 @@ pub struct RunReport {
     pub acked: u64,
     pub dead_lettered: u64,
     pub cancelled: u64,
+    /// Optional nodes a degradation plan skipped.
+    pub skipped: u64,
     pub retries: u64,
     pub timeouts: u64,
     pub peak_running: u32,
@@ -81,6 +84,7 @@ impl RunReport {
             acked: s.tasks_acked,
             dead_lettered: s.tasks_dead_lettered,
             cancelled: s.tasks_cancelled,
+            skipped: s.tasks_skipped,
             retries: s.tasks_nacked + s.leases_expired,
             timeouts: s.tasks_timed_out,
             peak_running: s.peak_running,
@@ -99,7 +103,7 @@ impl RunReport {
 const FLUSH_EVENTS: usize = 4_096;
 
 /// A task attempt in flight: when it ends, and how.
-type Timer = Reverse<(i64, u64, TaskId, u32, u32, bool)>;
+type Timer = Reverse<(i64, u64, TaskId, u32, u32, bool, Params)>;
 
 struct Sim<'a> {
     ledger: &'a Ledger,
@@ -122,6 +126,8 @@ struct Sim<'a> {
     deferred: Vec<(usize, u32)>,
     /// Whether this run continues one whose process died.
     resumed: bool,
+    /// The cost agent's last verdict per task (a verdict is recorded when it changes).
+    last_verdict: std::collections::BTreeMap<TaskId, Decision>,
 }
 
 impl Sim<'_> {
@@ -160,16 +166,46 @@ impl Sim<'_> {
                     .cloned()
                     .collect();
             for task in candidates {
-                match admit_task(&self.state, &task) {
+                // The cost agent decides before the node runs; a decision is
+                // recorded when it differs from the task's last one.
+                let Some(verdict) = cost_agent::decide(&self.state, &task, &degraded_ceiling) else { continue };
+                if self.last_verdict.get(&task) != Some(&verdict.decision) {
+                    self.last_verdict.insert(task.clone(), verdict.decision);
+                    if let Some(event) = verdict.event(&self.state, &task) {
+                        self.emit(event)?;
+                    }
+                }
+                let Some(t) = self.state.queue.get(&task) else { continue };
+                let (params, ceiling) = match (verdict.decision, &verdict.plan) {
+                    (Decision::Terminate, _) => {
+                        let reason = format!("terminated by the cost agent: {}", verdict.reason);
+                        let doomed = dependants_to_cancel(&self.state, &task);
+                        self.waiting_budget.remove(&task);
+                        self.emit(Event::TaskCancelled { task: task.clone(), reason: reason.clone() })?;
+                        for child in doomed {
+                            self.emit(Event::TaskCancelled { task: child, reason: reason.clone() })?;
+                        }
+                        continue;
+                    }
+                    (Decision::Degrade, Some(plan)) if plan.skip_optional && t.optional => {
+                        let reason = format!("skipped by the degradation plan: {}", verdict.reason);
+                        self.waiting_budget.remove(&task);
+                        self.emit(Event::TaskSkipped { task, reason })?;
+                        continue;
+                    }
+                    (Decision::Degrade, Some(plan)) => (plan.apply(&t.params), degraded_ceiling(t, plan)),
+                    _ => (t.params.clone(), t.cost_ceiling_micros),
+                };
+                match crate::domain::governance::Admitter::new(&self.state).admit_at(&task, ceiling) {
                     Ok(reserve) => {
                         self.waiting_budget.remove(&task);
-                        self.start_attempt(task, worker, reserve)?;
+                        self.start_attempt(task, worker, reserve, params)?;
                         continue 'workers;
                     }
                     Err(denial) if denial.may_wait() => {
                         // Recorded once per wait; the task stays ready.
                         if self.waiting_budget.insert(task.clone()) {
-                            let tenant = self.state.queue.get(&task).map(|t| t.tenant.clone()).unwrap_or_default();
+                            let tenant = t.tenant.clone();
                             let reason = denial.reason().to_owned();
                             self.emit(Event::AdmissionDenied { tenant, task: Some(task), reason })?;
                         }
@@ -189,10 +225,10 @@ impl Sim<'_> {
 
     /// Reserves the task's ceiling, leases it to `worker` and schedules the
     /// attempt's end.
-    fn start_attempt(&mut self, task: TaskId, worker: u32, reserve: Micros) -> Result<(), RunError> {
+    fn start_attempt(&mut self, task: TaskId, worker: u32, reserve: Micros, params: Params) -> Result<(), RunError> {
         let Some(t) = self.state.queue.get(&task) else { return Ok(()) };
         let attempt = t.attempts + 1;
-        let (tenant, params) = (t.tenant.clone(), t.params.clone());
+        let tenant = t.tenant.clone();
         self.free_workers.remove(&worker);
         self.running += 1;
         if reserve > Micros::ZERO {
@@ -208,7 +244,7 @@ impl Sim<'_> {
         let latency = simulate(self.seed, task.as_str(), attempt, &params).latency_micros;
         let (ends, timed_out) = if latency > timeout { (timeout, true) } else { (latency, false) };
         self.order += 1;
-        self.timers.push(Reverse((self.now.0.saturating_add(ends), self.order, task, worker, attempt, timed_out)));
+        self.timers.push(Reverse((self.now.0.saturating_add(ends), self.order, task, worker, attempt, timed_out, params)));
         Ok(())
     }
 
@@ -230,11 +266,11 @@ impl Sim<'_> {
         (u64::from(self.workload.backpressure_threshold_bp) * u64::from(self.workload.max_concurrency) / 10_000) as u32
     }
 
-    fn finish_attempt(&mut self, task: TaskId, worker: u32, attempt: u32, timed_out: bool) -> Result<(), RunError> {
+    fn finish_attempt(&mut self, task: TaskId, worker: u32, attempt: u32, timed_out: bool, params: Params) -> Result<(), RunError> {
         let Some(t) = self.state.queue.get(&task) else { return Ok(()) };
         let tenant = t.tenant.clone();
         let max_attempts = t.max_attempts;
-        let outcome = simulate(self.seed, task.as_str(), attempt, &t.params);
+        let outcome = simulate(self.seed, task.as_str(), attempt, &params);
         self.free_workers.insert(worker);
         self.running -= 1;
         // Post what the attempt cost (a timed-out attempt reports nothing),
@@ -390,6 +426,18 @@ pub(crate) fn instance_events(workload: &Workload, run: &RunId, submission: usiz
     events
 }
 
+/// A node's ceiling under a degradation plan: nothing for an optional node
+/// it skips, the cheaper step's most for `sim`, else the declared one.
+fn degraded_ceiling(t: &crate::domain::queue::Task, plan: &cost_agent::Plan) -> Micros {
+    if plan.skip_optional && t.optional {
+        return Micros::ZERO;
+    }
+    if t.handler == "sim" {
+        return crate::domain::sim::cost_ceiling(&plan.apply(&t.params)).min(t.cost_ceiling_micros);
+    }
+    t.cost_ceiling_micros
+}
+
 /// A node's cost ceiling: the declared one, else for `sim` the most the
 /// step can cost; 0 (not governed) for other handlers without one.
 fn ceiling_of(node: &crate::workload::NodeSpec, params: &serde_json::Value) -> Micros {
@@ -486,6 +534,7 @@ pub fn run_simulated(
         waiting_budget: BTreeSet::new(),
         deferred: Vec::new(),
         resumed: false,
+        last_verdict: std::collections::BTreeMap::new(),
     };
 
     for event in registration_events(&sim.state, workload) {
@@ -569,7 +618,7 @@ fn drive(
             return Err(RunError::Stopped(steps));
         }
         if let Some(r) = sim.state.runs.get(&run) {
-            progress(r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled, total_tasks);
+            progress(r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled + r.tasks_skipped, total_tasks);
         }
 
         let mut wake: Option<i64> = sim.timers.peek().map(|t| t.0.0);
@@ -609,8 +658,8 @@ fn drive(
             sim.emit(event)?;
         }
         while sim.timers.peek().is_some_and(|t| t.0.0 <= sim.now.0) {
-            let Some(Reverse((_, _, task, worker, attempt, timed_out))) = sim.timers.pop() else { break };
-            sim.finish_attempt(task, worker, attempt, timed_out)?;
+            let Some(Reverse((_, _, task, worker, attempt, timed_out, params))) = sim.timers.pop() else { break };
+            sim.finish_attempt(task, worker, attempt, timed_out, params)?;
         }
     }
     sim.emit(Event::RunFinished { run: run.clone() })?;
@@ -677,6 +726,7 @@ pub fn resume_simulated(
         waiting_budget: BTreeSet::new(),
         deferred: Vec::new(),
         resumed: true,
+        last_verdict: std::collections::BTreeMap::new(),
     };
     // Retries the dead process had scheduled.
     let run_id = summary.run.clone();

@@ -1,0 +1,190 @@
+//! The cost agent: before a pipeline node runs, project what the tenant
+//! will spend and decide CONTINUE, DEGRADE or TERMINATE.
+//!
+//! Projection: what is spent and reserved, plus the cost ceilings of the
+//! node and everything downstream of it (the remaining DAG), plus that much
+//! again for each other concurrent run of the tenant weighted by a
+//! confidence that falls as concurrency rises (`10,000 / runs` bp).
+//! TERMINATE when the budget is exceeded, or projected to be even with the
+//! degradation plan; DEGRADE when projected to exceed without the plan,
+//! when utilisation passes 90 % or the concurrency factor 80 %; else
+//! CONTINUE. The plan skips optional nodes, cuts generation candidates to
+//! one, retrieval depth to three, and steps the model down. Pure: the
+//! decision, its inputs, its projection and its plan are one event.
+
+use serde::Serialize;
+
+use super::event::{Decision, Event, Params};
+use super::ids::TaskId;
+use super::money::Micros;
+use super::queue::TaskStatus;
+use super::state::State;
+
+/// DEGRADE above this utilisation (spent + reserved of budget), in bp.
+pub const DEGRADE_UTILISATION_BP: i64 = 9_000;
+/// DEGRADE above this concurrency factor (runs of the limit), in bp.
+pub const DEGRADE_CONCURRENCY_BP: i64 = 8_000;
+
+/// What a degradation changes in the nodes still to run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub skip_optional: bool,
+    pub candidates: i64,
+    pub depth: i64,
+    pub model_step_down: bool,
+}
+
+impl Plan {
+    pub const STANDARD: Plan = Plan { skip_optional: true, candidates: 1, depth: 3, model_step_down: true };
+
+    /// The params a node runs with under this plan.
+    pub fn apply(&self, params: &Params) -> Params {
+        let mut value = params.to_value();
+        let Some(map) = value.as_object_mut() else { return params.clone() };
+        if map.get("candidates").and_then(|v| v.as_i64()).is_some_and(|c| c > self.candidates) {
+            map.insert("candidates".into(), self.candidates.into());
+        }
+        if map.get("depth").and_then(|v| v.as_i64()).is_some_and(|d| d > self.depth) {
+            map.insert("depth".into(), self.depth.into());
+        }
+        if self.model_step_down {
+            let cheaper = match map.get("model").and_then(|v| v.as_str()) {
+                Some("large") => Some("medium"),
+                Some("medium") => Some("small"),
+                _ => None,
+            };
+            if let Some(model) = cheaper {
+                map.insert("model".into(), model.into());
+            }
+        }
+        Params::from_value(&value)
+    }
+}
+
+/// The decision's inputs and projection, recorded with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Projection {
+    pub budget_micros: i64,
+    pub spent_micros: i64,
+    pub reserved_micros: i64,
+    pub active_runs: u32,
+    pub max_concurrent_runs: u32,
+    pub remaining_micros: i64,
+    pub remaining_degraded_micros: i64,
+    pub confidence_bp: i64,
+    pub projected_micros: i64,
+    pub projected_degraded_micros: i64,
+    pub utilisation_bp: i64,
+    pub concurrency_factor_bp: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CostDecision {
+    pub decision: Decision,
+    pub reason: String,
+    pub projection: Projection,
+    pub plan: Option<Plan>,
+}
+
+impl CostDecision {
+    /// The `degradation_decided` event that records it.
+    pub fn event(&self, state: &State, task: &TaskId) -> Option<Event> {
+        let t = state.queue.get(task)?;
+        let details = serde_json::json!({ "projection": self.projection, "plan": self.plan });
+        Some(Event::DegradationDecided {
+            tenant: t.tenant.clone(),
+            run: t.run.clone(),
+            task: Some(task.clone()),
+            decision: self.decision,
+            reason: self.reason.clone(),
+            details: Params::from_value(&details),
+        })
+    }
+}
+
+/// The node and everything downstream of it that has not started, with
+/// `ceiling` giving each one's cost ceiling.
+fn remaining(state: &State, task: &TaskId, ceiling: &dyn Fn(&super::queue::Task) -> Micros) -> i64 {
+    let mut total = 0i64;
+    let mut stack = vec![task.clone()];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let Some(t) = state.queue.get(&id) else { continue };
+        if matches!(t.status, TaskStatus::Waiting | TaskStatus::Pending) {
+            total = total.saturating_add(ceiling(t).0);
+        }
+        stack.extend(t.dependants.iter().cloned());
+    }
+    total
+}
+
+/// Decides for `task` (about to run); `degraded_ceiling` gives a node's
+/// ceiling under the plan (0 for skipped nodes).
+pub fn decide(
+    state: &State,
+    task: &TaskId,
+    degraded_ceiling: &dyn Fn(&super::queue::Task, &Plan) -> Micros,
+) -> Option<CostDecision> {
+    let t = state.queue.get(task)?;
+    let tenant = state.tenants.get(&t.tenant)?;
+    let runs = tenant.active_runs.max(1);
+    let confidence_bp = 10_000 / i64::from(runs);
+    let rest = remaining(state, task, &|t| t.cost_ceiling_micros);
+    let plan = Plan::STANDARD;
+    let rest_degraded = remaining(state, task, &|t| degraded_ceiling(t, &plan));
+    let committed = tenant.spent_micros().0.saturating_add(tenant.reserved_micros.0);
+    let project = |rest: i64| {
+        let others = i128::from(rest) * i128::from(runs - 1) * i128::from(confidence_bp) / 10_000;
+        committed.saturating_add(rest).saturating_add(i64::try_from(others).unwrap_or(i64::MAX))
+    };
+    let projection = Projection {
+        budget_micros: tenant.budget_micros.0,
+        spent_micros: tenant.spent_micros().0,
+        reserved_micros: tenant.reserved_micros.0,
+        active_runs: tenant.active_runs,
+        max_concurrent_runs: tenant.max_concurrent_runs,
+        remaining_micros: rest,
+        remaining_degraded_micros: rest_degraded,
+        confidence_bp,
+        projected_micros: project(rest),
+        projected_degraded_micros: project(rest_degraded),
+        utilisation_bp: Micros(committed).basis_points_of(tenant.budget_micros),
+        concurrency_factor_bp: i64::from(tenant.active_runs) * 10_000 / i64::from(tenant.max_concurrent_runs.max(1)),
+    };
+    let budget = tenant.budget_micros.0;
+    let (decision, reason, plan) = if tenant.overrun || tenant.spent_micros().0 >= budget && budget > 0 {
+        (Decision::Terminate, "the budget is exceeded".to_owned(), None)
+    } else if projection.projected_micros > budget {
+        if projection.projected_degraded_micros <= budget {
+            let reason = format!(
+                "projected {} > budget {}; degraded {} fits",
+                Micros(projection.projected_micros),
+                Micros(budget),
+                Micros(projection.projected_degraded_micros)
+            );
+            (Decision::Degrade, reason, Some(plan))
+        } else {
+            let reason = format!(
+                "projected {} > budget {}, {} even degraded",
+                Micros(projection.projected_micros),
+                Micros(budget),
+                Micros(projection.projected_degraded_micros)
+            );
+            (Decision::Terminate, reason, None)
+        }
+    } else if projection.utilisation_bp > DEGRADE_UTILISATION_BP {
+        (Decision::Degrade, format!("utilisation {} bp > {DEGRADE_UTILISATION_BP} bp", projection.utilisation_bp), Some(plan))
+    } else if projection.concurrency_factor_bp > DEGRADE_CONCURRENCY_BP {
+        (
+            Decision::Degrade,
+            format!("concurrency factor {} bp > {DEGRADE_CONCURRENCY_BP} bp", projection.concurrency_factor_bp),
+            Some(plan),
+        )
+    } else {
+        (Decision::Continue, "within budget".to_owned(), None)
+    };
+    Some(CostDecision { decision, reason, projection, plan })
+}
