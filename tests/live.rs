@@ -294,6 +294,7 @@ num_workers = 1
 [[tenants]]
 id = "small"
 budget_micros = 1000
+max_concurrent_runs = 1
 [[pipelines]]
 id = "p"
 nodes = [ {{ id = "a", handler = "exec", cost_ceiling_micros = 300, params = {{ argv = ["{step}"] }} }} ]
@@ -313,7 +314,11 @@ fn real_time_budget_admits_up_to_the_edge_then_cancels_with_reasons() {
     let report = governed(dir.path(), 300);
     assert_eq!((report.acked, report.cancelled), (3, 2), "three reservations of 300 fit a budget of 1000, a fourth does not");
     let evs = events(&dir.path().join("data"));
-    assert!(evs.iter().any(|e| matches!(e, Event::AdmissionDenied { reason, .. } if reason.contains("available"))));
+    let refused = evs
+        .iter()
+        .filter(|e| matches!(e, Event::TaskCancelled { reason, .. } if reason.contains("cost agent") || reason.contains("not admitted")))
+        .count();
+    assert_eq!(refused, 2, "the two that do not fit are refused with a reason");
     assert!(evs.iter().any(|e| matches!(e, Event::BudgetStatusChanged { to: runledger::domain::BudgetStatus::Critical, .. })));
     let mut state = runledger::domain::State::new();
     for (i, e) in evs.into_iter().enumerate() {
@@ -332,7 +337,8 @@ fn real_time_cost_above_the_ceiling_is_an_overrun_that_blocks_the_tenant() {
     assert_eq!(report.acked, 1, "after the overrun nothing more is admitted");
     assert_eq!(report.tasks, report.acked + report.cancelled, "submitted tasks are cancelled, later runs dropped");
     let evs = events(&dir.path().join("data"));
-    assert!(evs.iter().any(|e| matches!(e, Event::AdmissionDenied { reason, .. } if reason.contains("blocked"))));
+    assert!(evs.iter().any(|e| matches!(e, Event::AdmissionDenied { reason, .. } if reason.contains("blocked"))
+        || matches!(e, Event::TaskCancelled { reason, .. } if reason.contains("budget is exceeded"))));
     assert!(evs.iter().any(|e| matches!(e, Event::BudgetOverrun { amount_micros: Micros(100), .. })));
     assert!(evs.iter().any(|e| matches!(e, Event::BudgetStatusChanged { to: runledger::domain::BudgetStatus::Exceeded, .. })));
 }

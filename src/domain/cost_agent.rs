@@ -61,6 +61,18 @@ impl Plan {
     }
 }
 
+/// A node's ceiling under a degradation plan: nothing for an optional node
+/// it skips, the cheaper step's most for `sim`, else the declared one.
+pub fn degraded_ceiling(t: &super::queue::Task, plan: &Plan) -> Micros {
+    if plan.skip_optional && t.optional {
+        return Micros::ZERO;
+    }
+    if t.handler == "sim" {
+        return super::sim::cost_ceiling(&plan.apply(&t.params)).min(t.cost_ceiling_micros);
+    }
+    t.cost_ceiling_micros
+}
+
 /// The decision's inputs and projection, recorded with it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Projection {
@@ -122,13 +134,18 @@ fn remaining(state: &State, task: &TaskId, ceiling: &dyn Fn(&super::queue::Task)
 }
 
 /// Decides for `task` (about to run); `degraded_ceiling` gives a node's
-/// ceiling under the plan (0 for skipped nodes).
+/// ceiling under the plan (0 for skipped nodes). `None` for a node that
+/// is not governed (no cost ceiling): it runs as it is.
 pub fn decide(
     state: &State,
     task: &TaskId,
     degraded_ceiling: &dyn Fn(&super::queue::Task, &Plan) -> Micros,
 ) -> Option<CostDecision> {
     let t = state.queue.get(task)?;
+    // A node without a cost ceiling is not governed: no decision.
+    if t.cost_ceiling_micros == Micros::ZERO {
+        return None;
+    }
     let tenant = state.tenants.get(&t.tenant)?;
     let runs = tenant.active_runs.max(1);
     let confidence_bp = 10_000 / i64::from(runs);

@@ -14,9 +14,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::domain::queue::{QueueCounts, TaskStatus};
+use crate::domain::cost_agent;
 use crate::domain::governance::{Admitter, Settler};
 use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, next_ready_many};
-use crate::domain::{Category, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId};
+use crate::domain::{Category, Decision, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId};
 use crate::log::{AppendError, Ledger};
 
 /// A task handed to a worker until its deadline.
@@ -108,11 +109,13 @@ pub struct MemoryQueue {
     /// Tasks denied admission for budget that wait for room (their denial
     /// is recorded once).
     waiting: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<TaskId>>>,
+    /// The cost agent's last verdict per task (recorded when it changes).
+    verdicts: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<TaskId, crate::domain::Decision>>>,
 }
 
 impl MemoryQueue {
     pub fn new(ledger: Ledger, policy: QueuePolicy, seed: u64) -> Self {
-        MemoryQueue { ledger, policy, seed, poll: Duration::from_millis(2), waiting: Default::default() }
+        MemoryQueue { ledger, policy, seed, poll: Duration::from_millis(2), waiting: Default::default(), verdicts: Default::default() }
     }
 }
 
@@ -140,6 +143,7 @@ impl TaskQueue for MemoryQueue {
         loop {
             let (run_id, worker_id, policy) = (run.clone(), worker.clone(), self.policy);
             let waiting = std::sync::Arc::clone(&self.waiting);
+            let verdicts = std::sync::Arc::clone(&self.verdicts);
             let (_, leases) = self
                 .ledger
                 .decide(move |state, head, now| {
@@ -159,7 +163,43 @@ impl TaskQueue for MemoryQueue {
                             continue;
                         }
                         let Some(t) = state.queue.get(task) else { continue };
-                        let reserve = match admitter.admit(task) {
+                        // The cost agent decides before the node runs.
+                        let verdict = cost_agent::decide(state, task, &cost_agent::degraded_ceiling);
+                        if let Some(verdict) = &verdict {
+                            let mut last = verdicts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            if last.get(task) != Some(&verdict.decision) {
+                                last.insert(task.clone(), verdict.decision);
+                                events.extend(verdict.event(state, task));
+                            }
+                        }
+                        let (decision, plan, why) = match &verdict {
+                            Some(v) => (v.decision, v.plan.as_ref(), v.reason.as_str()),
+                            None => (Decision::Continue, None, ""),
+                        };
+                        let (params, ceiling) = match (decision, plan) {
+                            (Decision::Terminate, _) => {
+                                let reason = format!("terminated by the cost agent: {why}");
+                                waiting.remove(task);
+                                gone.insert(task.clone());
+                                events.push(Event::TaskCancelled { task: task.clone(), reason: reason.clone() });
+                                for child in dependants_to_cancel(state, task) {
+                                    if gone.insert(child.clone()) {
+                                        events.push(Event::TaskCancelled { task: child, reason: reason.clone() });
+                                    }
+                                }
+                                continue;
+                            }
+                            (Decision::Degrade, Some(plan)) if plan.skip_optional && t.optional => {
+                                waiting.remove(task);
+                                gone.insert(task.clone());
+                                let reason = format!("skipped by the degradation plan: {why}");
+                                events.push(Event::TaskSkipped { task: task.clone(), reason });
+                                continue;
+                            }
+                            (Decision::Degrade, Some(plan)) => (plan.apply(&t.params), cost_agent::degraded_ceiling(t, plan)),
+                            _ => (t.params.clone(), t.cost_ceiling_micros),
+                        };
+                        let reserve = match admitter.admit_at(task, ceiling) {
                             Ok(reserve) => reserve,
                             Err(denial) if denial.may_wait() => {
                                 if waiting.insert(task.clone()) {
@@ -199,7 +239,7 @@ impl TaskQueue for MemoryQueue {
                             attempt: t.attempts + 1,
                             deadline,
                             handler: t.handler.clone(),
-                            params: t.params.clone(),
+                            params,
                             inputs,
                         };
                         events.push(Event::TaskDequeued {

@@ -168,17 +168,23 @@ impl Sim<'_> {
             for task in candidates {
                 // The cost agent decides before the node runs; a decision is
                 // recorded when it differs from the task's last one.
-                let Some(verdict) = cost_agent::decide(&self.state, &task, &degraded_ceiling) else { continue };
-                if self.last_verdict.get(&task) != Some(&verdict.decision) {
-                    self.last_verdict.insert(task.clone(), verdict.decision);
-                    if let Some(event) = verdict.event(&self.state, &task) {
-                        self.emit(event)?;
+                let verdict = cost_agent::decide(&self.state, &task, &cost_agent::degraded_ceiling);
+                if let Some(verdict) = &verdict {
+                    if self.last_verdict.get(&task) != Some(&verdict.decision) {
+                        self.last_verdict.insert(task.clone(), verdict.decision);
+                        if let Some(event) = verdict.event(&self.state, &task) {
+                            self.emit(event)?;
+                        }
                     }
                 }
                 let Some(t) = self.state.queue.get(&task) else { continue };
-                let (params, ceiling) = match (verdict.decision, &verdict.plan) {
+                let (decision, plan, why) = match &verdict {
+                    Some(v) => (v.decision, v.plan.as_ref(), v.reason.as_str()),
+                    None => (Decision::Continue, None, ""),
+                };
+                let (params, ceiling) = match (decision, plan) {
                     (Decision::Terminate, _) => {
-                        let reason = format!("terminated by the cost agent: {}", verdict.reason);
+                        let reason = format!("terminated by the cost agent: {why}");
                         let doomed = dependants_to_cancel(&self.state, &task);
                         self.waiting_budget.remove(&task);
                         self.emit(Event::TaskCancelled { task: task.clone(), reason: reason.clone() })?;
@@ -188,12 +194,12 @@ impl Sim<'_> {
                         continue;
                     }
                     (Decision::Degrade, Some(plan)) if plan.skip_optional && t.optional => {
-                        let reason = format!("skipped by the degradation plan: {}", verdict.reason);
+                        let reason = format!("skipped by the degradation plan: {why}");
                         self.waiting_budget.remove(&task);
                         self.emit(Event::TaskSkipped { task, reason })?;
                         continue;
                     }
-                    (Decision::Degrade, Some(plan)) => (plan.apply(&t.params), degraded_ceiling(t, plan)),
+                    (Decision::Degrade, Some(plan)) => (plan.apply(&t.params), cost_agent::degraded_ceiling(t, plan)),
                     _ => (t.params.clone(), t.cost_ceiling_micros),
                 };
                 match crate::domain::governance::Admitter::new(&self.state).admit_at(&task, ceiling) {
@@ -424,18 +430,6 @@ pub(crate) fn instance_events(workload: &Workload, run: &RunId, submission: usiz
         }
     }
     events
-}
-
-/// A node's ceiling under a degradation plan: nothing for an optional node
-/// it skips, the cheaper step's most for `sim`, else the declared one.
-fn degraded_ceiling(t: &crate::domain::queue::Task, plan: &cost_agent::Plan) -> Micros {
-    if plan.skip_optional && t.optional {
-        return Micros::ZERO;
-    }
-    if t.handler == "sim" {
-        return crate::domain::sim::cost_ceiling(&plan.apply(&t.params)).min(t.cost_ceiling_micros);
-    }
-    t.cost_ceiling_micros
 }
 
 /// A node's cost ceiling: the declared one, else for `sim` the most the
