@@ -24,7 +24,11 @@ const APPENDERS: u64 = 8;
 const BATCH: usize = 256;
 
 fn setup(run: &RunId, tenants: u64) -> Vec<Event> {
-    let mut events = vec![Event::RunStarted { run: run.clone(), seed: 0, config_hash: String::new() }];
+    let mut events = vec![Event::RunStarted {
+        run: run.clone(),
+        seed: 0,
+        config_hash: String::new(),
+    }];
     for k in 0..tenants {
         events.push(Event::TenantRegistered {
             tenant: TenantId(format!("t{k}")),
@@ -41,17 +45,28 @@ fn setup(run: &RunId, tenants: u64) -> Vec<Event> {
 fn batches(run: &RunId, k: u64, per_appender: u64) -> Vec<Vec<Event>> {
     let tenant = TenantId(format!("t{k}"));
     let worker = WorkerId(format!("w{k}"));
-    let events: Vec<Event> =
-        (0..per_appender / 4).flat_map(|n| synthetic_task(run, &tenant, &worker, k * 1_000_000_000 + n)).collect();
+    let events: Vec<Event> = (0..per_appender / 4)
+        .flat_map(|n| synthetic_task(run, &tenant, &worker, k * 1_000_000_000 + n))
+        .collect();
     events.chunks(BATCH).map(<[Event]>::to_vec).collect()
 }
 
 fn append_once(durability: Durability) -> Duration {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path(), LedgerOptions { durability, checkpoint_every: 0, create: true }).unwrap();
+    let ledger = Ledger::open(
+        dir.path(),
+        LedgerOptions {
+            durability,
+            checkpoint_every: 0,
+            create: true,
+        },
+    )
+    .unwrap();
     let run = RunId("bench".into());
     ledger.append(setup(&run, APPENDERS)).unwrap();
-    let work: Vec<_> = (0..APPENDERS).map(|k| batches(&run, k, EVENTS / APPENDERS)).collect();
+    let work: Vec<_> = (0..APPENDERS)
+        .map(|k| batches(&run, k, EVENTS / APPENDERS))
+        .collect();
     let start = Instant::now();
     std::thread::scope(|s| {
         for batches in work {
@@ -70,11 +85,16 @@ fn append_once(durability: Durability) -> Duration {
 
 fn raw_sled_once(durability: Durability, events: &[Vec<u8>]) -> Duration {
     let dir = tempfile::tempdir().unwrap();
-    let db = sled::Config::new().path(dir.path()).flush_every_ms(None).open().unwrap();
+    let db = sled::Config::new()
+        .path(dir.path())
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
     let file = std::fs::File::open(dir.path().join("db")).unwrap();
     let start = Instant::now();
     for (i, bytes) in events.iter().enumerate() {
-        db.insert((i as u64).to_be_bytes(), bytes.as_slice()).unwrap();
+        db.insert((i as u64).to_be_bytes(), bytes.as_slice())
+            .unwrap();
         if durability == Durability::Always && (i + 1) % (APPENDERS as usize * BATCH) == 0 {
             db.flush().unwrap();
             file.sync_data().unwrap();
@@ -87,12 +107,23 @@ fn raw_sled_once(durability: Durability, events: &[Vec<u8>]) -> Duration {
 
 fn append(c: &mut Criterion) {
     let mut group = c.benchmark_group("append");
-    group.sample_size(10).throughput(Throughput::Elements(EVENTS));
+    group
+        .sample_size(10)
+        .throughput(Throughput::Elements(EVENTS));
     let run = RunId("raw".into());
-    let raw: Vec<Vec<u8>> = batches(&run, 0, EVENTS).into_iter().flatten().map(|e| encode_event(&e)).collect();
+    let raw: Vec<Vec<u8>> = batches(&run, 0, EVENTS)
+        .into_iter()
+        .flatten()
+        .map(|e| encode_event(&e))
+        .collect();
     for (name, durability) in [
         ("always", Durability::Always),
-        ("batch", Durability::Batch { interval: Duration::from_millis(10) }),
+        (
+            "batch",
+            Durability::Batch {
+                interval: Duration::from_millis(10),
+            },
+        ),
         ("none", Durability::None),
     ] {
         group.bench_function(format!("ledger/{name}"), |b| {
@@ -107,8 +138,15 @@ fn append(c: &mut Criterion) {
 
 fn read_paths(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let ledger =
-        Ledger::open(dir.path(), LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
+    let ledger = Ledger::open(
+        dir.path(),
+        LedgerOptions {
+            durability: Durability::None,
+            checkpoint_every: 0,
+            create: true,
+        },
+    )
+    .unwrap();
     let run = RunId("read".into());
     ledger.append(setup(&run, 16)).unwrap();
     for k in 0..16 {
@@ -120,9 +158,15 @@ fn read_paths(c: &mut Criterion) {
     ledger.close().unwrap();
     let store = Store::open(dir.path(), false).unwrap();
     let mut group = c.benchmark_group("read");
-    group.sample_size(10).throughput(Throughput::Elements(head.seq));
-    group.bench_function("replay", |b| b.iter(|| replay::fold(&store, None).unwrap().head));
-    group.bench_function("verify", |b| b.iter(|| verify(&store).unwrap().unwrap().records));
+    group
+        .sample_size(10)
+        .throughput(Throughput::Elements(head.seq));
+    group.bench_function("replay", |b| {
+        b.iter(|| replay::fold(&store, None).unwrap().head)
+    });
+    group.bench_function("verify", |b| {
+        b.iter(|| verify(&store).unwrap().unwrap().records)
+    });
     group.finish();
 }
 

@@ -71,19 +71,33 @@ pub fn synthetic_task(run: &RunId, tenant: &TenantId, worker: &WorkerId, n: u64)
             max_attempts: 3,
             optional: false,
         },
-        Event::TaskDequeued { task: task.clone(), worker: worker.clone(), attempt: 1, lease_deadline: None },
+        Event::TaskDequeued {
+            task: task.clone(),
+            worker: worker.clone(),
+            attempt: 1,
+            lease_deadline: None,
+        },
         Event::CostIncurred {
             tenant: tenant.clone(),
             task: Some(task.clone()),
             category: Category::Llm,
             amount_micros: Micros(1_000 + (n % 997) as i64),
         },
-        Event::TaskAcked { task, worker: worker.clone(), output: Default::default() },
+        Event::TaskAcked {
+            task,
+            worker: worker.clone(),
+            output: Default::default(),
+        },
     ]
 }
 
 /// Batches of synthetic events for each appender.
-fn workload(run: &RunId, appenders: usize, per_appender: u64, batch: usize) -> Vec<Vec<Vec<Event>>> {
+fn workload(
+    run: &RunId,
+    appenders: usize,
+    per_appender: u64,
+    batch: usize,
+) -> Vec<Vec<Vec<Event>>> {
     (0..appenders)
         .map(|k| {
             let tenant = TenantId(format!("bench-tenant-{k}"));
@@ -121,11 +135,28 @@ struct AppendRun {
     event_bytes: u64,
 }
 
-fn append_run(dir: &Path, durability: Durability, appenders: usize, events: u64, batch: usize) -> anyhow::Result<AppendRun> {
-    let ledger = Ledger::open(dir, LedgerOptions { durability, checkpoint_every: 0, create: true })?;
+fn append_run(
+    dir: &Path,
+    durability: Durability,
+    appenders: usize,
+    events: u64,
+    batch: usize,
+) -> anyhow::Result<AppendRun> {
+    let ledger = Ledger::open(
+        dir,
+        LedgerOptions {
+            durability,
+            checkpoint_every: 0,
+            create: true,
+        },
+    )?;
     let head = ledger.head()?;
     let run = RunId(format!("bench-{}", head.seq + 1));
-    let mut setup = vec![Event::RunStarted { run: run.clone(), seed: 0, config_hash: String::new() }];
+    let mut setup = vec![Event::RunStarted {
+        run: run.clone(),
+        seed: 0,
+        config_hash: String::new(),
+    }];
     for k in 0..appenders {
         let tenant = TenantId(format!("bench-tenant-{k}"));
         let known = {
@@ -146,8 +177,12 @@ fn append_run(dir: &Path, durability: Durability, appenders: usize, events: u64,
     ledger.append(setup)?;
     let per_appender = events / appenders as u64;
     let work = workload(&run, appenders, per_appender, batch);
-    let event_bytes: u64 =
-        work.iter().flatten().flatten().map(|e| encode_event(e).len() as u64).sum();
+    let event_bytes: u64 = work
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|e| encode_event(e).len() as u64)
+        .sum();
     let barrier = Barrier::new(appenders + 1);
     let mut latencies = Vec::new();
     let mut elapsed = Duration::ZERO;
@@ -172,20 +207,37 @@ fn append_run(dir: &Path, durability: Durability, appenders: usize, events: u64,
         barrier.wait();
         let start = Instant::now();
         for h in handles {
-            latencies.extend(h.join().map_err(|_| anyhow::anyhow!("appender thread panicked"))??);
+            latencies.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("appender thread panicked"))??,
+            );
         }
         elapsed = start.elapsed();
         Ok(())
     })?;
     ledger.close()?;
     latencies.sort_unstable();
-    Ok(AppendRun { events: per_appender * appenders as u64, elapsed, latencies_us: latencies, event_bytes })
+    Ok(AppendRun {
+        events: per_appender * appenders as u64,
+        elapsed,
+        latencies_us: latencies,
+        event_bytes,
+    })
 }
 
 /// One sled key per event, no hashing, no framing; flushed (and fsynced
 /// under `always`) every `group` events.
-fn raw_sled(dir: &Path, durability: Durability, events: &[Vec<u8>], group: usize) -> anyhow::Result<(f64, f64)> {
-    let db = sled::Config::new().path(dir).flush_every_ms(None).mode(sled::Mode::HighThroughput).open()?;
+fn raw_sled(
+    dir: &Path,
+    durability: Durability,
+    events: &[Vec<u8>],
+    group: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let db = sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+        .open()?;
     let tree = db.open_tree("raw")?;
     let file = std::fs::File::open(dir.join("db"))?;
     let start = Instant::now();
@@ -205,7 +257,10 @@ fn raw_sled(dir: &Path, durability: Durability, events: &[Vec<u8>], group: usize
     Ok((rate, bytes))
 }
 
-pub fn run_ledger_bench(config: &LedgerBench, progress: &mut dyn FnMut(&str)) -> anyhow::Result<LedgerBenchReport> {
+pub fn run_ledger_bench(
+    config: &LedgerBench,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<LedgerBenchReport> {
     let scratch = tempfile::tempdir()?;
     let dir = match &config.data {
         Some(d) => d.clone(),
@@ -224,12 +279,22 @@ pub fn run_ledger_bench(config: &LedgerBench, progress: &mut dyn FnMut(&str)) ->
             .map(|e| encode_event(&e))
             .collect()
     };
-    let (raw_rate, raw_bytes) =
-        raw_sled(&scratch.path().join("raw"), config.durability, &sample, appenders * config.batch.max(1))?;
+    let (raw_rate, raw_bytes) = raw_sled(
+        &scratch.path().join("raw"),
+        config.durability,
+        &sample,
+        appenders * config.batch.max(1),
+    )?;
     drop(sample);
 
     progress("ledger append");
-    let main = append_run(&dir, config.durability, appenders, config.events, config.batch)?;
+    let main = append_run(
+        &dir,
+        config.durability,
+        appenders,
+        config.events,
+        config.batch,
+    )?;
     let bytes_per_event = {
         let store = Store::open(&dir, false)?;
         store.disk_bytes() as f64 / store.head()?.seq.max(1) as f64
@@ -237,7 +302,13 @@ pub fn run_ledger_bench(config: &LedgerBench, progress: &mut dyn FnMut(&str)) ->
 
     progress("single appender, one event per append");
     let single_events = (config.events / 100).clamp(200, 5_000);
-    let single = append_run(&scratch.path().join("single"), config.durability, 1, single_events, 1)?;
+    let single = append_run(
+        &scratch.path().join("single"),
+        config.durability,
+        1,
+        single_events,
+        1,
+    )?;
 
     progress("replay");
     let store = Store::open(&dir, false)?;
@@ -286,7 +357,12 @@ pub struct QueueBenchReport {
 /// Submits `tasks` no-op tasks, drains them with `workers` pull-based
 /// workers through the in-memory queue, and compares with appending the
 /// same events without queue decisions.
-pub fn run_queue_bench(tasks: u64, workers: usize, batch: usize, durability: Durability) -> anyhow::Result<QueueBenchReport> {
+pub fn run_queue_bench(
+    tasks: u64,
+    workers: usize,
+    batch: usize,
+    durability: Durability,
+) -> anyhow::Result<QueueBenchReport> {
     use crate::runtime::queue::{MemoryQueue, TaskQueue};
     let scratch = tempfile::tempdir()?;
     let run = RunId("bench-queue".to_owned());
@@ -301,7 +377,11 @@ pub fn run_queue_bench(tasks: u64, workers: usize, batch: usize, durability: Dur
                 meta_learning: false,
                 budget_period: Default::default(),
             },
-            Event::RunStarted { run: run.clone(), seed: 0, config_hash: String::new() },
+            Event::RunStarted {
+                run: run.clone(),
+                seed: 0,
+                config_hash: String::new(),
+            },
         ])?;
         Ok(())
     };
@@ -314,7 +394,14 @@ pub fn run_queue_bench(tasks: u64, workers: usize, batch: usize, durability: Dur
 
     // Baseline: the same submit / dequeue / ack events, appended directly.
     let baseline = {
-        let ledger = Ledger::open(&scratch.path().join("baseline"), LedgerOptions { durability, checkpoint_every: 0, create: true })?;
+        let ledger = Ledger::open(
+            &scratch.path().join("baseline"),
+            LedgerOptions {
+                durability,
+                checkpoint_every: 0,
+                create: true,
+            },
+        )?;
         setup(&ledger)?;
         let worker = WorkerId("w".to_owned());
         let events: Vec<Event> = (0..tasks)
@@ -332,10 +419,19 @@ pub fn run_queue_bench(tasks: u64, workers: usize, batch: usize, durability: Dur
         rate
     };
 
-    let ledger = Ledger::open(&scratch.path().join("queue"), LedgerOptions { durability, checkpoint_every: 0, create: true })?;
+    let ledger = Ledger::open(
+        &scratch.path().join("queue"),
+        LedgerOptions {
+            durability,
+            checkpoint_every: 0,
+            create: true,
+        },
+    )?;
     setup(&ledger)?;
     let queue = MemoryQueue::new(ledger.clone(), Default::default(), 0);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let elapsed = runtime.block_on(async {
         let start = Instant::now();
         for chunk in submissions.chunks(1024) {
@@ -347,11 +443,26 @@ pub fn run_queue_bench(tasks: u64, workers: usize, batch: usize, durability: Dur
             handles.push(tokio::spawn(async move {
                 let worker = WorkerId(format!("w{k}"));
                 loop {
-                    let leases = queue.dequeue_many(&run, &worker, batch, Duration::from_secs(60), Duration::ZERO).await?;
+                    let leases = queue
+                        .dequeue_many(
+                            &run,
+                            &worker,
+                            batch,
+                            Duration::from_secs(60),
+                            Duration::ZERO,
+                        )
+                        .await?;
                     if leases.is_empty() {
                         break;
                     }
-                    queue.ack_many(leases.into_iter().map(|l| (l, Default::default(), Vec::new())).collect()).await?;
+                    queue
+                        .ack_many(
+                            leases
+                                .into_iter()
+                                .map(|l| (l, Default::default(), Vec::new()))
+                                .collect(),
+                        )
+                        .await?;
                 }
                 Ok::<(), anyhow::Error>(())
             }));

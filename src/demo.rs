@@ -71,14 +71,21 @@ nodes = [
     for i in 0..tenants {
         let (name, share_bp, intensity) = match TENANTS.get(i as usize) {
             Some(&(n, b, l)) => (n.to_owned(), b, l),
-            None => (format!("tenant-{i:03}"), TENANTS[i as usize % TENANTS.len()].1, "balanced"),
+            None => (
+                format!("tenant-{i:03}"),
+                TENANTS[i as usize % TENANTS.len()].1,
+                "balanced",
+            ),
         };
         let budget = i64::from(runs) * COST_PER_RUN_MICROS * share_bp / 10_000;
         let _ = write!(
             out,
             "\n[[tenants]]\nid = \"{name}\"\nbudget_micros = {budget}\nmax_concurrent_runs = 10\nlearning_intensity = \"{intensity}\"\n"
         );
-        let _ = write!(out, "\n[[submissions]]\ntenant = \"{name}\"\npipeline = \"rag\"\nruns = {runs}\ninterval_ms = 150\n");
+        let _ = write!(
+            out,
+            "\n[[submissions]]\ntenant = \"{name}\"\npipeline = \"rag\"\nruns = {runs}\ninterval_ms = 150\n"
+        );
         if i % 2 == 0 {
             let research = runs.div_ceil(3);
             let _ = write!(

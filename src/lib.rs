@@ -13,13 +13,13 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::all)]
 
+pub mod bench;
+pub mod cli;
+pub mod demo;
 pub mod domain;
 pub mod log;
 pub mod replay;
+pub mod runtime;
 pub mod views;
 pub mod wire;
-pub mod bench;
-pub mod cli;
 pub mod workload;
-pub mod runtime;
-pub mod demo;

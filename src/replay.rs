@@ -60,7 +60,10 @@ pub(crate) fn fold_and_index(store: &Store) -> Result<Folded, WalkError> {
 
 fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folded, WalkError> {
     let mut state = State::new();
-    let mut filter = RunFilter { run: run.cloned(), tasks: FxHashSet::default() };
+    let mut filter = RunFilter {
+        run: run.cloned(),
+        tasks: FxHashSet::default(),
+    };
     let mut last_time = Timestamp::EPOCH;
     let mut records = 0u64;
     let hwm = if reindex { store.index_hwm() } else { u64::MAX };
@@ -70,7 +73,10 @@ fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folde
             last_time = record.recorded_at;
             if record.seq > hwm {
                 let (run, tenant) = state.scope(&record.event);
-                let place = (record.frame_seq, u32::try_from(record.seq - record.frame_seq).unwrap_or(u32::MAX));
+                let place = (
+                    record.frame_seq,
+                    u32::try_from(record.seq - record.frame_seq).unwrap_or(u32::MAX),
+                );
                 if let Some(run) = run {
                     index.add(IndexKind::Run, run.as_str(), place);
                 }
@@ -88,5 +94,10 @@ fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folde
         store.write_index(index.take(), head.seq)?;
     }
     state.seq = head.seq;
-    Ok(Folded { state, head, last_time, records })
+    Ok(Folded {
+        state,
+        head,
+        last_time,
+        records,
+    })
 }

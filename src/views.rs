@@ -9,7 +9,9 @@ use serde::Serialize;
 use crate::domain::activity::{RunStatus, RunSummary, WorkerStats};
 use crate::domain::budget::Tenant;
 use crate::domain::queue::{QueueCounts, TaskStatus};
-use crate::domain::{BudgetPeriod, BudgetStatus, Category, LearningIntensity, Priority, State, Timestamp};
+use crate::domain::{
+    BudgetPeriod, BudgetStatus, Category, LearningIntensity, Priority, State, Timestamp,
+};
 
 #[derive(Serialize)]
 pub struct TenantView {
@@ -53,7 +55,9 @@ impl TenantView {
             exploration_bp: state
                 .learning
                 .get(&tenant.tenant)
-                .map_or(tenant.learning_intensity.exploration_bp(), |p| p.exploration_bp),
+                .map_or(tenant.learning_intensity.exploration_bp(), |p| {
+                    p.exploration_bp
+                }),
             meta_learning: tenant.meta_learning,
             budget_period: tenant.budget_period,
             overrun_micros: tenant.overrun_micros.0,
@@ -63,7 +67,12 @@ impl TenantView {
 }
 
 pub fn tenants(state: &State) -> Vec<TenantView> {
-    state.tenants.sorted().into_iter().map(|t| TenantView::new(t, state)).collect()
+    state
+        .tenants
+        .sorted()
+        .into_iter()
+        .map(|t| TenantView::new(t, state))
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -104,7 +113,11 @@ pub fn queue(state: &State) -> QueueView {
             TaskStatus::Leased => leased_tasks.push(LeaseView {
                 task: id.0.clone(),
                 tenant: task.tenant.0.clone(),
-                worker: task.worker.as_ref().map(|w| w.0.clone()).unwrap_or_default(),
+                worker: task
+                    .worker
+                    .as_ref()
+                    .map(|w| w.0.clone())
+                    .unwrap_or_default(),
                 attempt: task.attempts,
                 lease_deadline: task.lease_deadline,
             }),
@@ -169,9 +182,13 @@ impl From<&RunSummary> for RunView {
             peak_running: r.peak_running,
             admissions_denied: r.admissions_denied,
             backpressure_engaged: r.backpressure_engaged,
-            decisions: [("continue", r.decisions[0]), ("degrade", r.decisions[1]), ("terminate", r.decisions[2])]
-                .into_iter()
-                .collect(),
+            decisions: [
+                ("continue", r.decisions[0]),
+                ("degrade", r.decisions[1]),
+                ("terminate", r.decisions[2]),
+            ]
+            .into_iter()
+            .collect(),
         }
     }
 }
@@ -206,7 +223,12 @@ impl From<&WorkerStats> for WorkerView {
 }
 
 pub fn workers(state: &State) -> Vec<WorkerView> {
-    state.workers.sorted().into_iter().map(WorkerView::from).collect()
+    state
+        .workers
+        .sorted()
+        .into_iter()
+        .map(WorkerView::from)
+        .collect()
 }
 
 /// A plain-text table with left-aligned columns.
@@ -216,7 +238,9 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
-        Table { rows: vec![header.iter().map(|h| h.to_string()).collect()] }
+        Table {
+            rows: vec![header.iter().map(|h| h.to_string()).collect()],
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -226,7 +250,14 @@ impl Table {
     pub fn render(&self) -> String {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
-            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let mut out = String::new();
         for row in &self.rows {

@@ -55,25 +55,36 @@ fn parse_hash(field: &str, text: &str) -> Result<blake3::Hash, String> {
 
 /// Parses one line of an ingest file.
 pub fn parse_line(text: &str) -> Result<Append, String> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {}", clean(e)))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {}", clean(e)))?;
     let Some(object) = value.as_object() else {
         return Err("expected a JSON object (an event or a record)".to_owned());
     };
     if object.contains_key("event") && !object.contains_key("type") {
-        let record: RecordJson = serde_json::from_value(value).map_err(|e| format!("invalid record: {}", clean(e)))?;
+        let record: RecordJson =
+            serde_json::from_value(value).map_err(|e| format!("invalid record: {}", clean(e)))?;
         let prev = parse_hash("prev_hash", &record.prev_hash)?;
         let hash = parse_hash("hash", &record.hash)?;
         let bytes = encode_event(&record.event);
         if record_hash(record.seq, record.recorded_at, &prev, &bytes) != hash {
-            return Err(format!("record seq {}: `hash` does not match its fields (was it edited?)", record.seq));
+            return Err(format!(
+                "record seq {}: `hash` does not match its fields (was it edited?)",
+                record.seq
+            ));
         }
-        return Ok(Append { recorded_at: Some(record.recorded_at), event: record.event });
+        return Ok(Append {
+            recorded_at: Some(record.recorded_at),
+            event: record.event,
+        });
     }
     if !object.contains_key("type") {
         return Err("missing field `type` (the event kind, e.g. \"task_submitted\")".to_owned());
     }
     let event: Event = serde_json::from_value(value).map_err(clean)?;
-    Ok(Append { recorded_at: None, event })
+    Ok(Append {
+        recorded_at: None,
+        event,
+    })
 }
 
 #[cfg(test)]
@@ -82,11 +93,23 @@ mod tests {
 
     #[test]
     fn parse_line_reports_json_errors_without_positions() {
-        let err = parse_line(r#"{"type":"run_started","run":"r1"}"#).err().unwrap();
+        let err = parse_line(r#"{"type":"run_started","run":"r1"}"#)
+            .err()
+            .unwrap();
         assert_eq!(err, "missing field `seed`");
-        assert!(parse_line("{not json").err().unwrap().starts_with("invalid JSON"));
+        assert!(
+            parse_line("{not json")
+                .err()
+                .unwrap()
+                .starts_with("invalid JSON")
+        );
         assert!(parse_line("[1,2]").err().unwrap().contains("JSON object"));
-        assert!(parse_line(r#"{"run":"r1"}"#).err().unwrap().contains("missing field `type`"));
+        assert!(
+            parse_line(r#"{"run":"r1"}"#)
+                .err()
+                .unwrap()
+                .contains("missing field `type`")
+        );
     }
 
     #[test]
@@ -95,12 +118,23 @@ mod tests {
         let at = Timestamp(1_700_000_000_000_000);
         let prev = crate::log::ZERO_HASH;
         let hash = record_hash(1, at, &prev, &encode_event(&event));
-        let record = Record { seq: 1, recorded_at: at, prev_hash: prev, hash, event: event.clone() };
+        let record = Record {
+            seq: 1,
+            recorded_at: at,
+            prev_hash: prev,
+            hash,
+            event: event.clone(),
+        };
         let line = record_line(&record);
         let parsed = parse_line(&line).unwrap();
         assert_eq!(parsed.recorded_at, Some(at));
         assert_eq!(parsed.event, event);
         let edited = line.replace("r1", "r2");
-        assert!(parse_line(&edited).err().unwrap().contains("does not match"));
+        assert!(
+            parse_line(&edited)
+                .err()
+                .unwrap()
+                .contains("does not match")
+        );
     }
 }

@@ -76,7 +76,10 @@ fn default_threshold() -> Spanned<f64> {
 
 impl Default for RawPool {
     fn default() -> Self {
-        RawPool { max_concurrency: default_max_concurrency(), backpressure_threshold: default_threshold() }
+        RawPool {
+            max_concurrency: default_max_concurrency(),
+            backpressure_threshold: default_threshold(),
+        }
     }
 }
 
@@ -144,7 +147,10 @@ fn default_timeout() -> Spanned<f64> {
 
 impl Default for RawWorkers {
     fn default() -> Self {
-        RawWorkers { num_workers: default_num_workers(), worker_timeout_sec: default_timeout() }
+        RawWorkers {
+            num_workers: default_num_workers(),
+            worker_timeout_sec: default_timeout(),
+        }
     }
 }
 
@@ -313,7 +319,11 @@ pub struct SubmissionSpec {
 
 /// Line number (1-based) of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 struct Checker<'a> {
@@ -323,13 +333,20 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn err(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> WorkloadError {
-        WorkloadError { file: self.file.to_owned(), line: line_of(self.text, span.start), message: message.into() }
+        WorkloadError {
+            file: self.file.to_owned(),
+            line: line_of(self.text, span.start),
+            message: message.into(),
+        }
     }
 
     fn positive(&self, value: &Spanned<i64>, what: &str) -> Result<u32, WorkloadError> {
         let v = *value.get_ref();
         if v <= 0 || v > MAX_COUNT {
-            return Err(self.err(value.span(), format!("{what} must be an integer from 1 to {MAX_COUNT} (got {v})")));
+            return Err(self.err(
+                value.span(),
+                format!("{what} must be an integer from 1 to {MAX_COUNT} (got {v})"),
+            ));
         }
         Ok(v as u32)
     }
@@ -343,15 +360,20 @@ fn json_of(value: &toml::Value) -> serde_json::Value {
         toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
         toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
         toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(json_of).collect()),
-        toml::Value::Table(t) => serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), json_of(v))).collect()),
+        toml::Value::Table(t) => {
+            serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), json_of(v))).collect())
+        }
     }
 }
 
 impl Workload {
     pub fn load(path: &Path) -> Result<Workload, WorkloadError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| WorkloadError { file: file.clone(), line: 0, message: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| WorkloadError {
+            file: file.clone(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        })?;
         Workload::parse(&file, &text)
     }
 
@@ -367,12 +389,22 @@ impl Workload {
         let c = Checker { file, text };
         let raw: RawWorkload = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(1, |s| line_of(text, s.start));
-            WorkloadError { file: file.to_owned(), line, message: e.message().trim().to_owned() }
+            WorkloadError {
+                file: file.to_owned(),
+                line,
+                message: e.message().trim().to_owned(),
+            }
         })?;
 
         if let Some(run) = &raw.run {
             if run.get_ref().is_empty() || run.get_ref().contains(['/', '#']) {
-                return Err(c.err(run.span(), format!("run id `{}` must be non-empty without '/' or '#'", run.get_ref())));
+                return Err(c.err(
+                    run.span(),
+                    format!(
+                        "run id `{}` must be non-empty without '/' or '#'",
+                        run.get_ref()
+                    ),
+                ));
             }
         }
         let start = match &raw.start {
@@ -380,28 +412,42 @@ impl Workload {
             None => Timestamp::parse("2026-01-01T00:00:00Z").unwrap_or(Timestamp::EPOCH),
         };
         let pool = &raw.execution.pool;
-        let max_concurrency = c.positive(&pool.max_concurrency, "execution.pool.max_concurrency")?;
+        let max_concurrency =
+            c.positive(&pool.max_concurrency, "execution.pool.max_concurrency")?;
         let threshold = *pool.backpressure_threshold.get_ref();
         if !(threshold > 0.0 && threshold <= 1.0) {
             return Err(c.err(
                 pool.backpressure_threshold.span(),
-                format!("execution.pool.backpressure_threshold must be in (0, 1] (got {threshold})"),
+                format!(
+                    "execution.pool.backpressure_threshold must be in (0, 1] (got {threshold})"
+                ),
             ));
         }
         let queue = &raw.execution.queue;
         let queue_kind = queue.kind.get_ref().clone();
         if queue_kind != "memory" && queue_kind != "redis" {
-            return Err(c.err(queue.kind.span(), format!("execution.queue.type must be \"memory\" or \"redis\" (got \"{queue_kind}\")")));
+            return Err(c.err(
+                queue.kind.span(),
+                format!(
+                    "execution.queue.type must be \"memory\" or \"redis\" (got \"{queue_kind}\")"
+                ),
+            ));
         }
         if queue_kind == "redis" {
-            return Err(c.err(queue.kind.span(), "the Redis queue is not available yet: use type = \"memory\""));
+            return Err(c.err(
+                queue.kind.span(),
+                "the Redis queue is not available yet: use type = \"memory\"",
+            ));
         }
         let max_attempts = c.positive(&queue.max_attempts, "execution.queue.max_attempts")?;
         let workers = &raw.execution.workers;
         let num_workers = c.positive(&workers.num_workers, "execution.workers.num_workers")?;
         let timeout = *workers.worker_timeout_sec.get_ref();
         if !(timeout > 0.0 && timeout < 1e9) {
-            return Err(c.err(workers.worker_timeout_sec.span(), format!("execution.workers.worker_timeout_sec must be positive (got {timeout})")));
+            return Err(c.err(
+                workers.worker_timeout_sec.span(),
+                format!("execution.workers.worker_timeout_sec must be positive (got {timeout})"),
+            ));
         }
 
         let mut tenants = Vec::new();
@@ -410,13 +456,22 @@ impl Workload {
             let id = t.id.get_ref();
             // Task ids are `run/tenant/pipeline#n/node`: keep them unambiguous.
             if id.is_empty() || id.contains(['/', '#']) {
-                return Err(c.err(t.id.span(), format!("tenant id `{id}` must be non-empty without '/' or '#'")));
+                return Err(c.err(
+                    t.id.span(),
+                    format!("tenant id `{id}` must be non-empty without '/' or '#'"),
+                ));
             }
             if !tenant_ids.insert(id.clone()) {
                 return Err(c.err(t.id.span(), format!("duplicate tenant `{id}`")));
             }
             if *t.budget_micros.get_ref() < 0 {
-                return Err(c.err(t.budget_micros.span(), format!("tenant `{id}`: budget_micros must not be negative (got {})", t.budget_micros.get_ref())));
+                return Err(c.err(
+                    t.budget_micros.span(),
+                    format!(
+                        "tenant `{id}`: budget_micros must not be negative (got {})",
+                        t.budget_micros.get_ref()
+                    ),
+                ));
             }
             tenants.push(TenantSpec {
                 id: id.clone(),
@@ -432,7 +487,10 @@ impl Workload {
         for p in &raw.pipelines {
             let pid = p.id.get_ref();
             if pid.is_empty() || pid.contains('/') || pid.contains('#') {
-                return Err(c.err(p.id.span(), format!("pipeline id `{pid}` must be non-empty without '/' or '#'")));
+                return Err(c.err(
+                    p.id.span(),
+                    format!("pipeline id `{pid}` must be non-empty without '/' or '#'"),
+                ));
             }
             if pipelines.contains_key(pid) {
                 return Err(c.err(p.id.span(), format!("duplicate pipeline `{pid}`")));
@@ -445,45 +503,80 @@ impl Workload {
             for n in &p.nodes {
                 let nid = n.id.get_ref();
                 if nid.is_empty() || nid.contains(['/', '#', '.']) {
-                    return Err(c.err(n.id.span(), format!("node id `{nid}` must be non-empty without '/', '#' or '.'")));
+                    return Err(c.err(
+                        n.id.span(),
+                        format!("node id `{nid}` must be non-empty without '/', '#' or '.'"),
+                    ));
                 }
                 if node_ids.insert(nid.clone(), n.id.span()).is_some() {
-                    return Err(c.err(n.id.span(), format!("duplicate node `{nid}` in pipeline `{pid}`")));
+                    return Err(c.err(
+                        n.id.span(),
+                        format!("duplicate node `{nid}` in pipeline `{pid}`"),
+                    ));
                 }
                 if !handlers.contains(&n.handler.get_ref().as_str()) {
                     return Err(c.err(
                         n.handler.span(),
-                        format!("unknown handler `{}` (known: {})", n.handler.get_ref(), handlers.join(", ")),
+                        format!(
+                            "unknown handler `{}` (known: {})",
+                            n.handler.get_ref(),
+                            handlers.join(", ")
+                        ),
                     ));
                 }
                 if n.handler.get_ref() == "exec" {
-                    let argv = n.params.as_ref().and_then(|p| p.get("argv")).and_then(|a| a.as_array());
+                    let argv = n
+                        .params
+                        .as_ref()
+                        .and_then(|p| p.get("argv"))
+                        .and_then(|a| a.as_array());
                     let ok = argv.is_some_and(|a| !a.is_empty() && a.iter().all(|v| v.is_str()));
                     if !ok {
                         return Err(c.err(n.id.span(), format!("node `{nid}`: handler exec needs params.argv = [\"program\", \"arg\", ...]")));
                     }
                 }
                 if *n.cost_ceiling_micros.get_ref() < 0 {
-                    return Err(c.err(n.cost_ceiling_micros.span(), "cost_ceiling_micros must not be negative"));
+                    return Err(c.err(
+                        n.cost_ceiling_micros.span(),
+                        "cost_ceiling_micros must not be negative",
+                    ));
                 }
                 if n.stage.is_some() && p.mode != Mode::MapReduce {
-                    return Err(c.err(n.id.span(), format!("node `{nid}` has a stage but pipeline `{pid}` is not map_reduce")));
+                    return Err(c.err(
+                        n.id.span(),
+                        format!("node `{nid}` has a stage but pipeline `{pid}` is not map_reduce"),
+                    ));
                 }
             }
             for n in &p.nodes {
                 for dep in &n.deps {
                     if !node_ids.contains_key(dep.get_ref()) {
-                        return Err(c.err(dep.span(), format!("node `{}` depends on unknown node `{}`", n.id.get_ref(), dep.get_ref())));
+                        return Err(c.err(
+                            dep.span(),
+                            format!(
+                                "node `{}` depends on unknown node `{}`",
+                                n.id.get_ref(),
+                                dep.get_ref()
+                            ),
+                        ));
                     }
                 }
             }
             if p.mode == Mode::MapReduce {
-                let reduces: Vec<_> = p.nodes.iter().filter(|n| n.stage == Some(Stage::Reduce)).collect();
+                let reduces: Vec<_> = p
+                    .nodes
+                    .iter()
+                    .filter(|n| n.stage == Some(Stage::Reduce))
+                    .collect();
                 if !p.nodes.iter().any(|n| n.stage == Some(Stage::Map)) || reduces.len() != 1 {
                     return Err(c.err(p.id.span(), format!("map_reduce pipeline `{pid}` needs map nodes and exactly one reduce node")));
                 }
             }
-            let fan_out = if p.mode == Mode::MapReduce { c.positive(&p.fan_out, "fan_out")? } else { 1 };
+            let fan_out = if p.mode == Mode::MapReduce {
+                c.positive(&p.fan_out, "fan_out")?
+            } else {
+                1
+            };
             for n in &p.nodes {
                 let mut deps: Vec<String> = n.deps.iter().map(|d| d.get_ref().clone()).collect();
                 if p.mode == Mode::Serial {
@@ -503,7 +596,10 @@ impl Workload {
                 nodes.push(NodeSpec {
                     id: n.id.get_ref().clone(),
                     handler: n.handler.get_ref().clone(),
-                    params: n.params.as_ref().map_or_else(Params::null, |v| Params::from_value(&json_of(v))),
+                    params: n
+                        .params
+                        .as_ref()
+                        .map_or_else(Params::null, |v| Params::from_value(&json_of(v))),
                     optional: n.optional,
                     priority: n.priority,
                     deps,
@@ -513,20 +609,37 @@ impl Workload {
             }
             if let Some(cycle_at) = find_cycle(&nodes) {
                 let span = node_ids.get(&cycle_at).cloned().unwrap_or(p.id.span());
-                return Err(c.err(span, format!("pipeline `{pid}` has a dependency cycle through node `{cycle_at}`")));
+                return Err(c.err(
+                    span,
+                    format!("pipeline `{pid}` has a dependency cycle through node `{cycle_at}`"),
+                ));
             }
             // Parents are submitted before their children.
             let nodes = topological(nodes);
-            pipelines.insert(pid.clone(), PipelineSpec { id: pid.clone(), mode: p.mode, fan_out, nodes });
+            pipelines.insert(
+                pid.clone(),
+                PipelineSpec {
+                    id: pid.clone(),
+                    mode: p.mode,
+                    fan_out,
+                    nodes,
+                },
+            );
         }
 
         let mut submissions = Vec::new();
         for s in &raw.submissions {
             if !tenant_ids.contains(s.tenant.get_ref()) {
-                return Err(c.err(s.tenant.span(), format!("unknown tenant `{}`", s.tenant.get_ref())));
+                return Err(c.err(
+                    s.tenant.span(),
+                    format!("unknown tenant `{}`", s.tenant.get_ref()),
+                ));
             }
             if !pipelines.contains_key(s.pipeline.get_ref()) {
-                return Err(c.err(s.pipeline.span(), format!("unknown pipeline `{}`", s.pipeline.get_ref())));
+                return Err(c.err(
+                    s.pipeline.span(),
+                    format!("unknown pipeline `{}`", s.pipeline.get_ref()),
+                ));
             }
             if *s.interval_ms.get_ref() < 0 {
                 return Err(c.err(s.interval_ms.span(), "interval_ms must not be negative"));
@@ -570,7 +683,10 @@ impl Workload {
     /// Whether every node runs the `sim` handler: such a workload runs on
     /// virtual time, deterministically; any other runs in real time.
     pub fn is_simulated(&self) -> bool {
-        self.pipelines.values().flat_map(|p| &p.nodes).all(|n| n.handler == "sim")
+        self.pipelines
+            .values()
+            .flat_map(|p| &p.nodes)
+            .all(|n| n.handler == "sim")
     }
 }
 
@@ -581,7 +697,10 @@ fn topological(nodes: Vec<NodeSpec>) -> Vec<NodeSpec> {
     let mut rest = nodes;
     let mut out = Vec::with_capacity(rest.len());
     while !rest.is_empty() {
-        let ready = rest.iter().position(|n| n.deps.iter().all(|d| placed.contains(d))).unwrap_or(0);
+        let ready = rest
+            .iter()
+            .position(|n| n.deps.iter().all(|d| placed.contains(d)))
+            .unwrap_or(0);
         let node = rest.remove(ready);
         placed.insert(node.id.clone());
         out.push(node);
@@ -591,10 +710,19 @@ fn topological(nodes: Vec<NodeSpec>) -> Vec<NodeSpec> {
 
 /// A node on a dependency cycle, if there is one.
 fn find_cycle(nodes: &[NodeSpec]) -> Option<String> {
-    let index: BTreeMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    let index: BTreeMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
     // 0 = unvisited, 1 = on the stack, 2 = done
     let mut mark = vec![0u8; nodes.len()];
-    fn visit(i: usize, nodes: &[NodeSpec], index: &BTreeMap<&str, usize>, mark: &mut [u8]) -> Option<usize> {
+    fn visit(
+        i: usize,
+        nodes: &[NodeSpec],
+        index: &BTreeMap<&str, usize>,
+        mark: &mut [u8],
+    ) -> Option<usize> {
         match mark[i] {
             1 => return Some(i),
             2 => return None,
@@ -611,5 +739,7 @@ fn find_cycle(nodes: &[NodeSpec]) -> Option<String> {
         mark[i] = 2;
         None
     }
-    (0..nodes.len()).find_map(|i| visit(i, nodes, &index, &mut mark)).map(|i| nodes[i].id.clone())
+    (0..nodes.len())
+        .find_map(|i| visit(i, nodes, &index, &mut mark))
+        .map(|i| nodes[i].id.clone())
 }

@@ -41,7 +41,11 @@ fn stderr(o: &Output) -> String {
 }
 
 fn digest_line(o: &Output) -> String {
-    stdout(o).lines().find(|l| l.starts_with("digest: ")).expect("a digest line").to_owned()
+    stdout(o)
+        .lines()
+        .find(|l| l.starts_with("digest: "))
+        .expect("a digest line")
+        .to_owned()
 }
 
 fn sample_ledger() -> tempfile::TempDir {
@@ -75,8 +79,14 @@ fn log_json_round_trips_through_ingest_with_identical_digests() {
     let copy = tempfile::tempdir().unwrap();
     let ingest = runledger_stdin(copy.path(), &["ingest", "-"], &log.stdout);
     assert!(ingest.status.success(), "{}", stderr(&ingest));
-    assert_eq!(digest_line(&runledger(dir.path(), &["replay"])), digest_line(&runledger(copy.path(), &["replay"])));
-    assert_eq!(stdout(&runledger(dir.path(), &["verify"])), stdout(&runledger(copy.path(), &["verify"])));
+    assert_eq!(
+        digest_line(&runledger(dir.path(), &["replay"])),
+        digest_line(&runledger(copy.path(), &["replay"]))
+    );
+    assert_eq!(
+        stdout(&runledger(dir.path(), &["verify"])),
+        stdout(&runledger(copy.path(), &["verify"]))
+    );
     let a = runledger(dir.path(), &["--json", "replay"]);
     let b = runledger(copy.path(), &["--json", "replay"]);
     assert_eq!(stdout(&a), stdout(&b));
@@ -87,20 +97,40 @@ fn ingest_bad_line_exits_2_names_the_line_and_appends_nothing() {
     let dir = sample_ledger();
     let before = stdout(&runledger(dir.path(), &["verify"]));
     let cases: [(&str, &str); 5] = [
-        ("{\"type\":\"run_started\",\"run\":\"r9\",\"seed\":1}\n{oops\n", "line 2: invalid JSON"),
-        ("{\"type\":\"run_started\",\"run\":\"r9\",\"seed\":1}\n\n{\"type\":\"run_paused\",\"run\":\"r9\"}\n", "line 3: unknown variant `run_paused`"),
+        (
+            "{\"type\":\"run_started\",\"run\":\"r9\",\"seed\":1}\n{oops\n",
+            "line 2: invalid JSON",
+        ),
+        (
+            "{\"type\":\"run_started\",\"run\":\"r9\",\"seed\":1}\n\n{\"type\":\"run_paused\",\"run\":\"r9\"}\n",
+            "line 3: unknown variant `run_paused`",
+        ),
         (
             "{\"type\":\"run_started\",\"run\":\"r9\",\"seed\":1}\n{\"type\":\"task_acked\",\"task\":\"acme/q1/retrieve\",\"worker\":\"w1\"}\n",
             "line 2: cannot ack task `acme/q1/retrieve`: it is done",
         ),
-        ("{\"type\":\"cost_incurred\",\"tenant\":\"nobody\",\"category\":\"llm\",\"amount_micros\":5}\n", "line 1: tenant `nobody` is not registered"),
-        ("{\"type\":\"cost_incurred\",\"tenant\":\"acme\",\"category\":\"llm\",\"amount_micros\":1.5}\n", "line 1: invalid type"),
+        (
+            "{\"type\":\"cost_incurred\",\"tenant\":\"nobody\",\"category\":\"llm\",\"amount_micros\":5}\n",
+            "line 1: tenant `nobody` is not registered",
+        ),
+        (
+            "{\"type\":\"cost_incurred\",\"tenant\":\"acme\",\"category\":\"llm\",\"amount_micros\":1.5}\n",
+            "line 1: invalid type",
+        ),
     ];
     for (input, expected) in cases {
         let out = runledger_stdin(dir.path(), &["ingest", "-"], input.as_bytes());
         assert_eq!(out.status.code(), Some(2), "{input}");
-        assert!(stderr(&out).contains(expected), "expected `{expected}` in: {}", stderr(&out));
-        assert_eq!(stdout(&runledger(dir.path(), &["verify"])), before, "nothing may be appended");
+        assert!(
+            stderr(&out).contains(expected),
+            "expected `{expected}` in: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            stdout(&runledger(dir.path(), &["verify"])),
+            before,
+            "nothing may be appended"
+        );
     }
 }
 
@@ -109,7 +139,11 @@ fn ingest_missing_file_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let out = runledger(dir.path(), &["ingest", "/nonexistent/events.jsonl"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot open /nonexistent/events.jsonl"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot open /nonexistent/events.jsonl"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -119,13 +153,21 @@ fn read_commands_on_missing_or_foreign_data_exit_2() {
     for cmd in ["verify", "replay", "tenants", "queue", "runs", "log"] {
         let out = runledger(&path, &[cmd]);
         assert_eq!(out.status.code(), Some(2), "{cmd}");
-        assert!(stderr(&out).contains("no ledger at"), "{cmd}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no ledger at"),
+            "{cmd}: {}",
+            stderr(&out)
+        );
     }
     let foreign = tempfile::tempdir().unwrap();
     std::fs::write(foreign.path().join("db"), vec![0xAB; 70_000]).unwrap();
     let out = runledger(foreign.path(), &["verify"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not a runledger ledger"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a runledger ledger"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -134,12 +176,22 @@ fn tenants_json_uses_snake_case_status_and_tenant_field() {
     let out = runledger(dir.path(), &["tenants", "--json"]);
     assert!(out.status.success());
     let tenants: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let acme = tenants.as_array().unwrap().iter().find(|t| t["tenant"] == "acme").unwrap();
+    let acme = tenants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "acme")
+        .unwrap();
     assert_eq!(acme["status"], "exceeded");
     assert_eq!(acme["spent_micros"], 9_176_000);
     assert_eq!(acme["spent_by_category"]["llm"], 9_100_000);
     assert_eq!(acme["learning_intensity"], "balanced");
-    let globex = tenants.as_array().unwrap().iter().find(|t| t["tenant"] == "globex").unwrap();
+    let globex = tenants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "globex")
+        .unwrap();
     assert_eq!(globex["status"], "healthy");
 }
 
@@ -149,7 +201,10 @@ fn log_filters_by_tenant_run_seq_and_limit() {
     let lines = |args: &[&str]| -> Vec<serde_json::Value> {
         let out = runledger(dir.path(), args);
         assert!(out.status.success(), "{}", stderr(&out));
-        stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     };
     let initech = lines(&["log", "--json", "--tenant", "initech"]);
     assert!(!initech.is_empty());
@@ -158,7 +213,10 @@ fn log_filters_by_tenant_run_seq_and_limit() {
         assert!(text.contains("initech"), "{text}");
     }
     let second_run = lines(&["log", "--json", "--run", "rag-2026-11-02"]);
-    let seqs: Vec<u64> = second_run.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = second_run
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, [54, 55, 56]);
     let window = lines(&["log", "--json", "--from", "10", "--limit", "3"]);
     let seqs: Vec<u64> = window.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
@@ -181,7 +239,19 @@ fn replay_of_one_run_differs_from_whole_ledger_and_unknown_run_exits_2() {
 fn bench_ledger_json_last_line_has_the_contract_fields() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .args(["bench", "ledger", "--events", "4000", "--appenders", "4", "--batch", "50", "--durability", "batch", "--json"])
+        .args([
+            "bench",
+            "ledger",
+            "--events",
+            "4000",
+            "--appenders",
+            "4",
+            "--batch",
+            "50",
+            "--durability",
+            "batch",
+            "--json",
+        ])
         .env("TMPDIR", dir.path())
         .env_remove("RUNLEDGER_DATA")
         .output()
@@ -198,7 +268,10 @@ fn bench_ledger_json_last_line_has_the_contract_fields() {
         "raw_sled_events_per_sec",
         "single_appender_events_per_sec",
     ] {
-        assert!(report[field].as_f64().is_some_and(|v| v > 0.0), "{field} in {last}");
+        assert!(
+            report[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {last}"
+        );
     }
     assert_eq!(report["events"], 4000);
 }
@@ -206,6 +279,17 @@ fn bench_ledger_json_last_line_has_the_contract_fields() {
 #[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(runledger(dir.path(), &["frobnicate"]).status.code(), Some(2));
-    assert_eq!(runledger(dir.path(), &["bench", "ledger", "--durability", "sometimes"]).status.code(), Some(2));
+    assert_eq!(
+        runledger(dir.path(), &["frobnicate"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        runledger(
+            dir.path(),
+            &["bench", "ledger", "--durability", "sometimes"]
+        )
+        .status
+        .code(),
+        Some(2)
+    );
 }

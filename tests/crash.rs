@@ -37,17 +37,28 @@ const TENANT: &str = "crash-tenant";
 /// passes as an ordinary test.
 #[test]
 fn crash_child_appends_until_killed() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else { return };
-    let seed: u64 = std::env::var(CHILD_SEED_ENV).ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+        return;
+    };
+    let seed: u64 = std::env::var(CHILD_SEED_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let options = LedgerOptions { durability: Durability::Always, checkpoint_every: 50, create: true };
+    let options = LedgerOptions {
+        durability: Durability::Always,
+        checkpoint_every: 50,
+        create: true,
+    };
     // The parent may have dropped its store a moment ago: sled lets go of
     // its file lock a few milliseconds after the last handle is dropped.
     let start = Instant::now();
     let ledger = loop {
         match Ledger::open(Path::new(&dir), options) {
             Ok(ledger) => break ledger,
-            Err(OpenError::Store(StoreError::Locked(_))) if start.elapsed() < Duration::from_secs(5) => {
+            Err(OpenError::Store(StoreError::Locked(_)))
+                if start.elapsed() < Duration::from_secs(5) =>
+            {
                 std::thread::sleep(Duration::from_millis(2));
             }
             Err(e) => panic!("child: open ledger: {e}"),
@@ -56,7 +67,9 @@ fn crash_child_appends_until_killed() {
     let tenant = TenantId::from(TENANT);
     let known = {
         let tenant = tenant.clone();
-        ledger.query(move |state, _| state.tenants.get(&tenant).is_some()).expect("child: query")
+        ledger
+            .query(move |state, _| state.tenants.get(&tenant).is_some())
+            .expect("child: query")
     };
     let stdout = std::io::stdout();
     if !known {
@@ -80,7 +93,12 @@ fn crash_child_appends_until_killed() {
         let batch: Vec<Event> = (0..size)
             .map(|_| {
                 n += 1;
-                Event::CostIncurred { tenant: tenant.clone(), task: None, category: Category::Llm, amount_micros: Micros(n) }
+                Event::CostIncurred {
+                    tenant: tenant.clone(),
+                    task: None,
+                    category: Category::Llm,
+                    amount_micros: Micros(n),
+                }
             })
             .collect();
         let r = ledger.append(batch).expect("child: append");
@@ -127,7 +145,10 @@ fn hash_at(store: &Store, seq: u64) -> Option<blake3::Hash> {
 
 #[test]
 fn ledger_killed_mid_append_keeps_every_acked_record() {
-    let seed = std::env::var(SEED_ENV).ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SEED);
+    let seed = std::env::var(SEED_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEED);
     let (min_ms, max_ms) = std::env::var(WAIT_ENV)
         .ok()
         .and_then(|s| {
@@ -136,8 +157,13 @@ fn ledger_killed_mid_append_keeps_every_acked_record() {
         })
         .filter(|(a, b)| a < b)
         .unwrap_or((20, 300));
-    let rounds: usize = std::env::var(ROUNDS_ENV).ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_ROUNDS);
-    println!("crash test seed {seed} (set {SEED_ENV} to replay), {rounds} rounds, kill after {min_ms}..{max_ms} ms");
+    let rounds: usize = std::env::var(ROUNDS_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_ROUNDS);
+    println!(
+        "crash test seed {seed} (set {SEED_ENV} to replay), {rounds} rounds, kill after {min_ms}..{max_ms} ms"
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("ledger");
@@ -201,15 +227,25 @@ fn ledger_killed_mid_append_keeps_every_acked_record() {
         #[cfg(unix)]
         {
             use std::os::unix::process::ExitStatusExt;
-            assert_eq!(status.signal(), Some(9), "round {round}: child ended by SIGKILL");
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "round {round}: child ended by SIGKILL"
+            );
         }
 
         let acks: Vec<Acked> = rx.try_iter().collect();
         for pair in acks.windows(2) {
-            assert!(pair[0].seq < pair[1].seq, "round {round}: acks in seq order: {acks:?}");
+            assert!(
+                pair[0].seq < pair[1].seq,
+                "round {round}: acks in seq order: {acks:?}"
+            );
         }
         if let (Some(prev), Some(first)) = (best, acks.first()) {
-            assert!(first.seq > prev.seq, "round {round}: new acks continue after the last round's ({prev:?} then {first:?})");
+            assert!(
+                first.seq > prev.seq,
+                "round {round}: new acks continue after the last round's ({prev:?} then {first:?})"
+            );
         }
         if !acks.is_empty() {
             rounds_with_acks += 1;
@@ -223,7 +259,9 @@ fn ledger_killed_mid_append_keeps_every_acked_record() {
             // Killed before the ledger existed at all, or while sled was
             // creating it (its files exist, the runledger metadata not yet):
             // nothing was acked, and the next child's open must create it.
-            Err(e @ (StoreError::Missing(_) | StoreError::Foreign { .. })) if acks.is_empty() && best.is_none() => {
+            Err(e @ (StoreError::Missing(_) | StoreError::Foreign { .. }))
+                if acks.is_empty() && best.is_none() =>
+            {
                 println!("round {round}: killed after {wait:?} before the ledger was created: {e}");
                 unborn_rounds += 1;
                 continue;
@@ -234,15 +272,28 @@ fn ledger_killed_mid_append_keeps_every_acked_record() {
             Ok(report) => report,
             Err(b) => panic!("round {round}: chain broken after a kill at {wait:?}: {b}"),
         };
-        assert_eq!(report.records, report.head.seq, "round {round}: records 1..=head");
+        assert_eq!(
+            report.records, report.head.seq,
+            "round {round}: records 1..=head"
+        );
         for ack in &acks {
-            assert!(ack.seq <= report.head.seq, "round {round}: acked seq {} lost (head {})", ack.seq, report.head.seq);
+            assert!(
+                ack.seq <= report.head.seq,
+                "round {round}: acked seq {} lost (head {})",
+                ack.seq,
+                report.head.seq
+            );
         }
         if let Some(last) = acks.last() {
             best = Some(*last);
         }
         if let Some(best) = best {
-            assert!(best.seq <= report.head.seq, "round {round}: acked seq {} lost (head {})", best.seq, report.head.seq);
+            assert!(
+                best.seq <= report.head.seq,
+                "round {round}: acked seq {} lost (head {})",
+                best.seq,
+                report.head.seq
+            );
             assert_eq!(
                 hash_at(&store, best.seq),
                 Some(best.hash),
@@ -260,7 +311,11 @@ fn ledger_killed_mid_append_keeps_every_acked_record() {
             })
             .unwrap_or_else(|e| panic!("round {round}: indexed walk: {e}"));
         if fresh.is_some() {
-            assert_eq!(indexed, (1..=report.head.seq).collect::<Vec<_>>(), "round {round}: tenant index");
+            assert_eq!(
+                indexed,
+                (1..=report.head.seq).collect::<Vec<_>>(),
+                "round {round}: tenant index"
+            );
         }
         println!(
             "round {round}: killed after {wait:?}, index {}, {} acks (last {:?}), head {} after reopen, {} checkpoints",
@@ -279,7 +334,13 @@ fn ledger_killed_mid_append_keeps_every_acked_record() {
     if min_ms == 20 && max_ms == 300 && rounds == DEFAULT_ROUNDS {
         // A child needs ~100 ms (debug build) to start and open the ledger;
         // most kills come later than that.
-        assert!(rounds_with_acks >= rounds / 4, "only {rounds_with_acks} of {rounds} rounds acked anything");
-        assert!(best.is_some_and(|b| b.seq > 100), "the ledger grew over the rounds: {best:?}");
+        assert!(
+            rounds_with_acks >= rounds / 4,
+            "only {rounds_with_acks} of {rounds} rounds acked anything"
+        );
+        assert!(
+            best.is_some_and(|b| b.seq > 100),
+            "the ledger grew over the rounds: {best:?}"
+        );
     }
 }

@@ -26,7 +26,10 @@ fn ingest(dir: &Path, fixture: &Path) -> (u64, Vec<u64>) {
     let appends: Vec<Append> = text
         .lines()
         .enumerate()
-        .map(|(i, line)| wire::parse_line(line).unwrap_or_else(|e| panic!("{}: line {}: {e}", fixture.display(), i + 1)))
+        .map(|(i, line)| {
+            wire::parse_line(line)
+                .unwrap_or_else(|e| panic!("{}: line {}: {e}", fixture.display(), i + 1))
+        })
         .collect();
     let seeds = appends
         .iter()
@@ -35,7 +38,15 @@ fn ingest(dir: &Path, fixture: &Path) -> (u64, Vec<u64>) {
             _ => None,
         })
         .collect();
-    let ledger = Ledger::open(dir, LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
+    let ledger = Ledger::open(
+        dir,
+        LedgerOptions {
+            durability: Durability::None,
+            checkpoint_every: 0,
+            create: true,
+        },
+    )
+    .unwrap();
     let receipt = ledger.append(appends).unwrap();
     ledger.close().unwrap();
     (receipt.last_seq, seeds)
@@ -56,11 +67,16 @@ fn fixtures_replay_to_their_stored_digests() {
         let dir = tempfile::tempdir().unwrap();
         let (records, seeds) = ingest(dir.path(), &fixture);
         let stored: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture.join("digests.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(fixture.join("digests.json")).unwrap())
+                .unwrap();
         let store = Store::open(dir.path(), false).unwrap();
         let folded = replay::fold(&store, None).unwrap();
         let name = fixture.display();
-        assert_eq!(records, stored["records"].as_u64().unwrap(), "{name}: record count");
+        assert_eq!(
+            records,
+            stored["records"].as_u64().unwrap(),
+            "{name}: record count"
+        );
         assert_eq!(
             folded.head.hash.to_hex().as_str(),
             stored["head"].as_str().unwrap(),
@@ -68,7 +84,11 @@ fn fixtures_replay_to_their_stored_digests() {
             folded.head.seq
         );
         let digests = serde_json::to_value(folded.state.digests()).unwrap();
-        assert_eq!(digests, stored["digests"], "{name} (seeds {seeds:?}): a projection changed at head seq {}", folded.head.seq);
+        assert_eq!(
+            digests, stored["digests"],
+            "{name} (seeds {seeds:?}): a projection changed at head seq {}",
+            folded.head.seq
+        );
     }
 }
 
@@ -84,6 +104,8 @@ fn fixtures_projections_match_snapshots() {
         settings.set_snapshot_path("../snapshots");
         settings.set_prepend_module_to_snapshot(false);
         settings.set_info(&format!("replay/{name}/ledger.jsonl"));
-        settings.bind(|| insta::assert_json_snapshot!(format!("projections-{name}"), projections(&state)));
+        settings.bind(|| {
+            insta::assert_json_snapshot!(format!("projections-{name}"), projections(&state))
+        });
     }
 }

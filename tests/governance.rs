@@ -35,32 +35,68 @@ fn submit(task: &str, tenant: &str, ceiling: i64) -> Event {
 fn given(events: &[Event]) -> State {
     let mut state = State::new();
     for (i, e) in events.iter().enumerate() {
-        state.apply(i as u64 + 1, Timestamp(0), e).unwrap_or_else(|r| panic!("given {e}: {r}"));
+        state
+            .apply(i as u64 + 1, Timestamp(0), e)
+            .unwrap_or_else(|r| panic!("given {e}: {r}"));
     }
     state
 }
 
 fn apply_all(state: &mut State, events: &[Event]) {
     for e in events {
-        state.apply(state.seq + 1, Timestamp(0), e).unwrap_or_else(|r| panic!("{e}: {r}"));
+        state
+            .apply(state.seq + 1, Timestamp(0), e)
+            .unwrap_or_else(|r| panic!("{e}: {r}"));
     }
 }
 
 fn base() -> Vec<Event> {
-    vec![tenant("acme", 1_000, 2), tenant("globex", 1_000, 2), Event::RunStarted { run: "r".into(), seed: 1, config_hash: String::new() }]
+    vec![
+        tenant("acme", 1_000, 2),
+        tenant("globex", 1_000, 2),
+        Event::RunStarted {
+            run: "r".into(),
+            seed: 1,
+            config_hash: String::new(),
+        },
+    ]
 }
 
 #[test]
 fn admission_reserves_exactly_up_to_the_budget_edge() {
     let mut events = base();
-    events.extend([submit("a", "acme", 600), submit("b", "acme", 400), submit("c", "acme", 1)]);
+    events.extend([
+        submit("a", "acme", 600),
+        submit("b", "acme", 400),
+        submit("c", "acme", 1),
+    ]);
     let mut state = given(&events);
     assert_eq!(admit_task(&state, &"a".into()), Ok(Micros(600)));
-    apply_all(&mut state, &[Event::CostReserved { tenant: "acme".into(), task: "a".into(), amount_micros: Micros(600) }]);
-    assert_eq!(admit_task(&state, &"b".into()), Ok(Micros(400)), "exactly the rest fits");
-    apply_all(&mut state, &[Event::CostReserved { tenant: "acme".into(), task: "b".into(), amount_micros: Micros(400) }]);
+    apply_all(
+        &mut state,
+        &[Event::CostReserved {
+            tenant: "acme".into(),
+            task: "a".into(),
+            amount_micros: Micros(600),
+        }],
+    );
+    assert_eq!(
+        admit_task(&state, &"b".into()),
+        Ok(Micros(400)),
+        "exactly the rest fits"
+    );
+    apply_all(
+        &mut state,
+        &[Event::CostReserved {
+            tenant: "acme".into(),
+            task: "b".into(),
+            amount_micros: Micros(400),
+        }],
+    );
     match admit_task(&state, &"c".into()) {
-        Err(Denial::BudgetBusy(reason)) => assert!(reason.contains("0.000000 available"), "{reason}"),
+        Err(Denial::BudgetBusy(reason)) => {
+            assert!(reason.contains("0.000000 available"), "{reason}")
+        }
         other => panic!("one micro over must wait while reservations are open: {other:?}"),
     }
 }
@@ -69,12 +105,20 @@ fn admission_reserves_exactly_up_to_the_budget_edge() {
 fn admission_with_nothing_reserved_and_no_room_is_exhausted() {
     let mut events = base();
     events.extend([
-        Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Llm, amount_micros: Micros(950) },
+        Event::CostIncurred {
+            tenant: "acme".into(),
+            task: None,
+            category: Category::Llm,
+            amount_micros: Micros(950),
+        },
         submit("a", "acme", 51),
     ]);
     let state = given(&events);
     let denial = admit_task(&state, &"a".into()).unwrap_err();
-    assert!(matches!(denial, Denial::BudgetExhausted(_)) && !denial.may_wait(), "{denial:?}");
+    assert!(
+        matches!(denial, Denial::BudgetExhausted(_)) && !denial.may_wait(),
+        "{denial:?}"
+    );
 }
 
 #[test]
@@ -82,17 +126,54 @@ fn settlement_posts_costs_releases_the_rest_and_changes_status_at_the_threshold(
     let mut events = base();
     events.extend([
         submit("a", "acme", 900),
-        Event::CostReserved { tenant: "acme".into(), task: "a".into(), amount_micros: Micros(900) },
+        Event::CostReserved {
+            tenant: "acme".into(),
+            task: "a".into(),
+            amount_micros: Micros(900),
+        },
     ]);
     let mut state = given(&events);
-    let settled = settle(&state, &"a".into(), &[(Category::Llm, Micros(700)), (Category::Rerank, Micros(100))]);
+    let settled = settle(
+        &state,
+        &"a".into(),
+        &[
+            (Category::Llm, Micros(700)),
+            (Category::Rerank, Micros(100)),
+        ],
+    );
     let kinds: Vec<&str> = settled.iter().map(Event::kind).collect();
-    assert_eq!(kinds, ["cost_incurred", "cost_incurred", "reservation_released", "budget_status_changed"]);
-    assert!(matches!(&settled[2], Event::ReservationReleased { amount_micros: Micros(100), .. }));
-    assert!(matches!(&settled[3], Event::BudgetStatusChanged { to: BudgetStatus::Warning, .. }), "800 of 1000 is WARNING");
+    assert_eq!(
+        kinds,
+        [
+            "cost_incurred",
+            "cost_incurred",
+            "reservation_released",
+            "budget_status_changed"
+        ]
+    );
+    assert!(matches!(
+        &settled[2],
+        Event::ReservationReleased {
+            amount_micros: Micros(100),
+            ..
+        }
+    ));
+    assert!(
+        matches!(
+            &settled[3],
+            Event::BudgetStatusChanged {
+                to: BudgetStatus::Warning,
+                ..
+            }
+        ),
+        "800 of 1000 is WARNING"
+    );
     apply_all(&mut state, &settled);
     let t = state.tenants.get(&"acme".into()).unwrap();
-    assert_eq!((t.spent_micros(), t.reserved_micros, t.status()), (Micros(800), Micros(0), BudgetStatus::Warning));
+    assert_eq!(
+        (t.spent_micros(), t.reserved_micros, t.status()),
+        (Micros(800), Micros(0), BudgetStatus::Warning)
+    );
 }
 
 #[test]
@@ -101,29 +182,71 @@ fn settlement_above_the_ceiling_is_an_overrun_that_blocks_the_tenant() {
     events.extend([
         submit("a", "acme", 100),
         submit("b", "acme", 100),
-        Event::CostReserved { tenant: "acme".into(), task: "a".into(), amount_micros: Micros(100) },
+        Event::CostReserved {
+            tenant: "acme".into(),
+            task: "a".into(),
+            amount_micros: Micros(100),
+        },
     ]);
     let mut state = given(&events);
     let settled = settle(&state, &"a".into(), &[(Category::Llm, Micros(130))]);
-    assert!(matches!(&settled[0], Event::BudgetOverrun { amount_micros: Micros(30), .. }), "the overrun comes before its costs");
-    assert!(settled.iter().any(|e| matches!(e, Event::BudgetStatusChanged { to: BudgetStatus::Exceeded, .. })));
+    assert!(
+        matches!(
+            &settled[0],
+            Event::BudgetOverrun {
+                amount_micros: Micros(30),
+                ..
+            }
+        ),
+        "the overrun comes before its costs"
+    );
+    assert!(settled.iter().any(|e| matches!(
+        e,
+        Event::BudgetStatusChanged {
+            to: BudgetStatus::Exceeded,
+            ..
+        }
+    )));
     apply_all(&mut state, &settled);
-    assert!(matches!(admit_task(&state, &"b".into()), Err(Denial::Blocked(_))));
-    assert!(matches!(admit_run(&state, &"acme".into()), Err(Denial::Blocked(_))));
-    assert_eq!(admit_run(&state, &"globex".into()), Ok(()), "another tenant is untouched");
+    assert!(matches!(
+        admit_task(&state, &"b".into()),
+        Err(Denial::Blocked(_))
+    ));
+    assert!(matches!(
+        admit_run(&state, &"acme".into()),
+        Err(Denial::Blocked(_))
+    ));
+    assert_eq!(
+        admit_run(&state, &"globex".into()),
+        Ok(()),
+        "another tenant is untouched"
+    );
 }
 
 #[test]
 fn failed_attempt_posts_what_it_spent_and_releases_the_rest() {
     let mut events = base();
-    events.extend([submit("a", "acme", 300), Event::CostReserved { tenant: "acme".into(), task: "a".into(), amount_micros: Micros(300) }]);
+    events.extend([
+        submit("a", "acme", 300),
+        Event::CostReserved {
+            tenant: "acme".into(),
+            task: "a".into(),
+            amount_micros: Micros(300),
+        },
+    ]);
     let mut state = given(&events);
     let settled = settle(&state, &"a".into(), &[(Category::Tool, Micros(50))]);
     apply_all(&mut state, &settled);
     let t = state.tenants.get(&"acme".into()).unwrap();
-    assert_eq!((t.spent_micros(), t.reserved_micros), (Micros(50), Micros(0)));
+    assert_eq!(
+        (t.spent_micros(), t.reserved_micros),
+        (Micros(50), Micros(0))
+    );
     let nothing = settle(&state, &"a".into(), &[]);
-    assert!(nothing.is_empty(), "nothing reserved, nothing spent: {nothing:?}");
+    assert!(
+        nothing.is_empty(),
+        "nothing reserved, nothing spent: {nothing:?}"
+    );
 }
 
 #[test]
@@ -131,7 +254,9 @@ fn concurrency_limit_counts_open_pipeline_runs() {
     let mut events = base();
     events.extend([submit("a", "acme", 0), submit("b", "acme", 0)]);
     let state = given(&events);
-    assert!(matches!(admit_run(&state, &"acme".into()), Err(Denial::Concurrency(r)) if r.contains("2 of 2")));
+    assert!(
+        matches!(admit_run(&state, &"acme".into()), Err(Denial::Concurrency(r)) if r.contains("2 of 2"))
+    );
     assert_eq!(admit_run(&state, &"globex".into()), Ok(()));
 }
 
@@ -149,13 +274,22 @@ fn status_thresholds_at_exact_edges() {
 fn budget_periods_turn_at_utc_midnight_and_month_start() {
     use runledger::domain::governance::{period_index, period_resets};
     let t = |s: &str| Timestamp::parse(s).unwrap();
-    assert_eq!(period_index(BudgetPeriod::None, t("2026-01-01T00:00:00Z")), None);
+    assert_eq!(
+        period_index(BudgetPeriod::None, t("2026-01-01T00:00:00Z")),
+        None
+    );
     assert_eq!(
         period_index(BudgetPeriod::Daily, t("2026-01-01T23:59:59.999999Z")).map(|d| d + 1),
         period_index(BudgetPeriod::Daily, t("2026-01-02T00:00:00Z"))
     );
-    assert_eq!(period_index(BudgetPeriod::Monthly, t("2026-01-31T23:00:00Z")), period_index(BudgetPeriod::Monthly, t("2026-01-01T00:00:00Z")));
-    assert_ne!(period_index(BudgetPeriod::Monthly, t("2026-01-31T23:00:00Z")), period_index(BudgetPeriod::Monthly, t("2026-02-01T00:00:00Z")));
+    assert_eq!(
+        period_index(BudgetPeriod::Monthly, t("2026-01-31T23:00:00Z")),
+        period_index(BudgetPeriod::Monthly, t("2026-01-01T00:00:00Z"))
+    );
+    assert_ne!(
+        period_index(BudgetPeriod::Monthly, t("2026-01-31T23:00:00Z")),
+        period_index(BudgetPeriod::Monthly, t("2026-02-01T00:00:00Z"))
+    );
 
     let daily = Event::TenantRegistered {
         tenant: "d".into(),
@@ -166,19 +300,45 @@ fn budget_periods_turn_at_utc_midnight_and_month_start() {
         budget_period: BudgetPeriod::Daily,
     };
     let mut state = given(&[daily, tenant("forever", 100, 1)]);
-    apply_all(&mut state, &[
-        Event::CostIncurred { tenant: "d".into(), task: None, category: Category::Llm, amount_micros: Micros(95) },
-        Event::BudgetStatusChanged { tenant: "d".into(), from: BudgetStatus::Healthy, to: BudgetStatus::Critical },
-    ]);
+    apply_all(
+        &mut state,
+        &[
+            Event::CostIncurred {
+                tenant: "d".into(),
+                task: None,
+                category: Category::Llm,
+                amount_micros: Micros(95),
+            },
+            Event::BudgetStatusChanged {
+                tenant: "d".into(),
+                from: BudgetStatus::Healthy,
+                to: BudgetStatus::Critical,
+            },
+        ],
+    );
     assert!(period_resets(&state, t("2026-01-01T10:00:00Z"), t("2026-01-01T20:00:00Z")).is_empty());
     let resets = period_resets(&state, t("2026-01-01T10:00:00Z"), t("2026-01-02T00:00:01Z"));
     let kinds: Vec<&str> = resets.iter().map(Event::kind).collect();
-    assert_eq!(kinds, ["budget_period_reset", "budget_status_changed"], "only the daily tenant resets");
+    assert_eq!(
+        kinds,
+        ["budget_period_reset", "budget_status_changed"],
+        "only the daily tenant resets"
+    );
     apply_all(&mut state, &resets);
-    assert_eq!(state.tenants.get(&"d".into()).unwrap().spent_micros(), Micros(0));
+    assert_eq!(
+        state.tenants.get(&"d".into()).unwrap().spent_micros(),
+        Micros(0)
+    );
 }
 
-fn node(task: &str, tenant: &str, ceiling: i64, deps: &[&str], optional: bool, params: &str) -> Event {
+fn node(
+    task: &str,
+    tenant: &str,
+    ceiling: i64,
+    deps: &[&str],
+    optional: bool,
+    params: &str,
+) -> Event {
     Event::TaskSubmitted {
         run: "r".into(),
         task: task.into(),
@@ -197,53 +357,152 @@ fn node(task: &str, tenant: &str, ceiling: i64, deps: &[&str], optional: bool, p
 fn agent(state: &State, task: &str) -> runledger::domain::cost_agent::CostDecision {
     use runledger::domain::cost_agent::{Plan, decide};
     let degraded = |t: &runledger::domain::queue::Task, plan: &Plan| {
-        if plan.skip_optional && t.optional { Micros::ZERO } else { Micros(t.cost_ceiling_micros.0 / 2) }
+        if plan.skip_optional && t.optional {
+            Micros::ZERO
+        } else {
+            Micros(t.cost_ceiling_micros.0 / 2)
+        }
     };
     decide(state, &task.into(), &degraded).unwrap()
 }
 
 #[test]
 fn cost_agent_continues_degrades_and_terminates_on_the_projection() {
-    let mut events = vec![tenant("acme", 1_000, 10), Event::RunStarted { run: "r".into(), seed: 1, config_hash: String::new() }];
+    let mut events = vec![
+        tenant("acme", 1_000, 10),
+        Event::RunStarted {
+            run: "r".into(),
+            seed: 1,
+            config_hash: String::new(),
+        },
+    ];
     events.extend([
-        node("retrieve", "acme", 200, &[], false, r#"{"step":"retrieve","depth":5}"#),
-        node("rerank", "acme", 100, &["retrieve"], true, r#"{"step":"rerank"}"#),
-        node("generate", "acme", 500, &["rerank"], false, r#"{"step":"generate","model":"large","candidates":3}"#),
+        node(
+            "retrieve",
+            "acme",
+            200,
+            &[],
+            false,
+            r#"{"step":"retrieve","depth":5}"#,
+        ),
+        node(
+            "rerank",
+            "acme",
+            100,
+            &["retrieve"],
+            true,
+            r#"{"step":"rerank"}"#,
+        ),
+        node(
+            "generate",
+            "acme",
+            500,
+            &["rerank"],
+            false,
+            r#"{"step":"generate","model":"large","candidates":3}"#,
+        ),
     ]);
     let state = given(&events);
     // 200 + 100 + 500 = 800 of 1000 with one run: continue.
     let d = agent(&state, "retrieve");
-    assert_eq!((d.decision, d.projection.remaining_micros, d.projection.projected_micros), (Decision::Continue, 800, 800));
+    assert_eq!(
+        (
+            d.decision,
+            d.projection.remaining_micros,
+            d.projection.projected_micros
+        ),
+        (Decision::Continue, 800, 800)
+    );
     // 400 already spent: 1200 projected > 1000, degraded 400 + 100 + 0 + 250 = 750 fits.
     let mut spent = state.clone();
-    apply_all(&mut spent, &[Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Other, amount_micros: Micros(400) }]);
+    apply_all(
+        &mut spent,
+        &[Event::CostIncurred {
+            tenant: "acme".into(),
+            task: None,
+            category: Category::Other,
+            amount_micros: Micros(400),
+        }],
+    );
     let d = agent(&spent, "retrieve");
     assert_eq!(d.decision, Decision::Degrade, "{}", d.reason);
     assert_eq!(d.projection.projected_degraded_micros, 750);
     let plan = d.plan.unwrap();
-    let degraded = plan.apply(&serde_json::from_str(r#"{"step":"generate","model":"large","candidates":3,"depth":5}"#).unwrap());
-    assert_eq!(degraded.as_json(), r#"{"candidates":1,"depth":3,"model":"medium","step":"generate"}"#);
+    let degraded = plan.apply(
+        &serde_json::from_str(r#"{"step":"generate","model":"large","candidates":3,"depth":5}"#)
+            .unwrap(),
+    );
+    assert_eq!(
+        degraded.as_json(),
+        r#"{"candidates":1,"depth":3,"model":"medium","step":"generate"}"#
+    );
     // 700 spent: even degraded (700 + 350) does not fit: terminate.
-    apply_all(&mut spent, &[Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Other, amount_micros: Micros(300) }]);
+    apply_all(
+        &mut spent,
+        &[Event::CostIncurred {
+            tenant: "acme".into(),
+            task: None,
+            category: Category::Other,
+            amount_micros: Micros(300),
+        }],
+    );
     assert_eq!(agent(&spent, "retrieve").decision, Decision::Terminate);
 }
 
 #[test]
 fn cost_agent_degrades_above_ninety_percent_utilisation_and_eighty_percent_concurrency() {
-    let mut events = vec![tenant("acme", 10_000, 10), Event::RunStarted { run: "r".into(), seed: 1, config_hash: String::new() }];
+    let mut events = vec![
+        tenant("acme", 10_000, 10),
+        Event::RunStarted {
+            run: "r".into(),
+            seed: 1,
+            config_hash: String::new(),
+        },
+    ];
     events.push(node("t", "acme", 10, &[], false, "{}"));
     let mut state = given(&events);
-    apply_all(&mut state, &[Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Llm, amount_micros: Micros(9_000) }]);
-    assert_eq!(agent(&state, "t").decision, Decision::Continue, "exactly 90 % is not above it");
-    apply_all(&mut state, &[Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Llm, amount_micros: Micros(1) }]);
+    apply_all(
+        &mut state,
+        &[Event::CostIncurred {
+            tenant: "acme".into(),
+            task: None,
+            category: Category::Llm,
+            amount_micros: Micros(9_000),
+        }],
+    );
+    assert_eq!(
+        agent(&state, "t").decision,
+        Decision::Continue,
+        "exactly 90 % is not above it"
+    );
+    apply_all(
+        &mut state,
+        &[Event::CostIncurred {
+            tenant: "acme".into(),
+            task: None,
+            category: Category::Llm,
+            amount_micros: Micros(1),
+        }],
+    );
     assert_eq!(agent(&state, "t").decision, Decision::Degrade);
 
-    let mut busy = vec![tenant("b", 1_000_000, 10), Event::RunStarted { run: "r".into(), seed: 1, config_hash: String::new() }];
+    let mut busy = vec![
+        tenant("b", 1_000_000, 10),
+        Event::RunStarted {
+            run: "r".into(),
+            seed: 1,
+            config_hash: String::new(),
+        },
+    ];
     for i in 0..8 {
         busy.push(submit(&format!("x{i}"), "b", 1));
     }
     let state = given(&busy);
-    assert_eq!(agent(&state, "x0").decision, Decision::Continue, "8 of 10 runs is not above 80 %");
+    assert_eq!(
+        agent(&state, "x0").decision,
+        Decision::Continue,
+        "8 of 10 runs is not above 80 %"
+    );
     let mut more = busy.clone();
     more.push(submit("x8", "b", 1));
     assert_eq!(agent(&given(&more), "x0").decision, Decision::Degrade);

@@ -10,8 +10,19 @@ use runledger::log::{Durability, Ledger, LedgerOptions, Store};
 use runledger::runtime::{RunOptions, run_simulated};
 use runledger::workload::Workload;
 
-fn workload_text(seed: u64, budgets: &[u32], runs: u32, concurrency: u32, ceilings: bool, failure_bp: u32) -> String {
-    let ceiling = if ceilings { ", cost_ceiling_micros = 20000" } else { "" };
+fn workload_text(
+    seed: u64,
+    budgets: &[u32],
+    runs: u32,
+    concurrency: u32,
+    ceilings: bool,
+    failure_bp: u32,
+) -> String {
+    let ceiling = if ceilings {
+        ", cost_ceiling_micros = 20000"
+    } else {
+        ""
+    };
     let mut text = format!(
         r#"
 seed = {seed}
@@ -58,7 +69,11 @@ fn check_every_seq(dir: &std::path::Path) -> Result<u64, String> {
     let mut events = Vec::new();
     store
         .walk(1, |r| {
-            events.push((r.seq, r.recorded_at, runledger::log::codec::decode_event(r.event_bytes).unwrap()));
+            events.push((
+                r.seq,
+                r.recorded_at,
+                runledger::log::codec::decode_event(r.event_bytes).unwrap(),
+            ));
             std::ops::ControlFlow::Continue(())
         })
         .map_err(|e| e.to_string())?;
@@ -74,12 +89,22 @@ fn check_every_seq(dir: &std::path::Path) -> Result<u64, String> {
         for t in state.tenants.sorted() {
             let committed = t.spent_micros().0 + t.reserved_micros.0;
             if committed > t.budget_micros.0 && !t.overrun {
-                return Err(format!("seq {seq}: tenant {} has spent {} + reserved {} > budget {}", t.tenant, t.spent_micros(), t.reserved_micros, t.budget_micros));
+                return Err(format!(
+                    "seq {seq}: tenant {} has spent {} + reserved {} > budget {}",
+                    t.tenant,
+                    t.spent_micros(),
+                    t.reserved_micros,
+                    t.budget_micros
+                ));
             }
             if Some(&t.tenant) != owner.as_ref() {
                 if let Some(old) = before.iter().find(|b| b.tenant == t.tenant) {
                     if old != t {
-                        return Err(format!("seq {seq}: {} moved tenant {}", event.kind(), t.tenant));
+                        return Err(format!(
+                            "seq {seq}: {} moved tenant {}",
+                            event.kind(),
+                            t.tenant
+                        ));
                     }
                 }
             }

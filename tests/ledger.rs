@@ -12,7 +12,11 @@ use runledger::log::{Append, AppendError, Durability, Ledger, LedgerOptions, Sto
 use runledger::replay;
 
 fn options() -> LedgerOptions {
-    LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }
+    LedgerOptions {
+        durability: Durability::None,
+        checkpoint_every: 0,
+        create: true,
+    }
 }
 
 fn tenant(id: &str, budget: i64) -> Event {
@@ -50,35 +54,83 @@ fn valid_sequence(ops: &[(u8, u8, u8)]) -> Vec<Event> {
     let tenants = ["t0", "t1", "t2"];
     let push = |state: &mut State, out: &mut Vec<Event>, event: Event| {
         if state.validate(&event).is_ok() {
-            state.evolve(out.len() as u64 + 1, Timestamp(out.len() as i64), event.clone());
+            state.evolve(
+                out.len() as u64 + 1,
+                Timestamp(out.len() as i64),
+                event.clone(),
+            );
             out.push(event);
         }
     };
-    push(&mut state, &mut out, Event::RunStarted { run: "r".into(), seed: 1, config_hash: String::new() });
+    push(
+        &mut state,
+        &mut out,
+        Event::RunStarted {
+            run: "r".into(),
+            seed: 1,
+            config_hash: String::new(),
+        },
+    );
     for &(kind, a, b) in ops {
         let tenant_id = tenants[usize::from(a) % 3];
         let task = format!("k{}", b % 24);
         let worker = format!("w{}", a % 3);
-        let attempt = state.queue.get(&task.as_str().into()).map_or(1, |t| t.attempts + 1);
+        let attempt = state
+            .queue
+            .get(&task.as_str().into())
+            .map_or(1, |t| t.attempts + 1);
         let event = match kind % 14 {
             0 => tenant(tenant_id, i64::from(b) * 1_000),
             1 | 2 => {
-                let deps = if b % 3 == 0 { vec![TaskId(format!("k{}", a % 24))] } else { Vec::new() };
+                let deps = if b % 3 == 0 {
+                    vec![TaskId(format!("k{}", a % 24))]
+                } else {
+                    Vec::new()
+                };
                 submit("r", &task, tenant_id, deps)
             }
-            3 | 4 => Event::TaskDequeued { task: task.into(), worker: worker.into(), attempt, lease_deadline: None },
-            5 | 6 => Event::TaskAcked { task: task.into(), worker: worker.into(), output: Params::null() },
-            7 => Event::TaskNacked { task: task.into(), worker: worker.into(), error: "x".into(), retry_at: None, timed_out: a % 2 == 0 },
-            8 => Event::CostReserved { tenant: tenant_id.into(), task: task.into(), amount_micros: Micros(i64::from(a) * 10) },
+            3 | 4 => Event::TaskDequeued {
+                task: task.into(),
+                worker: worker.into(),
+                attempt,
+                lease_deadline: None,
+            },
+            5 | 6 => Event::TaskAcked {
+                task: task.into(),
+                worker: worker.into(),
+                output: Params::null(),
+            },
+            7 => Event::TaskNacked {
+                task: task.into(),
+                worker: worker.into(),
+                error: "x".into(),
+                retry_at: None,
+                timed_out: a % 2 == 0,
+            },
+            8 => Event::CostReserved {
+                tenant: tenant_id.into(),
+                task: task.into(),
+                amount_micros: Micros(i64::from(a) * 10),
+            },
             9 => Event::CostIncurred {
                 tenant: tenant_id.into(),
                 task: (b % 2 == 0).then(|| task.into()),
                 category: Category::ALL[usize::from(a) % 6],
                 amount_micros: Micros(i64::from(a)),
             },
-            10 => Event::ReservationReleased { tenant: tenant_id.into(), task: task.into(), amount_micros: Micros(i64::from(a)) },
-            11 => Event::TaskDeadLettered { task: task.into(), reason: "x".into() },
-            12 => Event::LeaseExpired { task: task.into(), worker: worker.into() },
+            10 => Event::ReservationReleased {
+                tenant: tenant_id.into(),
+                task: task.into(),
+                amount_micros: Micros(i64::from(a)),
+            },
+            11 => Event::TaskDeadLettered {
+                task: task.into(),
+                reason: "x".into(),
+            },
+            12 => Event::LeaseExpired {
+                task: task.into(),
+                worker: worker.into(),
+            },
             _ => Event::LearningOutcome {
                 tenant: tenant_id.into(),
                 task: None,
@@ -146,7 +198,11 @@ fn ledger_append_rejected_batch_appends_nothing() {
     let ledger = Ledger::open(dir.path(), options()).unwrap();
     ledger.append([tenant("acme", 100)]).unwrap();
     let batch = vec![
-        Event::RunStarted { run: "r1".into(), seed: 1, config_hash: String::new() },
+        Event::RunStarted {
+            run: "r1".into(),
+            seed: 1,
+            config_hash: String::new(),
+        },
         submit("r1", "a", "acme", vec![]),
         submit("r1", "b", "nobody", vec![]),
     ];
@@ -157,10 +213,22 @@ fn ledger_append_rejected_batch_appends_nothing() {
         }
         other => panic!("expected a rejection, got {other:?}"),
     }
-    let (seq, runs) = ledger.query(|state, head| (head.seq, state.runs.len())).unwrap();
-    assert_eq!((seq, runs), (1, 0), "the rejected batch's run must not be live");
+    let (seq, runs) = ledger
+        .query(|state, head| (head.seq, state.runs.len()))
+        .unwrap();
+    assert_eq!(
+        (seq, runs),
+        (1, 0),
+        "the rejected batch's run must not be live"
+    );
     // The same run can be started now: nothing of the batch survived.
-    let receipt = ledger.append([Event::RunStarted { run: "r1".into(), seed: 1, config_hash: String::new() }]).unwrap();
+    let receipt = ledger
+        .append([Event::RunStarted {
+            run: "r1".into(),
+            seed: 1,
+            config_hash: String::new(),
+        }])
+        .unwrap();
     assert_eq!((receipt.first_seq, receipt.last_seq), (2, 2));
     ledger.close().unwrap();
 }
@@ -170,14 +238,21 @@ fn ledger_reopen_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let first = {
         let ledger = Ledger::open(dir.path(), options()).unwrap();
-        let receipt = ledger.append([tenant("acme", 100), tenant("globex", 50)]).unwrap();
+        let receipt = ledger
+            .append([tenant("acme", 100), tenant("globex", 50)])
+            .unwrap();
         ledger.close().unwrap();
         receipt
     };
     let ledger = Ledger::open(dir.path(), options()).unwrap();
     assert_eq!(ledger.head().unwrap().hash, first.head);
     let receipt = ledger
-        .append([Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Llm, amount_micros: Micros(7) }])
+        .append([Event::CostIncurred {
+            tenant: "acme".into(),
+            task: None,
+            category: Category::Llm,
+            amount_micros: Micros(7),
+        }])
         .unwrap();
     assert_eq!(receipt.first_seq, 3);
     ledger.close().unwrap();
@@ -190,7 +265,14 @@ fn ledger_reopen_continues_the_chain() {
 #[test]
 fn ledger_many_appenders_get_disjoint_gapless_seqs() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path(), LedgerOptions { durability: Durability::Always, ..options() }).unwrap();
+    let ledger = Ledger::open(
+        dir.path(),
+        LedgerOptions {
+            durability: Durability::Always,
+            ..options()
+        },
+    )
+    .unwrap();
     ledger.append([tenant("acme", i64::MAX / 2)]).unwrap();
     let receipts: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
@@ -213,7 +295,10 @@ fn ledger_many_appenders_get_disjoint_gapless_seqs() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let mut ranges: Vec<(u64, u64)> = receipts.iter().map(|r| (r.first_seq, r.last_seq)).collect();
     ranges.sort_unstable();
@@ -226,14 +311,23 @@ fn ledger_many_appenders_get_disjoint_gapless_seqs() {
     assert_eq!(head.seq, next - 1);
     ledger.close().unwrap();
     let store = Store::open(dir.path(), false).unwrap();
-    assert_eq!(runledger::log::verify::verify(&store).unwrap().unwrap().head, head);
+    assert_eq!(
+        runledger::log::verify::verify(&store)
+            .unwrap()
+            .unwrap()
+            .head,
+        head
+    );
 }
 
 fn events_of(store: &Store, filters: &[(IndexKind, &str)]) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     let used = store
         .walk_indexed(filters, 1, |r| {
-            out.push((r.seq, decode_event(r.event_bytes).unwrap().kind().to_owned()));
+            out.push((
+                r.seq,
+                decode_event(r.event_bytes).unwrap().kind().to_owned(),
+            ));
             ControlFlow::Continue(())
         })
         .unwrap();
@@ -245,29 +339,79 @@ fn events_of(store: &Store, filters: &[(IndexKind, &str)]) -> Vec<(u64, String)>
 fn index_lists_records_by_run_and_tenant_and_is_rebuilt_after_loss() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(dir.path(), options()).unwrap();
-    ledger.append([tenant("acme", 1_000), tenant("globex", 1_000)]).unwrap();
-    ledger.append([Event::RunStarted { run: "r1".into(), seed: 1, config_hash: String::new() }]).unwrap();
-    ledger.append([Event::RunStarted { run: "r2".into(), seed: 2, config_hash: String::new() }]).unwrap();
-    ledger.append([submit("r1", "a", "acme", vec![]), submit("r2", "b", "globex", vec![])]).unwrap();
     ledger
-        .append([Event::TaskDequeued { task: "b".into(), worker: "w".into(), attempt: 1, lease_deadline: None }])
+        .append([tenant("acme", 1_000), tenant("globex", 1_000)])
+        .unwrap();
+    ledger
+        .append([Event::RunStarted {
+            run: "r1".into(),
+            seed: 1,
+            config_hash: String::new(),
+        }])
+        .unwrap();
+    ledger
+        .append([Event::RunStarted {
+            run: "r2".into(),
+            seed: 2,
+            config_hash: String::new(),
+        }])
+        .unwrap();
+    ledger
+        .append([
+            submit("r1", "a", "acme", vec![]),
+            submit("r2", "b", "globex", vec![]),
+        ])
+        .unwrap();
+    ledger
+        .append([Event::TaskDequeued {
+            task: "b".into(),
+            worker: "w".into(),
+            attempt: 1,
+            lease_deadline: None,
+        }])
         .unwrap();
     ledger.close().unwrap();
 
     let store = Store::open(dir.path(), false).unwrap();
     let globex = events_of(&store, &[(IndexKind::Tenant, "globex")]);
-    assert_eq!(globex, vec![(2, "tenant_registered".into()), (6, "task_submitted".into()), (7, "task_dequeued".into())]);
+    assert_eq!(
+        globex,
+        vec![
+            (2, "tenant_registered".into()),
+            (6, "task_submitted".into()),
+            (7, "task_dequeued".into())
+        ]
+    );
     let r1 = events_of(&store, &[(IndexKind::Run, "r1")]);
-    assert_eq!(r1, vec![(3, "run_started".into()), (5, "task_submitted".into())]);
-    let both = events_of(&store, &[(IndexKind::Run, "r2"), (IndexKind::Tenant, "globex")]);
-    assert_eq!(both, vec![(6, "task_submitted".into()), (7, "task_dequeued".into())]);
+    assert_eq!(
+        r1,
+        vec![(3, "run_started".into()), (5, "task_submitted".into())]
+    );
+    let both = events_of(
+        &store,
+        &[(IndexKind::Run, "r2"), (IndexKind::Tenant, "globex")],
+    );
+    assert_eq!(
+        both,
+        vec![(6, "task_submitted".into()), (7, "task_dequeued".into())]
+    );
 
     // Lose the index (as after a crash between the log write and the index
     // write): reads fall back to the log, and the next open rebuilds it.
     store.clear_index().unwrap();
-    assert!(store.walk_indexed(&[(IndexKind::Tenant, "globex")], 1, |_| ControlFlow::Continue(())).unwrap().is_none());
+    assert!(
+        store
+            .walk_indexed(&[(IndexKind::Tenant, "globex")], 1, |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap()
+            .is_none()
+    );
     drop(store);
-    Ledger::open(dir.path(), options()).unwrap().close().unwrap();
+    Ledger::open(dir.path(), options())
+        .unwrap()
+        .close()
+        .unwrap();
     let store = Store::open(dir.path(), false).unwrap();
     assert_eq!(events_of(&store, &[(IndexKind::Tenant, "globex")]), globex);
     assert_eq!(events_of(&store, &[(IndexKind::Run, "r1")]), r1);
@@ -280,12 +424,30 @@ fn replay_of_one_run_keeps_global_events_and_drops_other_runs() {
     ledger
         .append([
             tenant("acme", 1_000),
-            Event::RunStarted { run: "r1".into(), seed: 1, config_hash: String::new() },
-            Event::RunStarted { run: "r2".into(), seed: 2, config_hash: String::new() },
+            Event::RunStarted {
+                run: "r1".into(),
+                seed: 1,
+                config_hash: String::new(),
+            },
+            Event::RunStarted {
+                run: "r2".into(),
+                seed: 2,
+                config_hash: String::new(),
+            },
             submit("r1", "a", "acme", vec![]),
             submit("r2", "b", "acme", vec![]),
-            Event::CostIncurred { tenant: "acme".into(), task: Some("b".into()), category: Category::Llm, amount_micros: Micros(30) },
-            Event::CostIncurred { tenant: "acme".into(), task: None, category: Category::Other, amount_micros: Micros(5) },
+            Event::CostIncurred {
+                tenant: "acme".into(),
+                task: Some("b".into()),
+                category: Category::Llm,
+                amount_micros: Micros(30),
+            },
+            Event::CostIncurred {
+                tenant: "acme".into(),
+                task: None,
+                category: Category::Other,
+                amount_micros: Micros(5),
+            },
         ])
         .unwrap();
     ledger.close().unwrap();
@@ -294,7 +456,11 @@ fn replay_of_one_run_keeps_global_events_and_drops_other_runs() {
     assert!(r1.runs.get(&"r2".into()).is_none());
     assert!(r1.queue.get(&"b".into()).is_none());
     assert_eq!(r1.queue.len(), 1);
-    assert_eq!(r1.tenants.get(&"acme".into()).unwrap().spent_micros(), Micros(5), "only the global cost");
+    assert_eq!(
+        r1.tenants.get(&"acme".into()).unwrap().spent_micros(),
+        Micros(5),
+        "only the global cost"
+    );
 }
 
 #[test]
@@ -302,11 +468,19 @@ fn wall_clock_stamps_are_not_frozen_by_records_stamped_in_the_future() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(dir.path(), options()).unwrap();
     let future = Timestamp::parse("2099-01-01T00:00:00Z").unwrap();
-    ledger.append([Append { recorded_at: Some(future), event: tenant("acme", 10) }]).unwrap();
+    ledger
+        .append([Append {
+            recorded_at: Some(future),
+            event: tenant("acme", 10),
+        }])
+        .unwrap();
     ledger.append([tenant("globex", 10)]).unwrap();
     ledger.append([tenant("initech", 10)]).unwrap();
     let (last_at, seq) = ledger.query(|state, _| (state.last_at, state.seq)).unwrap();
     ledger.close().unwrap();
     assert_eq!(seq, 3);
-    assert!(last_at < future, "wall-clock records after a future-stamped one use the wall clock ({last_at})");
+    assert!(
+        last_at < future,
+        "wall-clock records after a future-stamped one use the wall clock ({last_at})"
+    );
 }

@@ -7,14 +7,20 @@ use std::path::Path;
 use runledger::domain::{Category, Event, Micros, Params};
 use runledger::log::{Durability, Ledger, LedgerOptions, Store};
 use runledger::runtime::RunOptions;
-use runledger::runtime::handler::{Failure, Handler, HandlerFuture, Handlers, Outcome, TaskContext};
+use runledger::runtime::handler::{
+    Failure, Handler, HandlerFuture, Handlers, Outcome, TaskContext,
+};
 use runledger::runtime::live::run_live;
 use runledger::workload::Workload;
 
 fn script(dir: &Path, name: &str, body: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(&path).status().unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&path)
+        .status()
+        .unwrap();
     path.display().to_string()
 }
 
@@ -48,9 +54,29 @@ runs = {runs}
 }
 
 fn run(dir: &Path, w: &Workload, handlers: &Handlers) -> runledger::runtime::RunReport {
-    let ledger = Ledger::open(dir, LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let report = runtime.block_on(run_live(&ledger, w, &RunOptions::default(), handlers, false, &mut |_, _| {})).unwrap();
+    let ledger = Ledger::open(
+        dir,
+        LedgerOptions {
+            durability: Durability::None,
+            checkpoint_every: 0,
+            create: true,
+        },
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime
+        .block_on(run_live(
+            &ledger,
+            w,
+            &RunOptions::default(),
+            handlers,
+            false,
+            &mut |_, _| {},
+        ))
+        .unwrap();
     ledger.close().unwrap();
     report
 }
@@ -76,42 +102,70 @@ fn exec_handler_posts_its_costs_and_failures_dead_letter_with_dependants_cancell
         "ok.sh",
         r#"read -r spec; echo "progress" ; echo '{"costs":[{"category":"tool","amount_micros":250},{"category":"llm","amount_micros":1000}],"output":{"seen":1}}'"#,
     );
-    let bad = script(dir.path(), "bad.sh", "cat >/dev/null; echo 'no key' >&2; exit 3");
+    let bad = script(
+        dir.path(),
+        "bad.sh",
+        "cat >/dev/null; echo 'no key' >&2; exit 3",
+    );
     let nodes = format!(
         r#"{{ id = "a", handler = "exec", params = {{ argv = ["{ok}"] }} }}, {{ id = "b", handler = "exec", params = {{ argv = ["{bad}"] }} }}, {{ id = "c", handler = "exec", params = {{ argv = ["{ok}"] }} }}"#
     );
     let w = workload(&nodes, 2, 5.0);
     let data = dir.path().join("data");
     let report = run(&data, &w, &Handlers::builtin());
-    assert_eq!((report.tasks, report.acked, report.dead_lettered, report.cancelled), (6, 2, 2, 2));
+    assert_eq!(
+        (
+            report.tasks,
+            report.acked,
+            report.dead_lettered,
+            report.cancelled
+        ),
+        (6, 2, 2, 2)
+    );
     let evs = events(&data);
     let costs: i64 = evs
         .iter()
         .filter_map(|e| match e {
-            Event::CostIncurred { category: Category::Tool | Category::Llm, amount_micros, .. } => Some(amount_micros.0),
+            Event::CostIncurred {
+                category: Category::Tool | Category::Llm,
+                amount_micros,
+                ..
+            } => Some(amount_micros.0),
             _ => None,
         })
         .sum();
     assert_eq!(costs, 2 * 1_250);
     assert!(evs.iter().any(|e| matches!(e, Event::TaskNacked { error, .. } if error.contains("exited with code 3") && error.contains("no key"))));
-    assert!(evs.iter().any(|e| matches!(e, Event::TaskAcked { output, .. } if output.as_json() == r#"{"seen":1}"#)));
+    assert!(evs.iter().any(
+        |e| matches!(e, Event::TaskAcked { output, .. } if output.as_json() == r#"{"seen":1}"#)
+    ));
 }
 
 #[test]
 fn exec_past_the_timeout_is_killed_and_nacked_as_timed_out() {
     let dir = tempfile::tempdir().unwrap();
     let pids = dir.path().join("pids");
-    let slow = script(dir.path(), "slow.sh", &format!("cat >/dev/null; echo $$ >> {}; sleep 30", pids.display()));
+    let slow = script(
+        dir.path(),
+        "slow.sh",
+        &format!("cat >/dev/null; echo $$ >> {}; sleep 30", pids.display()),
+    );
     let nodes = format!(r#"{{ id = "slow", handler = "exec", params = {{ argv = ["{slow}"] }} }}"#);
     let w = workload(&nodes, 1, 0.3);
     let data = dir.path().join("data");
     let started = std::time::Instant::now();
     let report = run(&data, &w, &Handlers::builtin());
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the run must not wait for the child");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the run must not wait for the child"
+    );
     assert_eq!((report.timeouts, report.dead_lettered), (2, 1));
     std::thread::sleep(std::time::Duration::from_millis(100));
     for pid in std::fs::read_to_string(&pids).unwrap().lines() {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "child {pid} was not killed");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "child {pid} was not killed"
+        );
     }
 }
 
@@ -122,11 +176,16 @@ impl Handler for Echo {
         Box::pin(async move {
             let n = ctx.params.to_value()["n"].as_i64().unwrap_or(0);
             if n < 0 {
-                return Err(Failure { error: "negative".into(), costs: vec![(Category::Other, Micros(1))] });
+                return Err(Failure {
+                    error: "negative".into(),
+                    costs: vec![(Category::Other, Micros(1))],
+                });
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             Ok(Outcome {
-                output: Params::from_value(&serde_json::json!({ "n": n, "inputs": ctx.inputs.len() })),
+                output: Params::from_value(
+                    &serde_json::json!({ "n": n, "inputs": ctx.inputs.len() }),
+                ),
                 costs: vec![(Category::Rerank, Micros(n * 10))],
             })
         })
@@ -155,19 +214,35 @@ pipeline = "p"
 runs = 6
 "#;
     // A workload may name handlers the library user registers.
-    let text = text.replace(r#"handler = "sim", params = { step = "store", latency_ms = 5, failure_rate_bp = 0 }"#, r#"handler = "echo", params = { n = 7 }"#);
-    assert!(Workload::parse("u.toml", &text).unwrap_err().to_string().contains("unknown handler `echo`"));
+    let text = text.replace(
+        r#"handler = "sim", params = { step = "store", latency_ms = 5, failure_rate_bp = 0 }"#,
+        r#"handler = "echo", params = { n = 7 }"#,
+    );
+    assert!(
+        Workload::parse("u.toml", &text)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown handler `echo`")
+    );
     let w = Workload::parse_for("u.toml", &text, &["echo", "exec", "sim"]).unwrap();
     let mut handlers = Handlers::builtin();
     handlers.register("echo", Echo);
     let data = dir.path().join("data");
     let report = run(&data, &w, &handlers);
     assert_eq!((report.tasks, report.acked), (6, 6));
-    assert!(report.peak_running <= 2, "max_concurrency 2, peak {}", report.peak_running);
+    assert!(
+        report.peak_running <= 2,
+        "max_concurrency 2, peak {}",
+        report.peak_running
+    );
     let rerank: i64 = events(&data)
         .iter()
         .filter_map(|e| match e {
-            Event::CostIncurred { category: Category::Rerank, amount_micros, .. } => Some(amount_micros.0),
+            Event::CostIncurred {
+                category: Category::Rerank,
+                amount_micros,
+                ..
+            } => Some(amount_micros.0),
             _ => None,
         })
         .sum();
@@ -177,7 +252,11 @@ runs = 6
 #[test]
 fn cli_resume_finishes_a_real_time_run_killed_mid_way() {
     let dir = tempfile::tempdir().unwrap();
-    let step = script(dir.path(), "step.sh", r#"cat >/dev/null; sleep 0.05; echo '{"costs":[{"category":"tool","amount_micros":5}]}'"#);
+    let step = script(
+        dir.path(),
+        "step.sh",
+        r#"cat >/dev/null; sleep 0.05; echo '{"costs":[{"category":"tool","amount_micros":5}]}'"#,
+    );
     let file = dir.path().join("w.toml");
     std::fs::write(
         &file,
@@ -206,12 +285,27 @@ runs = 20
     .unwrap();
     let data = dir.path().join("data");
     let bin = env!("CARGO_BIN_EXE_runledger");
-    let mut child = std::process::Command::new(bin).arg("--data").arg(&data).arg("run").arg(&file).spawn().unwrap();
+    let mut child = std::process::Command::new(bin)
+        .arg("--data")
+        .arg(&data)
+        .arg("run")
+        .arg(&file)
+        .spawn()
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(400));
     child.kill().unwrap();
     child.wait().unwrap();
-    let resume = std::process::Command::new(bin).arg("--data").arg(&data).arg("resume").output().unwrap();
-    assert!(resume.status.success(), "{}", String::from_utf8_lossy(&resume.stderr));
+    let resume = std::process::Command::new(bin)
+        .arg("--data")
+        .arg(&data)
+        .arg("resume")
+        .output()
+        .unwrap();
+    assert!(
+        resume.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resume.stderr)
+    );
     let evs = events(&data);
     let mut acks = std::collections::BTreeMap::<String, u32>::new();
     for e in &evs {
@@ -274,7 +368,10 @@ interval_ms = 200
     let report = run(&data, &w, &handlers);
     assert_eq!((report.tasks, report.dead_lettered), (4, 4));
     let evs = events(&data);
-    assert!(evs.iter().any(|e| matches!(e, Event::TaskNacked { error, .. } if error.contains("panicked"))));
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, Event::TaskNacked { error, .. } if error.contains("panicked")))
+    );
     assert!(evs.iter().any(|e| matches!(e, Event::TaskNacked { error, .. } if error.contains("refused") && error.contains("overflows"))));
 }
 
@@ -282,7 +379,9 @@ fn governed(dir: &Path, cost: i64) -> runledger::runtime::RunReport {
     let step = script(
         dir,
         &format!("cost{cost}.sh"),
-        &format!(r#"cat >/dev/null; echo '{{"costs":[{{"category":"llm","amount_micros":{cost}}}]}}'"#),
+        &format!(
+            r#"cat >/dev/null; echo '{{"costs":[{{"category":"llm","amount_micros":{cost}}}]}}'"#
+        ),
     );
     let text = format!(
         r#"
@@ -312,20 +411,37 @@ runs = 5
 fn real_time_budget_admits_up_to_the_edge_then_cancels_with_reasons() {
     let dir = tempfile::tempdir().unwrap();
     let report = governed(dir.path(), 300);
-    assert_eq!((report.acked, report.cancelled), (3, 2), "three reservations of 300 fit a budget of 1000, a fourth does not");
+    assert_eq!(
+        (report.acked, report.cancelled),
+        (3, 2),
+        "three reservations of 300 fit a budget of 1000, a fourth does not"
+    );
     let evs = events(&dir.path().join("data"));
     let refused = evs
         .iter()
         .filter(|e| matches!(e, Event::TaskCancelled { reason, .. } if reason.contains("cost agent") || reason.contains("not admitted")))
         .count();
-    assert_eq!(refused, 2, "the two that do not fit are refused with a reason");
-    assert!(evs.iter().any(|e| matches!(e, Event::BudgetStatusChanged { to: runledger::domain::BudgetStatus::Critical, .. })));
+    assert_eq!(
+        refused, 2,
+        "the two that do not fit are refused with a reason"
+    );
+    assert!(evs.iter().any(|e| matches!(
+        e,
+        Event::BudgetStatusChanged {
+            to: runledger::domain::BudgetStatus::Critical,
+            ..
+        }
+    )));
     let mut state = runledger::domain::State::new();
     for (i, e) in evs.into_iter().enumerate() {
         state.evolve(i as u64 + 1, runledger::domain::Timestamp(0), e);
         let t = state.tenants.get(&"small".into());
         if let Some(t) = t {
-            assert!(t.spent_micros().0 + t.reserved_micros.0 <= t.budget_micros.0, "over budget at seq {}", i + 1);
+            assert!(
+                t.spent_micros().0 + t.reserved_micros.0 <= t.budget_micros.0,
+                "over budget at seq {}",
+                i + 1
+            );
         }
     }
 }
@@ -334,11 +450,30 @@ fn real_time_budget_admits_up_to_the_edge_then_cancels_with_reasons() {
 fn real_time_cost_above_the_ceiling_is_an_overrun_that_blocks_the_tenant() {
     let dir = tempfile::tempdir().unwrap();
     let report = governed(dir.path(), 400);
-    assert_eq!(report.acked, 1, "after the overrun nothing more is admitted");
-    assert_eq!(report.tasks, report.acked + report.cancelled, "submitted tasks are cancelled, later runs dropped");
+    assert_eq!(
+        report.acked, 1,
+        "after the overrun nothing more is admitted"
+    );
+    assert_eq!(
+        report.tasks,
+        report.acked + report.cancelled,
+        "submitted tasks are cancelled, later runs dropped"
+    );
     let evs = events(&dir.path().join("data"));
     assert!(evs.iter().any(|e| matches!(e, Event::AdmissionDenied { reason, .. } if reason.contains("blocked"))
         || matches!(e, Event::TaskCancelled { reason, .. } if reason.contains("budget is exceeded"))));
-    assert!(evs.iter().any(|e| matches!(e, Event::BudgetOverrun { amount_micros: Micros(100), .. })));
-    assert!(evs.iter().any(|e| matches!(e, Event::BudgetStatusChanged { to: runledger::domain::BudgetStatus::Exceeded, .. })));
+    assert!(evs.iter().any(|e| matches!(
+        e,
+        Event::BudgetOverrun {
+            amount_micros: Micros(100),
+            ..
+        }
+    )));
+    assert!(evs.iter().any(|e| matches!(
+        e,
+        Event::BudgetStatusChanged {
+            to: runledger::domain::BudgetStatus::Exceeded,
+            ..
+        }
+    )));
 }

@@ -17,7 +17,11 @@ fn tenant(id: &str, budget: i64) -> Event {
 }
 
 fn run(id: &str) -> Event {
-    Event::RunStarted { run: id.into(), seed: 7, config_hash: String::new() }
+    Event::RunStarted {
+        run: id.into(),
+        seed: 7,
+        config_hash: String::new(),
+    }
 }
 
 fn submit(task: &str, tenant: &str, priority: Priority, deps: &[&str]) -> Event {
@@ -37,27 +41,55 @@ fn submit(task: &str, tenant: &str, priority: Priority, deps: &[&str]) -> Event 
 }
 
 fn dequeue(task: &str, worker: &str, attempt: u32) -> Event {
-    Event::TaskDequeued { task: task.into(), worker: worker.into(), attempt, lease_deadline: None }
+    Event::TaskDequeued {
+        task: task.into(),
+        worker: worker.into(),
+        attempt,
+        lease_deadline: None,
+    }
 }
 
 fn ack(task: &str, worker: &str) -> Event {
-    Event::TaskAcked { task: task.into(), worker: worker.into(), output: Params::null() }
+    Event::TaskAcked {
+        task: task.into(),
+        worker: worker.into(),
+        output: Params::null(),
+    }
 }
 
 fn nack(task: &str, worker: &str) -> Event {
-    Event::TaskNacked { task: task.into(), worker: worker.into(), error: "boom".into(), retry_at: None, timed_out: false }
+    Event::TaskNacked {
+        task: task.into(),
+        worker: worker.into(),
+        error: "boom".into(),
+        retry_at: None,
+        timed_out: false,
+    }
 }
 
 fn cost(tenant: &str, task: Option<&str>, category: Category, amount: i64) -> Event {
-    Event::CostIncurred { tenant: tenant.into(), task: task.map(TaskId::from), category, amount_micros: Micros(amount) }
+    Event::CostIncurred {
+        tenant: tenant.into(),
+        task: task.map(TaskId::from),
+        category,
+        amount_micros: Micros(amount),
+    }
 }
 
 fn reserve(tenant: &str, task: &str, amount: i64) -> Event {
-    Event::CostReserved { tenant: tenant.into(), task: task.into(), amount_micros: Micros(amount) }
+    Event::CostReserved {
+        tenant: tenant.into(),
+        task: task.into(),
+        amount_micros: Micros(amount),
+    }
 }
 
 fn release(tenant: &str, task: &str, amount: i64) -> Event {
-    Event::ReservationReleased { tenant: tenant.into(), task: task.into(), amount_micros: Micros(amount) }
+    Event::ReservationReleased {
+        tenant: tenant.into(),
+        task: task.into(),
+        amount_micros: Micros(amount),
+    }
 }
 
 /// Folds `given` (each must be accepted), then applies `when` and returns
@@ -70,7 +102,11 @@ fn check(given: &[Event], when: Event) -> (Result<(), Rejection>, State) {
             panic!("given event {i} ({event}) was rejected: {rejection}");
         }
     }
-    let verdict = state.apply(given.len() as u64 + 1, Timestamp(given.len() as i64 * 1_000), &when);
+    let verdict = state.apply(
+        given.len() as u64 + 1,
+        Timestamp(given.len() as i64 * 1_000),
+        &when,
+    );
     (verdict, state)
 }
 
@@ -91,7 +127,13 @@ fn tenant_register_twice_rejected() {
 #[test]
 fn tenant_register_negative_budget_rejected() {
     let (verdict, _) = check(&[], tenant("acme", -1));
-    assert_eq!(verdict, Err(Rejection::Negative { field: "budget_micros", value: -1 }));
+    assert_eq!(
+        verdict,
+        Err(Rejection::Negative {
+            field: "budget_micros",
+            value: -1
+        })
+    );
 }
 
 #[test]
@@ -109,7 +151,10 @@ fn tenant_update_changes_only_given_fields() {
     let t = state.tenants.get(&"acme".into()).unwrap();
     assert_eq!(t.budget_micros, Micros(20_000));
     assert_eq!(t.max_concurrent_runs, 2);
-    assert_eq!(state.learning.get(&"acme".into()).unwrap().exploration_bp, 2_000);
+    assert_eq!(
+        state.learning.get(&"acme".into()).unwrap().exploration_bp,
+        2_000
+    );
 }
 
 #[test]
@@ -126,14 +171,23 @@ fn run_start_twice_rejected_and_finish_closes_it() {
 fn task_submit_unknown_tenant_or_run_rejected() {
     let (verdict, _) = check(&base(), submit("t1", "nobody", Priority::Normal, &[]));
     assert_eq!(verdict, Err(Rejection::UnknownTenant("nobody".into())));
-    let (verdict, _) = check(&[tenant("acme", 1)], submit("t1", "acme", Priority::Normal, &[]));
+    let (verdict, _) = check(
+        &[tenant("acme", 1)],
+        submit("t1", "acme", Priority::Normal, &[]),
+    );
     assert_eq!(verdict, Err(Rejection::UnknownRun("r1".into())));
 }
 
 #[test]
 fn task_submit_unknown_or_self_dependency_rejected() {
     let (verdict, _) = check(&base(), submit("t1", "acme", Priority::Normal, &["ghost"]));
-    assert_eq!(verdict, Err(Rejection::UnknownDependency { task: "t1".into(), dep: "ghost".into() }));
+    assert_eq!(
+        verdict,
+        Err(Rejection::UnknownDependency {
+            task: "t1".into(),
+            dep: "ghost".into()
+        })
+    );
     let (verdict, _) = check(&base(), submit("t1", "acme", Priority::Normal, &["t1"]));
     assert_eq!(verdict, Err(Rejection::SelfDependency("t1".into())));
 }
@@ -154,8 +208,16 @@ fn queue_ready_set_is_fifo_within_priority_and_ordered_by_priority() {
     given.push(submit("low-2", "acme", Priority::Low, &[]));
     let (verdict, state) = check(&given, submit("crit-2", "acme", Priority::Critical, &[]));
     verdict.unwrap();
-    let crit: Vec<_> = state.queue.ready(Priority::Critical).map(|t| t.as_str()).collect();
-    let low: Vec<_> = state.queue.ready(Priority::Low).map(|t| t.as_str()).collect();
+    let crit: Vec<_> = state
+        .queue
+        .ready(Priority::Critical)
+        .map(|t| t.as_str())
+        .collect();
+    let low: Vec<_> = state
+        .queue
+        .ready(Priority::Low)
+        .map(|t| t.as_str())
+        .collect();
     assert_eq!(crit, ["crit-1", "crit-2"]);
     assert_eq!(low, ["low-1", "low-2"]);
     assert_eq!(state.queue.ready_by_priority(), [2, 0, 0, 2, 0]);
@@ -171,7 +233,11 @@ fn task_with_open_parent_waits_until_parent_acked() {
     let (verdict, _) = check(&given, dequeue("child", "w1", 1));
     assert_eq!(
         verdict,
-        Err(Rejection::InvalidTransition { task: "child".into(), action: "dequeue", status: TaskStatus::Waiting })
+        Err(Rejection::InvalidTransition {
+            task: "child".into(),
+            action: "dequeue",
+            status: TaskStatus::Waiting
+        })
     );
     given.push(dequeue("parent", "w1", 1));
     let (verdict, state) = check(&given, ack("parent", "w1"));
@@ -187,55 +253,112 @@ fn task_ack_without_dequeue_rejected() {
     let (verdict, _) = check(&given, ack("t1", "w1"));
     assert_eq!(
         verdict,
-        Err(Rejection::InvalidTransition { task: "t1".into(), action: "ack", status: TaskStatus::Pending })
+        Err(Rejection::InvalidTransition {
+            task: "t1".into(),
+            action: "ack",
+            status: TaskStatus::Pending
+        })
     );
 }
 
 #[test]
 fn task_second_ack_rejected() {
     let mut given = base();
-    given.extend([submit("t1", "acme", Priority::Normal, &[]), dequeue("t1", "w1", 1), ack("t1", "w1")]);
+    given.extend([
+        submit("t1", "acme", Priority::Normal, &[]),
+        dequeue("t1", "w1", 1),
+        ack("t1", "w1"),
+    ]);
     let (verdict, _) = check(&given, ack("t1", "w1"));
     assert_eq!(
         verdict,
-        Err(Rejection::InvalidTransition { task: "t1".into(), action: "ack", status: TaskStatus::Done })
+        Err(Rejection::InvalidTransition {
+            task: "t1".into(),
+            action: "ack",
+            status: TaskStatus::Done
+        })
     );
 }
 
 #[test]
 fn task_ack_by_other_worker_rejected() {
     let mut given = base();
-    given.extend([submit("t1", "acme", Priority::Normal, &[]), dequeue("t1", "w1", 1)]);
+    given.extend([
+        submit("t1", "acme", Priority::Normal, &[]),
+        dequeue("t1", "w1", 1),
+    ]);
     let (verdict, _) = check(&given, ack("t1", "w2"));
-    assert_eq!(verdict, Err(Rejection::WrongWorker { task: "t1".into(), holder: "w1".into(), worker: "w2".into() }));
+    assert_eq!(
+        verdict,
+        Err(Rejection::WrongWorker {
+            task: "t1".into(),
+            holder: "w1".into(),
+            worker: "w2".into()
+        })
+    );
 }
 
 #[test]
 fn task_nack_returns_it_for_retry_and_attempts_are_counted() {
     let mut given = base();
-    given.extend([submit("t1", "acme", Priority::Normal, &[]), dequeue("t1", "w1", 1)]);
+    given.extend([
+        submit("t1", "acme", Priority::Normal, &[]),
+        dequeue("t1", "w1", 1),
+    ]);
     let (verdict, state) = check(&given, nack("t1", "w1"));
     verdict.unwrap();
     assert_eq!(status(&state, "t1"), TaskStatus::Pending);
     assert_eq!(state.queue.counts().retries, 1);
     given.push(nack("t1", "w1"));
     let (verdict, _) = check(&given, dequeue("t1", "w2", 1));
-    assert_eq!(verdict, Err(Rejection::WrongAttempt { task: "t1".into(), expected: 2, got: 1 }));
+    assert_eq!(
+        verdict,
+        Err(Rejection::WrongAttempt {
+            task: "t1".into(),
+            expected: 2,
+            got: 1
+        })
+    );
     given.extend([dequeue("t1", "w2", 2), nack("t1", "w2")]);
     let (verdict, _) = check(&given, dequeue("t1", "w2", 3));
-    assert_eq!(verdict, Err(Rejection::AttemptsExhausted { task: "t1".into(), attempt: 3, max_attempts: 2 }));
-    let (verdict, state) = check(&given, Event::TaskDeadLettered { task: "t1".into(), reason: "2 attempts".into() });
+    assert_eq!(
+        verdict,
+        Err(Rejection::AttemptsExhausted {
+            task: "t1".into(),
+            attempt: 3,
+            max_attempts: 2
+        })
+    );
+    let (verdict, state) = check(
+        &given,
+        Event::TaskDeadLettered {
+            task: "t1".into(),
+            reason: "2 attempts".into(),
+        },
+    );
     verdict.unwrap();
     assert_eq!(status(&state, "t1"), TaskStatus::DeadLettered);
     let workers = state.workers.get(&"w2".into()).unwrap();
-    assert_eq!((workers.executed, workers.failed, workers.success_rate_bp()), (1, 1, 0));
+    assert_eq!(
+        (workers.executed, workers.failed, workers.success_rate_bp()),
+        (1, 1, 0)
+    );
 }
 
 #[test]
 fn lease_expiry_returns_task_to_pending() {
     let mut given = base();
-    given.extend([submit("t1", "acme", Priority::Normal, &[]), dequeue("t1", "w1", 1)]);
-    let (verdict, state) = check(&given, Event::LeaseExpired { task: "t1".into(), worker: "w1".into() });
+    given.extend([
+        submit("t1", "acme", Priority::Normal, &[]),
+        dequeue("t1", "w1", 1),
+    ]);
+    let (verdict, state) = check(
+        &given,
+        Event::LeaseExpired {
+            task: "t1".into(),
+            worker: "w1".into(),
+        },
+    );
     verdict.unwrap();
     assert_eq!(status(&state, "t1"), TaskStatus::Pending);
     assert_eq!(state.runs.get(&"r1".into()).unwrap().leases_expired, 1);
@@ -244,44 +367,86 @@ fn lease_expiry_returns_task_to_pending() {
 #[test]
 fn task_cancel_only_before_it_runs() {
     let mut given = base();
-    given.extend([submit("t1", "acme", Priority::Normal, &[]), dequeue("t1", "w1", 1)]);
-    let (verdict, _) = check(&given, Event::TaskCancelled { task: "t1".into(), reason: "parent dead".into() });
+    given.extend([
+        submit("t1", "acme", Priority::Normal, &[]),
+        dequeue("t1", "w1", 1),
+    ]);
+    let (verdict, _) = check(
+        &given,
+        Event::TaskCancelled {
+            task: "t1".into(),
+            reason: "parent dead".into(),
+        },
+    );
     assert_eq!(
         verdict,
-        Err(Rejection::InvalidTransition { task: "t1".into(), action: "cancel", status: TaskStatus::Leased })
+        Err(Rejection::InvalidTransition {
+            task: "t1".into(),
+            action: "cancel",
+            status: TaskStatus::Leased
+        })
     );
 }
 
 #[test]
 fn budget_reserve_rejected_when_it_would_exceed_budget() {
     let mut given = base();
-    given.extend([submit("t1", "acme", Priority::Normal, &[]), cost("acme", None, Category::Llm, 6_000)]);
+    given.extend([
+        submit("t1", "acme", Priority::Normal, &[]),
+        cost("acme", None, Category::Llm, 6_000),
+    ]);
     let (verdict, state) = check(&given, reserve("acme", "t1", 4_000));
     verdict.unwrap();
-    assert_eq!(state.tenants.get(&"acme".into()).unwrap().available_micros(), Micros(0));
+    assert_eq!(
+        state
+            .tenants
+            .get(&"acme".into())
+            .unwrap()
+            .available_micros(),
+        Micros(0)
+    );
     let (verdict, _) = check(&given, reserve("acme", "t1", 4_001));
-    assert!(matches!(verdict, Err(Rejection::BudgetExceeded { .. })), "{verdict:?}");
+    assert!(
+        matches!(verdict, Err(Rejection::BudgetExceeded { .. })),
+        "{verdict:?}"
+    );
 }
 
 #[test]
 fn budget_cost_posting_consumes_reservation_then_release_returns_rest() {
     let mut given = base();
-    given.extend([submit("t1", "acme", Priority::Normal, &[]), reserve("acme", "t1", 3_000)]);
+    given.extend([
+        submit("t1", "acme", Priority::Normal, &[]),
+        reserve("acme", "t1", 3_000),
+    ]);
     given.push(cost("acme", Some("t1"), Category::Llm, 1_200));
     let (_, state) = check(&given, cost("acme", Some("t1"), Category::Rerank, 300));
     let t = state.tenants.get(&"acme".into()).unwrap();
-    assert_eq!((t.spent_micros(), t.reserved_micros), (Micros(1_500), Micros(1_500)));
+    assert_eq!(
+        (t.spent_micros(), t.reserved_micros),
+        (Micros(1_500), Micros(1_500))
+    );
     given.push(cost("acme", Some("t1"), Category::Rerank, 300));
     let (verdict, _) = check(&given, release("acme", "t1", 1_501));
     assert_eq!(
         verdict,
-        Err(Rejection::ReleaseExceedsReservation { task: "t1".into(), amount: Micros(1_501), reserved: Micros(1_500) })
+        Err(Rejection::ReleaseExceedsReservation {
+            task: "t1".into(),
+            amount: Micros(1_501),
+            reserved: Micros(1_500)
+        })
     );
     let (verdict, state) = check(&given, release("acme", "t1", 1_500));
     verdict.unwrap();
     let t = state.tenants.get(&"acme".into()).unwrap();
-    assert_eq!((t.spent_micros(), t.reserved_micros), (Micros(1_500), Micros(0)));
-    assert_eq!(state.queue.get(&"t1".into()).unwrap().spent_micros, Micros(1_500));
+    assert_eq!(
+        (t.spent_micros(), t.reserved_micros),
+        (Micros(1_500), Micros(0))
+    );
+    assert_eq!(
+        state.queue.get(&"t1".into()).unwrap().spent_micros,
+        Micros(1_500)
+    );
 }
 
 #[test]
@@ -291,7 +456,11 @@ fn budget_cost_for_foreign_task_rejected() {
     let (verdict, _) = check(&given, cost("globex", Some("t1"), Category::Llm, 1));
     assert_eq!(
         verdict,
-        Err(Rejection::ForeignTask { task: "t1".into(), owner: "acme".into(), tenant: "globex".into() })
+        Err(Rejection::ForeignTask {
+            task: "t1".into(),
+            owner: "acme".into(),
+            tenant: "globex".into()
+        })
     );
 }
 
@@ -301,7 +470,11 @@ fn budget_external_cost_is_accepted_beyond_budget() {
     verdict.unwrap();
     let t = state.tenants.get(&"globex".into()).unwrap();
     assert_eq!(t.spent_micros(), Micros(9_000));
-    assert_eq!(t.status(), BudgetStatus::Critical, "EXCEEDED needs a recorded overrun");
+    assert_eq!(
+        t.status(),
+        BudgetStatus::Critical,
+        "EXCEEDED needs a recorded overrun"
+    );
 }
 
 #[test]
@@ -315,7 +488,11 @@ fn budget_status_thresholds_at_exact_edges() {
     ];
     for (spent, expected) in cases {
         let (_, state) = check(&base(), cost("acme", None, Category::Llm, spent));
-        assert_eq!(state.tenants.get(&"acme".into()).unwrap().status(), expected, "spent {spent} of 10000");
+        assert_eq!(
+            state.tenants.get(&"acme".into()).unwrap().status(),
+            expected,
+            "spent {spent} of 10000"
+        );
     }
 }
 
@@ -323,50 +500,101 @@ fn budget_status_thresholds_at_exact_edges() {
 fn budget_overrun_is_the_only_way_to_exceeded_and_reset_clears_it() {
     let mut given = base();
     given.push(cost("acme", None, Category::Llm, 10_500));
-    let (_, state) = check(&given, Event::BudgetOverrun { tenant: "acme".into(), task: None, amount_micros: Micros(500) });
-    assert_eq!(state.tenants.get(&"acme".into()).unwrap().status(), BudgetStatus::Exceeded);
-    given.push(Event::BudgetOverrun { tenant: "acme".into(), task: None, amount_micros: Micros(500) });
-    let (verdict, state) = check(&given, Event::BudgetPeriodReset { tenant: "acme".into() });
+    let (_, state) = check(
+        &given,
+        Event::BudgetOverrun {
+            tenant: "acme".into(),
+            task: None,
+            amount_micros: Micros(500),
+        },
+    );
+    assert_eq!(
+        state.tenants.get(&"acme".into()).unwrap().status(),
+        BudgetStatus::Exceeded
+    );
+    given.push(Event::BudgetOverrun {
+        tenant: "acme".into(),
+        task: None,
+        amount_micros: Micros(500),
+    });
+    let (verdict, state) = check(
+        &given,
+        Event::BudgetPeriodReset {
+            tenant: "acme".into(),
+        },
+    );
     verdict.unwrap();
     let t = state.tenants.get(&"acme".into()).unwrap();
-    assert_eq!((t.status(), t.spent_micros(), t.lifetime_spent_micros), (BudgetStatus::Healthy, Micros(0), Micros(10_500)));
+    assert_eq!(
+        (t.status(), t.spent_micros(), t.lifetime_spent_micros),
+        (BudgetStatus::Healthy, Micros(0), Micros(10_500))
+    );
 }
 
 #[test]
 fn budget_status_change_must_match_the_numbers() {
     let mut given = base();
     given.push(cost("acme", None, Category::Llm, 8_000));
-    let warn = Event::BudgetStatusChanged { tenant: "acme".into(), from: BudgetStatus::Healthy, to: BudgetStatus::Warning };
+    let warn = Event::BudgetStatusChanged {
+        tenant: "acme".into(),
+        from: BudgetStatus::Healthy,
+        to: BudgetStatus::Warning,
+    };
     let (verdict, state) = check(&given, warn.clone());
     verdict.unwrap();
-    assert_eq!(state.tenants.get(&"acme".into()).unwrap().recorded_status, BudgetStatus::Warning);
-    let lie = Event::BudgetStatusChanged { tenant: "acme".into(), from: BudgetStatus::Healthy, to: BudgetStatus::Critical };
+    assert_eq!(
+        state.tenants.get(&"acme".into()).unwrap().recorded_status,
+        BudgetStatus::Warning
+    );
+    let lie = Event::BudgetStatusChanged {
+        tenant: "acme".into(),
+        from: BudgetStatus::Healthy,
+        to: BudgetStatus::Critical,
+    };
     let (verdict, _) = check(&given, lie);
-    assert!(matches!(verdict, Err(Rejection::StatusMismatch { .. })), "{verdict:?}");
+    assert!(
+        matches!(verdict, Err(Rejection::StatusMismatch { .. })),
+        "{verdict:?}"
+    );
     given.push(warn.clone());
     let (verdict, _) = check(&given, warn);
-    assert!(matches!(verdict, Err(Rejection::StatusMismatch { .. })), "from must be the recorded status");
+    assert!(
+        matches!(verdict, Err(Rejection::StatusMismatch { .. })),
+        "from must be the recorded status"
+    );
 }
 
 #[test]
 fn tenant_events_never_touch_another_tenant() {
     let mut given = base();
-    given.extend([submit("a1", "acme", Priority::Normal, &[]), reserve("acme", "a1", 2_000)]);
+    given.extend([
+        submit("a1", "acme", Priority::Normal, &[]),
+        reserve("acme", "a1", 2_000),
+    ]);
     let before = check(&given, cost("acme", Some("a1"), Category::Llm, 100)).1;
     let globex_before = before.tenants.get(&"globex".into()).unwrap().clone();
     let mut more = given.clone();
     more.extend([
         cost("acme", Some("a1"), Category::Llm, 100),
-        Event::BudgetOverrun { tenant: "acme".into(), task: None, amount_micros: Micros(1) },
-        Event::BudgetPeriodReset { tenant: "acme".into() },
+        Event::BudgetOverrun {
+            tenant: "acme".into(),
+            task: None,
+            amount_micros: Micros(1),
+        },
+        Event::BudgetPeriodReset {
+            tenant: "acme".into(),
+        },
     ]);
-    let (_, after) = check(&more, Event::LearningOutcome {
-        tenant: "acme".into(),
-        task: None,
-        arm: "gpt-small".into(),
-        reward_bp: 9_000,
-        cost_micros: Micros(10),
-    });
+    let (_, after) = check(
+        &more,
+        Event::LearningOutcome {
+            tenant: "acme".into(),
+            task: None,
+            arm: "gpt-small".into(),
+            reward_bp: 9_000,
+            cost_micros: Micros(10),
+        },
+    );
     assert_eq!(after.tenants.get(&"globex".into()).unwrap(), &globex_before);
     assert_eq!(after.learning.get(&"globex".into()).unwrap().outcomes, 0);
     assert_eq!(after.learning.get(&"acme".into()).unwrap().outcomes, 1);
@@ -375,16 +603,47 @@ fn tenant_events_never_touch_another_tenant() {
 #[test]
 fn pipeline_runs_count_as_concurrent_until_all_tasks_end() {
     let mut given = base();
-    let in_pipeline = |task: &str, deps: &[&str]| match submit(task, "acme", Priority::Normal, deps) {
-        Event::TaskSubmitted { run, task, tenant, priority, deps, cost_ceiling_micros, handler, params, max_attempts, optional, .. } => {
-            Event::TaskSubmitted { run, task, tenant, priority, deps, pipeline: Some("p1".into()), cost_ceiling_micros, handler, params, max_attempts, optional }
-        }
+    let in_pipeline = |task: &str, deps: &[&str]| match submit(task, "acme", Priority::Normal, deps)
+    {
+        Event::TaskSubmitted {
+            run,
+            task,
+            tenant,
+            priority,
+            deps,
+            cost_ceiling_micros,
+            handler,
+            params,
+            max_attempts,
+            optional,
+            ..
+        } => Event::TaskSubmitted {
+            run,
+            task,
+            tenant,
+            priority,
+            deps,
+            pipeline: Some("p1".into()),
+            cost_ceiling_micros,
+            handler,
+            params,
+            max_attempts,
+            optional,
+        },
         other => other,
     };
-    given.extend([in_pipeline("p1-a", &[]), in_pipeline("p1-b", &["p1-a"]), submit("solo", "acme", Priority::Low, &[])]);
+    given.extend([
+        in_pipeline("p1-a", &[]),
+        in_pipeline("p1-b", &["p1-a"]),
+        submit("solo", "acme", Priority::Low, &[]),
+    ]);
     let (_, state) = check(&given, dequeue("p1-a", "w", 1));
     assert_eq!(state.tenants.get(&"acme".into()).unwrap().active_runs, 2);
-    given.extend([dequeue("p1-a", "w", 1), ack("p1-a", "w"), dequeue("p1-b", "w", 1)]);
+    given.extend([
+        dequeue("p1-a", "w", 1),
+        ack("p1-a", "w"),
+        dequeue("p1-b", "w", 1),
+    ]);
     let (_, state) = check(&given, ack("p1-b", "w"));
     let t = state.tenants.get(&"acme".into()).unwrap();
     assert_eq!((t.active_runs, t.peak_active_runs), (1, 2));
@@ -402,15 +661,21 @@ fn learning_profile_tracks_outcomes_per_arm_and_adjustments() {
             cost_micros: Micros(5),
         });
     }
-    let (verdict, state) = check(&given, Event::LearningProfileAdjusted {
-        tenant: "acme".into(),
-        intensity: None,
-        exploration_bp: 500,
-        reason: "utilisation above 90%".into(),
-    });
+    let (verdict, state) = check(
+        &given,
+        Event::LearningProfileAdjusted {
+            tenant: "acme".into(),
+            intensity: None,
+            exploration_bp: 500,
+            reason: "utilisation above 90%".into(),
+        },
+    );
     verdict.unwrap();
     let p = state.learning.get(&"acme".into()).unwrap();
-    assert_eq!((p.outcomes, p.reward_bp_sum, p.exploration_bp, p.adjustments), (2, 14_000, 500, 1));
+    assert_eq!(
+        (p.outcomes, p.reward_bp_sum, p.exploration_bp, p.adjustments),
+        (2, 14_000, 500, 1)
+    );
     assert_eq!(p.arms["small"].pulls, 2);
 }
 
@@ -424,22 +689,40 @@ fn run_summary_counts_tasks_costs_and_peak() {
         dequeue("t2", "w2", 1),
         cost("acme", Some("t1"), Category::Llm, 70),
         ack("t1", "w1"),
-        Event::BackpressureEngaged { run: "r1".into(), running: 2, threshold: 2 },
+        Event::BackpressureEngaged {
+            run: "r1".into(),
+            running: 2,
+            threshold: 2,
+        },
     ]);
     let (_, state) = check(&given, nack("t2", "w2"));
     let r = state.runs.get(&"r1".into()).unwrap();
     assert_eq!(
-        (r.tasks_submitted, r.tasks_acked, r.tasks_nacked, r.peak_running, r.running, r.cost_micros, r.backpressure_engaged),
+        (
+            r.tasks_submitted,
+            r.tasks_acked,
+            r.tasks_nacked,
+            r.peak_running,
+            r.running,
+            r.cost_micros,
+            r.backpressure_engaged
+        ),
         (2, 1, 1, 2, 0, Micros(70), 1)
     );
 }
 
 #[test]
 fn digests_do_not_depend_on_insertion_order_of_independent_tenants() {
-    let a = check(&[tenant("a", 1), tenant("b", 2)], run("r1")).1.digests();
-    let b = check(&[tenant("b", 2), tenant("a", 1)], run("r1")).1.digests();
+    let a = check(&[tenant("a", 1), tenant("b", 2)], run("r1"))
+        .1
+        .digests();
+    let b = check(&[tenant("b", 2), tenant("a", 1)], run("r1"))
+        .1
+        .digests();
     assert_eq!(a.tenants, b.tenants);
-    let c = check(&[tenant("a", 1), tenant("b", 3)], run("r1")).1.digests();
+    let c = check(&[tenant("a", 1), tenant("b", 3)], run("r1"))
+        .1
+        .digests();
     assert_ne!(a.tenants, c.tenants);
     assert_ne!(a.combined, c.combined);
 }
@@ -456,12 +739,24 @@ fn ack_releasing_several_dependants_makes_each_ready() {
     ]);
     let (verdict, state) = check(&given, ack("parent", "w"));
     verdict.unwrap();
-    let ready: Vec<_> = state.queue.ready(Priority::Normal).map(|t| t.as_str()).collect();
-    assert_eq!(ready, ["a", "b", "c"], "one record released three tasks: all ready, in order");
+    let ready: Vec<_> = state
+        .queue
+        .ready(Priority::Normal)
+        .map(|t| t.as_str())
+        .collect();
+    assert_eq!(
+        ready,
+        ["a", "b", "c"],
+        "one record released three tasks: all ready, in order"
+    );
     assert_eq!(state.queue.ready_by_priority()[Priority::Normal.index()], 3);
     given.push(ack("parent", "w"));
     let (_, state) = check(&given, dequeue("b", "w", 1));
-    let ready: Vec<_> = state.queue.ready(Priority::Normal).map(|t| t.as_str()).collect();
+    let ready: Vec<_> = state
+        .queue
+        .ready(Priority::Normal)
+        .map(|t| t.as_str())
+        .collect();
     assert_eq!(ready, ["a", "c"]);
 }
 
@@ -477,19 +772,38 @@ fn scheduler_prefers_priority_then_age_and_ages_batch_work() {
     given.push(submit("high-1", "acme", Priority::High, &[]));
     let (_, state) = check(&given, submit("high-2", "acme", Priority::High, &[]));
     let now = Timestamp(0);
-    let patient = QueuePolicy { aging_records: 1_000, ..QueuePolicy::default() };
-    assert_eq!(next_ready(&state, now, state.seq, &patient).unwrap().as_str(), "high-1", "priority first, then FIFO");
+    let patient = QueuePolicy {
+        aging_records: 1_000,
+        ..QueuePolicy::default()
+    };
+    assert_eq!(
+        next_ready(&state, now, state.seq, &patient)
+            .unwrap()
+            .as_str(),
+        "high-1",
+        "priority first, then FIFO"
+    );
     // With one level per 5 records, the batch task (waited 22) outranks a HIGH
     // task that waited 1: 4*5-22 < 1*5-1.
-    let eager = QueuePolicy { aging_records: 5, ..QueuePolicy::default() };
-    assert_eq!(next_ready(&state, now, state.seq, &eager).unwrap().as_str(), "batch-1");
+    let eager = QueuePolicy {
+        aging_records: 5,
+        ..QueuePolicy::default()
+    };
+    assert_eq!(
+        next_ready(&state, now, state.seq, &eager).unwrap().as_str(),
+        "batch-1"
+    );
 }
 
 #[test]
 fn scheduler_skips_tasks_waiting_for_their_retry_time() {
     use runledger::domain::scheduler::{QueuePolicy, next_ready, next_retry_at};
     let mut given = base();
-    given.extend([submit("t1", "acme", Priority::Critical, &[]), submit("t2", "acme", Priority::Low, &[]), dequeue("t1", "w", 1)]);
+    given.extend([
+        submit("t1", "acme", Priority::Critical, &[]),
+        submit("t2", "acme", Priority::Low, &[]),
+        dequeue("t1", "w", 1),
+    ]);
     let retry = Event::TaskNacked {
         task: "t1".into(),
         worker: "w".into(),
@@ -499,9 +813,22 @@ fn scheduler_skips_tasks_waiting_for_their_retry_time() {
     };
     let (_, state) = check(&given, retry);
     let policy = QueuePolicy::default();
-    assert_eq!(next_ready(&state, Timestamp(1), state.seq, &policy).unwrap().as_str(), "t2");
-    assert_eq!(next_ready(&state, Timestamp(5_000_000), state.seq, &policy).unwrap().as_str(), "t1");
-    assert_eq!(next_retry_at(&state, Timestamp(1), |_| true), Some(Timestamp(5_000_000)));
+    assert_eq!(
+        next_ready(&state, Timestamp(1), state.seq, &policy)
+            .unwrap()
+            .as_str(),
+        "t2"
+    );
+    assert_eq!(
+        next_ready(&state, Timestamp(5_000_000), state.seq, &policy)
+            .unwrap()
+            .as_str(),
+        "t1"
+    );
+    assert_eq!(
+        next_retry_at(&state, Timestamp(1), |_| true),
+        Some(Timestamp(5_000_000))
+    );
 }
 
 #[test]
@@ -515,32 +842,63 @@ fn lost_lease_on_last_attempt_dead_letters_and_cancels_dependants() {
         state
     };
     let mut first = base();
-    first.extend([submit("t1", "acme", Priority::Normal, &[]), submit("child", "acme", Priority::Normal, &["t1"]), dequeue("t1", "w", 1)]);
-    let kinds: Vec<&str> = expire_lease(&fold(&first), &"t1".into()).iter().map(Event::kind).collect();
-    assert_eq!(kinds, ["lease_expired"], "attempt 1 of 2: the task goes back");
+    first.extend([
+        submit("t1", "acme", Priority::Normal, &[]),
+        submit("child", "acme", Priority::Normal, &["t1"]),
+        dequeue("t1", "w", 1),
+    ]);
+    let kinds: Vec<&str> = expire_lease(&fold(&first), &"t1".into())
+        .iter()
+        .map(Event::kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["lease_expired"],
+        "attempt 1 of 2: the task goes back"
+    );
     let mut last = first.clone();
     last.extend([nack("t1", "w"), dequeue("t1", "w", 2)]);
-    let kinds: Vec<&str> = expire_lease(&fold(&last), &"t1".into()).iter().map(Event::kind).collect();
-    assert_eq!(kinds, ["lease_expired", "task_dead_lettered", "task_cancelled"], "attempt 2 of 2 was the last");
+    let kinds: Vec<&str> = expire_lease(&fold(&last), &"t1".into())
+        .iter()
+        .map(Event::kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["lease_expired", "task_dead_lettered", "task_cancelled"],
+        "attempt 2 of 2 was the last"
+    );
 }
 
 #[test]
 fn scheduler_batch_pick_matches_one_by_one_picks() {
     use runledger::domain::scheduler::{QueuePolicy, next_ready, next_ready_many};
     let mut given = base();
-    let priorities = [Priority::Low, Priority::Critical, Priority::Batch, Priority::Normal, Priority::High];
+    let priorities = [
+        Priority::Low,
+        Priority::Critical,
+        Priority::Batch,
+        Priority::Normal,
+        Priority::High,
+    ];
     for i in 0..25 {
         given.push(submit(&format!("t{i:02}"), "acme", priorities[i % 5], &[]));
         given.push(cost("globex", None, Category::Other, 1));
     }
     let (_, mut state) = check(&given, cost("globex", None, Category::Other, 1));
-    let policy = QueuePolicy { aging_records: 7, ..QueuePolicy::default() };
+    let policy = QueuePolicy {
+        aging_records: 7,
+        ..QueuePolicy::default()
+    };
     let seq = state.seq;
-    let batch: Vec<String> =
-        next_ready_many(&state, Timestamp(0), seq, &policy, 12, |_| true).into_iter().map(|t| t.0.clone()).collect();
+    let batch: Vec<String> = next_ready_many(&state, Timestamp(0), seq, &policy, 12, |_| true)
+        .into_iter()
+        .map(|t| t.0.clone())
+        .collect();
     let mut one_by_one = Vec::new();
     for _ in 0..12 {
-        let task = next_ready(&state, Timestamp(0), seq, &policy).unwrap().clone();
+        let task = next_ready(&state, Timestamp(0), seq, &policy)
+            .unwrap()
+            .clone();
         state.evolve(state.seq + 1, Timestamp(0), dequeue(task.as_str(), "w", 1));
         one_by_one.push(task.0);
     }

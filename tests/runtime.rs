@@ -31,17 +31,36 @@ budget_micros = 100000000
 
 fn parse_err(body: &str) -> String {
     let text = format!("{HEADER}{body}");
-    Workload::parse("w.toml", &text).map(|_| ()).unwrap_err().to_string()
+    Workload::parse("w.toml", &text)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
 fn workload_errors_name_file_and_line() {
     let pipeline = "\n[[pipelines]]\nid = \"p\"\nnodes = [ { id = \"a\" } ]\n";
     let cases = [
-        ("\n[[tenants]]\nid = \"y\"\nbudget_micros = 1\ncolor = 1\n", "w.toml:", "unknown field `color`"),
-        ("\n[[tenants]]\nid = \"x\"\nbudget_micros = \"lots\"\n", "w.toml:19:", "invalid type"),
-        ("\n[[tenants]]\nid = \"x\"\nbudget_micros = -5\n", "w.toml:19:", "must not be negative"),
-        ("\n[[tenants]]\nid = \"acme\"\nbudget_micros = 5\n", "w.toml:18:", "duplicate tenant `acme`"),
+        (
+            "\n[[tenants]]\nid = \"y\"\nbudget_micros = 1\ncolor = 1\n",
+            "w.toml:",
+            "unknown field `color`",
+        ),
+        (
+            "\n[[tenants]]\nid = \"x\"\nbudget_micros = \"lots\"\n",
+            "w.toml:19:",
+            "invalid type",
+        ),
+        (
+            "\n[[tenants]]\nid = \"x\"\nbudget_micros = -5\n",
+            "w.toml:19:",
+            "must not be negative",
+        ),
+        (
+            "\n[[tenants]]\nid = \"acme\"\nbudget_micros = 5\n",
+            "w.toml:18:",
+            "duplicate tenant `acme`",
+        ),
         (
             "\n[[pipelines]]\nid = \"p\"\nnodes = [ { id = \"a\", handler = \"teleport\" } ]\n",
             "w.toml:19:",
@@ -52,15 +71,38 @@ fn workload_errors_name_file_and_line() {
             "w.toml:",
             "dependency cycle",
         ),
-        ("\n[[pipelines]]\nid = \"p\"\nnodes = [ { id = \"a\", deps = [\"zz\"] } ]\n", "w.toml:19:", "unknown node `zz`"),
-        (&format!("{pipeline}\n[[submissions]]\ntenant = \"nobody\"\npipeline = \"p\"\n"), "w.toml:22:", "unknown tenant `nobody`"),
-        (&format!("{pipeline}\n[[submissions]]\ntenant = \"acme\"\npipeline = \"q\"\n"), "w.toml:23:", "unknown pipeline `q`"),
-        (&format!("{pipeline}{pipeline}"), "w.toml:22:", "duplicate pipeline `p`"),
-        ("\n[[tenants]]\nid = \"a/b\"\nbudget_micros = 1\n", "w.toml:18:", "without '/' or '#'"),
+        (
+            "\n[[pipelines]]\nid = \"p\"\nnodes = [ { id = \"a\", deps = [\"zz\"] } ]\n",
+            "w.toml:19:",
+            "unknown node `zz`",
+        ),
+        (
+            &format!("{pipeline}\n[[submissions]]\ntenant = \"nobody\"\npipeline = \"p\"\n"),
+            "w.toml:22:",
+            "unknown tenant `nobody`",
+        ),
+        (
+            &format!("{pipeline}\n[[submissions]]\ntenant = \"acme\"\npipeline = \"q\"\n"),
+            "w.toml:23:",
+            "unknown pipeline `q`",
+        ),
+        (
+            &format!("{pipeline}{pipeline}"),
+            "w.toml:22:",
+            "duplicate pipeline `p`",
+        ),
+        (
+            "\n[[tenants]]\nid = \"a/b\"\nbudget_micros = 1\n",
+            "w.toml:18:",
+            "without '/' or '#'",
+        ),
     ];
     for (body, place, what) in cases {
         let err = parse_err(body);
-        assert!(err.starts_with(place) && err.contains(what), "expected `{place}...{what}`, got `{err}` for {body}");
+        assert!(
+            err.starts_with(place) && err.contains(what),
+            "expected `{place}...{what}`, got `{err}` for {body}"
+        );
     }
 }
 
@@ -69,7 +111,15 @@ fn workload(body: &str) -> Workload {
 }
 
 fn run(dir: &Path, w: &Workload) -> (runledger::runtime::RunReport, State) {
-    let ledger = Ledger::open(dir, LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
+    let ledger = Ledger::open(
+        dir,
+        LedgerOptions {
+            durability: Durability::None,
+            checkpoint_every: 0,
+            create: true,
+        },
+    )
+    .unwrap();
     let report = run_simulated(&ledger, w, &RunOptions::default(), &mut |_, _| {}).unwrap();
     let state = ledger.query(|s, _| s.clone()).unwrap();
     ledger.close().unwrap();
@@ -110,15 +160,30 @@ fn run_is_deterministic_and_replay_agrees() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (report_a, _) = run(a.path(), &w);
     let (report_b, _) = run(b.path(), &w);
-    assert_eq!(report_a.head, report_b.head, "same workload and seed, same ledger");
+    assert_eq!(
+        report_a.head, report_b.head,
+        "same workload and seed, same ledger"
+    );
     assert_eq!(report_a.digest, report_b.digest);
     let store = Store::open(a.path(), false).unwrap();
     let replayed = runledger::replay::fold(&store, None).unwrap();
-    assert_eq!(replayed.state.digests().combined.to_hex().as_str(), report_a.digest);
+    assert_eq!(
+        replayed.state.digests().combined.to_hex().as_str(),
+        report_a.digest
+    );
     drop(store);
     let other_seed = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(other_seed.path(), LedgerOptions::default()).unwrap();
-    let report_c = run_simulated(&ledger, &w, &RunOptions { seed: Some(8), ..RunOptions::default() }, &mut |_, _| {}).unwrap();
+    let report_c = run_simulated(
+        &ledger,
+        &w,
+        &RunOptions {
+            seed: Some(8),
+            ..RunOptions::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
     ledger.close().unwrap();
     assert_ne!(report_c.head, report_a.head);
 }
@@ -129,16 +194,28 @@ fn serial_pipeline_runs_nodes_in_order_and_every_task_ends() {
     let dir = tempfile::tempdir().unwrap();
     let (report, state) = run(dir.path(), &w);
     assert_eq!(report.tasks, 10);
-    assert_eq!(report.acked + report.dead_lettered + report.cancelled + report.skipped, 10);
-    let generate = state.queue.get(&"run-7/acme/rag#0/generate".into()).unwrap();
+    assert_eq!(
+        report.acked + report.dead_lettered + report.cancelled + report.skipped,
+        10
+    );
+    let generate = state
+        .queue
+        .get(&"run-7/acme/rag#0/generate".into())
+        .unwrap();
     assert_eq!(generate.deps, vec!["run-7/acme/rag#0/retrieve".into()]);
     let c = state.queue.counts();
     assert_eq!((c.waiting, c.pending, c.leased), (0, 0, 0));
     let evs = events(dir.path());
     let first_dequeue = |task: &str| {
-        evs.iter().position(|e| matches!(e, Event::TaskDequeued { task: t, .. } if t.as_str() == task)).unwrap()
+        evs.iter()
+            .position(|e| matches!(e, Event::TaskDequeued { task: t, .. } if t.as_str() == task))
+            .unwrap()
     };
-    let acked = |task: &str| evs.iter().position(|e| matches!(e, Event::TaskAcked { task: t, .. } if t.as_str() == task)).unwrap();
+    let acked = |task: &str| {
+        evs.iter()
+            .position(|e| matches!(e, Event::TaskAcked { task: t, .. } if t.as_str() == task))
+            .unwrap()
+    };
     assert!(acked("run-7/acme/rag#0/retrieve") < first_dequeue("run-7/acme/rag#0/generate"));
     assert!(matches!(evs.last(), Some(Event::RunFinished { .. })));
 }
@@ -161,8 +238,18 @@ pipeline = "p"
     );
     let dir = tempfile::tempdir().unwrap();
     let (report, state) = run(dir.path(), &w);
-    assert_eq!((report.dead_lettered, report.cancelled, report.retries), (1, 1, 2));
-    assert_eq!(state.queue.get(&"run-7/acme/p#0/after".into()).unwrap().status, TaskStatus::Cancelled);
+    assert_eq!(
+        (report.dead_lettered, report.cancelled, report.retries),
+        (1, 1, 2)
+    );
+    assert_eq!(
+        state
+            .queue
+            .get(&"run-7/acme/p#0/after".into())
+            .unwrap()
+            .status,
+        TaskStatus::Cancelled
+    );
     let evs = events(dir.path());
     let nacks: Vec<_> = evs
         .iter()
@@ -239,14 +326,25 @@ runs = 6
     assert!(report.backpressure_engaged >= 1);
     assert_eq!(report.backpressure_engaged, report.backpressure_released);
     let evs = events(dir.path());
-    assert!(evs.iter().any(|e| matches!(e, Event::BackpressureEngaged { running: 2, threshold: 1, .. })));
+    assert!(evs.iter().any(|e| matches!(
+        e,
+        Event::BackpressureEngaged {
+            running: 2,
+            threshold: 1,
+            ..
+        }
+    )));
 }
 
 #[test]
 fn cli_run_bad_workload_exits_2_with_file_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
-    std::fs::write(&file, format!("{HEADER}\n[[tenants]]\nid = \"x\"\nbudget_micros = -1\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("{HEADER}\n[[tenants]]\nid = \"x\"\nbudget_micros = -1\n"),
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
         .args(["--data"])
         .arg(dir.path().join("data"))
@@ -256,8 +354,14 @@ fn cli_run_bad_workload_exits_2_with_file_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.toml:19:") && stderr.contains("must not be negative"), "{stderr}");
-    assert!(!dir.path().join("data").exists(), "nothing may be created for a bad workload");
+    assert!(
+        stderr.contains("bad.toml:19:") && stderr.contains("must not be negative"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing may be created for a bad workload"
+    );
 }
 
 #[test]
@@ -270,32 +374,61 @@ fn cli_demo_twice_prints_the_same_digest_as_replay() {
             .args(["demo", "--tenants", "3", "--runs", "2"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let digest = |text: &str| text.lines().find(|l| l.starts_with("digest: ")).unwrap().to_owned();
-    let head = |text: &str| text.lines().find(|l| l.starts_with("head: ")).unwrap().to_owned();
+    let digest = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("digest: "))
+            .unwrap()
+            .to_owned()
+    };
+    let head = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("head: "))
+            .unwrap()
+            .to_owned()
+    };
     let a = demo(&dir.path().join("a"));
     let b = demo(&dir.path().join("b"));
     assert_eq!(head(&a), head(&b), "fresh ledgers, same head");
-    let replay = Command::new(env!("CARGO_BIN_EXE_runledger")).arg("--data").arg(dir.path().join("a")).arg("replay").output().unwrap();
+    let replay = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .arg("--data")
+        .arg(dir.path().join("a"))
+        .arg("replay")
+        .output()
+        .unwrap();
     assert_eq!(digest(&a), digest(&String::from_utf8_lossy(&replay.stdout)));
     let again = demo(&dir.path().join("a"));
-    assert!(again.starts_with("run demo-42-2 "), "a second demo in the same ledger gets a new run id: {again}");
+    assert!(
+        again.starts_with("run demo-42-2 "),
+        "a second demo in the same ledger gets a new run id: {again}"
+    );
 }
 
 #[test]
 fn readme_workload_example_parses_and_runs() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let section = &readme[readme.find("## Workloads").unwrap()..];
     let start = section.find("```toml\n").unwrap() + "```toml\n".len();
     let text = &section[start..start + section[start..].find("```").unwrap()];
     let w = Workload::parse("README.md", text).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((w.tenants.len(), w.pipelines.len(), w.submissions.len()), (1, 2, 1));
+    assert_eq!(
+        (w.tenants.len(), w.pipelines.len(), w.submissions.len()),
+        (1, 2, 1)
+    );
     let dir = tempfile::tempdir().unwrap();
     let (report, _) = run(dir.path(), &w);
     assert_eq!(report.run, "nightly");
-    assert_eq!(report.acked + report.dead_lettered + report.cancelled + report.skipped, report.tasks);
+    assert_eq!(
+        report.acked + report.dead_lettered + report.cancelled + report.skipped,
+        report.tasks
+    );
 }
 
 fn assert_run_complete_and_acked_once(dir: &Path) {
@@ -311,27 +444,68 @@ fn assert_run_complete_and_acked_once(dir: &Path) {
     runledger::log::verify::verify(&store).unwrap().unwrap();
     let state = runledger::replay::fold(&store, None).unwrap().state;
     let c = state.queue.counts();
-    assert_eq!((c.waiting, c.pending, c.leased), (0, 0, 0), "every task ended");
-    assert_eq!(c.done + c.dead_lettered + c.cancelled + c.skipped, c.total());
-    assert!(state.runs.sorted().iter().all(|r| r.status == runledger::domain::activity::RunStatus::Finished));
+    assert_eq!(
+        (c.waiting, c.pending, c.leased),
+        (0, 0, 0),
+        "every task ended"
+    );
+    assert_eq!(
+        c.done + c.dead_lettered + c.cancelled + c.skipped,
+        c.total()
+    );
+    assert!(
+        state
+            .runs
+            .sorted()
+            .iter()
+            .all(|r| r.status == runledger::domain::activity::RunStatus::Finished)
+    );
 }
 
 #[test]
 fn resume_finishes_a_run_whose_process_stopped_mid_run() {
     let w = workload(RAG);
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path(), LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
-    let stopped = run_simulated(&ledger, &w, &RunOptions { stop_after_steps: Some(6), ..RunOptions::default() }, &mut |_, _| {});
-    assert!(matches!(stopped, Err(runledger::runtime::sim::RunError::Stopped(6))));
+    let ledger = Ledger::open(
+        dir.path(),
+        LedgerOptions {
+            durability: Durability::None,
+            checkpoint_every: 0,
+            create: true,
+        },
+    )
+    .unwrap();
+    let stopped = run_simulated(
+        &ledger,
+        &w,
+        &RunOptions {
+            stop_after_steps: Some(6),
+            ..RunOptions::default()
+        },
+        &mut |_, _| {},
+    );
+    assert!(matches!(
+        stopped,
+        Err(runledger::runtime::sim::RunError::Stopped(6))
+    ));
     let leased = ledger.query(|s, _| s.queue.counts().leased).unwrap();
     assert!(leased > 0, "the drill stops with attempts in flight");
     let report = runledger::runtime::sim::resume_simulated(&ledger, None, &mut |_, _| {}).unwrap();
     ledger.close().unwrap();
     assert_eq!(report.run, "run-7");
     assert_eq!(report.tasks, 10);
-    assert_eq!(report.acked + report.dead_lettered + report.cancelled + report.skipped, 10);
-    let expired = events(dir.path()).iter().filter(|e| matches!(e, Event::LeaseExpired { .. })).count();
-    assert_eq!(expired as u64, leased, "each lease of the dead process is returned");
+    assert_eq!(
+        report.acked + report.dead_lettered + report.cancelled + report.skipped,
+        10
+    );
+    let expired = events(dir.path())
+        .iter()
+        .filter(|e| matches!(e, Event::LeaseExpired { .. }))
+        .count();
+    assert_eq!(
+        expired as u64, leased,
+        "each lease of the dead process is returned"
+    );
     assert_run_complete_and_acked_once(dir.path());
 }
 
@@ -375,7 +549,12 @@ fn cli_resume_after_sigkill_finishes_the_run() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let resume = Command::new(env!("CARGO_BIN_EXE_runledger")).arg("--data").arg(&data).arg("resume").output().unwrap();
+    let resume = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .arg("--data")
+        .arg(&data)
+        .arg("resume")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&resume.stderr);
     if stderr.contains("no unfinished run") {
         panic!("the demo finished before it was killed: make it bigger");
@@ -389,17 +568,42 @@ fn cli_resume_after_sigkill_finishes_the_run() {
 fn a_run_never_executes_another_runs_tasks() {
     let w = workload(RAG);
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path(), LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
-    let options = RunOptions { run_id: Some("A".into()), stop_after_steps: Some(1), ..RunOptions::default() };
+    let ledger = Ledger::open(
+        dir.path(),
+        LedgerOptions {
+            durability: Durability::None,
+            checkpoint_every: 0,
+            create: true,
+        },
+    )
+    .unwrap();
+    let options = RunOptions {
+        run_id: Some("A".into()),
+        stop_after_steps: Some(1),
+        ..RunOptions::default()
+    };
     assert!(run_simulated(&ledger, &w, &options, &mut |_, _| {}).is_err());
-    let b = run_simulated(&ledger, &w, &RunOptions { run_id: Some("B".into()), ..RunOptions::default() }, &mut |_, _| {}).unwrap();
+    let b = run_simulated(
+        &ledger,
+        &w,
+        &RunOptions {
+            run_id: Some("B".into()),
+            ..RunOptions::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(b.tasks, b.acked + b.dead_lettered + b.cancelled + b.skipped);
     let state = ledger.query(|s, _| s.clone()).unwrap();
     let a = state.runs.get(&"A".into()).unwrap();
     assert_eq!(a.tasks_acked, 0, "run B must not have run A's tasks");
-    let resumed = runledger::runtime::sim::resume_simulated(&ledger, Some("A"), &mut |_, _| {}).unwrap();
+    let resumed =
+        runledger::runtime::sim::resume_simulated(&ledger, Some("A"), &mut |_, _| {}).unwrap();
     ledger.close().unwrap();
-    assert_eq!(resumed.acked + resumed.dead_lettered + resumed.cancelled + resumed.skipped, resumed.tasks);
+    assert_eq!(
+        resumed.acked + resumed.dead_lettered + resumed.cancelled + resumed.skipped,
+        resumed.tasks
+    );
 }
 
 #[test]
@@ -417,8 +621,13 @@ pipeline = "p"
     let dir = tempfile::tempdir().unwrap();
     let (report, _) = run(dir.path(), &w);
     assert_eq!((report.tasks, report.acked), (2, 2));
-    let err = parse_err("\n[[pipelines]]\nid = \"m\"\nmode = \"map_reduce\"\nnodes = [ { id = \"s\", stage = \"map\" }, { id = \"s.0\" }, { id = \"r\", stage = \"reduce\" } ]\n");
-    assert!(err.contains("must be non-empty without '/', '#' or '.'"), "{err}");
+    let err = parse_err(
+        "\n[[pipelines]]\nid = \"m\"\nmode = \"map_reduce\"\nnodes = [ { id = \"s\", stage = \"map\" }, { id = \"s.0\" }, { id = \"r\", stage = \"reduce\" } ]\n",
+    );
+    assert!(
+        err.contains("must be non-empty without '/', '#' or '.'"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -426,18 +635,44 @@ fn cli_decisions_lists_admission_denials_and_status_changes_with_reasons() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let bin = env!("CARGO_BIN_EXE_runledger");
-    let demo = Command::new(bin).arg("--data").arg(&data).args(["demo", "--tenants", "4", "--runs", "6"]).output().unwrap();
+    let demo = Command::new(bin)
+        .arg("--data")
+        .arg(&data)
+        .args(["demo", "--tenants", "4", "--runs", "6"])
+        .output()
+        .unwrap();
     assert!(demo.status.success());
     let rows = |args: &[&str]| -> Vec<serde_json::Value> {
-        let out = Command::new(bin).arg("--data").arg(&data).arg("decisions").arg("--json").args(args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        let out = Command::new(bin)
+            .arg("--data")
+            .arg(&data)
+            .arg("decisions")
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     };
     let all = rows(&[]);
     for verdict in ["continue", "degrade", "terminate"] {
-        assert!(all.iter().any(|r| r["kind"] == "degradation_decided" && r["decision"] == verdict), "no {verdict} verdict");
+        assert!(
+            all.iter()
+                .any(|r| r["kind"] == "degradation_decided" && r["decision"] == verdict),
+            "no {verdict} verdict"
+        );
     }
-    assert!(all.iter().any(|r| r["kind"] == "budget_status_changed" && r["reason"].as_str().unwrap().contains("-> ")));
+    assert!(
+        all.iter().any(|r| r["kind"] == "budget_status_changed"
+            && r["reason"].as_str().unwrap().contains("-> "))
+    );
     let seqs: Vec<u64> = all.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in ledger order");
     let umbrella = rows(&["--tenant", "umbrella"]);
@@ -469,7 +704,14 @@ interval_ms = 86400000
     let (report, state) = run(dir.path(), &w);
     // 900 reserved of 1000 a day: one run a day fits, three days, three runs.
     assert_eq!((report.tasks, report.acked), (3, 3));
-    let resets = events(dir.path()).iter().filter(|e| matches!(e, Event::BudgetPeriodReset { .. })).count();
+    let resets = events(dir.path())
+        .iter()
+        .filter(|e| matches!(e, Event::BudgetPeriodReset { .. }))
+        .count();
     assert_eq!(resets, 2);
-    assert_eq!(state.tenants.get(&"daily".into()).unwrap().spent_micros().0, 300, "only today's spend");
+    assert_eq!(
+        state.tenants.get(&"daily".into()).unwrap().spent_micros().0,
+        300,
+        "only today's spend"
+    );
 }

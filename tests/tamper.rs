@@ -48,14 +48,23 @@ fn task_events(run: &RunId, tenant: &TenantId, worker: &WorkerId, n: u64) -> [Ev
             max_attempts: 3,
             optional: false,
         },
-        Event::TaskDequeued { task: task.clone(), worker: worker.clone(), attempt: 1, lease_deadline: None },
+        Event::TaskDequeued {
+            task: task.clone(),
+            worker: worker.clone(),
+            attempt: 1,
+            lease_deadline: None,
+        },
         Event::CostIncurred {
             tenant: tenant.clone(),
             task: Some(task.clone()),
             category: Category::Llm,
             amount_micros: Micros(1_000 + n as i64),
         },
-        Event::TaskAcked { task, worker: worker.clone(), output: Default::default() },
+        Event::TaskAcked {
+            task,
+            worker: worker.clone(),
+            output: Default::default(),
+        },
     ]
 }
 
@@ -64,7 +73,11 @@ fn task_events(run: &RunId, tenant: &TenantId, worker: &WorkerId, n: u64) -> [Ev
 /// the head.
 fn build_ledger() -> Built {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true };
+    let options = LedgerOptions {
+        durability: Durability::None,
+        checkpoint_every: 0,
+        create: true,
+    };
     let ledger = open_ledger(dir.path(), options);
     let tenant = TenantId::from("acme");
     let run = RunId::from("run-1");
@@ -79,21 +92,32 @@ fn build_ledger() -> Built {
                 meta_learning: false,
                 budget_period: Default::default(),
             },
-            Event::RunStarted { run: run.clone(), seed: 7, config_hash: String::new() },
+            Event::RunStarted {
+                run: run.clone(),
+                seed: 7,
+                config_hash: String::new(),
+            },
         ])
         .expect("setup");
     for n in 0..SMALL_TASKS {
-        ledger.append(task_events(&run, &tenant, &worker, n)).expect("small batch");
+        ledger
+            .append(task_events(&run, &tenant, &worker, n))
+            .expect("small batch");
     }
-    let big: Vec<Event> =
-        (SMALL_TASKS..SMALL_TASKS + BIG_BATCH_TASKS).flat_map(|n| task_events(&run, &tenant, &worker, n)).collect();
+    let big: Vec<Event> = (SMALL_TASKS..SMALL_TASKS + BIG_BATCH_TASKS)
+        .flat_map(|n| task_events(&run, &tenant, &worker, n))
+        .collect();
     let receipt = ledger.append(big).expect("big batch");
     let head = ledger.head().expect("head");
     assert_eq!(receipt.last_seq, TOTAL_RECORDS);
     assert_eq!(head.seq, TOTAL_RECORDS);
     assert_eq!(head.hash, receipt.head);
     ledger.close().expect("close");
-    Built { dir, head_seq: head.seq, head_hash: head.hash }
+    Built {
+        dir,
+        head_seq: head.seq,
+        head_hash: head.hash,
+    }
 }
 
 /// How long a closed ledger's directory may stay locked: sled releases its
@@ -102,23 +126,34 @@ fn build_ledger() -> Built {
 const LOCK_GRACE: Duration = Duration::from_secs(5);
 
 /// Retries `open` while it fails because the directory is still locked.
-fn retry_locked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>, is_locked: impl Fn(&E) -> bool) -> T {
+fn retry_locked<T, E: std::fmt::Display>(
+    mut open: impl FnMut() -> Result<T, E>,
+    is_locked: impl Fn(&E) -> bool,
+) -> T {
     let start = Instant::now();
     loop {
         match open() {
             Ok(value) => return value,
-            Err(e) if is_locked(&e) && start.elapsed() < LOCK_GRACE => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) if is_locked(&e) && start.elapsed() < LOCK_GRACE => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             Err(e) => panic!("cannot open the ledger: {e}"),
         }
     }
 }
 
 fn open_store(dir: &Path) -> Store {
-    retry_locked(|| Store::open(dir, false), |e| matches!(e, StoreError::Locked(_)))
+    retry_locked(
+        || Store::open(dir, false),
+        |e| matches!(e, StoreError::Locked(_)),
+    )
 }
 
 fn open_ledger(dir: &Path, options: LedgerOptions) -> Ledger {
-    retry_locked(|| Ledger::open(dir, options), |e| matches!(e, OpenError::Store(StoreError::Locked(_))))
+    retry_locked(
+        || Ledger::open(dir, options),
+        |e| matches!(e, OpenError::Store(StoreError::Locked(_))),
+    )
 }
 
 /// Every frame as `(key seq, decoded frame)`, in key order.
@@ -135,7 +170,10 @@ fn frames(store: &Store) -> Vec<(u64, OwnedFrame)> {
 }
 
 fn put_frame(store: &Store, key_seq: u64, frame: &OwnedFrame) {
-    store.log_tree().insert(frame_key(key_seq), frame.encode()).expect("write frame");
+    store
+        .log_tree()
+        .insert(frame_key(key_seq), frame.encode())
+        .expect("write frame");
 }
 
 fn last(frame: &OwnedFrame) -> u64 {
@@ -188,17 +226,33 @@ fn tag_of(hash: &blake3::Hash) -> [u8; TAG_LEN] {
 /// Index in `frame` of the first `CostIncurred` record at or after `from`.
 fn cost_index(frame: &OwnedFrame, from: usize) -> usize {
     (from..frame.entries.len())
-        .find(|&i| matches!(decode_event(&frame.entries[i].2), Ok(Event::CostIncurred { .. })))
+        .find(|&i| {
+            matches!(
+                decode_event(&frame.entries[i].2),
+                Ok(Event::CostIncurred { .. })
+            )
+        })
         .expect("a cost record in the frame")
 }
 
 /// Re-encodes the event at `index` with a bigger amount, keeping its tag.
 fn edit_cost(frame: &mut OwnedFrame, index: usize) {
     let event = decode_event(&frame.entries[index].2).expect("decode event");
-    let Event::CostIncurred { tenant, task, category, amount_micros } = event else {
+    let Event::CostIncurred {
+        tenant,
+        task,
+        category,
+        amount_micros,
+    } = event
+    else {
         panic!("record {index} is not a cost: {event:?}")
     };
-    let edited = Event::CostIncurred { tenant, task, category, amount_micros: Micros(amount_micros.0 + 1_000_000) };
+    let edited = Event::CostIncurred {
+        tenant,
+        task,
+        category,
+        amount_micros: Micros(amount_micros.0 + 1_000_000),
+    };
     let bytes = encode_event(&edited);
     assert_ne!(bytes, frame.entries[index].2, "the edit changes the bytes");
     frame.entries[index].2 = bytes;
@@ -215,12 +269,22 @@ fn verify_untouched_ledger_reports_every_record() {
     assert_eq!(report.records, TOTAL_RECORDS);
     assert_eq!(report.head.seq, built.head_seq);
     assert_eq!(report.head.hash, built.head_hash);
-    assert_eq!(report.checkpoints, 1, "close records exactly one checkpoint");
+    assert_eq!(
+        report.checkpoints, 1,
+        "close records exactly one checkpoint"
+    );
 
     let all = frames(&store);
-    assert!(all.len() > SMALL_TASKS as usize, "one frame per small batch at least: {} frames", all.len());
+    assert!(
+        all.len() > SMALL_TASKS as usize,
+        "one frame per small batch at least: {} frames",
+        all.len()
+    );
     let big = all.iter().filter(|(_, f)| f.header.count >= 20).count();
-    assert!(big >= 2, "the big batch must span several frames, got {big}");
+    assert!(
+        big >= 2,
+        "the big batch must span several frames, got {big}"
+    );
     // Keys, first seqs and counts tile 1..=head without gaps.
     let mut next = 1;
     for (key, frame) in &all {
@@ -268,7 +332,8 @@ fn verify_edited_first_record_of_ledger_reports_seq_one() {
     let store = open_store(built.dir.path());
     let (key, mut frame) = frames(&store).into_iter().next().unwrap();
     assert_eq!(key, 1);
-    let Ok(Event::TenantRegistered { budget_micros, .. }) = decode_event(&frame.entries[0].2) else {
+    let Ok(Event::TenantRegistered { budget_micros, .. }) = decode_event(&frame.entries[0].2)
+    else {
         panic!("seq 1 is the tenant registration")
     };
     let edited = Event::TenantRegistered {
@@ -293,7 +358,11 @@ fn verify_edited_first_record_of_ledger_reports_seq_one() {
 /// hash to, as a forger who knows the chain up to it would.
 fn forge(store: &Store, frame: &mut OwnedFrame, index: usize) -> blake3::Hash {
     let seq = frame.header.first_seq + index as u64;
-    let prev = if seq == 1 { runledger::log::ZERO_HASH } else { hash_at(store, seq - 1) };
+    let prev = if seq == 1 {
+        runledger::log::ZERO_HASH
+    } else {
+        hash_at(store, seq - 1)
+    };
     edit_cost(frame, index);
     let (at, _, bytes) = &frame.entries[index];
     let hash = record_hash(seq, *at, &prev, bytes);
@@ -310,7 +379,10 @@ fn verify_forged_tag_mid_frame_reports_next_seq() {
     let store = open_store(built.dir.path());
     let (key, mut frame) = frame_with_at_least(&store, 20, 1);
     let index = cost_index(&frame, 5);
-    assert!(index + 1 < frame.entries.len(), "the edited record is not the last of its frame");
+    assert!(
+        index + 1 < frame.entries.len(),
+        "the edited record is not the last of its frame"
+    );
     let seq = frame.header.first_seq + index as u64;
     forge(&store, &mut frame, index);
     put_frame(&store, key, &frame);
@@ -328,13 +400,20 @@ fn verify_forged_tag_on_last_record_of_frame_reports_that_seq() {
     let built = build_ledger();
     let store = open_store(built.dir.path());
     // A one-task frame ends with the ack: forge it with another worker.
-    let (key, mut frame) = frames(&store).into_iter().find(|(k, f)| *k > 100 && f.header.count == 4).unwrap();
+    let (key, mut frame) = frames(&store)
+        .into_iter()
+        .find(|(k, f)| *k > 100 && f.header.count == 4)
+        .unwrap();
     let index = frame.entries.len() - 1;
     let seq = last(&frame);
     let Ok(Event::TaskAcked { task, output, .. }) = decode_event(&frame.entries[index].2) else {
         panic!("a one-task frame ends with its ack")
     };
-    frame.entries[index].2 = encode_event(&Event::TaskAcked { task, worker: "mallory".into(), output });
+    frame.entries[index].2 = encode_event(&Event::TaskAcked {
+        task,
+        worker: "mallory".into(),
+        output,
+    });
     let prev = hash_at(&store, seq - 1);
     let (at, _, bytes) = &frame.entries[index];
     frame.entries[index].1 = tag_of(&record_hash(seq, *at, &prev, bytes));
@@ -401,7 +480,13 @@ fn verify_fully_rechained_history_reports_checkpoint_seq() {
     }
     assert_ne!(hash, built.head_hash);
     // The chain alone holds.
-    assert_eq!(store.walk(1, |_| ControlFlow::Continue(())).expect("re-chained walk").hash, hash);
+    assert_eq!(
+        store
+            .walk(1, |_| ControlFlow::Continue(()))
+            .expect("re-chained walk")
+            .hash,
+        hash
+    );
 
     let b = broken(&store);
     assert_eq!(b.seq, built.head_seq, "{b}");
@@ -416,19 +501,30 @@ fn verify_deleted_frame_reports_its_first_seq_missing() {
     let built = build_ledger();
     let store = open_store(built.dir.path());
     let (key, frame) = frame_with_at_least(&store, 4, 200);
-    store.log_tree().remove(frame_key(key)).unwrap().expect("frame existed");
+    store
+        .log_tree()
+        .remove(frame_key(key))
+        .unwrap()
+        .expect("frame existed");
 
     let b = broken(&store);
     assert_eq!(b.seq, key, "{b}");
     assert!(b.what.contains("missing"), "{b}");
-    assert!(b.what.contains(&format!("{key}..{}", last(&frame))), "names the missing range: {b}");
+    assert!(
+        b.what.contains(&format!("{key}..{}", last(&frame))),
+        "names the missing range: {b}"
+    );
 }
 
 #[test]
 fn verify_deleted_first_frame_reports_seq_one_missing() {
     let built = build_ledger();
     let store = open_store(built.dir.path());
-    store.log_tree().remove(frame_key(1)).unwrap().expect("frame 1 existed");
+    store
+        .log_tree()
+        .remove(frame_key(1))
+        .unwrap()
+        .expect("frame 1 existed");
 
     let b = broken(&store);
     assert_eq!(b.seq, 1, "{b}");
@@ -527,7 +623,12 @@ fn verify_swapped_frames_report_first_swapped_frame_seq() {
     let store = open_store(built.dir.path());
     let all = frames(&store);
     let (ka, fa) = all.iter().find(|(k, _)| *k > 100).cloned().unwrap();
-    let (kb, fb) = all.iter().rev().find(|(_, f)| f.header.count >= 20).cloned().unwrap();
+    let (kb, fb) = all
+        .iter()
+        .rev()
+        .find(|(_, f)| f.header.count >= 20)
+        .cloned()
+        .unwrap();
     assert!(ka < kb);
     put_frame(&store, ka, &fb);
     put_frame(&store, kb, &fa);
@@ -545,15 +646,25 @@ fn verify_truncated_tail_after_checkpoint_reports_truncation() {
     let built = build_ledger();
     let store = open_store(built.dir.path());
     let checkpoints = store.checkpoints().unwrap();
-    assert_eq!(checkpoints.iter().map(|c| c.seq).max(), Some(built.head_seq));
+    assert_eq!(
+        checkpoints.iter().map(|c| c.seq).max(),
+        Some(built.head_seq)
+    );
     let (key, frame) = frames(&store).pop().unwrap();
     assert_eq!(last(&frame), built.head_seq);
-    store.log_tree().remove(frame_key(key)).unwrap().expect("last frame existed");
+    store
+        .log_tree()
+        .remove(frame_key(key))
+        .unwrap()
+        .expect("last frame existed");
 
     let b = broken(&store);
     assert_eq!(b.seq, key, "{b}");
     assert!(b.what.contains("truncated"), "{b}");
-    assert!(b.what.contains(&format!("seq {}", built.head_seq)), "names the checkpoint seq: {b}");
+    assert!(
+        b.what.contains(&format!("seq {}", built.head_seq)),
+        "names the checkpoint seq: {b}"
+    );
 }
 
 #[test]
@@ -562,13 +673,22 @@ fn verify_truncated_tail_with_explicit_checkpoint_reports_truncation() {
     // appends: cutting the log back below that checkpoint is still caught.
     let built = build_ledger();
     let (mid_seq, extra_head) = {
-        let options = LedgerOptions { durability: Durability::Always, checkpoint_every: 0, create: false };
+        let options = LedgerOptions {
+            durability: Durability::Always,
+            checkpoint_every: 0,
+            create: false,
+        };
         let ledger = open_ledger(built.dir.path(), options);
         let cp = ledger.checkpoint().unwrap();
         assert_eq!(cp.seq, built.head_seq);
         let tenant = TenantId::from("acme");
         let r = ledger
-            .append([Event::CostIncurred { tenant, task: None, category: Category::Tool, amount_micros: Micros(5) }])
+            .append([Event::CostIncurred {
+                tenant,
+                task: None,
+                category: Category::Tool,
+                amount_micros: Micros(5),
+            }])
             .unwrap();
         ledger.close().unwrap();
         (cp.seq, r.last_seq)
@@ -601,7 +721,10 @@ fn verify_truncated_tail_without_checkpoint_passes_as_shorter_ledger() {
     // so reach it through sled directly after dropping the store.
     drop(store);
     {
-        let db = retry_locked(|| sled::Config::new().path(built.dir.path()).open(), |e| e.to_string().contains("lock"));
+        let db = retry_locked(
+            || sled::Config::new().path(built.dir.path()).open(),
+            |e| e.to_string().contains("lock"),
+        );
         db.open_tree("checkpoints").unwrap().clear().unwrap();
         db.flush().unwrap();
     }
@@ -666,7 +789,10 @@ fn verify_cut_frame_reports_first_record_it_cannot_read() {
     let real = frame.encode();
 
     // One byte short: every record but the last still decodes and checks.
-    store.log_tree().insert(frame_key(key), &real[..real.len() - 1]).unwrap();
+    store
+        .log_tree()
+        .insert(frame_key(key), &real[..real.len() - 1])
+        .unwrap();
     let b = broken(&store);
     assert_eq!(b.seq, last(&frame), "{b}");
     assert!(b.what.contains("cannot be decoded"), "{b}");
@@ -675,11 +801,24 @@ fn verify_cut_frame_reports_first_record_it_cannot_read() {
     let half = real.len() / 2;
     // The encoding of the header plus the first `k` entries ends where
     // entry `k - 1` ends in the real frame.
-    let end_of = |k: usize| OwnedFrame { header: frame.header.clone(), entries: frame.entries[..k].to_vec() }.encode().len();
+    let end_of = |k: usize| {
+        OwnedFrame {
+            header: frame.header.clone(),
+            entries: frame.entries[..k].to_vec(),
+        }
+        .encode()
+        .len()
+    };
     assert_eq!(end_of(frame.entries.len()), real.len());
-    let cut_index = (1..=frame.entries.len()).find(|&k| end_of(k) > half).unwrap() - 1;
+    let cut_index = (1..=frame.entries.len())
+        .find(|&k| end_of(k) > half)
+        .unwrap()
+        - 1;
     let first_cut = Some(frame.header.first_seq + cut_index as u64);
-    store.log_tree().insert(frame_key(key), &real[..half]).unwrap();
+    store
+        .log_tree()
+        .insert(frame_key(key), &real[..half])
+        .unwrap();
     let b = broken(&store);
     assert_eq!(Some(b.seq), first_cut, "{b}");
 }
@@ -699,7 +838,10 @@ fn verify_frame_count_past_entries_child() {
     let (key, frame) = frame_with_at_least(&store, 20, 1);
     let mut huge = frame.clone();
     huge.header.count = u32::MAX;
-    store.log_tree().insert(frame_key(key), huge.encode()).unwrap();
+    store
+        .log_tree()
+        .insert(frame_key(key), huge.encode())
+        .unwrap();
     let b = broken(&store);
     assert_eq!(b.seq, last(&frame) + 1, "{b}");
     assert!(b.what.contains("cannot be decoded"), "{b}");
@@ -714,14 +856,26 @@ fn verify_frame_count_past_entries_reports_first_missing_record() {
     // binary so that an abort (e.g. allocating by the untrusted count) fails
     // this test alone instead of killing every test in the binary.
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "verify_frame_count_past_entries_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "verify_frame_count_past_entries_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(HUGE_COUNT_CHILD_ENV, "1")
         .output()
         .expect("run the child");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-    assert!(stdout.contains("huge-count child: verify reported"), "the child ran the check:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "child failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("huge-count child: verify reported"),
+        "the child ran the check:\n{stdout}"
+    );
 }
 
 #[test]
@@ -736,16 +890,27 @@ fn cli_verify_frame_count_past_entries_exits_one_without_abort() {
         let (key, frame) = frame_with_at_least(&store, 20, 1);
         let mut huge = frame.clone();
         huge.header.count = u32::MAX;
-        store.log_tree().insert(frame_key(key), huge.encode()).unwrap();
+        store
+            .log_tree()
+            .insert(frame_key(key), huge.encode())
+            .unwrap();
         store.flush(true).unwrap();
         (last(&frame) + 1, key)
     };
     let out = runledger(built.dir.path(), &["--json", "verify"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "status {:?}, stderr: {stderr}", out.status);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "status {:?}, stderr: {stderr}",
+        out.status
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
     assert_eq!(v["seq"], expected, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("cannot be decoded"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("cannot be decoded"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -756,7 +921,10 @@ fn verify_missing_frame_before_a_damaged_one_reports_the_missing_seq() {
     let built = build_ledger();
     let store = open_store(built.dir.path());
     let all = frames(&store);
-    let at = all.iter().position(|(k, f)| *k > 100 && f.header.count == 4).unwrap();
+    let at = all
+        .iter()
+        .position(|(k, f)| *k > 100 && f.header.count == 4)
+        .unwrap();
     let (gone, _) = all[at];
     let (next_key, mut next) = all[at + 1].clone();
     store.log_tree().remove(frame_key(gone)).unwrap().unwrap();
@@ -855,7 +1023,8 @@ fn runledger(dir: &Path, args: &[&str]) -> std::process::Output {
             .env_remove("RUNLEDGER_DATA")
             .output()
             .expect("run runledger");
-        let locked = out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("in use by another process");
+        let locked = out.status.code() == Some(2)
+            && String::from_utf8_lossy(&out.stderr).contains("in use by another process");
         if !locked || start.elapsed() > LOCK_GRACE {
             return out;
         }
@@ -879,8 +1048,19 @@ fn cli_verify_good_ledger_exits_zero_and_prints_head() {
     let built = build_ledger();
     let out = runledger(built.dir.path(), &["verify"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "stdout {stdout} stderr {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout, format!("ok: {TOTAL_RECORDS} records, head {}\n", built.head_hash.to_hex()));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout {stdout} stderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout,
+        format!(
+            "ok: {TOTAL_RECORDS} records, head {}\n",
+            built.head_hash.to_hex()
+        )
+    );
 }
 
 #[test]
@@ -903,9 +1083,19 @@ fn cli_verify_tampered_ledger_exits_one_naming_seq() {
     let out = runledger(built.dir.path(), &["verify"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stdout {stdout} stderr {stderr}");
-    assert!(stdout.starts_with(&format!("FAILED at seq {seq}: ")), "stdout: {stdout}");
-    assert!(stderr.contains(&format!("verification failed at seq {seq}")), "stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout {stdout} stderr {stderr}"
+    );
+    assert!(
+        stdout.starts_with(&format!("FAILED at seq {seq}: ")),
+        "stdout: {stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("verification failed at seq {seq}")),
+        "stderr: {stderr}"
+    );
 }
 
 #[test]
@@ -920,7 +1110,10 @@ fn cli_verify_tampered_ledger_json_reports_ok_false_and_seq() {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     assert_eq!(v["ok"], false);
     assert_eq!(v["seq"], seq);
-    assert!(v["error"].as_str().unwrap().contains("hash mismatch"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("hash mismatch"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -929,15 +1122,25 @@ fn cli_verify_garbage_frame_exits_one_without_panic() {
     let key = {
         let store = open_store(built.dir.path());
         let (key, _) = frame_with_at_least(&store, 4, 300);
-        store.log_tree().insert(frame_key(key), &b"\x01garbage\xff\xff\xff\xff"[..]).unwrap();
+        store
+            .log_tree()
+            .insert(frame_key(key), &b"\x01garbage\xff\xff\xff\xff"[..])
+            .unwrap();
         store.flush(true).unwrap();
         key
     };
     let out = runledger(built.dir.path(), &["verify"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stdout {stdout} stderr {stderr}");
-    assert!(stdout.starts_with(&format!("FAILED at seq {key}: ")), "stdout: {stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout {stdout} stderr {stderr}"
+    );
+    assert!(
+        stdout.starts_with(&format!("FAILED at seq {key}: ")),
+        "stdout: {stdout}"
+    );
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
 

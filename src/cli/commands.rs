@@ -15,11 +15,13 @@ use crate::log::codec::decode_event;
 use crate::log::record::{RawRecord, Record};
 use crate::log::store::IndexKind;
 use crate::log::verify::verify;
-use crate::log::{AppendError, Durability, Ledger, LedgerOptions, OpenError, Store, StoreError, WalkError};
+use crate::log::{
+    AppendError, Durability, Ledger, LedgerOptions, OpenError, Store, StoreError, WalkError,
+};
 use crate::replay::{self, Folded};
-use crate::views::{self, Table, bp_percent};
 use crate::runtime::sim::RunError;
 use crate::runtime::{RunOptions, RunReport, run_simulated};
+use crate::views::{self, Table, bp_percent};
 use crate::wire;
 use crate::workload::Workload;
 
@@ -27,17 +29,35 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let out = &mut std::io::stdout().lock();
     match cli.command {
         Command::Ingest { ref file } => ingest(&cli.data, file, cli.json, out),
-        Command::Log { ref run, ref tenant, from, limit } => {
-            log(&cli.data, run.as_deref(), tenant.as_deref(), from, limit, cli.json, out)
-        }
+        Command::Log {
+            ref run,
+            ref tenant,
+            from,
+            limit,
+        } => log(
+            &cli.data,
+            run.as_deref(),
+            tenant.as_deref(),
+            from,
+            limit,
+            cli.json,
+            out,
+        ),
         Command::Verify => verify_cmd(&cli.data, cli.json, out),
         Command::Replay { ref run } => replay_cmd(&cli.data, run.as_deref(), cli.json, out),
         Command::Tenants => tenants(&cli.data, cli.json, out),
         Command::Queue => queue(&cli.data, cli.json, out),
         Command::Runs => runs(&cli.data, cli.json, out),
         Command::Workers => workers(&cli.data, cli.json, out),
-        Command::Decisions { ref run, ref tenant } => decisions(&cli.data, run.as_deref(), tenant.as_deref(), cli.json, out),
-        Command::Run { ref workload, seed, ref run_id } => {
+        Command::Decisions {
+            ref run,
+            ref tenant,
+        } => decisions(&cli.data, run.as_deref(), tenant.as_deref(), cli.json, out),
+        Command::Run {
+            ref workload,
+            seed,
+            ref run_id,
+        } => {
             if let Some(id) = run_id {
                 if id.is_empty() || id.contains(['/', '#']) {
                     bail!("--run-id `{id}` must be non-empty without '/' or '#'");
@@ -45,10 +65,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let loaded = Workload::load(workload)?;
             let explicit = run_id.is_some();
-            execute(&cli.data, &loaded, RunOptions { seed, run_id: run_id.clone(), stop_after_steps: None }, explicit, None, cli.json, out)
+            execute(
+                &cli.data,
+                &loaded,
+                RunOptions {
+                    seed,
+                    run_id: run_id.clone(),
+                    stop_after_steps: None,
+                },
+                explicit,
+                None,
+                cli.json,
+                out,
+            )
         }
         Command::Resume { ref run } => {
-            let ledger = open_ledger(&cli.data, Durability::Batch { interval: std::time::Duration::from_millis(10) })?;
+            let ledger = open_ledger(
+                &cli.data,
+                Durability::Batch {
+                    interval: std::time::Duration::from_millis(10),
+                },
+            )?;
             let result = resume(&ledger, run.as_deref());
             match result {
                 Ok(report) => finish_run(ledger, &report, None, cli.json, out),
@@ -58,15 +95,37 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Demo { tenants, runs, seed, max_concurrency, ref artifacts } => {
+        Command::Demo {
+            tenants,
+            runs,
+            seed,
+            max_concurrency,
+            ref artifacts,
+        } => {
             if tenants == 0 || runs == 0 || max_concurrency == 0 {
                 bail!("--tenants, --runs and --max-concurrency must be at least 1");
             }
             let text = crate::demo::workload_toml(tenants, runs, seed, max_concurrency);
             let loaded = Workload::parse("<demo>", &text)?;
-            execute(&cli.data, &loaded, RunOptions::default(), false, artifacts.as_deref(), cli.json, out)
+            execute(
+                &cli.data,
+                &loaded,
+                RunOptions::default(),
+                false,
+                artifacts.as_deref(),
+                cli.json,
+                out,
+            )
         }
-        Command::Bench { what: BenchCommand::Queue { tasks, workers, batch, durability } } => {
+        Command::Bench {
+            what:
+                BenchCommand::Queue {
+                    tasks,
+                    workers,
+                    batch,
+                    durability,
+                },
+        } => {
             let report = crate::bench::run_queue_bench(tasks, workers, batch, durability)?;
             writeln!(
                 out,
@@ -83,9 +142,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Ledger { events, durability, appenders, batch } } => {
-            let data = std::env::args_os().any(|a| a == "--data") || std::env::var_os("RUNLEDGER_DATA").is_some();
-            let config = LedgerBench { events, durability, appenders, batch, data: data.then(|| cli.data.clone()) };
+        Command::Bench {
+            what:
+                BenchCommand::Ledger {
+                    events,
+                    durability,
+                    appenders,
+                    batch,
+                },
+        } => {
+            let data = std::env::args_os().any(|a| a == "--data")
+                || std::env::var_os("RUNLEDGER_DATA").is_some();
+            let config = LedgerBench {
+                events,
+                durability,
+                appenders,
+                batch,
+                data: data.then(|| cli.data.clone()),
+            };
             bench_ledger(&config, cli.json, out)
         }
     }
@@ -123,7 +197,10 @@ fn print_json(out: &mut dyn Write, value: &impl Serialize) -> anyhow::Result<()>
 
 fn ingest(data: &Path, file: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let (name, reader): (String, Box<dyn BufRead>) = if file == "-" {
-        ("<stdin>".to_owned(), Box::new(std::io::BufReader::new(std::io::stdin())))
+        (
+            "<stdin>".to_owned(),
+            Box::new(std::io::BufReader::new(std::io::stdin())),
+        )
     } else {
         let f = std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?;
         (file.to_owned(), Box::new(std::io::BufReader::new(f)))
@@ -151,7 +228,10 @@ fn ingest(data: &Path, file: &str, json: bool, out: &mut dyn Write) -> anyhow::R
         Ok(receipt) => receipt,
         Err(AppendError::Rejected { index, rejection }) => {
             let _ = ledger.close();
-            bail!("{name}: line {}: {rejection}; nothing was appended", line_numbers[index]);
+            bail!(
+                "{name}: line {}: {rejection}; nothing was appended",
+                line_numbers[index]
+            );
         }
         Err(e) => return Err(e.into()),
     };
@@ -181,7 +261,11 @@ fn ingest(data: &Path, file: &str, json: bool, out: &mut dyn Write) -> anyhow::R
 }
 
 fn open_ledger(data: &Path, durability: Durability) -> anyhow::Result<Ledger> {
-    let options = LedgerOptions { durability, checkpoint_every: 1_000_000, create: true };
+    let options = LedgerOptions {
+        durability,
+        checkpoint_every: 1_000_000,
+        create: true,
+    };
     match Ledger::open(data, options) {
         Ok(ledger) => Ok(ledger),
         Err(OpenError::Damaged(e)) => Err(walk_error(e)),
@@ -197,8 +281,12 @@ struct Scopes {
 
 impl Scopes {
     fn matches(&mut self, event: &Event, run: Option<&str>, tenant: Option<&str>) -> bool {
-        if let Event::TaskSubmitted { task, run, tenant, .. } = event {
-            self.tasks.insert(task.clone(), (run.clone(), tenant.clone()));
+        if let Event::TaskSubmitted {
+            task, run, tenant, ..
+        } = event
+        {
+            self.tasks
+                .insert(task.clone(), (run.clone(), tenant.clone()));
         }
         let owner = event.task().and_then(|t| self.tasks.get(t));
         let event_run = event.run().or(owner.map(|o| &o.0));
@@ -225,24 +313,44 @@ fn log(
         if shown >= limit {
             return ControlFlow::Break(());
         }
-        let record = Record { seq: raw.seq, recorded_at: raw.recorded_at, prev_hash: raw.prev_hash, hash: raw.hash, event };
+        let record = Record {
+            seq: raw.seq,
+            recorded_at: raw.recorded_at,
+            prev_hash: raw.prev_hash,
+            hash: raw.hash,
+            event,
+        };
         let written = if json {
             writeln!(out, "{}", wire::record_line(&record))
         } else {
-            writeln!(out, "{:>8}  {}  {}  {}", record.seq, record.recorded_at, &record.hash.to_hex()[..16], record.event)
+            writeln!(
+                out,
+                "{:>8}  {}  {}  {}",
+                record.seq,
+                record.recorded_at,
+                &record.hash.to_hex()[..16],
+                record.event
+            )
         };
         if let Err(e) = written {
             failure = Some(e.into());
             return ControlFlow::Break(());
         }
         shown += 1;
-        if shown >= limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if shown >= limit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     };
     let mut decode_failure: Option<Damaged> = None;
     let mut decode = |raw: &RawRecord<'_>| match decode_event(raw.event_bytes) {
         Ok(event) => Some(event),
         Err(what) => {
-            decode_failure = Some(Damaged(crate::log::ChainBreak { seq: raw.seq, what: format!("event cannot be decoded: {what}") }));
+            decode_failure = Some(Damaged(crate::log::ChainBreak {
+                seq: raw.seq,
+                what: format!("event cannot be decoded: {what}"),
+            }));
             None
         }
     };
@@ -264,7 +372,9 @@ fn log(
         let start = if filters.is_empty() { from } else { 1 };
         store
             .walk(start, |raw| {
-                let Some(event) = decode(&raw) else { return ControlFlow::Break(()) };
+                let Some(event) = decode(&raw) else {
+                    return ControlFlow::Break(());
+                };
                 if raw.seq < from || !scopes.matches(&event, run, tenant) {
                     return ControlFlow::Continue(());
                 }
@@ -297,22 +407,39 @@ fn verify_cmd(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()
                     }),
                 )
             } else {
-                writeln!(out, "ok: {} records, head {}", report.records, report.head.hash.to_hex())?;
+                writeln!(
+                    out,
+                    "ok: {} records, head {}",
+                    report.records,
+                    report.head.hash.to_hex()
+                )?;
                 Ok(())
             }
         }
         Err(broken) => {
             if json {
-                print_json(out, &serde_json::json!({"ok": false, "seq": broken.seq, "error": broken.what}))?;
+                print_json(
+                    out,
+                    &serde_json::json!({"ok": false, "seq": broken.seq, "error": broken.what}),
+                )?;
             } else {
                 writeln!(out, "FAILED at seq {}: {}", broken.seq, broken.what)?;
             }
-            Err(CheckFailed(format!("verification failed at seq {}: {}", broken.seq, broken.what)).into())
+            Err(CheckFailed(format!(
+                "verification failed at seq {}: {}",
+                broken.seq, broken.what
+            ))
+            .into())
         }
     }
 }
 
-fn replay_cmd(data: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+fn replay_cmd(
+    data: &Path,
+    run: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let folded = fold(data, run)?;
     if let Some(r) = run {
         if folded.state.runs.get(&RunId(r.to_owned())).is_none() {
@@ -335,7 +462,13 @@ fn replay_cmd(data: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -
             }),
         );
     }
-    writeln!(out, "replayed {} records, head seq {} {}", folded.records, folded.head.seq, folded.head.hash.to_hex())?;
+    writeln!(
+        out,
+        "replayed {} records, head seq {} {}",
+        folded.records,
+        folded.head.seq,
+        folded.head.hash.to_hex()
+    )?;
     for (name, hash) in digests.named() {
         writeln!(out, "  {name:<9} {}", hash.to_hex())?;
     }
@@ -367,8 +500,20 @@ fn tenants(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
         return print_json(out, &views);
     }
     let mut table = Table::new(&[
-        "TENANT", "BUDGET", "SPENT", "RESERVED", "USED", "STATUS", "RUNS", "INTENSITY", "LLM", "RETRIEVAL", "RERANK",
-        "STORAGE", "TOOL", "OTHER",
+        "TENANT",
+        "BUDGET",
+        "SPENT",
+        "RESERVED",
+        "USED",
+        "STATUS",
+        "RUNS",
+        "INTENSITY",
+        "LLM",
+        "RETRIEVAL",
+        "RERANK",
+        "STORAGE",
+        "TOOL",
+        "OTHER",
     ]);
     let m = |v: i64| crate::domain::Micros(v).to_string();
     for t in views {
@@ -401,12 +546,28 @@ fn queue(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
         return print_json(out, &view);
     }
     let c = view.counts;
-    let mut table = Table::new(&["WAITING", "PENDING", "LEASED", "DONE", "DEAD-LETTERED", "CANCELLED", "RETRIES"]);
+    let mut table = Table::new(&[
+        "WAITING",
+        "PENDING",
+        "LEASED",
+        "DONE",
+        "DEAD-LETTERED",
+        "CANCELLED",
+        "RETRIES",
+    ]);
     table.row(
-        [c.waiting, c.pending, c.leased, c.done, c.dead_lettered, c.cancelled, c.retries]
-            .iter()
-            .map(u64::to_string)
-            .collect(),
+        [
+            c.waiting,
+            c.pending,
+            c.leased,
+            c.done,
+            c.dead_lettered,
+            c.cancelled,
+            c.retries,
+        ]
+        .iter()
+        .map(u64::to_string)
+        .collect(),
     );
     write!(out, "{}", table.render())?;
     let r = view.ready_by_priority;
@@ -423,7 +584,8 @@ fn queue(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
                 l.tenant.clone(),
                 l.worker.clone(),
                 l.attempt.to_string(),
-                l.lease_deadline.map_or_else(|| "-".to_owned(), |d| d.to_string()),
+                l.lease_deadline
+                    .map_or_else(|| "-".to_owned(), |d| d.to_string()),
             ]);
         }
         write!(out, "{}", leases.render())?;
@@ -441,7 +603,17 @@ fn runs(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
         return print_json(out, &views);
     }
     let mut table = Table::new(&[
-        "RUN", "STATUS", "SEED", "STARTED", "SUBMITTED", "ACKED", "NACKED", "DEAD", "CANCELLED", "COST", "PEAK",
+        "RUN",
+        "STATUS",
+        "SEED",
+        "STARTED",
+        "SUBMITTED",
+        "ACKED",
+        "NACKED",
+        "DEAD",
+        "CANCELLED",
+        "COST",
+        "PEAK",
     ]);
     for r in views {
         table.row(vec![
@@ -468,7 +640,15 @@ fn workers(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     if json {
         return print_json(out, &views);
     }
-    let mut table = Table::new(&["WORKER", "EXECUTED", "SUCCEEDED", "FAILED", "TIMED OUT", "SUCCESS", "UPTIME"]);
+    let mut table = Table::new(&[
+        "WORKER",
+        "EXECUTED",
+        "SUCCEEDED",
+        "FAILED",
+        "TIMED OUT",
+        "SUCCESS",
+        "UPTIME",
+    ]);
     for w in views {
         table.row(vec![
             w.worker,
@@ -490,7 +670,12 @@ fn bench_ledger(config: &LedgerBench, json: bool, out: &mut dyn Write) -> anyhow
     writeln!(
         out,
         "append ({} durability, {} appenders x {} events/append): {:.0} events/s, latency p50 {:.0} us, p99 {:.0} us, max {:.0} us",
-        r.durability, r.appenders, r.batch, r.append_events_per_sec, r.append_latency_us_p50, r.append_latency_us_p99,
+        r.durability,
+        r.appenders,
+        r.batch,
+        r.append_events_per_sec,
+        r.append_latency_us_p50,
+        r.append_latency_us_p99,
         r.append_latency_us_max
     )?;
     writeln!(
@@ -505,7 +690,11 @@ fn bench_ledger(config: &LedgerBench, json: bool, out: &mut dyn Write) -> anyhow
         "single appender, 1 event/append: {:.0} events/s, latency p99 {:.0} us",
         r.single_appender_events_per_sec, r.single_appender_latency_us_p99
     )?;
-    writeln!(out, "disk: {:.1} bytes/event (events average {:.1} bytes encoded)", r.bytes_per_event, r.event_bytes_avg)?;
+    writeln!(
+        out,
+        "disk: {:.1} bytes/event (events average {:.1} bytes encoded)",
+        r.bytes_per_event, r.event_bytes_avg
+    )?;
     writeln!(out, "replay: {:.0} events/s", r.replay_events_per_sec)?;
     writeln!(out, "verify: {:.0} events/s", r.verify_events_per_sec)?;
     if json {
@@ -527,15 +716,29 @@ fn execute(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    let ledger = open_ledger(data, Durability::Batch { interval: std::time::Duration::from_millis(10) })?;
+    let ledger = open_ledger(
+        data,
+        Durability::Batch {
+            interval: std::time::Duration::from_millis(10),
+        },
+    )?;
     if !explicit_id {
         let seed = options.seed.unwrap_or(workload.seed);
-        let base = workload.run.clone().unwrap_or_else(|| format!("run-{seed}"));
+        let base = workload
+            .run
+            .clone()
+            .unwrap_or_else(|| format!("run-{seed}"));
         let taken = {
             let base = base.clone();
             ledger.query(move |state, _| {
                 (1u32..)
-                    .map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") })
+                    .map(|n| {
+                        if n == 1 {
+                            base.clone()
+                        } else {
+                            format!("{base}-{n}")
+                        }
+                    })
                     .find(|id| state.runs.get(&RunId(id.clone())).is_none())
             })?
         };
@@ -544,8 +747,10 @@ fn execute(
     let bar = if std::io::stderr().is_terminal() && !json {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tasks")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tasks",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar
     } else {
@@ -597,7 +802,8 @@ fn finish_run(
     let workers = views::workers(&state);
     if let Some(dir) = artifacts {
         let run_dir = dir.join("runs").join(&report.run);
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("cannot create {}", run_dir.display()))?;
         let write = |name: &str, value: serde_json::Value| -> anyhow::Result<()> {
             let path = run_dir.join(name);
             std::fs::write(&path, serde_json::to_string_pretty(&value)? + "\n")
@@ -644,7 +850,18 @@ fn print_summary(
         r.tasks as f64 / wall_secs.max(1e-9)
     )?;
     let m = |v: i64| crate::domain::Micros(v).to_string();
-    let mut costs = Table::new(&["TENANT", "STATUS", "LLM", "RETRIEVAL", "RERANK", "STORAGE", "TOOL", "OTHER", "TOTAL", "BUDGET"]);
+    let mut costs = Table::new(&[
+        "TENANT",
+        "STATUS",
+        "LLM",
+        "RETRIEVAL",
+        "RERANK",
+        "STORAGE",
+        "TOOL",
+        "OTHER",
+        "TOTAL",
+        "BUDGET",
+    ]);
     for t in tenants {
         let cat = |name: &str| m(t.spent_by_category.get(name).copied().unwrap_or(0));
         costs.row(vec![
@@ -661,7 +878,15 @@ fn print_summary(
         ]);
     }
     write!(out, "{}", costs.render())?;
-    let mut table = Table::new(&["WORKER", "EXECUTED", "SUCCEEDED", "FAILED", "SUCCESS", "TASKS/S", "UPTIME"]);
+    let mut table = Table::new(&[
+        "WORKER",
+        "EXECUTED",
+        "SUCCEEDED",
+        "FAILED",
+        "SUCCESS",
+        "TASKS/S",
+        "UPTIME",
+    ]);
     for w in workers {
         let uptime = w.uptime_micros as f64 / 1e6;
         table.row(vec![
@@ -681,7 +906,9 @@ fn print_summary(
 }
 
 fn live_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Finishes an unfinished run with the executor its workload calls for.
@@ -698,21 +925,36 @@ fn resume(ledger: &Ledger, run: Option<&str>) -> Result<RunReport, RunError> {
                     .rev()
                     .find(|r| r.status == crate::domain::activity::RunStatus::Running),
             };
-            summary.map(|s| (s.run.clone(), s.seed, state.workload_of(&s.run).map(str::to_owned)))
+            summary.map(|s| {
+                (
+                    s.run.clone(),
+                    s.seed,
+                    state.workload_of(&s.run).map(str::to_owned),
+                )
+            })
         })?
     };
     let simulated = match &target {
-        Some((_, _, Some(text))) => Workload::parse("<recorded workload>", text).map(|w| w.is_simulated()).unwrap_or(true),
+        Some((_, _, Some(text))) => Workload::parse("<recorded workload>", text)
+            .map(|w| w.is_simulated())
+            .unwrap_or(true),
         _ => true,
     };
     if simulated {
         return crate::runtime::sim::resume_simulated(ledger, run, &mut |_, _| {});
     }
     let Some((id, seed, Some(text))) = target else {
-        return Err(RunError::Resume("no unfinished run in the ledger".to_owned()));
+        return Err(RunError::Resume(
+            "no unfinished run in the ledger".to_owned(),
+        ));
     };
-    let workload = Workload::parse("<recorded workload>", &text).map_err(|e| RunError::Resume(e.to_string()))?;
-    let options = RunOptions { seed: Some(seed), run_id: Some(id.0), stop_after_steps: None };
+    let workload = Workload::parse("<recorded workload>", &text)
+        .map_err(|e| RunError::Resume(e.to_string()))?;
+    let options = RunOptions {
+        seed: Some(seed),
+        run_id: Some(id.0),
+        stop_after_steps: None,
+    };
     let runtime = live_runtime().map_err(|e| RunError::Resume(e.to_string()))?;
     runtime.block_on(crate::runtime::live::run_live(
         ledger,
@@ -742,7 +984,13 @@ struct DecisionView {
     reason: String,
 }
 
-fn decisions(data: &Path, run: Option<&str>, tenant: Option<&str>, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+fn decisions(
+    data: &Path,
+    run: Option<&str>,
+    tenant: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let store = open_store(data)?;
     let mut scopes = Scopes::default();
     let mut found = Vec::new();
@@ -756,19 +1004,37 @@ fn decisions(data: &Path, run: Option<&str>, tenant: Option<&str>, json: bool, o
                     return ControlFlow::Break(());
                 }
             };
-            let owner_run = event.run().cloned().or_else(|| event.task().and_then(|t| scopes.tasks.get(t)).map(|o| o.0.clone()));
+            let owner_run = event.run().cloned().or_else(|| {
+                event
+                    .task()
+                    .and_then(|t| scopes.tasks.get(t))
+                    .map(|o| o.0.clone())
+            });
             if !scopes.matches(&event, run, tenant) {
                 return ControlFlow::Continue(());
             }
             let (decision, reason) = match &event {
                 Event::AdmissionDenied { reason, .. } => (None, reason.clone()),
                 Event::BudgetStatusChanged { from, to, .. } => (None, format!("{from} -> {to}")),
-                Event::BudgetOverrun { amount_micros, .. } => (None, format!("cost passed the ceiling by {amount_micros}; tenant blocked")),
+                Event::BudgetOverrun { amount_micros, .. } => (
+                    None,
+                    format!("cost passed the ceiling by {amount_micros}; tenant blocked"),
+                ),
                 Event::BudgetPeriodReset { .. } => (None, "budget period reset".to_owned()),
-                Event::DegradationDecided { decision, reason, .. } => (Some(*decision), reason.clone()),
-                Event::LearningProfileAdjusted { exploration_bp, reason, .. } => {
-                    (None, format!("exploration {}: {reason}", bp_percent(i64::from(*exploration_bp))))
-                }
+                Event::DegradationDecided {
+                    decision, reason, ..
+                } => (Some(*decision), reason.clone()),
+                Event::LearningProfileAdjusted {
+                    exploration_bp,
+                    reason,
+                    ..
+                } => (
+                    None,
+                    format!(
+                        "exploration {}: {reason}",
+                        bp_percent(i64::from(*exploration_bp))
+                    ),
+                ),
                 _ => return ControlFlow::Continue(()),
             };
             found.push(DecisionView {
@@ -800,7 +1066,8 @@ fn decisions(data: &Path, run: Option<&str>, tenant: Option<&str>, json: bool, o
             d.kind.to_owned(),
             d.tenant,
             d.task.unwrap_or_else(|| "-".to_owned()),
-            d.decision.map_or_else(|| "-".to_owned(), |x| format!("{x:?}").to_lowercase()),
+            d.decision
+                .map_or_else(|| "-".to_owned(), |x| format!("{x:?}").to_lowercase()),
             d.reason,
         ]);
     }

@@ -11,10 +11,19 @@ use clap::{Parser, Subcommand};
 use crate::log::{ChainBreak, Durability};
 
 #[derive(Parser, Debug)]
-#[command(name = "runledger", version, about = "Multi-tenant task engine with a hash-chained event ledger")]
+#[command(
+    name = "runledger",
+    version,
+    about = "Multi-tenant task engine with a hash-chained event ledger"
+)]
 pub struct Cli {
     /// Data directory of the ledger.
-    #[arg(long, global = true, env = "RUNLEDGER_DATA", default_value = "./runledger-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNLEDGER_DATA",
+        default_value = "./runledger-data"
+    )]
     pub data: PathBuf,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]

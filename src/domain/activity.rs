@@ -65,13 +65,22 @@ impl Runs {
 
     pub fn sorted(&self) -> Vec<&RunSummary> {
         let mut all: Vec<_> = self.runs.values().collect();
-        all.sort_unstable_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.run.cmp(&b.run)));
+        all.sort_unstable_by(|a, b| {
+            a.started_at
+                .cmp(&b.started_at)
+                .then_with(|| a.run.cmp(&b.run))
+        });
         all
     }
 
     /// Applies an event; `task_run` is the run of the event's task.
     pub fn evolve(&mut self, at: Timestamp, event: &Event, task_run: Option<&RunId>) {
-        if let Event::RunStarted { run, seed, config_hash } = event {
+        if let Event::RunStarted {
+            run,
+            seed,
+            config_hash,
+        } = event
+        {
             self.runs.insert(
                 run.clone(),
                 RunSummary {
@@ -100,8 +109,12 @@ impl Runs {
             );
             return;
         }
-        let Some(run) = event.run().or(task_run) else { return };
-        let Some(r) = self.runs.get_mut(run) else { return };
+        let Some(run) = event.run().or(task_run) else {
+            return;
+        };
+        let Some(r) = self.runs.get_mut(run) else {
+            return;
+        };
         match event {
             Event::RunFinished { .. } => {
                 r.status = RunStatus::Finished;
@@ -223,9 +236,12 @@ impl Workers {
             _ => return,
         };
         if !self.workers.contains_key(worker) {
-            self.workers.insert(worker.clone(), WorkerStats::new(worker.clone(), at));
+            self.workers
+                .insert(worker.clone(), WorkerStats::new(worker.clone(), at));
         }
-        let Some(w) = self.workers.get_mut(worker) else { return };
+        let Some(w) = self.workers.get_mut(worker) else {
+            return;
+        };
         w.first_seen = w.first_seen.min(at);
         w.last_seen = w.last_seen.max(at);
         match event {

@@ -46,7 +46,12 @@ pub struct Tenant {
 
 impl Tenant {
     pub fn spent_micros(&self) -> Micros {
-        Micros(self.spent_by_category.iter().map(|m| m.0).fold(0i64, i64::saturating_add))
+        Micros(
+            self.spent_by_category
+                .iter()
+                .map(|m| m.0)
+                .fold(0i64, i64::saturating_add),
+        )
     }
 
     /// Spent share of the budget, in basis points.
@@ -68,7 +73,12 @@ impl Tenant {
 
     /// Budget not yet spent or reserved (may be negative after an overrun).
     pub fn available_micros(&self) -> Micros {
-        Micros(self.budget_micros.0.saturating_sub(self.spent_micros().0).saturating_sub(self.reserved_micros.0))
+        Micros(
+            self.budget_micros
+                .0
+                .saturating_sub(self.spent_micros().0)
+                .saturating_sub(self.reserved_micros.0),
+        )
     }
 }
 
@@ -79,7 +89,10 @@ pub struct Tenants {
 
 fn non_negative(field: &'static str, amount: Micros) -> Result<(), Rejection> {
     if amount.is_negative() {
-        return Err(Rejection::Negative { field, value: amount.0 });
+        return Err(Rejection::Negative {
+            field,
+            value: amount.0,
+        });
     }
     Ok(())
 }
@@ -104,7 +117,9 @@ impl Tenants {
     }
 
     fn tenant(&self, tenant: &TenantId) -> Result<&Tenant, Rejection> {
-        self.tenants.get(tenant).ok_or_else(|| Rejection::UnknownTenant(tenant.clone()))
+        self.tenants
+            .get(tenant)
+            .ok_or_else(|| Rejection::UnknownTenant(tenant.clone()))
     }
 
     /// Checks a tenant or money event. `task_tenant` is the owner of the
@@ -128,7 +143,11 @@ impl Tenants {
             }
         };
         match event {
-            Event::TenantRegistered { tenant, budget_micros, .. } => {
+            Event::TenantRegistered {
+                tenant,
+                budget_micros,
+                ..
+            } => {
                 if tenant.as_str().is_empty() {
                     return Err(Rejection::Empty { field: "tenant" });
                 }
@@ -137,18 +156,30 @@ impl Tenants {
                 }
                 non_negative("budget_micros", *budget_micros)
             }
-            Event::TenantUpdated { tenant, budget_micros, .. } => {
+            Event::TenantUpdated {
+                tenant,
+                budget_micros,
+                ..
+            } => {
                 self.tenant(tenant)?;
                 match budget_micros {
                     Some(budget) => non_negative("budget_micros", *budget),
                     None => Ok(()),
                 }
             }
-            Event::TaskSubmitted { tenant, cost_ceiling_micros, .. } => {
+            Event::TaskSubmitted {
+                tenant,
+                cost_ceiling_micros,
+                ..
+            } => {
                 self.tenant(tenant)?;
                 non_negative("cost_ceiling_micros", *cost_ceiling_micros)
             }
-            Event::CostReserved { tenant, task, amount_micros } => {
+            Event::CostReserved {
+                tenant,
+                task,
+                amount_micros,
+            } => {
                 let t = self.tenant(tenant)?;
                 owned_by(tenant, task)?;
                 non_negative("amount_micros", *amount_micros)?;
@@ -169,7 +200,12 @@ impl Tenants {
                 }
                 Ok(())
             }
-            Event::CostIncurred { tenant, task, category, amount_micros } => {
+            Event::CostIncurred {
+                tenant,
+                task,
+                category,
+                amount_micros,
+            } => {
                 let t = self.tenant(tenant)?;
                 if let Some(task) = task {
                     owned_by(tenant, task)?;
@@ -182,7 +218,11 @@ impl Tenants {
                     .ok_or(Rejection::Overflow)?;
                 Ok(())
             }
-            Event::ReservationReleased { tenant, task, amount_micros } => {
+            Event::ReservationReleased {
+                tenant,
+                task,
+                amount_micros,
+            } => {
                 self.tenant(tenant)?;
                 owned_by(tenant, task)?;
                 non_negative("amount_micros", *amount_micros)?;
@@ -195,7 +235,11 @@ impl Tenants {
                 }
                 Ok(())
             }
-            Event::BudgetOverrun { tenant, task, amount_micros } => {
+            Event::BudgetOverrun {
+                tenant,
+                task,
+                amount_micros,
+            } => {
                 self.tenant(tenant)?;
                 if let Some(task) = task {
                     owned_by(tenant, task)?;
@@ -212,14 +256,19 @@ impl Tenants {
                     });
                 }
                 if *to != t.status() {
-                    return Err(Rejection::StatusMismatch { tenant: tenant.clone(), claimed: *to, actual: t.status() });
+                    return Err(Rejection::StatusMismatch {
+                        tenant: tenant.clone(),
+                        claimed: *to,
+                        actual: t.status(),
+                    });
                 }
                 Ok(())
             }
             Event::BudgetPeriodReset { tenant }
             | Event::LearningProfileAdjusted { tenant, .. }
             | Event::DegradationDecided { tenant, .. } => self.tenant(tenant).map(drop),
-            Event::AdmissionDenied { tenant, task, .. } | Event::LearningOutcome { tenant, task, .. } => {
+            Event::AdmissionDenied { tenant, task, .. }
+            | Event::LearningOutcome { tenant, task, .. } => {
                 self.tenant(tenant)?;
                 match task {
                     Some(task) => owned_by(tenant, task),
@@ -291,28 +340,49 @@ impl Tenants {
                     }
                 }
             }
-            Event::CostReserved { tenant, amount_micros, .. } => {
+            Event::CostReserved {
+                tenant,
+                amount_micros,
+                ..
+            } => {
                 if let Some(t) = self.tenants.get_mut(tenant) {
                     t.reserved_micros.0 += amount_micros.0;
                 }
             }
-            Event::CostIncurred { tenant, task, category, amount_micros } => {
+            Event::CostIncurred {
+                tenant,
+                task,
+                category,
+                amount_micros,
+            } => {
                 if let Some(t) = self.tenants.get_mut(tenant) {
                     t.spent_by_category[category.index()].0 += amount_micros.0;
                     t.lifetime_spent_micros.0 += amount_micros.0;
                     // Posting a task's cost consumes its reservation first.
-                    let consumed = if task.is_some() { (*amount_micros).min(task_reserved) } else { Micros::ZERO };
+                    let consumed = if task.is_some() {
+                        (*amount_micros).min(task_reserved)
+                    } else {
+                        Micros::ZERO
+                    };
                     t.reserved_micros.0 -= consumed.0;
                     return consumed;
                 }
             }
-            Event::ReservationReleased { tenant, amount_micros, .. } => {
+            Event::ReservationReleased {
+                tenant,
+                amount_micros,
+                ..
+            } => {
                 if let Some(t) = self.tenants.get_mut(tenant) {
                     t.reserved_micros.0 -= amount_micros.0;
                     return *amount_micros;
                 }
             }
-            Event::BudgetOverrun { tenant, amount_micros, .. } => {
+            Event::BudgetOverrun {
+                tenant,
+                amount_micros,
+                ..
+            } => {
                 if let Some(t) = self.tenants.get_mut(tenant) {
                     t.overrun = true;
                     t.overrun_micros.0 = t.overrun_micros.0.saturating_add(amount_micros.0);
@@ -358,5 +428,8 @@ impl Tenants {
 
 /// Spend by category as `(name, micros)` pairs, for views.
 pub fn spent_by_category_named(tenant: &Tenant) -> Vec<(&'static str, Micros)> {
-    Category::ALL.iter().map(|c| (c.name(), tenant.spent_by_category[c.index()])).collect()
+    Category::ALL
+        .iter()
+        .map(|c| (c.name(), tenant.spent_by_category[c.index()]))
+        .collect()
 }

@@ -35,16 +35,31 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub const STANDARD: Plan = Plan { skip_optional: true, candidates: 1, depth: 3, model_step_down: true };
+    pub const STANDARD: Plan = Plan {
+        skip_optional: true,
+        candidates: 1,
+        depth: 3,
+        model_step_down: true,
+    };
 
     /// The params a node runs with under this plan.
     pub fn apply(&self, params: &Params) -> Params {
         let mut value = params.to_value();
-        let Some(map) = value.as_object_mut() else { return params.clone() };
-        if map.get("candidates").and_then(|v| v.as_i64()).is_some_and(|c| c > self.candidates) {
+        let Some(map) = value.as_object_mut() else {
+            return params.clone();
+        };
+        if map
+            .get("candidates")
+            .and_then(|v| v.as_i64())
+            .is_some_and(|c| c > self.candidates)
+        {
             map.insert("candidates".into(), self.candidates.into());
         }
-        if map.get("depth").and_then(|v| v.as_i64()).is_some_and(|d| d > self.depth) {
+        if map
+            .get("depth")
+            .and_then(|v| v.as_i64())
+            .is_some_and(|d| d > self.depth)
+        {
             map.insert("depth".into(), self.depth.into());
         }
         if self.model_step_down {
@@ -124,7 +139,9 @@ fn remaining(state: &State, task: &TaskId, ceiling: &dyn Fn(&super::queue::Task)
         if !seen.insert(id.clone()) {
             continue;
         }
-        let Some(t) = state.queue.get(&id) else { continue };
+        let Some(t) = state.queue.get(&id) else {
+            continue;
+        };
         if matches!(t.status, TaskStatus::Waiting | TaskStatus::Pending) {
             total = total.saturating_add(ceiling(t).0);
         }
@@ -152,10 +169,15 @@ pub fn decide(
     let rest = remaining(state, task, &|t| t.cost_ceiling_micros);
     let plan = Plan::STANDARD;
     let rest_degraded = remaining(state, task, &|t| degraded_ceiling(t, &plan));
-    let committed = tenant.spent_micros().0.saturating_add(tenant.reserved_micros.0);
+    let committed = tenant
+        .spent_micros()
+        .0
+        .saturating_add(tenant.reserved_micros.0);
     let project = |rest: i64| {
         let others = i128::from(rest) * i128::from(runs - 1) * i128::from(confidence_bp) / 10_000;
-        committed.saturating_add(rest).saturating_add(i64::try_from(others).unwrap_or(i64::MAX))
+        committed
+            .saturating_add(rest)
+            .saturating_add(i64::try_from(others).unwrap_or(i64::MAX))
     };
     let projection = Projection {
         budget_micros: tenant.budget_micros.0,
@@ -169,39 +191,60 @@ pub fn decide(
         projected_micros: project(rest),
         projected_degraded_micros: project(rest_degraded),
         utilisation_bp: Micros(committed).basis_points_of(tenant.budget_micros),
-        concurrency_factor_bp: i64::from(tenant.active_runs) * 10_000 / i64::from(tenant.max_concurrent_runs.max(1)),
+        concurrency_factor_bp: i64::from(tenant.active_runs) * 10_000
+            / i64::from(tenant.max_concurrent_runs.max(1)),
     };
     let budget = tenant.budget_micros.0;
-    let (decision, reason, plan) = if tenant.overrun || tenant.spent_micros().0 >= budget && budget > 0 {
-        (Decision::Terminate, "the budget is exceeded".to_owned(), None)
-    } else if projection.projected_micros > budget {
-        if projection.projected_degraded_micros <= budget {
-            let reason = format!(
-                "projected {} > budget {}; degraded {} fits",
-                Micros(projection.projected_micros),
-                Micros(budget),
-                Micros(projection.projected_degraded_micros)
-            );
-            (Decision::Degrade, reason, Some(plan))
+    let (decision, reason, plan) =
+        if tenant.overrun || tenant.spent_micros().0 >= budget && budget > 0 {
+            (
+                Decision::Terminate,
+                "the budget is exceeded".to_owned(),
+                None,
+            )
+        } else if projection.projected_micros > budget {
+            if projection.projected_degraded_micros <= budget {
+                let reason = format!(
+                    "projected {} > budget {}; degraded {} fits",
+                    Micros(projection.projected_micros),
+                    Micros(budget),
+                    Micros(projection.projected_degraded_micros)
+                );
+                (Decision::Degrade, reason, Some(plan))
+            } else {
+                let reason = format!(
+                    "projected {} > budget {}, {} even degraded",
+                    Micros(projection.projected_micros),
+                    Micros(budget),
+                    Micros(projection.projected_degraded_micros)
+                );
+                (Decision::Terminate, reason, None)
+            }
+        } else if projection.utilisation_bp > DEGRADE_UTILISATION_BP {
+            (
+                Decision::Degrade,
+                format!(
+                    "utilisation {} bp > {DEGRADE_UTILISATION_BP} bp",
+                    projection.utilisation_bp
+                ),
+                Some(plan),
+            )
+        } else if projection.concurrency_factor_bp > DEGRADE_CONCURRENCY_BP {
+            (
+                Decision::Degrade,
+                format!(
+                    "concurrency factor {} bp > {DEGRADE_CONCURRENCY_BP} bp",
+                    projection.concurrency_factor_bp
+                ),
+                Some(plan),
+            )
         } else {
-            let reason = format!(
-                "projected {} > budget {}, {} even degraded",
-                Micros(projection.projected_micros),
-                Micros(budget),
-                Micros(projection.projected_degraded_micros)
-            );
-            (Decision::Terminate, reason, None)
-        }
-    } else if projection.utilisation_bp > DEGRADE_UTILISATION_BP {
-        (Decision::Degrade, format!("utilisation {} bp > {DEGRADE_UTILISATION_BP} bp", projection.utilisation_bp), Some(plan))
-    } else if projection.concurrency_factor_bp > DEGRADE_CONCURRENCY_BP {
-        (
-            Decision::Degrade,
-            format!("concurrency factor {} bp > {DEGRADE_CONCURRENCY_BP} bp", projection.concurrency_factor_bp),
-            Some(plan),
-        )
-    } else {
-        (Decision::Continue, "within budget".to_owned(), None)
-    };
-    Some(CostDecision { decision, reason, projection, plan })
+            (Decision::Continue, "within budget".to_owned(), None)
+        };
+    Some(CostDecision {
+        decision,
+        reason,
+        projection,
+        plan,
+    })
 }

@@ -17,8 +17,19 @@ use super::time::Timestamp;
 
 /// Scheduling priority, highest first; FIFO within one priority.
 #[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
-    Encode, Decode,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    Encode,
+    Decode,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
@@ -31,8 +42,13 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub const ALL: [Priority; 5] =
-        [Priority::Critical, Priority::High, Priority::Normal, Priority::Low, Priority::Batch];
+    pub const ALL: [Priority; 5] = [
+        Priority::Critical,
+        Priority::High,
+        Priority::Normal,
+        Priority::Low,
+        Priority::Batch,
+    ];
 
     pub fn index(self) -> usize {
         self as usize
@@ -45,8 +61,7 @@ impl Priority {
 
 /// What a cost was spent on.
 #[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, Encode,
-    Decode,
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, Encode, Decode,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
@@ -81,8 +96,19 @@ impl Category {
 /// 80 %, CRITICAL from 90 % up to 100 %, EXCEEDED only after a recorded
 /// `budget_overrun`.
 #[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
-    Encode, Decode,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    Encode,
+    Decode,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum BudgetStatus {
@@ -102,8 +128,19 @@ impl BudgetStatus {
 /// How much of its budget a tenant lets the learning policy explore with:
 /// 5 / 10 / 20 %.
 #[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
-    Encode, Decode,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    Encode,
+    Decode,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum LearningIntensity {
@@ -130,8 +167,19 @@ impl LearningIntensity {
 
 /// When a tenant's spend starts again from zero.
 #[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
-    Encode, Decode,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    Encode,
+    Decode,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum BudgetPeriod {
@@ -143,8 +191,7 @@ pub enum BudgetPeriod {
 
 /// The cost agent's verdict for a pipeline.
 #[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, Encode,
-    Decode,
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, Encode, Decode,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
@@ -189,15 +236,24 @@ impl Params {
 }
 
 impl Encode for Params {
-    fn encode<E: bincode::enc::Encoder>(&self, encoder: &mut E) -> Result<(), bincode::error::EncodeError> {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
         self.as_json().encode(encoder)
     }
 }
 
 impl<Context> Decode<Context> for Params {
-    fn decode<D: bincode::de::Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, bincode::error::DecodeError> {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
         let text = String::decode(decoder)?;
-        Ok(if text == "null" { Params::null() } else { Params(text) })
+        Ok(if text == "null" {
+            Params::null()
+        } else {
+            Params(text)
+        })
     }
 }
 bincode::impl_borrow_decode!(Params);
@@ -547,9 +603,8 @@ mod tests {
 
     #[test]
     fn event_json_rejects_unknown_fields_and_types() {
-        let unknown_field = serde_json::from_str::<Event>(
-            r#"{"type":"run_finished","run":"r1","color":"red"}"#,
-        );
+        let unknown_field =
+            serde_json::from_str::<Event>(r#"{"type":"run_finished","run":"r1","color":"red"}"#);
         assert!(unknown_field.unwrap_err().to_string().contains("color"));
         let unknown_type = serde_json::from_str::<Event>(r#"{"type":"run_paused","run":"r1"}"#);
         assert!(unknown_type.unwrap_err().to_string().contains("run_paused"));
@@ -561,7 +616,10 @@ mod tests {
         let b: Params = serde_json::from_str(r#"{"a":[true,null],"b":1}"#).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.as_json(), r#"{"a":[true,null],"b":1}"#);
-        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"a":[true,null],"b":1}"#);
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#"{"a":[true,null],"b":1}"#
+        );
     }
 
     #[test]
@@ -571,7 +629,12 @@ mod tests {
         )
         .unwrap();
         match ev {
-            Event::TaskSubmitted { priority, max_attempts, params, .. } => {
+            Event::TaskSubmitted {
+                priority,
+                max_attempts,
+                params,
+                ..
+            } => {
                 assert_eq!(priority, Priority::Batch);
                 assert_eq!(max_attempts, 3);
                 assert!(params.is_null());

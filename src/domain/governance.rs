@@ -11,10 +11,10 @@
 //! Pure: decisions read the projection and return events.
 
 use super::event::{BudgetPeriod, BudgetStatus, Category, Event};
-use super::time::Timestamp;
 use super::ids::{TaskId, TenantId};
 use super::money::Micros;
 use super::state::State;
+use super::time::Timestamp;
 
 /// Why a task or a pipeline run may not start now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +32,10 @@ pub enum Denial {
 impl Denial {
     pub fn reason(&self) -> &str {
         match self {
-            Denial::BudgetBusy(r) | Denial::BudgetExhausted(r) | Denial::Blocked(r) | Denial::Concurrency(r) => r,
+            Denial::BudgetBusy(r)
+            | Denial::BudgetExhausted(r)
+            | Denial::Blocked(r)
+            | Denial::Concurrency(r) => r,
         }
     }
 
@@ -45,10 +48,14 @@ impl Denial {
 /// May `tenant` start one more pipeline run?
 pub fn admit_run(state: &State, tenant: &TenantId) -> Result<(), Denial> {
     let Some(t) = state.tenants.get(tenant) else {
-        return Err(Denial::Blocked(format!("tenant `{tenant}` is not registered")));
+        return Err(Denial::Blocked(format!(
+            "tenant `{tenant}` is not registered"
+        )));
     };
     if t.overrun {
-        return Err(Denial::Blocked(format!("tenant `{tenant}` is blocked after a budget overrun")));
+        return Err(Denial::Blocked(format!(
+            "tenant `{tenant}` is blocked after a budget overrun"
+        )));
     }
     if t.active_runs >= t.max_concurrent_runs {
         return Err(Denial::Concurrency(format!(
@@ -73,12 +80,19 @@ pub struct Admitter<'s> {
 
 impl<'s> Admitter<'s> {
     pub fn new(state: &'s State) -> Self {
-        Admitter { state, reserved: std::collections::BTreeMap::new() }
+        Admitter {
+            state,
+            reserved: std::collections::BTreeMap::new(),
+        }
     }
 
     /// Admits `task` and counts its reservation, or says why not.
     pub fn admit(&mut self, task: &TaskId) -> Result<Micros, Denial> {
-        let ceiling = self.state.queue.get(task).map_or(Micros::ZERO, |t| t.cost_ceiling_micros);
+        let ceiling = self
+            .state
+            .queue
+            .get(task)
+            .map_or(Micros::ZERO, |t| t.cost_ceiling_micros);
         self.admit_at(task, ceiling)
     }
 
@@ -87,19 +101,34 @@ impl<'s> Admitter<'s> {
     pub fn admit_at(&mut self, task: &TaskId, ceiling: Micros) -> Result<Micros, Denial> {
         let state = self.state;
         let Some(t) = state.queue.get(task) else {
-            return Err(Denial::Blocked(format!("task `{task}` was never submitted")));
+            return Err(Denial::Blocked(format!(
+                "task `{task}` was never submitted"
+            )));
         };
         let Some(tenant) = state.tenants.get(&t.tenant) else {
-            return Err(Denial::Blocked(format!("tenant `{}` is not registered", t.tenant)));
+            return Err(Denial::Blocked(format!(
+                "tenant `{}` is not registered",
+                t.tenant
+            )));
         };
         if tenant.overrun {
-            return Err(Denial::Blocked(format!("tenant `{}` is blocked after a budget overrun", t.tenant)));
+            return Err(Denial::Blocked(format!(
+                "tenant `{}` is blocked after a budget overrun",
+                t.tenant
+            )));
         }
-        let extra = self.reserved.get(&t.tenant).copied().unwrap_or(Micros::ZERO);
+        let extra = self
+            .reserved
+            .get(&t.tenant)
+            .copied()
+            .unwrap_or(Micros::ZERO);
         let reserved = Micros(tenant.reserved_micros.0.saturating_add(extra.0));
         let available = Micros(tenant.available_micros().0.saturating_sub(extra.0));
         if ceiling <= available {
-            *self.reserved.entry(t.tenant.clone()).or_insert(Micros::ZERO) = Micros(extra.0 + ceiling.0);
+            *self
+                .reserved
+                .entry(t.tenant.clone())
+                .or_insert(Micros::ZERO) = Micros(extra.0 + ceiling.0);
             return Ok(ceiling);
         }
         let reason = format!(
@@ -134,14 +163,24 @@ pub struct Settler<'s> {
 
 impl<'s> Settler<'s> {
     pub fn new(state: &'s State) -> Self {
-        Settler { state, tenants: std::collections::BTreeMap::new() }
+        Settler {
+            state,
+            tenants: std::collections::BTreeMap::new(),
+        }
     }
 
     pub fn settle(&mut self, task: &TaskId, costs: &[(Category, Micros)]) -> Vec<Event> {
-        let Some(t) = self.state.queue.get(task) else { return Vec::new() };
-        let Some(before) = self.state.tenants.get(&t.tenant) else { return Vec::new() };
+        let Some(t) = self.state.queue.get(task) else {
+            return Vec::new();
+        };
+        let Some(before) = self.state.tenants.get(&t.tenant) else {
+            return Vec::new();
+        };
         let tenant = t.tenant.clone();
-        let total: i64 = costs.iter().map(|c| c.1.0.max(0)).fold(0i64, i64::saturating_add);
+        let total: i64 = costs
+            .iter()
+            .map(|c| c.1.0.max(0))
+            .fold(0i64, i64::saturating_add);
         let reserved = t.reserved_micros.0;
         // A task with no ceiling (0) is not governed: its costs count as they come.
         let governed = t.cost_ceiling_micros > Micros::ZERO;
@@ -155,21 +194,42 @@ impl<'s> Settler<'s> {
                 amount_micros: Micros(total - reserved),
             });
         }
-        events.extend(costs.iter().filter(|(_, amount)| amount.0 > 0).map(|(category, amount)| Event::CostIncurred {
-            tenant: tenant.clone(),
-            task: Some(task.clone()),
-            category: *category,
-            amount_micros: *amount,
-        }));
+        events.extend(
+            costs
+                .iter()
+                .filter(|(_, amount)| amount.0 > 0)
+                .map(|(category, amount)| Event::CostIncurred {
+                    tenant: tenant.clone(),
+                    task: Some(task.clone()),
+                    category: *category,
+                    amount_micros: *amount,
+                }),
+        );
         if reserved > total {
-            events.push(Event::ReservationReleased { tenant: tenant.clone(), task: task.clone(), amount_micros: Micros(reserved - total) });
+            events.push(Event::ReservationReleased {
+                tenant: tenant.clone(),
+                task: task.clone(),
+                amount_micros: Micros(reserved - total),
+            });
         }
-        let entry = self.tenants.entry(tenant.clone()).or_insert((0, before.overrun, before.recorded_status));
+        let entry = self.tenants.entry(tenant.clone()).or_insert((
+            0,
+            before.overrun,
+            before.recorded_status,
+        ));
         entry.0 = entry.0.saturating_add(total);
         entry.1 |= governed && total > reserved;
-        let status = status_of(before.spent_micros().0.saturating_add(entry.0), before.budget_micros.0, entry.1);
+        let status = status_of(
+            before.spent_micros().0.saturating_add(entry.0),
+            before.budget_micros.0,
+            entry.1,
+        );
         if status != entry.2 {
-            events.push(Event::BudgetStatusChanged { tenant, from: entry.2, to: status });
+            events.push(Event::BudgetStatusChanged {
+                tenant,
+                from: entry.2,
+                to: status,
+            });
             entry.2 = status;
         }
         events
@@ -209,15 +269,24 @@ pub fn period_index(period: BudgetPeriod, at: Timestamp) -> Option<i64> {
 pub fn period_resets(state: &State, from: Timestamp, to: Timestamp) -> Vec<Event> {
     let mut events = Vec::new();
     for t in state.tenants.sorted() {
-        let (Some(a), Some(b)) = (period_index(t.budget_period, from), period_index(t.budget_period, to)) else {
+        let (Some(a), Some(b)) = (
+            period_index(t.budget_period, from),
+            period_index(t.budget_period, to),
+        ) else {
             continue;
         };
         if a == b {
             continue;
         }
-        events.push(Event::BudgetPeriodReset { tenant: t.tenant.clone() });
+        events.push(Event::BudgetPeriodReset {
+            tenant: t.tenant.clone(),
+        });
         if t.recorded_status != BudgetStatus::Healthy {
-            events.push(Event::BudgetStatusChanged { tenant: t.tenant.clone(), from: t.recorded_status, to: BudgetStatus::Healthy });
+            events.push(Event::BudgetStatusChanged {
+                tenant: t.tenant.clone(),
+                from: t.recorded_status,
+                to: BudgetStatus::Healthy,
+            });
         }
     }
     events

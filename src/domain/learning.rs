@@ -52,7 +52,12 @@ impl Learning {
 
     pub fn evolve(&mut self, event: &Event) {
         match event {
-            Event::TenantRegistered { tenant, learning_intensity, meta_learning, .. } => {
+            Event::TenantRegistered {
+                tenant,
+                learning_intensity,
+                meta_learning,
+                ..
+            } => {
                 self.profiles.insert(
                     tenant.clone(),
                     LearningProfile {
@@ -68,7 +73,12 @@ impl Learning {
                     },
                 );
             }
-            Event::TenantUpdated { tenant, learning_intensity, meta_learning, .. } => {
+            Event::TenantUpdated {
+                tenant,
+                learning_intensity,
+                meta_learning,
+                ..
+            } => {
                 if let Some(p) = self.profiles.get_mut(tenant) {
                     if let Some(intensity) = learning_intensity {
                         p.intensity = *intensity;
@@ -79,7 +89,13 @@ impl Learning {
                     }
                 }
             }
-            Event::LearningOutcome { tenant, arm, reward_bp, cost_micros, .. } => {
+            Event::LearningOutcome {
+                tenant,
+                arm,
+                reward_bp,
+                cost_micros,
+                ..
+            } => {
                 if let Some(p) = self.profiles.get_mut(tenant) {
                     p.outcomes += 1;
                     p.reward_bp_sum = p.reward_bp_sum.saturating_add(i64::from(*reward_bp));
@@ -90,7 +106,12 @@ impl Learning {
                     a.cost_micros.0 = a.cost_micros.0.saturating_add(cost_micros.0);
                 }
             }
-            Event::LearningProfileAdjusted { tenant, intensity, exploration_bp, .. } => {
+            Event::LearningProfileAdjusted {
+                tenant,
+                intensity,
+                exploration_bp,
+                ..
+            } => {
                 if let Some(p) = self.profiles.get_mut(tenant) {
                     if let Some(intensity) = intensity {
                         p.intensity = *intensity;

@@ -20,7 +20,9 @@ pub mod sim;
 pub mod state;
 pub mod time;
 
-pub use event::{BudgetPeriod, BudgetStatus, Category, Decision, Event, LearningIntensity, Params, Priority};
+pub use event::{
+    BudgetPeriod, BudgetStatus, Category, Decision, Event, LearningIntensity, Params, Priority,
+};
 pub use ids::{PipelineId, RunId, TaskId, TenantId, WorkerId};
 pub use money::Micros;
 pub use rejection::Rejection;

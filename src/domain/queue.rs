@@ -34,11 +34,25 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     pub fn name(self) -> &'static str {
-        ["waiting", "pending", "leased", "done", "dead_lettered", "cancelled", "skipped"][self as usize]
+        [
+            "waiting",
+            "pending",
+            "leased",
+            "done",
+            "dead_lettered",
+            "cancelled",
+            "skipped",
+        ][self as usize]
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskStatus::Done | TaskStatus::DeadLettered | TaskStatus::Cancelled | TaskStatus::Skipped)
+        matches!(
+            self,
+            TaskStatus::Done
+                | TaskStatus::DeadLettered
+                | TaskStatus::Cancelled
+                | TaskStatus::Skipped
+        )
     }
 }
 
@@ -107,7 +121,13 @@ impl QueueCounts {
     }
 
     pub fn total(&self) -> u64 {
-        self.waiting + self.pending + self.leased + self.done + self.dead_lettered + self.cancelled + self.skipped
+        self.waiting
+            + self.pending
+            + self.leased
+            + self.done
+            + self.dead_lettered
+            + self.cancelled
+            + self.skipped
     }
 }
 
@@ -127,7 +147,9 @@ pub struct Queue {
 impl Task {
     /// The key of the pipeline instance the task belongs to.
     pub fn pipeline_key<'a>(&'a self, task: &'a TaskId) -> &'a str {
-        self.pipeline.as_ref().map_or(task.as_str(), PipelineId::as_str)
+        self.pipeline
+            .as_ref()
+            .map_or(task.as_str(), PipelineId::as_str)
     }
 }
 
@@ -155,7 +177,9 @@ impl Queue {
 
     /// Ready tasks of one priority with the seq that made each ready, oldest first.
     pub fn ready_entries(&self, priority: Priority) -> impl Iterator<Item = (u64, &TaskId)> {
-        self.ready[priority.index()].iter().flat_map(|(seq, ids)| ids.iter().map(move |id| (*seq, id)))
+        self.ready[priority.index()]
+            .iter()
+            .flat_map(|(seq, ids)| ids.iter().map(move |id| (*seq, id)))
     }
 
     /// Number of ready tasks per priority, highest priority first.
@@ -164,7 +188,10 @@ impl Queue {
     }
 
     fn make_ready(&mut self, priority: Priority, seq: u64, task: TaskId) {
-        self.ready[priority.index()].entry(seq).or_default().push(task);
+        self.ready[priority.index()]
+            .entry(seq)
+            .or_default()
+            .push(task);
         self.ready_len[priority.index()] += 1;
     }
 
@@ -189,13 +216,23 @@ impl Queue {
     }
 
     fn task(&self, task: &TaskId) -> Result<&Task, Rejection> {
-        self.get(task).ok_or_else(|| Rejection::UnknownTask(task.clone()))
+        self.get(task)
+            .ok_or_else(|| Rejection::UnknownTask(task.clone()))
     }
 
-    fn leased_by(&self, task: &TaskId, worker: &WorkerId, action: &'static str) -> Result<&Task, Rejection> {
+    fn leased_by(
+        &self,
+        task: &TaskId,
+        worker: &WorkerId,
+        action: &'static str,
+    ) -> Result<&Task, Rejection> {
         let t = self.task(task)?;
         if t.status != TaskStatus::Leased {
-            return Err(Rejection::InvalidTransition { task: task.clone(), action, status: t.status });
+            return Err(Rejection::InvalidTransition {
+                task: task.clone(),
+                action,
+                status: t.status,
+            });
         }
         match &t.worker {
             Some(holder) if holder != worker => Err(Rejection::WrongWorker {
@@ -210,7 +247,12 @@ impl Queue {
     /// Checks a queue event against the current state.
     pub fn validate(&self, event: &Event) -> Result<(), Rejection> {
         match event {
-            Event::TaskSubmitted { task, deps, max_attempts, .. } => {
+            Event::TaskSubmitted {
+                task,
+                deps,
+                max_attempts,
+                ..
+            } => {
                 if task.as_str().is_empty() {
                     return Err(Rejection::Empty { field: "task" });
                 }
@@ -222,24 +264,44 @@ impl Queue {
                         return Err(Rejection::SelfDependency(task.clone()));
                     }
                     if !self.tasks.contains_key(dep) {
-                        return Err(Rejection::UnknownDependency { task: task.clone(), dep: dep.clone() });
+                        return Err(Rejection::UnknownDependency {
+                            task: task.clone(),
+                            dep: dep.clone(),
+                        });
                     }
                 }
                 if *max_attempts == 0 {
-                    return Err(Rejection::AttemptsExhausted { task: task.clone(), attempt: 1, max_attempts: 0 });
+                    return Err(Rejection::AttemptsExhausted {
+                        task: task.clone(),
+                        attempt: 1,
+                        max_attempts: 0,
+                    });
                 }
                 Ok(())
             }
-            Event::TaskDequeued { task, worker, attempt, .. } => {
+            Event::TaskDequeued {
+                task,
+                worker,
+                attempt,
+                ..
+            } => {
                 if worker.as_str().is_empty() {
                     return Err(Rejection::Empty { field: "worker" });
                 }
                 let t = self.task(task)?;
                 if t.status != TaskStatus::Pending {
-                    return Err(Rejection::InvalidTransition { task: task.clone(), action: "dequeue", status: t.status });
+                    return Err(Rejection::InvalidTransition {
+                        task: task.clone(),
+                        action: "dequeue",
+                        status: t.status,
+                    });
                 }
                 if *attempt != t.attempts + 1 {
-                    return Err(Rejection::WrongAttempt { task: task.clone(), expected: t.attempts + 1, got: *attempt });
+                    return Err(Rejection::WrongAttempt {
+                        task: task.clone(),
+                        expected: t.attempts + 1,
+                        got: *attempt,
+                    });
                 }
                 if *attempt > t.max_attempts {
                     return Err(Rejection::AttemptsExhausted {
@@ -251,20 +313,32 @@ impl Queue {
                 Ok(())
             }
             Event::TaskAcked { task, worker, .. } => self.leased_by(task, worker, "ack").map(drop),
-            Event::TaskNacked { task, worker, .. } => self.leased_by(task, worker, "nack").map(drop),
-            Event::LeaseExpired { task, worker } => self.leased_by(task, worker, "expire the lease of").map(drop),
+            Event::TaskNacked { task, worker, .. } => {
+                self.leased_by(task, worker, "nack").map(drop)
+            }
+            Event::LeaseExpired { task, worker } => self
+                .leased_by(task, worker, "expire the lease of")
+                .map(drop),
             Event::TaskDeadLettered { task, .. } => {
                 let t = self.task(task)?;
                 match t.status {
                     TaskStatus::Pending | TaskStatus::Leased => Ok(()),
-                    status => Err(Rejection::InvalidTransition { task: task.clone(), action: "dead-letter", status }),
+                    status => Err(Rejection::InvalidTransition {
+                        task: task.clone(),
+                        action: "dead-letter",
+                        status,
+                    }),
                 }
             }
             Event::TaskCancelled { task, .. } => {
                 let t = self.task(task)?;
                 match t.status {
                     TaskStatus::Waiting | TaskStatus::Pending => Ok(()),
-                    status => Err(Rejection::InvalidTransition { task: task.clone(), action: "cancel", status }),
+                    status => Err(Rejection::InvalidTransition {
+                        task: task.clone(),
+                        action: "cancel",
+                        status,
+                    }),
                 }
             }
             Event::TaskSkipped { task, .. } => {
@@ -272,7 +346,11 @@ impl Queue {
                 match t.status {
                     TaskStatus::Pending if t.optional => Ok(()),
                     TaskStatus::Pending => Err(Rejection::NotOptional(task.clone())),
-                    status => Err(Rejection::InvalidTransition { task: task.clone(), action: "skip", status }),
+                    status => Err(Rejection::InvalidTransition {
+                        task: task.clone(),
+                        action: "skip",
+                        status,
+                    }),
                 }
             }
             _ => Ok(()),
@@ -280,7 +358,9 @@ impl Queue {
     }
 
     fn set_status(&mut self, task: &TaskId, to: TaskStatus, seq: u64) {
-        let Some(t) = self.tasks.get_mut(task) else { return };
+        let Some(t) = self.tasks.get_mut(task) else {
+            return;
+        };
         let (from, priority, ready_seq) = (t.status, t.priority, t.ready_seq);
         t.status = to;
         if to == TaskStatus::Pending {
@@ -323,7 +403,11 @@ impl Queue {
                         }
                     }
                 }
-                let status = if deps_open == 0 { TaskStatus::Pending } else { TaskStatus::Waiting };
+                let status = if deps_open == 0 {
+                    TaskStatus::Pending
+                } else {
+                    TaskStatus::Waiting
+                };
                 *self.counts.slot(status) += 1;
                 if status == TaskStatus::Pending {
                     self.make_ready(priority, seq, task.clone());
@@ -357,7 +441,12 @@ impl Queue {
                 );
                 None
             }
-            Event::TaskDequeued { task, worker, attempt, lease_deadline } => {
+            Event::TaskDequeued {
+                task,
+                worker,
+                attempt,
+                lease_deadline,
+            } => {
                 self.set_status(&task, TaskStatus::Leased, seq);
                 if let Some(t) = self.tasks.get_mut(&task) {
                     t.attempts = attempt;
@@ -385,7 +474,12 @@ impl Queue {
                 self.release_dependants(&task, seq);
                 Some(task)
             }
-            Event::TaskNacked { task, error, retry_at, .. } => {
+            Event::TaskNacked {
+                task,
+                error,
+                retry_at,
+                ..
+            } => {
                 self.set_status(&task, TaskStatus::Pending, seq);
                 self.counts.retries += 1;
                 if let Some(t) = self.tasks.get_mut(&task) {

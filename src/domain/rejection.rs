@@ -28,15 +28,35 @@ pub enum Rejection {
     #[error("task `{0}` depends on itself")]
     SelfDependency(TaskId),
     #[error("task `{task}` belongs to tenant `{owner}`, not `{tenant}`")]
-    ForeignTask { task: TaskId, owner: TenantId, tenant: TenantId },
+    ForeignTask {
+        task: TaskId,
+        owner: TenantId,
+        tenant: TenantId,
+    },
     #[error("cannot {action} task `{task}`: it is {status}")]
-    InvalidTransition { task: TaskId, action: &'static str, status: TaskStatus },
+    InvalidTransition {
+        task: TaskId,
+        action: &'static str,
+        status: TaskStatus,
+    },
     #[error("task `{task}` is leased by worker `{holder}`, not `{worker}`")]
-    WrongWorker { task: TaskId, holder: WorkerId, worker: WorkerId },
+    WrongWorker {
+        task: TaskId,
+        holder: WorkerId,
+        worker: WorkerId,
+    },
     #[error("task `{task}`: attempt {got} is out of order, expected {expected}")]
-    WrongAttempt { task: TaskId, expected: u32, got: u32 },
+    WrongAttempt {
+        task: TaskId,
+        expected: u32,
+        got: u32,
+    },
     #[error("task `{task}`: attempt {attempt} exceeds max_attempts {max_attempts}")]
-    AttemptsExhausted { task: TaskId, attempt: u32, max_attempts: u32 },
+    AttemptsExhausted {
+        task: TaskId,
+        attempt: u32,
+        max_attempts: u32,
+    },
     #[error("`{field}` must not be negative (got {value})")]
     Negative { field: &'static str, value: i64 },
     #[error("`{field}` must not be empty")]
@@ -54,9 +74,17 @@ pub enum Rejection {
         budget: Micros,
     },
     #[error("cannot release {amount} for task `{task}`: only {reserved} is reserved")]
-    ReleaseExceedsReservation { task: TaskId, amount: Micros, reserved: Micros },
+    ReleaseExceedsReservation {
+        task: TaskId,
+        amount: Micros,
+        reserved: Micros,
+    },
     #[error("tenant `{tenant}`: status change claims {claimed}, but the ledger says {actual}")]
-    StatusMismatch { tenant: TenantId, claimed: BudgetStatus, actual: BudgetStatus },
+    StatusMismatch {
+        tenant: TenantId,
+        claimed: BudgetStatus,
+        actual: BudgetStatus,
+    },
     #[error("task `{0}` is not optional: only optional nodes can be skipped")]
     NotOptional(TaskId),
     #[error("an amount overflows 64-bit micros")]

@@ -42,7 +42,12 @@ pub struct QueuePolicy {
 
 impl Default for QueuePolicy {
     fn default() -> Self {
-        QueuePolicy { aging_records: 2_000, retry_base_micros: 200_000, retry_max_micros: 30_000_000, jitter_bp: 5_000 }
+        QueuePolicy {
+            aging_records: 2_000,
+            retry_base_micros: 200_000,
+            retry_max_micros: 30_000_000,
+            jitter_bp: 5_000,
+        }
     }
 }
 
@@ -51,8 +56,16 @@ impl QueuePolicy {
     /// (1-based), jittered by `draw`.
     pub fn retry_delay_micros(&self, attempt: u32, draw: u64) -> i64 {
         let doublings = attempt.saturating_sub(1).min(40);
-        let backoff = self.retry_base_micros.saturating_mul(1i64 << doublings).min(self.retry_max_micros).max(0);
-        let jitter_bp = if self.jitter_bp == 0 { 0 } else { (draw % u64::from(self.jitter_bp)) as i64 };
+        let backoff = self
+            .retry_base_micros
+            .saturating_mul(1i64 << doublings)
+            .min(self.retry_max_micros)
+            .max(0);
+        let jitter_bp = if self.jitter_bp == 0 {
+            0
+        } else {
+            (draw % u64::from(self.jitter_bp)) as i64
+        };
         backoff.saturating_add(backoff.saturating_mul(jitter_bp) / 10_000)
     }
 }
@@ -64,17 +77,30 @@ impl QueuePolicy {
 /// that just arrived, so a flood of higher priorities never starves it.
 /// Ties go to the higher priority, then the oldest. Tasks whose retry time
 /// lies after `now` wait.
-pub fn next_ready<'s>(state: &'s State, now: Timestamp, seq: u64, policy: &QueuePolicy) -> Option<&'s TaskId> {
+pub fn next_ready<'s>(
+    state: &'s State,
+    now: Timestamp,
+    seq: u64,
+    policy: &QueuePolicy,
+) -> Option<&'s TaskId> {
     let mut best: Option<(i128, usize, u64, &TaskId)> = None;
     for priority in super::event::Priority::ALL {
         let candidate = state.queue.ready_entries(priority).find(|(_, id)| {
-            state.queue.get(id).is_some_and(|t| t.retry_at.is_none_or(|at| at <= now))
+            state
+                .queue
+                .get(id)
+                .is_some_and(|t| t.retry_at.is_none_or(|at| at <= now))
         });
-        let Some((ready_seq, id)) = candidate else { continue };
+        let Some((ready_seq, id)) = candidate else {
+            continue;
+        };
         let waited = i128::from(seq.saturating_sub(ready_seq));
         let rank = priority.index() as i128 * i128::from(policy.aging_records.max(1)) - waited;
         let key = (rank, priority.index(), ready_seq, id);
-        if best.as_ref().is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2)) {
+        if best
+            .as_ref()
+            .is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2))
+        {
             best = Some(key);
         }
     }
@@ -96,7 +122,10 @@ pub fn next_ready_many<'s>(
     let mut candidates: Vec<(i128, usize, u64, &TaskId)> = Vec::new();
     for priority in super::event::Priority::ALL {
         let eligible = state.queue.ready_entries(priority).filter(|(_, id)| {
-            state.queue.get(id).is_some_and(|t| t.retry_at.is_none_or(|at| at <= now) && keep(t))
+            state
+                .queue
+                .get(id)
+                .is_some_and(|t| t.retry_at.is_none_or(|at| at <= now) && keep(t))
         });
         for (ready_seq, id) in eligible.take(max) {
             let waited = i128::from(seq.saturating_sub(ready_seq));
@@ -110,11 +139,21 @@ pub fn next_ready_many<'s>(
 
 /// The earliest retry time among ready tasks (that `keep` accepts) still
 /// waiting for it, if any.
-pub fn next_retry_at(state: &State, now: Timestamp, keep: impl Fn(&super::queue::Task) -> bool) -> Option<Timestamp> {
+pub fn next_retry_at(
+    state: &State,
+    now: Timestamp,
+    keep: impl Fn(&super::queue::Task) -> bool,
+) -> Option<Timestamp> {
     super::event::Priority::ALL
         .iter()
         .flat_map(|p| state.queue.ready_entries(*p))
-        .filter_map(|(_, id)| state.queue.get(id).filter(|t| keep(t)).and_then(|t| t.retry_at))
+        .filter_map(|(_, id)| {
+            state
+                .queue
+                .get(id)
+                .filter(|t| keep(t))
+                .and_then(|t| t.retry_at)
+        })
         .filter(|at| *at > now)
         .min()
 }
@@ -126,7 +165,9 @@ pub fn dependants_to_cancel(state: &State, task: &TaskId) -> Vec<TaskId> {
     let mut stack = vec![task.clone()];
     let mut seen = std::collections::BTreeSet::new();
     while let Some(current) = stack.pop() {
-        let Some(t) = state.queue.get(&current) else { continue };
+        let Some(t) = state.queue.get(&current) else {
+            continue;
+        };
         for child in &t.dependants {
             if !seen.insert(child.clone()) {
                 continue;
@@ -147,18 +188,26 @@ pub fn dependants_to_cancel(state: &State, task: &TaskId) -> Vec<TaskId> {
 /// its dependants.
 pub fn expire_lease(state: &State, task: &TaskId) -> Vec<super::event::Event> {
     use super::event::Event;
-    let Some(t) = state.queue.get(task) else { return Vec::new() };
+    let Some(t) = state.queue.get(task) else {
+        return Vec::new();
+    };
     if t.status != TaskStatus::Leased {
         return Vec::new();
     }
-    let mut events = vec![Event::LeaseExpired { task: task.clone(), worker: t.worker.clone().unwrap_or_default() }];
+    let mut events = vec![Event::LeaseExpired {
+        task: task.clone(),
+        worker: t.worker.clone().unwrap_or_default(),
+    }];
     if t.attempts >= t.max_attempts {
         events.push(Event::TaskDeadLettered {
             task: task.clone(),
             reason: format!("lease lost on attempt {} of {}", t.attempts, t.max_attempts),
         });
         for child in dependants_to_cancel(state, task) {
-            events.push(Event::TaskCancelled { task: child, reason: format!("parent `{task}` was dead-lettered") });
+            events.push(Event::TaskCancelled {
+                task: child,
+                reason: format!("parent `{task}` was dead-lettered"),
+            });
         }
     }
     events
@@ -178,10 +227,18 @@ mod tests {
 
     #[test]
     fn retry_delay_doubles_caps_and_jitters_within_bounds() {
-        let policy = QueuePolicy { aging_records: 10, retry_base_micros: 100, retry_max_micros: 1_000, jitter_bp: 0 };
+        let policy = QueuePolicy {
+            aging_records: 10,
+            retry_base_micros: 100,
+            retry_max_micros: 1_000,
+            jitter_bp: 0,
+        };
         let delays: Vec<i64> = (1..=6).map(|a| policy.retry_delay_micros(a, 0)).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1_000, 1_000]);
-        let jittered = QueuePolicy { jitter_bp: 5_000, ..policy };
+        let jittered = QueuePolicy {
+            jitter_bp: 5_000,
+            ..policy
+        };
         for d in 0..200u64 {
             let delay = jittered.retry_delay_micros(2, d * 7919);
             assert!((200..300).contains(&delay), "{delay}");

@@ -38,7 +38,11 @@ pub fn model_price_micros_per_1k(model: &str) -> i64 {
 
 /// An integer param, clamped to what the cost model can compute with.
 fn int_param(params: &serde_json::Value, key: &str, default: i64) -> i64 {
-    params.get(key).and_then(serde_json::Value::as_i64).unwrap_or(default).clamp(-1_000_000, 1_000_000)
+    params
+        .get(key)
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(default)
+        .clamp(-1_000_000, 1_000_000)
 }
 
 /// `base` varied by ±`spread_bp` with a draw.
@@ -54,8 +58,14 @@ fn vary(base: i64, spread_bp: i64, draw: u64) -> i64 {
 /// cost ceiling when the workload declares none.
 pub fn cost_ceiling(params: &Params) -> Micros {
     let params = params.to_value();
-    let step = params.get("step").and_then(serde_json::Value::as_str).unwrap_or("generate");
-    let model = params.get("model").and_then(serde_json::Value::as_str).unwrap_or("medium");
+    let step = params
+        .get("step")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("generate");
+    let model = params
+        .get("model")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("medium");
     let depth = int_param(&params, "depth", 5).max(1);
     let candidates = int_param(&params, "candidates", 1).max(1);
     // Token counts vary by at most ±20 % (see `vary`).
@@ -73,39 +83,71 @@ pub fn cost_ceiling(params: &Params) -> Micros {
 /// Simulates attempt `attempt` of `task` under `seed`.
 pub fn simulate(seed: u64, task: &str, attempt: u32, params: &Params) -> SimOutcome {
     let params = params.to_value();
-    let step = params.get("step").and_then(serde_json::Value::as_str).unwrap_or("generate").to_owned();
-    let model = params.get("model").and_then(serde_json::Value::as_str).unwrap_or("medium").to_owned();
+    let step = params
+        .get("step")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("generate")
+        .to_owned();
+    let model = params
+        .get("model")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("medium")
+        .to_owned();
     let depth = int_param(&params, "depth", 5).max(1);
     let candidates = int_param(&params, "candidates", 1).max(1);
     let failure_rate_bp = int_param(&params, "failure_rate_bp", 200).clamp(0, 10_000) as u64;
     let d = |purpose: &str| draw(seed, purpose, task, attempt);
 
     let (typical_ms, category, amount, arm) = match step.as_str() {
-        "retrieve" => (40, Category::Retrieval, 40 * depth, format!("depth-{depth}")),
+        "retrieve" => (
+            40,
+            Category::Retrieval,
+            40 * depth,
+            format!("depth-{depth}"),
+        ),
         "rerank" => (60, Category::Rerank, 25 * depth.max(5), "rerank".to_owned()),
         "evaluate" => {
             let tokens = vary(600, 2_000, d("tokens"));
-            (200, Category::Llm, tokens * model_price_micros_per_1k("small") / 1_000, "evaluate".to_owned())
+            (
+                200,
+                Category::Llm,
+                tokens * model_price_micros_per_1k("small") / 1_000,
+                "evaluate".to_owned(),
+            )
         }
         "tool" => (100, Category::Tool, 300, "tool".to_owned()),
         "store" => (20, Category::Storage, 50, "store".to_owned()),
         _ => {
             let tokens = vary(900 + 150 * depth, 2_000, d("tokens")) * candidates;
-            (600 + 150 * candidates, Category::Llm, tokens * model_price_micros_per_1k(&model) / 1_000, model.clone())
+            (
+                600 + 150 * candidates,
+                Category::Llm,
+                tokens * model_price_micros_per_1k(&model) / 1_000,
+                model.clone(),
+            )
         }
     };
     let latency_ms = int_param(&params, "latency_ms", typical_ms).max(0);
     let latency_micros = vary(latency_ms * 1_000, 3_000, d("latency")).max(1);
     let failed = d("failure") % 10_000 < failure_rate_bp;
-    let reward_bp = (5_000 + (d("reward") % 5_000) as i64 - if model == "small" { 1_500 } else { 0 }) as i32;
+    let reward_bp =
+        (5_000 + (d("reward") % 5_000) as i64 - if model == "small" { 1_500 } else { 0 }) as i32;
     let result = if failed {
         Err(format!("simulated {step} failure"))
     } else {
-        Ok(Params::from_value(&serde_json::json!({ "step": step, "amount_micros": amount })))
+        Ok(Params::from_value(
+            &serde_json::json!({ "step": step, "amount_micros": amount }),
+        ))
     };
     // A failed attempt still spends what it used up to the failure.
     let spent = if failed { amount / 2 } else { amount };
-    SimOutcome { latency_micros, result, costs: vec![(category, Micros(spent))], reward_bp, arm }
+    SimOutcome {
+        latency_micros,
+        result,
+        costs: vec![(category, Micros(spent))],
+        reward_bp,
+        arm,
+    }
 }
 
 #[cfg(test)]
@@ -120,14 +162,32 @@ mod tests {
     fn sim_is_deterministic_per_seed_task_and_attempt() {
         let p = params(r#"{"step":"generate","model":"large","candidates":3}"#);
         assert_eq!(simulate(1, "t", 1, &p), simulate(1, "t", 1, &p));
-        assert_ne!(simulate(1, "t", 1, &p).latency_micros, simulate(2, "t", 1, &p).latency_micros);
+        assert_ne!(
+            simulate(1, "t", 1, &p).latency_micros,
+            simulate(2, "t", 1, &p).latency_micros
+        );
     }
 
     #[test]
     fn sim_cost_scales_with_model_price_and_candidates() {
-        let large = simulate(1, "t", 1, &params(r#"{"step":"generate","model":"large","failure_rate_bp":0}"#));
-        let small = simulate(1, "t", 1, &params(r#"{"step":"generate","model":"small","failure_rate_bp":0}"#));
-        let three = simulate(1, "t", 1, &params(r#"{"step":"generate","model":"large","candidates":3,"failure_rate_bp":0}"#));
+        let large = simulate(
+            1,
+            "t",
+            1,
+            &params(r#"{"step":"generate","model":"large","failure_rate_bp":0}"#),
+        );
+        let small = simulate(
+            1,
+            "t",
+            1,
+            &params(r#"{"step":"generate","model":"small","failure_rate_bp":0}"#),
+        );
+        let three = simulate(
+            1,
+            "t",
+            1,
+            &params(r#"{"step":"generate","model":"large","candidates":3,"failure_rate_bp":0}"#),
+        );
         assert_eq!(large.costs[0].0, Category::Llm);
         assert_eq!(large.costs[0].1.0, small.costs[0].1.0 * 30);
         assert_eq!(three.costs[0].1.0 / large.costs[0].1.0, 3);
@@ -145,9 +205,15 @@ mod tests {
         ] {
             let p = params(json);
             let ceiling = cost_ceiling(&p);
-            let most = (0..500).map(|seed| simulate(seed, "t", 1, &p).costs[0].1).max().unwrap();
+            let most = (0..500)
+                .map(|seed| simulate(seed, "t", 1, &p).costs[0].1)
+                .max()
+                .unwrap();
             assert!(most <= ceiling, "{json}: {most} > {ceiling}");
-            assert!(most.0 * 10 >= ceiling.0 * 8, "{json}: the ceiling {ceiling} is loose for {most}");
+            assert!(
+                most.0 * 10 >= ceiling.0 * 8,
+                "{json}: the ceiling {ceiling} is loose for {most}"
+            );
         }
     }
 

@@ -11,7 +11,7 @@ use bincode::Encode;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use super::activity::{Runs, RunStatus, Workers};
+use super::activity::{RunStatus, Runs, Workers};
 use super::budget::Tenants;
 use super::event::Event;
 use super::ids::{PipelineId, RunId, TenantId};
@@ -121,7 +121,9 @@ impl State {
             | Event::WorkloadRecorded { run, .. }
             | Event::TaskSubmitted { run, .. } => match self.runs.get(run) {
                 None => return Err(Rejection::UnknownRun(run.clone())),
-                Some(r) if r.status == RunStatus::Finished => return Err(Rejection::RunFinished(run.clone())),
+                Some(r) if r.status == RunStatus::Finished => {
+                    return Err(Rejection::RunFinished(run.clone()));
+                }
                 Some(_) => {}
             },
             _ => {}
@@ -151,7 +153,12 @@ impl State {
             self.workloads.insert(run.clone(), text.clone());
         }
         match &event {
-            Event::TaskSubmitted { run, tenant, pipeline, .. } => match pipeline {
+            Event::TaskSubmitted {
+                run,
+                tenant,
+                pipeline,
+                ..
+            } => match pipeline {
                 // A task without a pipeline is a pipeline run of its own.
                 None => self.tenants.run_opened(tenant),
                 Some(pipeline) => {
@@ -169,12 +176,20 @@ impl State {
                     }
                 }
             },
-            Event::CostReserved { task, amount_micros, .. } => {
+            Event::CostReserved {
+                task,
+                amount_micros,
+                ..
+            } => {
                 if let Some(t) = self.queue.task_mut(task) {
                     t.reserved_micros.0 += amount_micros.0;
                 }
             }
-            Event::CostIncurred { task: Some(task), amount_micros, .. } => {
+            Event::CostIncurred {
+                task: Some(task),
+                amount_micros,
+                ..
+            } => {
                 if let Some(t) = self.queue.task_mut(task) {
                     t.reserved_micros.0 -= moved.0;
                     t.spent_micros.0 = t.spent_micros.0.saturating_add(amount_micros.0);
@@ -215,7 +230,14 @@ impl State {
         for hash in [queue, tenants, runs, workers, learning] {
             combined.update(hash.as_bytes());
         }
-        Digests { queue, tenants, runs, workers, learning, combined: combined.finalize() }
+        Digests {
+            queue,
+            tenants,
+            runs,
+            workers,
+            learning,
+            combined: combined.finalize(),
+        }
     }
 }
 
@@ -230,7 +252,9 @@ fn close_pipeline_task(
         tenants.run_closed(&t.tenant);
         return;
     };
-    let Some(open_by_pipeline) = pipelines.get_mut(&t.run) else { return };
+    let Some(open_by_pipeline) = pipelines.get_mut(&t.run) else {
+        return;
+    };
     if let Some(open) = open_by_pipeline.get_mut(pipeline) {
         *open = open.saturating_sub(1);
         if *open == 0 {

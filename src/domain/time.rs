@@ -80,6 +80,10 @@ mod tests {
         let a = Timestamp::parse("2026-01-01T01:00:00+01:00").unwrap();
         let b = Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
         assert_eq!(a, b);
-        assert!(Timestamp::parse("yesterday").unwrap_err().contains("RFC 3339"));
+        assert!(
+            Timestamp::parse("yesterday")
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
     }
 }

@@ -46,7 +46,10 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, String> {
     let (envelope, used): (Envelope, usize) =
         bincode::decode_from_slice(bytes, CONFIG).map_err(|e| e.to_string())?;
     if used != bytes.len() {
-        return Err(format!("{} trailing bytes after the event", bytes.len() - used));
+        return Err(format!(
+            "{} trailing bytes after the event",
+            bytes.len() - used
+        ));
     }
     match envelope {
         Envelope::V1(event) => Ok(event),

@@ -64,8 +64,8 @@ pub struct FrameError {
 
 /// Decodes the header and returns it with the bytes of the entries.
 pub fn decode_header(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), String> {
-    let (header, used): (FrameHeader, usize) =
-        bincode::borrow_decode_from_slice(bytes, CONFIG).map_err(|e| format!("frame header: {e}"))?;
+    let (header, used): (FrameHeader, usize) = bincode::borrow_decode_from_slice(bytes, CONFIG)
+        .map_err(|e| format!("frame header: {e}"))?;
     if header.version != FRAME_VERSION {
         return Err(format!("unknown frame version {}", header.version));
     }
@@ -85,7 +85,11 @@ pub fn walk_frame<'a>(
     for i in 0..u64::from(header.count) {
         let seq = header.first_seq + i;
         let (entry, used): (Entry<'a>, usize) = bincode::borrow_decode_from_slice(entries, CONFIG)
-            .map_err(|e| FrameError { seq, what: format!("record cannot be decoded: {e}"), end_mismatch: false })?;
+            .map_err(|e| FrameError {
+                seq,
+                what: format!("record cannot be decoded: {e}"),
+                end_mismatch: false,
+            })?;
         entries = &entries[used..];
         time = time.wrapping_add(entry.time_delta);
         let recorded_at = Timestamp(time);
@@ -97,14 +101,24 @@ pub fn walk_frame<'a>(
                 end_mismatch: false,
             });
         }
-        visit(RawRecord { seq, frame_seq: header.first_seq, recorded_at, prev_hash: prev, hash, event_bytes: entry.event });
+        visit(RawRecord {
+            seq,
+            frame_seq: header.first_seq,
+            recorded_at,
+            prev_hash: prev,
+            hash,
+            event_bytes: entry.event,
+        });
         prev = hash;
     }
     let last_seq = header.first_seq + u64::from(header.count).saturating_sub(1);
     if !entries.is_empty() {
         return Err(FrameError {
             seq: last_seq + 1,
-            what: format!("{} unexpected bytes after the last record of its frame", entries.len()),
+            what: format!(
+                "{} unexpected bytes after the last record of its frame",
+                entries.len()
+            ),
             end_mismatch: false,
         });
     }
@@ -165,7 +179,11 @@ impl FrameBuilder {
         }
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&hash.as_bytes()[..TAG_LEN]);
-        let entry = Entry { time_delta: recorded_at.0.wrapping_sub(self.last_time), tag, event: event_bytes };
+        let entry = Entry {
+            time_delta: recorded_at.0.wrapping_sub(self.last_time),
+            tag,
+            event: event_bytes,
+        };
         let _ = bincode::encode_into_std_write(entry, &mut self.entries, CONFIG);
         self.last_time = recorded_at.0;
         self.last_hash = hash;
@@ -223,7 +241,11 @@ impl OwnedFrame {
         let _ = bincode::encode_into_std_write(&self.header, &mut out, CONFIG);
         let mut last = self.header.base_time;
         for (time, tag, event) in &self.entries {
-            let entry = Entry { time_delta: time.0.wrapping_sub(last), tag: *tag, event };
+            let entry = Entry {
+                time_delta: time.0.wrapping_sub(last),
+                tag: *tag,
+                event,
+            };
             let _ = bincode::encode_into_std_write(entry, &mut out, CONFIG);
             last = time.0;
         }

@@ -10,7 +10,12 @@ pub const ZERO_HASH: blake3::Hash = blake3::Hash::from_bytes([0; 32]);
 
 const DOMAIN_TAG: &[u8] = b"runledger.record.v1\0";
 
-pub fn record_hash(seq: u64, recorded_at: Timestamp, prev_hash: &blake3::Hash, event_bytes: &[u8]) -> blake3::Hash {
+pub fn record_hash(
+    seq: u64,
+    recorded_at: Timestamp,
+    prev_hash: &blake3::Hash,
+    event_bytes: &[u8],
+) -> blake3::Hash {
     // One contiguous input hashes markedly faster than five small updates.
     const HEAD: usize = DOMAIN_TAG.len() + 8 + 8 + 32;
     let mut buf = [0u8; HEAD + 192];
@@ -26,7 +31,8 @@ pub fn record_hash(seq: u64, recorded_at: Timestamp, prev_hash: &blake3::Hash, e
     let (head, tail) = buf.split_at_mut(HEAD);
     head[..DOMAIN_TAG.len()].copy_from_slice(DOMAIN_TAG);
     head[DOMAIN_TAG.len()..DOMAIN_TAG.len() + 8].copy_from_slice(&seq.to_le_bytes());
-    head[DOMAIN_TAG.len() + 8..DOMAIN_TAG.len() + 16].copy_from_slice(&recorded_at.as_micros().to_le_bytes());
+    head[DOMAIN_TAG.len() + 8..DOMAIN_TAG.len() + 16]
+        .copy_from_slice(&recorded_at.as_micros().to_le_bytes());
     head[DOMAIN_TAG.len() + 16..].copy_from_slice(prev_hash.as_bytes());
     tail[..event_bytes.len()].copy_from_slice(event_bytes);
     blake3::hash(&buf[..HEAD + event_bytes.len()])

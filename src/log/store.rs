@@ -9,8 +9,8 @@
 //! record the chain does not vouch for.
 
 use std::ops::ControlFlow;
-use std::sync::mpsc;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use bincode::{Decode, Encode};
 
@@ -35,7 +35,10 @@ pub enum StoreError {
     #[error("storage error in {path}: {source}")]
     Sled { path: PathBuf, source: sled::Error },
     #[error("cannot sync {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The first place where the chain does not hold.
@@ -62,7 +65,10 @@ pub struct Head {
 }
 
 impl Head {
-    pub const EMPTY: Head = Head { seq: 0, hash: ZERO_HASH };
+    pub const EMPTY: Head = Head {
+        seq: 0,
+        hash: ZERO_HASH,
+    };
 }
 
 /// `(seq, head hash, projection digest)` recorded by the writer.
@@ -108,14 +114,19 @@ impl Store {
                 }
             }
         }
-        let config = sled::Config::new().path(dir).flush_every_ms(None).mode(sled::Mode::HighThroughput);
+        let config = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput);
         // sled's background threads hold the file lock for a few ms after a
         // `Db` in this process is dropped: retry a lock error for a second.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
         let opened = loop {
             let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
             match attempt {
-                Ok(Err(sled::Error::Io(e))) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                Ok(Err(sled::Error::Io(e)))
+                    if is_lock_error(&e) && std::time::Instant::now() < deadline =>
+                {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 other => break other,
@@ -127,7 +138,10 @@ impl Store {
                 return Err(StoreError::Locked(dir.to_path_buf()));
             }
             Ok(Err(e)) => {
-                return Err(StoreError::Foreign { path: dir.to_path_buf(), why: format!("sled cannot open it: {e}") });
+                return Err(StoreError::Foreign {
+                    path: dir.to_path_buf(),
+                    why: format!("sled cannot open it: {e}"),
+                });
             }
             Err(_) => {
                 return Err(StoreError::Foreign {
@@ -136,7 +150,10 @@ impl Store {
                 });
             }
         };
-        let sled_err = |source| StoreError::Sled { path: dir.to_path_buf(), source };
+        let sled_err = |source| StoreError::Sled {
+            path: dir.to_path_buf(),
+            source,
+        };
         let meta = db.open_tree("meta").map_err(sled_err)?;
         match meta.get(FORMAT_KEY).map_err(sled_err)? {
             Some(format) if format.as_ref() == FORMAT => {}
@@ -147,7 +164,10 @@ impl Store {
                 });
             }
             None => {
-                let foreign_trees = db.tree_names().iter().any(|n| n.as_ref() != b"__sled__default" && n.as_ref() != b"meta");
+                let foreign_trees = db
+                    .tree_names()
+                    .iter()
+                    .any(|n| n.as_ref() != b"__sled__default" && n.as_ref() != b"meta");
                 if foreign_trees || !db.is_empty() || !create {
                     return Err(StoreError::Foreign {
                         path: dir.to_path_buf(),
@@ -155,11 +175,17 @@ impl Store {
                     });
                 }
                 let id: [u8; 16] = rand::random();
-                meta.insert(LEDGER_ID_KEY, blake3::Hash::from_bytes({
-                    let mut b = [0u8; 32];
-                    b[..16].copy_from_slice(&id);
-                    b
-                }).to_hex()[..32].as_bytes()).map_err(sled_err)?;
+                meta.insert(
+                    LEDGER_ID_KEY,
+                    blake3::Hash::from_bytes({
+                        let mut b = [0u8; 32];
+                        b[..16].copy_from_slice(&id);
+                        b
+                    })
+                    .to_hex()[..32]
+                        .as_bytes(),
+                )
+                .map_err(sled_err)?;
                 meta.insert(FORMAT_KEY, FORMAT).map_err(sled_err)?;
                 db.flush().map_err(sled_err)?;
             }
@@ -168,9 +194,20 @@ impl Store {
         let by_run = db.open_tree("by_run").map_err(sled_err)?;
         let by_tenant = db.open_tree("by_tenant").map_err(sled_err)?;
         let checkpoints = db.open_tree("checkpoints").map_err(sled_err)?;
-        let data_file = std::fs::File::open(&db_path)
-            .map_err(|source| StoreError::Io { path: db_path.clone(), source })?;
-        Ok(Store { dir: dir.to_path_buf(), db, log, meta, by_run, by_tenant, checkpoints, data_file })
+        let data_file = std::fs::File::open(&db_path).map_err(|source| StoreError::Io {
+            path: db_path.clone(),
+            source,
+        })?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            db,
+            log,
+            meta,
+            by_run,
+            by_tenant,
+            checkpoints,
+            data_file,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -191,7 +228,9 @@ impl Store {
 
     /// The last record's seq and hash, read from the last frame's header.
     pub fn head(&self) -> Result<Head, WalkError> {
-        let Some((key, value)) = self.log.last()? else { return Ok(Head::EMPTY) };
+        let Some((key, value)) = self.log.last()? else {
+            return Ok(Head::EMPTY);
+        };
         let seq = key_seq(&key).unwrap_or(0);
         let (header, _) = decode_header(&value).map_err(|what| ChainBreak { seq, what })?;
         Ok(Head {
@@ -214,18 +253,25 @@ impl Store {
             Some(item) => item?.0,
             None => sled::IVec::from(&frame_key(1)),
         };
-        let mut expected: Option<(u64, blake3::Hash)> = (key_seq(&start) == Some(1) || from_seq == 1).then_some((1, ZERO_HASH));
+        let mut expected: Option<(u64, blake3::Hash)> =
+            (key_seq(&start) == Some(1) || from_seq == 1).then_some((1, ZERO_HASH));
         let mut head = Head::EMPTY;
         let mut frames = self.log.range(start..).peekable();
         while let Some(item) = frames.next() {
             let (key, value) = item?;
             let next = expected.map_or(0, |e| e.0);
             let Some(seq) = key_seq(&key) else {
-                return Err(ChainBreak { seq: next, what: "a log key is not a seq".to_owned() }.into());
+                return Err(ChainBreak {
+                    seq: next,
+                    what: "a log key is not a seq".to_owned(),
+                }
+                .into());
             };
             check_gap(seq, expected)?;
-            let (header, entries) =
-                decode_header(&value).map_err(|what| ChainBreak { seq, what: format!("frame cannot be decoded: {what}") })?;
+            let (header, entries) = decode_header(&value).map_err(|what| ChainBreak {
+                seq,
+                what: format!("frame cannot be decoded: {what}"),
+            })?;
             check_link(&header, seq, expected)?;
             let mut stop = false;
             let walked = walk_frame(&header, entries, |record| {
@@ -236,12 +282,18 @@ impl Store {
             let last = match walked {
                 Ok(last) => last,
                 Err(e) => {
-                    let next_key = frames.peek().and_then(|i| i.as_ref().ok()).and_then(|(k, _)| key_seq(k));
+                    let next_key = frames
+                        .peek()
+                        .and_then(|i| i.as_ref().ok())
+                        .and_then(|(k, _)| key_seq(k));
                     return Err(frame_break(e, next_key).into());
                 }
             };
             let last_seq = header.first_seq + u64::from(header.count) - 1;
-            head = Head { seq: last_seq, hash: last };
+            head = Head {
+                seq: last_seq,
+                hash: last,
+            };
             if stop {
                 break;
             }
@@ -260,7 +312,11 @@ impl Store {
     }
 
     /// Writes index entries and moves the index high-water mark to `hwm`.
-    pub fn write_index(&self, entries: Vec<(IndexKind, Vec<u8>, Vec<u8>)>, hwm: u64) -> Result<(), sled::Error> {
+    pub fn write_index(
+        &self,
+        entries: Vec<(IndexKind, Vec<u8>, Vec<u8>)>,
+        hwm: u64,
+    ) -> Result<(), sled::Error> {
         let mut runs = sled::Batch::default();
         let mut tenants = sled::Batch::default();
         for (kind, key, value) in entries {
@@ -292,7 +348,11 @@ impl Store {
 
     /// Frames holding records of `id`, with the offsets of those records in
     /// each frame, in seq order.
-    pub fn indexed_frames(&self, kind: IndexKind, id: &str) -> Result<Vec<(u64, Vec<u32>)>, sled::Error> {
+    pub fn indexed_frames(
+        &self,
+        kind: IndexKind,
+        id: &str,
+    ) -> Result<Vec<(u64, Vec<u32>)>, sled::Error> {
         let tree = match kind {
             IndexKind::Run => &self.by_run,
             IndexKind::Tenant => &self.by_tenant,
@@ -302,8 +362,12 @@ impl Store {
         let mut out = Vec::new();
         for item in tree.scan_prefix(&prefix) {
             let (key, value) = item?;
-            let Some(seq) = key_seq(&key[prefix.len()..]) else { continue };
-            let offsets: Vec<u32> = bincode::decode_from_slice(&value, CONFIG).map(|(v, _)| v).unwrap_or_default();
+            let Some(seq) = key_seq(&key[prefix.len()..]) else {
+                continue;
+            };
+            let offsets: Vec<u32> = bincode::decode_from_slice(&value, CONFIG)
+                .map(|(v, _)| v)
+                .unwrap_or_default();
             out.push((seq, offsets));
         }
         Ok(out)
@@ -318,11 +382,16 @@ impl Store {
     pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, ChainBreak> {
         let mut out = Vec::new();
         for item in self.checkpoints.iter() {
-            let (key, value) =
-                item.map_err(|e| ChainBreak { seq: 0, what: format!("cannot read checkpoints: {e}") })?;
+            let (key, value) = item.map_err(|e| ChainBreak {
+                seq: 0,
+                what: format!("cannot read checkpoints: {e}"),
+            })?;
             let seq = key_seq(&key).unwrap_or(0);
             let (checkpoint, _): (Checkpoint, usize) = bincode::decode_from_slice(&value, CONFIG)
-                .map_err(|e| ChainBreak { seq, what: format!("checkpoint cannot be decoded: {e}") })?;
+                .map_err(|e| ChainBreak {
+                seq,
+                what: format!("checkpoint cannot be decoded: {e}"),
+            })?;
             out.push(checkpoint);
         }
         Ok(out)
@@ -332,11 +401,17 @@ impl Store {
     /// own flush ends in `sync_file_range`, which leaves the drive cache and
     /// the file's metadata unflushed.
     pub fn flush(&self, sync: bool) -> Result<(), StoreError> {
-        self.db.flush().map_err(|source| StoreError::Sled { path: self.dir.clone(), source })?;
+        self.db.flush().map_err(|source| StoreError::Sled {
+            path: self.dir.clone(),
+            source,
+        })?;
         if sync {
             self.data_file
                 .sync_data()
-                .map_err(|source| StoreError::Io { path: self.dir.join("db"), source })?;
+                .map_err(|source| StoreError::Io {
+                    path: self.dir.join("db"),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -353,7 +428,9 @@ fn is_lock_error(error: &std::io::Error) -> bool {
 }
 
 fn check_gap(key_seq: u64, expected: Option<(u64, blake3::Hash)>) -> Result<(), ChainBreak> {
-    let Some((next, _)) = expected else { return Ok(()) };
+    let Some((next, _)) = expected else {
+        return Ok(());
+    };
     if key_seq > next {
         let what = if key_seq == next + 1 {
             format!("record {next} is missing")
@@ -363,27 +440,45 @@ fn check_gap(key_seq: u64, expected: Option<(u64, blake3::Hash)>) -> Result<(), 
         return Err(ChainBreak { seq: next, what });
     }
     if key_seq < next {
-        return Err(ChainBreak { seq: key_seq, what: format!("seq {key_seq} appears twice") });
+        return Err(ChainBreak {
+            seq: key_seq,
+            what: format!("seq {key_seq} appears twice"),
+        });
     }
     Ok(())
 }
 
 /// Does the frame's header fit its key and the hash before it?
-fn check_link(header: &FrameHeader, key_seq: u64, expected: Option<(u64, blake3::Hash)>) -> Result<(), ChainBreak> {
+fn check_link(
+    header: &FrameHeader,
+    key_seq: u64,
+    expected: Option<(u64, blake3::Hash)>,
+) -> Result<(), ChainBreak> {
     if header.first_seq != key_seq {
         return Err(ChainBreak {
             seq: key_seq,
-            what: format!("the frame stored at seq {key_seq} holds seq {} (records were moved)", header.first_seq),
+            what: format!(
+                "the frame stored at seq {key_seq} holds seq {} (records were moved)",
+                header.first_seq
+            ),
         });
     }
     if header.count == 0 {
-        return Err(ChainBreak { seq: key_seq, what: "empty frame".to_owned() });
+        return Err(ChainBreak {
+            seq: key_seq,
+            what: "empty frame".to_owned(),
+        });
     }
-    let Some((_, prev)) = expected else { return Ok(()) };
+    let Some((_, prev)) = expected else {
+        return Ok(());
+    };
     if header.prev_hash != *prev.as_bytes() {
         return Err(ChainBreak {
             seq: key_seq,
-            what: format!("prev_hash does not match the hash of seq {}", key_seq.saturating_sub(1)),
+            what: format!(
+                "prev_hash does not match the hash of seq {}",
+                key_seq.saturating_sub(1)
+            ),
         });
     }
     Ok(())
@@ -398,12 +493,18 @@ fn frame_break(error: super::frame::FrameError, next_key: Option<u64>) -> ChainB
             if next > error.seq + 1 {
                 return ChainBreak {
                     seq: error.seq + 1,
-                    what: format!("record {} is missing (cut from the end of its frame)", error.seq + 1),
+                    what: format!(
+                        "record {} is missing (cut from the end of its frame)",
+                        error.seq + 1
+                    ),
                 };
             }
         }
     }
-    ChainBreak { seq: error.seq, what: error.what }
+    ChainBreak {
+        seq: error.seq,
+        what: error.what,
+    }
 }
 
 pub(crate) fn index_key(id: &str, frame_seq: u64) -> Vec<u8> {
@@ -503,9 +604,15 @@ impl Store {
         }
         let mut lists = Vec::with_capacity(filters.len());
         for (kind, id) in filters {
-            lists.push(self.indexed_frames(*kind, id)?.into_iter().collect::<std::collections::BTreeMap<_, _>>());
+            lists.push(
+                self.indexed_frames(*kind, id)?
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            );
         }
-        let (first, rest) = lists.split_first().unwrap_or_else(|| unreachable!("filters is not empty"));
+        let (first, rest) = lists
+            .split_first()
+            .unwrap_or_else(|| unreachable!("filters is not empty"));
         for (frame_seq, offsets) in first {
             let mut wanted: Vec<u32> = offsets.clone();
             for other in rest {
@@ -516,18 +623,31 @@ impl Store {
                 continue;
             }
             let Some(value) = self.log.get(frame_key(*frame_seq))? else {
-                return Err(ChainBreak { seq: *frame_seq, what: "an indexed frame is missing from the log".to_owned() }.into());
+                return Err(ChainBreak {
+                    seq: *frame_seq,
+                    what: "an indexed frame is missing from the log".to_owned(),
+                }
+                .into());
             };
-            let (header, entries) = decode_header(&value)
-                .map_err(|what| ChainBreak { seq: *frame_seq, what: format!("frame cannot be decoded: {what}") })?;
+            let (header, entries) = decode_header(&value).map_err(|what| ChainBreak {
+                seq: *frame_seq,
+                what: format!("frame cannot be decoded: {what}"),
+            })?;
             let mut stop = false;
             walk_frame(&header, entries, |record| {
                 let offset = u32::try_from(record.seq - record.frame_seq).unwrap_or(u32::MAX);
-                if !stop && record.seq >= from_seq && wanted.contains(&offset) && visit(record).is_break() {
+                if !stop
+                    && record.seq >= from_seq
+                    && wanted.contains(&offset)
+                    && visit(record).is_break()
+                {
                     stop = true;
                 }
             })
-            .map_err(|e| ChainBreak { seq: e.seq, what: e.what })?;
+            .map_err(|e| ChainBreak {
+                seq: e.seq,
+                what: e.what,
+            })?;
             if stop {
                 break;
             }
@@ -555,12 +675,19 @@ struct FrameRead<T> {
     records: Result<Vec<T>, super::frame::FrameError>,
 }
 
-fn decode_frame<T>(seq: u64, value: &[u8], map: &(impl Fn(RawRecord<'_>) -> Result<T, String> + Sync)) -> FrameRead<T> {
+fn decode_frame<T>(
+    seq: u64,
+    value: &[u8],
+    map: &(impl Fn(RawRecord<'_>) -> Result<T, String> + Sync),
+) -> FrameRead<T> {
     let (header, entries) = match decode_header(value) {
         Ok(decoded) => decoded,
         Err(what) => {
             return FrameRead {
-                header: Err(ChainBreak { seq, what: format!("frame cannot be decoded: {what}") }),
+                header: Err(ChainBreak {
+                    seq,
+                    what: format!("frame cannot be decoded: {what}"),
+                }),
                 records: Ok(Vec::new()),
             };
         }
@@ -575,7 +702,13 @@ fn decode_frame<T>(seq: u64, value: &[u8], map: &(impl Fn(RawRecord<'_>) -> Resu
         }
         match map(raw) {
             Ok(item) => records.push(item),
-            Err(what) => bad = Some(super::frame::FrameError { seq: raw.seq, what, end_mismatch: false }),
+            Err(what) => {
+                bad = Some(super::frame::FrameError {
+                    seq: raw.seq,
+                    what,
+                    end_mismatch: false,
+                })
+            }
         }
     });
     let records = match (walked, bad) {
@@ -583,13 +716,23 @@ fn decode_frame<T>(seq: u64, value: &[u8], map: &(impl Fn(RawRecord<'_>) -> Resu
         (Err(e), None) => Err(e),
         (Ok(_), None) => Ok(records),
     };
-    FrameRead { header: Ok(header), records }
+    FrameRead {
+        header: Ok(header),
+        records,
+    }
 }
 
 /// Decodes a record's event: the `map` of [`Store::read_chain`] for folds.
 pub fn decode_record(raw: RawRecord<'_>) -> Result<DecodedRecord, String> {
-    let event = super::codec::decode_event(raw.event_bytes).map_err(|what| format!("event cannot be decoded: {what}"))?;
-    Ok(DecodedRecord { seq: raw.seq, frame_seq: raw.frame_seq, recorded_at: raw.recorded_at, hash: raw.hash, event })
+    let event = super::codec::decode_event(raw.event_bytes)
+        .map_err(|what| format!("event cannot be decoded: {what}"))?;
+    Ok(DecodedRecord {
+        seq: raw.seq,
+        frame_seq: raw.frame_seq,
+        recorded_at: raw.recorded_at,
+        hash: raw.hash,
+        event,
+    })
 }
 
 impl Store {
@@ -633,8 +776,14 @@ impl Store {
                     if chunk.is_empty() {
                         return head;
                     }
-                    let after = frames.peek().and_then(|i| i.as_ref().ok()).and_then(|(k, _)| key_seq(k));
-                    let decoded: Vec<FrameRead<T>> = chunk.par_iter().map(|(seq, v)| decode_frame(*seq, v, map)).collect();
+                    let after = frames
+                        .peek()
+                        .and_then(|i| i.as_ref().ok())
+                        .and_then(|(k, _)| key_seq(k));
+                    let decoded: Vec<FrameRead<T>> = chunk
+                        .par_iter()
+                        .map(|(seq, v)| decode_frame(*seq, v, map))
+                        .collect();
                     let mut good = Vec::new();
                     let mut failure = None;
                     for (i, frame) in decoded.into_iter().enumerate() {
@@ -649,7 +798,10 @@ impl Store {
                         match checked {
                             Ok((header, records)) => {
                                 let last_seq = header.first_seq + u64::from(header.count) - 1;
-                                head = Head { seq: last_seq, hash: blake3::Hash::from_bytes(header.last_hash) };
+                                head = Head {
+                                    seq: last_seq,
+                                    hash: blake3::Hash::from_bytes(header.last_hash),
+                                };
                                 expected = Some((last_seq + 1, head.hash));
                                 good.push(records);
                             }

@@ -66,5 +66,9 @@ pub fn verify(store: &Store) -> Result<Result<VerifyReport, ChainBreak>, sled::E
             }));
         }
     }
-    Ok(Ok(VerifyReport { records, head, checkpoints: checkpoints.len() }))
+    Ok(Ok(VerifyReport {
+        records,
+        head,
+        checkpoints: checkpoints.len(),
+    }))
 }

@@ -44,9 +44,13 @@ impl std::str::FromStr for Durability {
     fn from_str(text: &str) -> Result<Self, String> {
         match text {
             "always" => Ok(Durability::Always),
-            "batch" => Ok(Durability::Batch { interval: Duration::from_millis(10) }),
+            "batch" => Ok(Durability::Batch {
+                interval: Duration::from_millis(10),
+            }),
             "none" => Ok(Durability::None),
-            other => Err(format!("unknown durability `{other}` (expected always, batch or none)")),
+            other => Err(format!(
+                "unknown durability `{other}` (expected always, batch or none)"
+            )),
         }
     }
 }
@@ -62,7 +66,11 @@ pub struct LedgerOptions {
 
 impl Default for LedgerOptions {
     fn default() -> Self {
-        LedgerOptions { durability: Durability::Always, checkpoint_every: 1_000_000, create: true }
+        LedgerOptions {
+            durability: Durability::Always,
+            checkpoint_every: 1_000_000,
+            create: true,
+        }
     }
 }
 
@@ -76,7 +84,10 @@ pub struct Append {
 
 impl From<Event> for Append {
     fn from(event: Event) -> Self {
-        Append { recorded_at: None, event }
+        Append {
+            recorded_at: None,
+            event,
+        }
     }
 }
 
@@ -114,12 +125,19 @@ type Query = Box<dyn FnOnce(&State, Head) + Send>;
 type Decision = Box<dyn FnOnce(&State, Head, Timestamp) -> (Vec<Event>, Replier) + Send>;
 
 enum Msg {
-    Append { entries: Vec<Append>, reply: Replier },
+    Append {
+        entries: Vec<Append>,
+        reply: Replier,
+    },
     /// Decide events from the live state and append them in one step.
     Decide(Decision),
     Query(Query),
-    Checkpoint { reply: oneshot::Sender<Result<Checkpoint, AppendError>> },
-    Close { reply: oneshot::Sender<Result<(), AppendError>> },
+    Checkpoint {
+        reply: oneshot::Sender<Result<Checkpoint, AppendError>>,
+    },
+    Close {
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
 }
 
 /// A handle on an open ledger. Cloning is cheap; the writer stops when
@@ -135,12 +153,18 @@ impl Ledger {
     /// folds it into the live projection.
     pub fn open(dir: &Path, options: LedgerOptions) -> Result<Ledger, OpenError> {
         if options.create {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         let store = Arc::new(Store::open(dir, options.create)?);
         let folded = replay::fold_and_index(&store)?;
         let (tx, rx) = mpsc::channel();
-        let io_error = |source| StoreError::Io { path: dir.to_path_buf(), source };
+        let io_error = |source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
         let syncer = match options.durability {
             Durability::Always => Some(Syncer::start(Arc::clone(&store)).map_err(io_error)?),
             _ => None,
@@ -159,7 +183,10 @@ impl Ledger {
             .name("runledger-writer".to_owned())
             .spawn(move || writer.run(rx))
             .map_err(io_error)?;
-        Ok(Ledger { tx, thread: std::sync::Arc::new(std::sync::Mutex::new(Some(thread))) })
+        Ok(Ledger {
+            tx,
+            thread: std::sync::Arc::new(std::sync::Mutex::new(Some(thread))),
+        })
     }
 
     fn send(&self, msg: Msg) -> Result<(), AppendError> {
@@ -169,15 +196,24 @@ impl Ledger {
     /// Appends a batch atomically; returns once it is as durable as the
     /// ledger's durability mode promises. Blocks: from async code use
     /// [`Ledger::append_async`].
-    pub fn append(&self, entries: impl IntoIterator<Item = impl Into<Append>>) -> Result<Receipt, AppendError> {
+    pub fn append(
+        &self,
+        entries: impl IntoIterator<Item = impl Into<Append>>,
+    ) -> Result<Receipt, AppendError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Append { entries: entries.into_iter().map(Into::into).collect(), reply: replier(reply) })?;
+        self.send(Msg::Append {
+            entries: entries.into_iter().map(Into::into).collect(),
+            reply: replier(reply),
+        })?;
         rx.blocking_recv().map_err(|_| AppendError::Closed)?
     }
 
     pub async fn append_async(&self, entries: Vec<Append>) -> Result<Receipt, AppendError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Append { entries, reply: replier(reply) })?;
+        self.send(Msg::Append {
+            entries,
+            reply: replier(reply),
+        })?;
         rx.await.map_err(|_| AppendError::Closed)?
     }
 
@@ -202,7 +238,10 @@ impl Ledger {
     }
 
     /// Runs `f` on the live projection (after every append sent before).
-    pub fn query<R: Send + 'static>(&self, f: impl FnOnce(&State, Head) -> R + Send + 'static) -> Result<R, AppendError> {
+    pub fn query<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&State, Head) -> R + Send + 'static,
+    ) -> Result<R, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Query(Box::new(move |state, head| {
             let _ = reply.send(f(state, head));
@@ -293,23 +332,30 @@ impl Syncer {
         let (tx, rx) = mpsc::channel::<Vec<Reply>>();
         let failed = Arc::new(Mutex::new(None));
         let flag = Arc::clone(&failed);
-        let thread = std::thread::Builder::new().name("runledger-sync".to_owned()).spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut groups = vec![first];
-                groups.extend(rx.try_iter());
-                // Every group here was written to sled before it was sent, so
-                // this flush covers all of them.
-                let result = store.flush(true).map_err(|e| e.to_string());
-                if let Err(why) = &result {
-                    if let Ok(mut f) = flag.lock() {
-                        *f = Some(why.clone());
+        let thread = std::thread::Builder::new()
+            .name("runledger-sync".to_owned())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut groups = vec![first];
+                    groups.extend(rx.try_iter());
+                    // Every group here was written to sled before it was sent, so
+                    // this flush covers all of them.
+                    let result = store.flush(true).map_err(|e| e.to_string());
+                    if let Err(why) = &result {
+                        if let Ok(mut f) = flag.lock() {
+                            *f = Some(why.clone());
+                        }
+                    }
+                    for (reply, receipt) in groups.into_iter().flatten() {
+                        reply(
+                            result
+                                .clone()
+                                .map(|()| receipt)
+                                .map_err(AppendError::Storage),
+                        );
                     }
                 }
-                for (reply, receipt) in groups.into_iter().flatten() {
-                    reply(result.clone().map(|()| receipt).map_err(AppendError::Storage));
-                }
-            }
-        })?;
+            })?;
         Ok(Syncer { tx, thread, failed })
     }
 
@@ -390,7 +436,13 @@ impl Writer {
                         self.last_wall = now;
                         let (events, reply) = decide(&self.state, self.head, now);
                         taken += events.len();
-                        let entries = events.into_iter().map(|event| Append { recorded_at: Some(now), event }).collect();
+                        let entries = events
+                            .into_iter()
+                            .map(|event| Append {
+                                recorded_at: Some(now),
+                                event,
+                            })
+                            .collect();
                         self.accept(&mut group, entries, reply);
                     }
                     other => {
@@ -445,7 +497,9 @@ impl Writer {
         if self.poisoned.is_none() && self.since_checkpoint > 0 {
             self.checkpoint()?;
         }
-        self.store.flush(true).map_err(|e| AppendError::Storage(e.to_string()))
+        self.store
+            .flush(true)
+            .map_err(|e| AppendError::Storage(e.to_string()))
     }
 
     fn checkpoint(&mut self) -> Result<Checkpoint, AppendError> {
@@ -457,8 +511,12 @@ impl Writer {
             head: *self.head.hash.as_bytes(),
             digest: *self.state.digests().combined.as_bytes(),
         };
-        self.store.write_checkpoint(checkpoint).map_err(|e| AppendError::Storage(e.to_string()))?;
-        self.store.flush(true).map_err(|e| AppendError::Storage(e.to_string()))?;
+        self.store
+            .write_checkpoint(checkpoint)
+            .map_err(|e| AppendError::Storage(e.to_string()))?;
+        self.store
+            .flush(true)
+            .map_err(|e| AppendError::Storage(e.to_string()))?;
         self.since_checkpoint = 0;
         Ok(checkpoint)
     }
@@ -467,12 +525,7 @@ impl Writer {
     /// all-or-nothing: its records are staged and join the group only when
     /// every event passed; a rejection after the first event commits what the
     /// group held before and refolds the live state from the log.
-    fn accept(
-        &mut self,
-        group: &mut Group,
-        entries: Vec<Append>,
-        reply: Replier,
-    ) {
+    fn accept(&mut self, group: &mut Group, entries: Vec<Append>, reply: Replier) {
         self.check_syncer();
         if let Some(why) = &self.poisoned {
             reply(Err(AppendError::Storage(why.clone())));
@@ -511,7 +564,13 @@ impl Writer {
             let run = run.map(|r| group.index.slot(IndexKind::Run, r.as_str()));
             let tenant = tenant.map(|t| group.index.slot(IndexKind::Tenant, t.as_str()));
             self.state.evolve(seq, recorded_at, entry.event);
-            group.staged.push(Staged { recorded_at, hash, bytes: from..group.scratch.len(), run, tenant });
+            group.staged.push(Staged {
+                recorded_at,
+                hash,
+                bytes: from..group.scratch.len(),
+                run,
+                tenant,
+            });
             self.head = Head { seq, hash };
         }
         for staged in group.staged.drain(..) {
@@ -520,7 +579,11 @@ impl Writer {
                 group.frames.push((first, group.builder.finish()));
             }
             let frame = group.builder.first_seq();
-            group.builder.push(staged.recorded_at, staged.hash, &group.scratch[staged.bytes]);
+            group.builder.push(
+                staged.recorded_at,
+                staged.hash,
+                &group.scratch[staged.bytes],
+            );
             let place = (frame, group.builder.len() - 1);
             if let Some(slot) = staged.run {
                 group.index.push(slot, place);
@@ -530,7 +593,11 @@ impl Writer {
             }
             group.records += 1;
         }
-        let receipt = Receipt { first_seq: start.0.seq + 1, last_seq: self.head.seq, head: self.head.hash };
+        let receipt = Receipt {
+            first_seq: start.0.seq + 1,
+            last_seq: self.head.seq,
+            head: self.head.hash,
+        };
         if count == 0 {
             reply(Ok(receipt));
         } else {
@@ -563,7 +630,10 @@ impl Writer {
         let frames = std::mem::take(&mut group.frames);
         let mut result = self.store.write_frames(frames).map_err(|e| e.to_string());
         if result.is_ok() {
-            result = self.store.write_index(group.index.take(), self.head.seq).map_err(|e| e.to_string());
+            result = self
+                .store
+                .write_index(group.index.take(), self.head.seq)
+                .map_err(|e| e.to_string());
         }
         if let Err(why) = result {
             self.poisoned = Some(why.clone());
@@ -592,7 +662,10 @@ impl Writer {
         self.since_checkpoint += group.records;
         group.records = 0;
         group.builder = FrameBuilder::new(self.head.seq + 1, self.head.hash);
-        if allow_checkpoint && self.options.checkpoint_every > 0 && self.since_checkpoint >= self.options.checkpoint_every {
+        if allow_checkpoint
+            && self.options.checkpoint_every > 0
+            && self.since_checkpoint >= self.options.checkpoint_every
+        {
             if let Err(e) = self.checkpoint() {
                 self.poisoned = Some(e.to_string());
             }
@@ -604,7 +677,11 @@ impl Writer {
         if self.poisoned.is_some() {
             return;
         }
-        if let Some(why) = self.syncer.as_ref().and_then(|s| s.failed.lock().ok().and_then(|f| f.clone())) {
+        if let Some(why) = self
+            .syncer
+            .as_ref()
+            .and_then(|s| s.failed.lock().ok().and_then(|f| f.clone()))
+        {
             self.poisoned = Some(why);
         }
     }
@@ -615,4 +692,3 @@ impl Writer {
         }
     }
 }
-

@@ -49,7 +49,10 @@ pub struct Failure {
 
 impl From<String> for Failure {
     fn from(error: String) -> Self {
-        Failure { error, costs: Vec::new() }
+        Failure {
+            error,
+            costs: Vec::new(),
+        }
     }
 }
 
@@ -94,11 +97,18 @@ pub struct SimHandler;
 impl Handler for SimHandler {
     fn run<'a>(&'a self, ctx: &'a TaskContext) -> HandlerFuture<'a> {
         Box::pin(async move {
-            let sim = crate::domain::sim::simulate(ctx.seed, ctx.task.as_str(), ctx.attempt, &ctx.params);
+            let sim =
+                crate::domain::sim::simulate(ctx.seed, ctx.task.as_str(), ctx.attempt, &ctx.params);
             tokio::time::sleep(Duration::from_micros(sim.latency_micros.max(0) as u64)).await;
             match sim.result {
-                Ok(output) => Ok(Outcome { output, costs: sim.costs }),
-                Err(error) => Err(Failure { error, costs: sim.costs }),
+                Ok(output) => Ok(Outcome {
+                    output,
+                    costs: sim.costs,
+                }),
+                Err(error) => Err(Failure {
+                    error,
+                    costs: sim.costs,
+                }),
             }
         })
     }
@@ -128,17 +138,30 @@ struct ExecAnswer {
 
 fn parse_answer(stdout: &[u8]) -> Result<Outcome, String> {
     let text = String::from_utf8_lossy(stdout);
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let answer: ExecAnswer = serde_json::from_str(last)
-        .map_err(|e| format!("the program's answer is not {{\"costs\": [...], \"output\": ...}}: {e}"))?;
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let answer: ExecAnswer = serde_json::from_str(last).map_err(|e| {
+        format!("the program's answer is not {{\"costs\": [...], \"output\": ...}}: {e}")
+    })?;
     let mut costs = Vec::new();
     for c in answer.costs {
         if c.amount_micros < 0 {
-            return Err(format!("the program reported a negative cost ({})", c.amount_micros));
+            return Err(format!(
+                "the program reported a negative cost ({})",
+                c.amount_micros
+            ));
         }
         costs.push((c.category, Micros(c.amount_micros)));
     }
-    Ok(Outcome { output: answer.output.map_or_else(Params::null, |v| Params::from_value(&v)), costs })
+    Ok(Outcome {
+        output: answer
+            .output
+            .map_or_else(Params::null, |v| Params::from_value(&v)),
+        costs,
+    })
 }
 
 impl Handler for ExecHandler {
@@ -148,10 +171,16 @@ impl Handler for ExecHandler {
             let argv: Vec<String> = params
                 .get("argv")
                 .and_then(|a| a.as_array())
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
             let Some((program, args)) = argv.split_first() else {
-                return Err(Failure::from("exec needs params.argv = [program, args...]".to_owned()));
+                return Err(Failure::from(
+                    "exec needs params.argv = [program, args...]".to_owned(),
+                ));
             };
             let spec = serde_json::json!({
                 "run": ctx.run,
@@ -177,12 +206,26 @@ impl Handler for ExecHandler {
                     let _ = stdin.write_all(&input).await;
                 });
             }
-            let out = child.wait_with_output().await.map_err(|e| Failure::from(format!("`{program}` failed: {e}")))?;
+            let out = child
+                .wait_with_output()
+                .await
+                .map_err(|e| Failure::from(format!("`{program}` failed: {e}")))?;
             if !out.status.success() {
                 let stderr = String::from_utf8_lossy(&out.stderr);
-                let tail: String = stderr.lines().last().unwrap_or("").chars().take(200).collect();
-                let code = out.status.code().map_or_else(|| "a signal".to_owned(), |c| format!("code {c}"));
-                return Err(Failure::from(format!("`{program}` exited with {code}: {tail}")));
+                let tail: String = stderr
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .chars()
+                    .take(200)
+                    .collect();
+                let code = out
+                    .status
+                    .code()
+                    .map_or_else(|| "a signal".to_owned(), |c| format!("code {c}"));
+                return Err(Failure::from(format!(
+                    "`{program}` exited with {code}: {tail}"
+                )));
             }
             parse_answer(&out.stdout).map_err(Failure::from)
         })
@@ -199,7 +242,11 @@ mod tests {
         assert_eq!(ok.costs, vec![(Category::Llm, Micros(12))]);
         assert_eq!(ok.output.as_json(), r#"{"a":1}"#);
         assert!(parse_answer(b"not json").is_err());
-        assert!(parse_answer(b"{\"costs\":[{\"category\":\"llm\",\"amount_micros\":-1}]}").unwrap_err().contains("negative"));
+        assert!(
+            parse_answer(b"{\"costs\":[{\"category\":\"llm\",\"amount_micros\":-1}]}")
+                .unwrap_err()
+                .contains("negative")
+        );
         assert!(parse_answer(b"{\"costs\":[{\"category\":\"gpu\",\"amount_micros\":1}]}").is_err());
     }
 }

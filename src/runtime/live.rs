@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use super::handler::{Failure, Handlers, TaskContext};
 use super::queue::{MemoryQueue, TaskQueue};
-use super::sim::{RunError, RunOptions, RunReport, arrivals, instance_events, instance_submitted, registration_events, total_tasks};
+use super::sim::{
+    RunError, RunOptions, RunReport, arrivals, instance_events, instance_submitted,
+    registration_events, total_tasks,
+};
 use crate::domain::governance::admit_run;
 use crate::domain::{Event, RunId, TenantId, WorkerId};
 use crate::log::{Append, Ledger};
@@ -62,9 +65,17 @@ impl Pool {
             *engaged = over;
             let (run, threshold) = (self.run.clone(), self.threshold());
             let event = if over {
-                Event::BackpressureEngaged { run, running, threshold }
+                Event::BackpressureEngaged {
+                    run,
+                    running,
+                    threshold,
+                }
             } else {
-                Event::BackpressureReleased { run, running, threshold }
+                Event::BackpressureReleased {
+                    run,
+                    running,
+                    threshold,
+                }
             };
             self.ledger.append_async(vec![Append::from(event)]).await?;
         }
@@ -74,11 +85,16 @@ impl Pool {
     /// Tasks of the run that have not ended.
     async fn open_tasks(&self) -> Result<u64, RunError> {
         let run = self.run.clone();
-        Ok(self.ledger.query_async(move |state, _| {
-            state.runs.get(&run).map_or(0, |r| {
-                r.tasks_submitted.saturating_sub(r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled + r.tasks_skipped)
+        Ok(self
+            .ledger
+            .query_async(move |state, _| {
+                state.runs.get(&run).map_or(0, |r| {
+                    r.tasks_submitted.saturating_sub(
+                        r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled + r.tasks_skipped,
+                    )
+                })
             })
-        }).await?)
+            .await?)
     }
 }
 
@@ -94,7 +110,13 @@ pub async fn run_live(
 ) -> Result<RunReport, RunError> {
     let wall = Instant::now();
     let seed = options.seed.unwrap_or(workload.seed);
-    let run = RunId(options.run_id.clone().or_else(|| workload.run.clone()).unwrap_or_else(|| format!("run-{seed}")));
+    let run = RunId(
+        options
+            .run_id
+            .clone()
+            .or_else(|| workload.run.clone())
+            .unwrap_or_else(|| format!("run-{seed}")),
+    );
     let state = ledger.query_async(|state, _| state.clone()).await?;
     if resume {
         let run = run.clone();
@@ -106,7 +128,9 @@ pub async fn run_live(
                     .queue
                     .sorted()
                     .into_iter()
-                    .filter(|(_, t)| t.run == run && t.status == crate::domain::queue::TaskStatus::Leased)
+                    .filter(|(_, t)| {
+                        t.run == run && t.status == crate::domain::queue::TaskStatus::Leased
+                    })
                     .map(|(id, _)| id.clone())
                     .collect();
                 for task in leased {
@@ -123,9 +147,19 @@ pub async fn run_live(
             return Err(RunError::RunExists(run.0));
         }
         let mut setup = registration_events(&state, workload);
-        setup.push(Event::RunStarted { run: run.clone(), seed, config_hash: workload.config_hash.clone() });
-        setup.push(Event::WorkloadRecorded { run: run.clone(), format: "toml".to_owned(), text: workload.text.clone() });
-        ledger.append_async(setup.into_iter().map(Into::into).collect()).await?;
+        setup.push(Event::RunStarted {
+            run: run.clone(),
+            seed,
+            config_hash: workload.config_hash.clone(),
+        });
+        setup.push(Event::WorkloadRecorded {
+            run: run.clone(),
+            format: "toml".to_owned(),
+            text: workload.text.clone(),
+        });
+        ledger
+            .append_async(setup.into_iter().map(Into::into).collect())
+            .await?;
     }
 
     let queue = MemoryQueue::new(ledger.clone(), workload.policy, seed);
@@ -136,7 +170,10 @@ pub async fn run_live(
         max_concurrency: workload.max_concurrency,
         threshold_bp: workload.backpressure_threshold_bp,
         backpressure: tokio::sync::Mutex::new(
-            state.runs.get(&run).is_some_and(|r| r.backpressure_engaged > r.backpressure_released),
+            state
+                .runs
+                .get(&run)
+                .is_some_and(|r| r.backpressure_engaged > r.backpressure_released),
         ),
         submitted_all: AtomicBool::new(false),
         stop: AtomicBool::new(false),
@@ -149,7 +186,12 @@ pub async fn run_live(
     // The submitter: pipeline runs arrive at their offsets from the start,
     // and wait while backpressure is engaged.
     let submitter = {
-        let (pool, queue, workload, run) = (Arc::clone(&pool), queue.clone(), workload.clone(), run.clone());
+        let (pool, queue, workload, run) = (
+            Arc::clone(&pool),
+            queue.clone(),
+            workload.clone(),
+            run.clone(),
+        );
         let state = state.clone();
         tokio::spawn(async move {
             let origin = tokio::time::Instant::now();
@@ -157,7 +199,8 @@ pub async fn run_live(
                 if resume && instance_submitted(&state, &workload, &run, submission, instance) {
                     continue;
                 }
-                let offset = Duration::from_micros(at.saturating_sub(workload.start.0).max(0) as u64);
+                let offset =
+                    Duration::from_micros(at.saturating_sub(workload.start.0).max(0) as u64);
                 tokio::time::sleep_until(origin + offset).await;
                 while *pool.backpressure.lock().await && !pool.stopped() {
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -173,7 +216,9 @@ pub async fn run_live(
                 let admitted = loop {
                     let verdict = {
                         let tenant = tenant.clone();
-                        pool.ledger.query_async(move |state, _| admit_run(state, &tenant)).await
+                        pool.ledger
+                            .query_async(move |state, _| admit_run(state, &tenant))
+                            .await
                     };
                     let denial = match verdict {
                         Ok(Ok(())) => break true,
@@ -185,7 +230,11 @@ pub async fn run_live(
                     };
                     if !recorded {
                         recorded = true;
-                        let event = Event::AdmissionDenied { tenant: tenant.clone(), task: None, reason: denial.reason().to_owned() };
+                        let event = Event::AdmissionDenied {
+                            tenant: tenant.clone(),
+                            task: None,
+                            reason: denial.reason().to_owned(),
+                        };
                         if let Err(e) = pool.ledger.append_async(vec![Append::from(event)]).await {
                             pool.fail(e.into());
                             return;
@@ -199,7 +248,10 @@ pub async fn run_live(
                 if !admitted {
                     continue;
                 }
-                if let Err(e) = queue.enqueue(instance_events(&workload, &run, submission, instance)).await {
+                if let Err(e) = queue
+                    .enqueue(instance_events(&workload, &run, submission, instance))
+                    .await
+                {
                     pool.fail(e.into());
                     return;
                 }
@@ -222,7 +274,9 @@ pub async fn run_live(
                 let turned = pool
                     .ledger
                     .decide(move |state, _, now| {
-                        let events = since.map_or_else(Vec::new, |from| crate::domain::governance::period_resets(state, from, now));
+                        let events = since.map_or_else(Vec::new, |from| {
+                            crate::domain::governance::period_resets(state, from, now)
+                        });
                         (events, now)
                     })
                     .await;
@@ -238,7 +292,12 @@ pub async fn run_live(
     let concurrency = workload.num_workers.min(workload.max_concurrency);
     let mut workers = tokio::task::JoinSet::new();
     for n in 1..=concurrency {
-        let (pool, queue, handlers, run) = (Arc::clone(&pool), queue.clone(), handlers.clone(), run.clone());
+        let (pool, queue, handlers, run) = (
+            Arc::clone(&pool),
+            queue.clone(),
+            handlers.clone(),
+            run.clone(),
+        );
         let worker = WorkerId(format!("worker-{n:02}"));
         workers.spawn(async move {
             if let Err(e) = work(&pool, &queue, &handlers, &run, &worker, seed, timeout).await {
@@ -271,14 +330,31 @@ pub async fn run_live(
     if let Some(error) = pool.failure.lock().ok().and_then(|mut f| f.take()) {
         return Err(error);
     }
-    ledger.append_async(vec![Append::from(Event::RunFinished { run: run.clone() })]).await?;
+    ledger
+        .append_async(vec![Append::from(Event::RunFinished { run: run.clone() })])
+        .await?;
 
     let (summary, digests, head, last_at) = {
         let run = run.clone();
-        ledger.query_async(move |state, head| (state.runs.get(&run).cloned(), state.digests(), head, state.last_at)).await?
+        ledger
+            .query_async(move |state, head| {
+                (
+                    state.runs.get(&run).cloned(),
+                    state.digests(),
+                    head,
+                    state.last_at,
+                )
+            })
+            .await?
     };
     let s = summary.ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
-    Ok(RunReport::new(&s, last_at.0 - s.started_at.0, wall, head, digests.combined))
+    Ok(RunReport::new(
+        &s,
+        last_at.0 - s.started_at.0,
+        wall,
+        head,
+        digests.combined,
+    ))
 }
 
 /// One worker: lease a task, run its handler under the timeout (on a task
@@ -297,7 +373,10 @@ async fn work(
     use crate::log::AppendError;
     while !pool.stopped() {
         let lease_for = timeout + Duration::from_secs(5);
-        let Some(lease) = queue.dequeue(run, worker, lease_for, Duration::from_millis(20)).await? else {
+        let Some(lease) = queue
+            .dequeue(run, worker, lease_for, Duration::from_millis(20))
+            .await?
+        else {
             if pool.submitted_all.load(Ordering::SeqCst) && pool.open_tasks().await? == 0 {
                 return Ok(());
             }
@@ -315,12 +394,17 @@ async fn work(
             inputs: lease.inputs.clone(),
         };
         let result = match handlers.get(&lease.handler) {
-            None => Some(Err(Failure::from(format!("no handler named `{}`", lease.handler)))),
+            None => Some(Err(Failure::from(format!(
+                "no handler named `{}`",
+                lease.handler
+            )))),
             Some(handler) => {
                 let mut attempt = tokio::spawn(async move { handler.run(&ctx).await });
                 match tokio::time::timeout(timeout, &mut attempt).await {
                     Ok(Ok(outcome)) => Some(outcome),
-                    Ok(Err(join)) => Some(Err(Failure::from(format!("the handler panicked: {join}")))),
+                    Ok(Err(join)) => {
+                        Some(Err(Failure::from(format!("the handler panicked: {join}"))))
+                    }
                     Err(_) => {
                         attempt.abort();
                         None
@@ -333,12 +417,21 @@ async fn work(
             Some(Ok(outcome)) => match queue.ack(&lease, outcome.output, outcome.costs).await {
                 // The ledger refused the result (e.g. costs that overflow):
                 // that attempt failed.
-                Err(QueueError::Ledger(AppendError::Rejected { rejection, .. })) => {
-                    queue.nack(&lease, format!("the result was refused: {rejection}"), false, Vec::new()).await.map(drop)
-                }
+                Err(QueueError::Ledger(AppendError::Rejected { rejection, .. })) => queue
+                    .nack(
+                        &lease,
+                        format!("the result was refused: {rejection}"),
+                        false,
+                        Vec::new(),
+                    )
+                    .await
+                    .map(drop),
                 other => other,
             },
-            Some(Err(failure)) => queue.nack(&lease, failure.error, false, failure.costs).await.map(drop),
+            Some(Err(failure)) => queue
+                .nack(&lease, failure.error, false, failure.costs)
+                .await
+                .map(drop),
             None => {
                 let error = format!("timed out after {} ms", timeout.as_millis());
                 queue.nack(&lease, error, true, Vec::new()).await.map(drop)

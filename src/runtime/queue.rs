@@ -13,11 +13,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::domain::queue::{QueueCounts, TaskStatus};
 use crate::domain::cost_agent;
 use crate::domain::governance::{Admitter, Settler};
+use crate::domain::queue::{QueueCounts, TaskStatus};
 use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, next_ready_many};
-use crate::domain::{Category, Decision, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId};
+use crate::domain::{
+    Category, Decision, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId,
+};
 use crate::log::{AppendError, Ledger};
 
 /// A task handed to a worker until its deadline.
@@ -43,7 +45,9 @@ pub type Done = (Lease, Params, Vec<(Category, Micros)>);
 pub enum NackOutcome {
     RetryAt(Timestamp),
     /// Out of attempts: dead-lettered, with the dependants it cancelled.
-    DeadLettered { cancelled: usize },
+    DeadLettered {
+        cancelled: usize,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,23 +114,39 @@ pub struct MemoryQueue {
     /// is recorded once).
     waiting: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<TaskId>>>,
     /// The cost agent's last verdict per task (recorded when it changes).
-    verdicts: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<TaskId, crate::domain::Decision>>>,
+    verdicts: std::sync::Arc<
+        std::sync::Mutex<std::collections::BTreeMap<TaskId, crate::domain::Decision>>,
+    >,
 }
 
 impl MemoryQueue {
     pub fn new(ledger: Ledger, policy: QueuePolicy, seed: u64) -> Self {
-        MemoryQueue { ledger, policy, seed, poll: Duration::from_millis(2), waiting: Default::default(), verdicts: Default::default() }
+        MemoryQueue {
+            ledger,
+            policy,
+            seed,
+            poll: Duration::from_millis(2),
+            waiting: Default::default(),
+            verdicts: Default::default(),
+        }
     }
 }
 
-
 impl TaskQueue for MemoryQueue {
     async fn enqueue(&self, tasks: Vec<Event>) -> Result<(), QueueError> {
-        self.ledger.append_async(tasks.into_iter().map(Into::into).collect()).await?;
+        self.ledger
+            .append_async(tasks.into_iter().map(Into::into).collect())
+            .await?;
         Ok(())
     }
 
-    async fn dequeue(&self, run: &RunId, worker: &WorkerId, lease: Duration, wait: Duration) -> Result<Option<Lease>, QueueError> {
+    async fn dequeue(
+        &self,
+        run: &RunId,
+        worker: &WorkerId,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<Lease>, QueueError> {
         Ok(self.dequeue_many(run, worker, 1, lease, wait).await?.pop())
     }
 
@@ -148,13 +168,16 @@ impl TaskQueue for MemoryQueue {
                 .ledger
                 .decide(move |state, head, now| {
                     let window = max.max(1) * 2 + 16;
-                    let picked = next_ready_many(state, now, head.seq, &policy, window, |t| t.run == run_id);
+                    let picked =
+                        next_ready_many(state, now, head.seq, &policy, window, |t| t.run == run_id);
                     let deadline = now.saturating_add_micros(lease_micros);
                     let mut events = Vec::with_capacity(picked.len());
                     let mut leases = Vec::with_capacity(picked.len());
                     let mut admitter = Admitter::new(state);
                     let mut gone = std::collections::BTreeSet::new();
-                    let mut waiting = waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut waiting = waiting
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     for task in picked {
                         if leases.len() >= max.max(1) {
                             break;
@@ -162,11 +185,16 @@ impl TaskQueue for MemoryQueue {
                         if gone.contains(task) {
                             continue;
                         }
-                        let Some(t) = state.queue.get(task) else { continue };
+                        let Some(t) = state.queue.get(task) else {
+                            continue;
+                        };
                         // The cost agent decides before the node runs.
-                        let verdict = cost_agent::decide(state, task, &cost_agent::degraded_ceiling);
+                        let verdict =
+                            cost_agent::decide(state, task, &cost_agent::degraded_ceiling);
                         if let Some(verdict) = &verdict {
-                            let mut last = verdicts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            let mut last = verdicts
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
                             if last.get(task) != Some(&verdict.decision) {
                                 last.insert(task.clone(), verdict.decision);
                                 events.extend(verdict.event(state, task));
@@ -181,10 +209,16 @@ impl TaskQueue for MemoryQueue {
                                 let reason = format!("terminated by the cost agent: {why}");
                                 waiting.remove(task);
                                 gone.insert(task.clone());
-                                events.push(Event::TaskCancelled { task: task.clone(), reason: reason.clone() });
+                                events.push(Event::TaskCancelled {
+                                    task: task.clone(),
+                                    reason: reason.clone(),
+                                });
                                 for child in dependants_to_cancel(state, task) {
                                     if gone.insert(child.clone()) {
-                                        events.push(Event::TaskCancelled { task: child, reason: reason.clone() });
+                                        events.push(Event::TaskCancelled {
+                                            task: child,
+                                            reason: reason.clone(),
+                                        });
                                     }
                                 }
                                 continue;
@@ -193,10 +227,15 @@ impl TaskQueue for MemoryQueue {
                                 waiting.remove(task);
                                 gone.insert(task.clone());
                                 let reason = format!("skipped by the degradation plan: {why}");
-                                events.push(Event::TaskSkipped { task: task.clone(), reason });
+                                events.push(Event::TaskSkipped {
+                                    task: task.clone(),
+                                    reason,
+                                });
                                 continue;
                             }
-                            (Decision::Degrade, Some(plan)) => (plan.apply(&t.params), cost_agent::degraded_ceiling(t, plan)),
+                            (Decision::Degrade, Some(plan)) => {
+                                (plan.apply(&t.params), cost_agent::degraded_ceiling(t, plan))
+                            }
                             _ => (t.params.clone(), t.cost_ceiling_micros),
                         };
                         let reserve = match admitter.admit_at(task, ceiling) {
@@ -204,19 +243,33 @@ impl TaskQueue for MemoryQueue {
                             Err(denial) if denial.may_wait() => {
                                 if waiting.insert(task.clone()) {
                                     let reason = denial.reason().to_owned();
-                                    events.push(Event::AdmissionDenied { tenant: t.tenant.clone(), task: Some(task.clone()), reason });
+                                    events.push(Event::AdmissionDenied {
+                                        tenant: t.tenant.clone(),
+                                        task: Some(task.clone()),
+                                        reason,
+                                    });
                                 }
                                 continue;
                             }
                             Err(denial) => {
                                 waiting.remove(task);
                                 let reason = denial.reason().to_owned();
-                                events.push(Event::AdmissionDenied { tenant: t.tenant.clone(), task: Some(task.clone()), reason: reason.clone() });
-                                events.push(Event::TaskCancelled { task: task.clone(), reason: format!("not admitted: {reason}") });
+                                events.push(Event::AdmissionDenied {
+                                    tenant: t.tenant.clone(),
+                                    task: Some(task.clone()),
+                                    reason: reason.clone(),
+                                });
+                                events.push(Event::TaskCancelled {
+                                    task: task.clone(),
+                                    reason: format!("not admitted: {reason}"),
+                                });
                                 gone.insert(task.clone());
                                 for child in dependants_to_cancel(state, task) {
                                     if gone.insert(child.clone()) {
-                                        events.push(Event::TaskCancelled { task: child, reason: format!("parent `{task}` was not admitted") });
+                                        events.push(Event::TaskCancelled {
+                                            task: child,
+                                            reason: format!("parent `{task}` was not admitted"),
+                                        });
                                     }
                                 }
                                 continue;
@@ -224,12 +277,18 @@ impl TaskQueue for MemoryQueue {
                         };
                         waiting.remove(task);
                         if reserve > Micros::ZERO {
-                            events.push(Event::CostReserved { tenant: t.tenant.clone(), task: task.clone(), amount_micros: reserve });
+                            events.push(Event::CostReserved {
+                                tenant: t.tenant.clone(),
+                                task: task.clone(),
+                                amount_micros: reserve,
+                            });
                         }
                         let inputs = t
                             .deps
                             .iter()
-                            .filter_map(|d| state.queue.get(d).map(|p| (d.clone(), p.output.clone())))
+                            .filter_map(|d| {
+                                state.queue.get(d).map(|p| (d.clone(), p.output.clone()))
+                            })
                             .collect();
                         let lease = Lease {
                             task: task.clone(),
@@ -267,7 +326,11 @@ impl TaskQueue for MemoryQueue {
                 let mut events = Vec::with_capacity(done.len() * 2);
                 for (lease, output, costs) in done {
                     events.extend(settler.settle(&lease.task, &costs));
-                    events.push(Event::TaskAcked { task: lease.task, worker: lease.worker, output });
+                    events.push(Event::TaskAcked {
+                        task: lease.task,
+                        worker: lease.worker,
+                        output,
+                    });
                 }
                 (events, ())
             })
@@ -275,7 +338,12 @@ impl TaskQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn ack(&self, lease: &Lease, output: Params, costs: Vec<(Category, Micros)>) -> Result<(), QueueError> {
+    async fn ack(
+        &self,
+        lease: &Lease,
+        output: Params,
+        costs: Vec<(Category, Micros)>,
+    ) -> Result<(), QueueError> {
         self.ack_many(vec![(lease.clone(), output, costs)]).await
     }
 
@@ -293,7 +361,10 @@ impl TaskQueue for MemoryQueue {
                 let mut events = Settler::new(state).settle(&lease.task, &costs);
                 let max_attempts = state.queue.get(&lease.task).map_or(1, |t| t.max_attempts);
                 if lease.attempt < max_attempts {
-                    let delay = policy.retry_delay_micros(lease.attempt, draw(seed, "retry", lease.task.as_str(), lease.attempt));
+                    let delay = policy.retry_delay_micros(
+                        lease.attempt,
+                        draw(seed, "retry", lease.task.as_str(), lease.attempt),
+                    );
                     let at = now.saturating_add_micros(delay);
                     events.push(Event::TaskNacked {
                         task: lease.task.clone(),
@@ -304,14 +375,29 @@ impl TaskQueue for MemoryQueue {
                     });
                     return (events, NackOutcome::RetryAt(at));
                 }
-                let reason = format!("{} of {max_attempts} attempts failed, last: {error}", lease.attempt);
-                events.push(Event::TaskNacked { task: lease.task.clone(), worker: lease.worker.clone(), error, retry_at: None, timed_out });
-                events.push(Event::TaskDeadLettered { task: lease.task.clone(), reason });
+                let reason = format!(
+                    "{} of {max_attempts} attempts failed, last: {error}",
+                    lease.attempt
+                );
+                events.push(Event::TaskNacked {
+                    task: lease.task.clone(),
+                    worker: lease.worker.clone(),
+                    error,
+                    retry_at: None,
+                    timed_out,
+                });
+                events.push(Event::TaskDeadLettered {
+                    task: lease.task.clone(),
+                    reason,
+                });
                 // Dependants of the task as it is now (the NACK changes nothing about them).
                 let doomed = dependants_to_cancel(state, &lease.task);
                 let cancelled = doomed.len();
                 for child in doomed {
-                    events.push(Event::TaskCancelled { task: child, reason: format!("parent `{}` was dead-lettered", lease.task) });
+                    events.push(Event::TaskCancelled {
+                        task: child,
+                        reason: format!("parent `{}` was dead-lettered", lease.task),
+                    });
                 }
                 (events, NackOutcome::DeadLettered { cancelled })
             })
@@ -327,7 +413,9 @@ impl TaskQueue for MemoryQueue {
                     .queue
                     .sorted()
                     .into_iter()
-                    .filter(|(_, t)| t.status == TaskStatus::Leased && t.lease_deadline.is_some_and(|d| d < now))
+                    .filter(|(_, t)| {
+                        t.status == TaskStatus::Leased && t.lease_deadline.is_some_and(|d| d < now)
+                    })
                     .map(|(id, _)| id.clone())
                     .collect();
                 let n = expired.len();
@@ -351,6 +439,9 @@ impl TaskQueue for MemoryQueue {
     }
 
     async fn depth(&self) -> Result<QueueCounts, QueueError> {
-        Ok(self.ledger.query_async(|state, _| state.queue.counts()).await?)
+        Ok(self
+            .ledger
+            .query_async(|state, _| state.queue.counts())
+            .await?)
     }
 }

@@ -15,7 +15,10 @@ use crate::domain::cost_agent;
 use crate::domain::governance::{Denial, admit_run, period_resets, settle};
 use crate::domain::scheduler::{dependants_to_cancel, draw, next_ready_many, next_retry_at};
 use crate::domain::sim::simulate;
-use crate::domain::{Decision, Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp, WorkerId};
+use crate::domain::{
+    Decision, Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp,
+    WorkerId,
+};
 use crate::log::{Append, AppendError, Ledger};
 use crate::workload::{Stage, Workload};
 
@@ -135,8 +138,13 @@ impl Sim<'_> {
     /// ledger.
     fn emit(&mut self, event: Event) -> Result<(), RunError> {
         let seq = self.state.seq + 1;
-        self.state.validate(&event).map_err(|r| RunError::Impossible(format!("{event}: {r}")))?;
-        self.batch.push(Append { recorded_at: Some(self.now), event: event.clone() });
+        self.state
+            .validate(&event)
+            .map_err(|r| RunError::Impossible(format!("{event}: {r}")))?;
+        self.batch.push(Append {
+            recorded_at: Some(self.now),
+            event: event.clone(),
+        });
         self.state.evolve(seq, self.now, event);
         Ok(())
     }
@@ -150,7 +158,8 @@ impl Sim<'_> {
 
     fn over_threshold(&self) -> bool {
         u64::from(self.running) * 10_000
-            > u64::from(self.workload.backpressure_threshold_bp) * u64::from(self.workload.max_concurrency)
+            > u64::from(self.workload.backpressure_threshold_bp)
+                * u64::from(self.workload.max_concurrency)
     }
 
     fn dispatch(&mut self) -> Result<(), RunError> {
@@ -160,11 +169,17 @@ impl Sim<'_> {
             // execute. A few candidates, in case the best must wait.
             let run = &self.run;
             let window = self.free_workers.len() * 2 + 16;
-            let candidates: Vec<TaskId> =
-                next_ready_many(&self.state, self.now, seq, &self.workload.policy, window, |t| &t.run == run)
-                    .into_iter()
-                    .cloned()
-                    .collect();
+            let candidates: Vec<TaskId> = next_ready_many(
+                &self.state,
+                self.now,
+                seq,
+                &self.workload.policy,
+                window,
+                |t| &t.run == run,
+            )
+            .into_iter()
+            .cloned()
+            .collect();
             for task in candidates {
                 // The cost agent decides before the node runs; a decision is
                 // recorded when it differs from the task's last one.
@@ -177,7 +192,9 @@ impl Sim<'_> {
                         }
                     }
                 }
-                let Some(t) = self.state.queue.get(&task) else { continue };
+                let Some(t) = self.state.queue.get(&task) else {
+                    continue;
+                };
                 let (decision, plan, why) = match &verdict {
                     Some(v) => (v.decision, v.plan.as_ref(), v.reason.as_str()),
                     None => (Decision::Continue, None, ""),
@@ -187,9 +204,15 @@ impl Sim<'_> {
                         let reason = format!("terminated by the cost agent: {why}");
                         let doomed = dependants_to_cancel(&self.state, &task);
                         self.waiting_budget.remove(&task);
-                        self.emit(Event::TaskCancelled { task: task.clone(), reason: reason.clone() })?;
+                        self.emit(Event::TaskCancelled {
+                            task: task.clone(),
+                            reason: reason.clone(),
+                        })?;
                         for child in doomed {
-                            self.emit(Event::TaskCancelled { task: child, reason: reason.clone() })?;
+                            self.emit(Event::TaskCancelled {
+                                task: child,
+                                reason: reason.clone(),
+                            })?;
                         }
                         continue;
                     }
@@ -199,10 +222,13 @@ impl Sim<'_> {
                         self.emit(Event::TaskSkipped { task, reason })?;
                         continue;
                     }
-                    (Decision::Degrade, Some(plan)) => (plan.apply(&t.params), cost_agent::degraded_ceiling(t, plan)),
+                    (Decision::Degrade, Some(plan)) => {
+                        (plan.apply(&t.params), cost_agent::degraded_ceiling(t, plan))
+                    }
                     _ => (t.params.clone(), t.cost_ceiling_micros),
                 };
-                match crate::domain::governance::Admitter::new(&self.state).admit_at(&task, ceiling) {
+                match crate::domain::governance::Admitter::new(&self.state).admit_at(&task, ceiling)
+                {
                     Ok(reserve) => {
                         self.waiting_budget.remove(&task);
                         self.start_attempt(task, worker, reserve, params)?;
@@ -213,7 +239,11 @@ impl Sim<'_> {
                         if self.waiting_budget.insert(task.clone()) {
                             let tenant = t.tenant.clone();
                             let reason = denial.reason().to_owned();
-                            self.emit(Event::AdmissionDenied { tenant, task: Some(task), reason })?;
+                            self.emit(Event::AdmissionDenied {
+                                tenant,
+                                task: Some(task),
+                                reason,
+                            })?;
                         }
                     }
                     Err(denial) => self.reject(&task, denial.reason())?,
@@ -224,21 +254,37 @@ impl Sim<'_> {
         if !self.backpressure && self.over_threshold() {
             self.backpressure = true;
             let threshold = self.threshold_count();
-            self.emit(Event::BackpressureEngaged { run: self.run.clone(), running: self.running, threshold })?;
+            self.emit(Event::BackpressureEngaged {
+                run: self.run.clone(),
+                running: self.running,
+                threshold,
+            })?;
         }
         Ok(())
     }
 
     /// Reserves the task's ceiling, leases it to `worker` and schedules the
     /// attempt's end.
-    fn start_attempt(&mut self, task: TaskId, worker: u32, reserve: Micros, params: Params) -> Result<(), RunError> {
-        let Some(t) = self.state.queue.get(&task) else { return Ok(()) };
+    fn start_attempt(
+        &mut self,
+        task: TaskId,
+        worker: u32,
+        reserve: Micros,
+        params: Params,
+    ) -> Result<(), RunError> {
+        let Some(t) = self.state.queue.get(&task) else {
+            return Ok(());
+        };
         let attempt = t.attempts + 1;
         let tenant = t.tenant.clone();
         self.free_workers.remove(&worker);
         self.running += 1;
         if reserve > Micros::ZERO {
-            self.emit(Event::CostReserved { tenant, task: task.clone(), amount_micros: reserve })?;
+            self.emit(Event::CostReserved {
+                tenant,
+                task: task.clone(),
+                amount_micros: reserve,
+            })?;
         }
         let timeout = self.workload.worker_timeout_micros;
         self.emit(Event::TaskDequeued {
@@ -248,32 +294,70 @@ impl Sim<'_> {
             lease_deadline: Some(self.now.saturating_add_micros(timeout)),
         })?;
         let latency = simulate(self.seed, task.as_str(), attempt, &params).latency_micros;
-        let (ends, timed_out) = if latency > timeout { (timeout, true) } else { (latency, false) };
+        let (ends, timed_out) = if latency > timeout {
+            (timeout, true)
+        } else {
+            (latency, false)
+        };
         self.order += 1;
-        self.timers.push(Reverse((self.now.0.saturating_add(ends), self.order, task, worker, attempt, timed_out, params)));
+        self.timers.push(Reverse((
+            self.now.0.saturating_add(ends),
+            self.order,
+            task,
+            worker,
+            attempt,
+            timed_out,
+            params,
+        )));
         Ok(())
     }
 
     /// A task that can never be admitted: denied, cancelled, and so are its
     /// dependants.
     fn reject(&mut self, task: &TaskId, reason: &str) -> Result<(), RunError> {
-        let tenant = self.state.queue.get(task).map(|t| t.tenant.clone()).unwrap_or_default();
+        let tenant = self
+            .state
+            .queue
+            .get(task)
+            .map(|t| t.tenant.clone())
+            .unwrap_or_default();
         self.waiting_budget.remove(task);
-        self.emit(Event::AdmissionDenied { tenant, task: Some(task.clone()), reason: reason.to_owned() })?;
+        self.emit(Event::AdmissionDenied {
+            tenant,
+            task: Some(task.clone()),
+            reason: reason.to_owned(),
+        })?;
         let doomed = dependants_to_cancel(&self.state, task);
-        self.emit(Event::TaskCancelled { task: task.clone(), reason: format!("not admitted: {reason}") })?;
+        self.emit(Event::TaskCancelled {
+            task: task.clone(),
+            reason: format!("not admitted: {reason}"),
+        })?;
         for child in doomed {
-            self.emit(Event::TaskCancelled { task: child, reason: format!("parent `{task}` was not admitted") })?;
+            self.emit(Event::TaskCancelled {
+                task: child,
+                reason: format!("parent `{task}` was not admitted"),
+            })?;
         }
         Ok(())
     }
 
     fn threshold_count(&self) -> u32 {
-        (u64::from(self.workload.backpressure_threshold_bp) * u64::from(self.workload.max_concurrency) / 10_000) as u32
+        (u64::from(self.workload.backpressure_threshold_bp)
+            * u64::from(self.workload.max_concurrency)
+            / 10_000) as u32
     }
 
-    fn finish_attempt(&mut self, task: TaskId, worker: u32, attempt: u32, timed_out: bool, params: Params) -> Result<(), RunError> {
-        let Some(t) = self.state.queue.get(&task) else { return Ok(()) };
+    fn finish_attempt(
+        &mut self,
+        task: TaskId,
+        worker: u32,
+        attempt: u32,
+        timed_out: bool,
+        params: Params,
+    ) -> Result<(), RunError> {
+        let Some(t) = self.state.queue.get(&task) else {
+            return Ok(());
+        };
         let tenant = t.tenant.clone();
         let max_attempts = t.max_attempts;
         let outcome = simulate(self.seed, task.as_str(), attempt, &params);
@@ -281,18 +365,29 @@ impl Sim<'_> {
         self.running -= 1;
         // Post what the attempt cost (a timed-out attempt reports nothing),
         // release the rest of its reservation, record an overrun.
-        let spent = if timed_out { Vec::new() } else { outcome.costs.clone() };
+        let spent = if timed_out {
+            Vec::new()
+        } else {
+            outcome.costs.clone()
+        };
         for event in settle(&self.state, &task, &spent) {
             self.emit(event)?;
         }
         let result = if timed_out {
-            Err(format!("timed out after {} ms", self.workload.worker_timeout_micros / 1_000))
+            Err(format!(
+                "timed out after {} ms",
+                self.workload.worker_timeout_micros / 1_000
+            ))
         } else {
             outcome.result
         };
         match result {
             Ok(output) => {
-                self.emit(Event::TaskAcked { task: task.clone(), worker: worker_id(worker), output })?;
+                self.emit(Event::TaskAcked {
+                    task: task.clone(),
+                    worker: worker_id(worker),
+                    output,
+                })?;
                 let cost = Micros(outcome.costs.iter().map(|c| c.1.0).sum());
                 self.emit(Event::LearningOutcome {
                     tenant,
@@ -305,7 +400,10 @@ impl Sim<'_> {
             Err(error) => {
                 let exhausted = attempt >= max_attempts;
                 let retry_at = (!exhausted).then(|| {
-                    let delay = self.workload.policy.retry_delay_micros(attempt, draw(self.seed, "retry", task.as_str(), attempt));
+                    let delay = self.workload.policy.retry_delay_micros(
+                        attempt,
+                        draw(self.seed, "retry", task.as_str(), attempt),
+                    );
                     self.now.saturating_add_micros(delay)
                 });
                 if let Some(at) = retry_at {
@@ -321,10 +419,15 @@ impl Sim<'_> {
                 if exhausted {
                     self.emit(Event::TaskDeadLettered {
                         task: task.clone(),
-                        reason: format!("{attempt} of {max_attempts} attempts failed, last: {error}"),
+                        reason: format!(
+                            "{attempt} of {max_attempts} attempts failed, last: {error}"
+                        ),
                     })?;
                     for child in dependants_to_cancel(&self.state, &task) {
-                        self.emit(Event::TaskCancelled { task: child, reason: format!("parent `{task}` was dead-lettered") })?;
+                        self.emit(Event::TaskCancelled {
+                            task: child,
+                            reason: format!("parent `{task}` was dead-lettered"),
+                        })?;
                     }
                 }
             }
@@ -332,7 +435,11 @@ impl Sim<'_> {
         if self.backpressure && !self.over_threshold() {
             self.backpressure = false;
             let threshold = self.threshold_count();
-            self.emit(Event::BackpressureReleased { run: self.run.clone(), running: self.running, threshold })?;
+            self.emit(Event::BackpressureReleased {
+                run: self.run.clone(),
+                running: self.running,
+                threshold,
+            })?;
         }
         Ok(())
     }
@@ -343,7 +450,12 @@ impl Sim<'_> {
 
     /// Submits a pipeline run if its tenant may start one now; otherwise
     /// records why (once) and defers it, or drops it when it never can.
-    fn admit_instance(&mut self, submission: usize, instance: u32, retried: bool) -> Result<(), RunError> {
+    fn admit_instance(
+        &mut self,
+        submission: usize,
+        instance: u32,
+        retried: bool,
+    ) -> Result<(), RunError> {
         // On resume, runs admitted out of arrival order are already in.
         if self.resumed && self.submitted(submission, instance) {
             return Ok(());
@@ -354,7 +466,11 @@ impl Sim<'_> {
             Err(denial) => {
                 if !retried || !denial.may_wait() {
                     let reason = denial.reason().to_owned();
-                    self.emit(Event::AdmissionDenied { tenant, task: None, reason })?;
+                    self.emit(Event::AdmissionDenied {
+                        tenant,
+                        task: None,
+                        reason,
+                    })?;
                 }
                 if let Denial::Concurrency(_) = denial {
                     self.deferred.push((submission, instance));
@@ -383,14 +499,23 @@ fn worker_id(n: u32) -> WorkerId {
 }
 
 /// The `task_submitted` events of pipeline run `instance` of `submission`.
-pub(crate) fn instance_events(workload: &Workload, run: &RunId, submission: usize, instance: u32) -> Vec<Event> {
+pub(crate) fn instance_events(
+    workload: &Workload,
+    run: &RunId,
+    submission: usize,
+    instance: u32,
+) -> Vec<Event> {
     let spec = &workload.submissions[submission];
-    let Some(pipeline) = workload.pipelines.get(&spec.pipeline) else { return Vec::new() };
+    let Some(pipeline) = workload.pipelines.get(&spec.pipeline) else {
+        return Vec::new();
+    };
     let instance_id = format!("{}/{}#{instance}", spec.tenant, spec.pipeline);
     let task_id = |node: &str| TaskId(format!("{run}/{instance_id}/{node}"));
     let replicas = |node: &crate::workload::NodeSpec| -> Vec<String> {
         if node.stage == Some(Stage::Map) {
-            (0..pipeline.fan_out).map(|k| format!("{}.{k}", node.id)).collect()
+            (0..pipeline.fan_out)
+                .map(|k| format!("{}.{k}", node.id))
+                .collect()
         } else {
             vec![node.id.clone()]
         }
@@ -399,15 +524,25 @@ pub(crate) fn instance_events(workload: &Workload, run: &RunId, submission: usiz
         pipeline.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
     let mut events = Vec::new();
     for node in &pipeline.nodes {
-        let deps: Vec<TaskId> =
-            node.deps.iter().filter_map(|d| by_id.get(d.as_str())).flat_map(|d| replicas(d)).map(|r| task_id(&r)).collect();
+        let deps: Vec<TaskId> = node
+            .deps
+            .iter()
+            .filter_map(|d| by_id.get(d.as_str()))
+            .flat_map(|d| replicas(d))
+            .map(|r| task_id(&r))
+            .collect();
         for (k, name) in replicas(node).into_iter().enumerate() {
             let mut params = node.params.to_value();
             if node.stage.is_some() {
                 let extra = if node.stage == Some(Stage::Map) {
                     ("shard", serde_json::Value::from(k))
                 } else {
-                    ("inputs", serde_json::Value::from(deps.iter().map(|d| d.0.clone()).collect::<Vec<_>>()))
+                    (
+                        "inputs",
+                        serde_json::Value::from(
+                            deps.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
+                        ),
+                    )
                 };
                 if !params.is_object() {
                     params = serde_json::json!({});
@@ -445,7 +580,13 @@ fn ceiling_of(node: &crate::workload::NodeSpec, params: &serde_json::Value) -> M
 }
 
 /// Whether pipeline run `instance` of `submission` is already in `state`.
-pub(crate) fn instance_submitted(state: &State, workload: &Workload, run: &RunId, submission: usize, instance: u32) -> bool {
+pub(crate) fn instance_submitted(
+    state: &State,
+    workload: &Workload,
+    run: &RunId,
+    submission: usize,
+    instance: u32,
+) -> bool {
     instance_events(workload, run, submission, instance)
         .first()
         .and_then(|e| e.task())
@@ -505,7 +646,13 @@ pub fn run_simulated(
 ) -> Result<RunReport, RunError> {
     let wall = Instant::now();
     let seed = options.seed.unwrap_or(workload.seed);
-    let run = RunId(options.run_id.clone().or_else(|| workload.run.clone()).unwrap_or_else(|| format!("run-{seed}")));
+    let run = RunId(
+        options
+            .run_id
+            .clone()
+            .or_else(|| workload.run.clone())
+            .unwrap_or_else(|| format!("run-{seed}")),
+    );
     let state = ledger.query(|state, _| state.clone())?;
     if state.runs.get(&run).is_some() {
         return Err(RunError::RunExists(run.0));
@@ -534,9 +681,17 @@ pub fn run_simulated(
     for event in registration_events(&sim.state, workload) {
         sim.emit(event)?;
     }
-    sim.emit(Event::RunStarted { run: run.clone(), seed, config_hash: workload.config_hash.clone() })?;
+    sim.emit(Event::RunStarted {
+        run: run.clone(),
+        seed,
+        config_hash: workload.config_hash.clone(),
+    })?;
 
-    sim.emit(Event::WorkloadRecorded { run: run.clone(), format: "toml".to_owned(), text: workload.text.clone() })?;
+    sim.emit(Event::WorkloadRecorded {
+        run: run.clone(),
+        format: "toml".to_owned(),
+        text: workload.text.clone(),
+    })?;
     drive(sim, options.stop_after_steps, progress, wall)
 }
 
@@ -545,7 +700,14 @@ pub(crate) fn arrivals(workload: &Workload) -> Vec<(i64, usize, u32)> {
     let mut arrivals = Vec::new();
     for (i, s) in workload.submissions.iter().enumerate() {
         for n in 0..s.runs {
-            arrivals.push((workload.start.0.saturating_add(s.interval_micros.saturating_mul(i64::from(n))), i, n));
+            arrivals.push((
+                workload
+                    .start
+                    .0
+                    .saturating_add(s.interval_micros.saturating_mul(i64::from(n))),
+                i,
+                n,
+            ));
         }
     }
     arrivals.sort_unstable();
@@ -558,8 +720,17 @@ pub(crate) fn total_tasks(workload: &Workload) -> u64 {
         .iter()
         .map(|s| {
             let p = &workload.pipelines[&s.pipeline];
-            let per_run: u64 =
-                p.nodes.iter().map(|n| if n.stage == Some(Stage::Map) { u64::from(p.fan_out) } else { 1 }).sum();
+            let per_run: u64 = p
+                .nodes
+                .iter()
+                .map(|n| {
+                    if n.stage == Some(Stage::Map) {
+                        u64::from(p.fan_out)
+                    } else {
+                        1
+                    }
+                })
+                .sum();
             per_run.saturating_mul(u64::from(s.runs))
         })
         .fold(0u64, u64::saturating_add)
@@ -578,7 +749,9 @@ fn drive(
     let total_tasks = total_tasks(workload);
     // On resume, pipeline runs already submitted are not submitted again.
     let mut next_arrival = 0usize;
-    while next_arrival < arrivals.len() && sim.submitted(arrivals[next_arrival].1, arrivals[next_arrival].2) {
+    while next_arrival < arrivals.len()
+        && sim.submitted(arrivals[next_arrival].1, arrivals[next_arrival].2)
+    {
         next_arrival += 1;
     }
     let mut steps = 0u64;
@@ -586,7 +759,11 @@ fn drive(
         if sim.backpressure && !sim.over_threshold() {
             sim.backpressure = false;
             let threshold = sim.threshold_count();
-            sim.emit(Event::BackpressureReleased { run: run.clone(), running: sim.running, threshold })?;
+            sim.emit(Event::BackpressureReleased {
+                run: run.clone(),
+                running: sim.running,
+                threshold,
+            })?;
         }
         if !sim.backpressure {
             // Pipeline runs that waited for their tenant's concurrency go first.
@@ -594,7 +771,10 @@ fn drive(
                 sim.admit_instance(submission, instance, true)?;
             }
         }
-        while !sim.backpressure && next_arrival < arrivals.len() && arrivals[next_arrival].0 <= sim.now.0 {
+        while !sim.backpressure
+            && next_arrival < arrivals.len()
+            && arrivals[next_arrival].0 <= sim.now.0
+        {
             let (_, submission, instance) = arrivals[next_arrival];
             sim.admit_instance(submission, instance, false)?;
             next_arrival += 1;
@@ -612,12 +792,17 @@ fn drive(
             return Err(RunError::Stopped(steps));
         }
         if let Some(r) = sim.state.runs.get(&run) {
-            progress(r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled + r.tasks_skipped, total_tasks);
+            progress(
+                r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled + r.tasks_skipped,
+                total_tasks,
+            );
         }
 
         let mut wake: Option<i64> = sim.timers.peek().map(|t| t.0.0);
         if !sim.backpressure && next_arrival < arrivals.len() {
-            wake = Some(wake.map_or(arrivals[next_arrival].0, |w| w.min(arrivals[next_arrival].0)));
+            wake = Some(wake.map_or(arrivals[next_arrival].0, |w| {
+                w.min(arrivals[next_arrival].0)
+            }));
         }
         while sim.retry_wakeups.peek().is_some_and(|r| r.0 <= sim.now.0) {
             sim.retry_wakeups.pop();
@@ -638,8 +823,14 @@ fn drive(
             if sim.deferred.len() == before {
                 for (submission, instance) in std::mem::take(&mut sim.deferred) {
                     let tenant = TenantId(workload.submissions[submission].tenant.clone());
-                    let reason = format!("pipeline run #{instance} of tenant `{tenant}` could not be admitted");
-                    sim.emit(Event::AdmissionDenied { tenant, task: None, reason })?;
+                    let reason = format!(
+                        "pipeline run #{instance} of tenant `{tenant}` could not be admitted"
+                    );
+                    sim.emit(Event::AdmissionDenied {
+                        tenant,
+                        task: None,
+                        reason,
+                    })?;
                 }
             }
             continue;
@@ -652,7 +843,10 @@ fn drive(
             sim.emit(event)?;
         }
         while sim.timers.peek().is_some_and(|t| t.0.0 <= sim.now.0) {
-            let Some(Reverse((_, _, task, worker, attempt, timed_out, params))) = sim.timers.pop() else { break };
+            let Some(Reverse((_, _, task, worker, attempt, timed_out, params))) = sim.timers.pop()
+            else {
+                break;
+            };
             sim.finish_attempt(task, worker, attempt, timed_out, params)?;
         }
     }
@@ -662,10 +856,22 @@ fn drive(
     let mirror = sim.state.digests();
     let (digests, head) = sim.ledger.query(|state, head| (state.digests(), head))?;
     if digests != mirror {
-        return Err(RunError::Impossible("the executor's state and the ledger's disagree".to_owned()));
+        return Err(RunError::Impossible(
+            "the executor's state and the ledger's disagree".to_owned(),
+        ));
     }
-    let s = sim.state.runs.get(&run).ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
-    Ok(RunReport::new(s, sim.now.0 - workload.start.0, wall, head, digests.combined))
+    let s = sim
+        .state
+        .runs
+        .get(&run)
+        .ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
+    Ok(RunReport::new(
+        s,
+        sim.now.0 - workload.start.0,
+        wall,
+        head,
+        digests.combined,
+    ))
 }
 
 /// Finishes a run whose process died: leases it held are returned
@@ -681,7 +887,11 @@ pub fn resume_simulated(
     let wall = Instant::now();
     let state = ledger.query(|state, _| state.clone())?;
     let summary = match run {
-        Some(id) => state.runs.get(&RunId(id.to_owned())).cloned().ok_or_else(|| RunError::Resume(format!("run `{id}` is not in the ledger")))?,
+        Some(id) => state
+            .runs
+            .get(&RunId(id.to_owned()))
+            .cloned()
+            .ok_or_else(|| RunError::Resume(format!("run `{id}` is not in the ledger")))?,
         None => state
             .runs
             .sorted()
@@ -692,11 +902,19 @@ pub fn resume_simulated(
             .ok_or_else(|| RunError::Resume("no unfinished run in the ledger".to_owned()))?,
     };
     if summary.status == crate::domain::activity::RunStatus::Finished {
-        return Err(RunError::Resume(format!("run `{}` is already finished", summary.run)));
+        return Err(RunError::Resume(format!(
+            "run `{}` is already finished",
+            summary.run
+        )));
     }
     let text = state
         .workload_of(&summary.run)
-        .ok_or_else(|| RunError::Resume(format!("run `{}` recorded no workload to resume from", summary.run)))?
+        .ok_or_else(|| {
+            RunError::Resume(format!(
+                "run `{}` recorded no workload to resume from",
+                summary.run
+            ))
+        })?
         .to_owned();
     let workload = Workload::parse(&format!("<workload of {}>", summary.run), &text)
         .map_err(|e| RunError::Resume(format!("the recorded workload no longer parses: {e}")))?;
@@ -734,7 +952,9 @@ pub fn resume_simulated(
         .queue
         .sorted()
         .into_iter()
-        .filter(|(_, t)| t.run == summary.run && t.status == crate::domain::queue::TaskStatus::Leased)
+        .filter(|(_, t)| {
+            t.run == summary.run && t.status == crate::domain::queue::TaskStatus::Leased
+        })
         .map(|(id, _)| id.clone())
         .collect();
     for task in leased {
@@ -749,4 +969,3 @@ pub fn resume_simulated(
     }
     drive(sim, None, progress, wall)
 }
-
