@@ -7,7 +7,7 @@
 
 use rustc_hash::FxHashSet;
 
-use crate::domain::{Event, RunId, State, TaskId, Timestamp};
+use crate::domain::{Event, RunId, State, TaskId};
 use crate::log::store::{Head, IndexBuilder, IndexKind, Store, WalkError, decode_record};
 
 /// The result of a fold.
@@ -15,7 +15,6 @@ use crate::log::store::{Head, IndexBuilder, IndexKind, Store, WalkError, decode_
 pub struct Folded {
     pub state: State,
     pub head: Head,
-    pub last_time: Timestamp,
     /// Records folded in (with a run filter: those of the run and the global ones).
     pub records: u64,
 }
@@ -64,13 +63,11 @@ fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folde
         run: run.cloned(),
         tasks: FxHashSet::default(),
     };
-    let mut last_time = Timestamp::EPOCH;
     let mut records = 0u64;
     let hwm = if reindex { store.index_hwm() } else { u64::MAX };
     let mut index = IndexBuilder::default();
     let head = store.read_chain(decode_record, |frames| {
         for record in frames.into_iter().flatten() {
-            last_time = record.recorded_at;
             if record.seq > hwm {
                 let (run, tenant) = state.scope(&record.event);
                 let place = (
@@ -97,7 +94,6 @@ fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folde
     Ok(Folded {
         state,
         head,
-        last_time,
         records,
     })
 }

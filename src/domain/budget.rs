@@ -10,7 +10,7 @@ use bincode::{Decode, Encode};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use super::event::{BudgetPeriod, BudgetStatus, Category, Event, LearningIntensity};
+use super::event::{BudgetPeriod, BudgetStatus, Event, LearningIntensity};
 use super::ids::{TaskId, TenantId};
 use super::money::Micros;
 use super::rejection::Rejection;
@@ -424,12 +424,4 @@ impl Tenants {
             t.active_runs = t.active_runs.saturating_sub(1);
         }
     }
-}
-
-/// Spend by category as `(name, micros)` pairs, for views.
-pub fn spent_by_category_named(tenant: &Tenant) -> Vec<(&'static str, Micros)> {
-    Category::ALL
-        .iter()
-        .map(|c| (c.name(), tenant.spent_by_category[c.index()]))
-        .collect()
 }

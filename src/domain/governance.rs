@@ -291,3 +291,152 @@ pub fn period_resets(state: &State, from: Timestamp, to: Timestamp) -> Vec<Event
     }
     events
 }
+
+/// What to do with a ready task about to be handed to a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Run it with these params (a degradation plan may have changed
+    /// them), reserving this much.
+    Run {
+        params: super::event::Params,
+        reserve: Micros,
+    },
+    /// Not now: its budget is busy; it stays ready.
+    Wait,
+    /// It ended without running (terminated, skipped or refused); the
+    /// events say how.
+    Ended,
+}
+
+/// The cost agent and admission in front of every attempt, shared by both
+/// executors. It remembers, per task, the last verdict and whether a
+/// denial was recorded, so a task that waits is not re-recorded each time
+/// it is looked at.
+#[derive(Debug, Default)]
+pub struct Gate {
+    last_verdict: std::collections::BTreeMap<TaskId, super::event::Decision>,
+    waiting: std::collections::BTreeSet<TaskId>,
+}
+
+impl Gate {
+    /// Decides for ready `task`, pushing the events to record onto
+    /// `events`. `gone` holds the tasks this decision already ended (so a
+    /// shared dependant is cancelled once).
+    pub fn start(
+        &mut self,
+        state: &State,
+        admitter: &mut Admitter,
+        task: &TaskId,
+        gone: &mut std::collections::BTreeSet<TaskId>,
+        events: &mut Vec<Event>,
+    ) -> Start {
+        use super::cost_agent;
+        use super::event::Decision;
+        let Some(t) = state.queue.get(task) else {
+            return Start::Ended;
+        };
+        // The cost agent decides before the node runs; a verdict is
+        // recorded when it differs from the task's last one.
+        let verdict = cost_agent::decide(state, task, &cost_agent::degraded_ceiling);
+        if let Some(v) = &verdict {
+            if self.last_verdict.get(task) != Some(&v.decision) {
+                self.last_verdict.insert(task.clone(), v.decision);
+                events.extend(v.event(state, task));
+            }
+        }
+        let (decision, plan, why) = match &verdict {
+            Some(v) => (v.decision, v.plan.as_ref(), v.reason.as_str()),
+            None => (Decision::Continue, None, ""),
+        };
+        let (params, ceiling) = match (decision, plan) {
+            (Decision::Terminate, _) => {
+                self.end(
+                    state,
+                    task,
+                    format!("terminated by the cost agent: {why}"),
+                    None,
+                    gone,
+                    events,
+                );
+                return Start::Ended;
+            }
+            (Decision::Degrade, Some(plan)) if plan.skip_optional && t.optional => {
+                self.waiting.remove(task);
+                gone.insert(task.clone());
+                let reason = format!("skipped by the degradation plan: {why}");
+                events.push(Event::TaskSkipped {
+                    task: task.clone(),
+                    reason,
+                });
+                return Start::Ended;
+            }
+            (Decision::Degrade, Some(plan)) => {
+                (plan.apply(&t.params), cost_agent::degraded_ceiling(t, plan))
+            }
+            _ => (t.params.clone(), t.cost_ceiling_micros),
+        };
+        match admitter.admit_at(task, ceiling) {
+            Ok(reserve) => {
+                self.waiting.remove(task);
+                Start::Run { params, reserve }
+            }
+            Err(denial) if denial.may_wait() => {
+                // Recorded once per wait; the task stays ready.
+                if self.waiting.insert(task.clone()) {
+                    events.push(Event::AdmissionDenied {
+                        tenant: t.tenant.clone(),
+                        task: Some(task.clone()),
+                        reason: denial.reason().to_owned(),
+                    });
+                }
+                Start::Wait
+            }
+            Err(denial) => {
+                let reason = denial.reason().to_owned();
+                self.end(
+                    state,
+                    task,
+                    format!("not admitted: {reason}"),
+                    Some(reason),
+                    gone,
+                    events,
+                );
+                Start::Ended
+            }
+        }
+    }
+
+    /// Cancels `task` and its dependants, after an admission denial when
+    /// `denied` gives its reason.
+    fn end(
+        &mut self,
+        state: &State,
+        task: &TaskId,
+        reason: String,
+        denied: Option<String>,
+        gone: &mut std::collections::BTreeSet<TaskId>,
+        events: &mut Vec<Event>,
+    ) {
+        self.waiting.remove(task);
+        if let (Some(denied), Some(t)) = (denied, state.queue.get(task)) {
+            events.push(Event::AdmissionDenied {
+                tenant: t.tenant.clone(),
+                task: Some(task.clone()),
+                reason: denied,
+            });
+        }
+        gone.insert(task.clone());
+        events.push(Event::TaskCancelled {
+            task: task.clone(),
+            reason: reason.clone(),
+        });
+        for child in super::scheduler::dependants_to_cancel(state, task) {
+            if gone.insert(child.clone()) {
+                events.push(Event::TaskCancelled {
+                    task: child,
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+}

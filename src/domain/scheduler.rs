@@ -83,28 +83,9 @@ pub fn next_ready<'s>(
     seq: u64,
     policy: &QueuePolicy,
 ) -> Option<&'s TaskId> {
-    let mut best: Option<(i128, usize, u64, &TaskId)> = None;
-    for priority in super::event::Priority::ALL {
-        let candidate = state.queue.ready_entries(priority).find(|(_, id)| {
-            state
-                .queue
-                .get(id)
-                .is_some_and(|t| t.retry_at.is_none_or(|at| at <= now))
-        });
-        let Some((ready_seq, id)) = candidate else {
-            continue;
-        };
-        let waited = i128::from(seq.saturating_sub(ready_seq));
-        let rank = priority.index() as i128 * i128::from(policy.aging_records.max(1)) - waited;
-        let key = (rank, priority.index(), ready_seq, id);
-        if best
-            .as_ref()
-            .is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2))
-        {
-            best = Some(key);
-        }
-    }
-    best.map(|b| b.3)
+    next_ready_many(state, now, seq, policy, 1, |_| true)
+        .into_iter()
+        .next()
 }
 
 /// Up to `max` ready tasks in the order [`next_ready`] would hand them out

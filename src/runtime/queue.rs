@@ -13,12 +13,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::domain::cost_agent;
-use crate::domain::governance::{Admitter, Settler};
+use crate::domain::governance::{Admitter, Gate, Settler, Start};
 use crate::domain::queue::{QueueCounts, TaskStatus};
 use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, next_ready_many};
 use crate::domain::{
-    Category, Decision, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId,
+    Category, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId,
 };
 use crate::log::{AppendError, Ledger};
 
@@ -110,13 +109,8 @@ pub struct MemoryQueue {
     seed: u64,
     /// Poll interval while waiting for work.
     poll: Duration,
-    /// Tasks denied admission for budget that wait for room (their denial
-    /// is recorded once).
-    waiting: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<TaskId>>>,
-    /// The cost agent's last verdict per task (recorded when it changes).
-    verdicts: std::sync::Arc<
-        std::sync::Mutex<std::collections::BTreeMap<TaskId, crate::domain::Decision>>,
-    >,
+    /// The cost agent and admission in front of every lease.
+    gate: std::sync::Arc<std::sync::Mutex<Gate>>,
 }
 
 impl MemoryQueue {
@@ -126,8 +120,7 @@ impl MemoryQueue {
             policy,
             seed,
             poll: Duration::from_millis(2),
-            waiting: Default::default(),
-            verdicts: Default::default(),
+            gate: Default::default(),
         }
     }
 }
@@ -162,8 +155,7 @@ impl TaskQueue for MemoryQueue {
         let lease_micros = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
         loop {
             let (run_id, worker_id, policy) = (run.clone(), worker.clone(), self.policy);
-            let waiting = std::sync::Arc::clone(&self.waiting);
-            let verdicts = std::sync::Arc::clone(&self.verdicts);
+            let gate = std::sync::Arc::clone(&self.gate);
             let (_, leases) = self
                 .ledger
                 .decide(move |state, head, now| {
@@ -175,7 +167,7 @@ impl TaskQueue for MemoryQueue {
                     let mut leases = Vec::with_capacity(picked.len());
                     let mut admitter = Admitter::new(state);
                     let mut gone = std::collections::BTreeSet::new();
-                    let mut waiting = waiting
+                    let mut gate = gate
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     for task in picked {
@@ -185,97 +177,14 @@ impl TaskQueue for MemoryQueue {
                         if gone.contains(task) {
                             continue;
                         }
+                        let Start::Run { params, reserve } =
+                            gate.start(state, &mut admitter, task, &mut gone, &mut events)
+                        else {
+                            continue;
+                        };
                         let Some(t) = state.queue.get(task) else {
                             continue;
                         };
-                        // The cost agent decides before the node runs.
-                        let verdict =
-                            cost_agent::decide(state, task, &cost_agent::degraded_ceiling);
-                        if let Some(verdict) = &verdict {
-                            let mut last = verdicts
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner);
-                            if last.get(task) != Some(&verdict.decision) {
-                                last.insert(task.clone(), verdict.decision);
-                                events.extend(verdict.event(state, task));
-                            }
-                        }
-                        let (decision, plan, why) = match &verdict {
-                            Some(v) => (v.decision, v.plan.as_ref(), v.reason.as_str()),
-                            None => (Decision::Continue, None, ""),
-                        };
-                        let (params, ceiling) = match (decision, plan) {
-                            (Decision::Terminate, _) => {
-                                let reason = format!("terminated by the cost agent: {why}");
-                                waiting.remove(task);
-                                gone.insert(task.clone());
-                                events.push(Event::TaskCancelled {
-                                    task: task.clone(),
-                                    reason: reason.clone(),
-                                });
-                                for child in dependants_to_cancel(state, task) {
-                                    if gone.insert(child.clone()) {
-                                        events.push(Event::TaskCancelled {
-                                            task: child,
-                                            reason: reason.clone(),
-                                        });
-                                    }
-                                }
-                                continue;
-                            }
-                            (Decision::Degrade, Some(plan)) if plan.skip_optional && t.optional => {
-                                waiting.remove(task);
-                                gone.insert(task.clone());
-                                let reason = format!("skipped by the degradation plan: {why}");
-                                events.push(Event::TaskSkipped {
-                                    task: task.clone(),
-                                    reason,
-                                });
-                                continue;
-                            }
-                            (Decision::Degrade, Some(plan)) => {
-                                (plan.apply(&t.params), cost_agent::degraded_ceiling(t, plan))
-                            }
-                            _ => (t.params.clone(), t.cost_ceiling_micros),
-                        };
-                        let reserve = match admitter.admit_at(task, ceiling) {
-                            Ok(reserve) => reserve,
-                            Err(denial) if denial.may_wait() => {
-                                if waiting.insert(task.clone()) {
-                                    let reason = denial.reason().to_owned();
-                                    events.push(Event::AdmissionDenied {
-                                        tenant: t.tenant.clone(),
-                                        task: Some(task.clone()),
-                                        reason,
-                                    });
-                                }
-                                continue;
-                            }
-                            Err(denial) => {
-                                waiting.remove(task);
-                                let reason = denial.reason().to_owned();
-                                events.push(Event::AdmissionDenied {
-                                    tenant: t.tenant.clone(),
-                                    task: Some(task.clone()),
-                                    reason: reason.clone(),
-                                });
-                                events.push(Event::TaskCancelled {
-                                    task: task.clone(),
-                                    reason: format!("not admitted: {reason}"),
-                                });
-                                gone.insert(task.clone());
-                                for child in dependants_to_cancel(state, task) {
-                                    if gone.insert(child.clone()) {
-                                        events.push(Event::TaskCancelled {
-                                            task: child,
-                                            reason: format!("parent `{task}` was not admitted"),
-                                        });
-                                    }
-                                }
-                                continue;
-                            }
-                        };
-                        waiting.remove(task);
                         if reserve > Micros::ZERO {
                             events.push(Event::CostReserved {
                                 tenant: t.tenant.clone(),

@@ -11,13 +11,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::time::Instant;
 
-use crate::domain::cost_agent;
-use crate::domain::governance::{Denial, admit_run, period_resets, settle};
+use crate::domain::governance::{Admitter, Denial, Gate, Start, admit_run, period_resets, settle};
 use crate::domain::scheduler::{dependants_to_cancel, draw, next_ready_many, next_retry_at};
 use crate::domain::sim::simulate;
 use crate::domain::{
-    Decision, Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp,
-    WorkerId,
+    Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp, WorkerId,
 };
 use crate::log::{Append, AppendError, Ledger};
 use crate::workload::{Stage, Workload};
@@ -123,14 +121,12 @@ struct Sim<'a> {
     backpressure: bool,
     /// Times at which a NACKed task becomes ready again.
     retry_wakeups: BinaryHeap<Reverse<i64>>,
-    /// Tasks whose admission was denied for budget and that wait for room.
-    waiting_budget: BTreeSet<TaskId>,
+    /// The cost agent and admission in front of every attempt.
+    gate: Gate,
     /// Pipeline runs that wait for their tenant's concurrency to allow them.
     deferred: Vec<(usize, u32)>,
     /// Whether this run continues one whose process died.
     resumed: bool,
-    /// The cost agent's last verdict per task (a verdict is recorded when it changes).
-    last_verdict: std::collections::BTreeMap<TaskId, Decision>,
 }
 
 impl Sim<'_> {
@@ -181,72 +177,21 @@ impl Sim<'_> {
             .cloned()
             .collect();
             for task in candidates {
-                // The cost agent decides before the node runs; a decision is
-                // recorded when it differs from the task's last one.
-                let verdict = cost_agent::decide(&self.state, &task, &cost_agent::degraded_ceiling);
-                if let Some(verdict) = &verdict {
-                    if self.last_verdict.get(&task) != Some(&verdict.decision) {
-                        self.last_verdict.insert(task.clone(), verdict.decision);
-                        if let Some(event) = verdict.event(&self.state, &task) {
-                            self.emit(event)?;
-                        }
-                    }
+                let mut events = Vec::new();
+                let mut admitter = Admitter::new(&self.state);
+                let start = self.gate.start(
+                    &self.state,
+                    &mut admitter,
+                    &task,
+                    &mut BTreeSet::new(),
+                    &mut events,
+                );
+                for event in events {
+                    self.emit(event)?;
                 }
-                let Some(t) = self.state.queue.get(&task) else {
-                    continue;
-                };
-                let (decision, plan, why) = match &verdict {
-                    Some(v) => (v.decision, v.plan.as_ref(), v.reason.as_str()),
-                    None => (Decision::Continue, None, ""),
-                };
-                let (params, ceiling) = match (decision, plan) {
-                    (Decision::Terminate, _) => {
-                        let reason = format!("terminated by the cost agent: {why}");
-                        let doomed = dependants_to_cancel(&self.state, &task);
-                        self.waiting_budget.remove(&task);
-                        self.emit(Event::TaskCancelled {
-                            task: task.clone(),
-                            reason: reason.clone(),
-                        })?;
-                        for child in doomed {
-                            self.emit(Event::TaskCancelled {
-                                task: child,
-                                reason: reason.clone(),
-                            })?;
-                        }
-                        continue;
-                    }
-                    (Decision::Degrade, Some(plan)) if plan.skip_optional && t.optional => {
-                        let reason = format!("skipped by the degradation plan: {why}");
-                        self.waiting_budget.remove(&task);
-                        self.emit(Event::TaskSkipped { task, reason })?;
-                        continue;
-                    }
-                    (Decision::Degrade, Some(plan)) => {
-                        (plan.apply(&t.params), cost_agent::degraded_ceiling(t, plan))
-                    }
-                    _ => (t.params.clone(), t.cost_ceiling_micros),
-                };
-                match crate::domain::governance::Admitter::new(&self.state).admit_at(&task, ceiling)
-                {
-                    Ok(reserve) => {
-                        self.waiting_budget.remove(&task);
-                        self.start_attempt(task, worker, reserve, params)?;
-                        continue 'workers;
-                    }
-                    Err(denial) if denial.may_wait() => {
-                        // Recorded once per wait; the task stays ready.
-                        if self.waiting_budget.insert(task.clone()) {
-                            let tenant = t.tenant.clone();
-                            let reason = denial.reason().to_owned();
-                            self.emit(Event::AdmissionDenied {
-                                tenant,
-                                task: Some(task),
-                                reason,
-                            })?;
-                        }
-                    }
-                    Err(denial) => self.reject(&task, denial.reason())?,
+                if let Start::Run { params, reserve } = start {
+                    self.start_attempt(task, worker, reserve, params)?;
+                    continue 'workers;
                 }
             }
             break;
@@ -309,35 +254,6 @@ impl Sim<'_> {
             timed_out,
             params,
         )));
-        Ok(())
-    }
-
-    /// A task that can never be admitted: denied, cancelled, and so are its
-    /// dependants.
-    fn reject(&mut self, task: &TaskId, reason: &str) -> Result<(), RunError> {
-        let tenant = self
-            .state
-            .queue
-            .get(task)
-            .map(|t| t.tenant.clone())
-            .unwrap_or_default();
-        self.waiting_budget.remove(task);
-        self.emit(Event::AdmissionDenied {
-            tenant,
-            task: Some(task.clone()),
-            reason: reason.to_owned(),
-        })?;
-        let doomed = dependants_to_cancel(&self.state, task);
-        self.emit(Event::TaskCancelled {
-            task: task.clone(),
-            reason: format!("not admitted: {reason}"),
-        })?;
-        for child in doomed {
-            self.emit(Event::TaskCancelled {
-                task: child,
-                reason: format!("parent `{task}` was not admitted"),
-            })?;
-        }
         Ok(())
     }
 
@@ -672,10 +588,9 @@ pub fn run_simulated(
         running: 0,
         backpressure: false,
         retry_wakeups: BinaryHeap::new(),
-        waiting_budget: BTreeSet::new(),
+        gate: Gate::default(),
         deferred: Vec::new(),
         resumed: false,
-        last_verdict: std::collections::BTreeMap::new(),
     };
 
     for event in registration_events(&sim.state, workload) {
@@ -935,10 +850,9 @@ pub fn resume_simulated(
         running: 0,
         backpressure: engaged,
         retry_wakeups: BinaryHeap::new(),
-        waiting_budget: BTreeSet::new(),
+        gate: Gate::default(),
         deferred: Vec::new(),
         resumed: true,
-        last_verdict: std::collections::BTreeMap::new(),
     };
     // Retries the dead process had scheduled.
     let run_id = summary.run.clone();
