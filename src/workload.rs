@@ -535,6 +535,11 @@ impl Workload {
                         return Err(c.err(n.id.span(), format!("node `{nid}`: handler exec needs params.argv = [\"program\", \"arg\", ...]")));
                     }
                 }
+                if let Some(params) = &n.params {
+                    if let Err(e) = crate::domain::learning::check_offer(&json_of(params)) {
+                        return Err(c.err(n.id.span(), format!("node `{nid}`: {e}")));
+                    }
+                }
                 if *n.cost_ceiling_micros.get_ref() < 0 {
                     return Err(c.err(
                         n.cost_ceiling_micros.span(),

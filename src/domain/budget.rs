@@ -275,6 +275,10 @@ impl Tenants {
                     None => Ok(()),
                 }
             }
+            Event::LearningArmChosen { tenant, task, .. } => {
+                self.tenant(tenant)?;
+                owned_by(tenant, task)
+            }
             _ => Ok(()),
         }
     }

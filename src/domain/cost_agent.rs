@@ -63,16 +63,36 @@ impl Plan {
             map.insert("depth".into(), self.depth.into());
         }
         if self.model_step_down {
-            let cheaper = match map.get("model").and_then(|v| v.as_str()) {
-                Some("large") => Some("medium"),
-                Some("medium") => Some("small"),
-                _ => None,
-            };
-            if let Some(model) = cheaper {
+            if let Some(model) = map.get("model").and_then(|v| v.as_str()).map(step_down) {
                 map.insert("model".into(), model.into());
+            }
+            // Models the learning policy may still choose step down too.
+            if let Some(models) = map
+                .get_mut("learn")
+                .and_then(|l| l.get_mut("model"))
+                .and_then(|m| m.as_array_mut())
+            {
+                let mut cheaper: Vec<serde_json::Value> = Vec::with_capacity(models.len());
+                for m in models.iter() {
+                    let v: serde_json::Value =
+                        m.as_str().map_or(m.clone(), |s| step_down(s).into());
+                    if !cheaper.contains(&v) {
+                        cheaper.push(v);
+                    }
+                }
+                *models = cheaper;
             }
         }
         Params::from_value(&value)
+    }
+}
+
+/// The next cheaper model (`large` → `medium` → `small`).
+fn step_down(model: &str) -> &str {
+    match model {
+        "large" => "medium",
+        "medium" => "small",
+        other => other,
     }
 }
 

@@ -476,6 +476,20 @@ pub enum Event {
         #[serde(default)]
         reason: String,
     },
+    /// The learning policy's choice for a node about to run: the value of
+    /// one of its params (an arm) and whether it explores.
+    LearningArmChosen {
+        tenant: TenantId,
+        task: TaskId,
+        /// The param chosen for, e.g. `model`.
+        param: String,
+        /// The value chosen, e.g. `small`.
+        arm: String,
+        #[serde(default, skip_serializing_if = "is_default")]
+        explored: bool,
+        #[serde(default)]
+        reason: String,
+    },
 }
 
 impl Event {
@@ -507,6 +521,7 @@ impl Event {
             Event::LearningProfileAdjusted { .. } => "learning_profile_adjusted",
             Event::WorkloadRecorded { .. } => "workload_recorded",
             Event::TaskSkipped { .. } => "task_skipped",
+            Event::LearningArmChosen { .. } => "learning_arm_chosen",
         }
     }
 
@@ -521,6 +536,7 @@ impl Event {
             | Event::LeaseExpired { task, .. }
             | Event::TaskCancelled { task, .. }
             | Event::TaskSkipped { task, .. }
+            | Event::LearningArmChosen { task, .. }
             | Event::CostReserved { task, .. }
             | Event::ReservationReleased { task, .. } => Some(task),
             Event::CostIncurred { task, .. }
@@ -547,6 +563,7 @@ impl Event {
             | Event::AdmissionDenied { tenant, .. }
             | Event::DegradationDecided { tenant, .. }
             | Event::LearningOutcome { tenant, .. }
+            | Event::LearningArmChosen { tenant, .. }
             | Event::LearningProfileAdjusted { tenant, .. } => Some(tenant),
             _ => None,
         }

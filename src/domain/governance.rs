@@ -169,6 +169,16 @@ impl<'s> Settler<'s> {
         }
     }
 
+    /// `tenant`'s utilisation (spent of budget, bp) counting what this
+    /// decision has posted so far.
+    pub fn utilisation_bp(&self, tenant: &TenantId) -> i64 {
+        let Some(t) = self.state.tenants.get(tenant) else {
+            return 0;
+        };
+        let added = self.tenants.get(tenant).map_or(0, |e| e.0);
+        Micros(t.spent_micros().0.saturating_add(added)).basis_points_of(t.budget_micros)
+    }
+
     pub fn settle(&mut self, task: &TaskId, costs: &[(Category, Micros)]) -> Vec<Event> {
         let Some(t) = self.state.queue.get(task) else {
             return Vec::new();
@@ -308,17 +318,26 @@ pub enum Start {
     Ended,
 }
 
-/// The cost agent and admission in front of every attempt, shared by both
-/// executors. It remembers, per task, the last verdict and whether a
-/// denial was recorded, so a task that waits is not re-recorded each time
-/// it is looked at.
+/// The cost agent, the learning policy and admission in front of every
+/// attempt, shared by both executors. It remembers, per task, the last
+/// verdict and whether a denial was recorded, so a task that waits is not
+/// re-recorded each time it is looked at.
 #[derive(Debug, Default)]
 pub struct Gate {
+    /// The run's seed, for the learning policy's draws.
+    seed: u64,
     last_verdict: std::collections::BTreeMap<TaskId, super::event::Decision>,
     waiting: std::collections::BTreeSet<TaskId>,
 }
 
 impl Gate {
+    pub fn new(seed: u64) -> Self {
+        Gate {
+            seed,
+            ..Gate::default()
+        }
+    }
+
     /// Decides for ready `task`, pushing the events to record onto
     /// `events`. `gone` holds the tasks this decision already ended (so a
     /// shared dependant is cancelled once).
@@ -348,36 +367,71 @@ impl Gate {
             Some(v) => (v.decision, v.plan.as_ref(), v.reason.as_str()),
             None => (Decision::Continue, None, ""),
         };
-        let (params, ceiling) = match (decision, plan) {
-            (Decision::Terminate, _) => {
-                self.end(
-                    state,
-                    task,
-                    format!("terminated by the cost agent: {why}"),
-                    None,
-                    gone,
-                    events,
-                );
-                return Start::Ended;
-            }
-            (Decision::Degrade, Some(plan)) if plan.skip_optional && t.optional => {
-                self.waiting.remove(task);
-                gone.insert(task.clone());
-                let reason = format!("skipped by the degradation plan: {why}");
-                events.push(Event::TaskSkipped {
-                    task: task.clone(),
-                    reason,
-                });
-                return Start::Ended;
-            }
-            (Decision::Degrade, Some(plan)) => {
-                (plan.apply(&t.params), cost_agent::degraded_ceiling(t, plan))
-            }
-            _ => (t.params.clone(), t.cost_ceiling_micros),
+        if decision == Decision::Terminate {
+            self.end(
+                state,
+                task,
+                format!("terminated by the cost agent: {why}"),
+                None,
+                gone,
+                events,
+            );
+            return Start::Ended;
+        }
+        if t.optional && plan.is_some_and(|p| p.skip_optional) {
+            self.waiting.remove(task);
+            gone.insert(task.clone());
+            events.push(Event::TaskSkipped {
+                task: task.clone(),
+                reason: format!("skipped by the degradation plan: {why}"),
+            });
+            return Start::Ended;
+        }
+        // The learning policy picks among the values the node offers (and
+        // does not explore under a degradation), then the plan applies.
+        let choice = super::learning::offered(&t.params).map(|(param, values)| {
+            let budget = state
+                .tenants
+                .get(&t.tenant)
+                .map_or(Micros::ZERO, |x| x.budget_micros);
+            state.learning.choose(
+                &t.tenant,
+                budget,
+                &param,
+                &values,
+                decision == Decision::Continue,
+                self.seed,
+                task,
+                t.attempts + 1,
+            )
+        });
+        let mut params = match &choice {
+            Some(c) => c.apply(&t.params),
+            None => t.params.clone(),
         };
-        match admitter.admit_at(task, ceiling) {
+        if let Some(plan) = plan {
+            params = plan.apply(&params);
+        }
+        // What runs is what the policy learns about: a value the plan
+        // changed is recorded as run.
+        let choice = choice.map(|mut c| {
+            let ran = params
+                .to_value()
+                .get(&c.param)
+                .and_then(|v| v.as_str().map(str::to_owned));
+            if let Some(ran) = ran.filter(|ran| *ran != c.value) {
+                c.reason = format!(
+                    "{}; the degradation plan runs `{ran}` instead of `{}`",
+                    c.reason, c.value
+                );
+                c.value = ran;
+            }
+            c
+        });
+        match admitter.admit_at(task, node_ceiling(t, &params)) {
             Ok(reserve) => {
                 self.waiting.remove(task);
+                events.extend(choice.map(|c| c.event(&t.tenant, task)));
                 Start::Run { params, reserve }
             }
             Err(denial) if denial.may_wait() => {
@@ -439,4 +493,14 @@ impl Gate {
             }
         }
     }
+}
+
+/// The reservation an attempt of `t` with `params` needs: its declared
+/// ceiling, or — when a degradation plan or a learning choice changed the
+/// params of a `sim` node — what the changed step can cost at most.
+pub fn node_ceiling(t: &super::queue::Task, params: &super::event::Params) -> Micros {
+    if t.handler == "sim" && *params != t.params {
+        return super::sim::cost_ceiling(params).min(t.cost_ceiling_micros);
+    }
+    t.cost_ceiling_micros
 }

@@ -1,7 +1,25 @@
-//! The learning projection: each tenant's profile (intensity, exploration
-//! share) and the history of its own learning outcomes, per arm.
+//! Learning: each tenant's profile (intensity, exploration share, what its
+//! own outcomes taught it per arm) and the policy that chooses an arm for a
+//! node that offers a choice.
 //!
-//! A tenant's profile changes only through its own events.
+//! A node offers a choice with a `learn` param: `learn = { model = ["large",
+//! "medium", "small"] }` lets the policy pick the node's `model`. The policy
+//! is an ε-greedy bandit with a budget: it runs the arm with the best mean
+//! reward the tenant has seen (the first listed while it has seen none) and
+//! explores another with probability `exploration_bp` — but only while the
+//! tenant's exploration spend stays under `exploration_bp` of its budget,
+//! and never under a degradation. Every choice is a `learning_arm_chosen`
+//! event, every attempt's result a `learning_outcome`; changes of the
+//! exploration share with utilisation are `learning_profile_adjusted`.
+//!
+//! Isolation: a tenant's profile changes only through its own events. A
+//! tenant that opts into meta-learning also sees, for arms it has not tried,
+//! the mean reward over all opted-in tenants — only as an aggregate, with
+//! Laplace noise of scale `2 × 10,000 / ε` on the reward sum and `2 / ε` on
+//! the count (ε = [`META_EPSILON`], split between the two; one outcome
+//! changes the sum by at most 10,000 bp and the count by 1). The noise is
+//! drawn from the run's seed and the aggregate's size, so the same aggregate
+//! always reads the same, and a replay chooses the same.
 
 use std::collections::BTreeMap;
 
@@ -9,9 +27,20 @@ use bincode::{Decode, Encode};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use super::event::{Event, LearningIntensity};
-use super::ids::TenantId;
+use super::event::{Event, LearningIntensity, Params};
+use super::ids::{TaskId, TenantId};
 use super::money::Micros;
+use super::scheduler::draw;
+
+/// The privacy parameter of meta-learning: ε of the ε-differentially
+/// private release of one aggregate (per arm).
+pub const META_EPSILON: f64 = 1.0;
+/// Above this utilisation (bp of budget spent) exploration is halved.
+pub const SHRINK_ABOVE_BP: i64 = 9_000;
+/// Below this utilisation exploration may grow by half.
+pub const GROW_BELOW_BP: i64 = 5_000;
+/// The most arms a node may offer.
+pub const MAX_ARMS: usize = 16;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Encode, Decode)]
 pub struct ArmStats {
@@ -20,23 +49,175 @@ pub struct ArmStats {
     pub cost_micros: Micros,
 }
 
+impl ArmStats {
+    fn add(&mut self, reward_bp: i32, cost: Micros) {
+        self.pulls += 1;
+        self.reward_bp_sum = self.reward_bp_sum.saturating_add(i64::from(reward_bp));
+        self.cost_micros.0 = self.cost_micros.0.saturating_add(cost.0);
+    }
+
+    /// Mean reward in bp, if pulled.
+    pub fn mean_bp(&self) -> Option<i64> {
+        (self.pulls > 0).then(|| self.reward_bp_sum / self.pulls as i64)
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Encode, Decode)]
 pub struct LearningProfile {
     pub tenant: TenantId,
     pub intensity: LearningIntensity,
-    /// Share of budget the policy may explore with, in basis points.
+    /// Share of budget the policy may explore with, in basis points; also
+    /// the probability of exploring at a choice.
     pub exploration_bp: u32,
     pub meta_learning: bool,
     pub adjustments: u32,
     pub outcomes: u64,
     pub reward_bp_sum: i64,
     pub cost_micros: Micros,
+    /// Choices that explored, and what their outcomes cost.
+    pub explorations: u64,
+    pub exploration_spent_micros: Micros,
+    /// Per arm, keyed `param=value` (e.g. `model=small`).
     pub arms: BTreeMap<String, ArmStats>,
+}
+
+impl LearningProfile {
+    fn new(tenant: &TenantId, intensity: LearningIntensity, meta_learning: bool) -> Self {
+        LearningProfile {
+            tenant: tenant.clone(),
+            intensity,
+            exploration_bp: intensity.exploration_bp(),
+            meta_learning,
+            adjustments: 0,
+            outcomes: 0,
+            reward_bp_sum: 0,
+            cost_micros: Micros::ZERO,
+            explorations: 0,
+            exploration_spent_micros: Micros::ZERO,
+            arms: BTreeMap::new(),
+        }
+    }
+}
+
+/// A choice made for an attempt that has not reported its outcome yet.
+#[derive(Clone, PartialEq, Eq, Debug, Encode, Decode)]
+struct Pending {
+    tenant: TenantId,
+    arm: String,
+    explored: bool,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Learning {
     profiles: FxHashMap<TenantId, LearningProfile>,
+    /// Choices awaiting their outcome, by task.
+    pending: FxHashMap<TaskId, Pending>,
+    /// Per arm, the outcomes of every tenant that opted into meta-learning.
+    meta: BTreeMap<String, ArmStats>,
+}
+
+/// What the learning projection's digest covers.
+#[derive(Encode)]
+pub struct LearningDigest<'a> {
+    profiles: Vec<&'a LearningProfile>,
+    pending: Vec<(&'a TaskId, &'a Pending)>,
+    meta: &'a BTreeMap<String, ArmStats>,
+}
+
+/// The arm key of `param` = `value`.
+pub fn arm_key(param: &str, value: &str) -> String {
+    format!("{param}={value}")
+}
+
+/// The choice a node's params offer: `learn = { param = [values...] }`.
+pub fn offered(params: &Params) -> Option<(String, Vec<String>)> {
+    let value = params.to_value();
+    let learn = value.get("learn")?.as_object()?;
+    let (param, values) = learn.iter().next()?;
+    let values: Vec<String> = values
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    (!values.is_empty()).then(|| (param.clone(), values))
+}
+
+/// `params` with `param` set to `value` and the offer removed.
+pub fn with_value(params: &Params, param: &str, value: &str) -> Params {
+    let mut json = params.to_value();
+    if let Some(map) = json.as_object_mut() {
+        map.remove("learn");
+        map.insert(param.to_owned(), value.into());
+    }
+    Params::from_value(&json)
+}
+
+/// Why `params` do not offer a well-formed choice, if they have `learn`.
+pub fn check_offer(params: &serde_json::Value) -> Result<(), String> {
+    let Some(learn) = params.get("learn") else {
+        return Ok(());
+    };
+    let shape = "learn must be a table with one param and its values, e.g. learn = { model = [\"large\", \"small\"] }";
+    let Some(map) = learn.as_object() else {
+        return Err(shape.to_owned());
+    };
+    let mut entries = map.iter();
+    let (Some((param, values)), None) = (entries.next(), entries.next()) else {
+        return Err(shape.to_owned());
+    };
+    let Some(values) = values.as_array() else {
+        return Err(shape.to_owned());
+    };
+    if values.is_empty() || values.len() > MAX_ARMS {
+        return Err(format!("learn.{param} needs 1 to {MAX_ARMS} values"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for v in values {
+        match v.as_str() {
+            Some(s) if !s.is_empty() => {
+                if !seen.insert(s) {
+                    return Err(format!("learn.{param} lists `{s}` twice"));
+                }
+            }
+            _ => return Err(format!("learn.{param} values must be non-empty strings")),
+        }
+    }
+    Ok(())
+}
+
+/// What the policy chose for an attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub param: String,
+    pub value: String,
+    pub explored: bool,
+    pub reason: String,
+}
+
+impl Choice {
+    /// The params the attempt runs with: `param` set to the chosen value,
+    /// the offer removed.
+    pub fn apply(&self, params: &Params) -> Params {
+        with_value(params, &self.param, &self.value)
+    }
+
+    pub fn event(&self, tenant: &TenantId, task: &TaskId) -> Event {
+        Event::LearningArmChosen {
+            tenant: tenant.clone(),
+            task: task.clone(),
+            param: self.param.clone(),
+            arm: self.value.clone(),
+            explored: self.explored,
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// A Laplace(0, `scale`) sample from a uniform draw (inverse CDF).
+fn laplace(scale: f64, draw: u64) -> f64 {
+    // u in (-0.5, 0.5), never an end, so the logarithm stays finite.
+    let u = ((draw >> 12) as f64 + 0.5) / (1u64 << 52) as f64 - 0.5;
+    -scale * u.signum() * (1.0 - 2.0 * u.abs()).ln()
 }
 
 impl Learning {
@@ -50,6 +231,126 @@ impl Learning {
         all
     }
 
+    pub fn digest_input(&self) -> LearningDigest<'_> {
+        let mut pending: Vec<_> = self.pending.iter().collect();
+        pending.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        LearningDigest {
+            profiles: self.sorted(),
+            pending,
+            meta: &self.meta,
+        }
+    }
+
+    /// The meta-learning estimate of `arm`'s mean reward, with noise drawn
+    /// from `seed` and the aggregate's size: `None` without outcomes.
+    pub fn meta_estimate(&self, arm: &str, seed: u64) -> Option<i64> {
+        let stats = self.meta.get(arm)?;
+        let size = u32::try_from(stats.pulls).unwrap_or(u32::MAX);
+        let sum = stats.reward_bp_sum as f64
+            + laplace(
+                2.0 * 10_000.0 / META_EPSILON,
+                draw(seed, "meta-sum", arm, size),
+            );
+        let count =
+            stats.pulls as f64 + laplace(2.0 / META_EPSILON, draw(seed, "meta-count", arm, size));
+        Some((sum / count.max(1.0)).clamp(0.0, 10_000.0).round() as i64)
+    }
+
+    /// Chooses a value of `param` among `values` for attempt `attempt` of
+    /// `task`, a task of `tenant` whose budget is `budget`. `may_explore`
+    /// is false under a degradation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn choose(
+        &self,
+        tenant: &TenantId,
+        budget: Micros,
+        param: &str,
+        values: &[String],
+        may_explore: bool,
+        seed: u64,
+        task: &TaskId,
+        attempt: u32,
+    ) -> Choice {
+        let profile = self.profiles.get(tenant);
+        let meta = profile.is_some_and(|p| p.meta_learning);
+        // Each arm's estimate: the tenant's own mean, else (opted in) the
+        // noisy aggregate, else unknown.
+        let estimates: Vec<(Option<i64>, &'static str)> = values
+            .iter()
+            .map(|v| {
+                let key = arm_key(param, v);
+                let own = profile
+                    .and_then(|p| p.arms.get(&key))
+                    .and_then(ArmStats::mean_bp);
+                match own {
+                    Some(mean) => (Some(mean), "own"),
+                    None if meta => (self.meta_estimate(&key, seed), "meta"),
+                    None => (None, ""),
+                }
+            })
+            .collect();
+        let mut best = 0;
+        for (i, (estimate, _)) in estimates.iter().enumerate() {
+            if estimate.is_some() && (estimates[best].0.is_none() || *estimate > estimates[best].0)
+            {
+                best = i;
+            }
+        }
+        let (rate_bp, spent) = profile.map_or((0, Micros::ZERO), |p| {
+            (p.exploration_bp, p.exploration_spent_micros)
+        });
+        let allowance = Micros(
+            (i128::from(budget.0) * i128::from(rate_bp) / 10_000)
+                .try_into()
+                .unwrap_or(i64::MAX),
+        );
+        let roll = draw(seed, "explore", task.as_str(), attempt) % 10_000;
+        if may_explore && values.len() > 1 && spent < allowance && roll < u64::from(rate_bp) {
+            let pick =
+                draw(seed, "explore-arm", task.as_str(), attempt) % (values.len() as u64 - 1);
+            let i = (0..values.len())
+                .filter(|&i| i != best)
+                .nth(pick as usize)
+                .unwrap_or(best);
+            return Choice {
+                param: param.to_owned(),
+                value: values[i].clone(),
+                explored: true,
+                reason: format!(
+                    "explores (roll {roll} < {rate_bp} bp; {spent} of {allowance} exploration budget spent)"
+                ),
+            };
+        }
+        let reason = match estimates[best] {
+            (Some(mean), "own") => {
+                let pulls = profile
+                    .and_then(|p| p.arms.get(&arm_key(param, &values[best])))
+                    .map_or(0, |a| a.pulls);
+                format!("best mean reward {mean} bp over {pulls} outcomes")
+            }
+            (Some(mean), _) => format!("best meta-learning estimate {mean} bp (noisy aggregate)"),
+            (None, _) => "no outcomes yet: the first listed".to_owned(),
+        };
+        Choice {
+            param: param.to_owned(),
+            value: values[best].clone(),
+            explored: false,
+            reason,
+        }
+    }
+
+    /// The `learning_outcome` of `task`'s attempt, if a choice is pending.
+    pub fn outcome(&self, task: &TaskId, reward_bp: i32, cost: Micros) -> Option<Event> {
+        let pending = self.pending.get(task)?;
+        Some(Event::LearningOutcome {
+            tenant: pending.tenant.clone(),
+            task: Some(task.clone()),
+            arm: pending.arm.clone(),
+            reward_bp: reward_bp.clamp(0, 10_000),
+            cost_micros: cost,
+        })
+    }
+
     pub fn evolve(&mut self, event: &Event) {
         match event {
             Event::TenantRegistered {
@@ -60,17 +361,7 @@ impl Learning {
             } => {
                 self.profiles.insert(
                     tenant.clone(),
-                    LearningProfile {
-                        tenant: tenant.clone(),
-                        intensity: *learning_intensity,
-                        exploration_bp: learning_intensity.exploration_bp(),
-                        meta_learning: *meta_learning,
-                        adjustments: 0,
-                        outcomes: 0,
-                        reward_bp_sum: 0,
-                        cost_micros: Micros::ZERO,
-                        arms: BTreeMap::new(),
-                    },
+                    LearningProfile::new(tenant, *learning_intensity, *meta_learning),
                 );
             }
             Event::TenantUpdated {
@@ -89,21 +380,57 @@ impl Learning {
                     }
                 }
             }
+            Event::LearningArmChosen {
+                tenant,
+                task,
+                param,
+                arm,
+                explored,
+                ..
+            } => {
+                if *explored {
+                    if let Some(p) = self.profiles.get_mut(tenant) {
+                        p.explorations += 1;
+                    }
+                }
+                self.pending.insert(
+                    task.clone(),
+                    Pending {
+                        tenant: tenant.clone(),
+                        arm: arm_key(param, arm),
+                        explored: *explored,
+                    },
+                );
+            }
             Event::LearningOutcome {
                 tenant,
+                task,
                 arm,
                 reward_bp,
                 cost_micros,
-                ..
             } => {
+                let explored = task
+                    .as_ref()
+                    .and_then(|t| self.pending.remove(t))
+                    .is_some_and(|p| p.explored);
                 if let Some(p) = self.profiles.get_mut(tenant) {
                     p.outcomes += 1;
                     p.reward_bp_sum = p.reward_bp_sum.saturating_add(i64::from(*reward_bp));
                     p.cost_micros.0 = p.cost_micros.0.saturating_add(cost_micros.0);
-                    let a = p.arms.entry(arm.clone()).or_default();
-                    a.pulls += 1;
-                    a.reward_bp_sum = a.reward_bp_sum.saturating_add(i64::from(*reward_bp));
-                    a.cost_micros.0 = a.cost_micros.0.saturating_add(cost_micros.0);
+                    if explored {
+                        p.exploration_spent_micros.0 =
+                            p.exploration_spent_micros.0.saturating_add(cost_micros.0);
+                    }
+                    p.arms
+                        .entry(arm.clone())
+                        .or_default()
+                        .add(*reward_bp, *cost_micros);
+                    if p.meta_learning {
+                        self.meta
+                            .entry(arm.clone())
+                            .or_default()
+                            .add(*reward_bp, *cost_micros);
+                    }
                 }
             }
             Event::LearningProfileAdjusted {
@@ -120,7 +447,123 @@ impl Learning {
                     p.adjustments += 1;
                 }
             }
+            // An attempt that ended without an outcome drops its choice.
+            Event::TaskAcked { task, .. }
+            | Event::TaskNacked { task, .. }
+            | Event::LeaseExpired { task, .. }
+            | Event::TaskDeadLettered { task, .. }
+            | Event::TaskCancelled { task, .. }
+            | Event::TaskSkipped { task, .. } => {
+                self.pending.remove(task);
+            }
             _ => {}
         }
+    }
+}
+
+/// The exploration share a tenant of `intensity` should have at
+/// `utilisation_bp` of its budget spent, and why, when it differs from
+/// `current_bp`: halved above 90 %, half as much again below 50 %, the
+/// intensity's share between.
+pub fn adjustment(
+    intensity: LearningIntensity,
+    current_bp: u32,
+    utilisation_bp: i64,
+) -> Option<(u32, String)> {
+    let base = intensity.exploration_bp();
+    let (target, why) = if utilisation_bp > SHRINK_ABOVE_BP {
+        (
+            base / 2,
+            format!("utilisation {utilisation_bp} bp > {SHRINK_ABOVE_BP} bp: exploration halved"),
+        )
+    } else if utilisation_bp < GROW_BELOW_BP {
+        (
+            base + base / 2,
+            format!("utilisation {utilisation_bp} bp < {GROW_BELOW_BP} bp: room to explore"),
+        )
+    } else {
+        (
+            base,
+            format!(
+                "utilisation {utilisation_bp} bp: the {} share",
+                intensity.name()
+            ),
+        )
+    };
+    (target != current_bp).then_some((target, why))
+}
+
+/// Records the outcomes of attempts and the adjustments they bring, for
+/// several attempts in one decision: each sees the exploration share the
+/// ones before it left.
+pub struct Learner<'s> {
+    learning: &'s Learning,
+    exploration_bp: BTreeMap<TenantId, u32>,
+}
+
+impl<'s> Learner<'s> {
+    pub fn new(learning: &'s Learning) -> Self {
+        Learner {
+            learning,
+            exploration_bp: BTreeMap::new(),
+        }
+    }
+
+    /// The events for the end of an attempt of `task` that got `reward_bp`
+    /// for `cost`: its `learning_outcome` if the policy chose for it, then
+    /// a `learning_profile_adjusted` if the tenant's utilisation (given by
+    /// `utilisation_bp`, after this attempt's costs) calls for one.
+    pub fn after_attempt(
+        &mut self,
+        task: &TaskId,
+        reward_bp: i32,
+        cost: Micros,
+        utilisation_bp: impl FnOnce(&TenantId) -> i64,
+    ) -> Vec<Event> {
+        let Some(outcome) = self.learning.outcome(task, reward_bp, cost) else {
+            return Vec::new();
+        };
+        let Event::LearningOutcome { tenant, .. } = &outcome else {
+            return Vec::new();
+        };
+        let tenant = tenant.clone();
+        let mut events = vec![outcome];
+        if let Some(profile) = self.learning.get(&tenant) {
+            let current = *self
+                .exploration_bp
+                .entry(tenant.clone())
+                .or_insert(profile.exploration_bp);
+            if let Some((exploration_bp, reason)) =
+                adjustment(profile.intensity, current, utilisation_bp(&tenant))
+            {
+                self.exploration_bp.insert(tenant.clone(), exploration_bp);
+                events.push(Event::LearningProfileAdjusted {
+                    tenant,
+                    intensity: None,
+                    exploration_bp,
+                    reason,
+                });
+            }
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn laplace_is_finite_symmetric_and_scaled() {
+        let samples: Vec<f64> = (0..20_000u32)
+            .map(|i| laplace(1.0, draw(7, "t", "x", i)))
+            .collect();
+        assert!(samples.iter().all(|x| x.is_finite()));
+        let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+        let mad = samples.iter().map(|x| x.abs()).sum::<f64>() / samples.len() as f64;
+        // Laplace(0, 1): mean 0, mean absolute deviation 1.
+        assert!(mean.abs() < 0.05, "mean {mean}");
+        assert!((mad - 1.0).abs() < 0.05, "mad {mad}");
+        assert!(laplace(1.0, 0).is_finite() && laplace(1.0, u64::MAX).is_finite());
     }
 }

@@ -20,10 +20,8 @@ pub struct SimOutcome {
     /// `Err(message)` for a simulated failure.
     pub result: Result<Params, String>,
     pub costs: Vec<(Category, Micros)>,
-    /// A reward for the learning policy, in basis points.
+    /// A reward for the learning policy, in basis points (0 on failure).
     pub reward_bp: i32,
-    /// The choice this attempt represents (model or depth), for learning.
-    pub arm: String,
 }
 
 /// Price of 1,000 tokens in micros.
@@ -57,6 +55,14 @@ fn vary(base: i64, spread_bp: i64, draw: u64) -> i64 {
 /// The most one attempt of a `sim` step with these params can cost: its
 /// cost ceiling when the workload declares none.
 pub fn cost_ceiling(params: &Params) -> Micros {
+    // A node that offers a choice costs at most its dearest value.
+    if let Some((param, values)) = super::learning::offered(params) {
+        return values
+            .iter()
+            .map(|v| cost_ceiling(&super::learning::with_value(params, &param, v)))
+            .max()
+            .unwrap_or(Micros::ZERO);
+    }
     let params = params.to_value();
     let step = params
         .get("step")
@@ -98,40 +104,50 @@ pub fn simulate(seed: u64, task: &str, attempt: u32, params: &Params) -> SimOutc
     let failure_rate_bp = int_param(&params, "failure_rate_bp", 200).clamp(0, 10_000) as u64;
     let d = |purpose: &str| draw(seed, purpose, task, attempt);
 
-    let (typical_ms, category, amount, arm) = match step.as_str() {
-        "retrieve" => (
-            40,
-            Category::Retrieval,
-            40 * depth,
-            format!("depth-{depth}"),
-        ),
-        "rerank" => (60, Category::Rerank, 25 * depth.max(5), "rerank".to_owned()),
+    let (typical_ms, category, amount) = match step.as_str() {
+        "retrieve" => (40, Category::Retrieval, 40 * depth),
+        "rerank" => (60, Category::Rerank, 25 * depth.max(5)),
         "evaluate" => {
             let tokens = vary(600, 2_000, d("tokens"));
             (
                 200,
                 Category::Llm,
                 tokens * model_price_micros_per_1k("small") / 1_000,
-                "evaluate".to_owned(),
             )
         }
-        "tool" => (100, Category::Tool, 300, "tool".to_owned()),
-        "store" => (20, Category::Storage, 50, "store".to_owned()),
+        "tool" => (100, Category::Tool, 300),
+        "store" => (20, Category::Storage, 50),
         _ => {
             let tokens = vary(900 + 150 * depth, 2_000, d("tokens")) * candidates;
             (
                 600 + 150 * candidates,
                 Category::Llm,
                 tokens * model_price_micros_per_1k(&model) / 1_000,
-                model.clone(),
             )
         }
     };
     let latency_ms = int_param(&params, "latency_ms", typical_ms).max(0);
     let latency_micros = vary(latency_ms * 1_000, 3_000, d("latency")).max(1);
     let failed = d("failure") % 10_000 < failure_rate_bp;
-    let reward_bp =
-        (5_000 + (d("reward") % 5_000) as i64 - if model == "small" { 1_500 } else { 0 }) as i32;
+    // The quality of the step's result: a larger model, more candidates or
+    // deeper retrieval do better on average, ±15 %.
+    let quality = match step.as_str() {
+        "generate" => {
+            let base = match model.as_str() {
+                "large" => 8_000,
+                "small" => 5_000,
+                _ => 7_000,
+            };
+            base + 300 * (candidates - 1).min(2)
+        }
+        "retrieve" => 5_000 + 400 * depth.min(8),
+        _ => 7_000,
+    };
+    let reward_bp = if failed {
+        0
+    } else {
+        vary(quality, 1_500, d("reward")).clamp(0, 10_000) as i32
+    };
     let result = if failed {
         Err(format!("simulated {step} failure"))
     } else {
@@ -146,7 +162,6 @@ pub fn simulate(seed: u64, task: &str, attempt: u32, params: &Params) -> SimOutc
         result,
         costs: vec![(category, Micros(spent))],
         reward_bp,
-        arm,
     }
 }
 

@@ -224,7 +224,7 @@ impl State {
         let tenants = digest_of("tenants", &self.tenants.sorted());
         let runs = digest_of("runs", &self.runs.sorted());
         let workers = digest_of("workers", &self.workers.sorted());
-        let learning = digest_of("learning", &self.learning.sorted());
+        let learning = digest_of("learning", &self.learning.digest_input());
         let mut combined = blake3::Hasher::new();
         combined.update(b"runledger.projections.v1\0");
         for hash in [queue, tenants, runs, workers, learning] {

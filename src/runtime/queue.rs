@@ -14,6 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::domain::governance::{Admitter, Gate, Settler, Start};
+use crate::domain::learning::Learner;
 use crate::domain::queue::{QueueCounts, TaskStatus};
 use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, next_ready_many};
 use crate::domain::{
@@ -120,9 +121,28 @@ impl MemoryQueue {
             policy,
             seed,
             poll: Duration::from_millis(2),
-            gate: Default::default(),
+            gate: std::sync::Arc::new(std::sync::Mutex::new(Gate::new(seed))),
         }
     }
+}
+
+/// The reward a handler reported in its output (`reward_bp`, 0 to 10,000),
+/// else full marks for a success.
+fn reward_of(output: &Params) -> i32 {
+    output
+        .to_value()
+        .get("reward_bp")
+        .and_then(serde_json::Value::as_i64)
+        .map_or(10_000, |r| r.clamp(0, 10_000) as i32)
+}
+
+fn total(costs: &[(Category, Micros)]) -> Micros {
+    Micros(
+        costs
+            .iter()
+            .map(|c| c.1.0.max(0))
+            .fold(0, i64::saturating_add),
+    )
 }
 
 impl TaskQueue for MemoryQueue {
@@ -232,9 +252,16 @@ impl TaskQueue for MemoryQueue {
         self.ledger
             .decide(move |state, _, _| {
                 let mut settler = Settler::new(state);
+                let mut learner = Learner::new(&state.learning);
                 let mut events = Vec::with_capacity(done.len() * 2);
                 for (lease, output, costs) in done {
                     events.extend(settler.settle(&lease.task, &costs));
+                    events.extend(learner.after_attempt(
+                        &lease.task,
+                        reward_of(&output),
+                        total(&costs),
+                        |tenant| settler.utilisation_bp(tenant),
+                    ));
                     events.push(Event::TaskAcked {
                         task: lease.task,
                         worker: lease.worker,
@@ -267,7 +294,15 @@ impl TaskQueue for MemoryQueue {
         let (_, outcome) = self
             .ledger
             .decide(move |state, _, now| {
-                let mut events = Settler::new(state).settle(&lease.task, &costs);
+                let mut settler = Settler::new(state);
+                let mut events = settler.settle(&lease.task, &costs);
+                // A failed attempt teaches the policy too: reward 0.
+                events.extend(Learner::new(&state.learning).after_attempt(
+                    &lease.task,
+                    0,
+                    total(&costs),
+                    |tenant| settler.utilisation_bp(tenant),
+                ));
                 let max_attempts = state.queue.get(&lease.task).map_or(1, |t| t.max_attempts);
                 if lease.attempt < max_attempts {
                     let delay = policy.retry_delay_micros(

@@ -11,7 +11,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::time::Instant;
 
-use crate::domain::governance::{Admitter, Denial, Gate, Start, admit_run, period_resets, settle};
+use crate::domain::governance::{Admitter, Denial, Gate, Settler, Start, admit_run, period_resets};
+use crate::domain::learning::Learner;
 use crate::domain::scheduler::{dependants_to_cancel, draw, next_ready_many, next_retry_at};
 use crate::domain::sim::simulate;
 use crate::domain::{
@@ -274,7 +275,6 @@ impl Sim<'_> {
         let Some(t) = self.state.queue.get(&task) else {
             return Ok(());
         };
-        let tenant = t.tenant.clone();
         let max_attempts = t.max_attempts;
         let outcome = simulate(self.seed, task.as_str(), attempt, &params);
         self.free_workers.insert(worker);
@@ -286,7 +286,17 @@ impl Sim<'_> {
         } else {
             outcome.costs.clone()
         };
-        for event in settle(&self.state, &task, &spent) {
+        let mut settler = Settler::new(&self.state);
+        let mut events = settler.settle(&task, &spent);
+        let cost = Micros(spent.iter().map(|c| c.1.0).sum());
+        let reward = if timed_out { 0 } else { outcome.reward_bp };
+        events.extend(Learner::new(&self.state.learning).after_attempt(
+            &task,
+            reward,
+            cost,
+            |tenant| settler.utilisation_bp(tenant),
+        ));
+        for event in events {
             self.emit(event)?;
         }
         let result = if timed_out {
@@ -303,14 +313,6 @@ impl Sim<'_> {
                     task: task.clone(),
                     worker: worker_id(worker),
                     output,
-                })?;
-                let cost = Micros(outcome.costs.iter().map(|c| c.1.0).sum());
-                self.emit(Event::LearningOutcome {
-                    tenant,
-                    task: Some(task),
-                    arm: outcome.arm,
-                    reward_bp: outcome.reward_bp,
-                    cost_micros: cost,
                 })?;
             }
             Err(error) => {
@@ -588,7 +590,7 @@ pub fn run_simulated(
         running: 0,
         backpressure: false,
         retry_wakeups: BinaryHeap::new(),
-        gate: Gate::default(),
+        gate: Gate::new(seed),
         deferred: Vec::new(),
         resumed: false,
     };
@@ -850,7 +852,7 @@ pub fn resume_simulated(
         running: 0,
         backpressure: engaged,
         retry_wakeups: BinaryHeap::new(),
-        gate: Gate::default(),
+        gate: Gate::new(summary.seed),
         deferred: Vec::new(),
         resumed: true,
     };
