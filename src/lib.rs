@@ -7,12 +7,14 @@
 //!   the group-commit writer and chain verification.
 //! - [`replay`]: folding a stored log back into projections.
 //! - [`wire`]: the JSON line format of `ingest` and `log --json`.
+//! - [`artifacts`]: the governance artifact files, rendered from the log.
 //! - [`bench`]: the ledger benchmark behind `runledger bench ledger`.
 //! - [`cli`]: the `runledger` command line.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::all)]
 
+pub mod artifacts;
 pub mod bench;
 pub mod cli;
 pub mod demo;

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use super::{BenchCommand, CheckFailed, Cli, Command, Damaged};
+use crate::artifacts::{self, ArtifactError};
 use crate::bench::{LedgerBench, run_ledger_bench};
 use crate::domain::{Event, RunId, TaskId, TenantId};
 use crate::log::codec::decode_event;
@@ -57,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ref workload,
             seed,
             ref run_id,
+            ref artifacts,
         } => {
             if let Some(id) = run_id {
                 if id.is_empty() || id.contains(['/', '#']) {
@@ -74,7 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     stop_after_steps: None,
                 },
                 explicit,
-                None,
+                artifacts.as_deref(),
                 cli.json,
                 out,
             )
@@ -88,12 +90,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let result = resume(&ledger, run.as_deref());
             match result {
-                Ok(report) => finish_run(ledger, &report, None, cli.json, out),
+                Ok(report) => finish_run(&cli.data, ledger, &report, None, cli.json, out),
                 Err(e) => {
                     let _ = ledger.close();
                     Err(e.into())
                 }
             }
+        }
+        Command::Artifacts {
+            ref run,
+            out: ref dir,
+        } => {
+            let written = artifacts_cmd(&cli.data, run.as_deref(), dir)?;
+            if cli.json {
+                return print_json(
+                    out,
+                    &serde_json::json!({ "files": written, "out": dir.display().to_string() }),
+                );
+            }
+            writeln!(out, "wrote {written} files to {}", dir.display())?;
+            Ok(())
         }
         Command::Demo {
             tenants,
@@ -784,12 +800,30 @@ fn execute(
             return Err(e.into());
         }
     };
-    finish_run(ledger, &report, artifacts, json, out)
+    finish_run(data, ledger, &report, artifacts, json, out)
 }
 
-/// Closes the ledger, writes the run's files under `artifacts` and prints
-/// the summary.
+/// Writes the artifact files of the ledger in `data` (of `run` only, if
+/// given) under `out` and returns how many; nothing is written when the
+/// run is unknown.
+fn artifacts_cmd(data: &Path, run: Option<&str>, out: &Path) -> anyhow::Result<usize> {
+    let store = open_store(data)?;
+    let run = run.map(|r| RunId(r.to_owned()));
+    let files = match artifacts::generate(&store, run.as_ref()) {
+        Ok(files) => files,
+        Err(ArtifactError::Walk(e)) => return Err(walk_error(e)),
+        Err(e) => return Err(e.into()),
+    };
+    drop(store);
+    artifacts::write(out, &files)?;
+    Ok(files.len())
+}
+
+/// Closes the ledger, writes the run's summary and artifact files under
+/// `artifacts` (the artifacts regenerated from the closed ledger, as
+/// `runledger artifacts --run` would) and prints the summary.
 fn finish_run(
+    data: &Path,
     ledger: Ledger,
     report: &RunReport,
     artifacts: Option<&Path>,
@@ -801,6 +835,7 @@ fn finish_run(
     let tenants = views::tenants(&state);
     let workers = views::workers(&state);
     if let Some(dir) = artifacts {
+        artifacts_cmd(data, Some(&report.run), dir)?;
         let run_dir = dir.join("runs").join(&report.run);
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("cannot create {}", run_dir.display()))?;

@@ -86,11 +86,24 @@ pub enum Command {
         /// The run's id (default: the workload's `run`, else `run-<seed>`).
         #[arg(long)]
         run_id: Option<String>,
+        /// Also write the run's summary and artifact files here.
+        #[arg(long)]
+        artifacts: Option<PathBuf>,
     },
     /// Finish a run whose process died, from its ledger.
     Resume {
         /// The run (default: the most recent unfinished one).
         run: Option<String>,
+    },
+    /// Regenerate the artifact files (budget usage, cost reports, period
+    /// archives, learning profiles and history, cost decisions) from the ledger.
+    Artifacts {
+        /// Only the files of this run: its tasks' decisions, its tenants, its events.
+        #[arg(long)]
+        run: Option<String>,
+        /// The directory to write to.
+        #[arg(long, default_value = "artifacts")]
+        out: PathBuf,
     },
     /// Run the built-in multi-tenant RAG demo on the embedded ledger.
     Demo {
@@ -103,7 +116,7 @@ pub enum Command {
         seed: u64,
         #[arg(long, default_value_t = 8)]
         max_concurrency: u32,
-        /// Also write the run's summary files here.
+        /// Also write the run's summary and artifact files here.
         #[arg(long)]
         artifacts: Option<PathBuf>,
     },
