@@ -7,7 +7,7 @@
 //!   the group-commit writer and chain verification.
 //! - [`replay`]: folding a stored log back into projections.
 //! - [`wire`]: the JSON line format of `ingest` and `log --json`.
-//! - [`bench`]: the ledger benchmark behind `runledger bench ledger`.
+//! - [`bench`]: the benchmarks behind `runledger bench ledger|queue|governance`.
 //! - [`cli`]: the `runledger` command line.
 
 #![forbid(unsafe_code)]
