@@ -782,7 +782,7 @@ fn bench_governance(tenants: u32, json: bool, out: &mut dyn Write) -> anyhow::Re
     }
     writeln!(
         out,
-        "timing: one clock read pair per sample of about 2 us of calls ({} admission checks, {} lookups, 1 decision; p50/p99 over samples); clock overhead {:.0} ns, not subtracted",
+        "timing: one clock read pair per sample of about 2 us of calls (calls per sample: admission {}, lookup {}, decision 1; p50/p99 over samples); clock overhead {:.0} ns, not subtracted",
         r.admission_batch, r.baseline_batch, r.timer_overhead_ns
     )?;
     if json {
