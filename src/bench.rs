@@ -2,6 +2,10 @@
 //! from concurrent appenders through group commit, then replay and verify
 //! of what was written, beside a raw sled baseline (one key per event, no
 //! hashing) measured in the same run so the ratio is visible.
+//!
+//! Also the queue benchmark behind `runledger bench queue`, and, in
+//! [`governance`], the admission and cost-agent benchmark behind
+//! `runledger bench governance`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
@@ -14,6 +18,8 @@ use crate::log::codec::encode_event;
 use crate::log::verify::verify;
 use crate::log::{Durability, Ledger, LedgerOptions, Store};
 use crate::replay;
+
+pub mod governance;
 
 #[derive(Clone, Debug)]
 pub struct LedgerBench {

@@ -8,7 +8,7 @@
 //! - [`replay`]: folding a stored log back into projections.
 //! - [`wire`]: the JSON line format of `ingest` and `log --json`.
 //! - [`artifacts`]: the governance artifact files, rendered from the log.
-//! - [`bench`]: the ledger benchmark behind `runledger bench ledger`.
+//! - [`bench`]: the benchmarks behind `runledger bench ledger|queue|governance`.
 //! - [`cli`]: the `runledger` command line.
 
 #![forbid(unsafe_code)]

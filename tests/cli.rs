@@ -277,6 +277,49 @@ fn bench_ledger_json_last_line_has_the_contract_fields() {
 }
 
 #[test]
+fn bench_governance_json_last_line_has_latencies_and_every_verdict() {
+    let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(["bench", "governance", "--tenants", "2000", "--json"])
+        .env_remove("RUNLEDGER_DATA")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("admission check"), "{text}");
+    assert!(text.contains("p99 < 1000 ns: m"), "{text}");
+    let last = text.lines().last().unwrap().to_owned();
+    let report: serde_json::Value = serde_json::from_str(&last).unwrap();
+    for field in [
+        "admission_check_ns_p50",
+        "admission_check_ns_p99",
+        "admission_check_ns_mean",
+        "baseline_lookup_ns_p50",
+        "decision_ns_p50",
+        "decision_ns_p99",
+        "decision_ns_mean",
+    ] {
+        assert!(
+            report[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {last}"
+        );
+    }
+    assert_eq!(report["tenants"], 2000);
+    assert_eq!(report["tasks"], 8000);
+    let count = |kind: &str| report[format!("decisions_{kind}")].as_u64().unwrap_or(0);
+    for kind in ["continue", "degrade", "terminate"] {
+        assert!(count(kind) > 0, "no {kind} decision in {last}");
+    }
+    assert_eq!(
+        count("continue") + count("degrade") + count("terminate"),
+        report["decision_calls"].as_u64().unwrap()
+    );
+    assert!(
+        report["bytes_per_tenant"].is_number() || report["bytes_per_tenant"].is_null(),
+        "{last}"
+    );
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(
@@ -292,4 +335,13 @@ fn usage_errors_exit_2() {
         .code(),
         Some(2)
     );
+    for tenants in ["0", "many", "5000001"] {
+        assert_eq!(
+            runledger(dir.path(), &["bench", "governance", "--tenants", tenants])
+                .status
+                .code(),
+            Some(2),
+            "--tenants {tenants}"
+        );
+    }
 }

@@ -142,6 +142,18 @@ pub enum BenchCommand {
         #[arg(long, default_value = "none", value_parser = parse_durability)]
         durability: Durability,
     },
+    /// Budget admission checks and cost-agent decisions on a state of many
+    /// tenants, beside a plain tenant lookup, and the memory each tenant holds.
+    Governance {
+        /// Registered tenants, each with spend and one 4-node pipeline.
+        #[arg(
+            long,
+            default_value_t = 1_000_000,
+            value_parser = clap::value_parser!(u32)
+                .range(1..=i64::from(crate::bench::governance::TENANTS_MAX))
+        )]
+        tenants: u32,
+    },
     /// Append synthetic events, then replay and verify them, beside a raw sled baseline.
     Ledger {
         #[arg(long, default_value_t = 1_000_000)]
