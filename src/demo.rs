@@ -53,7 +53,7 @@ mode = "serial"
 nodes = [
   {{ id = "retrieve", handler = "sim", params = {{ step = "retrieve", depth = 5 }} }},
   {{ id = "rerank", handler = "sim", optional = true, params = {{ step = "rerank", failure_rate_bp = 3000 }} }},
-  {{ id = "generate", handler = "sim", params = {{ step = "generate", model = "large", candidates = 3 }} }},
+  {{ id = "generate", handler = "sim", params = {{ step = "generate", candidates = 3, learn = {{ model = ["large", "medium", "small"] }} }} }},
   {{ id = "evaluate", handler = "sim", priority = "low", params = {{ step = "evaluate" }} }},
 ]
 

@@ -410,16 +410,14 @@ fn time_decisions(state: &State, first: &[TaskId], picks: &[u32]) -> anyhow::Res
     for &k in &picks[..warmup] {
         black_box(cost_agent::decide(
             state,
-            &first[k as usize],
-            &cost_agent::degraded_ceiling,
-        ));
+            &first[k as usize]));
     }
     let mut samples = Samples::default();
     let mut by_kind = [(0u64, Duration::ZERO); 3];
     for &k in picks {
         let task = &first[k as usize];
         let start = Instant::now();
-        let decision = cost_agent::decide(black_box(state), task, &cost_agent::degraded_ceiling)
+        let decision = cost_agent::decide(black_box(state), task)
             .map(|d| d.decision);
         let elapsed = start.elapsed();
         let Some(decision) = decision else {
@@ -598,9 +596,7 @@ mod tests {
         for k in 0..20 {
             let verdict = cost_agent::decide(
                 &built.state,
-                &task_id(k, nodes[0].id),
-                &cost_agent::degraded_ceiling,
-            )
+                &task_id(k, nodes[0].id))
             .map(|d| d.decision);
             let expected = match k % 10 {
                 0..=6 => Decision::Continue,

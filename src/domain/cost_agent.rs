@@ -149,35 +149,32 @@ impl CostDecision {
     }
 }
 
-/// The node and everything downstream of it that has not started, with
-/// `ceiling` giving each one's cost ceiling.
-fn remaining(state: &State, task: &TaskId, ceiling: &dyn Fn(&super::queue::Task) -> Micros) -> i64 {
-    let mut total = 0i64;
-    let mut stack = vec![task.clone()];
-    let mut seen = std::collections::BTreeSet::new();
+/// The cost ceilings of the node and everything downstream of it that has
+/// not started: as declared, and under the standard plan.
+fn remaining<'s>(state: &'s State, task: &'s TaskId) -> (i64, i64) {
+    let (mut full, mut degraded) = (0i64, 0i64);
+    let mut stack = vec![task];
+    let mut seen = rustc_hash::FxHashSet::default();
     while let Some(id) = stack.pop() {
-        if !seen.insert(id.clone()) {
-            continue;
-        }
-        let Some(t) = state.queue.get(&id) else {
+        let Some(t) = state.queue.get(id) else {
             continue;
         };
-        if matches!(t.status, TaskStatus::Waiting | TaskStatus::Pending) {
-            total = total.saturating_add(ceiling(t).0);
+        // Only a DAG with diamonds can reach a node twice.
+        if t.deps.len() > 1 && !seen.insert(id) {
+            continue;
         }
-        stack.extend(t.dependants.iter().cloned());
+        if matches!(t.status, TaskStatus::Waiting | TaskStatus::Pending) {
+            full = full.saturating_add(t.cost_ceiling_micros.0);
+            degraded = degraded.saturating_add(t.degraded_ceiling_micros.0);
+        }
+        stack.extend(t.dependants.iter());
     }
-    total
+    (full, degraded)
 }
 
-/// Decides for `task` (about to run); `degraded_ceiling` gives a node's
-/// ceiling under the plan (0 for skipped nodes). `None` for a node that
-/// is not governed (no cost ceiling): it runs as it is.
-pub fn decide(
-    state: &State,
-    task: &TaskId,
-    degraded_ceiling: &dyn Fn(&super::queue::Task, &Plan) -> Micros,
-) -> Option<CostDecision> {
+/// Decides for `task` (about to run). `None` for a node that is not
+/// governed (no cost ceiling): it runs as it is.
+pub fn decide(state: &State, task: &TaskId) -> Option<CostDecision> {
     let t = state.queue.get(task)?;
     // A node without a cost ceiling is not governed: no decision.
     if t.cost_ceiling_micros == Micros::ZERO {
@@ -186,9 +183,8 @@ pub fn decide(
     let tenant = state.tenants.get(&t.tenant)?;
     let runs = tenant.active_runs.max(1);
     let confidence_bp = 10_000 / i64::from(runs);
-    let rest = remaining(state, task, &|t| t.cost_ceiling_micros);
+    let (rest, rest_degraded) = remaining(state, task);
     let plan = Plan::STANDARD;
-    let rest_degraded = remaining(state, task, &|t| degraded_ceiling(t, &plan));
     let committed = tenant
         .spent_micros()
         .0

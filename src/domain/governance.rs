@@ -45,6 +45,15 @@ impl Denial {
     }
 }
 
+/// Whether `tenant` is registered, not blocked and below its concurrent-run
+/// limit: [`admit_run`] without the reason.
+pub fn may_start_run(state: &State, tenant: &TenantId) -> bool {
+    state
+        .tenants
+        .get(tenant)
+        .is_some_and(|t| !t.overrun && t.active_runs < t.max_concurrent_runs)
+}
+
 /// May `tenant` start one more pipeline run?
 pub fn admit_run(state: &State, tenant: &TenantId) -> Result<(), Denial> {
     let Some(t) = state.tenants.get(tenant) else {
@@ -75,36 +84,45 @@ pub fn admit_task(state: &State, task: &TaskId) -> Result<Micros, Denial> {
 /// reservations of the ones before it.
 pub struct Admitter<'s> {
     state: &'s State,
-    reserved: std::collections::BTreeMap<TenantId, Micros>,
+    /// What this decision reserved so far, per tenant.
+    reserved: rustc_hash::FxHashMap<&'s TenantId, Micros>,
 }
 
 impl<'s> Admitter<'s> {
     pub fn new(state: &'s State) -> Self {
         Admitter {
             state,
-            reserved: std::collections::BTreeMap::new(),
+            reserved: rustc_hash::FxHashMap::default(),
         }
     }
 
     /// Admits `task` and counts its reservation, or says why not.
     pub fn admit(&mut self, task: &TaskId) -> Result<Micros, Denial> {
-        let ceiling = self
-            .state
-            .queue
-            .get(task)
-            .map_or(Micros::ZERO, |t| t.cost_ceiling_micros);
-        self.admit_at(task, ceiling)
+        let t = self.task(task)?;
+        self.admit_task(task, t, t.cost_ceiling_micros)
     }
 
     /// Admits `task` reserving `ceiling` (its own, or a lower one when a
     /// degradation plan makes the node cheaper).
     pub fn admit_at(&mut self, task: &TaskId, ceiling: Micros) -> Result<Micros, Denial> {
+        let t = self.task(task)?;
+        self.admit_task(task, t, ceiling)
+    }
+
+    fn task(&self, task: &TaskId) -> Result<&'s super::queue::Task, Denial> {
+        self.state
+            .queue
+            .get(task)
+            .ok_or_else(|| Denial::Blocked(format!("task `{task}` was never submitted")))
+    }
+
+    fn admit_task(
+        &mut self,
+        task: &TaskId,
+        t: &'s super::queue::Task,
+        ceiling: Micros,
+    ) -> Result<Micros, Denial> {
         let state = self.state;
-        let Some(t) = state.queue.get(task) else {
-            return Err(Denial::Blocked(format!(
-                "task `{task}` was never submitted"
-            )));
-        };
         let Some(tenant) = state.tenants.get(&t.tenant) else {
             return Err(Denial::Blocked(format!(
                 "tenant `{}` is not registered",
@@ -125,10 +143,8 @@ impl<'s> Admitter<'s> {
         let reserved = Micros(tenant.reserved_micros.0.saturating_add(extra.0));
         let available = Micros(tenant.available_micros().0.saturating_sub(extra.0));
         if ceiling <= available {
-            *self
-                .reserved
-                .entry(t.tenant.clone())
-                .or_insert(Micros::ZERO) = Micros(extra.0 + ceiling.0);
+            self.reserved
+                .insert(&t.tenant, Micros(extra.0.saturating_add(ceiling.0)));
             return Ok(ceiling);
         }
         let reason = format!(
@@ -356,7 +372,7 @@ impl Gate {
         };
         // The cost agent decides before the node runs; a verdict is
         // recorded when it differs from the task's last one.
-        let verdict = cost_agent::decide(state, task, &cost_agent::degraded_ceiling);
+        let verdict = cost_agent::decide(state, task);
         if let Some(v) = &verdict {
             if self.last_verdict.get(task) != Some(&v.decision) {
                 self.last_verdict.insert(task.clone(), v.decision);

@@ -131,6 +131,10 @@ pub fn arm_key(param: &str, value: &str) -> String {
 
 /// The choice a node's params offer: `learn = { param = [values...] }`.
 pub fn offered(params: &Params) -> Option<(String, Vec<String>)> {
+    // Most nodes offer nothing: skip parsing them.
+    if !params.as_json().contains("\"learn\"") {
+        return None;
+    }
     let value = params.to_value();
     let learn = value.get("learn")?.as_object()?;
     let (param, values) = learn.iter().next()?;

@@ -84,6 +84,9 @@ pub struct Task {
     /// Seq of the record that last made the task ready (FIFO key).
     pub ready_seq: u64,
     pub cost_ceiling_micros: Micros,
+    /// The ceiling under the cost agent's standard degradation plan,
+    /// derived once at submission (see `cost_agent::degraded_ceiling`).
+    pub degraded_ceiling_micros: Micros,
     pub reserved_micros: Micros,
     pub spent_micros: Micros,
     pub handler: String,
@@ -412,9 +415,7 @@ impl Queue {
                 if status == TaskStatus::Pending {
                     self.make_ready(priority, seq, task.clone());
                 }
-                self.tasks.insert(
-                    task,
-                    Box::new(Task {
+                let mut entry = Box::new(Task {
                         run,
                         tenant,
                         pipeline,
@@ -437,8 +438,11 @@ impl Queue {
                         optional,
                         output: Params::null(),
                         last_error: String::new(),
-                    }),
-                );
+                        degraded_ceiling_micros: Micros::ZERO,
+                    });
+                entry.degraded_ceiling_micros =
+                    super::cost_agent::degraded_ceiling(&entry, &super::cost_agent::Plan::STANDARD);
+                self.tasks.insert(task, entry);
                 None
             }
             Event::TaskDequeued {

@@ -80,8 +80,13 @@ fn digest_of<T: Encode>(tag: &str, value: &T) -> blake3::Hash {
     hasher.update(b"runledger.projection.v1\0");
     hasher.update(tag.as_bytes());
     hasher.update(&[0]);
-    // Writing into a hasher cannot fail.
-    let _ = bincode::encode_into_std_write(value, &mut hasher, bincode::config::standard());
+    // Writing into a hasher cannot fail. Buffered: the encoder writes a
+    // few bytes at a time, and each hasher update has a fixed cost.
+    {
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 16, &mut hasher);
+        let _ = bincode::encode_into_std_write(value, &mut buffered, bincode::config::standard());
+        let _ = std::io::Write::flush(&mut buffered);
+    }
     hasher.finalize()
 }
 

@@ -8,10 +8,12 @@
 //! seed and what the ledger held before.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Instant;
 
-use crate::domain::governance::{Admitter, Denial, Gate, Settler, Start, admit_run, period_resets};
+use crate::domain::governance::{
+    Admitter, Denial, Gate, Settler, Start, admit_run, may_start_run, period_resets,
+};
 use crate::domain::learning::Learner;
 use crate::domain::scheduler::{dependants_to_cancel, draw, next_ready_many, next_retry_at};
 use crate::domain::sim::simulate;
@@ -124,8 +126,9 @@ struct Sim<'a> {
     retry_wakeups: BinaryHeap<Reverse<i64>>,
     /// The cost agent and admission in front of every attempt.
     gate: Gate,
-    /// Pipeline runs that wait for their tenant's concurrency to allow them.
-    deferred: Vec<(usize, u32)>,
+    /// Per tenant, the pipeline runs that wait for its concurrency to allow
+    /// them, oldest first.
+    deferred: BTreeMap<TenantId, VecDeque<(usize, u32)>>,
     /// Whether this run continues one whose process died.
     resumed: bool,
 }
@@ -368,33 +371,93 @@ impl Sim<'_> {
 
     /// Submits a pipeline run if its tenant may start one now; otherwise
     /// records why (once) and defers it, or drops it when it never can.
-    fn admit_instance(
-        &mut self,
-        submission: usize,
-        instance: u32,
-        retried: bool,
-    ) -> Result<(), RunError> {
+    fn admit_instance(&mut self, submission: usize, instance: u32) -> Result<(), RunError> {
         // On resume, runs admitted out of arrival order are already in.
         if self.resumed && self.submitted(submission, instance) {
             return Ok(());
         }
         let tenant = TenantId(self.workload.submissions[submission].tenant.clone());
         match admit_run(&self.state, &tenant) {
-            Ok(()) => self.submit_instance(submission, instance),
-            Err(denial) => {
-                if !retried || !denial.may_wait() {
-                    let reason = denial.reason().to_owned();
-                    self.emit(Event::AdmissionDenied {
-                        tenant,
-                        task: None,
-                        reason,
-                    })?;
-                }
-                if let Denial::Concurrency(_) = denial {
-                    self.deferred.push((submission, instance));
+            // Behind runs already waiting, a new one waits its turn.
+            Ok(()) if self.deferred.contains_key(&tenant) => {
+                if let Some(queue) = self.deferred.get_mut(&tenant) {
+                    queue.push_back((submission, instance));
                 }
                 Ok(())
             }
+            Ok(()) => self.submit_instance(submission, instance),
+            Err(denial) => {
+                let wait = matches!(denial, Denial::Concurrency(_));
+                let reason = denial.reason().to_owned();
+                self.emit(Event::AdmissionDenied {
+                    tenant: tenant.clone(),
+                    task: None,
+                    reason,
+                })?;
+                if wait {
+                    self.deferred
+                        .entry(tenant)
+                        .or_default()
+                        .push_back((submission, instance));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Submits the waiting pipeline runs their tenants may start now,
+    /// oldest first; a tenant still at its limit costs one comparison.
+    /// Returns how many were admitted or dropped.
+    fn admit_deferred(&mut self) -> Result<usize, RunError> {
+        let mut moved = 0;
+        let mut emptied = Vec::new();
+        // Usually no tenant may start a run yet: find out without cloning.
+        let state = &self.state;
+        let tenants: Vec<TenantId> = self
+            .deferred
+            .keys()
+            .filter(|t| may_start_run(state, t))
+            .cloned()
+            .collect();
+        for tenant in tenants {
+            while let Some(&(submission, instance)) =
+                self.deferred.get(&tenant).and_then(VecDeque::front)
+            {
+                if self.resumed && self.submitted(submission, instance) {
+                    self.pop_deferred(&tenant);
+                    continue;
+                }
+                if !may_start_run(&self.state, &tenant) {
+                    break;
+                }
+                self.pop_deferred(&tenant);
+                moved += 1;
+                match admit_run(&self.state, &tenant) {
+                    Ok(()) => self.submit_instance(submission, instance)?,
+                    // Blocked for good (an overrun): it will never start.
+                    Err(denial) => {
+                        let reason = denial.reason().to_owned();
+                        self.emit(Event::AdmissionDenied {
+                            tenant: tenant.clone(),
+                            task: None,
+                            reason,
+                        })?;
+                    }
+                }
+            }
+            if self.deferred.get(&tenant).is_some_and(VecDeque::is_empty) {
+                emptied.push(tenant);
+            }
+        }
+        for tenant in emptied {
+            self.deferred.remove(&tenant);
+        }
+        Ok(moved)
+    }
+
+    fn pop_deferred(&mut self, tenant: &TenantId) {
+        if let Some(queue) = self.deferred.get_mut(tenant) {
+            queue.pop_front();
         }
     }
 
@@ -591,7 +654,7 @@ pub fn run_simulated(
         backpressure: false,
         retry_wakeups: BinaryHeap::new(),
         gate: Gate::new(seed),
-        deferred: Vec::new(),
+        deferred: BTreeMap::new(),
         resumed: false,
     };
 
@@ -684,16 +747,14 @@ fn drive(
         }
         if !sim.backpressure {
             // Pipeline runs that waited for their tenant's concurrency go first.
-            for (submission, instance) in std::mem::take(&mut sim.deferred) {
-                sim.admit_instance(submission, instance, true)?;
-            }
+            sim.admit_deferred()?;
         }
         while !sim.backpressure
             && next_arrival < arrivals.len()
             && arrivals[next_arrival].0 <= sim.now.0
         {
             let (_, submission, instance) = arrivals[next_arrival];
-            sim.admit_instance(submission, instance, false)?;
+            sim.admit_instance(submission, instance)?;
             next_arrival += 1;
         }
         sim.dispatch()?;
@@ -733,21 +794,18 @@ fn drive(
             }
             // Nothing runs, so no concurrency limit can hold them back: a
             // deferred run still refused here never will be admitted.
-            let before = sim.deferred.len();
-            for (submission, instance) in std::mem::take(&mut sim.deferred) {
-                sim.admit_instance(submission, instance, true)?;
-            }
-            if sim.deferred.len() == before {
-                for (submission, instance) in std::mem::take(&mut sim.deferred) {
-                    let tenant = TenantId(workload.submissions[submission].tenant.clone());
-                    let reason = format!(
-                        "pipeline run #{instance} of tenant `{tenant}` could not be admitted"
-                    );
-                    sim.emit(Event::AdmissionDenied {
-                        tenant,
-                        task: None,
-                        reason,
-                    })?;
+            if sim.admit_deferred()? == 0 {
+                for (tenant, queue) in std::mem::take(&mut sim.deferred) {
+                    for (_, instance) in queue {
+                        let reason = format!(
+                            "pipeline run #{instance} of tenant `{tenant}` could not be admitted"
+                        );
+                        sim.emit(Event::AdmissionDenied {
+                            tenant: tenant.clone(),
+                            task: None,
+                            reason,
+                        })?;
+                    }
                 }
             }
             continue;
@@ -853,7 +911,7 @@ pub fn resume_simulated(
         backpressure: engaged,
         retry_wakeups: BinaryHeap::new(),
         gate: Gate::new(summary.seed),
-        deferred: Vec::new(),
+        deferred: BTreeMap::new(),
         resumed: true,
     };
     // Retries the dead process had scheduled.
