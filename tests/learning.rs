@@ -446,7 +446,11 @@ fn a_simulated_run_chooses_learns_and_adjusts_and_replays_the_same() {
         Some(&3_000),
         "{acme_adjustments:?}"
     );
-    assert_eq!(acme_adjustments.get(1), Some(&2_000), "{acme_adjustments:?}");
+    assert_eq!(
+        acme_adjustments.get(1),
+        Some(&2_000),
+        "{acme_adjustments:?}"
+    );
     // No learning event of one tenant names a task of the other.
     for e in &events {
         if let (Event::LearningArmChosen { tenant, task, .. }, true) =

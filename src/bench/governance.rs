@@ -408,17 +408,14 @@ struct Decisions {
 fn time_decisions(state: &State, first: &[TaskId], picks: &[u32]) -> anyhow::Result<Decisions> {
     let warmup = picks.len().min(WARMUP_CALLS);
     for &k in &picks[..warmup] {
-        black_box(cost_agent::decide(
-            state,
-            &first[k as usize]));
+        black_box(cost_agent::decide(state, &first[k as usize]));
     }
     let mut samples = Samples::default();
     let mut by_kind = [(0u64, Duration::ZERO); 3];
     for &k in picks {
         let task = &first[k as usize];
         let start = Instant::now();
-        let decision = cost_agent::decide(black_box(state), task)
-            .map(|d| d.decision);
+        let decision = cost_agent::decide(black_box(state), task).map(|d| d.decision);
         let elapsed = start.elapsed();
         let Some(decision) = decision else {
             anyhow::bail!("the cost agent gave no verdict for `{task}`: is it governed?");
@@ -594,10 +591,8 @@ mod tests {
         let nodes = pipeline();
         let built = build_state(20, &nodes, &mut ChaCha8Rng::seed_from_u64(SEED));
         for k in 0..20 {
-            let verdict = cost_agent::decide(
-                &built.state,
-                &task_id(k, nodes[0].id))
-            .map(|d| d.decision);
+            let verdict =
+                cost_agent::decide(&built.state, &task_id(k, nodes[0].id)).map(|d| d.decision);
             let expected = match k % 10 {
                 0..=6 => Decision::Continue,
                 7 | 8 => Decision::Degrade,

@@ -1105,6 +1105,9 @@ struct DecisionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     decision: Option<crate::domain::Decision>,
     reason: String,
+    /// The cost agent's inputs, projection and plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<serde_json::Value>,
 }
 
 fn decisions(
@@ -1158,6 +1161,20 @@ fn decisions(
                         bp_percent(i64::from(*exploration_bp))
                     ),
                 ),
+                Event::LearningArmChosen {
+                    param,
+                    arm,
+                    explored,
+                    reason,
+                    ..
+                } => (
+                    None,
+                    format!(
+                        "{param}={arm}{}: {reason}",
+                        if *explored { " (explores)" } else { "" }
+                    ),
+                ),
+                Event::TaskSkipped { reason, .. } => (None, reason.clone()),
                 _ => return ControlFlow::Continue(()),
             };
             found.push(DecisionView {
@@ -1169,6 +1186,12 @@ fn decisions(
                 task: event.task().map(|t| t.0.clone()),
                 decision,
                 reason,
+                details: match &event {
+                    Event::DegradationDecided { details, .. } if !details.is_null() => {
+                        Some(details.to_value())
+                    }
+                    _ => None,
+                },
             });
             ControlFlow::Continue(())
         })
