@@ -6,17 +6,18 @@
 use std::fmt::Write;
 
 /// Name, budget as a share of what the tenant's runs would cost (basis
-/// points), learning intensity: a generous tenant stays HEALTHY beside
-/// tenants that run into WARNING, CRITICAL and their budget's edge.
-const TENANTS: [(&str, i64, &str); 8] = [
-    ("acme", 30_000, "balanced"),
-    ("globex", 6_000, "aggressive"),
-    ("initech", 4_500, "conservative"),
-    ("umbrella", 2_500, "balanced"),
-    ("hooli", 20_000, "aggressive"),
-    ("stark", 11_000, "conservative"),
-    ("wayne", 9_200, "balanced"),
-    ("wonka", 5_000, "balanced"),
+/// points), learning intensity, concurrent pipeline runs: a generous tenant
+/// that is never touched beside tenants that run into WARNING, CRITICAL,
+/// degradation and termination.
+const TENANTS: [(&str, i64, &str, u32); 8] = [
+    ("acme", 30_000, "balanced", 50),
+    ("globex", 6_000, "aggressive", 10),
+    ("initech", 2300, "conservative", 10),
+    ("umbrella", 800, "balanced", 10),
+    ("hooli", 20_000, "aggressive", 10),
+    ("stark", 11_000, "conservative", 10),
+    ("wayne", 9_200, "balanced", 10),
+    ("wonka", 5_000, "balanced", 10),
 ];
 
 /// About what one pipeline run of the demo costs, in micros.
@@ -69,18 +70,17 @@ nodes = [
 "#
     );
     for i in 0..tenants {
-        let (name, share_bp, intensity) = match TENANTS.get(i as usize) {
-            Some(&(n, b, l)) => (n.to_owned(), b, l),
-            None => (
-                format!("tenant-{i:03}"),
-                TENANTS[i as usize % TENANTS.len()].1,
-                "balanced",
-            ),
+        let (name, share_bp, intensity, max_runs) = match TENANTS.get(i as usize) {
+            Some(&(n, b, l, r)) => (n.to_owned(), b, l, r),
+            None => {
+                let (_, b, _, r) = TENANTS[i as usize % TENANTS.len()];
+                (format!("tenant-{i:03}"), b, "balanced", r)
+            }
         };
         let budget = i64::from(runs) * COST_PER_RUN_MICROS * share_bp / 10_000;
         let _ = write!(
             out,
-            "\n[[tenants]]\nid = \"{name}\"\nbudget_micros = {budget}\nmax_concurrent_runs = 10\nlearning_intensity = \"{intensity}\"\n"
+            "\n[[tenants]]\nid = \"{name}\"\nbudget_micros = {budget}\nmax_concurrent_runs = {max_runs}\nlearning_intensity = \"{intensity}\"\n"
         );
         let _ = write!(
             out,

@@ -32,6 +32,8 @@ pub struct TenantView {
     pub budget_period: BudgetPeriod,
     pub overrun_micros: i64,
     pub admissions_denied: u64,
+    /// The highest `spent + reserved` share of the budget at any seq.
+    pub peak_committed_bp: i64,
 }
 
 impl TenantView {
@@ -62,6 +64,7 @@ impl TenantView {
             budget_period: tenant.budget_period,
             overrun_micros: tenant.overrun_micros.0,
             admissions_denied: tenant.admissions_denied,
+            peak_committed_bp: tenant.peak_committed_bp,
         }
     }
 }

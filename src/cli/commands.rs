@@ -984,6 +984,7 @@ fn print_summary(
         "OTHER",
         "TOTAL",
         "BUDGET",
+        "PEAK",
     ]);
     for t in tenants {
         let cat = |name: &str| m(t.spent_by_category.get(name).copied().unwrap_or(0));
@@ -998,9 +999,41 @@ fn print_summary(
             cat("other"),
             m(t.spent_micros),
             m(t.budget_micros),
+            bp_percent(t.peak_committed_bp),
         ]);
     }
     write!(out, "{}", costs.render())?;
+    let verdict = |kind: &str| r.decisions.get(kind).copied().unwrap_or(0);
+    writeln!(
+        out,
+        "  governance: {} continue, {} degrade, {} terminate; {} admissions denied",
+        verdict("continue"),
+        verdict("degrade"),
+        verdict("terminate"),
+        r.admissions_denied
+    )?;
+    if let Some(peak) = tenants.iter().max_by_key(|t| t.peak_committed_bp) {
+        let mut statuses = std::collections::BTreeMap::new();
+        for t in tenants {
+            *statuses.entry(t.status.name()).or_insert(0u32) += 1;
+        }
+        let statuses: Vec<String> = statuses
+            .iter()
+            .map(|(status, n)| format!("{n} {status}"))
+            .collect();
+        let held = if peak.peak_committed_bp <= 10_000 {
+            "never exceeded"
+        } else {
+            "EXCEEDED"
+        };
+        writeln!(
+            out,
+            "  budgets: {}; spent + reserved {held}, at most {} of a budget (`{}`) at any seq",
+            statuses.join(", "),
+            bp_percent(peak.peak_committed_bp),
+            peak.tenant
+        )?;
+    }
     let mut table = Table::new(&[
         "WORKER",
         "EXECUTED",
@@ -1010,7 +1043,14 @@ fn print_summary(
         "TASKS/S",
         "UPTIME",
     ]);
-    for w in workers {
+    // Many workers: the busiest few, then a count (`workers` lists all).
+    const SHOWN: usize = 12;
+    let mut shown: Vec<&views::WorkerView> = workers.iter().collect();
+    if shown.len() > SHOWN {
+        shown.sort_by(|a, b| b.executed.cmp(&a.executed).then(a.worker.cmp(&b.worker)));
+        shown.truncate(SHOWN);
+    }
+    for w in shown {
         let uptime = w.uptime_micros as f64 / 1e6;
         table.row(vec![
             w.worker.clone(),
@@ -1023,6 +1063,13 @@ fn print_summary(
         ]);
     }
     write!(out, "{}", table.render())?;
+    if workers.len() > SHOWN {
+        writeln!(
+            out,
+            "  ... the {SHOWN} busiest of {} workers (`runledger workers` lists all)",
+            workers.len()
+        )?;
+    }
     writeln!(out, "head: {} (seq {})", r.head, r.head_seq)?;
     writeln!(out, "digest: {}", r.digest)?;
     Ok(())

@@ -110,7 +110,7 @@ pub enum Command {
         #[arg(long, default_value_t = 4)]
         tenants: u32,
         /// Pipeline runs per tenant.
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 20)]
         runs: u32,
         #[arg(long, default_value_t = 42)]
         seed: u64,

@@ -42,6 +42,10 @@ pub struct Tenant {
     pub peak_active_runs: u32,
     pub admissions_denied: u64,
     pub period_resets: u32,
+    /// The highest `spent + reserved` share of the budget at any seq so
+    /// far, in basis points: above 10,000 only after an overrun or
+    /// imported costs.
+    pub peak_committed_bp: i64,
 }
 
 impl Tenant {
@@ -52,6 +56,13 @@ impl Tenant {
                 .map(|m| m.0)
                 .fold(0i64, i64::saturating_add),
         )
+    }
+
+    fn note_peak(&mut self) {
+        let committed = Micros(self.spent_micros().0.saturating_add(self.reserved_micros.0));
+        self.peak_committed_bp = self
+            .peak_committed_bp
+            .max(committed.basis_points_of(self.budget_micros));
     }
 
     /// Spent share of the budget, in basis points.
@@ -315,6 +326,7 @@ impl Tenants {
                         peak_active_runs: 0,
                         admissions_denied: 0,
                         period_resets: 0,
+                        peak_committed_bp: 0,
                     },
                 );
             }
@@ -342,6 +354,7 @@ impl Tenants {
                     if let Some(v) = budget_period {
                         t.budget_period = *v;
                     }
+                    t.note_peak();
                 }
             }
             Event::CostReserved {
@@ -351,6 +364,7 @@ impl Tenants {
             } => {
                 if let Some(t) = self.tenants.get_mut(tenant) {
                     t.reserved_micros.0 += amount_micros.0;
+                    t.note_peak();
                 }
             }
             Event::CostIncurred {
@@ -369,6 +383,7 @@ impl Tenants {
                         Micros::ZERO
                     };
                     t.reserved_micros.0 -= consumed.0;
+                    t.note_peak();
                     return consumed;
                 }
             }
