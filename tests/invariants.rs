@@ -40,7 +40,7 @@ id = "rag"
 mode = "serial"
 nodes = [
   {{ id = "retrieve", params = {{ step = "retrieve", failure_rate_bp = {failure_bp} }} }},
-  {{ id = "generate", params = {{ step = "generate", model = "large", candidates = 2, failure_rate_bp = {failure_bp} }}{ceiling} }},
+  {{ id = "generate", params = {{ step = "generate", candidates = 2, learn = {{ model = ["large", "medium", "small"] }}, failure_rate_bp = {failure_bp} }}{ceiling} }},
 ]
 [[pipelines]]
 id = "fan"
@@ -54,8 +54,10 @@ nodes = [
     );
     for (i, budget) in budgets.iter().enumerate() {
         text.push_str(&format!(
-            "\n[[tenants]]\nid = \"t{i}\"\nbudget_micros = {budget}\nmax_concurrent_runs = {}\n\n[[submissions]]\ntenant = \"t{i}\"\npipeline = \"{}\"\nruns = {runs}\ninterval_ms = {}\n",
+            "\n[[tenants]]\nid = \"t{i}\"\nbudget_micros = {budget}\nmax_concurrent_runs = {}\nlearning_intensity = \"{}\"\nmeta_learning = {}\n\n[[submissions]]\ntenant = \"t{i}\"\npipeline = \"{}\"\nruns = {runs}\ninterval_ms = {}\n",
             1 + i % 3,
+            ["conservative", "balanced", "aggressive"][i % 3],
+            i % 2 == 0,
             if i % 2 == 0 { "rag" } else { "fan" },
             i * 7,
         ));
@@ -85,6 +87,7 @@ fn check_every_seq(dir: &std::path::Path) -> Result<u64, String> {
             _ => None,
         });
         let before: Vec<_> = state.tenants.sorted().into_iter().cloned().collect();
+        let learning_before: Vec<_> = state.learning.sorted().into_iter().cloned().collect();
         state.evolve(seq, at, event.clone());
         for t in state.tenants.sorted() {
             let committed = t.spent_micros().0 + t.reserved_micros.0;
@@ -98,6 +101,16 @@ fn check_every_seq(dir: &std::path::Path) -> Result<u64, String> {
                 ));
             }
             if Some(&t.tenant) != owner.as_ref() {
+                let profile = state.learning.get(&t.tenant);
+                if let Some(old) = learning_before.iter().find(|b| b.tenant == t.tenant) {
+                    if Some(old) != profile {
+                        return Err(format!(
+                            "seq {seq}: {} moved the learning profile of tenant {}",
+                            event.kind(),
+                            t.tenant
+                        ));
+                    }
+                }
                 if let Some(old) = before.iter().find(|b| b.tenant == t.tenant) {
                     if old != t {
                         return Err(format!(
@@ -114,7 +127,11 @@ fn check_every_seq(dir: &std::path::Path) -> Result<u64, String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
+    // 1,000 workloads in the suite; `PROPTEST_CASES=N` for a longer run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn budgets_hold_at_every_seq_and_tenants_stay_isolated(
@@ -131,6 +148,67 @@ proptest! {
         let ledger = Ledger::open(dir.path(), LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
         let report = run_simulated(&ledger, &workload, &RunOptions::default(), &mut |_, _| {}).unwrap();
         ledger.close().unwrap();
+        prop_assert_eq!(report.tasks, report.acked + report.dead_lettered + report.cancelled + report.skipped, "every task ends (seed {})", seed);
+        let checked = check_every_seq(dir.path());
+        prop_assert!(checked.is_ok(), "seed {}: {}", seed, checked.unwrap_err());
+    }
+}
+
+/// A workload with more than 1,000 tasks in flight at once: wide map-reduce
+/// pipelines of many tenants, all arriving together.
+fn wide_workload_text(seed: u64, budgets: &[u32], fan_out: u32, failure_bp: u32) -> String {
+    let mut text = format!(
+        r#"
+seed = {seed}
+[execution.pool]
+max_concurrency = 4000
+backpressure_threshold = 1.0
+[execution.queue]
+max_attempts = 2
+retry_base_ms = 10
+[execution.workers]
+num_workers = 4000
+worker_timeout_sec = 1.0
+[[pipelines]]
+id = "wide"
+mode = "map_reduce"
+fan_out = {fan_out}
+nodes = [
+  {{ id = "m", stage = "map", params = {{ step = "generate", candidates = 1, learn = {{ model = ["small", "medium"] }}, failure_rate_bp = {failure_bp} }} }},
+  {{ id = "r", stage = "reduce", params = {{ step = "generate", model = "small" }} }},
+]
+"#
+    );
+    for (i, budget) in budgets.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[tenants]]\nid = \"w{i}\"\nbudget_micros = {budget}\nmax_concurrent_runs = 4\nmeta_learning = {}\n\n[[submissions]]\ntenant = \"w{i}\"\npipeline = \"wide\"\nruns = 2\ninterval_ms = 0\n",
+            i % 2 == 0,
+        ));
+    }
+    text
+}
+
+proptest! {
+    // Fewer, larger cases: `PROPTEST_CASES=N` for a longer run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse::<u32>().ok()).map_or(6, |n| n.div_ceil(100).max(1)),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn budgets_hold_with_over_a_thousand_tasks_in_flight(
+        seed in any::<u64>(),
+        budgets in prop::collection::vec(50_000u32..4_000_000, 8..12),
+        fan_out in 70u32..110,
+        failure_bp in 0u32..3000,
+    ) {
+        let text = wide_workload_text(seed, &budgets, fan_out, failure_bp);
+        let workload = Workload::parse("wide.toml", &text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
+        let report = run_simulated(&ledger, &workload, &RunOptions::default(), &mut |_, _| {}).unwrap();
+        ledger.close().unwrap();
+        prop_assert!(report.peak_running >= 1_000, "seed {}: peak {} tasks in flight", seed, report.peak_running);
         prop_assert_eq!(report.tasks, report.acked + report.dead_lettered + report.cancelled + report.skipped, "every task ends (seed {})", seed);
         let checked = check_every_seq(dir.path());
         prop_assert!(checked.is_ok(), "seed {}: {}", seed, checked.unwrap_err());

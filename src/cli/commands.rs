@@ -1006,11 +1006,11 @@ fn print_summary(
     let verdict = |kind: &str| r.decisions.get(kind).copied().unwrap_or(0);
     writeln!(
         out,
-        "  governance: {} continue, {} degrade, {} terminate; {} admissions denied",
+        "  governance: {} continue, {} degrade, {} terminate; admission denied {} times",
         verdict("continue"),
         verdict("degrade"),
         verdict("terminate"),
-        r.admissions_denied
+        tenants.iter().map(|t| t.admissions_denied).sum::<u64>()
     )?;
     if let Some(peak) = tenants.iter().max_by_key(|t| t.peak_committed_bp) {
         let mut statuses = std::collections::BTreeMap::new();
