@@ -355,21 +355,24 @@ fn node(
 }
 
 fn agent(state: &State, task: &str) -> runledger::domain::cost_agent::CostDecision {
-    use runledger::domain::cost_agent::{Plan, decide};
-    let degraded = |t: &runledger::domain::queue::Task, plan: &Plan| {
-        if plan.skip_optional && t.optional {
-            Micros::ZERO
-        } else {
-            Micros(t.cost_ceiling_micros.0 / 2)
-        }
-    };
-    decide(state, &task.into(), &degraded).unwrap()
+    runledger::domain::cost_agent::decide(state, &task.into()).unwrap()
 }
 
 #[test]
 fn cost_agent_continues_degrades_and_terminates_on_the_projection() {
+    fn params(json: &str) -> (i64, &str) {
+        (
+            runledger::domain::sim::cost_ceiling(&serde_json::from_str(json).unwrap()).0,
+            json,
+        )
+    }
+    let retrieve = params(r#"{"step":"retrieve","depth":5}"#);
+    let rerank = params(r#"{"step":"rerank"}"#);
+    let generate = params(r#"{"step":"generate","model":"large","candidates":3}"#);
+    // The ceilings the loader gives these sim steps: 200, 125, 89,100.
+    assert_eq!((retrieve.0, rerank.0, generate.0), (200, 125, 89_100));
     let mut events = vec![
-        tenant("acme", 1_000, 10),
+        tenant("acme", 100_000, 10),
         Event::RunStarted {
             run: "r".into(),
             seed: 1,
@@ -377,43 +380,48 @@ fn cost_agent_continues_degrades_and_terminates_on_the_projection() {
         },
     ];
     events.extend([
-        node(
-            "retrieve",
-            "acme",
-            200,
-            &[],
-            false,
-            r#"{"step":"retrieve","depth":5}"#,
-        ),
-        node(
-            "rerank",
-            "acme",
-            100,
-            &["retrieve"],
-            true,
-            r#"{"step":"rerank"}"#,
-        ),
+        node("retrieve", "acme", retrieve.0, &[], false, retrieve.1),
+        node("rerank", "acme", rerank.0, &["retrieve"], true, rerank.1),
         node(
             "generate",
             "acme",
-            500,
+            generate.0,
             &["rerank"],
             false,
-            r#"{"step":"generate","model":"large","candidates":3}"#,
+            generate.1,
         ),
     ]);
     let state = given(&events);
-    // 200 + 100 + 500 = 800 of 1000 with one run: continue.
+    // Under the plan: depth 5 → 3 (120), rerank skipped (0), one medium
+    // candidate at depth 5 (5,940), derived once at submission.
+    let degraded = |task: &str| {
+        state
+            .queue
+            .get(&task.into())
+            .unwrap()
+            .degraded_ceiling_micros
+            .0
+    };
+    assert_eq!(
+        (
+            degraded("retrieve"),
+            degraded("rerank"),
+            degraded("generate")
+        ),
+        (120, 0, 5_940)
+    );
+    // 200 + 125 + 89,100 = 89,425 of 100,000 with one run: continue.
     let d = agent(&state, "retrieve");
     assert_eq!(
         (
             d.decision,
             d.projection.remaining_micros,
-            d.projection.projected_micros
+            d.projection.projected_micros,
+            d.projection.remaining_degraded_micros
         ),
-        (Decision::Continue, 800, 800)
+        (Decision::Continue, 89_425, 89_425, 6_060)
     );
-    // 400 already spent: 1200 projected > 1000, degraded 400 + 100 + 0 + 250 = 750 fits.
+    // 20,000 already spent: 109,425 projected > 100,000; degraded 26,060 fits.
     let mut spent = state.clone();
     apply_all(
         &mut spent,
@@ -421,12 +429,12 @@ fn cost_agent_continues_degrades_and_terminates_on_the_projection() {
             tenant: "acme".into(),
             task: None,
             category: Category::Other,
-            amount_micros: Micros(400),
+            amount_micros: Micros(20_000),
         }],
     );
     let d = agent(&spent, "retrieve");
     assert_eq!(d.decision, Decision::Degrade, "{}", d.reason);
-    assert_eq!(d.projection.projected_degraded_micros, 750);
+    assert_eq!(d.projection.projected_degraded_micros, 26_060);
     let plan = d.plan.unwrap();
     let degraded = plan.apply(
         &serde_json::from_str(r#"{"step":"generate","model":"large","candidates":3,"depth":5}"#)
@@ -436,17 +444,23 @@ fn cost_agent_continues_degrades_and_terminates_on_the_projection() {
         degraded.as_json(),
         r#"{"candidates":1,"depth":3,"model":"medium","step":"generate"}"#
     );
-    // 700 spent: even degraded (700 + 350) does not fit: terminate.
+    // Offered models step down too.
+    let offer = plan
+        .apply(&serde_json::from_str(r#"{"learn":{"model":["large","medium","small"]}}"#).unwrap());
+    assert_eq!(offer.as_json(), r#"{"learn":{"model":["medium","small"]}}"#);
+    // 96,000 spent: even degraded (96,000 + 6,060) does not fit: terminate.
     apply_all(
         &mut spent,
         &[Event::CostIncurred {
             tenant: "acme".into(),
             task: None,
             category: Category::Other,
-            amount_micros: Micros(300),
+            amount_micros: Micros(76_000),
         }],
     );
-    assert_eq!(agent(&spent, "retrieve").decision, Decision::Terminate);
+    let d = agent(&spent, "retrieve");
+    assert_eq!(d.decision, Decision::Terminate, "{}", d.reason);
+    assert_eq!(d.projection.projected_degraded_micros, 102_060);
 }
 
 #[test]

@@ -638,7 +638,7 @@ fn cli_decisions_lists_admission_denials_and_status_changes_with_reasons() {
     let demo = Command::new(bin)
         .arg("--data")
         .arg(&data)
-        .args(["demo", "--tenants", "4", "--runs", "6"])
+        .arg("demo")
         .output()
         .unwrap();
     assert!(demo.status.success());

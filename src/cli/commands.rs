@@ -1228,7 +1228,11 @@ fn decisions(
                 seq: raw.seq,
                 recorded_at: raw.recorded_at,
                 kind: event.kind(),
-                tenant: event.tenant().map(|t| t.0.clone()).unwrap_or_default(),
+                tenant: event
+                    .tenant()
+                    .or_else(|| event.task().and_then(|t| scopes.tasks.get(t)).map(|o| &o.1))
+                    .map(|t| t.0.clone())
+                    .unwrap_or_default(),
                 run: owner_run.map(|r| r.0),
                 task: event.task().map(|t| t.0.clone()),
                 decision,
