@@ -45,9 +45,20 @@ fn models() -> Vec<String> {
 }
 
 fn choose(state: &State, tenant: &str, may_explore: bool, n: u32) -> learning::Choice {
+    choose_at(state, tenant, may_explore, n, Micros(1_000))
+}
+
+fn choose_at(
+    state: &State,
+    tenant: &str,
+    may_explore: bool,
+    n: u32,
+    ceiling: Micros,
+) -> learning::Choice {
     state.learning.choose(
         &tenant.into(),
         Micros(1_000_000),
+        ceiling,
         "model",
         &models(),
         may_explore,
@@ -168,8 +179,22 @@ fn exploration_runs_at_the_intensity_rate_and_stops_when_its_budget_is_spent() {
         Micros(50_000)
     );
     assert!((0..2_000).any(|i| choose(&state, "acme", true, i).explored));
+    // An explored attempt still running counts at the ceiling: with 50,000
+    // spent and one in flight, a 30,000 attempt would not fit 100,000.
+    let running = given(&events[..events.len() - 1]);
+    assert_eq!(
+        running
+            .learning
+            .get(&"acme".into())
+            .unwrap()
+            .explorations_in_flight,
+        1
+    );
+    assert!((0..2_000).all(|i| !choose_at(&running, "acme", true, i, Micros(30_000)).explored));
+    assert!((0..2_000).any(|i| choose_at(&running, "acme", true, i, Micros(20_000)).explored));
     let state = given(&events);
     let profile = state.learning.get(&"acme".into()).unwrap();
+    assert_eq!(profile.explorations_in_flight, 0);
     assert_eq!(profile.exploration_spent_micros, Micros(100_000));
     assert_eq!(profile.explorations, 2);
     assert!((0..2_000).all(|i| !choose(&state, "acme", true, i).explored));

@@ -413,6 +413,7 @@ impl Gate {
             state.learning.choose(
                 &t.tenant,
                 budget,
+                t.cost_ceiling_micros,
                 &param,
                 &values,
                 decision == Decision::Continue,

@@ -74,9 +74,11 @@ pub struct LearningProfile {
     pub outcomes: u64,
     pub reward_bp_sum: i64,
     pub cost_micros: Micros,
-    /// Choices that explored, and what their outcomes cost.
+    /// Choices that explored; what their outcomes cost this budget
+    /// period; explored attempts still running.
     pub explorations: u64,
     pub exploration_spent_micros: Micros,
+    pub explorations_in_flight: u32,
     /// Per arm, keyed `param=value` (e.g. `model=small`).
     pub arms: BTreeMap<String, ArmStats>,
 }
@@ -94,6 +96,7 @@ impl LearningProfile {
             cost_micros: Micros::ZERO,
             explorations: 0,
             exploration_spent_micros: Micros::ZERO,
+            explorations_in_flight: 0,
             arms: BTreeMap::new(),
         }
     }
@@ -261,13 +264,16 @@ impl Learning {
     }
 
     /// Chooses a value of `param` among `values` for attempt `attempt` of
-    /// `task`, a task of `tenant` whose budget is `budget`. `may_explore`
-    /// is false under a degradation.
+    /// `task`, a task of `tenant` whose budget is `budget` and whose attempt
+    /// may cost up to `ceiling`. `may_explore` is false under a
+    /// degradation. An exploration must fit the allowance counting every
+    /// explored attempt still running at this ceiling.
     #[allow(clippy::too_many_arguments)]
     pub fn choose(
         &self,
         tenant: &TenantId,
         budget: Micros,
+        ceiling: Micros,
         param: &str,
         values: &[String],
         may_explore: bool,
@@ -300,16 +306,26 @@ impl Learning {
                 best = i;
             }
         }
-        let (rate_bp, spent) = profile.map_or((0, Micros::ZERO), |p| {
-            (p.exploration_bp, p.exploration_spent_micros)
+        let (rate_bp, spent, in_flight) = profile.map_or((0, Micros::ZERO, 0), |p| {
+            (
+                p.exploration_bp,
+                p.exploration_spent_micros,
+                p.explorations_in_flight,
+            )
         });
+        // What this exploration and those still running may yet cost.
+        let exposure = Micros(
+            spent
+                .0
+                .saturating_add(ceiling.0.saturating_mul(i64::from(in_flight) + 1)),
+        );
         let allowance = Micros(
             (i128::from(budget.0) * i128::from(rate_bp) / 10_000)
                 .try_into()
                 .unwrap_or(i64::MAX),
         );
         let roll = draw(seed, "explore", task.as_str(), attempt) % 10_000;
-        if may_explore && values.len() > 1 && spent < allowance && roll < u64::from(rate_bp) {
+        if may_explore && values.len() > 1 && exposure <= allowance && roll < u64::from(rate_bp) {
             let pick =
                 draw(seed, "explore-arm", task.as_str(), attempt) % (values.len() as u64 - 1);
             let i = (0..values.len())
@@ -341,6 +357,18 @@ impl Learning {
             explored: false,
             reason,
         }
+    }
+
+    /// Drops `task`'s pending choice, if any, counting an exploration as
+    /// no longer running.
+    fn settle_pending(&mut self, task: &TaskId) -> Option<Pending> {
+        let pending = self.pending.remove(task)?;
+        if pending.explored {
+            if let Some(p) = self.profiles.get_mut(&pending.tenant) {
+                p.explorations_in_flight = p.explorations_in_flight.saturating_sub(1);
+            }
+        }
+        Some(pending)
     }
 
     /// The `learning_outcome` of `task`'s attempt, if a choice is pending.
@@ -395,8 +423,11 @@ impl Learning {
                 if *explored {
                     if let Some(p) = self.profiles.get_mut(tenant) {
                         p.explorations += 1;
+                        p.explorations_in_flight += 1;
                     }
                 }
+                // A new choice for the same task replaces one never settled.
+                self.settle_pending(task);
                 self.pending.insert(
                     task.clone(),
                     Pending {
@@ -415,7 +446,7 @@ impl Learning {
             } => {
                 let explored = task
                     .as_ref()
-                    .and_then(|t| self.pending.remove(t))
+                    .and_then(|t| self.settle_pending(t))
                     .is_some_and(|p| p.explored);
                 if let Some(p) = self.profiles.get_mut(tenant) {
                     p.outcomes += 1;
@@ -458,7 +489,13 @@ impl Learning {
             | Event::TaskDeadLettered { task, .. }
             | Event::TaskCancelled { task, .. }
             | Event::TaskSkipped { task, .. } => {
-                self.pending.remove(task);
+                self.settle_pending(task);
+            }
+            // The exploration allowance is a share of the period's budget.
+            Event::BudgetPeriodReset { tenant } => {
+                if let Some(p) = self.profiles.get_mut(tenant) {
+                    p.exploration_spent_micros = Micros::ZERO;
+                }
             }
             _ => {}
         }

@@ -101,8 +101,9 @@ impl Handler for SimHandler {
                 crate::domain::sim::simulate(ctx.seed, ctx.task.as_str(), ctx.attempt, &ctx.params);
             tokio::time::sleep(Duration::from_micros(sim.latency_micros.max(0) as u64)).await;
             match sim.result {
+                // The reward travels in the output, as an `exec` handler's would.
                 Ok(output) => Ok(Outcome {
-                    output,
+                    output: with_reward(output, sim.reward_bp),
                     costs: sim.costs,
                 }),
                 Err(error) => Err(Failure {
@@ -111,6 +112,18 @@ impl Handler for SimHandler {
                 }),
             }
         })
+    }
+}
+
+/// `output` with `reward_bp` added (when it is a JSON object).
+fn with_reward(output: Params, reward_bp: i32) -> Params {
+    let mut value = output.to_value();
+    match value.as_object_mut() {
+        Some(map) => {
+            map.insert("reward_bp".into(), reward_bp.into());
+            Params::from_value(&value)
+        }
+        None => output,
     }
 }
 

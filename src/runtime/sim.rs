@@ -421,6 +421,29 @@ impl Sim<'_> {
     fn admit_deferred(&mut self) -> Result<usize, RunError> {
         let mut moved = 0;
         let mut emptied = Vec::new();
+        // A tenant blocked after an overrun never starts its waiting runs:
+        // they are refused now, with the reason.
+        let state = &self.state;
+        let blocked: Vec<TenantId> = self
+            .deferred
+            .keys()
+            .filter(|t| matches!(admit_run(state, t), Err(d) if !d.may_wait()))
+            .cloned()
+            .collect();
+        for tenant in blocked {
+            let reason = admit_run(&self.state, &tenant)
+                .err()
+                .map(|d| d.reason().to_owned())
+                .unwrap_or_default();
+            for _ in self.deferred.remove(&tenant).unwrap_or_default() {
+                moved += 1;
+                self.emit(Event::AdmissionDenied {
+                    tenant: tenant.clone(),
+                    task: None,
+                    reason: reason.clone(),
+                })?;
+            }
+        }
         // Usually no tenant may start a run yet: find out without cloning.
         let state = &self.state;
         let tenants: Vec<TenantId> = self
@@ -442,18 +465,7 @@ impl Sim<'_> {
                 }
                 self.pop_deferred(&tenant);
                 moved += 1;
-                match admit_run(&self.state, &tenant) {
-                    Ok(()) => self.submit_instance(submission, instance)?,
-                    // Blocked for good (an overrun): it will never start.
-                    Err(denial) => {
-                        let reason = denial.reason().to_owned();
-                        self.emit(Event::AdmissionDenied {
-                            tenant: tenant.clone(),
-                            task: None,
-                            reason,
-                        })?;
-                    }
-                }
+                self.submit_instance(submission, instance)?;
             }
             if self.deferred.get(&tenant).is_some_and(VecDeque::is_empty) {
                 emptied.push(tenant);
