@@ -30,6 +30,22 @@ fn outcome(tenant: &str, arm: &str, reward_bp: i32, cost: i64) -> Event {
     }
 }
 
+fn submit(task: &str) -> Event {
+    Event::TaskSubmitted {
+        run: "r".into(),
+        task: task.into(),
+        tenant: "acme".into(),
+        priority: Priority::Normal,
+        deps: vec![],
+        pipeline: None,
+        cost_ceiling_micros: Micros::ZERO,
+        handler: "sim".into(),
+        params: Params::null(),
+        max_attempts: 1,
+        optional: false,
+    }
+}
+
 fn given(events: &[Event]) -> State {
     let mut state = State::new();
     for e in events {
@@ -140,19 +156,7 @@ fn exploration_runs_at_the_intensity_rate_and_stops_when_its_budget_is_spent() {
     ];
     for i in 0..2 {
         let task = format!("t{i}");
-        events.push(Event::TaskSubmitted {
-            run: "r".into(),
-            task: task.as_str().into(),
-            tenant: "acme".into(),
-            priority: Priority::Normal,
-            deps: vec![],
-            pipeline: None,
-            cost_ceiling_micros: Micros::ZERO,
-            handler: "sim".into(),
-            params: Params::null(),
-            max_attempts: 1,
-            optional: false,
-        });
+        events.push(submit(&task));
         events.push(Event::LearningArmChosen {
             tenant: "acme".into(),
             task: task.as_str().into(),
@@ -310,19 +314,7 @@ fn the_learner_records_the_outcome_of_a_chosen_attempt_then_adjusts() {
         },
     ];
     for task in ["a", "b"] {
-        events.push(Event::TaskSubmitted {
-            run: "r".into(),
-            task: task.into(),
-            tenant: "acme".into(),
-            priority: Priority::Normal,
-            deps: vec![],
-            pipeline: None,
-            cost_ceiling_micros: Micros::ZERO,
-            handler: "sim".into(),
-            params: Params::null(),
-            max_attempts: 1,
-            optional: false,
-        });
+        events.push(submit(task));
     }
     events.push(Event::LearningArmChosen {
         tenant: "acme".into(),

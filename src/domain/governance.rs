@@ -99,14 +99,14 @@ impl<'s> Admitter<'s> {
     /// Admits `task` and counts its reservation, or says why not.
     pub fn admit(&mut self, task: &TaskId) -> Result<Micros, Denial> {
         let t = self.task(task)?;
-        self.admit_task(task, t, t.cost_ceiling_micros)
+        self.reserve(task, t, t.cost_ceiling_micros)
     }
 
     /// Admits `task` reserving `ceiling` (its own, or a lower one when a
     /// degradation plan makes the node cheaper).
     pub fn admit_at(&mut self, task: &TaskId, ceiling: Micros) -> Result<Micros, Denial> {
         let t = self.task(task)?;
-        self.admit_task(task, t, ceiling)
+        self.reserve(task, t, ceiling)
     }
 
     fn task(&self, task: &TaskId) -> Result<&'s super::queue::Task, Denial> {
@@ -116,7 +116,8 @@ impl<'s> Admitter<'s> {
             .ok_or_else(|| Denial::Blocked(format!("task `{task}` was never submitted")))
     }
 
-    fn admit_task(
+    /// Reserves `ceiling` for `t` if it fits what its tenant has left.
+    fn reserve(
         &mut self,
         task: &TaskId,
         t: &'s super::queue::Task,

@@ -67,8 +67,6 @@ pub struct RunReport {
     pub backpressure_released: u64,
     /// Cost-agent verdicts by kind (`continue`, `degrade`, `terminate`).
     pub decisions: std::collections::BTreeMap<String, u64>,
-    /// Pipeline runs and tasks refused admission (at the time).
-    pub admissions_denied: u64,
     pub virtual_elapsed_micros: i64,
     pub wall_elapsed_micros: u64,
     pub head_seq: u64,
@@ -101,7 +99,6 @@ impl RunReport {
                 .zip(s.decisions)
                 .map(|(kind, n)| (kind.to_owned(), n))
                 .collect(),
-            admissions_denied: s.admissions_denied,
             backpressure_engaged: s.backpressure_engaged,
             backpressure_released: s.backpressure_released,
             virtual_elapsed_micros: elapsed_micros,
