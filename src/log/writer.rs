@@ -120,9 +120,9 @@ pub enum OpenError {
 
 type Query = Box<dyn FnOnce(&State, Head) + Send>;
 
-/// Decides events from the state, the head and the time; returns them with
+/// Decides events one at a time on a [`Draft`] of the live state; returns
 /// how to answer once they are appended.
-type Decision = Box<dyn FnOnce(&State, Head, Timestamp) -> (Vec<Event>, Replier) + Send>;
+type Decision = Box<dyn FnOnce(&mut Draft<'_>) -> Replier + Send>;
 
 enum Msg {
     Append {
@@ -226,13 +226,35 @@ impl Ledger {
         &self,
         f: impl FnOnce(&State, Head, Timestamp) -> (Vec<Event>, R) + Send + 'static,
     ) -> Result<(Receipt, R), AppendError> {
+        self.decide_each(move |draft| {
+            let (events, value) = f(draft.state(), draft.head(), draft.now());
+            for event in events {
+                if draft.push(event).is_err() {
+                    break;
+                }
+            }
+            value
+        })
+        .await
+    }
+
+    /// Like [`Ledger::decide`], but each event is applied to the live state
+    /// as it is pushed, so every later decision of the step sees it: a
+    /// decision is always made on the state just before its record, which
+    /// is what `replay --check` re-runs it on. All or nothing: if a push is
+    /// rejected, nothing of the step is appended and the caller gets the
+    /// rejection.
+    pub async fn decide_each<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Draft<'_>) -> R + Send + 'static,
+    ) -> Result<(Receipt, R), AppendError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Decide(Box::new(move |state, head, now| {
-            let (events, value) = f(state, head, now);
+        self.send(Msg::Decide(Box::new(move |draft| {
+            let value = f(draft);
             let answer: Replier = Box::new(move |result: Result<Receipt, AppendError>| {
                 let _ = reply.send(result.map(|receipt| (receipt, value)));
             });
-            (events, answer)
+            answer
         })))?;
         rx.await.map_err(|_| AppendError::Closed)?
     }
@@ -292,6 +314,64 @@ struct Staged {
     /// Index slots of the record's run and tenant.
     run: Option<u32>,
     tenant: Option<u32>,
+}
+
+/// A decision step in progress on the writer's live state: each pushed
+/// event is validated and applied at once, so the next decision of the
+/// step sees it.
+pub struct Draft<'w> {
+    writer: &'w mut Writer,
+    group: &'w mut Group,
+    now: Timestamp,
+    pushed: usize,
+    /// `Some(None)`: the ledger cannot write; `Some(Some(..))`: a push was
+    /// rejected. Either way nothing of the step is appended.
+    failed: Option<Option<(usize, Rejection)>>,
+}
+
+impl Draft<'_> {
+    /// The live state with every event pushed so far applied.
+    pub fn state(&self) -> &State {
+        &self.writer.state
+    }
+
+    pub fn head(&self) -> Head {
+        self.writer.head
+    }
+
+    /// The step's time: every record of the step is stamped with it.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Validates `event` on the current state and applies it. After a
+    /// rejection every later push fails too and the step is dropped whole.
+    pub fn push(&mut self, event: Event) -> Result<(), AppendError> {
+        if let Some(failed) = &self.failed {
+            return Err(match failed {
+                Some((index, rejection)) => AppendError::Rejected {
+                    index: *index,
+                    rejection: rejection.clone(),
+                },
+                None => AppendError::Storage(self.writer.poisoned.clone().unwrap_or_default()),
+            });
+        }
+        let entry = Append {
+            recorded_at: Some(self.now),
+            event,
+        };
+        match self.writer.stage(self.group, entry) {
+            Ok(()) => {
+                self.pushed += 1;
+                Ok(())
+            }
+            Err(rejection) => {
+                let index = self.pushed;
+                self.failed = Some(Some((index, rejection.clone())));
+                Err(AppendError::Rejected { index, rejection })
+            }
+        }
+    }
 }
 
 struct Writer {
@@ -432,18 +512,7 @@ impl Writer {
                         self.accept(&mut group, entries, reply);
                     }
                     Msg::Decide(decide) => {
-                        let now = wall_clock().max(self.last_wall);
-                        self.last_wall = now;
-                        let (events, reply) = decide(&self.state, self.head, now);
-                        taken += events.len();
-                        let entries = events
-                            .into_iter()
-                            .map(|event| Append {
-                                recorded_at: Some(now),
-                                event,
-                            })
-                            .collect();
-                        self.accept(&mut group, entries, reply);
+                        taken += self.decide(&mut group, decide);
                     }
                     other => {
                         dirty |= self.commit(&mut group);
@@ -526,53 +595,112 @@ impl Writer {
     /// every event passed; a rejection after the first event commits what the
     /// group held before and refolds the live state from the log.
     fn accept(&mut self, group: &mut Group, entries: Vec<Append>, reply: Replier) {
-        self.check_syncer();
-        if let Some(why) = &self.poisoned {
-            reply(Err(AppendError::Storage(why.clone())));
+        if !self.begin(group) {
+            self.refuse(reply);
             return;
         }
         let start = (self.head, self.last_wall);
         let count = entries.len();
-        group.staged.clear();
-        group.scratch.clear();
         for (index, entry) in entries.into_iter().enumerate() {
-            if let Err(rejection) = self.state.validate(&entry.event) {
-                (self.head, self.last_wall) = start;
-                if index > 0 {
-                    // Write what the group held before this batch, without a
-                    // checkpoint: the live state still holds the rejected
-                    // events until the refold.
-                    self.commit_with(group, false);
-                    self.refold();
-                }
+            if let Err(rejection) = self.stage(group, entry) {
+                self.abort(group, start, index);
                 reply(Err(AppendError::Rejected { index, rejection }));
                 return;
             }
-            let seq = self.head.seq + 1;
-            let recorded_at = match entry.recorded_at {
-                Some(at) => at,
-                None => {
-                    let now = wall_clock().max(self.last_wall);
-                    self.last_wall = now;
-                    now
-                }
-            };
-            let from = group.scratch.len();
-            encode_event_into(&entry.event, &mut group.scratch);
-            let hash = record_hash(seq, recorded_at, &self.head.hash, &group.scratch[from..]);
-            let (run, tenant) = self.state.scope(&entry.event);
-            let run = run.map(|r| group.index.slot(IndexKind::Run, r.as_str()));
-            let tenant = tenant.map(|t| group.index.slot(IndexKind::Tenant, t.as_str()));
-            self.state.evolve(seq, recorded_at, entry.event);
-            group.staged.push(Staged {
-                recorded_at,
-                hash,
-                bytes: from..group.scratch.len(),
-                run,
-                tenant,
-            });
-            self.head = Head { seq, hash };
         }
+        self.take_staged(group, start.0, count, reply);
+    }
+
+    /// Runs a decision on a draft of the live state; returns how many
+    /// events it pushed.
+    fn decide(&mut self, group: &mut Group, decide: Decision) -> usize {
+        let poisoned = !self.begin(group);
+        let start = (self.head, self.last_wall);
+        let now = wall_clock().max(self.last_wall);
+        self.last_wall = now;
+        let mut draft = Draft {
+            writer: self,
+            group,
+            now,
+            pushed: 0,
+            failed: poisoned.then_some(None),
+        };
+        let reply = decide(&mut draft);
+        let (pushed, failed) = (draft.pushed, draft.failed);
+        match failed {
+            None => self.take_staged(group, start.0, pushed, reply),
+            Some(None) => self.refuse(reply),
+            Some(Some((index, rejection))) => {
+                self.abort(group, start, index);
+                reply(Err(AppendError::Rejected { index, rejection }));
+            }
+        }
+        pushed
+    }
+
+    /// Prepares the group for a batch; false when the ledger cannot write.
+    fn begin(&mut self, group: &mut Group) -> bool {
+        self.check_syncer();
+        group.staged.clear();
+        group.scratch.clear();
+        self.poisoned.is_none()
+    }
+
+    /// Answers an append the poisoned ledger cannot take.
+    fn refuse(&self, reply: Replier) {
+        let why = self.poisoned.clone().unwrap_or_default();
+        reply(Err(AppendError::Storage(why)));
+    }
+
+    /// Validates one event, then evolves the live state and stages its
+    /// record.
+    fn stage(&mut self, group: &mut Group, entry: Append) -> Result<(), Rejection> {
+        self.state.validate(&entry.event)?;
+        let seq = self.head.seq + 1;
+        let recorded_at = match entry.recorded_at {
+            Some(at) => at,
+            None => {
+                let now = wall_clock().max(self.last_wall);
+                self.last_wall = now;
+                now
+            }
+        };
+        let from = group.scratch.len();
+        encode_event_into(&entry.event, &mut group.scratch);
+        let hash = record_hash(seq, recorded_at, &self.head.hash, &group.scratch[from..]);
+        let (run, tenant) = self.state.scope(&entry.event);
+        let run = run.map(|r| group.index.slot(IndexKind::Run, r.as_str()));
+        let tenant = tenant.map(|t| group.index.slot(IndexKind::Tenant, t.as_str()));
+        self.state.evolve(seq, recorded_at, entry.event);
+        group.staged.push(Staged {
+            recorded_at,
+            hash,
+            bytes: from..group.scratch.len(),
+            run,
+            tenant,
+        });
+        self.head = Head { seq, hash };
+        Ok(())
+    }
+
+    /// Drops a rejected batch: the head goes back to `start`, and if the
+    /// live state took some of the batch's events, the group written so far
+    /// is committed and the state refolded from the log.
+    fn abort(&mut self, group: &mut Group, start: (Head, Timestamp), index: usize) {
+        (self.head, self.last_wall) = start;
+        group.staged.clear();
+        if index > 0 {
+            // Write what the group held before this batch, without a
+            // checkpoint: the live state still holds the rejected events
+            // until the refold.
+            self.commit_with(group, false);
+            self.refold();
+        }
+    }
+
+    /// Moves the staged records of an accepted batch into the group's
+    /// frames and queues the reply with its receipt.
+    fn take_staged(&mut self, group: &mut Group, start: Head, count: usize, reply: Replier) {
         for staged in group.staged.drain(..) {
             if group.builder.is_full() {
                 let first = group.builder.first_seq();
@@ -594,7 +722,7 @@ impl Writer {
             group.records += 1;
         }
         let receipt = Receipt {
-            first_seq: start.0.seq + 1,
+            first_seq: start.seq + 1,
             last_seq: self.head.seq,
             head: self.head.hash,
         };

@@ -121,10 +121,9 @@ pub async fn run_live(
     if resume {
         let run = run.clone();
         ledger
-            .decide(move |state, _, _| {
-                let mut events = Vec::new();
-                let mut scratch = state.clone();
-                let leased: Vec<_> = state
+            .decide_each(move |draft| {
+                let leased: Vec<_> = draft
+                    .state()
                     .queue
                     .sorted()
                     .into_iter()
@@ -133,13 +132,14 @@ pub async fn run_live(
                     })
                     .map(|(id, _)| id.clone())
                     .collect();
-                for task in leased {
-                    for event in crate::domain::scheduler::expire_lease(&scratch, &task) {
-                        scratch.evolve(scratch.seq + 1, scratch.last_at, event.clone());
-                        events.push(event);
+                // Each expiry is decided on the state the ones before it left.
+                for task in &leased {
+                    for event in crate::domain::scheduler::expire_lease(draft.state(), task) {
+                        if draft.push(event).is_err() {
+                            return;
+                        }
                     }
                 }
-                (events, ())
             })
             .await?;
     } else {
@@ -214,32 +214,36 @@ pub async fn run_live(
                 let tenant = TenantId(workload.submissions[submission].tenant.clone());
                 let mut recorded = false;
                 let admitted = loop {
+                    // Decided and recorded in one step, so the denial is
+                    // true of the state just before its record.
                     let verdict = {
                         let tenant = tenant.clone();
                         pool.ledger
-                            .query_async(move |state, _| admit_run(state, &tenant))
+                            .decide(move |state, _, _| match admit_run(state, &tenant) {
+                                Ok(()) => (Vec::new(), Ok(())),
+                                Err(denial) => {
+                                    let events = (!recorded)
+                                        .then(|| Event::AdmissionDenied {
+                                            tenant: tenant.clone(),
+                                            task: None,
+                                            reason: denial.reason().to_owned(),
+                                        })
+                                        .into_iter()
+                                        .collect();
+                                    (events, Err(denial))
+                                }
+                            })
                             .await
                     };
                     let denial = match verdict {
-                        Ok(Ok(())) => break true,
-                        Ok(Err(denial)) => denial,
+                        Ok((_, Ok(()))) => break true,
+                        Ok((_, Err(denial))) => denial,
                         Err(e) => {
                             pool.fail(e.into());
                             return;
                         }
                     };
-                    if !recorded {
-                        recorded = true;
-                        let event = Event::AdmissionDenied {
-                            tenant: tenant.clone(),
-                            task: None,
-                            reason: denial.reason().to_owned(),
-                        };
-                        if let Err(e) = pool.ledger.append_async(vec![Append::from(event)]).await {
-                            pool.fail(e.into());
-                            return;
-                        }
-                    }
+                    recorded = true;
                     if !denial.may_wait() || pool.stopped() {
                         break false;
                     }

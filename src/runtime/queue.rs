@@ -178,67 +178,91 @@ impl TaskQueue for MemoryQueue {
             let gate = std::sync::Arc::clone(&self.gate);
             let (_, leases) = self
                 .ledger
-                .decide(move |state, head, now| {
+                .decide_each(move |draft| {
+                    let now = draft.now();
                     let window = max.max(1) * 2 + 16;
-                    let picked =
-                        next_ready_many(state, now, head.seq, &policy, window, |t| t.run == run_id);
+                    let picked: Vec<TaskId> = next_ready_many(
+                        draft.state(),
+                        now,
+                        draft.head().seq,
+                        &policy,
+                        window,
+                        |t| t.run == run_id,
+                    )
+                    .into_iter()
+                    .cloned()
+                    .collect();
                     let deadline = now.saturating_add_micros(lease_micros);
-                    let mut events = Vec::with_capacity(picked.len());
                     let mut leases = Vec::with_capacity(picked.len());
-                    let mut admitter = Admitter::new(state);
                     let mut gone = std::collections::BTreeSet::new();
                     let mut gate = gate
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    for task in picked {
+                    // One task at a time, each decided on the state its
+                    // predecessors' events left.
+                    for task in &picked {
                         if leases.len() >= max.max(1) {
                             break;
                         }
                         if gone.contains(task) {
                             continue;
                         }
-                        let Start::Run { params, reserve } =
-                            gate.start(state, &mut admitter, task, &mut gone, &mut events)
-                        else {
-                            continue;
+                        let mut events = Vec::new();
+                        let state = draft.state();
+                        let start = gate.start(
+                            state,
+                            &mut Admitter::new(state),
+                            task,
+                            &mut gone,
+                            &mut events,
+                        );
+                        let lease = match (start, state.queue.get(task)) {
+                            (Start::Run { params, reserve }, Some(t)) => {
+                                if reserve > Micros::ZERO {
+                                    events.push(Event::CostReserved {
+                                        tenant: t.tenant.clone(),
+                                        task: task.clone(),
+                                        amount_micros: reserve,
+                                    });
+                                }
+                                let inputs = t
+                                    .deps
+                                    .iter()
+                                    .filter_map(|d| {
+                                        state.queue.get(d).map(|p| (d.clone(), p.output.clone()))
+                                    })
+                                    .collect();
+                                let lease = Lease {
+                                    task: task.clone(),
+                                    run: t.run.clone(),
+                                    tenant: t.tenant.clone(),
+                                    worker: worker_id.clone(),
+                                    attempt: t.attempts + 1,
+                                    deadline,
+                                    handler: t.handler.clone(),
+                                    params,
+                                    inputs,
+                                };
+                                events.push(Event::TaskDequeued {
+                                    task: task.clone(),
+                                    worker: worker_id.clone(),
+                                    attempt: lease.attempt,
+                                    lease_deadline: Some(deadline),
+                                });
+                                Some(lease)
+                            }
+                            _ => None,
                         };
-                        let Some(t) = state.queue.get(task) else {
-                            continue;
-                        };
-                        if reserve > Micros::ZERO {
-                            events.push(Event::CostReserved {
-                                tenant: t.tenant.clone(),
-                                task: task.clone(),
-                                amount_micros: reserve,
-                            });
+                        for event in events {
+                            if draft.push(event).is_err() {
+                                // The step is dropped whole; the caller
+                                // hears why.
+                                return Vec::new();
+                            }
                         }
-                        let inputs = t
-                            .deps
-                            .iter()
-                            .filter_map(|d| {
-                                state.queue.get(d).map(|p| (d.clone(), p.output.clone()))
-                            })
-                            .collect();
-                        let lease = Lease {
-                            task: task.clone(),
-                            run: t.run.clone(),
-                            tenant: t.tenant.clone(),
-                            worker: worker_id.clone(),
-                            attempt: t.attempts + 1,
-                            deadline,
-                            handler: t.handler.clone(),
-                            params,
-                            inputs,
-                        };
-                        events.push(Event::TaskDequeued {
-                            task: task.clone(),
-                            worker: worker_id.clone(),
-                            attempt: lease.attempt,
-                            lease_deadline: Some(deadline),
-                        });
-                        leases.push(lease);
+                        leases.extend(lease);
                     }
-                    (events, leases)
+                    leases
                 })
                 .await?;
             if !leases.is_empty() || tokio::time::Instant::now() >= give_up {
@@ -250,13 +274,13 @@ impl TaskQueue for MemoryQueue {
 
     async fn ack_many(&self, done: Vec<Done>) -> Result<(), QueueError> {
         self.ledger
-            .decide(move |state, _, _| {
-                let mut settler = Settler::new(state);
-                let mut learner = Learner::new(&state.learning);
-                let mut events = Vec::with_capacity(done.len() * 2);
+            .decide_each(move |draft| {
+                // Each result settles on the state the ones before it left.
                 for (lease, output, costs) in done {
-                    events.extend(settler.settle(&lease.task, &costs));
-                    events.extend(learner.after_attempt(
+                    let state = draft.state();
+                    let mut settler = Settler::new(state);
+                    let mut events = settler.settle(&lease.task, &costs);
+                    events.extend(Learner::new(&state.learning).after_attempt(
                         &lease.task,
                         reward_of(&output),
                         total(&costs),
@@ -267,8 +291,12 @@ impl TaskQueue for MemoryQueue {
                         worker: lease.worker,
                         output,
                     });
+                    for event in events {
+                        if draft.push(event).is_err() {
+                            return;
+                        }
+                    }
                 }
-                (events, ())
             })
             .await?;
         Ok(())
@@ -352,8 +380,10 @@ impl TaskQueue for MemoryQueue {
     async fn expire_leases(&self) -> Result<usize, QueueError> {
         let (_, n) = self
             .ledger
-            .decide(|state, _, now| {
-                let expired: Vec<TaskId> = state
+            .decide_each(|draft| {
+                let now = draft.now();
+                let expired: Vec<TaskId> = draft
+                    .state()
                     .queue
                     .sorted()
                     .into_iter()
@@ -362,21 +392,16 @@ impl TaskQueue for MemoryQueue {
                     })
                     .map(|(id, _)| id.clone())
                     .collect();
-                let n = expired.len();
-                if n == 0 {
-                    return (Vec::new(), 0);
-                }
-                // Each expiry may dead-letter and cancel: decide them in
-                // order on a scratch copy so they see each other.
-                let mut scratch = state.clone();
-                let mut events = Vec::new();
-                for task in expired {
-                    for event in crate::domain::scheduler::expire_lease(&scratch, &task) {
-                        scratch.evolve(scratch.seq + 1, now, event.clone());
-                        events.push(event);
+                // Each expiry may dead-letter and cancel: each is decided on
+                // the state the ones before it left.
+                for task in &expired {
+                    for event in crate::domain::scheduler::expire_lease(draft.state(), task) {
+                        if draft.push(event).is_err() {
+                            return 0;
+                        }
                     }
                 }
-                (events, n)
+                expired.len()
             })
             .await?;
         Ok(n)
