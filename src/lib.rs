@@ -15,6 +15,7 @@
 #![warn(clippy::all)]
 
 pub mod artifacts;
+pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod demo;

@@ -45,7 +45,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             out,
         ),
         Command::Verify => verify_cmd(&cli.data, cli.json, out),
-        Command::Replay { ref run } => replay_cmd(&cli.data, run.as_deref(), cli.json, out),
+        Command::Replay {
+            ref run,
+            check: true,
+            ref policy,
+            keep_going,
+        } => check_cmd(
+            &cli.data,
+            run.as_deref(),
+            policy.as_deref(),
+            keep_going,
+            cli.json,
+            out,
+        ),
+        Command::Replay { ref run, .. } => replay_cmd(&cli.data, run.as_deref(), cli.json, out),
         Command::Tenants => tenants(&cli.data, cli.json, out),
         Command::Queue => queue(&cli.data, cli.json, out),
         Command::Runs => runs(&cli.data, cli.json, out),
@@ -451,6 +464,106 @@ fn verify_cmd(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()
             .into())
         }
     }
+}
+
+fn check_cmd(
+    data: &Path,
+    run: Option<&str>,
+    policy: Option<&Path>,
+    keep_going: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use crate::audit::check::{CheckOptions, check, parse_policy};
+    let policy = match policy {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the policy {}", path.display()))?;
+            parse_policy(&path.display().to_string(), &text).map_err(anyhow::Error::msg)?
+        }
+        None => crate::domain::Policy::STANDARD,
+    };
+    let store = open_store(data)?;
+    if let Some(r) = run {
+        let folded = replay::fold(&store, Some(&RunId(r.to_owned()))).map_err(walk_error)?;
+        if folded.state.runs.get(&RunId(r.to_owned())).is_none() {
+            bail!("run `{r}` is not in the ledger");
+        }
+    }
+    let options = CheckOptions {
+        policy,
+        run: run.map(|r| RunId(r.to_owned())),
+        keep_going,
+    };
+    let report = check(&store, options).map_err(walk_error)?;
+    if json {
+        print_json(out, &report)?;
+    } else {
+        write_check(&report, out)?;
+    }
+    if report.ok() {
+        return Ok(());
+    }
+    Err(CheckFailed(match report.first.first() {
+        Some(d) => format!(
+            "{} of {} decisions diverge; the first at seq {} ({} for {})",
+            report.divergences,
+            report.decisions + report.divergences,
+            d.seq,
+            d.decision,
+            d.subject
+        ),
+        None => format!("{} decisions diverge", report.divergences),
+    })
+    .into())
+}
+
+fn write_check(report: &crate::audit::check::CheckReport, out: &mut dyn Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "rebuilt {} records, digest {}",
+        report.records, report.digest
+    )?;
+    for d in &report.first {
+        writeln!(
+            out,
+            "divergence at seq {}: {} for `{}`: {}",
+            d.seq, d.decision, d.subject, d.what
+        )?;
+        for f in &d.fields {
+            writeln!(
+                out,
+                "  {}: recorded {}, recomputed {}",
+                f.field, f.recorded, f.recomputed
+            )?;
+        }
+    }
+    if report.divergences > report.first.len() as u64 {
+        writeln!(
+            out,
+            "... {} more divergences",
+            report.divergences - report.first.len() as u64
+        )?;
+    }
+    if report.ok() {
+        let kinds: Vec<String> = report
+            .by_kind
+            .iter()
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect();
+        writeln!(out, "ok: {} decisions re-checked", report.decisions)?;
+        if !kinds.is_empty() {
+            writeln!(out, "  {}", kinds.join(", "))?;
+        }
+    }
+    if report.not_recheckable > 0 {
+        writeln!(
+            out,
+            "  {} decision events belong to runs runledger did not execute (ingested): not re-checkable",
+            report.not_recheckable
+        )?;
+    }
+    Ok(())
 }
 
 fn replay_cmd(

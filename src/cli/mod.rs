@@ -54,11 +54,25 @@ pub enum Command {
     },
     /// Check the whole hash chain; exit 1 naming the first bad seq.
     Verify,
-    /// Rebuild every projection from the log and print their digests.
+    /// Rebuild every projection from the log and print their digests; with
+    /// --check, also run every recorded decision again and compare.
     Replay {
-        /// Only the records of this run (plus global ones such as tenant registrations).
+        /// Only the records of this run (plus global ones such as tenant
+        /// registrations); with --check, only this run's decisions.
         #[arg(long)]
         run: Option<String>,
+        /// Re-run every decision (admission, reservation, settlement, retry
+        /// schedule, degradation, learning) on the state just before it and
+        /// compare; exit 1 at the first divergence.
+        #[arg(long)]
+        check: bool,
+        /// With --check: decide with these thresholds (TOML) instead of
+        /// today's, to see what a change would have decided differently.
+        #[arg(long, requires = "check")]
+        policy: Option<PathBuf>,
+        /// With --check: go on after a divergence and count them all.
+        #[arg(long, requires = "check")]
+        keep_going: bool,
     },
     /// Tenant budgets, spend by category, status, concurrency, learning intensity.
     Tenants,

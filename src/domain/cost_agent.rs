@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::event::{Decision, Event, Params};
 use super::ids::TaskId;
 use super::money::Micros;
+use super::policy::Policy;
 use super::queue::TaskStatus;
 use super::state::State;
 
@@ -172,9 +173,14 @@ fn remaining<'s>(state: &'s State, task: &'s TaskId) -> (i64, i64) {
     (full, degraded)
 }
 
-/// Decides for `task` (about to run). `None` for a node that is not
-/// governed (no cost ceiling): it runs as it is.
+/// Decides for `task` (about to run) under the standard policy. `None` for
+/// a node that is not governed (no cost ceiling): it runs as it is.
 pub fn decide(state: &State, task: &TaskId) -> Option<CostDecision> {
+    decide_under(&Policy::STANDARD, state, task)
+}
+
+/// [`decide`] with `policy`'s thresholds.
+pub fn decide_under(policy: &Policy, state: &State, task: &TaskId) -> Option<CostDecision> {
     let t = state.queue.get(task)?;
     // A node without a cost ceiling is not governed: no decision.
     if t.cost_ceiling_micros == Micros::ZERO {
@@ -236,21 +242,21 @@ pub fn decide(state: &State, task: &TaskId) -> Option<CostDecision> {
                 );
                 (Decision::Terminate, reason, None)
             }
-        } else if projection.utilisation_bp > DEGRADE_UTILISATION_BP {
+        } else if projection.utilisation_bp > policy.degrade_utilisation_bp {
             (
                 Decision::Degrade,
                 format!(
-                    "utilisation {} bp > {DEGRADE_UTILISATION_BP} bp",
-                    projection.utilisation_bp
+                    "utilisation {} bp > {} bp",
+                    projection.utilisation_bp, policy.degrade_utilisation_bp
                 ),
                 Some(plan),
             )
-        } else if projection.concurrency_factor_bp > DEGRADE_CONCURRENCY_BP {
+        } else if projection.concurrency_factor_bp > policy.degrade_concurrency_bp {
             (
                 Decision::Degrade,
                 format!(
-                    "concurrency factor {} bp > {DEGRADE_CONCURRENCY_BP} bp",
-                    projection.concurrency_factor_bp
+                    "concurrency factor {} bp > {} bp",
+                    projection.concurrency_factor_bp, policy.degrade_concurrency_bp
                 ),
                 Some(plan),
             )

@@ -13,6 +13,7 @@
 use super::event::{BudgetPeriod, BudgetStatus, Category, Event};
 use super::ids::{TaskId, TenantId};
 use super::money::Micros;
+use super::policy::Policy;
 use super::state::State;
 use super::time::Timestamp;
 
@@ -174,14 +175,21 @@ pub fn settle(state: &State, task: &TaskId, costs: &[(Category, Micros)]) -> Vec
 /// status the ones before it left.
 pub struct Settler<'s> {
     state: &'s State,
+    policy: Policy,
     /// Per tenant: spend added, overrun, recorded status, in this decision.
     tenants: std::collections::BTreeMap<TenantId, (i64, bool, BudgetStatus)>,
 }
 
 impl<'s> Settler<'s> {
     pub fn new(state: &'s State) -> Self {
+        Settler::under(Policy::STANDARD, state)
+    }
+
+    /// A settler that places statuses with `policy`'s thresholds.
+    pub fn under(policy: Policy, state: &'s State) -> Self {
         Settler {
             state,
+            policy,
             tenants: std::collections::BTreeMap::new(),
         }
     }
@@ -246,7 +254,8 @@ impl<'s> Settler<'s> {
         ));
         entry.0 = entry.0.saturating_add(total);
         entry.1 |= governed && total > reserved;
-        let status = status_of(
+        let status = status_under(
+            &self.policy,
             before.spent_micros().0.saturating_add(entry.0),
             before.budget_micros.0,
             entry.1,
@@ -265,12 +274,17 @@ impl<'s> Settler<'s> {
 
 /// The budget status for `spent` of `budget` (EXCEEDED only with an overrun).
 pub fn status_of(spent: i64, budget: i64, overrun: bool) -> BudgetStatus {
+    status_under(&Policy::STANDARD, spent, budget, overrun)
+}
+
+/// [`status_of`] with `policy`'s thresholds.
+pub fn status_under(policy: &Policy, spent: i64, budget: i64, overrun: bool) -> BudgetStatus {
     if overrun {
         return BudgetStatus::Exceeded;
     }
     match Micros(spent).basis_points_of(Micros(budget)) {
-        bp if bp >= super::budget::CRITICAL_BP => BudgetStatus::Critical,
-        bp if bp >= super::budget::WARNING_BP => BudgetStatus::Warning,
+        bp if bp >= policy.critical_bp => BudgetStatus::Critical,
+        bp if bp >= policy.warning_bp => BudgetStatus::Warning,
         _ => BudgetStatus::Healthy,
     }
 }
@@ -343,14 +357,21 @@ pub enum Start {
 pub struct Gate {
     /// The run's seed, for the learning policy's draws.
     seed: u64,
+    policy: Policy,
     last_verdict: std::collections::BTreeMap<TaskId, super::event::Decision>,
     waiting: std::collections::BTreeSet<TaskId>,
 }
 
 impl Gate {
     pub fn new(seed: u64) -> Self {
+        Gate::under(Policy::STANDARD, seed)
+    }
+
+    /// A gate whose cost agent decides with `policy`'s thresholds.
+    pub fn under(policy: Policy, seed: u64) -> Self {
         Gate {
             seed,
+            policy,
             ..Gate::default()
         }
     }
@@ -373,7 +394,7 @@ impl Gate {
         };
         // The cost agent decides before the node runs; a verdict is
         // recorded when it differs from the task's last one.
-        let verdict = cost_agent::decide(state, task);
+        let verdict = cost_agent::decide_under(&self.policy, state, task);
         if let Some(v) = &verdict {
             if self.last_verdict.get(task) != Some(&v.decision) {
                 self.last_verdict.insert(task.clone(), v.decision);

@@ -30,6 +30,7 @@ use serde::Serialize;
 use super::event::{Event, LearningIntensity, Params};
 use super::ids::{TaskId, TenantId};
 use super::money::Micros;
+use super::policy::Policy;
 use super::scheduler::draw;
 
 /// The privacy parameter of meta-learning: ε of the ε-differentially
@@ -511,16 +512,27 @@ pub fn adjustment(
     current_bp: u32,
     utilisation_bp: i64,
 ) -> Option<(u32, String)> {
+    adjustment_under(&Policy::STANDARD, intensity, current_bp, utilisation_bp)
+}
+
+/// [`adjustment`] with `policy`'s thresholds.
+pub fn adjustment_under(
+    policy: &Policy,
+    intensity: LearningIntensity,
+    current_bp: u32,
+    utilisation_bp: i64,
+) -> Option<(u32, String)> {
     let base = intensity.exploration_bp();
-    let (target, why) = if utilisation_bp > SHRINK_ABOVE_BP {
+    let (shrink, grow) = (policy.explore_shrink_above_bp, policy.explore_grow_below_bp);
+    let (target, why) = if utilisation_bp > shrink {
         (
             base / 2,
-            format!("utilisation {utilisation_bp} bp > {SHRINK_ABOVE_BP} bp: exploration halved"),
+            format!("utilisation {utilisation_bp} bp > {shrink} bp: exploration halved"),
         )
-    } else if utilisation_bp < GROW_BELOW_BP {
+    } else if utilisation_bp < grow {
         (
             base + base / 2,
-            format!("utilisation {utilisation_bp} bp < {GROW_BELOW_BP} bp: room to explore"),
+            format!("utilisation {utilisation_bp} bp < {grow} bp: room to explore"),
         )
     } else {
         (
@@ -539,13 +551,20 @@ pub fn adjustment(
 /// ones before it left.
 pub struct Learner<'s> {
     learning: &'s Learning,
+    policy: Policy,
     exploration_bp: BTreeMap<TenantId, u32>,
 }
 
 impl<'s> Learner<'s> {
     pub fn new(learning: &'s Learning) -> Self {
+        Learner::under(Policy::STANDARD, learning)
+    }
+
+    /// A learner that adjusts with `policy`'s thresholds.
+    pub fn under(policy: Policy, learning: &'s Learning) -> Self {
         Learner {
             learning,
+            policy,
             exploration_bp: BTreeMap::new(),
         }
     }
@@ -575,7 +594,7 @@ impl<'s> Learner<'s> {
                 .entry(tenant.clone())
                 .or_insert(profile.exploration_bp);
             if let Some((exploration_bp, reason)) =
-                adjustment(profile.intensity, current, utilisation_bp(&tenant))
+                adjustment_under(&self.policy, profile.intensity, current, utilisation_bp(&tenant))
             {
                 self.exploration_bp.insert(tenant.clone(), exploration_bp);
                 events.push(Event::LearningProfileAdjusted {

@@ -13,6 +13,7 @@ pub mod governance;
 pub mod ids;
 pub mod learning;
 pub mod money;
+pub mod policy;
 pub mod queue;
 pub mod rejection;
 pub mod scheduler;
@@ -25,6 +26,7 @@ pub use event::{
 };
 pub use ids::{PipelineId, RunId, TaskId, TenantId, WorkerId};
 pub use money::Micros;
+pub use policy::Policy;
 pub use rejection::Rejection;
 pub use state::{Digests, State};
 pub use time::Timestamp;

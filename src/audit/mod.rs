@@ -1,0 +1,3 @@
+//! Audit: re-checking recorded decisions against today's deciders.
+
+pub mod check;
