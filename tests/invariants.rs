@@ -1,8 +1,9 @@
 //! Property test of the budget controller under the simulated executor:
 //! random workloads (many tenants, tight budgets, random costs, failures
 //! and timeouts, high concurrency) never take a tenant's `spent + reserved`
-//! past its budget at any seq unless a `budget_overrun` was recorded, and no
-//! event moves the numbers of a tenant it does not belong to.
+//! past its budget at any seq unless a `budget_overrun` was recorded, no
+//! event moves the numbers of a tenant it does not belong to, and every
+//! recorded decision re-checks (`replay --check`).
 
 use proptest::prelude::*;
 use runledger::domain::{Event, State, TenantId};
@@ -66,6 +67,13 @@ nodes = [
 }
 
 /// Folds the ledger and checks the two invariants after every record.
+/// `replay --check`: every decision of the run, re-decided on the state
+/// before it, comes out as recorded.
+fn recheck(dir: &std::path::Path) -> runledger::audit::check::CheckReport {
+    let store = Store::open(dir, false).unwrap();
+    runledger::audit::check::check(&store, Default::default()).unwrap()
+}
+
 fn check_every_seq(dir: &std::path::Path) -> Result<u64, String> {
     let store = Store::open(dir, false).map_err(|e| e.to_string())?;
     let mut events = Vec::new();
@@ -151,6 +159,8 @@ proptest! {
         prop_assert_eq!(report.tasks, report.acked + report.dead_lettered + report.cancelled + report.skipped, "every task ends (seed {})", seed);
         let checked = check_every_seq(dir.path());
         prop_assert!(checked.is_ok(), "seed {}: {}", seed, checked.unwrap_err());
+        let rechecked = recheck(dir.path());
+        prop_assert!(rechecked.ok(), "seed {}: replay --check diverges: {:?}", seed, rechecked.first);
     }
 }
 
@@ -219,5 +229,7 @@ proptest! {
         prop_assert_eq!(report.tasks, report.acked + report.dead_lettered + report.cancelled + report.skipped, "every task ends (seed {})", seed);
         let checked = check_every_seq(dir.path());
         prop_assert!(checked.is_ok(), "seed {}: {}", seed, checked.unwrap_err());
+        let rechecked = recheck(dir.path());
+        prop_assert!(rechecked.ok(), "seed {}: replay --check diverges: {:?}", seed, rechecked.first);
     }
 }

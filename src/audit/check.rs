@@ -107,10 +107,25 @@ impl CheckReport {
 /// value); `file` names it in errors, with the line.
 pub fn parse_policy(file: &str, text: &str) -> Result<Policy, String> {
     toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map_or(1, |s| text[..s.start.min(text.len())].lines().count().max(1));
-        format!("{file}:{line}: {}", e.message().trim())
+        let message = e.message().trim();
+        // An unknown key's span is the whole table: find the key's line.
+        let key_line = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+            .and_then(|key| {
+                text.lines().position(|l| {
+                    l.trim_start()
+                        .strip_prefix(key)
+                        .is_some_and(|r| r.trim_start().starts_with('='))
+                })
+            })
+            .map(|i| i + 1);
+        let line = key_line.unwrap_or_else(|| {
+            e.span().map_or(1, |s| {
+                text[..s.start.min(text.len())].lines().count().max(1)
+            })
+        });
+        format!("{file}:{line}: {message}")
     })
 }
 
@@ -317,7 +332,9 @@ impl Checker {
                     seq: record.seq,
                     decision: record.event.kind().to_owned(),
                     subject: tenant.to_string(),
-                    what: format!("the ledger denies a pipeline run of `{tenant}`, but admission admits it"),
+                    what: format!(
+                        "the ledger denies a pipeline run of `{tenant}`, but admission admits it"
+                    ),
                     fields: Vec::new(),
                 });
             }
@@ -519,12 +536,12 @@ impl Checker {
                     let attempt = t.attempts;
                     let retry_at = if attempt < t.max_attempts {
                         match &run.queue {
-                            Some(queue) => Some(record.at.saturating_add_micros(
-                                queue.retry_delay_micros(
+                            Some(queue) => {
+                                Some(record.at.saturating_add_micros(queue.retry_delay_micros(
                                     attempt,
                                     draw(run.seed, "retry", task.as_str(), attempt),
-                                ),
-                            )),
+                                )))
+                            }
                             // The schedule cannot be recomputed: take it.
                             None => *retry_at,
                         }

@@ -518,7 +518,10 @@ fn check_cmd(
     .into())
 }
 
-fn write_check(report: &crate::audit::check::CheckReport, out: &mut dyn Write) -> anyhow::Result<()> {
+fn write_check(
+    report: &crate::audit::check::CheckReport,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     writeln!(
         out,
         "rebuilt {} records, digest {}",

@@ -593,9 +593,12 @@ impl<'s> Learner<'s> {
                 .exploration_bp
                 .entry(tenant.clone())
                 .or_insert(profile.exploration_bp);
-            if let Some((exploration_bp, reason)) =
-                adjustment_under(&self.policy, profile.intensity, current, utilisation_bp(&tenant))
-            {
+            if let Some((exploration_bp, reason)) = adjustment_under(
+                &self.policy,
+                profile.intensity,
+                current,
+                utilisation_bp(&tenant),
+            ) {
                 self.exploration_bp.insert(tenant.clone(), exploration_bp);
                 events.push(Event::LearningProfileAdjusted {
                     tenant,

@@ -1,0 +1,423 @@
+//! `replay --check`: every decision of a ledger runledger wrote is run
+//! again on the state just before it and comes out the same; a changed
+//! threshold, an edited decision or a dropped one is reported at its seq,
+//! field by field.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use runledger::audit::check::{CheckOptions, CheckReport, check, parse_policy};
+use runledger::domain::{Decision, Event, Policy};
+use runledger::log::store::decode_record;
+use runledger::log::{Append, Durability, Ledger, LedgerOptions, Store};
+
+fn runledger(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("RUNLEDGER_DATA")
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A ledger holding the built-in demo: degradations, terminations,
+/// admission denials, retries, dead letters, learning.
+fn demo(dir: &Path) {
+    let out = runledger(dir, &["demo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn checked(dir: &Path, options: CheckOptions) -> CheckReport {
+    let store = Store::open(dir, false).unwrap();
+    check(&store, options).unwrap()
+}
+
+/// Every record of the ledger at `from`, in order.
+fn records(from: &Path) -> Vec<(runledger::domain::Timestamp, Event)> {
+    let store = Store::open(from, false).unwrap();
+    let mut out = Vec::new();
+    store
+        .read_chain(decode_record, |frames| {
+            for r in frames.into_iter().flatten() {
+                out.push((r.recorded_at, r.event));
+            }
+        })
+        .unwrap();
+    out
+}
+
+/// Writes `records` (with their times) as a new ledger at `to`.
+fn write(to: &Path, records: Vec<(runledger::domain::Timestamp, Event)>) {
+    let ledger = Ledger::open(
+        to,
+        LedgerOptions {
+            durability: Durability::None,
+            ..LedgerOptions::default()
+        },
+    )
+    .unwrap();
+    let batch: Vec<Append> = records
+        .into_iter()
+        .map(|(at, event)| Append {
+            recorded_at: Some(at),
+            event,
+        })
+        .collect();
+    ledger.append(batch).unwrap();
+    ledger.close().unwrap();
+}
+
+#[test]
+fn every_decision_of_a_simulated_run_rechecks() {
+    let dir = tempfile::tempdir().unwrap();
+    demo(dir.path());
+    let report = checked(dir.path(), CheckOptions::default());
+    assert!(report.ok(), "{:?}", report.first);
+    assert_eq!(report.not_recheckable, 0);
+    for kind in [
+        "degradation_decided",
+        "cost_reserved",
+        "admission_denied",
+        "reservation_released",
+        "task_skipped",
+        "task_cancelled",
+        "task_nacked",
+        "task_dead_lettered",
+        "learning_arm_chosen",
+        "learning_outcome",
+        "learning_profile_adjusted",
+        "budget_status_changed",
+    ] {
+        assert!(
+            report.by_kind.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} re-checked: {:?}",
+            report.by_kind
+        );
+    }
+    assert_eq!(report.decisions, report.by_kind.values().sum::<u64>());
+    // The projections it rebuilt are the replay's.
+    let replay = runledger(dir.path(), &["replay", "--json"]);
+    let replay: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap();
+    assert_eq!(replay["digest"].as_str(), Some(report.digest.as_str()));
+}
+
+#[test]
+fn a_changed_threshold_is_caught_at_the_first_decision_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    demo(dir.path());
+    let stricter = Policy {
+        degrade_utilisation_bp: 8_000,
+        ..Policy::STANDARD
+    };
+    let report = checked(
+        dir.path(),
+        CheckOptions {
+            policy: stricter,
+            ..CheckOptions::default()
+        },
+    );
+    assert_eq!(report.divergences, 1, "stops at the first");
+    let first = &report.first[0];
+    assert_eq!(first.decision, "degradation_decided");
+    let reason = first.fields.iter().find(|f| f.field == "reason").unwrap();
+    assert!(
+        reason.recomputed.as_str().unwrap().contains("> 8000 bp"),
+        "{reason:?}"
+    );
+    // Going on finds where the verdict itself flips: CONTINUE recorded,
+    // DEGRADE today, with the plan it would have applied.
+    let all = checked(
+        dir.path(),
+        CheckOptions {
+            policy: stricter,
+            keep_going: true,
+            ..CheckOptions::default()
+        },
+    );
+    assert!(all.divergences > 1);
+    let flipped = all
+        .first
+        .iter()
+        .find(|d| {
+            d.fields
+                .iter()
+                .any(|f| f.field == "decision" && f.recorded == "continue")
+        })
+        .expect("a flipped verdict");
+    let decision = flipped
+        .fields
+        .iter()
+        .find(|f| f.field == "decision")
+        .unwrap();
+    assert_eq!(decision.recorded, "continue");
+    assert_eq!(decision.recomputed, "degrade");
+    assert!(flipped.fields.iter().any(|f| f.field == "details.plan"));
+
+    // A budget status threshold moves the status changes.
+    let report = checked(
+        dir.path(),
+        CheckOptions {
+            policy: Policy {
+                warning_bp: 7_000,
+                critical_bp: 8_500,
+                ..Policy::STANDARD
+            },
+            keep_going: true,
+            ..CheckOptions::default()
+        },
+    );
+    assert!(
+        report
+            .first
+            .iter()
+            .any(|d| d.decision == "budget_status_changed"),
+        "{:?}",
+        report.first
+    );
+    // And the exploration thresholds move the learning adjustments.
+    let report = checked(
+        dir.path(),
+        CheckOptions {
+            policy: Policy {
+                explore_grow_below_bp: 0,
+                ..Policy::STANDARD
+            },
+            keep_going: true,
+            ..CheckOptions::default()
+        },
+    );
+    assert!(
+        report
+            .first
+            .iter()
+            .any(|d| d.decision == "learning_profile_adjusted"),
+        "{:?}",
+        report.first
+    );
+}
+
+#[test]
+fn an_edited_or_dropped_decision_is_reported_with_its_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    demo(dir.path());
+    let original = records(dir.path());
+
+    // A verdict rewritten after the fact.
+    let mut edited = original.clone();
+    let at = edited
+        .iter()
+        .position(|(_, e)| {
+            matches!(
+                e,
+                Event::DegradationDecided {
+                    decision: Decision::Degrade,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    if let Event::DegradationDecided {
+        decision, reason, ..
+    } = &mut edited[at].1
+    {
+        *decision = Decision::Continue;
+        *reason = "within budget".to_owned();
+    }
+    let copy = tempfile::tempdir().unwrap();
+    write(copy.path(), edited);
+    let report = checked(copy.path(), CheckOptions::default());
+    assert_eq!(report.divergences, 1);
+    let first = &report.first[0];
+    assert_eq!(first.seq, at as u64 + 1);
+    let decision = first.fields.iter().find(|f| f.field == "decision").unwrap();
+    assert_eq!(decision.recorded, "continue");
+    assert_eq!(decision.recomputed, "degrade");
+
+    // An exploration flag flipped.
+    let mut edited = original.clone();
+    let at = edited
+        .iter()
+        .position(|(_, e)| matches!(e, Event::LearningArmChosen { .. }))
+        .unwrap();
+    if let Event::LearningArmChosen { explored, .. } = &mut edited[at].1 {
+        *explored = !*explored;
+    }
+    let copy = tempfile::tempdir().unwrap();
+    write(copy.path(), edited);
+    let report = checked(copy.path(), CheckOptions::default());
+    assert_eq!(report.first[0].seq, at as u64 + 1);
+    assert!(report.first[0].fields.iter().any(|f| f.field == "explored"));
+
+    // The first verdict dropped: the gate's decision lacks its record.
+    let mut dropped = original;
+    let at = dropped
+        .iter()
+        .position(|(_, e)| matches!(e, Event::DegradationDecided { .. }))
+        .unwrap();
+    dropped.remove(at);
+    let copy = tempfile::tempdir().unwrap();
+    write(copy.path(), dropped);
+    let report = checked(copy.path(), CheckOptions::default());
+    assert_eq!(report.divergences, 1);
+    assert_eq!(report.first[0].seq, at as u64 + 1);
+    assert_eq!(report.first[0].decision, "degradation_decided");
+}
+
+#[test]
+fn ingested_events_are_not_rechecked_but_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("replay/sample/ledger.jsonl");
+    let out = runledger(dir.path(), &["ingest", sample.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = checked(dir.path(), CheckOptions::default());
+    assert!(report.ok());
+    assert_eq!(report.decisions, 0);
+    assert!(report.not_recheckable > 10, "{report:?}");
+}
+
+#[test]
+fn a_live_run_rechecks_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let step = dir.path().join("step.sh");
+    // The first attempt of `flaky` fails, every attempt costs the same.
+    std::fs::write(
+        &step,
+        "#!/bin/sh\nread line\ncase \"$line\" in *'\"attempt\":1'*) case \"$line\" in *flaky*) exit 3;; esac;; esac\n\
+         echo '{\"costs\":[{\"category\":\"llm\",\"amount_micros\":4000}],\"output\":{\"reward_bp\":7000}}'\n",
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&step).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&step, perms).unwrap();
+    let step = step.display();
+    let workload = format!(
+        r#"
+seed = 7
+run = "live"
+[execution.pool]
+max_concurrency = 4
+[execution.queue]
+max_attempts = 2
+retry_base_ms = 5
+retry_max_ms = 20
+[execution.workers]
+num_workers = 4
+[[tenants]]
+id = "acme"
+budget_micros = 200000
+max_concurrent_runs = 2
+learning_intensity = "aggressive"
+[[tenants]]
+id = "globex"
+budget_micros = 30000
+max_concurrent_runs = 2
+[[pipelines]]
+id = "p"
+mode = "serial"
+nodes = [
+  {{ id = "fetch", handler = "exec", params = {{ argv = ["{step}"] }}, cost_ceiling_micros = 5000 }},
+  {{ id = "flaky", handler = "exec", params = {{ argv = ["{step}"], learn = {{ model = ["a", "b"] }} }}, cost_ceiling_micros = 5000 }},
+  {{ id = "opt", handler = "exec", optional = true, params = {{ argv = ["{step}"] }}, cost_ceiling_micros = 5000 }},
+]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+runs = 6
+interval_ms = 1
+[[submissions]]
+tenant = "globex"
+pipeline = "p"
+runs = 6
+interval_ms = 1
+"#
+    );
+    let file = dir.path().join("live.toml");
+    std::fs::write(&file, workload).unwrap();
+    let data = dir.path().join("data");
+    let out = runledger(&data, &["run", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = checked(&data, CheckOptions::default());
+    assert!(report.ok(), "{:?}", report.first);
+    for kind in ["cost_reserved", "task_nacked", "learning_arm_chosen"] {
+        assert!(report.by_kind.contains_key(kind), "{:?}", report.by_kind);
+    }
+}
+
+#[test]
+fn the_command_reports_ok_or_the_first_divergence_with_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    demo(dir.path());
+    let out = runledger(dir.path(), &["replay", "--check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let ok = text.lines().find(|l| l.starts_with("ok: ")).unwrap();
+    assert!(ok.ends_with(" decisions re-checked"), "{ok}");
+
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "# proposed\ndegrade_utilisation_bp = 8000\n").unwrap();
+    let out = runledger(
+        dir.path(),
+        &["replay", "--check", "--policy", policy.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("divergence at seq "), "{text}");
+    assert!(text.contains("  reason: recorded "), "{text}");
+    assert!(stderr(&out).contains("the first at seq "));
+
+    let json = runledger(
+        dir.path(),
+        &[
+            "replay",
+            "--check",
+            "--json",
+            "--keep-going",
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(json.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(report["divergences"].as_u64().unwrap() > 1);
+    assert!(report["first"][0]["seq"].as_u64().unwrap() > 0);
+
+    // A bad policy names the file and line; an unknown run is bad input.
+    std::fs::write(&policy, "degrade_utilisation_bp = 8000\nwarning = 1\n").unwrap();
+    let out = runledger(
+        dir.path(),
+        &["replay", "--check", "--policy", policy.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("policy.toml:2: unknown field `warning`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = runledger(dir.path(), &["replay", "--check", "--run", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = runledger(dir.path(), &["replay", "--check", "--run", "demo-42"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = runledger(dir.path(), &["replay", "--keep-going"]);
+    assert_eq!(out.status.code(), Some(2), "--keep-going needs --check");
+}
+
+#[test]
+fn policy_files_keep_unset_thresholds() {
+    let policy = parse_policy("p.toml", "warning_bp = 7500\n").unwrap();
+    assert_eq!(policy.warning_bp, 7_500);
+    assert_eq!(
+        policy.degrade_utilisation_bp,
+        Policy::STANDARD.degrade_utilisation_bp
+    );
+    let error = parse_policy("p.toml", "\n\nwarning_bp = \"high\"\n").unwrap_err();
+    assert!(error.starts_with("p.toml:3: "), "{error}");
+}
