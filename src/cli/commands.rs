@@ -176,6 +176,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => bench_governance(tenants, cli.json, out),
         Command::Bench {
             what:
+                BenchCommand::Check {
+                    tenants,
+                    runs,
+                    max_concurrency,
+                },
+        } => bench_check(tenants, runs, max_concurrency, cli.json, out),
+        Command::Bench {
+            what:
                 BenchCommand::Ledger {
                     events,
                     durability,
@@ -835,6 +843,43 @@ fn bench_ledger(config: &LedgerBench, json: bool, out: &mut dyn Write) -> anyhow
     if json {
         print_json(out, &report)?;
     }
+    Ok(())
+}
+
+fn bench_check(
+    tenants: u32,
+    runs: u32,
+    max_concurrency: u32,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use crate::bench::check::run_check_bench;
+    let r = run_check_bench(tenants, runs, max_concurrency, &mut |phase| {
+        eprintln!("bench: {phase}")
+    })?;
+    if json {
+        return print_json(out, &r);
+    }
+    writeln!(
+        out,
+        "check: demo {} tenants × {} runs, {} records, {} decisions",
+        r.tenants, r.runs, r.records, r.decisions
+    )?;
+    let mut table = Table::new(&["MEASURE", "SECONDS", "RECORDS/S", "DECISIONS/S"]);
+    table.row(vec![
+        "baseline: replay (fold + digests)".to_owned(),
+        format!("{:.3}", r.replay_secs),
+        format!("{:.0}", r.replay_records_per_sec),
+        String::new(),
+    ]);
+    table.row(vec![
+        "replay --check".to_owned(),
+        format!("{:.3}", r.check_secs),
+        format!("{:.0}", r.check_records_per_sec),
+        format!("{:.0}", r.check_decisions_per_sec),
+    ]);
+    write!(out, "{}", table.render())?;
+    writeln!(out, "check / replay: {:.2}×", r.check_over_replay)?;
     Ok(())
 }
 

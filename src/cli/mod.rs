@@ -156,6 +156,17 @@ pub enum BenchCommand {
         #[arg(long, default_value = "none", value_parser = parse_durability)]
         durability: Durability,
     },
+    /// `replay --check` on the demo ledger at this size (decisions/s),
+    /// beside a plain replay of the same ledger.
+    Check {
+        #[arg(long, default_value_t = 40)]
+        tenants: u32,
+        /// Pipeline runs per tenant.
+        #[arg(long, default_value_t = 400)]
+        runs: u32,
+        #[arg(long, default_value_t = 256)]
+        max_concurrency: u32,
+    },
     /// Budget admission checks and cost-agent decisions on a state of many
     /// tenants, beside a plain tenant lookup, and the memory each tenant holds.
     Governance {
