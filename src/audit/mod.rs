@@ -1,0 +1,9 @@
+//! Audit of stored ledgers: questions asked of the log after the fact.
+//!
+//! - [`diff`]: align two runs of the same workload and report the first
+//!   divergence and a summary of what differs (tasks, money, decisions).
+//!
+//! Nothing here appends: every module reads the store (checking hashes on
+//! the way) and works on decoded records.
+
+pub mod diff;
