@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use runledger::audit::diff::{RunInput, compare, normalise_text, strip_run};
+use runledger::audit::diff::{RunInput, compare, load_run, normalise_text, strip_run};
 use runledger::domain::{Category, Decision, Event, Micros, Params, Priority, RunId, Timestamp};
 use runledger::log::store::DecodedRecord;
 use serde_json::{Value, json};
@@ -554,4 +554,39 @@ fn cli_diff_unknown_run_or_missing_ledger_exits_2_naming_it() {
 
     let out = runledger(&missing, &["diff", "monday", "tuesday"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn load_run_reads_the_same_records_through_the_indices_as_by_a_walk() {
+    let files = tempfile::tempdir().unwrap();
+    // A tight globex budget: its status changes during the run, an event
+    // without run or task that the run's window takes in.
+    let tight = DRAWN.replace("budget_micros = 60000\n", "budget_micros = 12000\n");
+    let workload = write_workload(files.path(), &tight);
+    let data = tempfile::tempdir().unwrap();
+    run_workload(data.path(), &workload, &["--run-id", "x"]);
+    run_workload(data.path(), &workload, &["--run-id", "y", "--seed", "9"]);
+    let store = runledger::log::Store::open(data.path(), false).unwrap();
+    let run = RunId::new("y");
+    let indexed = load_run(&store, &run).unwrap().unwrap();
+    assert!(
+        indexed
+            .records
+            .iter()
+            .any(|r| matches!(r.event, Event::BudgetStatusChanged { .. })),
+        "the window's status change is aligned with the run"
+    );
+    assert!(
+        indexed
+            .records
+            .iter()
+            .all(|r| r.event.run().is_none_or(|r| r == &run)),
+    );
+    assert_eq!(indexed.tenants.len(), 2);
+    store.clear_index().unwrap();
+    let walked = load_run(&store, &run).unwrap().unwrap();
+    let seqs = |i: &RunInput| i.records.iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&indexed), seqs(&walked));
+    assert_eq!(indexed.tenants, walked.tenants);
+    assert!(load_run(&store, &RunId::new("z")).unwrap().is_none());
 }
