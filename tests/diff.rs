@@ -590,3 +590,33 @@ fn load_run_reads_the_same_records_through_the_indices_as_by_a_walk() {
     assert_eq!(indexed.tenants, walked.tenants);
     assert!(load_run(&store, &RunId::new("z")).unwrap().is_none());
 }
+
+#[test]
+fn cli_diff_of_a_damaged_run_exits_1_naming_the_seq() {
+    use runledger::log::frame::{OwnedFrame, frame_key};
+    let files = tempfile::tempdir().unwrap();
+    let workload = write_workload(files.path(), FIXED);
+    let data = tempfile::tempdir().unwrap();
+    run_workload(data.path(), &workload, &["--run-id", "a"]);
+    run_workload(data.path(), &workload, &["--run-id", "b"]);
+    {
+        // Move the time of the first record of the last frame (run b's).
+        let store = runledger::log::Store::open(data.path(), false).unwrap();
+        let (key, value) = store.log_tree().last().unwrap().unwrap();
+        let mut frame = OwnedFrame::decode(&value).unwrap();
+        frame.entries[0].0 = Timestamp(frame.entries[0].0.0 + 1);
+        let seq = u64::from_be_bytes(key.as_ref().try_into().unwrap());
+        store
+            .log_tree()
+            .insert(frame_key(seq), frame.encode())
+            .unwrap();
+        store.log_tree().flush().unwrap();
+    }
+    let out = runledger(data.path(), &["diff", "a", "b"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the ledger is damaged at seq "),
+        "{}",
+        stderr(&out)
+    );
+}
