@@ -8,6 +8,7 @@
 //! - [`replay`]: folding a stored log back into projections.
 //! - [`wire`]: the JSON line format of `ingest` and `log --json`.
 //! - [`artifacts`]: the governance artifact files, rendered from the log.
+//! - [`audit`]: questions asked of a stored ledger (`diff` of two runs).
 //! - [`bench`]: the benchmarks behind `runledger bench ledger|queue|governance`.
 //! - [`cli`]: the `runledger` command line.
 

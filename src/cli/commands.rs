@@ -124,6 +124,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             writeln!(out, "wrote {written} files to {}", dir.display())?;
             Ok(())
         }
+        Command::Diff {
+            ref run_a,
+            ref run_b,
+            ref data_b,
+        } => diff_cmd(&cli.data, run_a, data_b.as_deref(), run_b, cli.json, out),
         Command::Demo {
             tenants,
             runs,
@@ -1431,4 +1436,63 @@ fn decisions(
     }
     write!(out, "{}", table.render())?;
     Ok(())
+}
+
+/// `runledger diff`: loads both runs (from one store when both are in the
+/// same directory: sled locks it), compares, prints; a difference is a
+/// failed check (exit 1), an unknown run bad input (exit 2).
+fn diff_cmd(
+    data: &Path,
+    run_a: &str,
+    data_b: Option<&Path>,
+    run_b: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use crate::audit::diff;
+    let same_dir = |b: &Path| match (data.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => data == b,
+    };
+    let store_a = open_store(data)?;
+    let store_b = match data_b {
+        Some(b) if !same_dir(b) => Some(open_store(b).context("--data-b")?),
+        _ => None,
+    };
+    let load = |store: &Store, run: &str| -> anyhow::Result<diff::RunInput> {
+        let id = RunId(run.to_owned());
+        if let Some(input) = diff::load_run(store, &id).map_err(walk_error)? {
+            return Ok(input);
+        }
+        let known = diff::runs(store).map_err(walk_error)?;
+        let listed: Vec<&str> = known.iter().take(20).map(RunId::as_str).collect();
+        let more = known.len().saturating_sub(listed.len());
+        bail!(
+            "no run `{run}` in {}: {}{}",
+            store.dir().display(),
+            if listed.is_empty() {
+                "it holds no runs".to_owned()
+            } else {
+                format!("runs there: {}", listed.join(", "))
+            },
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        )
+    };
+    let a = load(&store_a, run_a)?;
+    let b = load(store_b.as_ref().unwrap_or(&store_a), run_b)?;
+    let result = diff::compare(&a, &b);
+    if json {
+        print_json(out, &result)?;
+    } else {
+        write!(out, "{}", diff::render_text(&result))?;
+    }
+    if result.identical {
+        Ok(())
+    } else {
+        Err(CheckFailed(format!("runs `{run_a}` and `{run_b}` differ")).into())
+    }
 }

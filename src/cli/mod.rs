@@ -119,6 +119,18 @@ pub enum Command {
         #[arg(long, default_value = "artifacts")]
         out: PathBuf,
     },
+    /// Compare two runs of the same workload: the first divergence and a
+    /// summary of differences (tasks, cost per tenant, decisions); exit 0
+    /// when they are the same, 1 when they differ.
+    Diff {
+        /// The first run (in --data).
+        run_a: String,
+        /// The second run (in --data-b if given, else in --data).
+        run_b: String,
+        /// Read RUN_B from this data directory instead.
+        #[arg(long)]
+        data_b: Option<PathBuf>,
+    },
     /// Run the built-in multi-tenant RAG demo on the embedded ledger.
     Demo {
         #[arg(long, default_value_t = 4)]
