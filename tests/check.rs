@@ -421,3 +421,33 @@ fn policy_files_keep_unset_thresholds() {
     let error = parse_policy("p.toml", "\n\nwarning_bp = \"high\"\n").unwrap_err();
     assert!(error.starts_with("p.toml:3: "), "{error}");
 }
+
+/// Old ledgers against new code: every recorded ledger kept under
+/// `replay/` is re-checked with today's deciders, so a change of decision
+/// logic fails here before it is released (re-record the fixture if the
+/// change is meant).
+#[test]
+fn recorded_ledgers_recheck_with_todays_deciders() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("replay");
+    let mut rechecked = 0;
+    for entry in std::fs::read_dir(&root).unwrap().flatten() {
+        let jsonl = entry.path().join("ledger.jsonl");
+        if !jsonl.exists() {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = runledger(dir.path(), &["ingest", jsonl.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = runledger(dir.path(), &["replay", "--check"]);
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            jsonl.display(),
+            stdout(&out),
+            stderr(&out)
+        );
+        let report = checked(dir.path(), CheckOptions::default());
+        rechecked += report.decisions;
+    }
+    assert!(rechecked > 300, "{rechecked} decisions re-checked");
+}
