@@ -316,6 +316,19 @@ runs = 20
     assert_eq!(acks.len(), 40, "every task ACKed");
     assert!(acks.values().all(|&n| n == 1), "none twice");
     assert!(matches!(evs.last(), Some(Event::RunFinished { .. })));
+    // The killed process's decisions and the resumed one's re-check.
+    let check = std::process::Command::new(bin)
+        .arg("--data")
+        .arg(&data)
+        .args(["replay", "--check"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 }
 
 struct Panics;

@@ -562,6 +562,19 @@ fn cli_resume_after_sigkill_finishes_the_run() {
     assert!(resume.status.success(), "{stderr}");
     assert!(String::from_utf8_lossy(&resume.stdout).starts_with("run demo-42 "));
     assert_run_complete_and_acked_once(&data);
+    // The killed process's decisions and the resumed one's re-check.
+    let check = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .arg("--data")
+        .arg(&data)
+        .args(["replay", "--check"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 }
 
 #[test]
