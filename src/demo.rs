@@ -12,7 +12,7 @@ use std::fmt::Write;
 const TENANTS: [(&str, i64, &str, u32); 8] = [
     ("acme", 30_000, "balanced", 50),
     ("globex", 6_000, "aggressive", 10),
-    ("initech", 2300, "conservative", 10),
+    ("initech", 1_800, "conservative", 10),
     ("umbrella", 800, "balanced", 10),
     ("hooli", 20_000, "aggressive", 10),
     ("stark", 11_000, "conservative", 10),

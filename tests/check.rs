@@ -133,12 +133,15 @@ fn a_changed_threshold_is_caught_at_the_first_decision_it_changes() {
         reason.recomputed.as_str().unwrap().contains("> 8000 bp"),
         "{reason:?}"
     );
-    // Going on finds where the verdict itself flips: CONTINUE recorded,
-    // DEGRADE today, with the plan it would have applied.
+    // Far stricter, and going on: the verdict itself flips, CONTINUE
+    // recorded, DEGRADE today, with the plan it would have applied.
     let all = checked(
         dir.path(),
         CheckOptions {
-            policy: stricter,
+            policy: Policy {
+                degrade_utilisation_bp: 1_000,
+                ..Policy::STANDARD
+            },
             keep_going: true,
             ..CheckOptions::default()
         },

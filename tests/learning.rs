@@ -79,7 +79,7 @@ fn choose_at(
         &models(),
         may_explore,
         7,
-        &format!("task-{n}").as_str().into(),
+        &format!("task-{n}"),
         1,
     )
 }

@@ -539,7 +539,7 @@ impl Checker {
                             Some(queue) => {
                                 Some(record.at.saturating_add_micros(queue.retry_delay_micros(
                                     attempt,
-                                    draw(run.seed, "retry", task.as_str(), attempt),
+                                    draw(run.seed, "retry", task.draw_key(&t.run), attempt),
                                 )))
                             }
                             // The schedule cannot be recomputed: take it.

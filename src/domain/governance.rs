@@ -440,7 +440,7 @@ impl Gate {
                 &values,
                 decision == Decision::Continue,
                 self.seed,
-                task,
+                task.draw_key(&t.run),
                 t.attempts + 1,
             )
         });

@@ -67,6 +67,19 @@ id_type!(
     /// A task: one step of a pipeline, the unit the queue moves.
     TaskId
 );
+impl TaskId {
+    /// What a run's seeded draws for this task are keyed by: the id
+    /// without its run's prefix (`demo-42/acme/rag#0/retrieve` draws as
+    /// `acme/rag#0/retrieve`), so two runs of one workload with one seed
+    /// draw the same numbers whatever their names.
+    pub fn draw_key<'a>(&'a self, run: &RunId) -> &'a str {
+        self.0
+            .strip_prefix(run.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or(&self.0)
+    }
+}
+
 id_type!(
     /// A worker that dequeues and executes tasks.
     WorkerId

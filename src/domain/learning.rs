@@ -264,9 +264,10 @@ impl Learning {
         Some((sum / count.max(1.0)).clamp(0.0, 10_000.0).round() as i64)
     }
 
-    /// Chooses a value of `param` among `values` for attempt `attempt` of
-    /// `task`, a task of `tenant` whose budget is `budget` and whose attempt
-    /// may cost up to `ceiling`. `may_explore` is false under a
+    /// Chooses a value of `param` among `values` for attempt `attempt` of a
+    /// task (whose draws are keyed by `key`, [`TaskId::draw_key`]) of
+    /// `tenant` whose budget is `budget` and whose attempt may cost up to
+    /// `ceiling`. `may_explore` is false under a
     /// degradation. An exploration must fit the allowance counting every
     /// explored attempt still running at this ceiling.
     #[allow(clippy::too_many_arguments)]
@@ -279,7 +280,7 @@ impl Learning {
         values: &[String],
         may_explore: bool,
         seed: u64,
-        task: &TaskId,
+        key: &str,
         attempt: u32,
     ) -> Choice {
         let profile = self.profiles.get(tenant);
@@ -325,10 +326,10 @@ impl Learning {
                 .try_into()
                 .unwrap_or(i64::MAX),
         );
-        let roll = draw(seed, "explore", task.as_str(), attempt) % 10_000;
+        let roll = draw(seed, "explore", key, attempt) % 10_000;
         if may_explore && values.len() > 1 && exposure <= allowance && roll < u64::from(rate_bp) {
             let pick =
-                draw(seed, "explore-arm", task.as_str(), attempt) % (values.len() as u64 - 1);
+                draw(seed, "explore-arm", key, attempt) % (values.len() as u64 - 1);
             let i = (0..values.len())
                 .filter(|&i| i != best)
                 .nth(pick as usize)

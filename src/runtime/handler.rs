@@ -97,8 +97,8 @@ pub struct SimHandler;
 impl Handler for SimHandler {
     fn run<'a>(&'a self, ctx: &'a TaskContext) -> HandlerFuture<'a> {
         Box::pin(async move {
-            let sim =
-                crate::domain::sim::simulate(ctx.seed, ctx.task.as_str(), ctx.attempt, &ctx.params);
+            let key = ctx.task.draw_key(&ctx.run);
+            let sim = crate::domain::sim::simulate(ctx.seed, key, ctx.attempt, &ctx.params);
             tokio::time::sleep(Duration::from_micros(sim.latency_micros.max(0) as u64)).await;
             match sim.result {
                 // The reward travels in the output, as an `exec` handler's would.

@@ -249,7 +249,7 @@ impl Sim<'_> {
             attempt,
             lease_deadline: Some(self.now.saturating_add_micros(timeout)),
         })?;
-        let latency = simulate(self.seed, task.as_str(), attempt, &params).latency_micros;
+        let latency = simulate(self.seed, task.draw_key(&self.run), attempt, &params).latency_micros;
         let (ends, timed_out) = if latency > timeout {
             (timeout, true)
         } else {
@@ -286,7 +286,7 @@ impl Sim<'_> {
             return Ok(());
         };
         let max_attempts = t.max_attempts;
-        let outcome = simulate(self.seed, task.as_str(), attempt, &params);
+        let outcome = simulate(self.seed, task.draw_key(&self.run), attempt, &params);
         self.free_workers.insert(worker);
         self.running -= 1;
         // Post what the attempt cost (a timed-out attempt reports nothing),
@@ -330,7 +330,7 @@ impl Sim<'_> {
                 let retry_at = (!exhausted).then(|| {
                     let delay = self.workload.policy.retry_delay_micros(
                         attempt,
-                        draw(self.seed, "retry", task.as_str(), attempt),
+                        draw(self.seed, "retry", task.draw_key(&self.run), attempt),
                     );
                     self.now.saturating_add_micros(delay)
                 });
