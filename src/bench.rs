@@ -19,6 +19,7 @@ use crate::log::verify::verify;
 use crate::log::{Durability, Ledger, LedgerOptions, Store};
 use crate::replay;
 
+pub mod export;
 pub mod governance;
 
 #[derive(Clone, Debug)]
