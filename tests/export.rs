@@ -423,6 +423,23 @@ fn verify_export_of_unreadable_or_cut_input_exits_2() {
     assert!(stderr(&out).contains("line 4"), "{}", stderr(&out));
     let missing = verify_export(&dir.path().join("missing.jsonl"), &[]);
     assert_eq!(missing.status.code(), Some(2));
+
+    // A hostile tree size is refused at once, not enumerated.
+    let last = lines.len() - 1;
+    let mut proof: Value = serde_json::from_str(&lines[last]).unwrap();
+    proof["tree_size"] = Value::from(u64::MAX);
+    proof["head_seq"] = Value::from(u64::MAX);
+    let mut huge = lines.clone();
+    huge[last] = serde_json::to_string(&proof).unwrap();
+    assert_fails(&verify_lines(&dir, &huge, &[]), &["uncovered"]);
+
+    // A row appended after the proof line.
+    let mut appended = lines.clone();
+    appended.push(lines[3].clone());
+    assert_fails(
+        &verify_lines(&dir, &appended, &[]),
+        &[&format!("line {}", lines.len() + 1), "after the proof"],
+    );
 }
 
 /// `1.234567` → 1234567, by string: no floats.

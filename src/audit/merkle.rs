@@ -250,15 +250,26 @@ pub enum ProofError {
     MissingNode { first: u64, last: u64 },
     #[error("the proof has {0} nodes more than the tree needs")]
     ExtraNodes(usize),
+    #[error("the proof leaves more than {max} seqs uncovered: it does not fit the rows")]
+    TooManyProven { max: usize },
 }
 
 impl MultiProof {
     /// The seqs in `1..=size` that no node covers — the leaves this proof
-    /// must be given. Checks that the nodes are ordered, disjoint and
+    /// must be given, at most `max` of them (the size comes from an
+    /// untrusted file). Checks that the nodes are ordered, disjoint and
     /// inside the tree.
-    pub fn proven_seqs(&self, size: u64) -> Result<Vec<u64>, ProofError> {
+    pub fn proven_seqs(&self, size: u64, max: usize) -> Result<Vec<u64>, ProofError> {
         let mut seqs = Vec::new();
         let mut next = 1u64;
+        let take = |range: std::ops::Range<u64>, seqs: &mut Vec<u64>| {
+            let room = max.saturating_sub(seqs.len()) as u64;
+            if range.end.saturating_sub(range.start) > room {
+                return Err(ProofError::TooManyProven { max });
+            }
+            seqs.extend(range);
+            Ok(())
+        };
         for (index, node) in self.nodes.iter().enumerate() {
             let (first, last) = (node.first_seq, node.last_seq);
             if first == 0 || first > last || last > size {
@@ -272,10 +283,10 @@ impl MultiProof {
             if first < next {
                 return Err(ProofError::Unordered { index, first, last });
             }
-            seqs.extend(next..first);
+            take(next..first, &mut seqs)?;
             next = last + 1;
         }
-        seqs.extend(next..=size);
+        take(next..size.saturating_add(1), &mut seqs)?;
         Ok(seqs)
     }
 
@@ -383,7 +394,10 @@ mod tests {
                     .filter(|s| mask & (1 << (s - 1)) != 0)
                     .collect();
                 let proof = tree.prove(&seqs);
-                assert_eq!(proof.proven_seqs(u64::from(n)).unwrap(), seqs);
+                assert_eq!(proof.proven_seqs(u64::from(n), seqs.len()).unwrap(), seqs);
+                if seqs.len() > 1 {
+                    assert!(proof.proven_seqs(u64::from(n), seqs.len() - 1).is_err());
+                }
                 let leaves: Vec<_> = seqs
                     .iter()
                     .map(|&s| (s, leaf_hash(&records[s as usize - 1])))
@@ -410,7 +424,7 @@ mod tests {
         let mut overlapping = proof;
         overlapping.nodes[1].first_seq = 1;
         assert!(matches!(
-            overlapping.proven_seqs(9),
+            overlapping.proven_seqs(9, 9),
             Err(ProofError::Unordered { index: 1, .. })
         ));
     }

@@ -130,7 +130,21 @@ fn parse_csv_record(line: u64, record: &csv::StringRecord) -> Result<Line, Verif
     };
     let meta = || cell("detail");
     match cell("kind") {
-        "opening" | "proof_node" | "proof" => return parse_json_line(line, meta()),
+        kind @ ("opening" | "proof_node" | "proof") => {
+            let parsed = parse_json_line(line, meta())?;
+            let same = matches!(
+                (kind, &parsed),
+                ("opening", Line::Opening(_))
+                    | ("proof_node", Line::Node(_))
+                    | ("proof", Line::Proof(_))
+            );
+            if !same {
+                return Err(Malformed(format!(
+                    "line {line}: the JSON in column detail is not of kind {kind}"
+                )));
+            }
+            return Ok(parsed);
+        }
         "" => return Err(Malformed(format!("line {line}: no kind"))),
         _ => {}
     }
@@ -508,7 +522,10 @@ impl Checker {
             nodes: self.nodes.iter().map(|(_, n)| *n).collect(),
         };
         let node_line = |index: usize| self.nodes.get(index).map_or(*proof_line, |n| n.0);
-        let mut proven = proven_seqs(&multi, proof.tree_size, node_line)?;
+        // The rows and the head, with room to name dropped rows; bounded, as
+        // tree_size comes from the file.
+        let max = self.seen.len().saturating_mul(2).saturating_add(1_024);
+        let mut proven = proven_seqs(&multi, proof.tree_size, max, node_line)?;
         if !proof.head_in_rows {
             if proven.last() != Some(&proof.head_seq) {
                 return Err(at_proof(format!(
@@ -638,9 +655,10 @@ impl Checker {
 fn proven_seqs(
     proof: &MultiProof,
     size: u64,
+    max: usize,
     node_line: impl Fn(usize) -> u64,
 ) -> Result<Vec<u64>, VerifyExportError> {
-    proof.proven_seqs(size).map_err(|e| {
+    proof.proven_seqs(size, max).map_err(|e| {
         let index = match &e {
             ProofError::OutOfTree { index, .. }
             | ProofError::Unordered { index, .. }
