@@ -523,8 +523,12 @@ pub fn export(store: &Store, options: &ExportOptions) -> Result<Export, ExportEr
     let limit = published.map_or(u64::MAX, |p| p.seq);
     let tenant = &options.tenant;
 
-    let mut record_hashes: Vec<blake3::Hash> = Vec::new();
-    let mut candidates: Vec<Candidate> = Vec::new();
+    // The head from the last frame's header sizes the hash list (a hint
+    // only: the walk below is what is trusted).
+    let expected = store.head().map_or(0, |h| h.seq).min(limit);
+    let mut record_hashes: Vec<blake3::Hash> =
+        Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+    let mut candidates: Vec<Box<Candidate>> = Vec::new();
     // The tenant's tasks and their runs, for skips and task-only events.
     let mut task_runs: FxHashMap<TaskId, RunId> = FxHashMap::default();
     let mut registered = false;
@@ -545,7 +549,7 @@ pub fn export(store: &Store, options: &ExportOptions) -> Result<Export, ExportEr
                     Event::TenantRegistered { .. } => registered = true,
                     _ => {}
                 }
-                candidates.push(*candidate);
+                candidates.push(candidate);
             }
         },
     )?;
