@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use chrono::NaiveDate;
+use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -453,10 +454,14 @@ pub struct ProofLine {
     pub totals: TotalsView,
 }
 
-/// A finished export, ready to be written in either format.
+/// A finished export, ready to be written in either format. Rows are
+/// rendered as they are written (never all at once: a million rows of
+/// strings would cost more than the whole chain read).
 pub struct Export {
     pub opening: OpeningLine,
-    pub rows: Vec<RowLine>,
+    /// The records of the rows, with the totals after each.
+    records: Vec<(Box<Candidate>, Running)>,
+    task_runs: FxHashMap<TaskId, RunId>,
     pub nodes: Vec<NodeLine>,
     pub proof: ProofLine,
 }
@@ -504,6 +509,38 @@ fn read_record(raw: RawRecord<'_>, tenant: &TenantId) -> Result<Read, String> {
         })
     });
     Ok((raw.hash, candidate))
+}
+
+/// The totals after one row, as the row states them.
+struct Running {
+    budget_micros: i64,
+    spent_micros: i64,
+    reserved_micros: i64,
+    spent_by_category: [i64; 6],
+    period: u64,
+}
+
+fn render_row(row: u64, c: &Candidate, totals: &Running, facts: Facts) -> RowLine {
+    RowLine {
+        kind: facts.kind.to_owned(),
+        row,
+        seq: c.seq,
+        recorded_at: c.recorded_at.to_string(),
+        recorded_at_micros: c.recorded_at.as_micros(),
+        run: facts.run,
+        task: facts.task,
+        category: facts.category.map(|c| c.name().to_owned()),
+        amount_micros: facts.amount_micros,
+        budget_micros: totals.budget_micros,
+        spent_micros: totals.spent_micros,
+        reserved_micros: totals.reserved_micros,
+        category_spent_micros: facts.category.map(|c| totals.spent_by_category[c.index()]),
+        period: totals.period,
+        detail: facts.detail,
+        hash: c.hash.to_hex().to_string(),
+        prev_hash: c.prev_hash.to_hex().to_string(),
+        event_hex: hex(&c.bytes),
+    }
 }
 
 /// Reads the whole chain (every hash checked) and builds the export of
@@ -607,36 +644,24 @@ pub fn export(store: &Store, options: &ExportOptions) -> Result<Export, ExportEr
         totals.apply(&c.event).map_err(damaged(c.seq))?;
     }
     let opening_totals = totals.view().map_err(damaged(0))?;
-    let mut rows = Vec::with_capacity(window.len());
-    for (i, c) in candidates[window.clone()].iter().enumerate() {
+    // The fold is sequential and cheap; rendering the rows (hex, times,
+    // strings) is neither, and runs on all cores.
+    let mut running = Vec::with_capacity(window.len());
+    for c in &candidates[window.clone()] {
         totals.apply(&c.event).map_err(damaged(c.seq))?;
-        let task_run = c.event.task().and_then(|t| task_runs.get(t));
-        let facts = facts(&c.event, task_run);
-        rows.push(RowLine {
-            kind: facts.kind.to_owned(),
-            row: i as u64 + 1,
-            seq: c.seq,
-            recorded_at: c.recorded_at.to_string(),
-            recorded_at_micros: c.recorded_at.as_micros(),
-            run: facts.run,
-            task: facts.task,
-            category: facts.category.map(|c| c.name().to_owned()),
-            amount_micros: facts.amount_micros,
+        running.push(Running {
             budget_micros: totals.budget_micros,
             spent_micros: totals.spent_micros().map_err(damaged(c.seq))?,
             reserved_micros: totals.reserved_micros,
-            category_spent_micros: facts.category.map(|c| totals.spent_by_category[c.index()]),
+            spent_by_category: totals.spent_by_category,
             period: totals.period,
-            detail: facts.detail,
-            hash: c.hash.to_hex().to_string(),
-            prev_hash: c.prev_hash.to_hex().to_string(),
-            event_hex: hex(&c.bytes),
         });
     }
+    let records: Vec<(Box<Candidate>, Running)> = candidates.drain(window).zip(running).collect();
     let closing_totals = totals.view().map_err(damaged(size))?;
 
-    let head_in_rows = rows.last().is_some_and(|r| r.seq == size);
-    let mut proven: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+    let head_in_rows = records.last().is_some_and(|(c, _)| c.seq == size);
+    let mut proven: Vec<u64> = records.iter().map(|(c, _)| c.seq).collect();
     if !head_in_rows {
         proven.push(size);
     }
@@ -668,15 +693,32 @@ pub fn export(store: &Store, options: &ExportOptions) -> Result<Export, ExportEr
             root: tree.root().to_hex().to_string(),
             head_seq: size,
             head_hash: head_hash.to_hex().to_string(),
-            rows: rows.len() as u64,
+            rows: records.len() as u64,
             head_in_rows,
             totals: closing_totals,
         },
-        rows,
+        records,
+        task_runs,
     })
 }
 
 impl Export {
+    pub fn row_count(&self) -> usize {
+        self.records.len()
+    }
+
+    fn render(&self, index: usize) -> RowLine {
+        let (candidate, totals) = &self.records[index];
+        let task_run = candidate.event.task().and_then(|t| self.task_runs.get(t));
+        let facts = facts(&candidate.event, task_run);
+        render_row(index as u64 + 1, candidate, totals, facts)
+    }
+
+    /// Every row, rendered.
+    pub fn rows(&self) -> Vec<RowLine> {
+        (0..self.records.len()).map(|i| self.render(i)).collect()
+    }
+
     pub fn write(&self, format: Format, out: &mut dyn Write) -> std::io::Result<()> {
         match format {
             Format::Jsonl => self.write_jsonl(out),
@@ -686,18 +728,32 @@ impl Export {
 
     fn write_jsonl(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
-        let mut line = |value: &dyn erased::Json| -> std::io::Result<()> {
-            value.write_json(&mut out)?;
-            out.write_all(b"\n")
-        };
-        line(&self.opening)?;
-        for row in &self.rows {
-            line(row)?;
+        write_json_line(&mut out, &self.opening)?;
+        // Rows are serialized on all cores, a bounded batch at a time, and
+        // written in order.
+        let count = self.records.len();
+        for batch in (0..count).step_by(WRITE_BATCH_ROWS) {
+            let parts: Vec<Vec<u8>> = (batch..count.min(batch + WRITE_BATCH_ROWS))
+                .step_by(WRITE_CHUNK_ROWS)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|chunk| {
+                    let rows = chunk..count.min(chunk + WRITE_CHUNK_ROWS);
+                    let mut buf = Vec::with_capacity(rows.len() * 800);
+                    for index in rows {
+                        write_json_line(&mut buf, &self.render(index))?;
+                    }
+                    Ok(buf)
+                })
+                .collect::<std::io::Result<_>>()?;
+            for part in parts {
+                out.write_all(&part)?;
+            }
         }
         for node in &self.nodes {
-            line(node)?;
+            write_json_line(&mut out, node)?;
         }
-        line(&self.proof)?;
+        write_json_line(&mut out, &self.proof)?;
         out.flush()
     }
 
@@ -711,8 +767,8 @@ impl Export {
             csv.write_record(record)
         };
         meta(&mut csv, "opening", to_json(&self.opening)?)?;
-        for row in &self.rows {
-            csv.write_record(csv_row(row))?;
+        for index in 0..self.records.len() {
+            csv.write_record(csv_row(&self.render(index)))?;
         }
         for node in &self.nodes {
             meta(&mut csv, "proof_node", to_json(node)?)?;
@@ -720,6 +776,15 @@ impl Export {
         meta(&mut csv, "proof", to_json(&self.proof)?)?;
         csv.flush()
     }
+}
+
+/// Rows serialized per parallel task, and per batch held in memory.
+const WRITE_CHUNK_ROWS: usize = 2_048;
+const WRITE_BATCH_ROWS: usize = 65_536;
+
+fn write_json_line(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")
 }
 
 fn to_json(value: &impl Serialize) -> std::io::Result<String> {
@@ -757,17 +822,4 @@ pub fn csv_row(row: &RowLine) -> Vec<String> {
         row.prev_hash.clone(),
         row.event_hex.clone(),
     ]
-}
-
-/// Serialize behind a `dyn`, for the JSONL writer's one line helper.
-mod erased {
-    pub trait Json {
-        fn write_json(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn write_json(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-            serde_json::to_writer(out, self).map_err(std::io::Error::other)
-        }
-    }
 }

@@ -106,7 +106,12 @@ pub fn verify_export(
 fn parse_json_line(line: u64, text: &str) -> Result<Line, VerifyExportError> {
     // Rows are nearly every line: parse them in one go; anything else (or
     // a bad row, for its message) goes through a `Value` first.
-    if let Ok(row) = serde_json::from_str::<RowLine>(text) {
+    let node = text.starts_with(r#"{"kind":"proof_node","#);
+    if node {
+        if let Ok(node) = serde_json::from_str::<NodeLine>(text) {
+            return Ok(Line::Node(node));
+        }
+    } else if let Ok(row) = serde_json::from_str::<RowLine>(text) {
         return Ok(Line::Row(Box::new(row)));
     }
     let bad = |e: serde_json::Error| Malformed(format!("line {line}: {e}"));

@@ -156,7 +156,7 @@ pub fn run_export_bench(
     let mut file = std::fs::File::create(&path)?;
     built.write(Format::Jsonl, &mut file)?;
     let export_secs = start.elapsed().as_secs_f64();
-    let exported_rows = built.rows.len() as u64;
+    let exported_rows = built.row_count() as u64;
     drop(built);
     let file_bytes = file.metadata()?.len();
     drop(file);
