@@ -33,8 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::merkle::{MultiProof, SCHEME, Tree};
 use crate::domain::{
-    BudgetPeriod, BudgetStatus, Category, Decision, Event, Micros, RunId, TaskId, TenantId,
-    Timestamp,
+    BudgetPeriod, Category, Decision, Event, Micros, RunId, TaskId, TenantId, Timestamp,
 };
 use crate::log::codec::decode_event;
 use crate::log::record::RawRecord;
@@ -145,10 +144,6 @@ fn decision_name(decision: Decision) -> &'static str {
     }
 }
 
-fn status_name(status: BudgetStatus) -> &'static str {
-    status.name()
-}
-
 /// Whether `event` belongs in the cost history of the tenant it names
 /// (a `task_skipped` names none: the caller checks whose task it is).
 pub fn is_money_event(event: &Event) -> bool {
@@ -220,7 +215,7 @@ pub fn facts(event: &Event, task_run: Option<&RunId>) -> Facts {
             facts.amount_micros = Some(amount_micros.0);
         }
         Event::BudgetStatusChanged { from, to, .. } => {
-            facts.detail = format!("{} -> {}", status_name(*from), status_name(*to));
+            facts.detail = format!("{} -> {}", from.name(), to.name());
         }
         Event::AdmissionDenied { reason, .. } | Event::TaskSkipped { reason, .. } => {
             facts.detail = reason.clone();

@@ -50,7 +50,8 @@ pub struct VerifyExportReport {
 /// One parsed line of either format.
 enum Line {
     Opening(Box<OpeningLine>),
-    Row(Box<RowLine>),
+    /// A row, and (CSV) why its amounts in units disagree with its micros.
+    Row(Box<RowLine>, Option<String>),
     Node(NodeLine),
     Proof(Box<ProofLine>),
 }
@@ -112,7 +113,7 @@ fn parse_json_line(line: u64, text: &str) -> Result<Line, VerifyExportError> {
             return Ok(Line::Node(node));
         }
     } else if let Ok(row) = serde_json::from_str::<RowLine>(text) {
-        return Ok(Line::Row(Box::new(row)));
+        return Ok(Line::Row(Box::new(row), None));
     }
     let bad = |e: serde_json::Error| Malformed(format!("line {line}: {e}"));
     let value: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
@@ -122,7 +123,7 @@ fn parse_json_line(line: u64, text: &str) -> Result<Line, VerifyExportError> {
         "proof_node" => Line::Node(serde_json::from_value(value).map_err(bad)?),
         "proof" => Line::Proof(Box::new(serde_json::from_value(value).map_err(bad)?)),
         "" => return Err(Malformed(format!("line {line}: no `kind`"))),
-        _ => Line::Row(Box::new(serde_json::from_value(value).map_err(bad)?)),
+        _ => Line::Row(Box::new(serde_json::from_value(value).map_err(bad)?), None),
     })
 }
 
@@ -199,27 +200,19 @@ fn parse_csv_record(line: u64, record: &csv::StringRecord) -> Result<Line, Verif
         event_hex: cell("event_hex").to_owned(),
     };
     // The amounts in units must say what the micros say.
-    let where_ = |field: &str| {
-        format!(
-            "line {line} (row {}, seq {}): field {field}",
-            row.row, row.seq
-        )
-    };
     let shown = [
         ("amount", row.amount_micros.map(units).unwrap_or_default()),
         ("spent", units(row.spent_micros)),
         ("reserved", units(row.reserved_micros)),
     ];
-    for (name, want) in shown {
-        if cell(name) != want {
-            return Err(Failed(format!(
-                "{}: `{}` does not match the micros column (`{want}`)",
-                where_(name),
-                cell(name)
-            )));
-        }
-    }
-    Ok(Line::Row(Box::new(row)))
+    let mismatch = shown.into_iter().find(|(name, want)| cell(name) != want);
+    let why = mismatch.map(|(name, want)| {
+        format!(
+            "field {name}: `{}` does not match the micros column (`{want}`)",
+            cell(name)
+        )
+    });
+    Ok(Line::Row(Box::new(row), why))
 }
 
 fn parse_hash(text: &str) -> Option<blake3::Hash> {
@@ -294,14 +287,14 @@ impl Checker {
                     "line {line}: the file does not start with its opening line"
                 )));
             }
-            Line::Row(row) => {
+            Line::Row(row, units_mismatch) => {
                 if !self.nodes.is_empty() {
                     return Err(Failed(format!(
                         "line {line} (row {}, seq {}): a row among the proof nodes: a row was added or moved",
                         row.row, row.seq
                     )));
                 }
-                self.row(line, &row);
+                self.row(line, &row, units_mismatch);
             }
             Line::Node(node) => {
                 let hash = parse_hash(&node.hash).ok_or_else(|| {
@@ -328,7 +321,7 @@ impl Checker {
         self.totals.view().map_err(Failed)
     }
 
-    fn row(&mut self, line: u64, row: &RowLine) {
+    fn row(&mut self, line: u64, row: &RowLine, units_mismatch: Option<String>) {
         let index = self.seen.len();
         let hash = parse_hash(&row.hash).unwrap_or(blake3::Hash::from_bytes([0; 32]));
         let previous = self.seen.last().map(|s| (s.seq, s.hash));
@@ -341,7 +334,11 @@ impl Checker {
         if self.failure.is_some() {
             return;
         }
-        if let Err(why) = self.check_row(index, row, previous) {
+        let checked = match units_mismatch {
+            Some(why) => Err(why),
+            None => self.check_row(index, row, previous),
+        };
+        if let Err(why) = checked {
             let place = format!("line {line} (row {}, seq {})", row.row, row.seq);
             self.failure = Some((index, format!("{place}: {why}")));
         }
