@@ -20,6 +20,7 @@ use crate::log::{Durability, Ledger, LedgerOptions, Store};
 use crate::replay;
 
 pub mod check;
+pub mod export;
 pub mod governance;
 
 #[derive(Clone, Debug)]

@@ -7,6 +7,7 @@
 //!   the group-commit writer and chain verification.
 //! - [`replay`]: folding a stored log back into projections.
 //! - [`wire`]: the JSON line format of `ingest` and `log --json`.
+//! - [`audit`]: Merkle checkpoints, tenant cost exports and their offline check.
 //! - [`artifacts`]: the governance artifact files, rendered from the log.
 //! - [`audit`]: questions asked of a stored ledger (`diff` of two runs).
 //! - [`bench`]: the benchmarks behind `runledger bench ledger|queue|governance`.

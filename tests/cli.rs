@@ -277,6 +277,33 @@ fn bench_ledger_json_last_line_has_the_contract_fields() {
 }
 
 #[test]
+fn bench_export_json_last_line_has_rates_beside_the_verify_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(["bench", "export", "--events", "400", "--json"])
+        .env("TMPDIR", dir.path())
+        .env_remove("RUNLEDGER_DATA")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let last = stdout(&out).lines().last().unwrap().to_owned();
+    let report: serde_json::Value = serde_json::from_str(&last).unwrap();
+    for field in [
+        "export_rows_per_sec",
+        "verify_export_rows_per_sec",
+        "verify_records_per_sec",
+    ] {
+        assert!(
+            report[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {last}"
+        );
+    }
+    // 100 tasks of four rows, plus the registration; 2.5 records a row.
+    assert_eq!(report["rows"], 401);
+    assert_eq!(report["records"], 1_006);
+}
+
+#[test]
 fn bench_governance_json_last_line_has_latencies_and_every_verdict() {
     let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
         .args(["bench", "governance", "--tenants", "2000", "--json"])

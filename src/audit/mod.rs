@@ -1,12 +1,23 @@
-//! Audit of stored ledgers: questions asked of the log after the fact.
+//! Audit of stored ledgers: questions asked of the log after the fact, by
+//! runledger's users and by a tenant's auditor.
 //!
 //! - [`check`]: `replay --check`, every recorded decision run again on the
 //!   state just before it and compared.
 //! - [`diff`]: align two runs of the same workload and report the first
 //!   divergence and a summary of what differs (tasks, money, decisions).
+//! - [`merkle`]: the Merkle tree over record hashes, roots and multi-proofs.
+//! - [`published`]: published checkpoints (`runledger checkpoint`), checked
+//!   by `runledger verify`.
+//! - [`export`]: a tenant's cost history with its proof (`runledger export`).
+//! - [`verify_export`]: the offline check of such a file (`runledger
+//!   verify-export`).
 //!
-//! Nothing here appends: every module reads the store (checking hashes on
-//! the way) and works on decoded records.
+//! Nothing here appends to the log: every module reads the store (checking
+//! hashes on the way) and works on decoded records.
 
 pub mod check;
 pub mod diff;
+pub mod export;
+pub mod merkle;
+pub mod published;
+pub mod verify_export;

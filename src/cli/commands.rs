@@ -15,7 +15,6 @@ use crate::domain::{Event, RunId, TaskId, TenantId};
 use crate::log::codec::decode_event;
 use crate::log::record::{RawRecord, Record};
 use crate::log::store::IndexKind;
-use crate::log::verify::verify;
 use crate::log::{
     AppendError, Durability, Ledger, LedgerOptions, OpenError, Store, StoreError, WalkError,
 };
@@ -129,6 +128,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ref run_b,
             ref data_b,
         } => diff_cmd(&cli.data, run_a, data_b.as_deref(), run_b, cli.json, out),
+        Command::Export {
+            ref tenant,
+            from,
+            to,
+            format,
+            ref out,
+            checkpoint,
+        } => {
+            let options = crate::audit::export::ExportOptions {
+                tenant: TenantId(tenant.clone()),
+                from,
+                to,
+                checkpoint,
+            };
+            super::export::export(&cli.data, &options, format, out.as_deref())
+        }
+        Command::VerifyExport { ref file, ref head } => {
+            super::export::verify_export(file, head.as_deref(), cli.json, out)
+        }
+        Command::Checkpoint => super::export::checkpoint(&cli.data, cli.json, out),
         Command::Demo {
             tenants,
             runs,
@@ -180,6 +199,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             what: BenchCommand::Governance { tenants },
         } => bench_governance(tenants, cli.json, out),
         Command::Bench {
+            what: BenchCommand::Export { events },
+        } => super::export::bench(events, cli.json, out),
+        Command::Bench {
             what:
                 BenchCommand::Check {
                     tenants,
@@ -210,7 +232,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn open_store(data: &Path) -> anyhow::Result<Store> {
+pub(super) fn open_store(data: &Path) -> anyhow::Result<Store> {
     match Store::open(data, false) {
         Ok(store) => Ok(store),
         Err(StoreError::Missing(dir)) => bail!(
@@ -221,7 +243,7 @@ fn open_store(data: &Path) -> anyhow::Result<Store> {
     }
 }
 
-fn walk_error(error: WalkError) -> anyhow::Error {
+pub(super) fn walk_error(error: WalkError) -> anyhow::Error {
     match error {
         WalkError::Break(b) => Damaged(b).into(),
         WalkError::Storage(e) => anyhow::Error::new(e).context("cannot read the ledger"),
@@ -234,7 +256,7 @@ fn fold(data: &Path, run: Option<&str>) -> anyhow::Result<Folded> {
     replay::fold(&store, run.as_ref()).map_err(walk_error)
 }
 
-fn print_json(out: &mut dyn Write, value: &impl Serialize) -> anyhow::Result<()> {
+pub(super) fn print_json(out: &mut dyn Write, value: &impl Serialize) -> anyhow::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     writeln!(out)?;
     Ok(())
@@ -438,8 +460,9 @@ fn log(
 
 fn verify_cmd(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let store = open_store(data)?;
-    match verify(&store).context("cannot read the ledger")? {
-        Ok(report) => {
+    let checked = crate::audit::published::verify_with_published(&store);
+    match checked.context("cannot read the ledger")? {
+        Ok((report, published)) => {
             if json {
                 print_json(
                     out,
@@ -449,6 +472,7 @@ fn verify_cmd(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()
                         "head_seq": report.head.seq,
                         "head": report.head.hash.to_hex().as_str(),
                         "checkpoints": report.checkpoints,
+                        "published_checkpoints": published,
                     }),
                 )
             } else {

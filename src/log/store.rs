@@ -79,6 +79,19 @@ pub struct Checkpoint {
     pub digest: [u8; 32],
 }
 
+/// A Merkle root over the record hashes `1..=seq` (see `audit::merkle`)
+/// with the head hash at `seq`, recorded by `runledger checkpoint` for
+/// tenants and auditors to keep. Stored in the `published` tree, apart
+/// from the writer's `checkpoints`, whose layout stays as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct PublishedCheckpoint {
+    pub seq: u64,
+    pub head: [u8; 32],
+    pub root: [u8; 32],
+}
+
+const PUBLISHED_TREE: &[u8] = b"published";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexKind {
     Run,
@@ -395,6 +408,58 @@ impl Store {
             out.push(checkpoint);
         }
         Ok(out)
+    }
+
+    /// Records a published checkpoint (replacing one at the same seq).
+    pub fn write_published(&self, checkpoint: PublishedCheckpoint) -> Result<(), sled::Error> {
+        let bytes = bincode::encode_to_vec(checkpoint, CONFIG).unwrap_or_default();
+        let tree = self.db.open_tree(PUBLISHED_TREE)?;
+        tree.insert(frame_key(checkpoint.seq), bytes)?;
+        Ok(())
+    }
+
+    /// The published checkpoints in seq order (none in a ledger that never
+    /// had one: the tree is not created by reading).
+    pub fn published(&self) -> Result<Vec<PublishedCheckpoint>, ChainBreak> {
+        let unreadable = |seq, what: String| ChainBreak { seq, what };
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == PUBLISHED_TREE)
+        {
+            return Ok(Vec::new());
+        }
+        let tree = self
+            .db
+            .open_tree(PUBLISHED_TREE)
+            .map_err(|e| unreadable(0, format!("cannot read published checkpoints: {e}")))?;
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (key, value) =
+                item.map_err(|e| unreadable(0, format!("cannot read published checkpoints: {e}")))?;
+            let seq = key_seq(&key).unwrap_or(0);
+            let (checkpoint, _): (PublishedCheckpoint, usize) =
+                bincode::decode_from_slice(&value, CONFIG).map_err(|e| {
+                    unreadable(seq, format!("published checkpoint cannot be decoded: {e}"))
+                })?;
+            if checkpoint.seq != seq {
+                return Err(unreadable(
+                    seq,
+                    format!(
+                        "the published checkpoint stored at seq {seq} names seq {}",
+                        checkpoint.seq
+                    ),
+                ));
+            }
+            out.push(checkpoint);
+        }
+        Ok(out)
+    }
+
+    /// The raw `published` tree, for tests that damage it.
+    pub fn published_tree(&self) -> Result<sled::Tree, sled::Error> {
+        self.db.open_tree(PUBLISHED_TREE)
     }
 
     /// Flushes sled's buffers and, with `sync`, fsyncs its data file: sled's

@@ -14,6 +14,16 @@ pub struct VerifyReport {
 /// `Ok(Ok(report))` when the chain holds, `Ok(Err(break))` naming the first
 /// bad seq when it does not, `Err` when the store cannot be read at all.
 pub fn verify(store: &Store) -> Result<Result<VerifyReport, ChainBreak>, sled::Error> {
+    verify_observing(store, |_, _| {})
+}
+
+/// [`verify`], handing `observe` every record's seq and hash in seq order
+/// on the calling thread (for checks built on the chain, such as the
+/// Merkle roots of published checkpoints).
+pub fn verify_observing(
+    store: &Store,
+    mut observe: impl FnMut(u64, &blake3::Hash),
+) -> Result<Result<VerifyReport, ChainBreak>, sled::Error> {
     let checkpoints = match store.checkpoints() {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
@@ -31,6 +41,7 @@ pub fn verify(store: &Store) -> Result<Result<VerifyReport, ChainBreak>, sled::E
         for frame in frames {
             records += frame.len() as u64;
             for (seq, hash) in frame {
+                observe(seq, &hash);
                 while wanted.peek().is_some_and(|&w| w < seq) {
                     wanted.next();
                 }
