@@ -48,6 +48,21 @@ pub enum NackOutcome {
     DeadLettered {
         cancelled: usize,
     },
+    /// The lease was no longer current (it expired and the task moved on):
+    /// nothing was recorded.
+    Stale,
+}
+
+/// Whether `lease` is still the task's current attempt: leased, by this
+/// worker, at this attempt. A result of any other attempt is a duplicate
+/// or comes too late (its lease expired, the task was leased again) and
+/// is dropped: results count once per (task, attempt).
+pub fn is_current(state: &crate::domain::State, lease: &Lease) -> bool {
+    state.queue.get(&lease.task).is_some_and(|t| {
+        t.status == TaskStatus::Leased
+            && t.attempts == lease.attempt
+            && t.worker.as_ref() == Some(&lease.worker)
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -275,9 +290,14 @@ impl TaskQueue for MemoryQueue {
     async fn ack_many(&self, done: Vec<Done>) -> Result<(), QueueError> {
         self.ledger
             .decide_each(move |draft| {
-                // Each result settles on the state the ones before it left.
+                // Each result settles on the state the ones before it left;
+                // a result of an attempt that is no longer current is dropped.
                 for (lease, output, costs) in done {
                     let state = draft.state();
+                    if !is_current(state, &lease) {
+                        tracing::warn!(task = %lease.task, attempt = lease.attempt, "stale ACK dropped");
+                        continue;
+                    }
                     let mut settler = Settler::new(state);
                     let mut events = settler.settle(&lease.task, &costs);
                     events.extend(Learner::new(&state.learning).after_attempt(
@@ -322,6 +342,9 @@ impl TaskQueue for MemoryQueue {
         let (_, outcome) = self
             .ledger
             .decide(move |state, _, now| {
+                if !is_current(state, &lease) {
+                    return (Vec::new(), NackOutcome::Stale);
+                }
                 let mut settler = Settler::new(state);
                 let mut events = settler.settle(&lease.task, &costs);
                 // A failed attempt teaches the policy too: reward 0.
@@ -335,7 +358,12 @@ impl TaskQueue for MemoryQueue {
                 if lease.attempt < max_attempts {
                     let delay = policy.retry_delay_micros(
                         lease.attempt,
-                        draw(seed, "retry", lease.task.draw_key(&lease.run), lease.attempt),
+                        draw(
+                            seed,
+                            "retry",
+                            lease.task.draw_key(&lease.run),
+                            lease.attempt,
+                        ),
                     );
                     let at = now.saturating_add_micros(delay);
                     events.push(Event::TaskNacked {

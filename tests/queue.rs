@@ -1,0 +1,347 @@
+//! Queue semantics through the `TaskQueue` trait: strict priority, FIFO
+//! within a priority, aging, leases that expire and return the task,
+//! results counted once per (task, attempt), retries with backoff, dead
+//! letters that cancel their dependants, batches and depth. The suite is
+//! generic over the implementation: every queue runs the same checks.
+
+use std::time::Duration;
+
+use runledger::domain::scheduler::QueuePolicy;
+use runledger::domain::{Event, Micros, Params, Priority, RunId, TaskId, TenantId, WorkerId};
+use runledger::log::{Append, Durability, Ledger, LedgerOptions};
+use runledger::runtime::queue::{Lease, MemoryQueue, NackOutcome, TaskQueue};
+
+const RUN: &str = "q";
+const LEASE: Duration = Duration::from_secs(30);
+const NO_WAIT: Duration = Duration::ZERO;
+
+/// A ledger with one tenant and one started run, and the queue under test.
+struct Harness<Q> {
+    ledger: Ledger,
+    queue: Q,
+    _dir: tempfile::TempDir,
+}
+
+fn policy() -> QueuePolicy {
+    QueuePolicy {
+        aging_records: 1_000_000,
+        retry_base_micros: 50_000,
+        retry_max_micros: 50_000,
+        jitter_bp: 0,
+    }
+}
+
+async fn harness<Q: TaskQueue>(
+    policy: QueuePolicy,
+    make: impl Fn(Ledger, QueuePolicy) -> Q,
+) -> Harness<Q> {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(
+        dir.path(),
+        LedgerOptions {
+            durability: Durability::None,
+            checkpoint_every: 0,
+            create: true,
+        },
+    )
+    .unwrap();
+    ledger
+        .append_async(vec![
+            Append::from(Event::TenantRegistered {
+                tenant: TenantId::from("acme"),
+                budget_micros: Micros(1_000_000),
+                max_concurrent_runs: 10,
+                learning_intensity: Default::default(),
+                meta_learning: false,
+                budget_period: Default::default(),
+            }),
+            Append::from(Event::RunStarted {
+                run: RunId::from(RUN),
+                seed: 1,
+                config_hash: String::new(),
+            }),
+        ])
+        .await
+        .unwrap();
+    let queue = make(ledger.clone(), policy);
+    Harness {
+        ledger,
+        queue,
+        _dir: dir,
+    }
+}
+
+fn task(id: &str, priority: Priority, deps: &[&str], max_attempts: u32) -> Event {
+    Event::TaskSubmitted {
+        run: RunId::from(RUN),
+        task: TaskId::from(id),
+        tenant: TenantId::from("acme"),
+        priority,
+        deps: deps.iter().map(|d| TaskId::from(*d)).collect(),
+        pipeline: None,
+        cost_ceiling_micros: Micros::ZERO,
+        handler: "noop".to_owned(),
+        params: Params::null(),
+        max_attempts,
+        optional: false,
+    }
+}
+
+fn worker(n: u32) -> WorkerId {
+    WorkerId::from(format!("w{n}").as_str())
+}
+
+impl<Q: TaskQueue> Harness<Q> {
+    async fn lease(&self, w: u32) -> Option<Lease> {
+        self.queue
+            .dequeue(&RunId::from(RUN), &worker(w), LEASE, NO_WAIT)
+            .await
+            .unwrap()
+    }
+
+    async fn ack(&self, lease: &Lease) {
+        self.queue
+            .ack(lease, Params::null(), Vec::new())
+            .await
+            .unwrap();
+    }
+
+    /// Leases and ACKs until the queue is empty; the order tasks came in.
+    async fn drain(&self) -> Vec<String> {
+        let mut order = Vec::new();
+        while let Some(lease) = self.lease(1).await {
+            order.push(lease.task.0.clone());
+            self.ack(&lease).await;
+        }
+        order
+    }
+
+    async fn head(&self) -> u64 {
+        self.ledger.query_async(|_, head| head.seq).await.unwrap()
+    }
+}
+
+async fn strict_priority_then_fifo<Q: TaskQueue>(h: Harness<Q>) {
+    h.queue
+        .enqueue(vec![
+            task("n1", Priority::Normal, &[], 1),
+            task("b1", Priority::Batch, &[], 1),
+            task("c1", Priority::Critical, &[], 1),
+            task("n2", Priority::Normal, &[], 1),
+            task("h1", Priority::High, &[], 1),
+            task("l1", Priority::Low, &[], 1),
+            task("c2", Priority::Critical, &[], 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(h.drain().await, ["c1", "c2", "h1", "n1", "n2", "l1", "b1"]);
+}
+
+async fn aging_lets_batch_through<Q: TaskQueue>(h: Harness<Q>) {
+    let mut tasks = vec![task("batch", Priority::Batch, &[], 1)];
+    tasks.extend((0..40).map(|i| task(&format!("c{i:02}"), Priority::Critical, &[], 1)));
+    h.queue.enqueue(tasks).await.unwrap();
+    let order = h.drain().await;
+    let at = order.iter().position(|t| t == "batch").unwrap();
+    assert!(
+        at < 40,
+        "the BATCH task waited behind all 40 CRITICAL ones: {order:?}"
+    );
+    assert!(at > 0, "aging is gradual, not immediate");
+}
+
+async fn an_expired_lease_returns_the_task_and_late_results_are_dropped<Q: TaskQueue>(
+    h: Harness<Q>,
+) {
+    h.queue
+        .enqueue(vec![task("t", Priority::Normal, &[], 3)])
+        .await
+        .unwrap();
+    let first = h
+        .queue
+        .dequeue(
+            &RunId::from(RUN),
+            &worker(1),
+            Duration::from_millis(1),
+            NO_WAIT,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.attempt, 1);
+    assert!(
+        h.lease(2).await.is_none(),
+        "a leased task is not handed out twice"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(h.queue.expire_leases().await.unwrap(), 1);
+    // The same worker id leases it again: attempt 2.
+    let second = h.lease(1).await.unwrap();
+    assert_eq!((second.task.0.as_str(), second.attempt), ("t", 2));
+    // The first attempt's result arrives late: dropped, nothing recorded.
+    let before = h.head().await;
+    h.ack(&first).await;
+    let outcome = h
+        .queue
+        .nack(&first, "late".to_owned(), false, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome, NackOutcome::Stale);
+    assert_eq!(h.head().await, before, "a stale result appends nothing");
+    let counts = h.queue.depth().await.unwrap();
+    assert_eq!((counts.leased, counts.done), (1, 0));
+    // The current attempt's result counts, once.
+    h.ack(&second).await;
+    let after = h.head().await;
+    h.ack(&second).await;
+    assert_eq!(h.head().await, after, "a duplicate ACK appends nothing");
+    let counts = h.queue.depth().await.unwrap();
+    assert_eq!((counts.done, counts.retries), (1, 1));
+}
+
+async fn nack_retries_after_backoff_then_dead_letters_and_cancels<Q: TaskQueue>(h: Harness<Q>) {
+    h.queue
+        .enqueue(vec![
+            task("parent", Priority::Normal, &[], 2),
+            task("child", Priority::Normal, &["parent"], 1),
+            task("grandchild", Priority::Normal, &["child"], 1),
+        ])
+        .await
+        .unwrap();
+    let lease = h.lease(1).await.unwrap();
+    assert_eq!(lease.task.0, "parent");
+    let outcome = h
+        .queue
+        .nack(&lease, "boom".to_owned(), false, Vec::new())
+        .await
+        .unwrap();
+    let NackOutcome::RetryAt(at) = outcome else {
+        panic!("a first failure retries: {outcome:?}");
+    };
+    assert!(
+        at.as_micros() >= lease.deadline.as_micros() - LEASE.as_micros() as i64 + 50_000,
+        "the retry waits its backoff"
+    );
+    assert!(h.lease(1).await.is_none(), "not before its backoff");
+    let retried = h
+        .queue
+        .dequeue(&RunId::from(RUN), &worker(1), LEASE, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((retried.task.0.as_str(), retried.attempt), ("parent", 2));
+    let outcome = h
+        .queue
+        .nack(&retried, "boom again".to_owned(), true, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome, NackOutcome::DeadLettered { cancelled: 2 });
+    let counts = h.queue.depth().await.unwrap();
+    assert_eq!(
+        (counts.dead_lettered, counts.cancelled, counts.pending),
+        (1, 2, 0)
+    );
+    assert!(h.lease(1).await.is_none());
+}
+
+async fn dependants_wait_for_their_parents<Q: TaskQueue>(h: Harness<Q>) {
+    h.queue
+        .enqueue(vec![
+            task("a", Priority::Low, &[], 1),
+            task("b", Priority::Critical, &["a"], 1),
+            task("c", Priority::Normal, &[], 1),
+        ])
+        .await
+        .unwrap();
+    let counts = h.queue.depth().await.unwrap();
+    assert_eq!((counts.pending, counts.waiting), (2, 1));
+    assert_eq!(h.drain().await, ["c", "a", "b"]);
+}
+
+async fn batches_come_in_priority_order<Q: TaskQueue>(h: Harness<Q>) {
+    h.queue
+        .enqueue(
+            (0..10)
+                .map(|i| {
+                    let p = if i % 2 == 0 {
+                        Priority::Low
+                    } else {
+                        Priority::High
+                    };
+                    task(&format!("t{i}"), p, &[], 1)
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let leases = h
+        .queue
+        .dequeue_many(&RunId::from(RUN), &worker(1), 4, LEASE, NO_WAIT)
+        .await
+        .unwrap();
+    let got: Vec<&str> = leases.iter().map(|l| l.task.0.as_str()).collect();
+    assert_eq!(got, ["t1", "t3", "t5", "t7"]);
+    let counts = h.queue.depth().await.unwrap();
+    assert_eq!((counts.leased, counts.pending), (4, 6));
+    h.queue
+        .ack_many(
+            leases
+                .into_iter()
+                .map(|l| (l, Params::null(), Vec::new()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.queue.depth().await.unwrap().done, 4);
+}
+
+/// Runs the whole suite against the queue `make` builds.
+macro_rules! queue_suite {
+    ($module:ident, $make:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn strict_priority_then_fifo() {
+                super::strict_priority_then_fifo(harness(policy(), $make).await).await;
+            }
+
+            #[tokio::test]
+            async fn aging_lets_batch_through() {
+                let aging = QueuePolicy {
+                    aging_records: 8,
+                    ..policy()
+                };
+                super::aging_lets_batch_through(harness(aging, $make).await).await;
+            }
+
+            #[tokio::test]
+            async fn an_expired_lease_returns_the_task_and_late_results_are_dropped() {
+                super::an_expired_lease_returns_the_task_and_late_results_are_dropped(
+                    harness(policy(), $make).await,
+                )
+                .await;
+            }
+
+            #[tokio::test]
+            async fn nack_retries_after_backoff_then_dead_letters_and_cancels() {
+                super::nack_retries_after_backoff_then_dead_letters_and_cancels(
+                    harness(policy(), $make).await,
+                )
+                .await;
+            }
+
+            #[tokio::test]
+            async fn dependants_wait_for_their_parents() {
+                super::dependants_wait_for_their_parents(harness(policy(), $make).await).await;
+            }
+
+            #[tokio::test]
+            async fn batches_come_in_priority_order() {
+                super::batches_come_in_priority_order(harness(policy(), $make).await).await;
+            }
+        }
+    };
+}
+
+queue_suite!(memory, |ledger, policy| MemoryQueue::new(ledger, policy, 7));
