@@ -454,3 +454,110 @@ fn recorded_ledgers_recheck_with_todays_deciders() {
     }
     assert!(rechecked > 300, "{rechecked} decisions re-checked");
 }
+
+/// A ledger with a daily tenant run on two days (and the first day twice).
+fn daily_runs(dir: &Path) -> std::path::PathBuf {
+    let day = |start: &str| {
+        format!(
+            r#"
+seed = 5
+start = "{start}"
+[[tenants]]
+id = "daily"
+budget_micros = 50000000
+max_concurrent_runs = 2
+budget_period = "daily"
+[[pipelines]]
+id = "p"
+mode = "serial"
+nodes = [
+  {{ id = "a", handler = "sim", params = {{ step = "retrieve", depth = 3 }}, cost_ceiling_micros = 100000 }},
+  {{ id = "b", handler = "sim", params = {{ step = "generate", model = "small" }}, cost_ceiling_micros = 100000 }},
+]
+[[submissions]]
+tenant = "daily"
+pipeline = "p"
+runs = 3
+interval_ms = 100
+"#
+        )
+    };
+    let data = dir.join("data");
+    for (start, id) in [
+        ("2026-03-01T10:00:00Z", "mon"),
+        ("2026-03-01T10:00:00Z", "mon-again"),
+        ("2026-03-02T10:00:00Z", "tue"),
+    ] {
+        let file = dir.join(format!("{id}.toml"));
+        std::fs::write(&file, day(start)).unwrap();
+        let out = runledger(&data, &["run", file.to_str().unwrap(), "--run-id", id]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    data
+}
+
+#[test]
+fn budget_periods_turn_once_in_ledger_order_and_a_missing_reset_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = daily_runs(dir.path());
+    let report = checked(&data, CheckOptions::default());
+    assert!(report.ok(), "{:?}", report.first);
+    // The second run of Monday does not reset again; Tuesday's run resets
+    // before it decides anything.
+    assert_eq!(report.by_kind.get("budget_period_reset"), Some(&1));
+    let records = records(&data);
+    let at = records
+        .iter()
+        .position(|(_, e)| matches!(e, Event::BudgetPeriodReset { .. }))
+        .unwrap();
+    let mut dropped = records;
+    dropped.remove(at);
+    let copy = tempfile::tempdir().unwrap();
+    write(copy.path(), dropped);
+    let report = checked(copy.path(), CheckOptions::default());
+    assert_eq!(report.divergences, 1, "{:?}", report.first);
+    let first = &report.first[0];
+    assert_eq!(first.decision, "budget_period_reset");
+    assert!(first.what.contains("no `budget_period_reset` was recorded"));
+    assert!(
+        first.seq > at as u64,
+        "reported at the first decision after it"
+    );
+
+    // `--run` leaves the other runs' decisions out, and says so.
+    let only = checked(
+        &data,
+        CheckOptions {
+            run: Some("tue".into()),
+            ..CheckOptions::default()
+        },
+    );
+    assert!(only.ok() && only.decisions > 0);
+    assert_eq!(only.not_recheckable, 0);
+    assert!(only.out_of_scope > 0);
+}
+
+#[test]
+fn a_dropped_cascade_cancellation_is_reported_where_it_belongs() {
+    let dir = tempfile::tempdir().unwrap();
+    demo(dir.path());
+    let original = records(dir.path());
+    let at = original
+        .iter()
+        .position(|(_, e)| matches!(e, Event::TaskCancelled { reason, .. } if reason.contains("was dead-lettered")))
+        .expect("the demo dead-letters a task with dependants");
+    let mut dropped = original;
+    dropped.remove(at);
+    let copy = tempfile::tempdir().unwrap();
+    write(copy.path(), dropped);
+    let report = checked(copy.path(), CheckOptions::default());
+    assert_eq!(report.divergences, 1);
+    let first = &report.first[0];
+    assert_eq!(first.decision, "task_cancelled", "{first:?}");
+    assert!(
+        first.seq == at as u64 || first.seq == at as u64 + 1,
+        "reported at seq {} for a cancellation dropped at seq {}",
+        first.seq,
+        at + 1
+    );
+}

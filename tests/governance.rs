@@ -299,7 +299,13 @@ fn budget_periods_turn_at_utc_midnight_and_month_start() {
         meta_learning: false,
         budget_period: BudgetPeriod::Daily,
     };
-    let mut state = given(&[daily, tenant("forever", 100, 1)]);
+    // Registered on 2026-01-01: that is the daily tenant's first period.
+    let mut state = State::new();
+    for (i, e) in [daily, tenant("forever", 100, 1)].iter().enumerate() {
+        state
+            .apply(i as u64 + 1, t("2026-01-01T09:00:00Z"), e)
+            .unwrap();
+    }
     apply_all(
         &mut state,
         &[
@@ -316,19 +322,28 @@ fn budget_periods_turn_at_utc_midnight_and_month_start() {
             },
         ],
     );
-    assert!(period_resets(&state, t("2026-01-01T10:00:00Z"), t("2026-01-01T20:00:00Z")).is_empty());
-    let resets = period_resets(&state, t("2026-01-01T10:00:00Z"), t("2026-01-02T00:00:01Z"));
+    assert!(period_resets(&state, t("2026-01-01T20:00:00Z")).is_empty());
+    // Periods only move forward: an earlier time resets nothing.
+    assert!(period_resets(&state, t("2025-12-31T20:00:00Z")).is_empty());
+    let resets = period_resets(&state, t("2026-01-02T00:00:01Z"));
     let kinds: Vec<&str> = resets.iter().map(Event::kind).collect();
     assert_eq!(
         kinds,
         ["budget_period_reset", "budget_status_changed"],
         "only the daily tenant resets"
     );
-    apply_all(&mut state, &resets);
+    for (i, e) in resets.iter().enumerate() {
+        state
+            .apply(state.seq + 1 + i as u64, t("2026-01-02T00:00:01Z"), e)
+            .unwrap();
+    }
     assert_eq!(
         state.tenants.get(&"d".into()).unwrap().spent_micros(),
         Micros(0)
     );
+    // The next period began with the reset: nothing is due until the next day.
+    assert!(period_resets(&state, t("2026-01-02T23:59:59Z")).is_empty());
+    assert_eq!(period_resets(&state, t("2026-01-03T00:00:00Z")).len(), 1);
 }
 
 fn node(

@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::domain::governance::{Admitter, Gate, Settler, Start, admit_run, period_resets};
 use crate::domain::learning::Learner;
-use crate::domain::scheduler::{QueuePolicy, draw, expire_lease};
+use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, expire_lease};
 use crate::domain::{
     Category, Decision, Event, Micros, Policy, RunId, State, TaskId, TenantId, Timestamp,
 };
@@ -91,6 +91,8 @@ pub struct CheckReport {
     pub by_kind: BTreeMap<&'static str, u64>,
     /// Decision events of runs runledger did not execute (ingested).
     pub not_recheckable: u64,
+    /// Decision events of other runs, left out by `--run`.
+    pub out_of_scope: u64,
     /// Decisions that came out differently.
     pub divergences: u64,
     /// The first of them (at most [`KEPT_DIVERGENCES`]).
@@ -221,9 +223,6 @@ pub struct Checker {
     verdicts: FxHashMap<TaskId, Decision>,
     /// Tasks whose wait for admission is recorded and not over.
     waiting: FxHashSet<TaskId>,
-    /// Per tenant, when its current budget period began (registration or
-    /// the last reset).
-    period_from: FxHashMap<TenantId, Timestamp>,
     open: Option<Open>,
     report: CheckReport,
 }
@@ -238,7 +237,6 @@ impl Checker {
             executed: FxHashMap::default(),
             verdicts: FxHashMap::default(),
             waiting: FxHashSet::default(),
-            period_from: FxHashMap::default(),
             open: None,
             report: CheckReport::default(),
         }
@@ -318,9 +316,14 @@ impl Checker {
             return ControlFlow::Continue(());
         };
         if !self.tenant_scope() {
-            self.report.not_recheckable += 1;
+            if self.executed.values().any(|r| !r.finished) {
+                self.report.out_of_scope += 1;
+            } else {
+                self.report.not_recheckable += 1;
+            }
             return ControlFlow::Continue(());
         }
+        self.reset_recorded(tenant, record)?;
         let expected = match admit_run(&self.state, tenant) {
             Err(denial) => Expect::decision(Event::AdmissionDenied {
                 tenant: tenant.clone(),
@@ -348,13 +351,28 @@ impl Checker {
             return ControlFlow::Continue(());
         };
         let verdict = match self.expected(&open) {
-            Some((expected, subject)) => self.compare(&expected, &open.records, &subject),
+            Some((expected, subject)) => match self.group_tenant(&open.group) {
+                Some(tenant) if !matches!(open.group, Group::Reset(_)) => {
+                    match self.reset_recorded(&tenant, &open.records[0]) {
+                        ControlFlow::Continue(()) => {
+                            self.compare(&expected, &open.records, &subject)
+                        }
+                        stop => stop,
+                    }
+                }
+                _ => self.compare(&expected, &open.records, &subject),
+            },
             None => {
-                self.report.not_recheckable += open
+                let decisions = open
                     .records
                     .iter()
                     .filter(|r| is_decision(&r.event))
                     .count() as u64;
+                if self.executed_elsewhere(&open.group) {
+                    self.report.out_of_scope += decisions;
+                } else {
+                    self.report.not_recheckable += decisions;
+                }
                 ControlFlow::Continue(())
             }
         };
@@ -380,14 +398,7 @@ impl Checker {
                 self.task_scope(task)?;
                 let expected = expire_lease(&self.state, task)
                     .into_iter()
-                    .map(|event| match event {
-                        Event::TaskCancelled { .. } => Expect {
-                            event,
-                            optional: false,
-                            compare: Compare::Copied,
-                        },
-                        event => Expect::decision(event),
-                    })
+                    .map(Expect::decision)
                     .collect();
                 Some((expected, task.to_string()))
             }
@@ -395,9 +406,8 @@ impl Checker {
                 if !self.tenant_scope() {
                     return None;
                 }
-                let from = self.period_from.get(tenant).copied()?;
                 let at = open.records[0].at;
-                let expected = period_resets(&self.state, from, at)
+                let expected = period_resets(&self.state, at)
                     .into_iter()
                     .filter(|e| e.tenant() == Some(tenant))
                     .map(Expect::decision)
@@ -434,14 +444,10 @@ impl Checker {
                     Event::AdmissionDenied { .. } => waits && self.waiting.contains(task),
                     _ => false,
                 };
-                let compare = match &event {
-                    Event::TaskCancelled { task: t, .. } if t != task => Compare::Copied,
-                    _ => Compare::Decision,
-                };
                 Expect {
                     event,
                     optional,
-                    compare,
+                    compare: Compare::Decision,
                 }
             })
             .collect();
@@ -563,13 +569,17 @@ impl Checker {
                                 t.max_attempts
                             ),
                         }));
+                        // Its dependants are cancelled with it.
+                        expected.extend(dependants_to_cancel(state, task).into_iter().map(
+                            |child| {
+                                Expect::decision(Event::TaskCancelled {
+                                    task: child,
+                                    reason: format!("parent `{task}` was dead-lettered"),
+                                })
+                            },
+                        ));
                     }
                 }
-                Event::TaskCancelled { .. } => expected.push(Expect {
-                    event: record.event.clone(),
-                    optional: false,
-                    compare: Compare::Copied,
-                }),
                 _ => {}
             }
         }
@@ -582,7 +592,7 @@ impl Checker {
         let mut next = records.iter().peekable();
         for expect in expected {
             let Some(record) = next.peek() else {
-                if expect.optional || expect.compare == Compare::Copied {
+                if expect.optional {
                     continue;
                 }
                 let seq = records.last().map_or(0, |r| r.seq);
@@ -655,6 +665,39 @@ impl Checker {
         ControlFlow::Continue(())
     }
 
+    /// The tenant whose money a group decides about.
+    fn group_tenant(&self, group: &Group) -> Option<TenantId> {
+        match group {
+            Group::Gate(task) | Group::Expire(task) => {
+                self.state.queue.get(task).map(|t| t.tenant.clone())
+            }
+            Group::End(_, tenant) | Group::Reset(tenant) => Some(tenant.clone()),
+        }
+    }
+
+    /// A decision about `tenant`'s money at `record` must come after the
+    /// reset of a budget period that is over: the executors record due
+    /// resets first in every step.
+    fn reset_recorded(&mut self, tenant: &TenantId, record: &Rec) -> ControlFlow<()> {
+        let due = period_resets(&self.state, record.at)
+            .iter()
+            .any(|e| matches!(e, Event::BudgetPeriodReset { tenant: t } if t == tenant));
+        if !due {
+            return ControlFlow::Continue(());
+        }
+        self.diverged(Divergence {
+            seq: record.seq,
+            decision: "budget_period_reset".to_owned(),
+            subject: tenant.to_string(),
+            what: format!(
+                "`{tenant}`'s budget period is over at seq {} but no `budget_period_reset` was recorded before this `{}`",
+                record.seq,
+                record.event.kind()
+            ),
+            fields: Vec::new(),
+        })
+    }
+
     fn diverged(&mut self, divergence: Divergence) -> ControlFlow<()> {
         self.report.divergences += 1;
         if self.report.first.len() < KEPT_DIVERGENCES {
@@ -665,6 +708,18 @@ impl Checker {
         } else {
             ControlFlow::Break(())
         }
+    }
+
+    /// Whether the group belongs to an executed run that `--run` leaves out.
+    fn executed_elsewhere(&self, group: &Group) -> bool {
+        let task = match group {
+            Group::Gate(task) | Group::End(task, _) | Group::Expire(task) => task,
+            Group::Reset(_) => return self.executed.values().any(|r| !r.finished),
+        };
+        self.state
+            .queue
+            .get(task)
+            .is_some_and(|t| self.executed.contains_key(&t.run))
     }
 
     /// The executed run `task` belongs to, if its decisions are to be
@@ -726,9 +781,6 @@ impl Checker {
             | Event::TaskSkipped { task, .. }
             | Event::TaskCancelled { task, .. } => {
                 self.waiting.remove(task);
-            }
-            Event::TenantRegistered { tenant, .. } | Event::BudgetPeriodReset { tenant } => {
-                self.period_from.insert(tenant.clone(), at);
             }
             _ => {}
         }

@@ -334,38 +334,61 @@ fn id_char(c: char) -> bool {
     c.is_alphanumeric() || matches!(c, '_' | '-' | '.')
 }
 
-/// A string with the run id made neutral: the run id itself becomes
-/// `<run>`, and `run/` where an id starts (at the start or after a
-/// character that cannot be part of an id) is cut.
+/// A string with the run made neutral: `run/` where an id starts (at the
+/// start, or after a character that cannot be part of an id) is cut, once
+/// per id — `daily/daily/research#0` in run `daily` (a tenant named like
+/// its run) becomes `daily/research#0`.
 pub fn normalise_text(text: &str, run: &str) -> String {
     if run.is_empty() {
         return text.to_owned();
     }
-    if text == run {
-        return RUN_PLACEHOLDER.to_owned();
-    }
     let prefix = format!("{run}/");
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    let mut previous: Option<char> = None;
+    // Whether `rest` begins inside an id whose prefix was just cut.
+    let mut inside_id = false;
     while let Some(at) = rest.find(&prefix) {
-        let before = rest[..at].chars().next_back().or(previous);
+        let starts_id = match rest[..at].chars().next_back() {
+            Some(c) => !id_char(c),
+            None => !inside_id,
+        };
         out.push_str(&rest[..at]);
-        if before.is_some_and(id_char) {
+        if !starts_id {
             out.push_str(&prefix);
         }
-        previous = prefix.chars().next_back();
+        inside_id = true;
         rest = &rest[at + prefix.len()..];
     }
     out.push_str(rest);
     out
 }
 
+/// Makes the run neutral in an event's JSON, field by field: `run` naming
+/// it becomes `<run>`; task ids (`task`, `deps`) lose the run's prefix;
+/// ids that are not run-scoped (`tenant`, `pipeline`) stay as they are,
+/// even when they begin like the run; free text (reasons, errors) loses
+/// the prefix where an id starts.
 fn normalise_value(value: &mut Value, run: &str) {
     match value {
         Value::String(s) if s.contains(run) => *s = normalise_text(s, run),
         Value::Array(items) => items.iter_mut().for_each(|v| normalise_value(v, run)),
-        Value::Object(map) => map.values_mut().for_each(|v| normalise_value(v, run)),
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match (key.as_str(), v) {
+                    ("run", Value::String(s)) if s == run => *s = RUN_PLACEHOLDER.to_owned(),
+                    ("tenant" | "pipeline", Value::String(_)) => {}
+                    ("task", Value::String(s)) => *s = strip_run(s, run).to_owned(),
+                    ("deps", Value::Array(items)) => {
+                        for item in items {
+                            if let Value::String(s) = item {
+                                *s = strip_run(s, run).to_owned();
+                            }
+                        }
+                    }
+                    (_, v) => normalise_value(v, run),
+                }
+            }
+        }
         _ => {}
     }
 }

@@ -304,19 +304,27 @@ pub fn period_index(period: BudgetPeriod, at: Timestamp) -> Option<i64> {
     }
 }
 
-/// The period resets due when time moves from `from` to `to`: for each
-/// tenant (in id order) whose budget period changed, `budget_period_reset`
-/// and, if its recorded status was not HEALTHY, the change back.
-pub fn period_resets(state: &State, from: Timestamp, to: Timestamp) -> Vec<Event> {
+/// The period resets due at `now`: for each tenant (in id order) whose
+/// current budget period began in an earlier period than `now`'s,
+/// `budget_period_reset` and, if its recorded status was not HEALTHY, the
+/// change back. Every executor pushes these first in each step, so no
+/// decision is made on a period that is over.
+pub fn period_resets(state: &State, now: Timestamp) -> Vec<Event> {
     let mut events = Vec::new();
     for t in state.tenants.sorted() {
+        let Some(started) = state.period_started(&t.tenant) else {
+            continue;
+        };
         let (Some(a), Some(b)) = (
-            period_index(t.budget_period, from),
-            period_index(t.budget_period, to),
+            period_index(t.budget_period, started),
+            period_index(t.budget_period, now),
         ) else {
             continue;
         };
-        if a == b {
+        // Periods only move forward: a run whose clock is behind the
+        // ledger's latest reset (a simulated run replaying old days) does
+        // not reset again.
+        if b <= a {
             continue;
         }
         events.push(Event::BudgetPeriodReset {

@@ -32,6 +32,9 @@ pub struct State {
     /// The workload text each run recorded (what `resume` needs); derived
     /// from the log like the rest, outside the digests.
     workloads: FxHashMap<RunId, String>,
+    /// When each tenant's current budget period began (its registration,
+    /// a change of its period kind, or its last reset); outside the digests.
+    period_started: FxHashMap<TenantId, Timestamp>,
     /// Open (non-terminal) tasks per pipeline instance, by run.
     pipelines: FxHashMap<RunId, FxHashMap<PipelineId, u32>>,
     /// Seq of the last event folded in.
@@ -103,6 +106,11 @@ impl State {
         (run, tenant)
     }
 
+    /// When `tenant`'s current budget period began.
+    pub fn period_started(&self, tenant: &TenantId) -> Option<Timestamp> {
+        self.period_started.get(tenant).copied()
+    }
+
     /// The workload text recorded for `run`.
     pub fn workload_of(&self, run: &RunId) -> Option<&str> {
         self.workloads.get(run).map(String::as_str)
@@ -152,6 +160,26 @@ impl State {
         let task_reserved = task.map_or(Micros::ZERO, |t| t.reserved_micros);
         self.workers.evolve(at, &event);
         self.learning.evolve(&event);
+        // A budget period begins at registration, at a reset, and when the
+        // tenant's period kind changes (not when an update restates it).
+        let period_begins = match &event {
+            Event::TenantRegistered { tenant, .. } | Event::BudgetPeriodReset { tenant } => {
+                Some(tenant)
+            }
+            Event::TenantUpdated {
+                tenant,
+                budget_period: Some(period),
+                ..
+            } => self
+                .tenants
+                .get(tenant)
+                .is_some_and(|t| t.budget_period != *period)
+                .then_some(tenant),
+            _ => None,
+        };
+        if let Some(tenant) = period_begins {
+            self.period_started.insert(tenant.clone(), at);
+        }
         let moved = self.tenants.evolve(&event, task_reserved);
 
         if let Event::WorkloadRecorded { run, text, .. } = &event {

@@ -267,26 +267,10 @@ pub async fn run_live(
     let expiry = {
         let (pool, queue) = (Arc::clone(&pool), queue.clone());
         tokio::spawn(async move {
-            let mut last: Option<crate::domain::Timestamp> = None;
             while !pool.stopped() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 if let Err(e) = queue.expire_leases().await {
                     pool.fail(e.into());
-                }
-                // Budget periods turn with the wall clock.
-                let since = last;
-                let turned = pool
-                    .ledger
-                    .decide(move |state, _, now| {
-                        let events = since.map_or_else(Vec::new, |from| {
-                            crate::domain::governance::period_resets(state, from, now)
-                        });
-                        (events, now)
-                    })
-                    .await;
-                match turned {
-                    Ok((_, now)) => last = Some(now),
-                    Err(e) => pool.fail(e.into()),
                 }
             }
         })

@@ -13,14 +13,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::domain::governance::{Admitter, Gate, Settler, Start};
+use crate::domain::governance::{Admitter, Gate, Settler, Start, period_resets};
 use crate::domain::learning::Learner;
 use crate::domain::queue::{QueueCounts, TaskStatus};
 use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, next_ready_many};
 use crate::domain::{
     Category, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId,
 };
-use crate::log::{AppendError, Ledger};
+use crate::log::{AppendError, Draft, Ledger};
 
 /// A task handed to a worker until its deadline.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,6 +194,9 @@ impl TaskQueue for MemoryQueue {
             let (_, leases) = self
                 .ledger
                 .decide_each(move |draft| {
+                    if !turn_periods(draft) {
+                        return Vec::new();
+                    }
                     let now = draft.now();
                     let window = max.max(1) * 2 + 16;
                     let picked: Vec<TaskId> = next_ready_many(
@@ -290,6 +293,9 @@ impl TaskQueue for MemoryQueue {
     async fn ack_many(&self, done: Vec<Done>) -> Result<(), QueueError> {
         self.ledger
             .decide_each(move |draft| {
+                if !turn_periods(draft) {
+                    return;
+                }
                 // Each result settles on the state the ones before it left;
                 // a result of an attempt that is no longer current is dropped.
                 for (lease, output, costs) in done {
@@ -341,65 +347,27 @@ impl TaskQueue for MemoryQueue {
         let (lease, policy, seed) = (lease.clone(), self.policy, self.seed);
         let (_, outcome) = self
             .ledger
-            .decide(move |state, _, now| {
-                if !is_current(state, &lease) {
-                    return (Vec::new(), NackOutcome::Stale);
+            .decide_each(move |draft| {
+                if !turn_periods(draft) {
+                    return NackOutcome::Stale;
                 }
-                let mut settler = Settler::new(state);
-                let mut events = settler.settle(&lease.task, &costs);
-                // A failed attempt teaches the policy too: reward 0.
-                events.extend(Learner::new(&state.learning).after_attempt(
-                    &lease.task,
-                    0,
-                    total(&costs),
-                    |tenant| settler.utilisation_bp(tenant),
-                ));
-                let max_attempts = state.queue.get(&lease.task).map_or(1, |t| t.max_attempts);
-                if lease.attempt < max_attempts {
-                    let delay = policy.retry_delay_micros(
-                        lease.attempt,
-                        draw(
-                            seed,
-                            "retry",
-                            lease.task.draw_key(&lease.run),
-                            lease.attempt,
-                        ),
-                    );
-                    let at = now.saturating_add_micros(delay);
-                    events.push(Event::TaskNacked {
-                        task: lease.task.clone(),
-                        worker: lease.worker.clone(),
-                        error,
-                        retry_at: Some(at),
-                        timed_out,
-                    });
-                    return (events, NackOutcome::RetryAt(at));
-                }
-                let reason = format!(
-                    "{} of {max_attempts} attempts failed, last: {error}",
-                    lease.attempt
-                );
-                events.push(Event::TaskNacked {
-                    task: lease.task.clone(),
-                    worker: lease.worker.clone(),
+                let failed = Failed {
+                    lease: &lease,
                     error,
-                    retry_at: None,
                     timed_out,
-                });
-                events.push(Event::TaskDeadLettered {
-                    task: lease.task.clone(),
-                    reason,
-                });
-                // Dependants of the task as it is now (the NACK changes nothing about them).
-                let doomed = dependants_to_cancel(state, &lease.task);
-                let cancelled = doomed.len();
-                for child in doomed {
-                    events.push(Event::TaskCancelled {
-                        task: child,
-                        reason: format!("parent `{}` was dead-lettered", lease.task),
-                    });
+                    costs: &costs,
+                };
+                let Some((events, outcome)) =
+                    failed.events(draft.state(), draft.now(), &policy, seed)
+                else {
+                    return NackOutcome::Stale;
+                };
+                for event in events {
+                    if draft.push(event).is_err() {
+                        break;
+                    }
                 }
-                (events, NackOutcome::DeadLettered { cancelled })
+                outcome
             })
             .await?;
         Ok(outcome)
@@ -409,6 +377,9 @@ impl TaskQueue for MemoryQueue {
         let (_, n) = self
             .ledger
             .decide_each(|draft| {
+                if !turn_periods(draft) {
+                    return 0;
+                }
                 let now = draft.now();
                 let expired: Vec<TaskId> = draft
                     .state()
@@ -440,5 +411,93 @@ impl TaskQueue for MemoryQueue {
             .ledger
             .query_async(|state, _| state.queue.counts())
             .await?)
+    }
+}
+
+/// Pushes the budget period resets due now, first in a step, so that no
+/// decision of the step is made on a period that is over. False if the
+/// step was dropped.
+fn turn_periods(draft: &mut Draft<'_>) -> bool {
+    let resets = period_resets(draft.state(), draft.now());
+    resets.into_iter().all(|event| draft.push(event).is_ok())
+}
+
+/// A failed attempt to record.
+struct Failed<'a> {
+    lease: &'a Lease,
+    error: String,
+    timed_out: bool,
+    costs: &'a [(Category, Micros)],
+}
+
+impl Failed<'_> {
+    /// The events that record it at `now` (settlement, learning, then the
+    /// retry, or the dead letter and its cascade) and what it led to;
+    /// `None` when the lease is no longer current.
+    fn events(
+        self,
+        state: &crate::domain::State,
+        now: Timestamp,
+        policy: &QueuePolicy,
+        seed: u64,
+    ) -> Option<(Vec<Event>, NackOutcome)> {
+        let Failed {
+            lease,
+            error,
+            timed_out,
+            costs,
+        } = self;
+        if !is_current(state, lease) {
+            return None;
+        }
+        let mut settler = Settler::new(state);
+        let mut events = settler.settle(&lease.task, costs);
+        // A failed attempt teaches the policy too: reward 0.
+        events.extend(Learner::new(&state.learning).after_attempt(
+            &lease.task,
+            0,
+            total(costs),
+            |tenant| settler.utilisation_bp(tenant),
+        ));
+        let max_attempts = state.queue.get(&lease.task).map_or(1, |t| t.max_attempts);
+        if lease.attempt < max_attempts {
+            let key = lease.task.draw_key(&lease.run);
+            let delay =
+                policy.retry_delay_micros(lease.attempt, draw(seed, "retry", key, lease.attempt));
+            let at = now.saturating_add_micros(delay);
+            events.push(Event::TaskNacked {
+                task: lease.task.clone(),
+                worker: lease.worker.clone(),
+                error,
+                retry_at: Some(at),
+                timed_out,
+            });
+            return Some((events, NackOutcome::RetryAt(at)));
+        }
+        let reason = format!(
+            "{} of {max_attempts} attempts failed, last: {error}",
+            lease.attempt
+        );
+        events.push(Event::TaskNacked {
+            task: lease.task.clone(),
+            worker: lease.worker.clone(),
+            error,
+            retry_at: None,
+            timed_out,
+        });
+        events.push(Event::TaskDeadLettered {
+            task: lease.task.clone(),
+            reason,
+        });
+        // Dependants of the task as it is now (the NACK changes nothing about them).
+        let doomed = dependants_to_cancel(state, &lease.task);
+        let cancelled = doomed.len();
+        for child in doomed {
+            events.push(Event::TaskCancelled {
+                task: child,
+                reason: format!("parent `{}` was dead-lettered", lease.task),
+            });
+        }
+        Some((events, NackOutcome::DeadLettered { cancelled }))
     }
 }

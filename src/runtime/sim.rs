@@ -756,6 +756,11 @@ fn drive(
     }
     let mut steps = 0u64;
     loop {
+        // A run may start in a later budget period than the ledger's last
+        // (a run of a later day): its periods turn before anything is decided.
+        for event in period_resets(&sim.state, sim.now) {
+            sim.emit(event)?;
+        }
         if sim.backpressure && !sim.over_threshold() {
             sim.backpressure = false;
             let threshold = sim.threshold_count();
@@ -832,7 +837,7 @@ fn drive(
         };
         let next = Timestamp(at.max(sim.now.0));
         // Budgets of tenants with a period start again when it turns.
-        let resets = period_resets(&sim.state, sim.now, next);
+        let resets = period_resets(&sim.state, next);
         sim.now = next;
         for event in resets {
             sim.emit(event)?;
