@@ -120,19 +120,25 @@ if want > 0 then
     if a[2] ~= b[2] then return a[2] < b[2] end
     return a[3] < b[3]
   end)
+  local n = math.min(want, #heads)
   local take = {0, 0, 0, 0, 0}
-  for i = 1, math.min(want, #heads) do
+  for i = 1, n do
     take[heads[i][2]] = take[heads[i][2]] + 1
   end
+  local read = {{}, {}, {}, {}, {}}
   for p = 1, 5 do
     if take[p] > 0 then
       local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', take[p], 'STREAMS', KEYS[p], '>')
-      if r and r[1] then
-        for _, e in ipairs(r[1][2]) do
-          out[#out + 1] = {p - 1, e[1], payload(e[2]), 1}
-        end
-      end
+      if r and r[1] then read[p] = r[1][2] end
     end
+  end
+  -- Hand the entries out in rank order, not grouped by stream.
+  local next_of = {1, 1, 1, 1, 1}
+  for i = 1, n do
+    local p = heads[i][2]
+    local e = read[p][next_of[p]]
+    next_of[p] = next_of[p] + 1
+    if e then out[#out + 1] = {p - 1, e[1], payload(e[2]), 1} end
   end
 end
 return {out, last}
