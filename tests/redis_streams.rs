@@ -577,3 +577,40 @@ async fn bad_urls_and_unreachable_servers_fail_fast_with_the_url() {
         .expect("bad prefix");
     assert!(matches!(error, RedisError::BadPrefix { .. }), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aof_server_restarted_on_its_port_keeps_what_it_acknowledged() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let Some(mut server) = RedisServer::start_aof(dir.path()) else {
+        return;
+    };
+    let streams = connect(&server, config("aof")).await;
+    let sent: Vec<TaskEnvelope> = (0..3)
+        .map(|i| envelope(&format!("t{i}"), Priority::Normal))
+        .collect();
+    streams.dispatch_many(&sent).await.expect("dispatch");
+    streams
+        .retry_later(&envelope("later", Priority::Low), 5_000)
+        .await
+        .expect("retry later");
+    let port = server.port();
+    server.restart();
+    assert_eq!(server.port(), port);
+    // The same handle reconnects: the first call may still meet the old
+    // connection's end.
+    let give_up = Instant::now() + Duration::from_secs(5);
+    let depth = loop {
+        match streams.depth().await {
+            Ok(depth) => break depth,
+            Err(e) if Instant::now() < give_up => {
+                eprintln!("while Redis restarts: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no reconnection after the restart: {e}"),
+        }
+    };
+    assert_eq!(depth.priorities[Priority::Normal.index()].length, 3);
+    assert_eq!(depth.delayed, 1);
+    let claimed = streams.claim("w", 10, Duration::ZERO).await.expect("claim");
+    assert_eq!(tasks(&claimed), ["t0", "t1", "t2"]);
+}

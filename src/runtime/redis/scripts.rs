@@ -159,11 +159,18 @@ local n = (#ARGV - 2) / 3
 if redis.call('XLEN', KEYS[1]) + n > len_max then
   return {'full', KEYS[1]}
 end
+local ids = {{}, {}, {}, {}, {}}
 for i = 3, #ARGV, 3 do
-  local key = KEYS[tonumber(ARGV[i]) + 2]
   redis.call('XADD', KEYS[1], '*', 'r', ARGV[i + 2])
-  redis.call('XACK', key, group, ARGV[i + 1])
-  redis.call('XDEL', key, ARGV[i + 1])
+  local p = tonumber(ARGV[i]) + 1
+  ids[p][#ids[p] + 1] = ARGV[i + 1]
+end
+-- One XACK and one XDEL per stream, after every result is in.
+for p = 1, 5 do
+  if #ids[p] > 0 then
+    redis.call('XACK', KEYS[p + 1], group, unpack(ids[p]))
+    redis.call('XDEL', KEYS[p + 1], unpack(ids[p]))
+  end
 end
 return n
 "#;
