@@ -328,8 +328,11 @@ fn full_key(value: &Value) -> Option<String> {
     None
 }
 
+/// A stream entry's fields as (name, value) text pairs.
+type Fields = Vec<(String, Option<String>)>;
+
 /// The fields of a stream entry as (name, value) text pairs.
-fn fields(value: &Value) -> Vec<(String, Option<String>)> {
+fn fields(value: &Value) -> Fields {
     match value {
         Value::Array(items) => items
             .chunks(2)
@@ -355,7 +358,7 @@ fn field(fields: &[(String, Option<String>)], name: &str) -> Option<String> {
 
 /// The entries of an XREADGROUP / XRANGE reply for one stream:
 /// `(id, fields)`.
-fn entries_of(value: &Value) -> Vec<(String, Vec<(String, Option<String>)>)> {
+fn entries_of(value: &Value) -> Vec<(String, Fields)> {
     array(value)
         .unwrap_or_default()
         .iter()
@@ -368,7 +371,7 @@ fn entries_of(value: &Value) -> Vec<(String, Vec<(String, Option<String>)>)> {
 }
 
 /// The entries of the single stream an XREADGROUP over one key returned.
-fn read_reply_entries(value: &Value) -> Vec<(String, Vec<(String, Option<String>)>)> {
+fn read_reply_entries(value: &Value) -> Vec<(String, Fields)> {
     match value {
         Value::Array(streams) => streams
             .iter()
