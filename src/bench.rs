@@ -5,7 +5,8 @@
 //!
 //! Also the queue benchmark behind `runledger bench queue`, and, in
 //! [`governance`], the admission and cost-agent benchmark behind
-//! `runledger bench governance`.
+//! `runledger bench governance`, and, in [`redis`], the Redis Streams
+//! transport beside raw XADD / XREADGROUP / XACK (`runledger bench redis`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
@@ -22,6 +23,7 @@ use crate::replay;
 pub mod check;
 pub mod export;
 pub mod governance;
+pub mod redis;
 
 #[derive(Clone, Debug)]
 pub struct LedgerBench {

@@ -196,6 +196,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench {
+            what:
+                BenchCommand::Redis {
+                    tasks,
+                    batch,
+                    ref url,
+                },
+        } => {
+            let report = crate::bench::redis::run_redis_bench(tasks, batch, url.as_deref())?;
+            writeln!(
+                out,
+                "raw Redis Streams ({} entries of {} bytes, batches of {}): XADD {:.0}/s; XADD → XREADGROUP → XACK {:.0}/s",
+                report.tasks,
+                report.payload_bytes,
+                report.batch,
+                report.raw_xadd_per_sec,
+                report.raw_cycle_per_sec
+            )?;
+            writeln!(
+                out,
+                "transport: dispatch {:.0}/s; dispatch → claim → report → results → ack {:.0} tasks/s ({:.2}x of raw)",
+                report.transport_dispatch_per_sec,
+                report.transport_cycle_per_sec,
+                report.transport_cycle_per_sec / report.raw_cycle_per_sec.max(1.0)
+            )?;
+            print_json(out, &report)
+        }
+        Command::Bench {
             what: BenchCommand::Governance { tenants },
         } => bench_governance(tenants, cli.json, out),
         Command::Bench {

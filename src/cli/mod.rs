@@ -232,6 +232,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(4..))]
         events: u64,
     },
+    /// The Redis Streams transport's dispatch → claim → report → results
+    /// cycle, beside raw XADD / XREADGROUP / XACK on the same server.
+    Redis {
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+        /// Entries per pipeline, script call and read.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Use this Redis instead of starting a private redis-server.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Append synthetic events, then replay and verify them, beside a raw sled baseline.
     Ledger {
         #[arg(long, default_value_t = 1_000_000)]

@@ -8,6 +8,7 @@
 pub mod handler;
 pub mod live;
 pub mod queue;
+pub mod redis;
 pub mod sim;
 
 pub use sim::{RunOptions, RunReport, run_simulated};

@@ -1,0 +1,103 @@
+//! What travels through Redis: the task envelope a coordinator dispatches,
+//! the result a worker reports, and their JSON payloads.
+//!
+//! Payloads hold integers only (attempts, milliseconds, micros): no float
+//! ever crosses the wire. Decoding never panics: a payload that does not
+//! parse is an error value naming the entry, and the transport moves it to
+//! the dead-letter stream instead of handing it out.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Category, Micros, Params, Priority, RunId, TaskId, TenantId, WorkerId};
+
+/// One attempt of a task, as the coordinator dispatches it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEnvelope {
+    pub task: TaskId,
+    /// The attempt this dispatch starts (1-based). A redelivery after a
+    /// lease ran out is attempt `attempt + deliveries - 1`
+    /// ([`Claimed::attempt`]).
+    pub attempt: u32,
+    pub run: RunId,
+    pub tenant: TenantId,
+    pub priority: Priority,
+    pub handler: String,
+    pub params: Params,
+    /// Outputs of the task's parents, for reduce steps.
+    #[serde(default)]
+    pub inputs: Vec<(TaskId, Params)>,
+    /// How long the worker may hold it; never more than the transport's
+    /// lease, after which the entry is reclaimed.
+    pub lease_ms: u64,
+}
+
+/// Where a claimed entry sits, to acknowledge it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub priority: Priority,
+    pub stream_id: String,
+}
+
+/// An envelope handed to one consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub receipt: Receipt,
+    /// How many times the entry has been delivered (1 for a fresh one; a
+    /// reclaim after a lease ran out adds one).
+    pub deliveries: u64,
+    pub envelope: TaskEnvelope,
+}
+
+impl Claimed {
+    /// The attempt this delivery runs: each redelivery is a new attempt.
+    pub fn attempt(&self) -> u32 {
+        let extra = u32::try_from(self.deliveries.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.envelope.attempt.saturating_add(extra)
+    }
+
+    /// The result of this delivery, run by `worker`.
+    pub fn result(&self, worker: &WorkerId, outcome: Outcome) -> TaskResult {
+        TaskResult {
+            task: self.envelope.task.clone(),
+            attempt: self.attempt(),
+            run: self.envelope.run.clone(),
+            tenant: self.envelope.tenant.clone(),
+            worker: worker.clone(),
+            outcome,
+        }
+    }
+}
+
+/// How an attempt ended, as the worker saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    Ack {
+        output: Params,
+        costs: Vec<(Category, Micros)>,
+    },
+    Nack {
+        error: String,
+        timed_out: bool,
+        costs: Vec<(Category, Micros)>,
+    },
+}
+
+/// A worker's report of one attempt. The coordinator deduplicates by
+/// (task, attempt): a result may arrive twice, never zero times.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub run: RunId,
+    pub tenant: TenantId,
+    pub worker: WorkerId,
+    pub outcome: Outcome,
+}
+
+/// A result read from the results stream, to acknowledge once appended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResultEntry {
+    pub stream_id: String,
+    pub result: TaskResult,
+}
