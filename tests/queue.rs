@@ -2,7 +2,11 @@
 //! within a priority, aging, leases that expire and return the task,
 //! results counted once per (task, attempt), retries with backoff, dead
 //! letters that cancel their dependants, batches and depth. The suite is
-//! generic over the implementation: every queue runs the same checks.
+//! generic over the implementation: the in-memory queue and the Redis
+//! Streams queue (against a `redis-server` each test starts on a free
+//! loopback port) run the same checks.
+
+mod support;
 
 use std::time::Duration;
 
@@ -10,16 +14,19 @@ use runledger::domain::scheduler::QueuePolicy;
 use runledger::domain::{Event, Micros, Params, Priority, RunId, TaskId, TenantId, WorkerId};
 use runledger::log::{Append, Durability, Ledger, LedgerOptions};
 use runledger::runtime::queue::{Lease, MemoryQueue, NackOutcome, TaskQueue};
+use runledger::runtime::redis::{RedisQueue, RedisStreams, StreamsConfig};
 
 const RUN: &str = "q";
 const LEASE: Duration = Duration::from_secs(30);
 const NO_WAIT: Duration = Duration::ZERO;
 
-/// A ledger with one tenant and one started run, and the queue under test.
+/// A ledger with one tenant and one started run, and the queue under test
+/// (with whatever it needs kept alive, e.g. its Redis server).
 struct Harness<Q> {
     ledger: Ledger,
     queue: Q,
     _dir: tempfile::TempDir,
+    _keep: Box<dyn std::any::Any>,
 }
 
 fn policy() -> QueuePolicy {
@@ -31,10 +38,15 @@ fn policy() -> QueuePolicy {
     }
 }
 
-async fn harness<Q: TaskQueue>(
+/// Builds the harness, or `None` when the queue cannot be had here (no
+/// `redis-server`, and not required).
+async fn harness<
+    Q: TaskQueue,
+    F: std::future::Future<Output = Option<(Q, Box<dyn std::any::Any>)>>,
+>(
     policy: QueuePolicy,
-    make: impl Fn(Ledger, QueuePolicy) -> Q,
-) -> Harness<Q> {
+    make: impl Fn(Ledger, QueuePolicy) -> F,
+) -> Option<Harness<Q>> {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(
         dir.path(),
@@ -63,12 +75,13 @@ async fn harness<Q: TaskQueue>(
         ])
         .await
         .unwrap();
-    let queue = make(ledger.clone(), policy);
-    Harness {
+    let (queue, keep) = make(ledger.clone(), policy).await?;
+    Some(Harness {
         ledger,
         queue,
         _dir: dir,
-    }
+        _keep: keep,
+    })
 }
 
 fn task(id: &str, priority: Priority, deps: &[&str], max_attempts: u32) -> Event {
@@ -303,7 +316,9 @@ macro_rules! queue_suite {
 
             #[tokio::test]
             async fn strict_priority_then_fifo() {
-                super::strict_priority_then_fifo(harness(policy(), $make).await).await;
+                if let Some(h) = harness(policy(), $make).await {
+                    super::strict_priority_then_fifo(h).await;
+                }
             }
 
             #[tokio::test]
@@ -312,36 +327,52 @@ macro_rules! queue_suite {
                     aging_records: 8,
                     ..policy()
                 };
-                super::aging_lets_batch_through(harness(aging, $make).await).await;
+                if let Some(h) = harness(aging, $make).await {
+                    super::aging_lets_batch_through(h).await;
+                }
             }
 
             #[tokio::test]
             async fn an_expired_lease_returns_the_task_and_late_results_are_dropped() {
-                super::an_expired_lease_returns_the_task_and_late_results_are_dropped(
-                    harness(policy(), $make).await,
-                )
-                .await;
+                if let Some(h) = harness(policy(), $make).await {
+                    super::an_expired_lease_returns_the_task_and_late_results_are_dropped(h).await;
+                }
             }
 
             #[tokio::test]
             async fn nack_retries_after_backoff_then_dead_letters_and_cancels() {
-                super::nack_retries_after_backoff_then_dead_letters_and_cancels(
-                    harness(policy(), $make).await,
-                )
-                .await;
+                if let Some(h) = harness(policy(), $make).await {
+                    super::nack_retries_after_backoff_then_dead_letters_and_cancels(h).await;
+                }
             }
 
             #[tokio::test]
             async fn dependants_wait_for_their_parents() {
-                super::dependants_wait_for_their_parents(harness(policy(), $make).await).await;
+                if let Some(h) = harness(policy(), $make).await {
+                    super::dependants_wait_for_their_parents(h).await;
+                }
             }
 
             #[tokio::test]
             async fn batches_come_in_priority_order() {
-                super::batches_come_in_priority_order(harness(policy(), $make).await).await;
+                if let Some(h) = harness(policy(), $make).await {
+                    super::batches_come_in_priority_order(h).await;
+                }
             }
         }
     };
 }
 
-queue_suite!(memory, |ledger, policy| MemoryQueue::new(ledger, policy, 7));
+queue_suite!(memory, |ledger, policy| async move {
+    let queue = MemoryQueue::new(ledger, policy, 7);
+    Some((queue, Box::new(()) as Box<dyn std::any::Any>))
+});
+
+queue_suite!(redis, |ledger, policy| async move {
+    let server = support::redis::RedisServer::start()?;
+    let streams = RedisStreams::connect(&server.url(), StreamsConfig::default())
+        .await
+        .unwrap();
+    let queue = RedisQueue::new(ledger, streams, policy, 7).await.unwrap();
+    Some((queue, Box::new(server) as Box<dyn std::any::Any>))
+});

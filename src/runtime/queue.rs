@@ -53,22 +53,72 @@ pub enum NackOutcome {
     Stale,
 }
 
-/// Whether `lease` is still the task's current attempt: leased, by this
+/// One attempt of a task by a worker: what a result is about.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt<'a> {
+    pub task: &'a TaskId,
+    pub run: &'a RunId,
+    pub worker: &'a WorkerId,
+    pub attempt: u32,
+}
+
+impl Lease {
+    pub fn attempt_of(&self) -> Attempt<'_> {
+        Attempt {
+            task: &self.task,
+            run: &self.run,
+            worker: &self.worker,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// Whether `attempt` is still the task's current one: leased, by this
 /// worker, at this attempt. A result of any other attempt is a duplicate
 /// or comes too late (its lease expired, the task was leased again) and
 /// is dropped: results count once per (task, attempt).
-pub fn is_current(state: &crate::domain::State, lease: &Lease) -> bool {
-    state.queue.get(&lease.task).is_some_and(|t| {
+pub fn is_current(state: &crate::domain::State, attempt: Attempt<'_>) -> bool {
+    state.queue.get(attempt.task).is_some_and(|t| {
         t.status == TaskStatus::Leased
-            && t.attempts == lease.attempt
-            && t.worker.as_ref() == Some(&lease.worker)
+            && t.attempts == attempt.attempt
+            && t.worker.as_ref() == Some(attempt.worker)
     })
+}
+
+/// The events that record a successful `attempt` (settlement, learning,
+/// the ACK); `None` when it is no longer current.
+pub fn acked_events(
+    state: &crate::domain::State,
+    attempt: Attempt<'_>,
+    output: Params,
+    costs: &[(Category, Micros)],
+) -> Option<Vec<Event>> {
+    if !is_current(state, attempt) {
+        return None;
+    }
+    let mut settler = Settler::new(state);
+    let mut events = settler.settle(attempt.task, costs);
+    events.extend(Learner::new(&state.learning).after_attempt(
+        attempt.task,
+        reward_of(&output),
+        total(costs),
+        |tenant| settler.utilisation_bp(tenant),
+    ));
+    events.push(Event::TaskAcked {
+        task: attempt.task.clone(),
+        worker: attempt.worker.clone(),
+        output,
+    });
+    Some(events)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error(transparent)]
     Ledger(#[from] AppendError),
+    /// The transport between coordinator and workers (Redis) failed.
+    #[error("{0}")]
+    Transport(String),
 }
 
 /// A queue of tasks with leases. Implementations: [`MemoryQueue`] (the
@@ -299,24 +349,12 @@ impl TaskQueue for MemoryQueue {
                 // Each result settles on the state the ones before it left;
                 // a result of an attempt that is no longer current is dropped.
                 for (lease, output, costs) in done {
-                    let state = draft.state();
-                    if !is_current(state, &lease) {
+                    let Some(events) =
+                        acked_events(draft.state(), lease.attempt_of(), output, &costs)
+                    else {
                         tracing::warn!(task = %lease.task, attempt = lease.attempt, "stale ACK dropped");
                         continue;
-                    }
-                    let mut settler = Settler::new(state);
-                    let mut events = settler.settle(&lease.task, &costs);
-                    events.extend(Learner::new(&state.learning).after_attempt(
-                        &lease.task,
-                        reward_of(&output),
-                        total(&costs),
-                        |tenant| settler.utilisation_bp(tenant),
-                    ));
-                    events.push(Event::TaskAcked {
-                        task: lease.task,
-                        worker: lease.worker,
-                        output,
-                    });
+                    };
                     for event in events {
                         if draft.push(event).is_err() {
                             return;
@@ -352,7 +390,7 @@ impl TaskQueue for MemoryQueue {
                     return NackOutcome::Stale;
                 }
                 let failed = Failed {
-                    lease: &lease,
+                    attempt: lease.attempt_of(),
                     error,
                     timed_out,
                     costs: &costs,
@@ -374,36 +412,7 @@ impl TaskQueue for MemoryQueue {
     }
 
     async fn expire_leases(&self) -> Result<usize, QueueError> {
-        let (_, n) = self
-            .ledger
-            .decide_each(|draft| {
-                if !turn_periods(draft) {
-                    return 0;
-                }
-                let now = draft.now();
-                let expired: Vec<TaskId> = draft
-                    .state()
-                    .queue
-                    .sorted()
-                    .into_iter()
-                    .filter(|(_, t)| {
-                        t.status == TaskStatus::Leased && t.lease_deadline.is_some_and(|d| d < now)
-                    })
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                // Each expiry may dead-letter and cancel: each is decided on
-                // the state the ones before it left.
-                for task in &expired {
-                    for event in crate::domain::scheduler::expire_lease(draft.state(), task) {
-                        if draft.push(event).is_err() {
-                            return 0;
-                        }
-                    }
-                }
-                expired.len()
-            })
-            .await?;
-        Ok(n)
+        expire_due(&self.ledger).await
     }
 
     async fn depth(&self) -> Result<QueueCounts, QueueError> {
@@ -414,27 +423,61 @@ impl TaskQueue for MemoryQueue {
     }
 }
 
+/// Returns the tasks whose lease deadline has passed, in one ledger step;
+/// how many.
+pub async fn expire_due(ledger: &Ledger) -> Result<usize, QueueError> {
+    let (_, n) = ledger
+        .decide_each(|draft| {
+            if !turn_periods(draft) {
+                return 0;
+            }
+            let now = draft.now();
+            let expired: Vec<TaskId> = draft
+                .state()
+                .queue
+                .sorted()
+                .into_iter()
+                .filter(|(_, t)| {
+                    t.status == TaskStatus::Leased && t.lease_deadline.is_some_and(|d| d < now)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            // Each expiry may dead-letter and cancel: each is decided on
+            // the state the ones before it left.
+            for task in &expired {
+                for event in crate::domain::scheduler::expire_lease(draft.state(), task) {
+                    if draft.push(event).is_err() {
+                        return 0;
+                    }
+                }
+            }
+            expired.len()
+        })
+        .await?;
+    Ok(n)
+}
+
 /// Pushes the budget period resets due now, first in a step, so that no
 /// decision of the step is made on a period that is over. False if the
 /// step was dropped.
-fn turn_periods(draft: &mut Draft<'_>) -> bool {
+pub(crate) fn turn_periods(draft: &mut Draft<'_>) -> bool {
     let resets = period_resets(draft.state(), draft.now());
     resets.into_iter().all(|event| draft.push(event).is_ok())
 }
 
 /// A failed attempt to record.
-struct Failed<'a> {
-    lease: &'a Lease,
-    error: String,
-    timed_out: bool,
-    costs: &'a [(Category, Micros)],
+pub struct Failed<'a> {
+    pub attempt: Attempt<'a>,
+    pub error: String,
+    pub timed_out: bool,
+    pub costs: &'a [(Category, Micros)],
 }
 
 impl Failed<'_> {
     /// The events that record it at `now` (settlement, learning, then the
     /// retry, or the dead letter and its cascade) and what it led to;
     /// `None` when the lease is no longer current.
-    fn events(
+    pub fn events(
         self,
         state: &crate::domain::State,
         now: Timestamp,
@@ -442,7 +485,7 @@ impl Failed<'_> {
         seed: u64,
     ) -> Option<(Vec<Event>, NackOutcome)> {
         let Failed {
-            lease,
+            attempt: lease,
             error,
             timed_out,
             costs,
@@ -451,17 +494,17 @@ impl Failed<'_> {
             return None;
         }
         let mut settler = Settler::new(state);
-        let mut events = settler.settle(&lease.task, costs);
+        let mut events = settler.settle(lease.task, costs);
         // A failed attempt teaches the policy too: reward 0.
         events.extend(Learner::new(&state.learning).after_attempt(
-            &lease.task,
+            lease.task,
             0,
             total(costs),
             |tenant| settler.utilisation_bp(tenant),
         ));
-        let max_attempts = state.queue.get(&lease.task).map_or(1, |t| t.max_attempts);
+        let max_attempts = state.queue.get(lease.task).map_or(1, |t| t.max_attempts);
         if lease.attempt < max_attempts {
-            let key = lease.task.draw_key(&lease.run);
+            let key = lease.task.draw_key(lease.run);
             let delay =
                 policy.retry_delay_micros(lease.attempt, draw(seed, "retry", key, lease.attempt));
             let at = now.saturating_add_micros(delay);
@@ -490,7 +533,7 @@ impl Failed<'_> {
             reason,
         });
         // Dependants of the task as it is now (the NACK changes nothing about them).
-        let doomed = dependants_to_cancel(state, &lease.task);
+        let doomed = dependants_to_cancel(state, lease.task);
         let cancelled = doomed.len();
         for child in doomed {
             events.push(Event::TaskCancelled {

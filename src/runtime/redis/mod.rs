@@ -36,6 +36,7 @@
 //! ```
 
 pub mod envelope;
+pub mod queue;
 pub mod scripts;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ use redis::{Script, Value};
 use crate::domain::Priority;
 
 pub use envelope::{Claimed, Outcome, Receipt, ResultEntry, TaskEnvelope, TaskResult};
+pub use queue::RedisQueue;
 
 /// The workers' consumer group on the priority streams.
 pub const WORKER_GROUP: &str = "workers";

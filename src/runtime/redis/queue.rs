@@ -1,0 +1,500 @@
+//! `RedisQueue`: the [`TaskQueue`] on Redis Streams, with the coordinator's
+//! side and the worker's side in one process.
+//!
+//! The ledger stays the truth and the coordinator's deciders stay where
+//! they are: a dequeue first *dispatches* — the ready tasks of the run, in
+//! the ledger scheduler's order, go through the gate (cost agent, learning
+//! choice, admission with its reservation) in one ledger step, and their
+//! envelopes go onto the priority streams — then *claims* from Redis as any
+//! worker would, and records each claimed attempt as `task_dequeued` in a
+//! second step (the lease is the worker's, known only when it claims). An
+//! ACK or NACK is reported through the results stream and then *applied*:
+//! the coordinator reads the results, decides settlement, learning, retry
+//! or dead letter exactly as the in-memory queue does, deduplicated by
+//! (task, attempt), and acknowledges them in Redis only once they are in
+//! the ledger. A redelivery (a lease that ran out in Redis, its worker dead
+//! or stuck) is the next attempt: the ledger records the lost lease, then
+//! the new one.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+
+use super::{Claimed, Outcome, Receipt, RedisError, RedisStreams, TaskEnvelope, TaskResult};
+use crate::domain::governance::{Admitter, Gate, Start};
+use crate::domain::queue::{QueueCounts, TaskStatus};
+use crate::domain::scheduler::{QueuePolicy, expire_lease, next_ready_many};
+use crate::domain::{Category, Event, Micros, Params, RunId, State, TaskId, Timestamp, WorkerId};
+use crate::log::Ledger;
+use crate::runtime::queue::{
+    Attempt, Done, Failed, Lease, NackOutcome, QueueError, TaskQueue, acked_events, turn_periods,
+};
+
+/// The coordinator's consumer name on the results stream.
+const COORDINATOR: &str = "coordinator";
+/// Results applied per ledger step at most.
+const RESULTS_PER_STEP: usize = 1_024;
+
+#[derive(Clone)]
+pub struct RedisQueue {
+    ledger: Ledger,
+    streams: RedisStreams,
+    policy: QueuePolicy,
+    seed: u64,
+    poll: Duration,
+    gate: Arc<Mutex<Gate>>,
+    /// Tasks dispatched and not yet claimed, with the attempt dispatched.
+    dispatched: Arc<Mutex<FxHashMap<TaskId, u32>>>,
+    /// Claimed entries by (task, attempt), to report on.
+    receipts: Arc<Mutex<FxHashMap<(TaskId, u32), Receipt>>>,
+}
+
+impl From<RedisError> for QueueError {
+    fn from(error: RedisError) -> Self {
+        QueueError::Transport(error.to_string())
+    }
+}
+
+impl RedisQueue {
+    /// A queue over `streams` (its consumer groups are created if needed).
+    pub async fn new(
+        ledger: Ledger,
+        streams: RedisStreams,
+        policy: QueuePolicy,
+        seed: u64,
+    ) -> Result<Self, QueueError> {
+        streams.ensure_groups().await?;
+        Ok(RedisQueue {
+            ledger,
+            streams,
+            policy,
+            seed,
+            poll: Duration::from_millis(2),
+            gate: Arc::new(Mutex::new(Gate::new(seed))),
+            dispatched: Arc::default(),
+            receipts: Arc::default(),
+        })
+    }
+
+    /// Puts up to `max` ready tasks of `run` through the gate in one
+    /// ledger step and their envelopes onto the streams.
+    async fn dispatch(&self, run: &RunId, max: usize, lease: Duration) -> Result<(), QueueError> {
+        let (run, policy) = (run.clone(), self.policy);
+        let (gate, dispatched) = (Arc::clone(&self.gate), Arc::clone(&self.dispatched));
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let (_, envelopes) = self
+            .ledger
+            .decide_each(move |draft| {
+                if !turn_periods(draft) {
+                    return Vec::new();
+                }
+                let mut dispatched = lock(&dispatched);
+                let window = max.max(1) * 2 + 16;
+                let picked: Vec<TaskId> = next_ready_many(
+                    draft.state(),
+                    draft.now(),
+                    draft.head().seq,
+                    &policy,
+                    window + dispatched.len(),
+                    |t| t.run == run,
+                )
+                .into_iter()
+                .filter(|task| !dispatched.contains_key(*task))
+                .cloned()
+                .collect();
+                let mut gate = lock(&gate);
+                let mut gone = std::collections::BTreeSet::new();
+                let mut envelopes = Vec::new();
+                for task in &picked {
+                    if envelopes.len() >= max.max(1) {
+                        break;
+                    }
+                    if gone.contains(task) {
+                        continue;
+                    }
+                    let mut events = Vec::new();
+                    let state = draft.state();
+                    let start = gate.start(
+                        state,
+                        &mut Admitter::new(state),
+                        task,
+                        &mut gone,
+                        &mut events,
+                    );
+                    let envelope = match (start, state.queue.get(task)) {
+                        (Start::Run { params, reserve }, Some(t)) => {
+                            if reserve > Micros::ZERO {
+                                events.push(Event::CostReserved {
+                                    tenant: t.tenant.clone(),
+                                    task: task.clone(),
+                                    amount_micros: reserve,
+                                });
+                            }
+                            Some(TaskEnvelope {
+                                task: task.clone(),
+                                attempt: t.attempts + 1,
+                                run: t.run.clone(),
+                                tenant: t.tenant.clone(),
+                                priority: t.priority,
+                                handler: t.handler.clone(),
+                                params,
+                                inputs: inputs_of(state, &t.deps),
+                                lease_ms,
+                            })
+                        }
+                        _ => None,
+                    };
+                    for event in events {
+                        if draft.push(event).is_err() {
+                            return Vec::new();
+                        }
+                    }
+                    if let Some(envelope) = envelope {
+                        dispatched.insert(task.clone(), envelope.attempt);
+                        envelopes.push(envelope);
+                    }
+                }
+                envelopes
+            })
+            .await?;
+        if !envelopes.is_empty() {
+            self.streams.dispatch_many(&envelopes).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the claimed attempts as leases of `worker` in one ledger
+    /// step; a claim the ledger no longer wants (a stale redelivery) is
+    /// reported back so Redis forgets it.
+    async fn start(
+        &self,
+        worker: &WorkerId,
+        claimed: Vec<Claimed>,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let worker = worker.clone();
+        let dispatched = Arc::clone(&self.dispatched);
+        let (_, (leases, stale)) = self
+            .ledger
+            .decide_each(move |draft| {
+                let mut leases = Vec::new();
+                let mut stale = Vec::new();
+                if !turn_periods(draft) {
+                    return (leases, claimed);
+                }
+                let mut dispatched = lock(&dispatched);
+                for claim in claimed {
+                    let attempt = claim.attempt();
+                    let deadline = draft.now().saturating_add_micros(
+                        i64::try_from(claim.envelope.lease_ms)
+                            .unwrap_or(i64::MAX)
+                            .saturating_mul(1_000),
+                    );
+                    let events = started_events(draft.state(), &claim, &worker, deadline);
+                    let Some(events) = events else {
+                        stale.push(claim);
+                        continue;
+                    };
+                    for event in events {
+                        if draft.push(event).is_err() {
+                            return (Vec::new(), Vec::new());
+                        }
+                    }
+                    dispatched.remove(&claim.envelope.task);
+                    let e = claim.envelope;
+                    leases.push((
+                        Lease {
+                            task: e.task,
+                            run: e.run,
+                            tenant: e.tenant,
+                            worker: worker.clone(),
+                            attempt,
+                            deadline,
+                            handler: e.handler,
+                            params: e.params,
+                            inputs: e.inputs,
+                        },
+                        claim.receipt,
+                    ));
+                }
+                (leases, stale)
+            })
+            .await?;
+        if !stale.is_empty() {
+            let reports: Vec<(Receipt, TaskResult)> = stale
+                .iter()
+                .map(|c| {
+                    let outcome = Outcome::Nack {
+                        error: "stale redelivery".to_owned(),
+                        timed_out: false,
+                        costs: Vec::new(),
+                    };
+                    (
+                        c.receipt.clone(),
+                        c.result(&self_worker(&c.envelope), outcome),
+                    )
+                })
+                .collect();
+            self.streams.report_many(&reports).await?;
+        }
+        let mut receipts = lock(&self.receipts);
+        Ok(leases
+            .into_iter()
+            .map(|(lease, receipt)| {
+                receipts.insert((lease.task.clone(), lease.attempt), receipt);
+                lease
+            })
+            .collect())
+    }
+
+    /// Reports results of this process's leases through Redis.
+    async fn report(&self, results: Vec<(Lease, Outcome)>) -> Result<(), QueueError> {
+        let reports: Vec<(Receipt, TaskResult)> = {
+            let mut receipts = lock(&self.receipts);
+            results
+                .into_iter()
+                .filter_map(|(lease, outcome)| {
+                    let receipt = receipts.remove(&(lease.task.clone(), lease.attempt))?;
+                    let result = TaskResult {
+                        task: lease.task,
+                        attempt: lease.attempt,
+                        run: lease.run,
+                        tenant: lease.tenant,
+                        worker: lease.worker,
+                        outcome,
+                    };
+                    Some((receipt, result))
+                })
+                .collect()
+        };
+        if !reports.is_empty() {
+            self.streams.report_many(&reports).await?;
+        }
+        Ok(())
+    }
+
+    /// The coordinator's side: reads the reported results and records
+    /// them, each on the state the ones before it left, deduplicated by
+    /// (task, attempt); acknowledges them in Redis once appended. Returns
+    /// what each NACK led to.
+    pub async fn apply_results(&self) -> Result<FxHashMap<(TaskId, u32), NackOutcome>, QueueError> {
+        let mut outcomes = FxHashMap::default();
+        loop {
+            let entries = self
+                .streams
+                .results(COORDINATOR, RESULTS_PER_STEP, Duration::ZERO)
+                .await?;
+            if entries.is_empty() {
+                return Ok(outcomes);
+            }
+            let (policy, seed) = (self.policy, self.seed);
+            let results: Vec<TaskResult> = entries.iter().map(|e| e.result.clone()).collect();
+            let (_, decided) = self
+                .ledger
+                .decide_each(move |draft| {
+                    let mut decided = Vec::new();
+                    if !turn_periods(draft) {
+                        return decided;
+                    }
+                    for result in results {
+                        let attempt = Attempt {
+                            task: &result.task,
+                            run: &result.run,
+                            worker: &result.worker,
+                            attempt: result.attempt,
+                        };
+                        let (events, outcome) = match &result.outcome {
+                            Outcome::Ack { output, costs } => (
+                                acked_events(draft.state(), attempt, output.clone(), costs),
+                                None,
+                            ),
+                            Outcome::Nack {
+                                error,
+                                timed_out,
+                                costs,
+                            } => {
+                                let failed = Failed {
+                                    attempt,
+                                    error: error.clone(),
+                                    timed_out: *timed_out,
+                                    costs,
+                                };
+                                match failed.events(draft.state(), draft.now(), &policy, seed) {
+                                    Some((events, outcome)) => (Some(events), Some(outcome)),
+                                    None => (None, Some(NackOutcome::Stale)),
+                                }
+                            }
+                        };
+                        for event in events.into_iter().flatten() {
+                            if draft.push(event).is_err() {
+                                return Vec::new();
+                            }
+                        }
+                        if let Some(outcome) = outcome {
+                            decided.push(((result.task.clone(), result.attempt), outcome));
+                        }
+                    }
+                    decided
+                })
+                .await?;
+            outcomes.extend(decided);
+            let ids: Vec<String> = entries.into_iter().map(|e| e.stream_id).collect();
+            self.streams.ack_results(&ids).await?;
+        }
+    }
+}
+
+/// A redelivery reported back by the coordinator is attributed to the
+/// worker named in no lease: its result is dropped as stale.
+fn self_worker(envelope: &TaskEnvelope) -> WorkerId {
+    WorkerId(format!("stale:{}", envelope.task))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn inputs_of(state: &State, deps: &[TaskId]) -> Vec<(TaskId, Params)> {
+    deps.iter()
+        .filter_map(|d| state.queue.get(d).map(|p| (d.clone(), p.output.clone())))
+        .collect()
+}
+
+/// The events that record `claim` as the task's lease by `worker`, or
+/// `None` when the ledger no longer wants this attempt: the dispatched
+/// attempt of a pending task, or — a redelivery after the previous
+/// attempt's lease ran out in Redis — the next attempt of a leased task,
+/// whose lost lease is recorded first (and which is dead-lettered instead
+/// when it was the last attempt).
+fn started_events(
+    state: &State,
+    claim: &Claimed,
+    worker: &WorkerId,
+    deadline: Timestamp,
+) -> Option<Vec<Event>> {
+    let task = &claim.envelope.task;
+    let t = state.queue.get(task)?;
+    let attempt = claim.attempt();
+    if attempt != t.attempts + 1 {
+        return None;
+    }
+    let mut events = Vec::new();
+    match t.status {
+        TaskStatus::Pending => {}
+        TaskStatus::Leased => {
+            let lost = expire_lease(state, task);
+            let dead = lost
+                .iter()
+                .any(|e| matches!(e, Event::TaskDeadLettered { .. }));
+            events.extend(lost);
+            if dead {
+                return Some(events);
+            }
+        }
+        _ => return None,
+    }
+    events.push(Event::TaskDequeued {
+        task: task.clone(),
+        worker: worker.clone(),
+        attempt,
+        lease_deadline: Some(deadline),
+    });
+    Some(events)
+}
+
+impl TaskQueue for RedisQueue {
+    async fn enqueue(&self, tasks: Vec<Event>) -> Result<(), QueueError> {
+        self.ledger
+            .append_async(tasks.into_iter().map(Into::into).collect())
+            .await?;
+        Ok(())
+    }
+
+    async fn dequeue(
+        &self,
+        run: &RunId,
+        worker: &WorkerId,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<Lease>, QueueError> {
+        Ok(self.dequeue_many(run, worker, 1, lease, wait).await?.pop())
+    }
+
+    async fn dequeue_many(
+        &self,
+        run: &RunId,
+        worker: &WorkerId,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let give_up = tokio::time::Instant::now() + wait;
+        loop {
+            self.dispatch(run, max, lease).await?;
+            let claimed = self
+                .streams
+                .claim(worker.as_str(), max.max(1), Duration::ZERO)
+                .await?;
+            let leases = if claimed.is_empty() {
+                Vec::new()
+            } else {
+                self.start(worker, claimed).await?
+            };
+            if !leases.is_empty() || tokio::time::Instant::now() >= give_up {
+                return Ok(leases);
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    async fn ack_many(&self, done: Vec<Done>) -> Result<(), QueueError> {
+        let results = done
+            .into_iter()
+            .map(|(lease, output, costs)| (lease, Outcome::Ack { output, costs }))
+            .collect();
+        self.report(results).await?;
+        self.apply_results().await?;
+        Ok(())
+    }
+
+    async fn ack(
+        &self,
+        lease: &Lease,
+        output: Params,
+        costs: Vec<(Category, Micros)>,
+    ) -> Result<(), QueueError> {
+        self.ack_many(vec![(lease.clone(), output, costs)]).await
+    }
+
+    async fn nack(
+        &self,
+        lease: &Lease,
+        error: String,
+        timed_out: bool,
+        costs: Vec<(Category, Micros)>,
+    ) -> Result<NackOutcome, QueueError> {
+        let outcome = Outcome::Nack {
+            error,
+            timed_out,
+            costs,
+        };
+        self.report(vec![(lease.clone(), outcome)]).await?;
+        let mut outcomes = self.apply_results().await?;
+        Ok(outcomes
+            .remove(&(lease.task.clone(), lease.attempt))
+            .unwrap_or(NackOutcome::Stale))
+    }
+
+    async fn expire_leases(&self) -> Result<usize, QueueError> {
+        crate::runtime::queue::expire_due(&self.ledger).await
+    }
+
+    async fn depth(&self) -> Result<QueueCounts, QueueError> {
+        Ok(self
+            .ledger
+            .query_async(|state, _| state.queue.counts())
+            .await?)
+    }
+}
