@@ -29,13 +29,41 @@ struct Harness<Q> {
     _keep: Box<dyn std::any::Any>,
 }
 
+/// The run's seed (the queues draw their retry jitter from it).
+const SEED: u64 = 1;
+
 fn policy() -> QueuePolicy {
     QueuePolicy {
         aging_records: 1_000_000,
         retry_base_micros: 50_000,
         retry_max_micros: 50_000,
-        jitter_bp: 0,
+        jitter_bp: 5_000,
     }
+}
+
+/// A workload with `policy`'s retry settings, recorded with the run so
+/// that `replay --check` re-checks the queue's decisions.
+fn workload_text(policy: &QueuePolicy) -> String {
+    format!(
+        r#"seed = {SEED}
+[execution.queue]
+retry_base_ms = {}
+retry_max_ms = {}
+aging_records = {}
+[[tenants]]
+id = "acme"
+budget_micros = 1000000
+[[pipelines]]
+id = "p"
+nodes = [{{ id = "a", handler = "sim" }}]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+"#,
+        policy.retry_base_micros / 1_000,
+        policy.retry_max_micros / 1_000,
+        policy.aging_records
+    )
 }
 
 /// Builds the harness, or `None` when the queue cannot be had here (no
@@ -69,8 +97,13 @@ async fn harness<
             }),
             Append::from(Event::RunStarted {
                 run: RunId::from(RUN),
-                seed: 1,
+                seed: SEED,
                 config_hash: String::new(),
+            }),
+            Append::from(Event::WorkloadRecorded {
+                run: RunId::from(RUN),
+                format: "toml".to_owned(),
+                text: workload_text(&policy),
             }),
         ])
         .await
@@ -129,6 +162,25 @@ impl<Q: TaskQueue> Harness<Q> {
         order
     }
 
+    /// Closes the ledger and re-checks every decision the queue recorded.
+    async fn recheck(self) -> runledger::audit::check::CheckReport {
+        let Harness {
+            ledger,
+            queue,
+            _dir: dir,
+            _keep,
+        } = self;
+        drop(queue);
+        tokio::task::spawn_blocking(move || ledger.close().unwrap())
+            .await
+            .unwrap();
+        let store = runledger::log::Store::open(dir.path(), false).unwrap();
+        let report = runledger::audit::check::check(&store, Default::default()).unwrap();
+        assert!(report.ok(), "replay --check: {:?}", report.first);
+        assert_eq!(report.not_recheckable, 0);
+        report
+    }
+
     async fn head(&self) -> u64 {
         self.ledger.query_async(|_, head| head.seq).await.unwrap()
     }
@@ -148,6 +200,7 @@ async fn strict_priority_then_fifo<Q: TaskQueue>(h: Harness<Q>) {
         .await
         .unwrap();
     assert_eq!(h.drain().await, ["c1", "c2", "h1", "n1", "n2", "l1", "b1"]);
+    let _ = h.recheck().await;
 }
 
 async fn aging_lets_batch_through<Q: TaskQueue>(h: Harness<Q>) {
@@ -161,6 +214,7 @@ async fn aging_lets_batch_through<Q: TaskQueue>(h: Harness<Q>) {
         "the BATCH task waited behind all 40 CRITICAL ones: {order:?}"
     );
     assert!(at > 0, "aging is gradual, not immediate");
+    let _ = h.recheck().await;
 }
 
 async fn an_expired_lease_returns_the_task_and_late_results_are_dropped<Q: TaskQueue>(
@@ -210,6 +264,7 @@ async fn an_expired_lease_returns_the_task_and_late_results_are_dropped<Q: TaskQ
     assert_eq!(h.head().await, after, "a duplicate ACK appends nothing");
     let counts = h.queue.depth().await.unwrap();
     assert_eq!((counts.done, counts.retries), (1, 1));
+    let _ = h.recheck().await;
 }
 
 async fn nack_retries_after_backoff_then_dead_letters_and_cancels<Q: TaskQueue>(h: Harness<Q>) {
@@ -255,6 +310,11 @@ async fn nack_retries_after_backoff_then_dead_letters_and_cancels<Q: TaskQueue>(
         (1, 2, 0)
     );
     assert!(h.lease(1).await.is_none());
+    // The retry schedule, the dead letter and its cascade re-check.
+    let report = h.recheck().await;
+    for kind in ["task_nacked", "task_dead_lettered", "task_cancelled"] {
+        assert!(report.by_kind.contains_key(kind), "{:?}", report.by_kind);
+    }
 }
 
 async fn dependants_wait_for_their_parents<Q: TaskQueue>(h: Harness<Q>) {
@@ -269,6 +329,7 @@ async fn dependants_wait_for_their_parents<Q: TaskQueue>(h: Harness<Q>) {
     let counts = h.queue.depth().await.unwrap();
     assert_eq!((counts.pending, counts.waiting), (2, 1));
     assert_eq!(h.drain().await, ["c", "a", "b"]);
+    let _ = h.recheck().await;
 }
 
 async fn batches_come_in_priority_order<Q: TaskQueue>(h: Harness<Q>) {
@@ -306,6 +367,7 @@ async fn batches_come_in_priority_order<Q: TaskQueue>(h: Harness<Q>) {
         .await
         .unwrap();
     assert_eq!(h.queue.depth().await.unwrap().done, 4);
+    let _ = h.recheck().await;
 }
 
 /// Runs the whole suite against the queue `make` builds.
@@ -364,7 +426,7 @@ macro_rules! queue_suite {
 }
 
 queue_suite!(memory, |ledger, policy| async move {
-    let queue = MemoryQueue::new(ledger, policy, 7);
+    let queue = MemoryQueue::new(ledger, policy, SEED);
     Some((queue, Box::new(()) as Box<dyn std::any::Any>))
 });
 
@@ -373,6 +435,8 @@ queue_suite!(redis, |ledger, policy| async move {
     let streams = RedisStreams::connect(&server.url(), StreamsConfig::default())
         .await
         .unwrap();
-    let queue = RedisQueue::new(ledger, streams, policy, 7).await.unwrap();
+    let queue = RedisQueue::new(ledger, streams, policy, SEED)
+        .await
+        .unwrap();
     Some((queue, Box::new(server) as Box<dyn std::any::Any>))
 });

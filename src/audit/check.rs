@@ -170,6 +170,10 @@ enum Group {
     End(TaskId, TenantId),
     /// A lease of the task expired.
     Expire(TaskId),
+    /// The lease of a task the gate already admitted (the Redis queue
+    /// dispatches through the gate first; the lease follows when a worker
+    /// claims it).
+    Lease(TaskId),
     /// The tenant's budget period turned.
     Reset(TenantId),
 }
@@ -283,8 +287,11 @@ impl Checker {
             | Event::LearningArmChosen { task: t, .. }
             | Event::CostReserved { task: t, .. }
             | Event::AdmissionDenied { task: Some(t), .. }
-            | Event::TaskSkipped { task: t, .. }
-            | Event::TaskDequeued { task: t, .. } => Some(Group::Gate(t.clone())),
+            | Event::TaskSkipped { task: t, .. } => Some(Group::Gate(t.clone())),
+            Event::TaskDequeued { task: t, .. } if self.admitted(t) => {
+                Some(Group::Lease(t.clone()))
+            }
+            Event::TaskDequeued { task: t, .. } => Some(Group::Gate(t.clone())),
             Event::TaskCancelled { task: t, reason }
                 if reason.starts_with("terminated by the cost agent")
                     || reason.starts_with("not admitted") =>
@@ -304,6 +311,15 @@ impl Checker {
             Event::BudgetPeriodReset { tenant } => Some(Group::Reset(tenant.clone())),
             _ => None,
         }
+    }
+
+    /// Whether `task` already went through the gate for its next attempt:
+    /// it holds a reservation or a learning choice and waits for its lease.
+    fn admitted(&self, task: &TaskId) -> bool {
+        self.state.queue.get(task).is_some_and(|t| {
+            t.status == crate::domain::queue::TaskStatus::Pending
+                && (t.reserved_micros > Micros::ZERO || self.state.learning.has_pending(task))
+        })
     }
 
     /// Checks a decision that is a group of its own: a pipeline run's
@@ -402,6 +418,25 @@ impl Checker {
                     .collect();
                 Some((expected, task.to_string()))
             }
+            Group::Lease(task) => {
+                self.task_scope(task)?;
+                let t = self.state.queue.get(task)?;
+                let worker = open.records.iter().find_map(|r| match &r.event {
+                    Event::TaskDequeued { worker, .. } => Some(worker.clone()),
+                    _ => None,
+                });
+                let lease = Expect {
+                    event: Event::TaskDequeued {
+                        task: task.clone(),
+                        worker: worker.unwrap_or_default(),
+                        attempt: t.attempts + 1,
+                        lease_deadline: None,
+                    },
+                    optional: false,
+                    compare: Compare::Lease,
+                };
+                Some((vec![lease], task.to_string()))
+            }
             Group::Reset(tenant) => {
                 if !self.tenant_scope() {
                     return None;
@@ -463,6 +498,8 @@ impl Checker {
                 Event::TaskDequeued { worker, .. } => Some(worker.clone()),
                 _ => None,
             });
+            // The lease follows at once (in-memory queue, simulated
+            // executor) or when a worker claims the task (Redis queue).
             expected.push(Expect {
                 event: Event::TaskDequeued {
                     task: task.clone(),
@@ -470,7 +507,7 @@ impl Checker {
                     attempt: t.attempts + 1,
                     lease_deadline: None,
                 },
-                optional: false,
+                optional: true,
                 compare: Compare::Lease,
             });
         }
@@ -668,7 +705,7 @@ impl Checker {
     /// The tenant whose money a group decides about.
     fn group_tenant(&self, group: &Group) -> Option<TenantId> {
         match group {
-            Group::Gate(task) | Group::Expire(task) => {
+            Group::Gate(task) | Group::Expire(task) | Group::Lease(task) => {
                 self.state.queue.get(task).map(|t| t.tenant.clone())
             }
             Group::End(_, tenant) | Group::Reset(tenant) => Some(tenant.clone()),
@@ -713,7 +750,9 @@ impl Checker {
     /// Whether the group belongs to an executed run that `--run` leaves out.
     fn executed_elsewhere(&self, group: &Group) -> bool {
         let task = match group {
-            Group::Gate(task) | Group::End(task, _) | Group::Expire(task) => task,
+            Group::Gate(task) | Group::End(task, _) | Group::Expire(task) | Group::Lease(task) => {
+                task
+            }
             Group::Reset(_) => return self.executed.values().any(|r| !r.finished),
         };
         self.state
@@ -830,6 +869,7 @@ fn belongs(group: &Group, records: &[Rec], event: &Event) -> bool {
             }
             _ => false,
         },
+        Group::Lease(_) => false,
         Group::Reset(tenant) => {
             records.len() == 1 && matches!(event, Event::BudgetStatusChanged { tenant: x, .. } if x == tenant)
         }
@@ -851,6 +891,7 @@ fn ends(group: &Group, event: &Event) -> bool {
                     ..
                 }
         ),
+        Group::Lease(_) => true,
         Group::Expire(_) | Group::Reset(_) => false,
     }
 }

@@ -360,6 +360,11 @@ impl Learning {
         }
     }
 
+    /// Whether a choice for `task` waits for its outcome.
+    pub fn has_pending(&self, task: &TaskId) -> bool {
+        self.pending.contains_key(task)
+    }
+
     /// Drops `task`'s pending choice, if any, counting an exploration as
     /// no longer running.
     fn settle_pending(&mut self, task: &TaskId) -> Option<Pending> {
