@@ -20,4 +20,5 @@ pub mod diff;
 pub mod export;
 pub mod merkle;
 pub mod published;
+pub mod tenants;
 pub mod verify_export;

@@ -328,8 +328,7 @@ impl Learning {
         );
         let roll = draw(seed, "explore", key, attempt) % 10_000;
         if may_explore && values.len() > 1 && exposure <= allowance && roll < u64::from(rate_bp) {
-            let pick =
-                draw(seed, "explore-arm", key, attempt) % (values.len() as u64 - 1);
+            let pick = draw(seed, "explore-arm", key, attempt) % (values.len() as u64 - 1);
             let i = (0..values.len())
                 .filter(|&i| i != best)
                 .nth(pick as usize)

@@ -335,7 +335,12 @@ impl TaskQueue for MemoryQueue {
                 if lease.attempt < max_attempts {
                     let delay = policy.retry_delay_micros(
                         lease.attempt,
-                        draw(seed, "retry", lease.task.draw_key(&lease.run), lease.attempt),
+                        draw(
+                            seed,
+                            "retry",
+                            lease.task.draw_key(&lease.run),
+                            lease.attempt,
+                        ),
                     );
                     let at = now.saturating_add_micros(delay);
                     events.push(Event::TaskNacked {

@@ -249,7 +249,8 @@ impl Sim<'_> {
             attempt,
             lease_deadline: Some(self.now.saturating_add_micros(timeout)),
         })?;
-        let latency = simulate(self.seed, task.draw_key(&self.run), attempt, &params).latency_micros;
+        let latency =
+            simulate(self.seed, task.draw_key(&self.run), attempt, &params).latency_micros;
         let (ends, timed_out) = if latency > timeout {
             (timeout, true)
         } else {
