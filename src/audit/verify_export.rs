@@ -732,7 +732,7 @@ impl Checker {
             (Some(b), Some(a)) => format!("between seq {b} and seq {a}"),
             (Some(b), None) => format!("after seq {b}"),
             (None, Some(a)) => format!("before seq {a}"),
-            (None, None) => "anywhere".to_owned(),
+            (None, None) => "somewhere in the file".to_owned(),
         };
         let mut rows_open = open.as_slice();
         if let Some((leaf, ..)) = left {
