@@ -19,6 +19,12 @@
 //! the proof vouches for: a dropped, added or reordered row is named
 //! before any hash is compared.
 //!
+//! The same shape serves three trees, told apart by the tag of every hash
+//! ([`Domain`]): the records tree above, a tenant's subtree and the
+//! tenants tree (see `audit::tenants`); [`checkpoint_root`] combines the
+//! records root and the tenants root into the root a holder keeps. In
+//! those trees labels are leaf positions (1-based) rather than seqs.
+//!
 //! This module is pure: hashes in, hashes out; no store, no files.
 //!
 //! ```
