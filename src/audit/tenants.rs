@@ -201,7 +201,7 @@ impl Commitments {
                 subroot: s.tree.root(),
             })
             .collect();
-        entries.sort_unstable_by(|a, b| a.tag.cmp(&b.tag));
+        entries.sort_unstable_by_key(|e| e.tag);
         entries
     }
 
