@@ -102,7 +102,9 @@ fn json_lines(file: &Path) -> Vec<Value> {
 fn rows(file: &Path) -> Vec<Value> {
     json_lines(file)
         .into_iter()
-        .filter(|v| !["opening", "proof_node", "proof"].contains(&v["kind"].as_str().unwrap()))
+        .filter(|v| {
+            !["opening", "proof_node", "tenant", "proof"].contains(&v["kind"].as_str().unwrap())
+        })
         .collect()
 }
 
@@ -218,12 +220,18 @@ fn export_of_one_tenant_holds_nothing_of_another() {
         .map(|t| t["tenant"].as_str().unwrap().to_owned())
         .collect();
     let (a, others) = tenants.split_first().unwrap();
+    let ledger_id = json_lines(&export(&dir, a, &[]))[0]["ledger_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for format in ["jsonl", "csv"] {
         let file = export(&dir, a, &["--format", format]);
         let text = std::fs::read_to_string(&file).unwrap();
         for b in others {
             let log = ok(runledger(&data(&dir), &["log", "--json", "--tenant", b]));
-            let mut needles = vec![b.clone(), hex(b.as_bytes())];
+            // B's tag neither: only hashes over it (a tenants-tree node).
+            let tag = runledger::audit::tenants::tenant_tag(&ledger_id, b);
+            let mut needles = vec![b.clone(), hex(b.as_bytes()), hex(&tag)];
             for line in String::from_utf8_lossy(&log.stdout).lines() {
                 let record: Value = serde_json::from_str(line).unwrap();
                 if let Some(task) = record["event"]["task"].as_str() {
@@ -471,7 +479,7 @@ fn csv_export_round_trips_through_a_spreadsheet_style_parser() {
     let mut data_rows = 0;
     for record in &records {
         assert_eq!(record.len(), header.len(), "the file is rectangular");
-        if ["opening", "proof_node", "proof"].contains(&&record[column("kind")]) {
+        if ["opening", "proof_node", "tenant", "proof"].contains(&&record[column("kind")]) {
             serde_json::from_str::<Value>(&record[column("detail")]).unwrap();
             continue;
         }
@@ -665,4 +673,527 @@ fn verify_catches_a_tampered_published_checkpoint() {
         checkpoint(&data(&dir));
         ok(runledger(&data(&dir), &["verify"]));
     }
+}
+
+// ---------------------------------------------------------------------
+// Completeness: an attacker who holds the file drops a row and rebuilds
+// everything the file lets them rebuild (the records multi-proof from
+// the file's own hashes, the running, opening and closing totals, the
+// tenant subtree's nodes); verify-export still fails against a checkpoint
+// root the auditor kept.
+
+use runledger::audit::export::Totals;
+use runledger::audit::merkle::{Domain, checkpoint_root, leaf_hash};
+use runledger::audit::tenants::row_leaf;
+use runledger::domain::{Category, Timestamp};
+use runledger::log::codec::decode_event;
+use runledger::log::record::record_hash;
+use std::collections::BTreeMap;
+
+fn parse(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn unparse(values: &[Value]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| serde_json::to_string(v).unwrap())
+        .collect()
+}
+
+fn h(text: &Value) -> blake3::Hash {
+    blake3::Hash::from_hex(text.as_str().unwrap()).unwrap()
+}
+
+fn is_row(v: &Value) -> bool {
+    !["opening", "proof_node", "tenant", "proof"].contains(&v["kind"].as_str().unwrap())
+}
+
+fn split(n: u64) -> u64 {
+    1 << (63 - (n - 1).leading_zeros())
+}
+
+/// The hash of leaves `[lo, hi)` (0-based) from known nodes (keyed by
+/// 1-based `(first, last)`) and known leaves (1-based).
+fn subtree_hash(
+    domain: Domain,
+    lo: u64,
+    hi: u64,
+    nodes: &BTreeMap<(u64, u64), blake3::Hash>,
+    leaves: &BTreeMap<u64, blake3::Hash>,
+) -> blake3::Hash {
+    if let Some(hash) = nodes.get(&(lo + 1, hi)) {
+        return *hash;
+    }
+    if hi - lo == 1 {
+        return *leaves
+            .get(&hi)
+            .unwrap_or_else(|| panic!("leaf {hi} unknown"));
+    }
+    let mid = lo + split(hi - lo);
+    domain.node(
+        &subtree_hash(domain, lo, mid, nodes, leaves),
+        &subtree_hash(domain, mid, hi, nodes, leaves),
+    )
+}
+
+/// The multi-proof nodes for `proven` (1-based, increasing) in a tree of
+/// `size`, computed from what the file reveals — what a forger can do.
+fn rebuild_nodes(
+    domain: Domain,
+    size: u64,
+    proven: &[u64],
+    nodes: &BTreeMap<(u64, u64), blake3::Hash>,
+    leaves: &BTreeMap<u64, blake3::Hash>,
+) -> Vec<(u64, u64, blake3::Hash)> {
+    fn walk(
+        domain: Domain,
+        lo: u64,
+        hi: u64,
+        proven: &[u64],
+        nodes: &BTreeMap<(u64, u64), blake3::Hash>,
+        leaves: &BTreeMap<u64, blake3::Hash>,
+        out: &mut Vec<(u64, u64, blake3::Hash)>,
+    ) {
+        if proven.is_empty() {
+            out.push((lo + 1, hi, subtree_hash(domain, lo, hi, nodes, leaves)));
+            return;
+        }
+        if hi - lo == 1 {
+            return;
+        }
+        let mid = lo + split(hi - lo);
+        let cut = proven.partition_point(|&p| p <= mid);
+        walk(domain, lo, mid, &proven[..cut], nodes, leaves, out);
+        walk(domain, mid, hi, &proven[cut..], nodes, leaves, out);
+    }
+    let mut out = Vec::new();
+    walk(domain, 0, size, proven, nodes, leaves, &mut out);
+    out
+}
+
+/// Rewrites the records multi-proof of the file for the rows it now
+/// holds, from the hashes the original file revealed (`known` leaves:
+/// every original row's record hash by seq).
+fn rebuild_records_proof(values: &mut Vec<Value>, known: &BTreeMap<u64, blake3::Hash>) {
+    let proof = values.last().unwrap().clone();
+    let size = proof["tree_size"].as_u64().unwrap();
+    let mut nodes = BTreeMap::new();
+    for v in values.iter().filter(|v| v["kind"] == "proof_node") {
+        nodes.insert(
+            (
+                v["first_seq"].as_u64().unwrap(),
+                v["last_seq"].as_u64().unwrap(),
+            ),
+            h(&v["hash"]),
+        );
+    }
+    let mut leaves: BTreeMap<u64, blake3::Hash> =
+        known.iter().map(|(&s, r)| (s, leaf_hash(r))).collect();
+    leaves.insert(size, leaf_hash(&h(&proof["head_hash"])));
+    let mut proven: Vec<u64> = values
+        .iter()
+        .filter(|v| is_row(v))
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    if proven.last() != Some(&size) {
+        proven.push(size);
+    }
+    let rebuilt = rebuild_nodes(Domain::RECORDS, size, &proven, &nodes, &leaves);
+    let at = values
+        .iter()
+        .position(|v| v["kind"] == "proof_node")
+        .unwrap();
+    values.retain(|v| v["kind"] != "proof_node");
+    for (k, (first, last, hash)) in rebuilt.into_iter().enumerate() {
+        let node = serde_json::json!({
+            "kind": "proof_node", "first_seq": first, "last_seq": last,
+            "hash": hash.to_hex().to_string(),
+        });
+        values.insert(at + k, node);
+    }
+    let rows = values.iter().filter(|v| is_row(v)).count();
+    let last = values.len() - 1;
+    values[last]["rows"] = Value::from(rows);
+}
+
+/// Renumbers the rows and refolds every running total, the opening totals
+/// (after `before`, events of rows moved out in front) and the closing
+/// totals, with the verifier's own arithmetic.
+fn refold(values: &mut [Value], before: &[Value]) {
+    let event = |row: &Value| {
+        let hex = row["event_hex"].as_str().unwrap();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        decode_event(&bytes).unwrap()
+    };
+    let opening: runledger::audit::export::TotalsView =
+        serde_json::from_value(values[0]["totals"].clone()).unwrap();
+    let mut totals = Totals::from_view(&opening).unwrap();
+    for row in before {
+        totals.apply(&event(row)).unwrap();
+    }
+    values[0]["totals"] = serde_json::to_value(totals.view().unwrap()).unwrap();
+    let mut number = 0;
+    for v in values.iter_mut().filter(|v| is_row(v)) {
+        number += 1;
+        totals.apply(&event(v)).unwrap();
+        v["row"] = Value::from(number);
+        v["budget_micros"] = Value::from(totals.budget_micros);
+        v["spent_micros"] = Value::from(totals.spent_micros().unwrap());
+        v["reserved_micros"] = Value::from(totals.reserved_micros);
+        v["period"] = Value::from(totals.period);
+        if let Some(name) = v["category"].as_str() {
+            let c = Category::ALL.iter().find(|c| c.name() == name).unwrap();
+            v["category_spent_micros"] = Value::from(totals.spent_by_category[c.index()]);
+        }
+    }
+    let last = values.len() - 1;
+    values[last]["totals"] = serde_json::to_value(totals.view().unwrap()).unwrap();
+}
+
+fn row_hashes(values: &[Value]) -> BTreeMap<u64, blake3::Hash> {
+    values
+        .iter()
+        .filter(|v| is_row(v))
+        .map(|v| (v["seq"].as_u64().unwrap(), h(&v["hash"])))
+        .collect()
+}
+
+fn tenant_line(values: &mut [Value]) -> &mut Value {
+    values.iter_mut().find(|v| v["kind"] == "tenant").unwrap()
+}
+
+/// A demo ledger with a kept checkpoint, and the export of `initech`.
+fn exported_with_checkpoint(extra: &[&str]) -> (tempfile::TempDir, String, Vec<Value>) {
+    let dir = demo_ledger();
+    let root = checkpoint(&data(&dir))["root"].as_str().unwrap().to_owned();
+    let file = export(&dir, "initech", extra);
+    ok(verify_export(&file, &["--head", &root]));
+    (dir, root, parse(&lines(&file)))
+}
+
+fn verify_values(dir: &tempfile::TempDir, values: &[Value], root: &str) -> Output {
+    verify_lines(dir, &unparse(values), &["--head", root])
+}
+
+#[test]
+fn verify_export_catches_a_middle_row_dropped_with_a_rebuilt_proof_and_totals() {
+    let (dir, root, original) = exported_with_checkpoint(&[]);
+    let known = row_hashes(&original);
+    let rows: Vec<usize> = (0..original.len())
+        .filter(|&i| is_row(&original[i]))
+        .collect();
+    let victim = rows[rows.len() / 2..]
+        .iter()
+        .copied()
+        .find(|&i| original[i]["kind"] == "cost_incurred")
+        .unwrap();
+    let (before, after) = (
+        original[victim - 1]["seq"].to_string(),
+        original[victim + 1]["seq"].to_string(),
+    );
+    let mut values = original.clone();
+    values.remove(victim);
+    rebuild_records_proof(&mut values, &known);
+    refold(&mut values, &[]);
+    // Without the tenant commitment this file would pass: the rows, the
+    // records proof and every total hold together.
+    let out = verify_values(&dir, &values, &root);
+    assert_fails(&out, &["(tenant)", "missing"]);
+
+    // The forger also folds the dropped leaf into a subtree node.
+    let position = rows.iter().position(|&i| i == victim).unwrap() as u64 + 1;
+    let count = tenant_line(&mut values)["count"].as_u64().unwrap();
+    let mut leaves = BTreeMap::new();
+    for (k, &i) in rows.iter().enumerate() {
+        let v = &original[i];
+        let leaf = row_leaf(
+            v["seq"].as_u64().unwrap(),
+            v["recorded_at_micros"].as_i64().unwrap(),
+            &h(&v["hash"]),
+        );
+        leaves.insert(k as u64 + 1, leaf);
+    }
+    let proven: Vec<u64> = (1..=count).filter(|&p| p != position).collect();
+    let nodes = rebuild_nodes(Domain::TENANT, count, &proven, &BTreeMap::new(), &leaves);
+    assert_eq!(nodes.len(), 1, "one node: the dropped leaf");
+    tenant_line(&mut values)["nodes"] = serde_json::json!([{
+        "first": nodes[0].0, "last": nodes[0].1, "hash": nodes[0].2.to_hex().to_string(),
+    }]);
+    let out = verify_values(&dir, &values, &root);
+    assert_fails(
+        &out,
+        &[
+            &format!("leaf {position} of the tenant"),
+            &format!("between seq {before} and seq {after}"),
+            "missing",
+        ],
+    );
+
+    // Or renumbers the subtree without the dropped leaf: the count and
+    // subroot no longer give the tenants root the checkpoint holds.
+    let mut acc = runledger::audit::merkle::Accumulator::new(Domain::TENANT);
+    for (&p, leaf) in &leaves {
+        if p != position {
+            acc.push_leaf(*leaf);
+        }
+    }
+    let t = tenant_line(&mut values);
+    t["nodes"] = serde_json::json!([]);
+    t["count"] = Value::from(count - 1);
+    t["subroot"] = Value::from(acc.root().to_hex().to_string());
+    assert_fails(
+        &verify_values(&dir, &values, &root),
+        &["(tenant)", "tenants root"],
+    );
+}
+
+/// A window with rows on both sides of it, and the export of it.
+fn windowed() -> (tempfile::TempDir, String, Vec<Value>) {
+    let dir = demo_ledger();
+    let all = rows(&export(&dir, "initech", &[]));
+    let moves = |from: usize| {
+        (from..all.len())
+            .find(|&k| all[k]["recorded_at_micros"] != all[k - 1]["recorded_at_micros"])
+            .unwrap()
+    };
+    let (a, b) = (moves(all.len() / 3), moves(2 * all.len() / 3));
+    let from = all[a]["recorded_at"].as_str().unwrap().to_owned();
+    let to = all[b]["recorded_at"].as_str().unwrap().to_owned();
+    let root = checkpoint(&data(&dir))["root"].as_str().unwrap().to_owned();
+    let file = export(&dir, "initech", &["--from", &from, "--to", &to]);
+    ok(verify_export(&file, &["--head", &root]));
+    let values = parse(&lines(&file));
+    let t = values.iter().find(|v| v["kind"] == "tenant").unwrap();
+    assert!(t["left"].is_object() && t["right"].is_object(), "{t}");
+    assert_eq!(rows(&file).len(), b - a);
+    (dir, root, values)
+}
+
+/// Moves the first (or last) row of a windowed export into the boundary
+/// leaf, rebuilding the subtree nodes, the records proof and the totals.
+fn move_boundary(values: &[Value], first: bool) -> Vec<Value> {
+    let known = row_hashes(values);
+    let mut values = values.to_vec();
+    let t = tenant_line(&mut values).clone();
+    let count = t["count"].as_u64().unwrap();
+    let (left, right) = (&t["left"], &t["right"]);
+    let leaf_of = |v: &Value| {
+        row_leaf(
+            v["seq"].as_u64().unwrap(),
+            v["recorded_at_micros"].as_i64().unwrap(),
+            &h(&v["hash"]),
+        )
+    };
+    let first_leaf = left["leaf"].as_u64().unwrap() + 1;
+    let row_indices: Vec<usize> = (0..values.len()).filter(|&i| is_row(&values[i])).collect();
+    let mut leaves = BTreeMap::new();
+    leaves.insert(left["leaf"].as_u64().unwrap(), leaf_of(left));
+    leaves.insert(right["leaf"].as_u64().unwrap(), leaf_of(right));
+    for (k, &i) in row_indices.iter().enumerate() {
+        leaves.insert(first_leaf + k as u64, leaf_of(&values[i]));
+    }
+    let mut nodes = BTreeMap::new();
+    for n in t["nodes"].as_array().unwrap() {
+        nodes.insert(
+            (n["first"].as_u64().unwrap(), n["last"].as_u64().unwrap()),
+            h(&n["hash"]),
+        );
+    }
+    let victim = if first {
+        row_indices[0]
+    } else {
+        *row_indices.last().unwrap()
+    };
+    let moved = values.remove(victim);
+    let (lo, hi) = if first {
+        (first_leaf, right["leaf"].as_u64().unwrap())
+    } else {
+        (
+            left["leaf"].as_u64().unwrap(),
+            first_leaf + row_indices.len() as u64 - 1,
+        )
+    };
+    let proven: Vec<u64> = (lo..=hi).collect();
+    let rebuilt = rebuild_nodes(Domain::TENANT, count, &proven, &nodes, &leaves);
+    let position = if first { lo } else { hi };
+    let boundary = serde_json::json!({
+        "leaf": position, "seq": moved["seq"],
+        "recorded_at_micros": moved["recorded_at_micros"], "hash": moved["hash"],
+    });
+    let tl = tenant_line(&mut values);
+    tl[if first { "left" } else { "right" }] = boundary;
+    tl["nodes"] = rebuilt
+        .iter()
+        .map(|(f, l, hash)| serde_json::json!({"first": f, "last": l, "hash": hash.to_hex().to_string()}))
+        .collect();
+    rebuild_records_proof(&mut values, &known);
+    if first {
+        refold(&mut values, &[moved]);
+    } else {
+        refold(&mut values, &[]);
+    }
+    values
+}
+
+#[test]
+fn verify_export_catches_the_first_or_last_row_of_a_window_moved_into_the_boundary() {
+    let (dir, root, values) = windowed();
+    let out = verify_values(&dir, &move_boundary(&values, true), &root);
+    assert_fails(&out, &["(tenant)", "before --from", "dropped at the start"]);
+    let out = verify_values(&dir, &move_boundary(&values, false), &root);
+    assert_fails(&out, &["(tenant)", "before --to", "dropped at the end"]);
+}
+
+#[test]
+fn verify_export_catches_a_forged_boundary_time_count_and_path() {
+    let (dir, root, values) = windowed();
+    let mut edited = values.clone();
+    let t = tenant_line(&mut edited);
+    let at = t["left"]["recorded_at_micros"].as_i64().unwrap();
+    t["left"]["recorded_at_micros"] = Value::from(at - 1);
+    assert_fails(
+        &verify_values(&dir, &edited, &root),
+        &["(tenant)", "subroot"],
+    );
+
+    for delta in [1i64, -1] {
+        let mut edited = values.clone();
+        let t = tenant_line(&mut edited);
+        let count = t["count"].as_i64().unwrap();
+        t["count"] = Value::from(count + delta);
+        assert_fails(&verify_values(&dir, &edited, &root), &["(tenant)"]);
+    }
+
+    let mut edited = values.clone();
+    let t = tenant_line(&mut edited);
+    let mut hash = t["tenants_path"][0]["hash"].as_str().unwrap().to_owned();
+    hash.replace_range(0..1, if hash.starts_with('0') { "1" } else { "0" });
+    t["tenants_path"][0]["hash"] = Value::from(hash);
+    assert_fails(
+        &verify_values(&dir, &edited, &root),
+        &["(tenant)", "tenants root"],
+    );
+    let mut edited = values.clone();
+    let t = tenant_line(&mut edited);
+    let position = t["tenant_position"].as_u64().unwrap();
+    t["tenant_position"] = Value::from(if position == 1 { 2 } else { position - 1 });
+    assert_fails(&verify_values(&dir, &edited, &root), &["(tenant)"]);
+}
+
+#[test]
+fn verify_export_catches_a_forged_row_with_rebuilt_proofs() {
+    let (dir, root, original) = exported_with_checkpoint(&[]);
+    let known = row_hashes(&original);
+    let size = original.last().unwrap()["tree_size"].as_u64().unwrap();
+    // A copy of row r's event at seq r + 1, another tenant's record that is
+    // a one-leaf proof node (r + 1 is r's sibling), linked to row r.
+    let i = (0..original.len())
+        .find(|&i| {
+            let v = &original[i];
+            let Some(r) = v["seq"].as_u64().filter(|_| is_row(v)) else {
+                return false;
+            };
+            (r - 1) % 2 == 0
+                && r + 2 < size
+                && !known.contains_key(&(r + 1))
+                && !known.contains_key(&(r + 2))
+        })
+        .unwrap();
+    let r = original[i]["seq"].as_u64().unwrap();
+    let mut forged = original[i].clone();
+    let at = Timestamp(forged["recorded_at_micros"].as_i64().unwrap());
+    let hex = forged["event_hex"].as_str().unwrap().to_owned();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|k| u8::from_str_radix(&hex[k..k + 2], 16).unwrap())
+        .collect();
+    let prev = h(&original[i]["hash"]);
+    let hash = record_hash(r + 1, at, &prev, &bytes);
+    forged["seq"] = Value::from(r + 1);
+    forged["prev_hash"] = Value::from(prev.to_hex().to_string());
+    forged["hash"] = Value::from(hash.to_hex().to_string());
+    let mut values = original.clone();
+    values.insert(i + 1, forged);
+    values.retain(|v| {
+        !(v["kind"] == "proof_node" && v["first_seq"] == r + 1 && v["last_seq"] == r + 1)
+    });
+    refold(&mut values, &[]);
+    // Restate the records root and the checkpoint root the rows now give.
+    let mut nodes = BTreeMap::new();
+    for v in values.iter().filter(|v| v["kind"] == "proof_node") {
+        let key = (
+            v["first_seq"].as_u64().unwrap(),
+            v["last_seq"].as_u64().unwrap(),
+        );
+        nodes.insert(key, h(&v["hash"]));
+    }
+    let mut leaves: BTreeMap<u64, blake3::Hash> = row_hashes(&values)
+        .iter()
+        .map(|(&s, r)| (s, leaf_hash(r)))
+        .collect();
+    let last = values.len() - 1;
+    leaves.insert(size, leaf_hash(&h(&values[last]["head_hash"])));
+    let records_root = subtree_hash(Domain::RECORDS, 0, size, &nodes, &leaves);
+    let tenants_root = h(&values[last]["tenants_root"]);
+    values[last]["records_root"] = Value::from(records_root.to_hex().to_string());
+    let forged_root = checkpoint_root(&records_root, &tenants_root);
+    values[last]["root"] = Value::from(forged_root.to_hex().to_string());
+    values[last]["rows"] = Value::from(known.len() + 1);
+    // The rows and the records proof hold together; the tenant's subtree
+    // has one leaf fewer than the rows.
+    let out = verify_lines(&dir, &unparse(&values), &[]);
+    assert_fails(&out, &["(tenant)", "a row was added"]);
+    assert_fails(&verify_values(&dir, &values, &root), &["(tenant)"]);
+}
+
+#[test]
+fn verify_catches_an_altered_tenants_root_in_a_published_checkpoint() {
+    let dir = demo_ledger();
+    let kept = checkpoint(&data(&dir));
+    let seq = kept["seq"].as_u64().unwrap();
+    {
+        let store = Store::open(&data(&dir), false).unwrap();
+        let mut forged = store.published().unwrap()[0];
+        forged.tenants_root[0] ^= 1;
+        store.write_published(forged).unwrap();
+        store.flush(true).unwrap();
+    }
+    let out = runledger(&data(&dir), &["verify"]);
+    assert_fails(
+        &out,
+        &[
+            &format!("seq {seq}"),
+            "tenants root",
+            "published checkpoint",
+        ],
+    );
+    let export = runledger(
+        &data(&dir),
+        &[
+            "export",
+            "--tenant",
+            "acme",
+            "--checkpoint",
+            &seq.to_string(),
+        ],
+    );
+    assert_eq!(export.status.code(), Some(1), "{}", stderr(&export));
+
+    // A value of another layout is a damaged ledger at that seq, not a panic.
+    {
+        let store = Store::open(&data(&dir), false).unwrap();
+        let tree = store.published_tree().unwrap();
+        let (key, _) = tree.iter().next().unwrap().unwrap();
+        tree.insert(key, vec![1u8; 40]).unwrap();
+        store.flush(true).unwrap();
+    }
+    let out = runledger(&data(&dir), &["verify"]);
+    assert_fails(&out, &["published checkpoint cannot be decoded"]);
 }

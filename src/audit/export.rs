@@ -9,7 +9,12 @@
 //!             run, task, kind, category, amount, running totals, and the
 //!             record's hash, prev_hash and canonical event bytes (hex)
 //! proof_node  the Merkle multi-proof (see `audit::merkle`), left to right
-//! proof       tree size, root, head seq and hash, row count, closing totals
+//! tenant      the tenant's commitment (see `audit::tenants`): its tag,
+//!             row count and subtree root, the leaves just outside the
+//!             rows (date filters), the subtree's proof nodes, and the
+//!             tenant leaf's path in the tenants tree
+//! proof       tree size, the records, tenants and checkpoint roots, head
+//!             seq and hash, row count, closing totals
 //! ```
 //!
 //! The rows are the records that move or judge the tenant's money:
@@ -21,7 +26,8 @@
 //! `budget_period_reset`) and are folded from seq 1 whatever the filters.
 //!
 //! Nothing of another tenant reaches the file: other records appear only
-//! as Merkle nodes, hashes of hashes.
+//! as Merkle nodes, hashes of hashes (and other tenants as nodes of the
+//! tenants tree).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -31,7 +37,8 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::merkle::{MultiProof, SCHEME, Tree};
+use super::merkle::{Domain, MultiProof, ProofNode, SCHEME, Tree, checkpoint_root};
+use super::tenants::{self, Commitments, Owned, RowOwner, row_leaf, row_owner, tenants_tree};
 use crate::domain::{
     BudgetPeriod, Category, Decision, Event, Micros, RunId, TaskId, TenantId, Timestamp,
 };
@@ -40,9 +47,9 @@ use crate::log::record::RawRecord;
 use crate::log::store::{Store, WalkError};
 
 /// The `format` an export's opening line names.
-pub const FORMAT: &str = "runledger-export/1";
+pub const FORMAT: &str = "runledger-export/2";
 
-/// The CSV header. Rows of kind `opening`, `proof_node` and `proof` leave
+/// The CSV header. Rows of kind `opening`, `proof_node`, `tenant` and `proof` leave
 /// every column empty but `kind` and `detail`, which holds the same JSON
 /// object as the JSONL line of that kind.
 pub const CSV_COLUMNS: [&str; 21] = [
@@ -431,6 +438,54 @@ pub struct NodeLine {
     pub hash: String,
 }
 
+/// A leaf of the tenant's subtree just outside the rows (the file states
+/// what the leaf is hashed from, so a verifier sees its seq and time).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoundaryLeaf {
+    /// Position in the tenant's subtree (1-based).
+    pub leaf: u64,
+    pub seq: u64,
+    pub recorded_at_micros: i64,
+    pub hash: String,
+}
+
+/// A node of the tenant subtree or of the tenants tree: the root of the
+/// leaves at positions `first..=last` (1-based).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeafNode {
+    pub first: u64,
+    pub last: u64,
+    pub hash: String,
+}
+
+/// The tenant's commitment: the line before the proof.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLine {
+    pub kind: String,
+    pub scheme: String,
+    /// `tenant_tag(ledger_id, tenant)`, hex.
+    pub tag: String,
+    /// Leaves of the tenant's subtree: its rows without date filters.
+    pub count: u64,
+    pub subroot: String,
+    /// The leaf just before the rows (only with `--from`).
+    pub left: Option<BoundaryLeaf>,
+    /// The leaf just after the rows (only with `--to`; the subtree ends at
+    /// the proof's tree size).
+    pub right: Option<BoundaryLeaf>,
+    /// The subtree's multi-proof of the boundary leaves and the rows.
+    pub nodes: Vec<LeafNode>,
+    /// Leaves of the tenants tree, and this tenant's position (1-based).
+    pub tenants_size: u64,
+    pub tenant_position: u64,
+    /// The tenant leaf's inclusion proof: the tenants tree's multi-proof
+    /// of that one leaf (its sibling path, left to right).
+    pub tenants_path: Vec<LeafNode>,
+}
+
 /// The last line of a file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -438,6 +493,11 @@ pub struct ProofLine {
     pub kind: String,
     pub scheme: String,
     pub tree_size: u64,
+    /// Root of the tree over every record hash.
+    pub records_root: String,
+    /// Root of the tenants tree.
+    pub tenants_root: String,
+    /// The checkpoint root: `H(0x02 ‖ records_root ‖ tenants_root)`.
     pub root: String,
     pub head_seq: u64,
     pub head_hash: String,
@@ -458,6 +518,7 @@ pub struct Export {
     records: Vec<(Box<Candidate>, Running)>,
     task_runs: FxHashMap<TaskId, RunId>,
     pub nodes: Vec<NodeLine>,
+    pub tenant: TenantLine,
     pub proof: ProofLine,
 }
 
@@ -481,17 +542,21 @@ struct Candidate {
     event: Event,
 }
 
-/// What a worker hands back per record: its hash, and the record itself
-/// when it may be the tenant's.
-type Read = (blake3::Hash, Option<Box<Candidate>>);
+/// What a worker hands back per record: its hash, what the tenants
+/// commitment needs of it, and the record itself when it may be the
+/// tenant's.
+type Read = (blake3::Hash, Owned, Option<Box<Candidate>>);
 
-fn read_record(raw: RawRecord<'_>, tenant: &TenantId) -> Result<Read, String> {
+fn read_record(raw: RawRecord<'_>, tenant: &TenantId, ledger_id: &str) -> Result<Read, String> {
     let event =
         decode_event(raw.event_bytes).map_err(|what| format!("event cannot be decoded: {what}"))?;
-    let ours = match &event {
+    let at = raw.recorded_at.as_micros();
+    let owned = Owned::of(ledger_id, raw.seq, at, &raw.hash, &event);
+    let ours = match row_owner(&event) {
         // Whose task was skipped is known only in seq order.
-        Event::TaskSkipped { .. } => true,
-        other => other.tenant() == Some(tenant) && is_money_event(other),
+        RowOwner::SkippedTask(_) => true,
+        RowOwner::Tenant(owner) => owner == tenant,
+        RowOwner::Nobody => false,
     };
     let candidate = ours.then(|| {
         Box::new(Candidate {
@@ -503,7 +568,7 @@ fn read_record(raw: RawRecord<'_>, tenant: &TenantId) -> Result<Read, String> {
             event,
         })
     });
-    Ok((raw.hash, candidate))
+    Ok((raw.hash, owned, candidate))
 }
 
 /// The totals after one row, as the row states them.
@@ -554,6 +619,7 @@ pub fn export(store: &Store, options: &ExportOptions) -> Result<Export, ExportEr
     };
     let limit = published.map_or(u64::MAX, |p| p.seq);
     let tenant = &options.tenant;
+    let ledger_id = store.ledger_id();
 
     // The head from the last frame's header sizes the hash list (a hint
     // only: the walk below is what is trusted).
@@ -564,14 +630,17 @@ pub fn export(store: &Store, options: &ExportOptions) -> Result<Export, ExportEr
     // The tenant's tasks and their runs, for skips and task-only events.
     let mut task_runs: FxHashMap<TaskId, RunId> = FxHashMap::default();
     let mut registered = false;
+    // Every tenant's subtree, for the tenants root.
+    let mut commitments = Commitments::default();
     store.read_chain(
-        |raw| read_record(raw, tenant),
+        |raw| read_record(raw, tenant, &ledger_id),
         |frames| {
-            for (hash, candidate) in frames.into_iter().flatten() {
+            for (hash, owned, candidate) in frames.into_iter().flatten() {
                 if record_hashes.len() as u64 >= limit {
                     return;
                 }
                 record_hashes.push(hash);
+                commitments.push(owned);
                 let Some(candidate) = candidate else { continue };
                 match &candidate.event {
                     Event::TaskSkipped { task, .. } if !task_runs.contains_key(task) => continue,
@@ -611,12 +680,41 @@ pub fn export(store: &Store, options: &ExportOptions) -> Result<Export, ExportEr
     }
     let tree = Tree::new(&record_hashes);
     drop(record_hashes);
+
+    // The tenant's subtree over all its rows (the same leaves the
+    // commitment accumulated), and its place in the tenants tree.
+    let tag = tenants::tenant_tag(&ledger_id, tenant.as_str());
+    let leaves: Vec<blake3::Hash> = candidates
+        .par_iter()
+        .map(|c| row_leaf(c.seq, c.recorded_at.as_micros(), &c.hash))
+        .collect();
+    let subtree = Tree::from_leaves(Domain::TENANT, leaves);
+    let entries = commitments.entries();
+    drop(commitments);
+    let position = entries.partition_point(|e| e.tag < tag);
+    let entry = entries.get(position).filter(|e| e.tag == tag);
+    // Two computations of one subtree: they agree, or the code is wrong.
+    assert!(entry.is_some(), "the tenant has rows but no commitment");
+    assert_eq!(entry.map(|e| e.count), Some(subtree.size()));
+    assert_eq!(entry.map(|e| e.subroot), Some(subtree.root()));
+    let tenants = tenants_tree(&entries);
+    let tenants_path = tenants.prove(&[position as u64 + 1]);
+    let records_root = tree.root();
+    let tenants_root = tenants.root();
+    let root = checkpoint_root(&records_root, &tenants_root);
     if let Some(p) = published {
-        if tree.root().as_bytes() != &p.root {
-            return Err(ExportError::Damaged {
-                seq: p.seq,
-                what: "the Merkle root does not match the published checkpoint".to_owned(),
-            });
+        let roots = [
+            ("records", records_root, &p.records_root),
+            ("tenants", tenants_root, &p.tenants_root),
+            ("checkpoint", root, &p.root),
+        ];
+        for (what, computed, stored) in roots {
+            if computed.as_bytes() != stored {
+                return Err(ExportError::Damaged {
+                    seq: p.seq,
+                    what: format!("the {what} root does not match the published checkpoint"),
+                });
+            }
         }
     }
 
@@ -628,10 +726,73 @@ pub fn export(store: &Store, options: &ExportOptions) -> Result<Export, ExportEr
     };
     let first = candidates.iter().position(|c| in_window(c.recorded_at));
     let last = candidates.iter().rposition(|c| in_window(c.recorded_at));
-    let window = match (first, last) {
-        (Some(first), Some(last)) => first..last + 1,
-        _ => candidates.len()..candidates.len(),
+    let (mut start, mut end) = match (first, last) {
+        (Some(first), Some(last)) => (first, last + 1),
+        // No row: the rows would stand before the first record at or
+        // after `from` (which is then at or after `to`).
+        _ => {
+            let at = candidates
+                .iter()
+                .position(|c| options.from.is_none_or(|from| c.recorded_at >= from));
+            let at = at.unwrap_or(candidates.len());
+            (at, at)
+        }
     };
+    // The leaves just outside the rows must be outside the window as a
+    // verifier checks it (the one before recorded before `from`, the one
+    // after at or after `to`); where recorded times went back, the rows
+    // grow until they are.
+    let before_from = |c: &Candidate| options.from.is_some_and(|from| c.recorded_at < from);
+    let at_or_after_to = |c: &Candidate| options.to.is_some_and(|to| c.recorded_at >= to);
+    while start > 0 && !before_from(&candidates[start - 1]) {
+        start -= 1;
+    }
+    while end < candidates.len() && !at_or_after_to(&candidates[end]) {
+        end += 1;
+    }
+    let window = start..end;
+    // The subtree proof: the boundary leaves and the rows (positions are
+    // 1-based: candidate i is leaf i + 1).
+    let boundary = |index: usize| {
+        let c = &candidates[index];
+        BoundaryLeaf {
+            leaf: index as u64 + 1,
+            seq: c.seq,
+            recorded_at_micros: c.recorded_at.as_micros(),
+            hash: c.hash.to_hex().to_string(),
+        }
+    };
+    let left = (start > 0).then(|| boundary(start - 1));
+    let right = (end < candidates.len()).then(|| boundary(end));
+    let proven_lo = start.saturating_sub(1);
+    let proven_hi = (end + 1).min(candidates.len());
+    let proven_leaves: Vec<u64> = (proven_lo as u64 + 1..=proven_hi as u64).collect();
+    let subtree_proof = subtree.prove(&proven_leaves);
+    let leaf_nodes = |proof: MultiProof| -> Vec<LeafNode> {
+        proof
+            .nodes
+            .into_iter()
+            .map(|n: ProofNode| LeafNode {
+                first: n.first_seq,
+                last: n.last_seq,
+                hash: n.hash.to_hex().to_string(),
+            })
+            .collect()
+    };
+    let tenant_line = TenantLine {
+        kind: "tenant".to_owned(),
+        scheme: tenants::SCHEME.to_owned(),
+        tag: hex(&tag),
+        count: subtree.size(),
+        subroot: subtree.root().to_hex().to_string(),
+        left,
+        right,
+        nodes: leaf_nodes(subtree_proof),
+        tenants_size: entries.len() as u64,
+        tenant_position: position as u64 + 1,
+        tenants_path: leaf_nodes(tenants_path),
+    };
+    drop(subtree);
 
     let damaged = |seq: u64| move |what: String| ExportError::Damaged { seq, what };
     let mut totals = Totals::default();
@@ -685,13 +846,16 @@ pub fn export(store: &Store, options: &ExportOptions) -> Result<Export, ExportEr
             kind: "proof".to_owned(),
             scheme: SCHEME.to_owned(),
             tree_size: size,
-            root: tree.root().to_hex().to_string(),
+            records_root: records_root.to_hex().to_string(),
+            tenants_root: tenants_root.to_hex().to_string(),
+            root: root.to_hex().to_string(),
             head_seq: size,
             head_hash: head_hash.to_hex().to_string(),
             rows: records.len() as u64,
             head_in_rows,
             totals: closing_totals,
         },
+        tenant: tenant_line,
         records,
         task_runs,
     })
@@ -748,6 +912,7 @@ impl Export {
         for node in &self.nodes {
             write_json_line(&mut out, node)?;
         }
+        write_json_line(&mut out, &self.tenant)?;
         write_json_line(&mut out, &self.proof)?;
         out.flush()
     }
@@ -768,6 +933,7 @@ impl Export {
         for node in &self.nodes {
             meta(&mut csv, "proof_node", to_json(node)?)?;
         }
+        meta(&mut csv, "tenant", to_json(&self.tenant)?)?;
         meta(&mut csv, "proof", to_json(&self.proof)?)?;
         csv.flush()
     }

@@ -5,7 +5,9 @@
 //!   state just before it and compared.
 //! - [`diff`]: align two runs of the same workload and report the first
 //!   divergence and a summary of what differs (tasks, money, decisions).
-//! - [`merkle`]: the Merkle tree over record hashes, roots and multi-proofs.
+//! - [`merkle`]: the Merkle trees (records, tenant subtree, tenants), roots
+//!   and multi-proofs.
+//! - [`tenants`]: the per-tenant commitment that makes an export complete.
 //! - [`published`]: published checkpoints (`runledger checkpoint`), checked
 //!   by `runledger verify`.
 //! - [`export`]: a tenant's cost history with its proof (`runledger export`).
@@ -20,4 +22,5 @@ pub mod diff;
 pub mod export;
 pub mod merkle;
 pub mod published;
+pub mod tenants;
 pub mod verify_export;

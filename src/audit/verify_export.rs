@@ -6,20 +6,27 @@
 //! the record hash recomputed from seq, time, prev_hash and event bytes,
 //! the link to the row before when seqs are adjacent, every human field
 //! against the decoded event, the tenant, the running totals), then the
-//! proof: the seqs it vouches for against the rows' seqs, the root it
-//! gives against the stated root, the head, the closing totals. The first
-//! problem is reported with its line, row, seq and field. This module
-//! never touches a store.
+//! proof: the seqs it vouches for against the rows' seqs, the records root
+//! it gives against the stated one; then completeness (the tenant line):
+//! the subtree positions the proof leaves open against the rows and the
+//! boundary leaves (no gap, boundaries outside the date window), the
+//! subroot they rebuild, the tenants root the tenant leaf and its path
+//! rebuild; then the checkpoint root from both roots, the closing totals,
+//! the head. The first problem is reported with its line, row, seq and
+//! field. This module never touches a store.
 
 use std::io::BufRead;
 
 use rustc_hash::FxHashMap;
 
 use super::export::{
-    CSV_COLUMNS, FORMAT, NodeLine, OpeningLine, ProofLine, RowLine, Totals, TotalsView, facts,
-    is_money_event, units,
+    CSV_COLUMNS, FORMAT, LeafNode, NodeLine, OpeningLine, ProofLine, RowLine, TenantLine, Totals,
+    TotalsView, facts, is_money_event, units,
 };
-use super::merkle::{MultiProof, ProofError, ProofNode, SCHEME, leaf_hash};
+use super::merkle::{
+    Domain, MultiProof, ProofError, ProofNode, SCHEME, checkpoint_root, leaf_hash,
+};
+use super::tenants::{self, row_leaf, tenant_leaf, tenant_tag};
 use crate::domain::{Event, RunId, TenantId, Timestamp};
 use crate::log::codec::decode_event;
 use crate::log::record::record_hash;
@@ -45,6 +52,8 @@ pub struct VerifyExportReport {
     pub tree_size: u64,
     pub head_hash: String,
     pub root: String,
+    /// The tenant's rows in all (its subtree's leaves).
+    pub tenant_rows: u64,
 }
 
 /// One parsed line of either format.
@@ -53,6 +62,7 @@ enum Line {
     /// A row, and (CSV) why its amounts in units disagree with its micros.
     Row(Box<RowLine>, Option<String>),
     Node(NodeLine),
+    Tenant(Box<TenantLine>),
     Proof(Box<ProofLine>),
 }
 
@@ -121,6 +131,7 @@ fn parse_json_line(line: u64, text: &str) -> Result<Line, VerifyExportError> {
     Ok(match kind {
         "opening" => Line::Opening(Box::new(serde_json::from_value(value).map_err(bad)?)),
         "proof_node" => Line::Node(serde_json::from_value(value).map_err(bad)?),
+        "tenant" => Line::Tenant(Box::new(serde_json::from_value(value).map_err(bad)?)),
         "proof" => Line::Proof(Box::new(serde_json::from_value(value).map_err(bad)?)),
         "" => return Err(Malformed(format!("line {line}: no `kind`"))),
         _ => Line::Row(Box::new(serde_json::from_value(value).map_err(bad)?), None),
@@ -141,12 +152,13 @@ fn parse_csv_record(line: u64, record: &csv::StringRecord) -> Result<Line, Verif
     };
     let meta = || cell("detail");
     match cell("kind") {
-        kind @ ("opening" | "proof_node" | "proof") => {
+        kind @ ("opening" | "proof_node" | "tenant" | "proof") => {
             let parsed = parse_json_line(line, meta())?;
             let same = matches!(
                 (kind, &parsed),
                 ("opening", Line::Opening(_))
                     | ("proof_node", Line::Node(_))
+                    | ("tenant", Line::Tenant(_))
                     | ("proof", Line::Proof(_))
             );
             if !same {
@@ -235,6 +247,7 @@ struct Seen {
     line: u64,
     row: u64,
     seq: u64,
+    recorded_at_micros: i64,
     hash: blake3::Hash,
 }
 
@@ -252,6 +265,7 @@ struct Checker {
     /// The first row that fails, by index in `seen`.
     failure: Option<(usize, String)>,
     nodes: Vec<(u64, ProofNode)>,
+    tenant_line: Option<(u64, TenantLine)>,
     proof: Option<(u64, ProofLine)>,
 }
 
@@ -288,7 +302,7 @@ impl Checker {
                 )));
             }
             Line::Row(row, units_mismatch) => {
-                if !self.nodes.is_empty() {
+                if !self.nodes.is_empty() || self.tenant_line.is_some() {
                     return Err(Failed(format!(
                         "line {line} (row {}, seq {}): a row among the proof nodes: a row was added or moved",
                         row.row, row.seq
@@ -297,6 +311,11 @@ impl Checker {
                 self.row(line, &row, units_mismatch);
             }
             Line::Node(node) => {
+                if let Some((tenant_line, _)) = &self.tenant_line {
+                    return Err(Failed(format!(
+                        "line {line}: a proof node after the tenant line ({tenant_line})"
+                    )));
+                }
                 let hash = parse_hash(&node.hash).ok_or_else(|| {
                     Failed(format!(
                         "line {line}: proof node hash `{}` is not 64 hex digits",
@@ -311,6 +330,12 @@ impl Checker {
                         hash,
                     },
                 ));
+            }
+            Line::Tenant(tenant) => {
+                if self.tenant_line.is_some() {
+                    return Err(Malformed(format!("line {line}: a second tenant line")));
+                }
+                self.tenant_line = Some((line, *tenant));
             }
             Line::Proof(proof) => self.proof = Some((line, *proof)),
         }
@@ -329,6 +354,7 @@ impl Checker {
             line,
             row: row.row,
             seq: row.seq,
+            recorded_at_micros: row.recorded_at_micros,
             hash,
         });
         if self.failure.is_some() {
@@ -576,12 +602,37 @@ impl Checker {
         } else {
             leaves.push((proof.head_seq, leaf_hash(&head_hash)));
         }
-        let root = multi
+        let records_root = multi
             .root(proof.tree_size, &leaves)
             .map_err(|e| at_proof(e.to_string()))?;
+        let stated_records_root = parse_hash(&proof.records_root)
+            .ok_or_else(|| at_proof("records_root is not 64 hex digits".to_owned()))?;
+        if records_root != stated_records_root {
+            return Err(at_proof(format!(
+                "the rows and proof nodes give records root {}, the file states {} (a proof node, a row hash or the root was altered)",
+                records_root.to_hex(),
+                proof.records_root
+            )));
+        }
+        let Some((tenant_line_no, tenant)) = &self.tenant_line else {
+            return Err(Malformed(format!(
+                "line {proof_line}: no tenant line before the proof"
+            )));
+        };
+        let tenants_root = self.check_tenant(*tenant_line_no, tenant, opening)?;
+        let stated_tenants_root = parse_hash(&proof.tenants_root)
+            .ok_or_else(|| at_proof("tenants_root is not 64 hex digits".to_owned()))?;
+        if tenants_root != stated_tenants_root {
+            return Err(Failed(format!(
+                "line {tenant_line_no} (tenant): the tenant's tag, count and subroot with its tenants path give tenants root {}, the proof states {} (the count, the subroot or the path was altered: a row was dropped or added)",
+                tenants_root.to_hex(),
+                proof.tenants_root
+            )));
+        }
+        let root = checkpoint_root(&records_root, &tenants_root);
         if root != stated_root {
             return Err(at_proof(format!(
-                "the rows and proof nodes give root {}, the file states {} (a proof node, a row hash or the root was altered)",
+                "records_root and tenants_root give checkpoint root {}, the file states {}",
                 root.to_hex(),
                 proof.root
             )));
@@ -606,7 +657,209 @@ impl Checker {
             tree_size: proof.tree_size,
             head_hash: proof.head_hash.clone(),
             root: proof.root.clone(),
+            tenant_rows: tenant.count,
         })
+    }
+
+    /// Completeness: the rows are every leaf of the tenant's subtree
+    /// between the boundary leaves (or its ends), the boundary leaves lie
+    /// outside the date window, and the subtree with the tenant's tag and
+    /// count is a leaf of the tenants tree. Returns the tenants root the
+    /// path gives.
+    fn check_tenant(
+        &self,
+        line: u64,
+        tenant: &TenantLine,
+        opening: &OpeningLine,
+    ) -> Result<blake3::Hash, VerifyExportError> {
+        let at = |what: String| Failed(format!("line {line} (tenant): {what}"));
+        if tenant.scheme != tenants::SCHEME {
+            return Err(Malformed(format!(
+                "line {line}: unknown tenant scheme `{}` (expected {})",
+                tenant.scheme,
+                tenants::SCHEME
+            )));
+        }
+        let tag: [u8; 32] = parse_hash(&tenant.tag)
+            .map(|h| *h.as_bytes())
+            .ok_or_else(|| at("tag is not 64 hex digits".to_owned()))?;
+        if tag != tenant_tag(&opening.ledger_id, &opening.tenant) {
+            return Err(at(format!(
+                "tag {} is not the tag of tenant `{}` in ledger `{}`",
+                tenant.tag, opening.tenant, opening.ledger_id
+            )));
+        }
+        let subroot = parse_hash(&tenant.subroot)
+            .ok_or_else(|| at("subroot is not 64 hex digits".to_owned()))?;
+        let boundary = |b: &Option<super::export::BoundaryLeaf>, side: &str| {
+            b.as_ref()
+                .map(|b| {
+                    parse_hash(&b.hash)
+                        .map(|h| (b.leaf, b.seq, b.recorded_at_micros, h))
+                        .ok_or_else(|| {
+                            at(format!("the {side} boundary's hash is not 64 hex digits"))
+                        })
+                })
+                .transpose()
+        };
+        let left = boundary(&tenant.left, "left")?;
+        let right = boundary(&tenant.right, "right")?;
+        if left.is_some() && opening.from.is_none() {
+            return Err(at(
+                "a leaf before the rows, but no --from: the rows must start at the tenant's first leaf"
+                    .to_owned(),
+            ));
+        }
+        if right.is_some() && opening.to.is_none() {
+            return Err(at(
+                "a leaf after the rows, but no --to: the rows must end at the tenant's last leaf"
+                    .to_owned(),
+            ));
+        }
+        let subtree = to_multiproof(&tenant.nodes).map_err(&at)?;
+        // Room for the rows, both boundaries and some dropped rows to name;
+        // bounded, as count comes from the file.
+        let max = self.seen.len().saturating_mul(2).saturating_add(1_024);
+        let open = subtree
+            .proven_seqs(tenant.count, max)
+            .map_err(|e| at(format!("subtree proof (labels are leaf positions): {e}")))?;
+
+        // Where a missing row of the tenant would stand, by the seqs around.
+        let left_seq = left.map(|l| l.1);
+        let right_seq = right.map(|r| r.1);
+        let row_seq = |i: usize| self.seen.get(i).map(|s| s.seq);
+        let between = |before: Option<u64>, after: Option<u64>| match (before, after) {
+            (Some(b), Some(a)) => format!("between seq {b} and seq {a}"),
+            (Some(b), None) => format!("after seq {b}"),
+            (None, Some(a)) => format!("before seq {a}"),
+            (None, None) => "somewhere in the file".to_owned(),
+        };
+        let mut rows_open = open.as_slice();
+        if let Some((leaf, ..)) = left {
+            match rows_open.split_first() {
+                Some((&first, rest)) if first == leaf => rows_open = rest,
+                _ => {
+                    return Err(at(format!(
+                        "the leaf before the rows is leaf {leaf}, which the subtree proof does not leave open first"
+                    )));
+                }
+            }
+        }
+        if let Some((leaf, ..)) = right {
+            match rows_open.split_last() {
+                Some((&last, rest)) if last == leaf => rows_open = rest,
+                _ => {
+                    return Err(at(format!(
+                        "the leaf after the rows is leaf {leaf}, which the subtree proof does not leave open last"
+                    )));
+                }
+            }
+        }
+        // The rows' leaves follow the left boundary (or start at 1) with no
+        // gap: a leaf folded into a node is a row left out.
+        let first_leaf = left.map_or(1, |l| l.0.saturating_add(1));
+        let mut want = first_leaf;
+        for (i, &leaf) in rows_open.iter().enumerate() {
+            if leaf != want {
+                let before = if i == 0 { left_seq } else { row_seq(i - 1) };
+                let after = row_seq(i).or(right_seq);
+                return Err(at(format!(
+                    "leaf {want} of the tenant is folded into a subtree node, not a row: a row of the tenant {} is missing",
+                    between(before, after)
+                )));
+            }
+            want = want.saturating_add(1);
+        }
+        let after_rows = right.map_or(tenant.count.saturating_add(1), |r| r.0);
+        if want != after_rows {
+            let before = self.seen.last().map(|s| s.seq).or(left_seq);
+            return Err(at(format!(
+                "leaf {want} of the tenant is folded into a subtree node after the rows: a row of the tenant {} is missing",
+                between(before, right_seq)
+            )));
+        }
+        if rows_open.len() != self.seen.len() {
+            if rows_open.len() > self.seen.len() {
+                return Err(at(format!(
+                    "the subtree proof leaves {} leaves open for rows, the file has {} rows: a row of the tenant {} is missing",
+                    rows_open.len(),
+                    self.seen.len(),
+                    between(left_seq, right_seq)
+                )));
+            }
+            return Err(at(format!(
+                "the file has {} rows where the subtree proof leaves {} leaves open: a row was added",
+                self.seen.len(),
+                rows_open.len()
+            )));
+        }
+        // The boundaries lie outside the window, on their side of the rows.
+        if let (Some((_, seq, micros, _)), Some(from)) = (left, opening.from) {
+            if micros >= from.as_micros() {
+                return Err(at(format!(
+                    "the leaf before the rows (seq {seq}) was recorded at {micros} µs, not before --from {from}: it belongs among the rows (a row was dropped at the start)"
+                )));
+            }
+            if let Some(first) = row_seq(0).or(right_seq) {
+                if seq >= first {
+                    return Err(at(format!(
+                        "the leaf before the rows has seq {seq}, not before seq {first}"
+                    )));
+                }
+            }
+        }
+        if let (Some((_, seq, micros, _)), Some(to)) = (right, opening.to) {
+            if micros < to.as_micros() {
+                return Err(at(format!(
+                    "the leaf after the rows (seq {seq}) was recorded at {micros} µs, before --to {to}: it belongs among the rows (a row was dropped at the end)"
+                )));
+            }
+            if let Some(last) = self.seen.last().map(|s| s.seq) {
+                if seq <= last {
+                    return Err(at(format!(
+                        "the leaf after the rows has seq {seq}, not after seq {last}"
+                    )));
+                }
+            }
+        }
+        let mut leaves = Vec::with_capacity(self.seen.len() + 2);
+        if let Some((leaf, seq, micros, hash)) = left {
+            leaves.push((leaf, row_leaf(seq, micros, &hash)));
+        }
+        for (i, s) in self.seen.iter().enumerate() {
+            let leaf = first_leaf + i as u64;
+            leaves.push((leaf, row_leaf(s.seq, s.recorded_at_micros, &s.hash)));
+        }
+        if let Some((leaf, seq, micros, hash)) = right {
+            leaves.push((leaf, row_leaf(seq, micros, &hash)));
+        }
+        let computed = subtree
+            .root_in(Domain::TENANT, tenant.count, &leaves)
+            .map_err(|e| at(format!("subtree proof: {e}")))?;
+        if computed != subroot {
+            return Err(at(format!(
+                "the rows, the boundary leaves and the subtree nodes give subroot {}, the file states {} (a row's seq, time or hash, a boundary leaf or a node was altered)",
+                computed.to_hex(),
+                tenant.subroot
+            )));
+        }
+        let path = to_multiproof(&tenant.tenants_path).map_err(&at)?;
+        let open = path
+            .proven_seqs(tenant.tenants_size, 1)
+            .map_err(|e| at(format!("tenants path: {e}")))?;
+        if open != [tenant.tenant_position] {
+            return Err(at(format!(
+                "the tenants path leaves {open:?} open, not the tenant's position {}",
+                tenant.tenant_position
+            )));
+        }
+        let leaf = tenant_leaf(&tag, tenant.count, &subroot);
+        path.root_in(
+            Domain::TENANTS,
+            tenant.tenants_size,
+            &[(tenant.tenant_position, leaf)],
+        )
+        .map_err(|e| at(format!("tenants path: {e}")))
     }
 
     /// The first row (by index) whose seq is not the one the proof
@@ -656,6 +909,24 @@ impl Checker {
             )
         })
     }
+}
+
+/// Labelled nodes of a tenant's subtree or of the tenants tree.
+fn to_multiproof(nodes: &[LeafNode]) -> Result<MultiProof, String> {
+    let nodes = nodes
+        .iter()
+        .enumerate()
+        .map(|(index, n)| {
+            let hash = parse_hash(&n.hash)
+                .ok_or_else(|| format!("node {index}: hash `{}` is not 64 hex digits", n.hash))?;
+            Ok(ProofNode {
+                first_seq: n.first,
+                last_seq: n.last,
+                hash,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(MultiProof { nodes })
 }
 
 /// The seqs the proof vouches for; a bad node is named by its line.

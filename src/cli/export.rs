@@ -80,15 +80,17 @@ pub(super) fn verify_export(
                 "tree_size": report.tree_size,
                 "head": report.head_hash,
                 "root": report.root,
+                "tenant_rows": report.tenant_rows,
             }),
         );
     }
     writeln!(
         out,
-        "ok: {} rows of tenant {} ({}), proven by {} nodes against root {} of {} records, head {}",
+        "ok: {} rows of tenant {} ({}), complete among its {} rows in all, proven by {} nodes against root {} of {} records, head {}",
         report.rows,
         report.tenant,
         report.format,
+        report.tenant_rows,
         report.proof_nodes,
         report.root,
         report.tree_size,
@@ -104,21 +106,27 @@ pub(super) fn checkpoint(data: &Path, json: bool, out: &mut dyn Write) -> anyhow
         Err(PublishError::Walk(e)) => return Err(walk_error(e)),
         Err(e) => return Err(e.into()),
     };
-    let head = blake3::Hash::from_bytes(checkpoint.head).to_hex();
-    let root = blake3::Hash::from_bytes(checkpoint.root).to_hex();
+    let hex = |bytes: [u8; 32]| blake3::Hash::from_bytes(bytes).to_hex();
+    let head = hex(checkpoint.head);
+    let records_root = hex(checkpoint.records_root);
+    let tenants_root = hex(checkpoint.tenants_root);
+    let root = hex(checkpoint.root);
     if json {
         return print_json(
             out,
             &serde_json::json!({
                 "seq": checkpoint.seq,
                 "head": head.as_str(),
+                "records_root": records_root.as_str(),
+                "tenants_root": tenants_root.as_str(),
                 "root": root.as_str(),
             }),
         );
     }
+    // The root stays last on the line: scripts take it with `sed 's/.*root //'`.
     writeln!(
         out,
-        "checkpoint at seq {}: head {head}, root {root}",
+        "checkpoint at seq {}: head {head}, records root {records_root}, tenants root {tenants_root}, root {root}",
         checkpoint.seq
     )?;
     Ok(())

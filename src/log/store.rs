@@ -79,14 +79,19 @@ pub struct Checkpoint {
     pub digest: [u8; 32],
 }
 
-/// A Merkle root over the record hashes `1..=seq` (see `audit::merkle`)
-/// with the head hash at `seq`, recorded by `runledger checkpoint` for
-/// tenants and auditors to keep. Stored in the `published` tree, apart
-/// from the writer's `checkpoints`, whose layout stays as it was.
+/// The roots at `seq` that `runledger checkpoint` records for tenants and
+/// auditors to keep: the Merkle root over the record hashes `1..=seq`
+/// (see `audit::merkle`), the tenants root over every tenant's export rows
+/// (see `audit::tenants`), and the checkpoint root combining both, with
+/// the head hash at `seq`. Stored in the `published` tree, apart from the
+/// writer's `checkpoints`, whose layout stays as it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct PublishedCheckpoint {
     pub seq: u64,
     pub head: [u8; 32],
+    pub records_root: [u8; 32],
+    pub tenants_root: [u8; 32],
+    /// `checkpoint_root(records_root, tenants_root)`: what a holder keeps.
     pub root: [u8; 32],
 }
 
@@ -439,10 +444,19 @@ impl Store {
             let (key, value) =
                 item.map_err(|e| unreadable(0, format!("cannot read published checkpoints: {e}")))?;
             let seq = key_seq(&key).unwrap_or(0);
-            let (checkpoint, _): (PublishedCheckpoint, usize) =
+            let (checkpoint, used): (PublishedCheckpoint, usize) =
                 bincode::decode_from_slice(&value, CONFIG).map_err(|e| {
                     unreadable(seq, format!("published checkpoint cannot be decoded: {e}"))
                 })?;
+            if used != value.len() {
+                return Err(unreadable(
+                    seq,
+                    format!(
+                        "published checkpoint cannot be decoded: {} bytes where its layout has {used}",
+                        value.len()
+                    ),
+                ));
+            }
             if checkpoint.seq != seq {
                 return Err(unreadable(
                     seq,

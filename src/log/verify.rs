@@ -24,6 +24,16 @@ pub fn verify_observing(
     store: &Store,
     mut observe: impl FnMut(u64, &blake3::Hash),
 ) -> Result<Result<VerifyReport, ChainBreak>, sled::Error> {
+    verify_mapping(store, |_, _| (), |seq, hash, ()| observe(seq, hash))
+}
+
+/// [`verify_observing`], where `map` also runs on the worker that decoded
+/// each event (on all cores) and its result reaches `observe`.
+pub fn verify_mapping<T: Send>(
+    store: &Store,
+    map: impl Fn(&super::record::RawRecord<'_>, &crate::domain::Event) -> T + Sync,
+    mut observe: impl FnMut(u64, &blake3::Hash, T),
+) -> Result<Result<VerifyReport, ChainBreak>, sled::Error> {
     let checkpoints = match store.checkpoints() {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
@@ -31,17 +41,17 @@ pub fn verify_observing(
     let mut records = 0u64;
     let mut checkpoint_hashes = Vec::new();
     let mut wanted = checkpoints.iter().map(|c| c.seq).peekable();
-    // Workers decode every event (and drop it there); only seq and hash
-    // come back, for the checkpoints.
+    // Workers decode every event (and drop it there); seq, hash and what
+    // `map` made of it come back.
     let check = |raw: super::record::RawRecord<'_>| match decode_event(raw.event_bytes) {
-        Ok(_) => Ok((raw.seq, raw.hash)),
+        Ok(event) => Ok((raw.seq, raw.hash, map(&raw, &event))),
         Err(what) => Err(format!("event cannot be decoded: {what}")),
     };
     let walked = store.read_chain(check, |frames| {
         for frame in frames {
             records += frame.len() as u64;
-            for (seq, hash) in frame {
-                observe(seq, &hash);
+            for (seq, hash, mapped) in frame {
+                observe(seq, &hash, mapped);
                 while wanted.peek().is_some_and(|&w| w < seq) {
                     wanted.next();
                 }
