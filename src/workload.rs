@@ -433,12 +433,6 @@ impl Workload {
                 ),
             ));
         }
-        if queue_kind == "redis" {
-            return Err(c.err(
-                queue.kind.span(),
-                "the Redis queue is not available yet: use type = \"memory\"",
-            ));
-        }
         let max_attempts = c.positive(&queue.max_attempts, "execution.queue.max_attempts")?;
         let workers = &raw.execution.workers;
         let num_workers = c.positive(&workers.num_workers, "execution.workers.num_workers")?;

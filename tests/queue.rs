@@ -240,7 +240,7 @@ async fn an_expired_lease_returns_the_task_and_late_results_are_dropped<Q: TaskQ
         h.lease(2).await.is_none(),
         "a leased task is not handed out twice"
     );
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(h.queue.expire_leases().await.unwrap(), 1);
     // The same worker id leases it again: attempt 2.
     let second = h.lease(1).await.unwrap();
@@ -432,9 +432,12 @@ queue_suite!(memory, |ledger, policy| async move {
 
 queue_suite!(redis, |ledger, policy| async move {
     let server = support::redis::RedisServer::start()?;
-    let streams = RedisStreams::connect(&server.url(), StreamsConfig::default())
-        .await
-        .unwrap();
+    // A short transport lease, so that leases run out within the tests.
+    let config = StreamsConfig {
+        lease: Duration::from_millis(50),
+        ..StreamsConfig::default()
+    };
+    let streams = RedisStreams::connect(&server.url(), config).await.unwrap();
     let queue = RedisQueue::new(ledger, streams, policy, SEED)
         .await
         .unwrap();

@@ -33,6 +33,7 @@ fn envelope(task: &str, priority: Priority) -> TaskEnvelope {
         params: Params::from_value(&serde_json::json!({"n": 1})),
         inputs: vec![(TaskId::new("parent"), Params::null())],
         lease_ms: 100,
+        seed: 0,
     }
 }
 

@@ -78,6 +78,7 @@ fn envelope(n: u64) -> TaskEnvelope {
         params: Params::null(),
         inputs: Vec::new(),
         lease_ms: 30_000,
+        seed: 0,
     }
 }
 

@@ -71,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             ref run_id,
             ref artifacts,
+            ref queue,
         } => {
             if let Some(id) = run_id {
                 if id.is_empty() || id.contains(['/', '#']) {
@@ -89,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 explicit,
                 artifacts.as_deref(),
+                queue,
                 cli.json,
                 out,
             )
@@ -154,6 +156,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             max_concurrency,
             ref artifacts,
+            ref queue,
         } => {
             if tenants == 0 || runs == 0 || max_concurrency == 0 {
                 bail!("--tenants, --runs and --max-concurrency must be at least 1");
@@ -166,10 +169,31 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 RunOptions::default(),
                 false,
                 artifacts.as_deref(),
+                queue,
                 cli.json,
                 out,
             )
         }
+        Command::Worker {
+            ref redis,
+            ref prefix,
+            concurrency,
+            ref handlers,
+            ref id,
+            timeout_sec,
+            lease_ms,
+            idle_exit_sec,
+        } => worker_cmd(
+            redis,
+            prefix,
+            concurrency,
+            handlers,
+            id.as_deref(),
+            timeout_sec,
+            lease_ms,
+            idle_exit_sec,
+            out,
+        ),
         Command::Bench {
             what:
                 BenchCommand::Queue {
@@ -1027,12 +1051,94 @@ fn bench_governance(tenants: u32, json: bool, out: &mut dyn Write) -> anyhow::Re
 /// Runs a workload on the ledger in `data` with a progress bar on a
 /// terminal, then prints the summary. Without an explicit run id, an id
 /// already in the ledger gets a `-2`, `-3`, ... suffix.
+/// The Redis streams a run's `QueueArgs` (or its workload) ask for, if any.
+fn redis_of(
+    workload: &Workload,
+    queue: &super::QueueArgs,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Option<crate::runtime::redis::RedisStreams>> {
+    let kind = queue.queue.as_deref().unwrap_or(&workload.queue_kind);
+    if kind != "redis" {
+        return Ok(None);
+    }
+    let Some(url) = queue.redis_url.as_ref().or(workload.redis_url.as_ref()) else {
+        bail!("the Redis queue needs a URL: --redis-url URL or execution.queue.redis_url");
+    };
+    let config = crate::runtime::redis::StreamsConfig {
+        prefix: queue.redis_prefix.clone(),
+        lease: std::time::Duration::from_millis(queue.lease_ms),
+        ..Default::default()
+    };
+    let streams = runtime.block_on(crate::runtime::redis::RedisStreams::connect(url, config))?;
+    Ok(Some(streams))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn worker_cmd(
+    redis: &str,
+    prefix: &str,
+    concurrency: u32,
+    handlers: &[String],
+    id: Option<&str>,
+    timeout_sec: u64,
+    lease_ms: u64,
+    idle_exit_sec: Option<u64>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use crate::runtime::redis::worker::{WorkerOptions, run_worker};
+    let all = crate::runtime::handler::Handlers::builtin();
+    let chosen = all.only(handlers).map_err(|name| {
+        anyhow::anyhow!(
+            "--handlers: no handler named `{name}` (this build has: {})",
+            all.names().join(", ")
+        )
+    })?;
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
+    let id = id.map_or_else(
+        || format!("worker-{host}-{}", std::process::id()),
+        str::to_owned,
+    );
+    let options = WorkerOptions {
+        id: crate::domain::WorkerId(id.clone()),
+        concurrency,
+        timeout: std::time::Duration::from_secs(timeout_sec),
+        idle_exit: idle_exit_sec.map(std::time::Duration::from_secs),
+    };
+    let config = crate::runtime::redis::StreamsConfig {
+        prefix: prefix.to_owned(),
+        lease: std::time::Duration::from_millis(lease_ms),
+        ..Default::default()
+    };
+    let runtime = live_runtime()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stats = runtime.block_on(async {
+        let streams = crate::runtime::redis::RedisStreams::connect(redis, config).await?;
+        {
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+        anyhow::Ok(run_worker(streams, chosen, options, stop).await?)
+    })?;
+    writeln!(
+        out,
+        "worker {id}: {} attempts, {} succeeded, {} failed",
+        stats.executed, stats.succeeded, stats.failed
+    )?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn execute(
     data: &Path,
     workload: &Workload,
     mut options: RunOptions,
     explicit_id: bool,
     artifacts: Option<&Path>,
+    queue: &super::QueueArgs,
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -1081,17 +1187,39 @@ fn execute(
         bar.set_length(total);
         bar.set_position(done);
     };
-    let result = if workload.is_simulated() {
-        run_simulated(&ledger, workload, &options, &mut progress)
-    } else {
-        live_runtime()?.block_on(crate::runtime::live::run_live(
+    let runtime = live_runtime()?;
+    let redis = match redis_of(workload, queue, &runtime) {
+        Ok(redis) => redis,
+        Err(e) => {
+            let _ = ledger.close();
+            return Err(e);
+        }
+    };
+    let result = match redis {
+        // On Redis even simulated steps run in real time, on workers.
+        Some(streams) => runtime.block_on(crate::runtime::live::run_live_on(
+            &ledger,
+            workload,
+            &options,
+            &crate::runtime::handler::Handlers::builtin(),
+            false,
+            crate::runtime::live::Dispatch::Redis {
+                streams,
+                local_workers: queue.local_workers.unwrap_or(workload.num_workers),
+            },
+            &mut progress,
+        )),
+        None if workload.is_simulated() => {
+            run_simulated(&ledger, workload, &options, &mut progress)
+        }
+        None => runtime.block_on(crate::runtime::live::run_live(
             &ledger,
             workload,
             &options,
             &crate::runtime::handler::Handlers::builtin(),
             false,
             &mut progress,
-        ))
+        )),
     };
     bar.finish_and_clear();
     let report = match result {

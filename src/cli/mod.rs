@@ -104,6 +104,8 @@ pub enum Command {
         /// Also write the run's summary and artifact files here.
         #[arg(long)]
         artifacts: Option<PathBuf>,
+        #[command(flatten)]
+        queue: QueueArgs,
     },
     /// Finish a run whose process died, from its ledger.
     Resume {
@@ -178,12 +180,66 @@ pub enum Command {
         /// Also write the run's summary and artifact files here.
         #[arg(long)]
         artifacts: Option<PathBuf>,
+        #[command(flatten)]
+        queue: QueueArgs,
+    },
+    /// A worker process: pulls tasks from Redis, runs their handlers under
+    /// the timeout and reports the results to the coordinator (which owns
+    /// the ledger: `run --queue redis`).
+    Worker {
+        /// The Redis to pull from, e.g. redis://10.0.0.5:6379.
+        #[arg(long)]
+        redis: String,
+        /// The namespace the coordinator uses.
+        #[arg(long, default_value = "runledger")]
+        prefix: String,
+        /// Attempts running at once.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        concurrency: u32,
+        /// The handlers this worker runs (a task naming another is NACKed).
+        #[arg(long, value_delimiter = ',', default_value = "sim,exec")]
+        handlers: Vec<String>,
+        /// This worker's id in the ledger (default: worker-<host>-<pid>).
+        #[arg(long)]
+        id: Option<String>,
+        /// An attempt running longer is NACKed as timed out.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout_sec: u64,
+        /// A claimed task silent this long is taken over by another worker.
+        #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+        lease_ms: u64,
+        /// Exit after this many seconds with nothing to do.
+        #[arg(long)]
+        idle_exit_sec: Option<u64>,
     },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+/// Which queue a real-time run uses (`run`, `demo`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct QueueArgs {
+    /// `memory` (default) or `redis` (overrides the workload's
+    /// `execution.queue.type`); with `redis` the run is coordinated here and
+    /// executed by this process's workers and any `runledger worker`.
+    #[arg(long, value_parser = ["memory", "redis"])]
+    pub queue: Option<String>,
+    /// The Redis URL (overrides `execution.queue.redis_url`).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// The namespace in Redis (workers must use the same).
+    #[arg(long, default_value = "runledger")]
+    pub redis_prefix: String,
+    /// Workers in this process on the Redis queue (default: the
+    /// workload's `num_workers`; 0 leaves the work to `runledger worker`s).
+    #[arg(long)]
+    pub local_workers: Option<u32>,
+    /// A claimed task silent this long is taken over by another worker.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]

@@ -89,6 +89,16 @@ impl Handlers {
     pub fn names(&self) -> Vec<&str> {
         self.map.keys().map(String::as_str).collect()
     }
+
+    /// Only the handlers named in `names`, or the first name not here.
+    pub fn only(&self, names: &[String]) -> Result<Handlers, String> {
+        let mut chosen = Handlers::default();
+        for name in names {
+            let handler = self.map.get(name).ok_or_else(|| name.clone())?;
+            chosen.map.insert(name.clone(), Arc::clone(handler));
+        }
+        Ok(chosen)
+    }
 }
 
 /// The simulated agent step, in real time.

@@ -98,6 +98,20 @@ impl Pool {
     }
 }
 
+/// Where the tasks of a real-time run go.
+pub enum Dispatch {
+    /// The in-memory queue (the ledger's projection), workers in this process.
+    Memory,
+    /// Redis Streams: this process coordinates — owns the ledger, admits,
+    /// dispatches, records what workers report — with `local_workers`
+    /// workers of its own; `runledger worker` processes elsewhere pull from
+    /// the same streams.
+    Redis {
+        streams: crate::runtime::redis::RedisStreams,
+        local_workers: u32,
+    },
+}
+
 /// Runs `workload` in real time with `handlers`. With `resume`, continues
 /// the unfinished run `options.run_id` instead of starting one.
 pub async fn run_live(
@@ -106,6 +120,85 @@ pub async fn run_live(
     options: &RunOptions,
     handlers: &Handlers,
     resume: bool,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<RunReport, RunError> {
+    run_live_on(
+        ledger,
+        workload,
+        options,
+        handlers,
+        resume,
+        Dispatch::Memory,
+        progress,
+    )
+    .await
+}
+
+/// [`run_live`] on the queue `dispatch` names.
+pub async fn run_live_on(
+    ledger: &Ledger,
+    workload: &Workload,
+    options: &RunOptions,
+    handlers: &Handlers,
+    resume: bool,
+    dispatch: Dispatch,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<RunReport, RunError> {
+    let seed = options.seed.unwrap_or(workload.seed);
+    match dispatch {
+        Dispatch::Memory => {
+            let queue = MemoryQueue::new(ledger.clone(), workload.policy, seed);
+            let workers = workload.num_workers.min(workload.max_concurrency);
+            run_with(
+                ledger, workload, options, handlers, resume, queue, workers, None, progress,
+            )
+            .await
+        }
+        Dispatch::Redis {
+            streams,
+            local_workers,
+        } => {
+            if resume {
+                return Err(RunError::Impossible(
+                    "resuming a run on the Redis queue is not supported yet".to_owned(),
+                ));
+            }
+            let queue = crate::runtime::redis::RedisQueue::new(
+                ledger.clone(),
+                streams,
+                workload.policy,
+                seed,
+            )
+            .await
+            .map_err(|e| RunError::Impossible(e.to_string()))?;
+            let coordinator = queue.clone();
+            let workers = local_workers.min(workload.max_concurrency);
+            run_with(
+                ledger,
+                workload,
+                options,
+                handlers,
+                resume,
+                queue,
+                workers,
+                Some(coordinator),
+                progress,
+            )
+            .await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_with<Q: TaskQueue + Clone + 'static>(
+    ledger: &Ledger,
+    workload: &Workload,
+    options: &RunOptions,
+    handlers: &Handlers,
+    resume: bool,
+    queue: Q,
+    local_workers: u32,
+    coordinator: Option<crate::runtime::redis::RedisQueue>,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<RunReport, RunError> {
     let wall = Instant::now();
@@ -162,7 +255,6 @@ pub async fn run_live(
             .await?;
     }
 
-    let queue = MemoryQueue::new(ledger.clone(), workload.policy, seed);
     let pool = Arc::new(Pool {
         ledger: ledger.clone(),
         run: run.clone(),
@@ -277,9 +369,31 @@ pub async fn run_live(
     };
 
     let timeout = Duration::from_micros(workload.worker_timeout_micros.max(1) as u64);
-    let concurrency = workload.num_workers.min(workload.max_concurrency);
     let mut workers = tokio::task::JoinSet::new();
-    for n in 1..=concurrency {
+    if let Some(coordinator) = coordinator {
+        // Dispatch and record what remote workers report, until the run
+        // has no open task left.
+        let (pool, run) = (Arc::clone(&pool), run.clone());
+        let (in_flight, lease) = (workload.max_concurrency, timeout + Duration::from_secs(5));
+        workers.spawn(async move {
+            while !pool.stopped() {
+                if let Err(e) = coordinator.coordinate(&run, in_flight, lease).await {
+                    pool.fail(e.into());
+                    return;
+                }
+                match pool.open_tasks().await {
+                    Ok(0) if pool.submitted_all.load(Ordering::SeqCst) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        pool.fail(e);
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+    }
+    for n in 1..=local_workers {
         let (pool, queue, handlers, run) = (
             Arc::clone(&pool),
             queue.clone(),
@@ -348,9 +462,9 @@ pub async fn run_live(
 /// One worker: lease a task, run its handler under the timeout (on a task
 /// of its own, so a panic is a failure and a timeout drops it — killing an
 /// `exec` child), ACK or NACK, until the run has no open task left.
-async fn work(
+async fn work<Q: TaskQueue>(
     pool: &Pool,
-    queue: &MemoryQueue,
+    queue: &Q,
     handlers: &Handlers,
     run: &RunId,
     worker: &WorkerId,

@@ -29,6 +29,9 @@ pub struct TaskEnvelope {
     /// How long the worker may hold it; never more than the transport's
     /// lease, after which the entry is reclaimed.
     pub lease_ms: u64,
+    /// The run's seed, for handlers that simulate (`sim`).
+    #[serde(default)]
+    pub seed: u64,
 }
 
 /// Where a claimed entry sits, to acknowledge it.
@@ -72,6 +75,9 @@ impl Claimed {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
+    /// The worker has claimed it and starts the attempt (announced, the
+    /// task entry stays pending): the coordinator records the lease.
+    Started,
     Ack {
         output: Params,
         costs: Vec<(Category, Micros)>,

@@ -38,6 +38,7 @@
 pub mod envelope;
 pub mod queue;
 pub mod scripts;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -816,6 +817,41 @@ impl RedisStreams {
             self.return_blocking(conn).await;
         }
         result.map(|_| ())
+    }
+
+    /// Announces attempts a worker starts (`Outcome::Started` results):
+    /// added to the results stream, the task entries left pending until
+    /// their final report. One pipelined, atomic request.
+    pub async fn announce(&self, results: &[TaskResult]) -> Result<(), RedisError> {
+        if results.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for result in results {
+            let json = Self::encode(
+                || {
+                    format!(
+                        "the start of task {} attempt {}",
+                        result.task, result.attempt
+                    )
+                },
+                result,
+            )?;
+            pipe.cmd("XADD")
+                .arg(&self.inner.keys.results)
+                .arg("*")
+                .arg("r")
+                .arg(json)
+                .ignore();
+        }
+        let mut conn = self.conn();
+        self.call(
+            "announce",
+            Duration::ZERO,
+            pipe.query_async::<()>(&mut conn),
+        )
+        .await
     }
 
     /// Reports one attempt; see [`RedisStreams::report_many`].

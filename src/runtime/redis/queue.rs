@@ -77,10 +77,47 @@ impl RedisQueue {
         })
     }
 
+    /// How long the ledger gives a lease, in micros: twice the transport's,
+    /// so that a silent worker's task is normally taken over in Redis
+    /// (recorded when the next worker starts it) and the ledger's own
+    /// expiry only returns tasks no live worker reclaims.
+    fn ledger_lease(&self) -> i64 {
+        i64::try_from(self.streams.config().lease.as_micros())
+            .unwrap_or(i64::MAX)
+            .saturating_mul(2)
+    }
+
+    /// One round of the coordinator: keeps up to `max_in_flight` tasks of
+    /// `run` dispatched or leased (dispatching more through the gate when
+    /// there is room), then records what workers reported.
+    pub async fn coordinate(
+        &self,
+        run: &RunId,
+        max_in_flight: u32,
+        lease: Duration,
+    ) -> Result<(), QueueError> {
+        let leased = {
+            let run = run.clone();
+            self.ledger
+                .query_async(move |state, _| state.runs.get(&run).map_or(0, |r| r.running))
+                .await?
+        };
+        let dispatched = lock(&self.dispatched).len();
+        let in_flight = dispatched.saturating_add(leased as usize);
+        let room = (max_in_flight as usize).saturating_sub(in_flight);
+        if room > 0 {
+            self.dispatch(run, room, lease).await?;
+        }
+        self.apply_results().await?;
+        Ok(())
+    }
+
     /// Puts up to `max` ready tasks of `run` through the gate in one
     /// ledger step and their envelopes onto the streams.
     async fn dispatch(&self, run: &RunId, max: usize, lease: Duration) -> Result<(), QueueError> {
-        let (run, policy) = (run.clone(), self.policy);
+        let (run, policy, seed) = (run.clone(), self.policy, self.seed);
+        // An envelope may not hold its entry longer than the transport's lease.
+        let lease = lease.min(self.streams.config().lease);
         let (gate, dispatched) = (Arc::clone(&self.gate), Arc::clone(&self.dispatched));
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         let (_, envelopes) = self
@@ -141,6 +178,7 @@ impl RedisQueue {
                                 params,
                                 inputs: inputs_of(state, &t.deps),
                                 lease_ms,
+                                seed,
                             })
                         }
                         _ => None,
@@ -174,6 +212,7 @@ impl RedisQueue {
     ) -> Result<Vec<Lease>, QueueError> {
         let worker = worker.clone();
         let dispatched = Arc::clone(&self.dispatched);
+        let lease = self.ledger_lease();
         let (_, (leases, stale)) = self
             .ledger
             .decide_each(move |draft| {
@@ -185,12 +224,14 @@ impl RedisQueue {
                 let mut dispatched = lock(&dispatched);
                 for claim in claimed {
                     let attempt = claim.attempt();
-                    let deadline = draft.now().saturating_add_micros(
-                        i64::try_from(claim.envelope.lease_ms)
-                            .unwrap_or(i64::MAX)
-                            .saturating_mul(1_000),
+                    let deadline = draft.now().saturating_add_micros(lease);
+                    let events = started_events(
+                        draft.state(),
+                        &claim.envelope.task,
+                        attempt,
+                        &worker,
+                        deadline,
                     );
-                    let events = started_events(draft.state(), &claim, &worker, deadline);
                     let Some(events) = events else {
                         stale.push(claim);
                         continue;
@@ -288,6 +329,8 @@ impl RedisQueue {
                 return Ok(outcomes);
             }
             let (policy, seed) = (self.policy, self.seed);
+            let lease = self.ledger_lease();
+            let dispatched = Arc::clone(&self.dispatched);
             let results: Vec<TaskResult> = entries.iter().map(|e| e.result.clone()).collect();
             let (_, decided) = self
                 .ledger
@@ -304,6 +347,21 @@ impl RedisQueue {
                             attempt: result.attempt,
                         };
                         let (events, outcome) = match &result.outcome {
+                            // A remote worker started it: its lease.
+                            Outcome::Started => {
+                                let deadline = draft.now().saturating_add_micros(lease);
+                                let events = started_events(
+                                    draft.state(),
+                                    &result.task,
+                                    result.attempt,
+                                    &result.worker,
+                                    deadline,
+                                );
+                                if events.is_some() {
+                                    lock(&dispatched).remove(&result.task);
+                                }
+                                (events, None)
+                            }
                             Outcome::Ack { output, costs } => (
                                 acked_events(draft.state(), attempt, output.clone(), costs),
                                 None,
@@ -370,13 +428,12 @@ fn inputs_of(state: &State, deps: &[TaskId]) -> Vec<(TaskId, Params)> {
 /// when it was the last attempt).
 fn started_events(
     state: &State,
-    claim: &Claimed,
+    task: &TaskId,
+    attempt: u32,
     worker: &WorkerId,
     deadline: Timestamp,
 ) -> Option<Vec<Event>> {
-    let task = &claim.envelope.task;
     let t = state.queue.get(task)?;
-    let attempt = claim.attempt();
     if attempt != t.attempts + 1 {
         return None;
     }
