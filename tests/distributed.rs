@@ -1,0 +1,274 @@
+//! Distributed dispatch, process against process: a coordinator (`run
+//! --queue redis`, no workers of its own) and two `runledger worker`
+//! processes on a private `redis-server`; one worker is SIGKILLed while it
+//! holds tasks. Nothing is lost: its tasks are taken over after their lease
+//! and completed by the other worker, every task is ACKed exactly once in
+//! the ledger, which shows both attempts, budgets hold, and the ledger
+//! verifies and re-checks.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::redis::RedisServer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_runledger");
+
+const WORKLOAD: &str = r#"
+seed = 11
+run = "dist"
+[execution.pool]
+max_concurrency = 8
+[execution.queue]
+max_attempts = 3
+retry_base_ms = 20
+retry_max_ms = 100
+[execution.workers]
+num_workers = 4
+worker_timeout_sec = 5
+[[tenants]]
+id = "acme"
+budget_micros = 5000000
+max_concurrent_runs = 4
+[[tenants]]
+id = "globex"
+budget_micros = 200000
+max_concurrent_runs = 2
+[[pipelines]]
+id = "rag"
+mode = "serial"
+nodes = [
+  { id = "retrieve", handler = "sim", params = { step = "retrieve", depth = 5, latency_ms = 200, failure_rate_bp = 0 } },
+  { id = "generate", handler = "sim", params = { step = "generate", candidates = 2, latency_ms = 300, failure_rate_bp = 0, learn = { model = ["large", "small"] } }, cost_ceiling_micros = 300000 },
+]
+[[submissions]]
+tenant = "acme"
+pipeline = "rag"
+runs = 16
+interval_ms = 10
+[[submissions]]
+tenant = "globex"
+pipeline = "rag"
+runs = 8
+interval_ms = 10
+"#;
+
+fn runledger(data: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("RUNLEDGER_DATA")
+        .output()
+        .unwrap()
+}
+
+fn worker(url: &str, id: &str) -> Child {
+    Command::new(BIN)
+        .args([
+            "worker",
+            "--redis",
+            url,
+            "--id",
+            id,
+            "--lease-ms",
+            "1500",
+            "--idle-exit-sec",
+            "4",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// How many task entries `consumer` holds claimed in Redis.
+fn held_by(url: &str, consumer: &str) -> usize {
+    let Ok(client) = redis::Client::open(url) else {
+        return 0;
+    };
+    let Ok(mut conn) = client.get_connection() else {
+        return 0;
+    };
+    ["critical", "high", "normal", "low", "batch"]
+        .iter()
+        .map(|p| {
+            let pending: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XPENDING")
+                .arg(format!("{{runledger}}:tasks:{p}"))
+                .arg("workers")
+                .arg("-")
+                .arg("+")
+                .arg(100)
+                .arg(consumer)
+                .query(&mut conn);
+            pending.map_or(0, |v| v.len())
+        })
+        .sum()
+}
+
+fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("a process did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn events(data: &Path) -> Vec<serde_json::Value> {
+    let out = runledger(data, &["log", "--json"]);
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .collect()
+}
+
+#[test]
+fn a_worker_killed_mid_run_loses_nothing() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(&file, WORKLOAD).unwrap();
+    let data: PathBuf = dir.path().join("data");
+
+    let mut doomed = worker(&url, "w1");
+    let mut survivor = worker(&url, "w2");
+    let mut coordinator = Command::new(BIN)
+        .arg("--data")
+        .arg(&data)
+        .args(["--json", "run"])
+        .arg(&file)
+        .args([
+            "--queue",
+            "redis",
+            "--redis-url",
+            &url,
+            "--local-workers",
+            "0",
+            "--lease-ms",
+            "1500",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill w1 while it holds tasks.
+    let until = Instant::now() + Duration::from_secs(30);
+    while held_by(&url, "w1") == 0 {
+        assert!(Instant::now() < until, "w1 never claimed a task");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+
+    let status = wait(&mut coordinator, Duration::from_secs(120));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(coordinator.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "the coordinator failed: {stderr}");
+    assert!(wait(&mut survivor, Duration::from_secs(30)).success());
+
+    let evs = events(&data);
+    let mut acks: BTreeMap<String, u32> = BTreeMap::new();
+    let mut leases: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    let mut lost = Vec::new();
+    for e in &evs {
+        let task = e["task"].as_str().unwrap_or_default().to_owned();
+        match e["type"].as_str().unwrap() {
+            "task_acked" => *acks.entry(task).or_default() += 1,
+            "task_dequeued" => leases.entry(task).or_default().push((
+                e["worker"].as_str().unwrap().to_owned(),
+                e["attempt"].as_u64().unwrap(),
+            )),
+            "lease_expired" => {
+                assert_eq!(e["worker"], "w1", "only the killed worker loses leases");
+                lost.push(task);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(acks.len(), 48, "every task ACKed");
+    assert!(acks.values().all(|&n| n == 1), "none twice: {acks:?}");
+    assert!(!lost.is_empty(), "w1 died holding tasks");
+    for task in &lost {
+        // Both attempts are in the ledger: w1's, then the one that finished.
+        let attempts = &leases[task];
+        assert!(attempts.len() >= 2, "{task}: {attempts:?}");
+        assert_eq!(attempts[0].0, "w1");
+        let last = attempts.last().unwrap();
+        assert_eq!(last.0, "w2");
+        assert!(last.1 > attempts[0].1);
+    }
+
+    // Budgets hold; the chain verifies; every decision re-checks.
+    let tenants = runledger(&data, &["--json", "tenants"]);
+    let tenants: serde_json::Value = serde_json::from_slice(&tenants.stdout).unwrap();
+    for t in tenants.as_array().unwrap() {
+        assert!(
+            t["spent_micros"].as_i64().unwrap() <= t["budget_micros"].as_i64().unwrap(),
+            "{t}"
+        );
+        assert_eq!(t["reserved_micros"], 0, "{t}");
+    }
+    assert!(runledger(&data, &["verify"]).status.success());
+    let check = runledger(&data, &["replay", "--check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+#[test]
+fn a_bad_or_unreachable_redis_is_a_clear_error_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(&file, WORKLOAD).unwrap();
+    let data = dir.path().join("data");
+    let closed = format!("redis://127.0.0.1:{}", support::redis::free_port());
+    for url in ["http://127.0.0.1:6379", closed.as_str()] {
+        let started = Instant::now();
+        let out = runledger(
+            &data,
+            &[
+                "run",
+                file.to_str().unwrap(),
+                "--queue",
+                "redis",
+                "--redis-url",
+                url,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{url}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(url.trim_start_matches("http://")) || stderr.contains("127.0.0.1"),
+            "the error names the URL: {stderr}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20), "fails fast");
+        let out = Command::new(BIN)
+            .args(["worker", "--redis", url])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "worker on {url}");
+    }
+    // Nothing was appended by the failed runs.
+    let replay = runledger(&data, &["replay"]);
+    assert!(
+        !replay.status.success() || String::from_utf8_lossy(&replay.stdout).contains("replayed 0")
+    );
+    let out = runledger(&data, &["run", file.to_str().unwrap(), "--queue", "redis"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--redis-url"));
+}
