@@ -272,3 +272,71 @@ fn a_bad_or_unreachable_redis_is_a_clear_error_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--redis-url"));
 }
+
+#[test]
+fn redis_restarted_mid_run_with_aof_loses_nothing_acknowledged() {
+    let aof = tempfile::tempdir().unwrap();
+    let Some(mut server) = RedisServer::start_aof(aof.path()) else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(&file, WORKLOAD).unwrap();
+    let data: PathBuf = dir.path().join("data");
+    let mut w = worker(&url, "w1");
+    let mut coordinator = Command::new(BIN)
+        .arg("--data")
+        .arg(&data)
+        .args(["--json", "run"])
+        .arg(&file)
+        .args([
+            "--queue",
+            "redis",
+            "--redis-url",
+            &url,
+            "--local-workers",
+            "0",
+            "--lease-ms",
+            "1500",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Restart Redis (SIGKILL, then the same port and AOF) while tasks are
+    // claimed, results pending and envelopes queued.
+    let until = Instant::now() + Duration::from_secs(30);
+    while held_by(&url, "w1") == 0 {
+        assert!(Instant::now() < until, "w1 never claimed a task");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    server.restart();
+
+    let status = wait(&mut coordinator, Duration::from_secs(120));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(coordinator.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "the coordinator failed: {stderr}");
+    assert!(wait(&mut w, Duration::from_secs(30)).success());
+
+    let mut acks: BTreeMap<String, u32> = BTreeMap::new();
+    for e in events(&data) {
+        if e["type"] == "task_acked" {
+            *acks
+                .entry(e["task"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(acks.len(), 48, "every task ACKed");
+    assert!(acks.values().all(|&n| n == 1), "none twice: {acks:?}");
+    assert!(runledger(&data, &["verify"]).status.success());
+    let check = runledger(&data, &["replay", "--check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}

@@ -377,9 +377,19 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
         let (in_flight, lease) = (workload.max_concurrency, timeout + Duration::from_secs(5));
         workers.spawn(async move {
             while !pool.stopped() {
-                if let Err(e) = coordinator.coordinate(&run, in_flight, lease).await {
-                    pool.fail(e.into());
-                    return;
+                match coordinator.coordinate(&run, in_flight, lease).await {
+                    Ok(()) => {}
+                    // Redis went away (a restart): wait for it; what the
+                    // ledger holds is safe, what Redis holds comes back.
+                    Err(crate::runtime::queue::QueueError::Transport(e)) => {
+                        tracing::warn!(error = %e, "the Redis queue failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        pool.fail(e.into());
+                        return;
+                    }
                 }
                 match pool.open_tasks().await {
                     Ok(0) if pool.submitted_all.load(Ordering::SeqCst) => return,

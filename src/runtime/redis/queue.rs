@@ -44,10 +44,17 @@ pub struct RedisQueue {
     seed: u64,
     poll: Duration,
     gate: Arc<Mutex<Gate>>,
-    /// Tasks dispatched and not yet claimed, with the attempt dispatched.
-    dispatched: Arc<Mutex<FxHashMap<TaskId, u32>>>,
+    /// Tasks dispatched and not yet started, with when: an envelope whose
+    /// claimer died before announcing it, and whose redelivery was
+    /// refused, is dispatched again after twice the lease.
+    dispatched: Arc<Mutex<FxHashMap<TaskId, std::time::Instant>>>,
+    /// The ledger's attempt for each (task, claim attempt) started.
+    claims: Arc<Mutex<FxHashMap<(TaskId, u32), u32>>>,
     /// Claimed entries by (task, attempt), to report on.
     receipts: Arc<Mutex<FxHashMap<(TaskId, u32), Receipt>>>,
+    /// Envelopes admitted in the ledger and not yet on the streams (Redis
+    /// was away): sent first by the next dispatch, never admitted twice.
+    unsent: Arc<tokio::sync::Mutex<Vec<TaskEnvelope>>>,
 }
 
 impl From<RedisError> for QueueError {
@@ -73,7 +80,9 @@ impl RedisQueue {
             poll: Duration::from_millis(2),
             gate: Arc::new(Mutex::new(Gate::new(seed))),
             dispatched: Arc::default(),
+            claims: Arc::default(),
             receipts: Arc::default(),
+            unsent: Arc::default(),
         })
     }
 
@@ -102,7 +111,12 @@ impl RedisQueue {
                 .query_async(move |state, _| state.runs.get(&run).map_or(0, |r| r.running))
                 .await?
         };
-        let dispatched = lock(&self.dispatched).len();
+        let dispatched = {
+            let mut dispatched = lock(&self.dispatched);
+            let stale = self.streams.config().lease * 2;
+            dispatched.retain(|_, at| at.elapsed() < stale);
+            dispatched.len()
+        };
         let in_flight = dispatched.saturating_add(leased as usize);
         let room = (max_in_flight as usize).saturating_sub(in_flight);
         if room > 0 {
@@ -189,15 +203,20 @@ impl RedisQueue {
                         }
                     }
                     if let Some(envelope) = envelope {
-                        dispatched.insert(task.clone(), envelope.attempt);
+                        dispatched.insert(task.clone(), std::time::Instant::now());
                         envelopes.push(envelope);
                     }
                 }
                 envelopes
             })
             .await?;
-        if !envelopes.is_empty() {
-            self.streams.dispatch_many(&envelopes).await?;
+        let mut unsent = self.unsent.lock().await;
+        unsent.extend(envelopes);
+        if !unsent.is_empty() {
+            // Sent again after a failure, an envelope may land twice: the
+            // second claim of one attempt is stale and dropped.
+            self.streams.dispatch_many(&unsent).await?;
+            unsent.clear();
         }
         Ok(())
     }
@@ -225,14 +244,14 @@ impl RedisQueue {
                 for claim in claimed {
                     let attempt = claim.attempt();
                     let deadline = draft.now().saturating_add_micros(lease);
-                    let events = started_events(
+                    let started = started_events(
                         draft.state(),
                         &claim.envelope.task,
                         attempt,
                         &worker,
                         deadline,
                     );
-                    let Some(events) = events else {
+                    let Some((events, attempt)) = started else {
                         stale.push(claim);
                         continue;
                     };
@@ -320,17 +339,36 @@ impl RedisQueue {
     /// what each NACK led to.
     pub async fn apply_results(&self) -> Result<FxHashMap<(TaskId, u32), NackOutcome>, QueueError> {
         let mut outcomes = FxHashMap::default();
+        // First what was read before and not acknowledged (the
+        // acknowledgement failed, or this coordinator restarted): applying
+        // a result twice records nothing the second time.
+        let mut pending = true;
         loop {
-            let entries = self
-                .streams
-                .results(COORDINATOR, RESULTS_PER_STEP, Duration::ZERO)
-                .await?;
+            let entries = if pending {
+                let entries = self
+                    .streams
+                    .pending_results(COORDINATOR, RESULTS_PER_STEP)
+                    .await?;
+                pending = !entries.is_empty();
+                if pending {
+                    entries
+                } else {
+                    self.streams
+                        .results(COORDINATOR, RESULTS_PER_STEP, Duration::ZERO)
+                        .await?
+                }
+            } else {
+                self.streams
+                    .results(COORDINATOR, RESULTS_PER_STEP, Duration::ZERO)
+                    .await?
+            };
             if entries.is_empty() {
                 return Ok(outcomes);
             }
             let (policy, seed) = (self.policy, self.seed);
             let lease = self.ledger_lease();
             let dispatched = Arc::clone(&self.dispatched);
+            let claims = Arc::clone(&self.claims);
             let results: Vec<TaskResult> = entries.iter().map(|e| e.result.clone()).collect();
             let (_, decided) = self
                 .ledger
@@ -340,26 +378,38 @@ impl RedisQueue {
                         return decided;
                     }
                     for result in results {
+                        let key = (result.task.clone(), result.attempt);
+                        // The ledger's attempt for this claim (the same
+                        // unless earlier deliveries died unannounced).
+                        let ledger_attempt = match &result.outcome {
+                            Outcome::Started => result.attempt,
+                            _ => lock(&claims).remove(&key).unwrap_or(result.attempt),
+                        };
                         let attempt = Attempt {
                             task: &result.task,
                             run: &result.run,
                             worker: &result.worker,
-                            attempt: result.attempt,
+                            attempt: ledger_attempt,
                         };
                         let (events, outcome) = match &result.outcome {
                             // A remote worker started it: its lease.
+                            // Read again after a restart or a failed
+                            // acknowledgement: already recorded.
+                            Outcome::Started if lock(&claims).contains_key(&key) => (None, None),
                             Outcome::Started => {
                                 let deadline = draft.now().saturating_add_micros(lease);
-                                let events = started_events(
+                                let started = started_events(
                                     draft.state(),
                                     &result.task,
                                     result.attempt,
                                     &result.worker,
                                     deadline,
                                 );
-                                if events.is_some() {
+                                let events = started.map(|(events, ledger_attempt)| {
                                     lock(&dispatched).remove(&result.task);
-                                }
+                                    lock(&claims).insert(key.clone(), ledger_attempt);
+                                    events
+                                });
                                 (events, None)
                             }
                             Outcome::Ack { output, costs } => (
@@ -420,21 +470,25 @@ fn inputs_of(state: &State, deps: &[TaskId]) -> Vec<(TaskId, Params)> {
         .collect()
 }
 
-/// The events that record `claim` as the task's lease by `worker`, or
-/// `None` when the ledger no longer wants this attempt: the dispatched
-/// attempt of a pending task, or — a redelivery after the previous
-/// attempt's lease ran out in Redis — the next attempt of a leased task,
-/// whose lost lease is recorded first (and which is dead-lettered instead
-/// when it was the last attempt).
+/// The events that record a claim of `task` (claim attempt `claimed`:
+/// the envelope's attempt plus its redeliveries) as the task's lease by
+/// `worker`, with the ledger's attempt number; `None` when the ledger no
+/// longer wants it (a duplicate, or an attempt already past). A pending
+/// task takes its next attempt; a leased one — a redelivery after its
+/// lease ran out in Redis — first records the lost lease (or its dead
+/// letter, when that was the last attempt). A claim attempt past the
+/// ledger's next one means earlier deliveries died before announcing
+/// themselves: the ledger counts the attempts it saw.
 fn started_events(
     state: &State,
     task: &TaskId,
-    attempt: u32,
+    claimed: u32,
     worker: &WorkerId,
     deadline: Timestamp,
-) -> Option<Vec<Event>> {
+) -> Option<(Vec<Event>, u32)> {
     let t = state.queue.get(task)?;
-    if attempt != t.attempts + 1 {
+    let attempt = t.attempts + 1;
+    if claimed < attempt {
         return None;
     }
     let mut events = Vec::new();
@@ -447,7 +501,7 @@ fn started_events(
                 .any(|e| matches!(e, Event::TaskDeadLettered { .. }));
             events.extend(lost);
             if dead {
-                return Some(events);
+                return Some((events, attempt));
             }
         }
         _ => return None,
@@ -458,7 +512,7 @@ fn started_events(
         attempt,
         lease_deadline: Some(deadline),
     });
-    Some(events)
+    Some((events, attempt))
 }
 
 impl TaskQueue for RedisQueue {

@@ -57,13 +57,22 @@ pub async fn run_worker(
             attempts.join_next().await;
             continue;
         }
-        let claimed = streams
+        let claimed = match streams
             .claim(
                 options.id.as_str(),
                 free as usize,
                 Duration::from_millis(200),
             )
-            .await?;
+            .await
+        {
+            Ok(claimed) => claimed,
+            // Redis went away (a restart): wait for it, keep what runs.
+            Err(e) => {
+                tracing::warn!(error = %e, "claim failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
         if claimed.is_empty() {
             let idle = running.load(Ordering::SeqCst) == 0;
             if let Some(limit) = options.idle_exit {
@@ -81,7 +90,14 @@ pub async fn run_worker(
             .iter()
             .map(|c| c.result(&options.id, Outcome::Started))
             .collect();
-        streams.announce(&started).await?;
+        // The coordinator records the lease from this: it must land
+        // before the result does.
+        let mut wait = Duration::from_millis(50);
+        while let Err(e) = streams.announce(&started).await {
+            tracing::warn!(error = %e, "announce failed; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
         for claim in claimed {
             running.fetch_add(1, Ordering::SeqCst);
             let (streams, handlers, running, counts) = (
