@@ -278,6 +278,29 @@ pub struct Workload {
     pub text: String,
 }
 
+/// Which of `shards` coordinators runs `tenant`: the first 8 bytes of
+/// blake3 of its id, little-endian, modulo `shards` — the same on every
+/// machine and in every version (a **contract**: a tenant's ledger lives
+/// on its shard).
+pub fn shard_of(tenant: &str, shards: u32) -> u32 {
+    let hash = blake3::hash(tenant.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    (u64::from_le_bytes(first) % u64::from(shards.max(1))) as u32
+}
+
+impl Workload {
+    /// The part of the workload shard `index` of `shards` runs: its
+    /// tenants and their submissions.
+    pub fn shard(&self, index: u32, shards: u32) -> Workload {
+        let mine = |tenant: &str| shard_of(tenant, shards) == index;
+        let mut part = self.clone();
+        part.tenants.retain(|t| mine(&t.id));
+        part.submissions.retain(|s| mine(&s.tenant));
+        part
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TenantSpec {
     pub id: String,

@@ -340,3 +340,88 @@ fn redis_restarted_mid_run_with_aof_loses_nothing_acknowledged() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+#[test]
+fn two_shard_coordinators_split_the_tenants_by_hash_on_one_redis() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(&file, WORKLOAD).unwrap();
+    let mut procs = Vec::new();
+    for shard in ["0/2", "1/2"] {
+        let mut w = Command::new(BIN);
+        w.args([
+            "worker",
+            "--redis",
+            &url,
+            "--shard",
+            shard,
+            "--idle-exit-sec",
+            "3",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        procs.push(w.spawn().unwrap());
+    }
+    let mut coordinators = Vec::new();
+    for (i, shard) in ["0/2", "1/2"].iter().enumerate() {
+        let data = dir.path().join(format!("shard-{i}"));
+        let child = Command::new(BIN)
+            .arg("--data")
+            .arg(&data)
+            .arg("run")
+            .arg(&file)
+            .args([
+                "--queue",
+                "redis",
+                "--redis-url",
+                &url,
+                "--local-workers",
+                "0",
+            ])
+            .args(["--shard", shard])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        coordinators.push((data, child));
+    }
+    let mut acked = 0;
+    for (data, mut child) in coordinators {
+        assert!(wait(&mut child, Duration::from_secs(120)).success());
+        let tenants = runledger(&data, &["--json", "tenants"]);
+        let tenants: serde_json::Value = serde_json::from_slice(&tenants.stdout).unwrap();
+        let shard: u32 = data
+            .to_str()
+            .unwrap()
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        for t in tenants.as_array().unwrap() {
+            // Each tenant is in the ledger of the shard its id hashes to.
+            let id = t["tenant"].as_str().unwrap();
+            let named = Command::new(BIN)
+                .args(["shard", id, "--of", "2"])
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&named.stdout).trim(),
+                shard.to_string()
+            );
+        }
+        acked += events(&data)
+            .iter()
+            .filter(|e| e["type"] == "task_acked")
+            .count();
+        assert!(runledger(&data, &["verify"]).status.success());
+    }
+    assert_eq!(acked, 48, "every task of both shards, once");
+    for mut p in procs {
+        assert!(wait(&mut p, Duration::from_secs(30)).success());
+    }
+}

@@ -174,6 +174,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 out,
             )
         }
+        Command::Shard { ref tenant, of } => {
+            let shard = crate::workload::shard_of(tenant, of);
+            if cli.json {
+                print_json(
+                    out,
+                    &serde_json::json!({ "tenant": tenant, "shard": shard, "of": of }),
+                )
+            } else {
+                writeln!(out, "{shard}")?;
+                Ok(())
+            }
+        }
         Command::Worker {
             ref redis,
             ref prefix,
@@ -183,9 +195,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             timeout_sec,
             lease_ms,
             idle_exit_sec,
+            shard,
         } => worker_cmd(
             redis,
-            prefix,
+            &super::shard_prefix(prefix, shard),
             concurrency,
             handlers,
             id.as_deref(),
@@ -1065,7 +1078,7 @@ fn redis_of(
         bail!("the Redis queue needs a URL: --redis-url URL or execution.queue.redis_url");
     };
     let config = crate::runtime::redis::StreamsConfig {
-        prefix: queue.redis_prefix.clone(),
+        prefix: super::shard_prefix(&queue.redis_prefix, queue.shard),
         lease: std::time::Duration::from_millis(queue.lease_ms),
         ..Default::default()
     };
@@ -1143,6 +1156,14 @@ fn execute(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
+    let sharded;
+    let workload = match queue.shard {
+        Some((index, shards)) => {
+            sharded = workload.shard(index, shards);
+            &sharded
+        }
+        None => workload,
+    };
     let ledger = open_ledger(
         data,
         Durability::Batch {

@@ -211,6 +211,16 @@ pub enum Command {
         /// Exit after this many seconds with nothing to do.
         #[arg(long)]
         idle_exit_sec: Option<u64>,
+        /// Work for the coordinator of shard I of N (`I/N`).
+        #[arg(long, value_parser = parse_shard)]
+        shard: Option<(u32, u32)>,
+    },
+    /// Which of N shard coordinators runs a tenant (a stable hash of its id).
+    Shard {
+        tenant: String,
+        /// The number of shards.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        of: u32,
     },
     /// Benchmarks.
     Bench {
@@ -240,6 +250,37 @@ pub struct QueueArgs {
     /// A claimed task silent this long is taken over by another worker.
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub lease_ms: u64,
+    /// Coordinate only shard I of N (`I/N`): the tenants whose id hashes
+    /// there (`runledger shard TENANT --of N`), in this data directory, on
+    /// the Redis namespace `<prefix>-shard-I-of-N`.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(u32, u32)>,
+}
+
+fn parse_shard(text: &str) -> Result<(u32, u32), String> {
+    let (i, n) = text
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}`: expected I/N, e.g. 0/4"))?;
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("`{text}`: expected I/N, e.g. 0/4"))
+    };
+    let (i, n) = (parse(i)?, parse(n)?);
+    if n == 0 || i >= n {
+        return Err(format!(
+            "`{text}`: the shard index must be below the count (0/4 … 3/4)"
+        ));
+    }
+    Ok((i, n))
+}
+
+/// The Redis namespace of shard `shard` of `prefix`.
+pub fn shard_prefix(prefix: &str, shard: Option<(u32, u32)>) -> String {
+    match shard {
+        Some((i, n)) => format!("{prefix}-shard-{i}-of-{n}"),
+        None => prefix.to_owned(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
