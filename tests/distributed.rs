@@ -395,6 +395,7 @@ fn two_shard_coordinators_split_the_tenants_by_hash_on_one_redis() {
         assert!(wait(&mut child, Duration::from_secs(120)).success());
         let tenants = runledger(&data, &["--json", "tenants"]);
         let tenants: serde_json::Value = serde_json::from_slice(&tenants.stdout).unwrap();
+        assert_eq!(tenants.as_array().unwrap().len(), 1, "one tenant per shard");
         let shard: u32 = data
             .to_str()
             .unwrap()
