@@ -427,3 +427,96 @@ fn two_shard_coordinators_split_the_tenants_by_hash_on_one_redis() {
         assert!(wait(&mut p, Duration::from_secs(30)).success());
     }
 }
+
+#[test]
+fn a_coordinator_killed_mid_run_resumes_from_its_ledger_and_redis() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(&file, WORKLOAD).unwrap();
+    let data: PathBuf = dir.path().join("data");
+    let mut w = Command::new(BIN)
+        .args([
+            "worker",
+            "--redis",
+            &url,
+            "--id",
+            "w1",
+            "--lease-ms",
+            "1500",
+        ])
+        .args(["--idle-exit-sec", "6"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let queue_args = [
+        "--queue",
+        "redis",
+        "--redis-url",
+        &url,
+        "--local-workers",
+        "0",
+        "--lease-ms",
+        "1500",
+    ];
+    let mut first = Command::new(BIN)
+        .arg("--data")
+        .arg(&data)
+        .arg("run")
+        .arg(&file)
+        .args(queue_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the coordinator while the worker holds tasks.
+    let until = Instant::now() + Duration::from_secs(30);
+    while held_by(&url, "w1") == 0 {
+        assert!(Instant::now() < until, "w1 never claimed a task");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let resumed = Command::new(BIN)
+        .arg("--data")
+        .arg(&data)
+        .args(["resume", "dist"])
+        .args(queue_args)
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(wait(&mut w, Duration::from_secs(30)).success());
+    let mut acks: BTreeMap<String, u32> = BTreeMap::new();
+    let mut reservations: BTreeMap<String, u32> = BTreeMap::new();
+    for e in events(&data) {
+        let task = e["task"].as_str().unwrap_or_default().to_owned();
+        match e["type"].as_str().unwrap() {
+            "task_acked" => *acks.entry(task).or_default() += 1,
+            "cost_reserved" => *reservations.entry(task).or_default() += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(acks.len(), 48, "every task ACKed");
+    assert!(acks.values().all(|&n| n == 1), "none twice: {acks:?}");
+    assert!(
+        reservations.values().all(|&n| n == 1),
+        "nothing admitted twice: {reservations:?}"
+    );
+    assert!(runledger(&data, &["verify"]).status.success());
+    let check = runledger(&data, &["replay", "--check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}

@@ -95,14 +95,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 out,
             )
         }
-        Command::Resume { ref run } => {
+        Command::Resume { ref run, ref queue } => {
             let ledger = open_ledger(
                 &cli.data,
                 Durability::Batch {
                     interval: std::time::Duration::from_millis(10),
                 },
             )?;
-            let result = resume(&ledger, run.as_deref());
+            let result = resume(&ledger, run.as_deref(), queue);
             match result {
                 Ok(report) => finish_run(&cli.data, ledger, &report, None, cli.json, out),
                 Err(e) => {
@@ -1448,7 +1448,11 @@ fn live_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Finishes an unfinished run with the executor its workload calls for.
-fn resume(ledger: &Ledger, run: Option<&str>) -> Result<RunReport, RunError> {
+fn resume(
+    ledger: &Ledger,
+    run: Option<&str>,
+    queue: &super::QueueArgs,
+) -> Result<RunReport, RunError> {
     let target = {
         let run = run.map(str::to_owned);
         ledger.query(move |state, _| {
@@ -1476,7 +1480,8 @@ fn resume(ledger: &Ledger, run: Option<&str>) -> Result<RunReport, RunError> {
             .unwrap_or(true),
         _ => true,
     };
-    if simulated {
+    let on_redis = queue.queue.as_deref() == Some("redis");
+    if simulated && !on_redis {
         return crate::runtime::sim::resume_simulated(ledger, run, &mut |_, _| {});
     }
     let Some((id, seed, Some(text))) = target else {
@@ -1484,14 +1489,34 @@ fn resume(ledger: &Ledger, run: Option<&str>) -> Result<RunReport, RunError> {
             "no unfinished run in the ledger".to_owned(),
         ));
     };
-    let workload = Workload::parse("<recorded workload>", &text)
+    let mut workload = Workload::parse("<recorded workload>", &text)
         .map_err(|e| RunError::Resume(e.to_string()))?;
+    if let Some((index, shards)) = queue.shard {
+        workload = workload.shard(index, shards);
+    }
     let options = RunOptions {
         seed: Some(seed),
         run_id: Some(id.0),
         stop_after_steps: None,
     };
     let runtime = live_runtime().map_err(|e| RunError::Resume(e.to_string()))?;
+    if on_redis {
+        let streams = redis_of(&workload, queue, &runtime)
+            .map_err(|e| RunError::Resume(e.to_string()))?
+            .ok_or_else(|| RunError::Resume("the Redis queue needs --redis-url".to_owned()))?;
+        return runtime.block_on(crate::runtime::live::run_live_on(
+            ledger,
+            &workload,
+            &options,
+            &crate::runtime::handler::Handlers::builtin(),
+            true,
+            crate::runtime::live::Dispatch::Redis {
+                streams,
+                local_workers: queue.local_workers.unwrap_or(workload.num_workers),
+            },
+            &mut |_, _| {},
+        ));
+    }
     runtime.block_on(crate::runtime::live::run_live(
         ledger,
         &workload,

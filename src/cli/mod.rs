@@ -107,10 +107,13 @@ pub enum Command {
         #[command(flatten)]
         queue: QueueArgs,
     },
-    /// Finish a run whose process died, from its ledger.
+    /// Finish a run whose process died, from its ledger (with `--queue
+    /// redis`, a coordinator's: its workers' results are waiting in Redis).
     Resume {
         /// The run (default: the most recent unfinished one).
         run: Option<String>,
+        #[command(flatten)]
+        queue: QueueArgs,
     },
     /// Regenerate the artifact files (budget usage, cost reports, period
     /// archives, learning profiles and history, cost decisions) from the ledger.

@@ -365,6 +365,11 @@ impl Learning {
         self.pending.contains_key(task)
     }
 
+    /// The param and value chosen for `task`, awaiting its outcome.
+    pub fn pending_arm(&self, task: &TaskId) -> Option<(&str, &str)> {
+        self.pending.get(task)?.arm.split_once('=')
+    }
+
     /// Drops `task`'s pending choice, if any, counting an exploration as
     /// no longer running.
     fn settle_pending(&mut self, task: &TaskId) -> Option<Pending> {

@@ -158,11 +158,6 @@ pub async fn run_live_on(
             streams,
             local_workers,
         } => {
-            if resume {
-                return Err(RunError::Impossible(
-                    "resuming a run on the Redis queue is not supported yet".to_owned(),
-                ));
-            }
             let queue = crate::runtime::redis::RedisQueue::new(
                 ledger.clone(),
                 streams,
@@ -171,6 +166,18 @@ pub async fn run_live_on(
             )
             .await
             .map_err(|e| RunError::Impossible(e.to_string()))?;
+            if resume {
+                // What the last coordinator admitted is on the streams or
+                // with a worker: wait for it before admitting anything twice.
+                let run = RunId(
+                    options
+                        .run_id
+                        .clone()
+                        .or_else(|| workload.run.clone())
+                        .unwrap_or_else(|| format!("run-{seed}")),
+                );
+                queue.resume(&run).await?;
+            }
             let coordinator = queue.clone();
             let workers = local_workers.min(workload.max_concurrency);
             run_with(
@@ -211,7 +218,9 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
             .unwrap_or_else(|| format!("run-{seed}")),
     );
     let state = ledger.query_async(|state, _| state.clone()).await?;
-    if resume {
+    // On Redis, leases belong to workers that may still be running: they
+    // are taken over in Redis, not expired here.
+    if resume && coordinator.is_none() {
         let run = run.clone();
         ledger
             .decide_each(move |draft| {
@@ -235,7 +244,7 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
                 }
             })
             .await?;
-    } else {
+    } else if !resume {
         if state.runs.get(&run).is_some() {
             return Err(RunError::RunExists(run.0));
         }

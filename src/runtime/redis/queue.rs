@@ -86,6 +86,32 @@ impl RedisQueue {
         })
     }
 
+    /// After a coordinator restart: the run's tasks the last coordinator
+    /// admitted and no worker has started yet are taken as dispatched (their
+    /// envelopes are on the streams, or were lost with the coordinator:
+    /// then they are sent again after twice the lease, never admitted again).
+    pub async fn resume(&self, run: &RunId) -> Result<(), QueueError> {
+        let run = run.clone();
+        let admitted = self
+            .ledger
+            .query_async(move |state, _| {
+                state
+                    .queue
+                    .sorted()
+                    .into_iter()
+                    .filter(|(id, t)| t.run == run && admitted(state, id))
+                    .map(|(id, _)| id.clone())
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        let now = std::time::Instant::now();
+        let mut dispatched = lock(&self.dispatched);
+        for task in admitted {
+            dispatched.insert(task, now);
+        }
+        Ok(())
+    }
+
     /// How long the ledger gives a lease, in micros: twice the transport's,
     /// so that a silent worker's task is normally taken over in Redis
     /// (recorded when the next worker starts it) and the ledger's own
@@ -166,6 +192,15 @@ impl RedisQueue {
                     }
                     let mut events = Vec::new();
                     let state = draft.state();
+                    if admitted(state, task) {
+                        // Admitted by an earlier dispatch whose envelope was
+                        // lost: send it again as admitted, nothing recorded.
+                        if let Some(envelope) = resend(state, task, lease_ms, seed) {
+                            dispatched.insert(task.clone(), std::time::Instant::now());
+                            envelopes.push(envelope);
+                        }
+                        continue;
+                    }
                     let start = gate.start(
                         state,
                         &mut Admitter::new(state),
@@ -462,6 +497,40 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether `task` went through the gate for its next attempt and waits for
+/// its lease: it holds a reservation or a learning choice.
+fn admitted(state: &State, task: &TaskId) -> bool {
+    state.queue.get(task).is_some_and(|t| {
+        t.status == TaskStatus::Pending
+            && (t.reserved_micros > Micros::ZERO || state.learning.has_pending(task))
+    })
+}
+
+/// The envelope of an admitted task sent again: its params with the
+/// recorded learning choice and today's degradation plan.
+fn resend(state: &State, task: &TaskId, lease_ms: u64, seed: u64) -> Option<TaskEnvelope> {
+    let t = state.queue.get(task)?;
+    let mut params = match state.learning.pending_arm(task) {
+        Some((param, value)) => crate::domain::learning::with_value(&t.params, param, value),
+        None => t.params.clone(),
+    };
+    if let Some(plan) = crate::domain::cost_agent::decide(state, task).and_then(|v| v.plan) {
+        params = plan.apply(&params);
+    }
+    Some(TaskEnvelope {
+        task: task.clone(),
+        attempt: t.attempts + 1,
+        run: t.run.clone(),
+        tenant: t.tenant.clone(),
+        priority: t.priority,
+        handler: t.handler.clone(),
+        params,
+        inputs: inputs_of(state, &t.deps),
+        lease_ms,
+        seed,
+    })
 }
 
 fn inputs_of(state: &State, deps: &[TaskId]) -> Vec<(TaskId, Params)> {
