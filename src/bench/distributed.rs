@@ -44,6 +44,8 @@ pub struct DistributedBench {
     /// Attempts each worker process runs at once (and the in-memory
     /// baseline's worker count).
     pub concurrency: u32,
+    /// The scratch ledgers' durability.
+    pub durability: Durability,
     /// The `runledger` binary to spawn workers from.
     pub exe: PathBuf,
 }
@@ -124,15 +126,11 @@ fn workload(tasks: u64, num_workers: u32, max_concurrency: u32) -> anyhow::Resul
     Ok(Workload::parse("bench-distributed.toml", &text)?)
 }
 
-const DURABILITY: Durability = Durability::Batch {
-    interval: Duration::from_millis(10),
-};
-
-fn scratch_ledger(dir: &Path) -> anyhow::Result<Ledger> {
+fn scratch_ledger(dir: &Path, durability: Durability) -> anyhow::Result<Ledger> {
     Ok(Ledger::open(
         dir,
         LedgerOptions {
-            durability: DURABILITY,
+            durability,
             checkpoint_every: 1_000_000,
             create: true,
         },
@@ -319,7 +317,7 @@ pub fn run_distributed_bench(
     progress("baseline: the in-memory queue");
     let (memory_rate, memory_cores) = {
         let workload = workload(config.tasks, concurrency, concurrency.saturating_mul(2))?;
-        let ledger = scratch_ledger(&scratch.path().join("memory"))?;
+        let ledger = scratch_ledger(&scratch.path().join("memory"), config.durability)?;
         let cpu = cpu_secs(None);
         let started = Instant::now();
         let report = runtime.block_on(run_live(
@@ -345,7 +343,10 @@ pub fn run_distributed_bench(
         let prefix = format!("bench-dist-{nonce}-k{k}");
         let max_in_flight = k.saturating_mul(concurrency).saturating_mul(2);
         let workload = workload(config.tasks, 1, max_in_flight)?;
-        let ledger = scratch_ledger(&scratch.path().join(format!("redis-k{k}")))?;
+        let ledger = scratch_ledger(
+            &scratch.path().join(format!("redis-k{k}")),
+            config.durability,
+        )?;
         let before = runtime.block_on(connected_clients(&mut probe))?;
         let mut workers =
             Workers::spawn(&config.exe, &url, &prefix, k, concurrency, scratch.path())?;
@@ -412,7 +413,11 @@ pub fn run_distributed_bench(
     Ok(DistributedBenchReport {
         tasks: config.tasks,
         concurrency,
-        durability: "batch (10 ms)".to_owned(),
+        durability: match config.durability {
+            Durability::Always => "always".to_owned(),
+            Durability::Batch { interval } => format!("batch ({} ms)", interval.as_millis()),
+            Durability::None => "none".to_owned(),
+        },
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         raw_payload_bytes: payload.len(),
         raw_xadd_per_sec: raw_xadd,

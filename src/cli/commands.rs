@@ -252,8 +252,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     tasks,
                     ref workers,
                     concurrency,
+                    durability,
                 },
-        } => bench_distributed(tasks, workers, concurrency, cli.json, out),
+        } => bench_distributed(tasks, workers, concurrency, durability, cli.json, out),
         Command::Bench {
             what: BenchCommand::Governance { tenants },
         } => bench_governance(tenants, cli.json, out),
@@ -975,6 +976,7 @@ fn bench_distributed(
     tasks: u64,
     workers: &[u32],
     concurrency: u32,
+    durability: Durability,
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -983,6 +985,7 @@ fn bench_distributed(
         tasks,
         workers: workers.to_vec(),
         concurrency,
+        durability,
         exe: std::env::current_exe().context("finding this executable to spawn workers")?,
     };
     let r = run_distributed_bench(&config, &mut |phase| eprintln!("bench: {phase}"))?;

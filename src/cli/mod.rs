@@ -314,6 +314,10 @@ pub enum BenchCommand {
         /// baseline's worker count).
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
         concurrency: u32,
+        /// The scratch ledgers' durability (`batch` = flushed every 10 ms,
+        /// as `runledger run` does).
+        #[arg(long, default_value = "batch", value_parser = parse_durability)]
+        durability: Durability,
     },
     /// Append synthetic events, then replay and verify them, beside a raw sled baseline.
     Ledger {
