@@ -6,7 +6,10 @@
 //! Also the queue benchmark behind `runledger bench queue`, and, in
 //! [`governance`], the admission and cost-agent benchmark behind
 //! `runledger bench governance`, and, in [`redis`], the Redis Streams
-//! transport beside raw XADD / XREADGROUP / XACK (`runledger bench redis`).
+//! transport beside raw XADD / XREADGROUP / XACK (`runledger bench redis`),
+//! and, in [`distributed`], a coordinator with K worker processes through
+//! Redis beside raw Redis and the in-memory queue (`runledger bench
+//! distributed`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
@@ -21,6 +24,7 @@ use crate::log::{Durability, Ledger, LedgerOptions, Store};
 use crate::replay;
 
 pub mod check;
+pub mod distributed;
 pub mod export;
 pub mod governance;
 pub mod redis;

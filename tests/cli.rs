@@ -1,6 +1,8 @@
 //! The `runledger` binary as users drive it: exit codes, messages that say
 //! what and where, JSON shapes, and the `log --json` → `ingest` round trip.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -362,6 +364,15 @@ fn usage_errors_exit_2() {
         .code(),
         Some(2)
     );
+    for workers in ["0", "1,x", ""] {
+        assert_eq!(
+            runledger(dir.path(), &["bench", "distributed", "--workers", workers])
+                .status
+                .code(),
+            Some(2),
+            "--workers {workers}"
+        );
+    }
     for tenants in ["0", "many", "5000001"] {
         assert_eq!(
             runledger(dir.path(), &["bench", "governance", "--tenants", tenants])
@@ -371,4 +382,58 @@ fn usage_errors_exit_2() {
             "--tenants {tenants}"
         );
     }
+}
+
+#[test]
+fn bench_distributed_reports_every_worker_count_beside_its_baselines() {
+    // The bench starts its own redis-server; skip when there is none.
+    if !support::redis::usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = runledger(
+        dir.path(),
+        &[
+            "bench",
+            "distributed",
+            "--tasks",
+            "200",
+            "--workers",
+            "1,2",
+            "--concurrency",
+            "8",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("÷ memory"), "{text}");
+    let last = text.lines().last().unwrap();
+    let report: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(report["tasks"], 200);
+    assert_eq!(report["concurrency"], 8);
+    for field in [
+        "raw_xadd_per_sec",
+        "raw_cycle_per_sec",
+        "transport_cycle_per_sec",
+        "memory_tasks_per_sec",
+    ] {
+        assert!(report[field].as_f64().unwrap() > 0.0, "{field}: {last}");
+    }
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{last}");
+    for (run, k) in runs.iter().zip([1, 2]) {
+        assert_eq!(run["workers"], k);
+        for field in [
+            "tasks_per_sec",
+            "elapsed_sec",
+            "ratio_to_raw",
+            "ratio_to_memory",
+            "coordinator_cores",
+        ] {
+            assert!(run[field].as_f64().unwrap() > 0.0, "{field}: {last}");
+        }
+    }
+    // The worker processes are gone and the scratch ledgers were not in --data.
+    assert!(!dir.path().join("db").exists());
 }

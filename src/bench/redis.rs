@@ -31,9 +31,11 @@ pub struct RedisBenchReport {
     pub transport_cycle_per_sec: f64,
 }
 
-/// A `redis-server` of our own, killed on drop.
-struct OwnServer {
+/// A `redis-server` of our own on a free loopback port, without
+/// persistence, killed on drop (`bench redis`, `bench distributed`).
+pub(crate) struct OwnServer {
     child: Child,
+    url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -44,27 +46,43 @@ impl Drop for OwnServer {
     }
 }
 
-fn start_server() -> anyhow::Result<(OwnServer, String)> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let dir = tempfile::tempdir()?;
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting redis-server (is it installed? or pass --url)")?;
-    let server = OwnServer { child, _dir: dir };
-    let give_up = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > give_up {
-            bail!("redis-server on port {port} did not start within 10 s");
+impl OwnServer {
+    /// Starts one and waits (up to 10 s) until it accepts connections.
+    pub(crate) fn start() -> anyhow::Result<OwnServer> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = tempfile::tempdir()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (is it installed? or pass --url)")?;
+        let server = OwnServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > give_up {
+                bail!("redis-server on port {port} did not start within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        Ok(server)
     }
-    Ok((server, format!("redis://127.0.0.1:{port}")))
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The server's process id (to read its CPU time).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 fn envelope(n: u64) -> TaskEnvelope {
@@ -82,6 +100,11 @@ fn envelope(n: u64) -> TaskEnvelope {
     }
 }
 
+/// One envelope's JSON: the payload the raw measure writes.
+pub(crate) fn envelope_json() -> anyhow::Result<String> {
+    Ok(serde_json::to_string(&envelope(0))?)
+}
+
 fn per_sec(n: u64, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64().max(1e-9)
 }
@@ -96,7 +119,8 @@ pub fn run_redis_bench(
     let (server, url) = match url {
         Some(url) => (None, url.to_owned()),
         None => {
-            let (server, url) = start_server()?;
+            let server = OwnServer::start()?;
+            let url = server.url().to_owned();
             (Some(server), url)
         }
     };
@@ -108,7 +132,7 @@ pub fn run_redis_bench(
     let report = runtime.block_on(async {
         // Checks the URL and reachability with the transport's own errors.
         RedisStreams::connect(&url, StreamsConfig::default()).await?;
-        let payload = serde_json::to_string(&envelope(0))?;
+        let payload = envelope_json()?;
         let (raw_xadd, raw_cycle) = raw(&url, nonce, tasks, batch, &payload).await?;
         let (dispatch, cycle) = transport(&url, nonce, tasks, batch).await?;
         anyhow::Ok(RedisBenchReport {
@@ -126,8 +150,10 @@ pub fn run_redis_bench(
     Ok(report)
 }
 
-/// Pipelined XADD of `tasks` entries, then XREADGROUP + XACK in batches.
-async fn raw(
+/// Pipelined XADD of `tasks` entries of `payload`, then XREADGROUP + XACK
+/// in batches, on one connection; returns (XADD/s, whole cycle/s). Keys
+/// are `{bench-raw-<nonce>}:stream`, deleted at the end.
+pub(crate) async fn raw(
     url: &str,
     nonce: u32,
     tasks: u64,
@@ -200,8 +226,14 @@ async fn raw(
     Ok((per_sec(tasks, xadd), per_sec(tasks, cycle)))
 }
 
-/// dispatch_many, then claim → report_many → results → ack_results.
-async fn transport(url: &str, nonce: u32, tasks: u64, batch: usize) -> anyhow::Result<(f64, f64)> {
+/// dispatch_many, then claim → report_many → results → ack_results, in
+/// one process; returns (dispatch/s, whole cycle/s).
+pub(crate) async fn transport(
+    url: &str,
+    nonce: u32,
+    tasks: u64,
+    batch: usize,
+) -> anyhow::Result<(f64, f64)> {
     let config = StreamsConfig {
         prefix: format!("bench-transport-{nonce}"),
         stream_len_max: tasks.max(1),

@@ -260,6 +260,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print_json(out, &report)
         }
         Command::Bench {
+            what:
+                BenchCommand::Distributed {
+                    tasks,
+                    ref workers,
+                    concurrency,
+                    durability,
+                },
+        } => bench_distributed(tasks, workers, concurrency, durability, cli.json, out),
+        Command::Bench {
             what: BenchCommand::Governance { tenants },
         } => bench_governance(tenants, cli.json, out),
         Command::Bench {
@@ -973,6 +982,72 @@ fn bench_check(
     ]);
     write!(out, "{}", table.render())?;
     writeln!(out, "check / replay: {:.2}×", r.check_over_replay)?;
+    Ok(())
+}
+
+fn bench_distributed(
+    tasks: u64,
+    workers: &[u32],
+    concurrency: u32,
+    durability: Durability,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use crate::bench::distributed::{DistributedBench, run_distributed_bench};
+    let config = DistributedBench {
+        tasks,
+        workers: workers.to_vec(),
+        concurrency,
+        durability,
+        exe: std::env::current_exe().context("finding this executable to spawn workers")?,
+    };
+    let r = run_distributed_bench(&config, &mut |phase| eprintln!("bench: {phase}"))?;
+    writeln!(
+        out,
+        "{} no-op tasks, {} durability, private redis-server, {} CPUs; baselines from this run:",
+        r.tasks, r.durability, r.cpus
+    )?;
+    writeln!(
+        out,
+        "  raw Redis Streams ({} B entries, batches of 256, one client): XADD {:.0}/s, XADD → XREADGROUP → XACK {:.0}/s",
+        r.raw_payload_bytes, r.raw_xadd_per_sec, r.raw_cycle_per_sec
+    )?;
+    writeln!(
+        out,
+        "  transport cycle in one process, no ledger: {:.0} tasks/s",
+        r.transport_cycle_per_sec
+    )?;
+    writeln!(
+        out,
+        "  in-memory queue, {} workers in-process: {:.0} tasks/s ({:.2} cores)",
+        r.concurrency, r.memory_tasks_per_sec, r.memory_cores
+    )?;
+    writeln!(
+        out,
+        "{:>7}  {:>10}  {:>8}  {:>8}  {:>11}  {:>7}  {:>5}",
+        "workers", "tasks/s", "÷ raw", "÷ memory", "coordinator", "workers", "redis"
+    )?;
+    for row in &r.runs {
+        writeln!(
+            out,
+            "{:>7}  {:>10.0}  {:>7.3}x  {:>7.2}x  {:>6.2} cores  {:>7.2}  {:>5.2}",
+            row.workers,
+            row.tasks_per_sec,
+            row.ratio_to_raw,
+            row.ratio_to_memory,
+            row.coordinator_cores,
+            row.workers_cores,
+            row.redis_cores
+        )?;
+    }
+    writeln!(
+        out,
+        "(each worker runs {} attempts at once; cores = CPU seconds per wall second while the coordinator ran)",
+        r.concurrency
+    )?;
+    if json {
+        print_json(out, &r)?;
+    }
     Ok(())
 }
 

@@ -344,6 +344,25 @@ pub enum BenchCommand {
         #[arg(long)]
         url: Option<String>,
     },
+    /// No-op tasks end to end through Redis: this process coordinates (owns
+    /// a scratch ledger) while K `runledger worker` processes execute, for
+    /// each K; beside raw XADD / XREADGROUP / XACK and the in-memory queue,
+    /// measured in the same run on a private redis-server.
+    Distributed {
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+        tasks: u64,
+        /// Worker process counts to measure, in order.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4", value_parser = clap::value_parser!(u32).range(1..=64))]
+        workers: Vec<u32>,
+        /// Attempts each worker process runs at once (and the in-memory
+        /// baseline's worker count).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        concurrency: u32,
+        /// The scratch ledgers' durability (`batch` = flushed every 10 ms,
+        /// as `runledger run` does).
+        #[arg(long, default_value = "batch", value_parser = parse_durability)]
+        durability: Durability,
+    },
     /// Append synthetic events, then replay and verify them, beside a raw sled baseline.
     Ledger {
         #[arg(long, default_value_t = 1_000_000)]

@@ -47,6 +47,24 @@ fn available() -> Result<(), String> {
     }
 }
 
+/// Whether `redis-server` can run here, for a test that starts its own
+/// (e.g. through `runledger bench`): `false` after printing why (skip),
+/// a panic instead when `RUNLEDGER_REQUIRE_REDIS=1`.
+pub fn usable() -> bool {
+    match available() {
+        Ok(()) => true,
+        Err(reason) if required() => {
+            panic!("RUNLEDGER_REQUIRE_REDIS=1 but redis-server is unavailable: {reason}")
+        }
+        Err(reason) => {
+            eprintln!(
+                "skipped: redis-server is unavailable ({reason}); set RUNLEDGER_REQUIRE_REDIS=1 to fail instead"
+            );
+            false
+        }
+    }
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -81,13 +99,7 @@ impl RedisServer {
     }
 
     fn launch(dir: PathBuf, temp: Option<tempfile::TempDir>, aof: bool) -> Option<Self> {
-        if let Err(reason) = available() {
-            if required() {
-                panic!("RUNLEDGER_REQUIRE_REDIS=1 but redis-server is unavailable: {reason}");
-            }
-            eprintln!(
-                "skipped: redis-server is unavailable ({reason}); set RUNLEDGER_REQUIRE_REDIS=1 to fail instead"
-            );
+        if !usable() {
             return None;
         }
         let mut server = RedisServer {
