@@ -380,35 +380,47 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
     let timeout = Duration::from_micros(workload.worker_timeout_micros.max(1) as u64);
     let mut workers = tokio::task::JoinSet::new();
     if let Some(coordinator) = coordinator {
-        // Dispatch and record what remote workers report, until the run
-        // has no open task left.
-        let (pool, run) = (Arc::clone(&pool), run.clone());
+        // Two loops, so that admitting and dispatching never waits for
+        // recording results, nor the other way round (each waits for its
+        // ledger steps to be durable): until the run has no open task left.
+        let done = Arc::new(AtomicBool::new(false));
         let (in_flight, lease) = (workload.max_concurrency, timeout + Duration::from_secs(5));
-        workers.spawn(async move {
-            while !pool.stopped() {
-                match coordinator.coordinate(&run, in_flight, lease).await {
-                    Ok(()) => {}
-                    // Redis went away (a restart): wait for it; what the
-                    // ledger holds is safe, what Redis holds comes back.
-                    Err(crate::runtime::queue::QueueError::Transport(e)) => {
-                        tracing::warn!(error = %e, "the Redis queue failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        pool.fail(e.into());
+        {
+            let (pool, run, coordinator, done) = (
+                Arc::clone(&pool),
+                run.clone(),
+                coordinator.clone(),
+                Arc::clone(&done),
+            );
+            workers.spawn(async move {
+                while !pool.stopped() && !done.load(Ordering::SeqCst) {
+                    let round = coordinator.fill(&run, in_flight, lease).await;
+                    if !retry_transport(&pool, round).await {
                         return;
                     }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+        }
+        let pool = Arc::clone(&pool);
+        workers.spawn(async move {
+            while !pool.stopped() {
+                let round = coordinator.apply_results().await.map(drop);
+                if !retry_transport(&pool, round).await {
+                    return;
                 }
                 match pool.open_tasks().await {
-                    Ok(0) if pool.submitted_all.load(Ordering::SeqCst) => return,
+                    Ok(0) if pool.submitted_all.load(Ordering::SeqCst) => {
+                        done.store(true, Ordering::SeqCst);
+                        return;
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         pool.fail(e);
                         return;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         });
     }
@@ -476,6 +488,27 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
         head,
         digests.combined,
     ))
+}
+
+/// After a coordinator round: true to go on. Redis going away (a
+/// restart) is waited out — what the ledger holds is safe, what Redis holds
+/// comes back; any other error stops the run.
+async fn retry_transport(
+    pool: &Pool,
+    round: Result<(), crate::runtime::queue::QueueError>,
+) -> bool {
+    match round {
+        Ok(()) => true,
+        Err(crate::runtime::queue::QueueError::Transport(e)) => {
+            tracing::warn!(error = %e, "the Redis queue failed; retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            true
+        }
+        Err(e) => {
+            pool.fail(e.into());
+            false
+        }
+    }
 }
 
 /// One worker: lease a task, run its handler under the timeout (on a task

@@ -123,9 +123,21 @@ impl RedisQueue {
     }
 
     /// One round of the coordinator: keeps up to `max_in_flight` tasks of
-    /// `run` dispatched or leased (dispatching more through the gate when
-    /// there is room), then records what workers reported.
+    /// `run` dispatched or leased, then records what workers reported.
     pub async fn coordinate(
+        &self,
+        run: &RunId,
+        max_in_flight: u32,
+        lease: Duration,
+    ) -> Result<(), QueueError> {
+        self.fill(run, max_in_flight, lease).await?;
+        self.apply_results().await?;
+        Ok(())
+    }
+
+    /// Keeps up to `max_in_flight` tasks of `run` dispatched or leased,
+    /// dispatching more through the gate when there is room.
+    pub async fn fill(
         &self,
         run: &RunId,
         max_in_flight: u32,
@@ -148,7 +160,6 @@ impl RedisQueue {
         if room > 0 {
             self.dispatch(run, room, lease).await?;
         }
-        self.apply_results().await?;
         Ok(())
     }
 
