@@ -28,7 +28,7 @@ retry_base_ms = 20
 retry_max_ms = 100
 [execution.workers]
 num_workers = 4
-worker_timeout_sec = 5
+worker_timeout_sec = 1
 [[tenants]]
 id = "acme"
 budget_micros = 5000000
@@ -76,6 +76,8 @@ fn worker(url: &str, id: &str) -> Child {
             id,
             "--lease-ms",
             "1500",
+            "--timeout-sec",
+            "1",
             "--idle-exit-sec",
             "4",
         ])
@@ -170,6 +172,9 @@ fn a_worker_killed_mid_run_loses_nothing() {
         assert!(Instant::now() < until, "w1 never claimed a task");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Long enough for its announcements to be recorded (steps take 200 to
+    // 300 ms, so it still holds them).
+    std::thread::sleep(Duration::from_millis(100));
     doomed.kill().unwrap();
     doomed.wait().unwrap();
 
@@ -448,7 +453,7 @@ fn a_coordinator_killed_mid_run_resumes_from_its_ledger_and_redis() {
             "--lease-ms",
             "1500",
         ])
-        .args(["--idle-exit-sec", "6"])
+        .args(["--timeout-sec", "1", "--idle-exit-sec", "6"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -519,4 +524,140 @@ fn a_coordinator_killed_mid_run_resumes_from_its_ledger_and_redis() {
         "{}",
         String::from_utf8_lossy(&check.stdout)
     );
+}
+
+#[test]
+fn a_lease_shorter_than_an_attempt_may_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(
+        &file,
+        WORKLOAD.replace("worker_timeout_sec = 1", "worker_timeout_sec = 3"),
+    )
+    .unwrap();
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let out = runledger(
+        &dir.path().join("data"),
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--queue",
+            "redis",
+            "--redis-url",
+            &url,
+            "--lease-ms",
+            "2000",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must be longer than an attempt may run")
+    );
+    let out = Command::new(BIN)
+        .args([
+            "worker",
+            "--redis",
+            &url,
+            "--lease-ms",
+            "2000",
+            "--timeout-sec",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--lease-ms (2000) must be longer"));
+}
+
+#[test]
+fn a_result_the_ledger_refuses_fails_its_attempt_and_the_run_goes_on() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge.sh");
+    std::fs::write(
+        &huge,
+        "#!/bin/sh\ncat >/dev/null\necho '{\"costs\":[{\"category\":\"llm\",\"amount_micros\":9223372036854775807},{\"category\":\"llm\",\"amount_micros\":1}]}'\n",
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&huge).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&huge, perms).unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+seed = 3
+run = "refused"
+[execution.queue]
+max_attempts = 2
+retry_base_ms = 10
+retry_max_ms = 10
+[execution.workers]
+worker_timeout_sec = 1
+[[tenants]]
+id = "acme"
+budget_micros = 1000000000
+[[pipelines]]
+id = "p"
+nodes = [{{ id = "huge", handler = "exec", params = {{ argv = ["{}"] }} }}]
+[[pipelines]]
+id = "q"
+nodes = [{{ id = "fine", handler = "sim", params = {{ step = "tool", latency_ms = 1, failure_rate_bp = 0 }} }}]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+[[submissions]]
+tenant = "acme"
+pipeline = "q"
+runs = 5
+"#,
+            huge.display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let mut w = worker(&url, "w1");
+    let out = runledger(
+        &data,
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--queue",
+            "redis",
+            "--redis-url",
+            &url,
+            "--local-workers",
+            "0",
+            "--lease-ms",
+            "1500",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = w.kill();
+    let evs = events(&data);
+    let refused = evs
+        .iter()
+        .filter(|e| e["type"] == "task_nacked")
+        .filter(|e| {
+            e["error"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("the result was refused")
+        })
+        .count();
+    assert_eq!(refused, 2, "both attempts of the huge step were refused");
+    assert!(evs.iter().any(|e| e["type"] == "task_dead_lettered"));
+    assert_eq!(evs.iter().filter(|e| e["type"] == "task_acked").count(), 5);
+    assert!(runledger(&data, &["replay", "--check"]).status.success());
 }

@@ -34,6 +34,7 @@ fn envelope(task: &str, priority: Priority) -> TaskEnvelope {
         inputs: vec![(TaskId::new("parent"), Params::null())],
         lease_ms: 100,
         seed: 0,
+        timeout_ms: 0,
     }
 }
 

@@ -97,6 +97,7 @@ fn envelope(n: u64) -> TaskEnvelope {
         inputs: Vec::new(),
         lease_ms: 30_000,
         seed: 0,
+        timeout_ms: 0,
     }
 }
 

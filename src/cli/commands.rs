@@ -1197,6 +1197,11 @@ fn worker_cmd(
         lease: std::time::Duration::from_millis(lease_ms),
         ..Default::default()
     };
+    if timeout_sec.saturating_mul(1_000) >= lease_ms {
+        bail!(
+            "--lease-ms ({lease_ms}) must be longer than --timeout-sec ({timeout_sec} s), or this worker's running attempts would be taken over"
+        );
+    }
     let runtime = live_runtime()?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stats = runtime.block_on(async {
@@ -1549,13 +1554,16 @@ fn resume(
             })
         })?
     };
-    let simulated = match &target {
-        Some((_, _, Some(text))) => Workload::parse("<recorded workload>", text)
-            .map(|w| w.is_simulated())
-            .unwrap_or(true),
-        _ => true,
+    let recorded = match &target {
+        Some((_, _, Some(text))) => Workload::parse("<recorded workload>", text).ok(),
+        _ => None,
     };
-    let on_redis = queue.queue.as_deref() == Some("redis");
+    let simulated = recorded.as_ref().is_none_or(Workload::is_simulated);
+    // The queue the run was on: the flag, else its workload's.
+    let on_redis = match queue.queue.as_deref() {
+        Some(kind) => kind == "redis",
+        None => recorded.as_ref().is_some_and(|w| w.queue_kind == "redis"),
+    };
     if simulated && !on_redis {
         return crate::runtime::sim::resume_simulated(ledger, run, &mut |_, _| {});
     }

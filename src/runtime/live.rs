@@ -158,6 +158,15 @@ pub async fn run_live_on(
             streams,
             local_workers,
         } => {
+            let timeout = Duration::from_micros(workload.worker_timeout_micros.max(1) as u64);
+            let lease = streams.config().lease;
+            if timeout >= lease {
+                return Err(RunError::Resume(format!(
+                    "the Redis lease ({} ms, --lease-ms) must be longer than an attempt may run (worker_timeout_sec: {} ms), or running attempts would be taken over",
+                    lease.as_millis(),
+                    timeout.as_millis()
+                )));
+            }
             let queue = crate::runtime::redis::RedisQueue::new(
                 ledger.clone(),
                 streams,
@@ -165,7 +174,8 @@ pub async fn run_live_on(
                 seed,
             )
             .await
-            .map_err(|e| RunError::Impossible(e.to_string()))?;
+            .map_err(|e| RunError::Resume(format!("the Redis queue: {e}")))?
+            .with_timeout(timeout);
             if resume {
                 // What the last coordinator admitted is on the streams or
                 // with a worker: wait for it before admitting anything twice.
@@ -527,10 +537,20 @@ async fn work<Q: TaskQueue>(
     use crate::log::AppendError;
     while !pool.stopped() {
         let lease_for = timeout + Duration::from_secs(5);
-        let Some(lease) = queue
+        let dequeued = match queue
             .dequeue(run, worker, lease_for, Duration::from_millis(20))
-            .await?
-        else {
+            .await
+        {
+            Ok(dequeued) => dequeued,
+            // Redis went away (a restart): wait for it.
+            Err(QueueError::Transport(e)) => {
+                tracing::warn!(error = %e, "dequeue failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(lease) = dequeued else {
             if pool.submitted_all.load(Ordering::SeqCst) && pool.open_tasks().await? == 0 {
                 return Ok(());
             }
@@ -567,28 +587,46 @@ async fn work<Q: TaskQueue>(
             }
         };
         pool.running.fetch_sub(1, Ordering::SeqCst);
-        let settled = match result {
-            Some(Ok(outcome)) => match queue.ack(&lease, outcome.output, outcome.costs).await {
-                // The ledger refused the result (e.g. costs that overflow):
-                // that attempt failed.
-                Err(QueueError::Ledger(AppendError::Rejected { rejection, .. })) => queue
-                    .nack(
-                        &lease,
-                        format!("the result was refused: {rejection}"),
-                        false,
-                        Vec::new(),
-                    )
+        // A report that could not reach the queue (Redis restarting) is
+        // sent again: the result is never dropped while this worker lives.
+        let mut wait = Duration::from_millis(50);
+        let settled = loop {
+            let settled = match &result {
+                Some(Ok(outcome)) => {
+                    match queue
+                        .ack(&lease, outcome.output.clone(), outcome.costs.clone())
+                        .await
+                    {
+                        // The ledger refused the result (e.g. costs that
+                        // overflow): that attempt failed.
+                        Err(QueueError::Ledger(AppendError::Rejected { rejection, .. })) => queue
+                            .nack(
+                                &lease,
+                                format!("the result was refused: {rejection}"),
+                                false,
+                                Vec::new(),
+                            )
+                            .await
+                            .map(drop),
+                        other => other,
+                    }
+                }
+                Some(Err(failure)) => queue
+                    .nack(&lease, failure.error.clone(), false, failure.costs.clone())
                     .await
                     .map(drop),
-                other => other,
-            },
-            Some(Err(failure)) => queue
-                .nack(&lease, failure.error, false, failure.costs)
-                .await
-                .map(drop),
-            None => {
-                let error = format!("timed out after {} ms", timeout.as_millis());
-                queue.nack(&lease, error, true, Vec::new()).await.map(drop)
+                None => {
+                    let error = format!("timed out after {} ms", timeout.as_millis());
+                    queue.nack(&lease, error, true, Vec::new()).await.map(drop)
+                }
+            };
+            match settled {
+                Err(QueueError::Transport(e)) if !pool.stopped() => {
+                    tracing::warn!(task = %lease.task, error = %e, "report failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                other => break other,
             }
         };
         match settled {

@@ -32,6 +32,10 @@ pub struct TaskEnvelope {
     /// The run's seed, for handlers that simulate (`sim`).
     #[serde(default)]
     pub seed: u64,
+    /// The run's attempt timeout (`worker_timeout_sec`), in ms; a worker
+    /// runs the attempt under the shorter of this and its own (0: its own).
+    #[serde(default)]
+    pub timeout_ms: u64,
 }
 
 /// Where a claimed entry sits, to acknowledge it.

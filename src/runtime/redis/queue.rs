@@ -55,6 +55,11 @@ pub struct RedisQueue {
     /// Envelopes admitted in the ledger and not yet on the streams (Redis
     /// was away): sent first by the next dispatch, never admitted twice.
     unsent: Arc<tokio::sync::Mutex<Vec<TaskEnvelope>>>,
+    /// One reader of the results at a time: a worker's announcement and
+    /// its result must be recorded in the order they were reported.
+    applying: Arc<tokio::sync::Mutex<()>>,
+    /// The run's attempt timeout, sent with every envelope (ms; 0: none).
+    timeout_ms: u64,
 }
 
 impl From<RedisError> for QueueError {
@@ -83,7 +88,16 @@ impl RedisQueue {
             claims: Arc::default(),
             receipts: Arc::default(),
             unsent: Arc::default(),
+            applying: Arc::default(),
+            timeout_ms: 0,
         })
+    }
+
+    /// Sends `timeout` (the run's `worker_timeout_sec`) with every
+    /// envelope, for the workers to run attempts under.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self
     }
 
     /// After a coordinator restart: the run's tasks the last coordinator
@@ -166,7 +180,8 @@ impl RedisQueue {
     /// Puts up to `max` ready tasks of `run` through the gate in one
     /// ledger step and their envelopes onto the streams.
     async fn dispatch(&self, run: &RunId, max: usize, lease: Duration) -> Result<(), QueueError> {
-        let (run, policy, seed) = (run.clone(), self.policy, self.seed);
+        let (run, policy, seed, timeout_ms) =
+            (run.clone(), self.policy, self.seed, self.timeout_ms);
         // An envelope may not hold its entry longer than the transport's lease.
         let lease = lease.min(self.streams.config().lease);
         let (gate, dispatched) = (Arc::clone(&self.gate), Arc::clone(&self.dispatched));
@@ -206,7 +221,7 @@ impl RedisQueue {
                     if admitted(state, task) {
                         // Admitted by an earlier dispatch whose envelope was
                         // lost: send it again as admitted, nothing recorded.
-                        if let Some(envelope) = resend(state, task, lease_ms, seed) {
+                        if let Some(envelope) = resend(state, task, lease_ms, seed, timeout_ms) {
                             dispatched.insert(task.clone(), std::time::Instant::now());
                             envelopes.push(envelope);
                         }
@@ -239,6 +254,7 @@ impl RedisQueue {
                                 inputs: inputs_of(state, &t.deps),
                                 lease_ms,
                                 seed,
+                                timeout_ms,
                             })
                         }
                         _ => None,
@@ -374,7 +390,14 @@ impl RedisQueue {
                 .collect()
         };
         if !reports.is_empty() {
-            self.streams.report_many(&reports).await?;
+            if let Err(e) = self.streams.report_many(&reports).await {
+                // Not sent: keep the receipts, so the report can be retried.
+                let mut receipts = lock(&self.receipts);
+                for (receipt, result) in reports {
+                    receipts.insert((result.task, result.attempt), receipt);
+                }
+                return Err(e.into());
+            }
         }
         Ok(())
     }
@@ -384,6 +407,7 @@ impl RedisQueue {
     /// (task, attempt); acknowledges them in Redis once appended. Returns
     /// what each NACK led to.
     pub async fn apply_results(&self) -> Result<FxHashMap<(TaskId, u32), NackOutcome>, QueueError> {
+        let _one_reader = self.applying.lock().await;
         let mut outcomes = FxHashMap::default();
         // First what was read before and not acknowledged (the
         // acknowledgement failed, or this coordinator restarted): applying
@@ -411,90 +435,161 @@ impl RedisQueue {
             if entries.is_empty() {
                 return Ok(outcomes);
             }
-            let (policy, seed) = (self.policy, self.seed);
-            let lease = self.ledger_lease();
-            let dispatched = Arc::clone(&self.dispatched);
-            let claims = Arc::clone(&self.claims);
             let results: Vec<TaskResult> = entries.iter().map(|e| e.result.clone()).collect();
-            let (_, decided) = self
-                .ledger
-                .decide_each(move |draft| {
+            let decided = match self.record(results.clone()).await {
+                // The ledger refused one of them (a cost that overflows, an
+                // empty worker id): record them one by one, and an ACK the
+                // ledger refuses as a failed attempt; a result that cannot
+                // be recorded at all is dropped with a warning, never left
+                // to block the results behind it.
+                Err(QueueError::Ledger(crate::log::AppendError::Rejected { .. })) => {
                     let mut decided = Vec::new();
-                    if !turn_periods(draft) {
-                        return decided;
-                    }
                     for result in results {
-                        let key = (result.task.clone(), result.attempt);
-                        // The ledger's attempt for this claim (the same
-                        // unless earlier deliveries died unannounced).
-                        let ledger_attempt = match &result.outcome {
-                            Outcome::Started => result.attempt,
-                            _ => lock(&claims).remove(&key).unwrap_or(result.attempt),
-                        };
-                        let attempt = Attempt {
-                            task: &result.task,
-                            run: &result.run,
-                            worker: &result.worker,
-                            attempt: ledger_attempt,
-                        };
-                        let (events, outcome) = match &result.outcome {
-                            // A remote worker started it: its lease.
-                            // Read again after a restart or a failed
-                            // acknowledgement: already recorded.
-                            Outcome::Started if lock(&claims).contains_key(&key) => (None, None),
-                            Outcome::Started => {
-                                let deadline = draft.now().saturating_add_micros(lease);
-                                let started = started_events(
-                                    draft.state(),
-                                    &result.task,
-                                    result.attempt,
-                                    &result.worker,
-                                    deadline,
-                                );
-                                let events = started.map(|(events, ledger_attempt)| {
-                                    lock(&dispatched).remove(&result.task);
-                                    lock(&claims).insert(key.clone(), ledger_attempt);
-                                    events
-                                });
-                                (events, None)
-                            }
-                            Outcome::Ack { output, costs } => (
-                                acked_events(draft.state(), attempt, output.clone(), costs),
-                                None,
-                            ),
-                            Outcome::Nack {
-                                error,
-                                timed_out,
-                                costs,
-                            } => {
-                                let failed = Failed {
-                                    attempt,
-                                    error: error.clone(),
-                                    timed_out: *timed_out,
-                                    costs,
-                                };
-                                match failed.events(draft.state(), draft.now(), &policy, seed) {
-                                    Some((events, outcome)) => (Some(events), Some(outcome)),
-                                    None => (None, Some(NackOutcome::Stale)),
+                        match self.record(vec![result.clone()]).await {
+                            Ok(one) => decided.extend(one),
+                            Err(QueueError::Ledger(crate::log::AppendError::Rejected {
+                                rejection,
+                                ..
+                            })) => {
+                                tracing::warn!(task = %result.task, %rejection, "result refused");
+                                if matches!(result.outcome, Outcome::Ack { .. }) {
+                                    let failed = TaskResult {
+                                        outcome: Outcome::Nack {
+                                            error: format!("the result was refused: {rejection}"),
+                                            timed_out: false,
+                                            costs: Vec::new(),
+                                        },
+                                        ..result
+                                    };
+                                    if let Ok(one) = self.record(vec![failed]).await {
+                                        decided.extend(one);
+                                    }
                                 }
                             }
-                        };
-                        for event in events.into_iter().flatten() {
-                            if draft.push(event).is_err() {
-                                return Vec::new();
-                            }
-                        }
-                        if let Some(outcome) = outcome {
-                            decided.push(((result.task.clone(), result.attempt), outcome));
+                            Err(e) => return Err(e),
                         }
                     }
                     decided
-                })
-                .await?;
+                }
+                other => other?,
+            };
             outcomes.extend(decided);
             let ids: Vec<String> = entries.into_iter().map(|e| e.stream_id).collect();
             self.streams.ack_results(&ids).await?;
         }
+    }
+}
+
+impl RedisQueue {
+    /// Records reported results in one ledger step, each on the state the
+    /// ones before it left, deduplicated by (task, attempt). The attempt
+    /// bookkeeping changes only once the step is in the ledger.
+    async fn record(
+        &self,
+        results: Vec<TaskResult>,
+    ) -> Result<Vec<((TaskId, u32), NackOutcome)>, QueueError> {
+        let (policy, seed) = (self.policy, self.seed);
+        let lease = self.ledger_lease();
+        let known = Arc::clone(&self.claims);
+        let (_, (decided, started, finished)) = self
+            .ledger
+            .decide_each(move |draft| {
+                let mut decided = Vec::new();
+                // (claim, ledger attempt) of the leases this step records,
+                // and the claims whose results it records.
+                let mut started: Vec<((TaskId, u32), u32)> = Vec::new();
+                let mut finished: Vec<(TaskId, u32)> = Vec::new();
+                if !turn_periods(draft) {
+                    return (decided, started, finished);
+                }
+                let ledger_attempt_of = |key: &(TaskId, u32), started: &[((TaskId, u32), u32)]| {
+                    started
+                        .iter()
+                        .find(|(k, _)| k == key)
+                        .map(|(_, a)| *a)
+                        .or_else(|| lock(&known).get(key).copied())
+                };
+                for result in results {
+                    let key = (result.task.clone(), result.attempt);
+                    // The ledger's attempt for this claim (the same unless
+                    // earlier deliveries died unannounced).
+                    let ledger_attempt =
+                        ledger_attempt_of(&key, &started).unwrap_or(result.attempt);
+                    let attempt = Attempt {
+                        task: &result.task,
+                        run: &result.run,
+                        worker: &result.worker,
+                        attempt: ledger_attempt,
+                    };
+                    let (events, outcome) = match &result.outcome {
+                        // Read again after a restart or a failed
+                        // acknowledgement: already recorded.
+                        Outcome::Started if ledger_attempt_of(&key, &started).is_some() => {
+                            (None, None)
+                        }
+                        // A remote worker started it: its lease.
+                        Outcome::Started => {
+                            let deadline = draft.now().saturating_add_micros(lease);
+                            let lease = started_events(
+                                draft.state(),
+                                &result.task,
+                                result.attempt,
+                                &result.worker,
+                                deadline,
+                            );
+                            let events = lease.map(|(events, ledger_attempt)| {
+                                started.push((key.clone(), ledger_attempt));
+                                events
+                            });
+                            (events, None)
+                        }
+                        Outcome::Ack { output, costs } => {
+                            finished.push(key.clone());
+                            (
+                                acked_events(draft.state(), attempt, output.clone(), costs),
+                                None,
+                            )
+                        }
+                        Outcome::Nack {
+                            error,
+                            timed_out,
+                            costs,
+                        } => {
+                            finished.push(key.clone());
+                            let failed = Failed {
+                                attempt,
+                                error: error.clone(),
+                                timed_out: *timed_out,
+                                costs,
+                            };
+                            match failed.events(draft.state(), draft.now(), &policy, seed) {
+                                Some((events, outcome)) => (Some(events), Some(outcome)),
+                                None => (None, Some(NackOutcome::Stale)),
+                            }
+                        }
+                    };
+                    for event in events.into_iter().flatten() {
+                        if draft.push(event).is_err() {
+                            return (Vec::new(), Vec::new(), Vec::new());
+                        }
+                    }
+                    if let Some(outcome) = outcome {
+                        decided.push(((result.task.clone(), result.attempt), outcome));
+                    }
+                }
+                (decided, started, finished)
+            })
+            .await?;
+        let mut claims = lock(&self.claims);
+        let mut dispatched = lock(&self.dispatched);
+        for (key, ledger_attempt) in started {
+            dispatched.remove(&key.0);
+            claims.insert(key, ledger_attempt);
+        }
+        for key in finished {
+            claims.remove(&key);
+        }
+        Ok(decided)
     }
 }
 
@@ -521,7 +616,13 @@ fn admitted(state: &State, task: &TaskId) -> bool {
 
 /// The envelope of an admitted task sent again: its params with the
 /// recorded learning choice and today's degradation plan.
-fn resend(state: &State, task: &TaskId, lease_ms: u64, seed: u64) -> Option<TaskEnvelope> {
+fn resend(
+    state: &State,
+    task: &TaskId,
+    lease_ms: u64,
+    seed: u64,
+    timeout_ms: u64,
+) -> Option<TaskEnvelope> {
     let t = state.queue.get(task)?;
     let mut params = match state.learning.pending_arm(task) {
         Some((param, value)) => crate::domain::learning::with_value(&t.params, param, value),
@@ -541,6 +642,7 @@ fn resend(state: &State, task: &TaskId, lease_ms: u64, seed: u64) -> Option<Task
         inputs: inputs_of(state, &t.deps),
         lease_ms,
         seed,
+        timeout_ms,
     })
 }
 

@@ -148,6 +148,11 @@ async fn attempt(handlers: &Handlers, claim: &Claimed, timeout: Duration) -> Out
         params: e.params.clone(),
         inputs: e.inputs.clone(),
     };
+    // The run's timeout when it is the shorter one.
+    let timeout = match e.timeout_ms {
+        0 => timeout,
+        ms => timeout.min(Duration::from_millis(ms)),
+    };
     let mut running = tokio::spawn(async move { handler.run(&ctx).await });
     match tokio::time::timeout(timeout, &mut running).await {
         Ok(Ok(Ok(done))) => Outcome::Ack {
