@@ -645,6 +645,7 @@ runs = 5
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = w.kill();
+    let _ = w.wait();
     let evs = events(&data);
     let refused = evs
         .iter()
