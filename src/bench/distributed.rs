@@ -366,6 +366,9 @@ pub fn run_distributed_bench(
             &url,
             StreamsConfig {
                 prefix: prefix.clone(),
+                // As `run --queue redis` and `worker` default: longer than
+                // an attempt may run (`worker_timeout_sec = 30`).
+                lease: Duration::from_secs(60),
                 ..StreamsConfig::default()
             },
         ))?;
