@@ -316,10 +316,7 @@ impl Checker {
     /// Whether `task` already went through the gate for its next attempt:
     /// it holds a reservation or a learning choice and waits for its lease.
     fn admitted(&self, task: &TaskId) -> bool {
-        self.state.queue.get(task).is_some_and(|t| {
-            t.status == crate::domain::queue::TaskStatus::Pending
-                && (t.reserved_micros > Micros::ZERO || self.state.learning.has_pending(task))
-        })
+        crate::domain::governance::admitted(&self.state, task)
     }
 
     /// Checks a decision that is a group of its own: a pipeline run's

@@ -542,6 +542,17 @@ impl Gate {
     }
 }
 
+/// Whether `task` went through the gate for its next attempt and waits for
+/// its lease — it holds a reservation or a learning choice (the Redis queue
+/// admits at dispatch and leases when a worker claims). The coordinator and
+/// `replay --check` agree on it through this one rule.
+pub fn admitted(state: &State, task: &TaskId) -> bool {
+    state.queue.get(task).is_some_and(|t| {
+        t.status == super::queue::TaskStatus::Pending
+            && (t.reserved_micros > Micros::ZERO || state.learning.has_pending(task))
+    })
+}
+
 /// The reservation an attempt of `t` with `params` needs: its declared
 /// ceiling, or — when a degradation plan or a learning choice changed the
 /// params of a `sim` node — what the changed step can cost at most.

@@ -53,6 +53,38 @@ pub enum NackOutcome {
     Stale,
 }
 
+/// Puts ready `task` through the gate on `state` (the cost agent, the
+/// learning choice, admission): the events to record — with its
+/// reservation when it runs — and the params it runs with, if it runs now.
+/// `gone` holds the tasks this step already ended.
+pub(crate) fn admit(
+    gate: &mut Gate,
+    state: &crate::domain::State,
+    task: &TaskId,
+    gone: &mut std::collections::BTreeSet<TaskId>,
+) -> (Vec<Event>, Option<Params>) {
+    let mut events = Vec::new();
+    let start = gate.start(state, &mut Admitter::new(state), task, gone, &mut events);
+    let (Start::Run { params, reserve }, Some(t)) = (start, state.queue.get(task)) else {
+        return (events, None);
+    };
+    if reserve > Micros::ZERO {
+        events.push(Event::CostReserved {
+            tenant: t.tenant.clone(),
+            task: task.clone(),
+            amount_micros: reserve,
+        });
+    }
+    (events, Some(params))
+}
+
+/// The outputs of `deps`, for a reduce step's attempt.
+pub(crate) fn inputs_of(state: &crate::domain::State, deps: &[TaskId]) -> Vec<(TaskId, Params)> {
+    deps.iter()
+        .filter_map(|d| state.queue.get(d).map(|p| (d.clone(), p.output.clone())))
+        .collect()
+}
+
 /// One attempt of a task by a worker: what a result is about.
 #[derive(Clone, Copy, Debug)]
 pub struct Attempt<'a> {
@@ -134,7 +166,9 @@ pub trait TaskQueue: Send + Sync {
         worker: &WorkerId,
         lease: Duration,
         wait: Duration,
-    ) -> impl Future<Output = Result<Option<Lease>, QueueError>> + Send;
+    ) -> impl Future<Output = Result<Option<Lease>, QueueError>> + Send {
+        async move { Ok(self.dequeue_many(run, worker, 1, lease, wait).await?.pop()) }
+    }
     /// Up to `max` ready tasks of `run` at once, leased to `worker`.
     fn dequeue_many(
         &self,
@@ -152,7 +186,9 @@ pub trait TaskQueue: Send + Sync {
         lease: &Lease,
         output: Params,
         costs: Vec<(Category, Micros)>,
-    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    ) -> impl Future<Output = Result<(), QueueError>> + Send {
+        async move { self.ack_many(vec![(lease.clone(), output, costs)]).await }
+    }
     /// The attempt failed (or timed out): retry later or dead-letter.
     fn nack(
         &self,
@@ -218,16 +254,6 @@ impl TaskQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn dequeue(
-        &self,
-        run: &RunId,
-        worker: &WorkerId,
-        lease: Duration,
-        wait: Duration,
-    ) -> Result<Option<Lease>, QueueError> {
-        Ok(self.dequeue_many(run, worker, 1, lease, wait).await?.pop())
-    }
-
     async fn dequeue_many(
         &self,
         run: &RunId,
@@ -275,31 +301,11 @@ impl TaskQueue for MemoryQueue {
                         if gone.contains(task) {
                             continue;
                         }
-                        let mut events = Vec::new();
                         let state = draft.state();
-                        let start = gate.start(
-                            state,
-                            &mut Admitter::new(state),
-                            task,
-                            &mut gone,
-                            &mut events,
-                        );
-                        let lease = match (start, state.queue.get(task)) {
-                            (Start::Run { params, reserve }, Some(t)) => {
-                                if reserve > Micros::ZERO {
-                                    events.push(Event::CostReserved {
-                                        tenant: t.tenant.clone(),
-                                        task: task.clone(),
-                                        amount_micros: reserve,
-                                    });
-                                }
-                                let inputs = t
-                                    .deps
-                                    .iter()
-                                    .filter_map(|d| {
-                                        state.queue.get(d).map(|p| (d.clone(), p.output.clone()))
-                                    })
-                                    .collect();
+                        let (mut events, runs) = admit(&mut gate, state, task, &mut gone);
+                        let lease = match (runs, state.queue.get(task)) {
+                            (Some(params), Some(t)) => {
+                                let inputs = inputs_of(state, &t.deps);
                                 let lease = Lease {
                                     task: task.clone(),
                                     run: t.run.clone(),
@@ -364,15 +370,6 @@ impl TaskQueue for MemoryQueue {
             })
             .await?;
         Ok(())
-    }
-
-    async fn ack(
-        &self,
-        lease: &Lease,
-        output: Params,
-        costs: Vec<(Category, Micros)>,
-    ) -> Result<(), QueueError> {
-        self.ack_many(vec![(lease.clone(), output, costs)]).await
     }
 
     async fn nack(

@@ -22,13 +22,14 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 
 use super::{Claimed, Outcome, Receipt, RedisError, RedisStreams, TaskEnvelope, TaskResult};
-use crate::domain::governance::{Admitter, Gate, Start};
+use crate::domain::governance::{Gate, admitted};
 use crate::domain::queue::{QueueCounts, TaskStatus};
 use crate::domain::scheduler::{QueuePolicy, expire_lease, next_ready_many};
-use crate::domain::{Category, Event, Micros, Params, RunId, State, TaskId, Timestamp, WorkerId};
+use crate::domain::{Category, Event, Micros, RunId, State, TaskId, Timestamp, WorkerId};
 use crate::log::Ledger;
 use crate::runtime::queue::{
-    Attempt, Done, Failed, Lease, NackOutcome, QueueError, TaskQueue, acked_events, turn_periods,
+    Attempt, Done, Failed, Lease, NackOutcome, QueueError, TaskQueue, acked_events, admit,
+    inputs_of, turn_periods,
 };
 
 /// The coordinator's consumer name on the results stream.
@@ -227,36 +228,22 @@ impl RedisQueue {
                         }
                         continue;
                     }
-                    let start = gate.start(
-                        state,
-                        &mut Admitter::new(state),
-                        task,
-                        &mut gone,
-                        &mut events,
-                    );
-                    let envelope = match (start, state.queue.get(task)) {
-                        (Start::Run { params, reserve }, Some(t)) => {
-                            if reserve > Micros::ZERO {
-                                events.push(Event::CostReserved {
-                                    tenant: t.tenant.clone(),
-                                    task: task.clone(),
-                                    amount_micros: reserve,
-                                });
-                            }
-                            Some(TaskEnvelope {
-                                task: task.clone(),
-                                attempt: t.attempts + 1,
-                                run: t.run.clone(),
-                                tenant: t.tenant.clone(),
-                                priority: t.priority,
-                                handler: t.handler.clone(),
-                                params,
-                                inputs: inputs_of(state, &t.deps),
-                                lease_ms,
-                                seed,
-                                timeout_ms,
-                            })
-                        }
+                    let (admitted_events, runs) = admit(&mut gate, state, task, &mut gone);
+                    events.extend(admitted_events);
+                    let envelope = match (runs, state.queue.get(task)) {
+                        (Some(params), Some(t)) => Some(TaskEnvelope {
+                            task: task.clone(),
+                            attempt: t.attempts + 1,
+                            run: t.run.clone(),
+                            tenant: t.tenant.clone(),
+                            priority: t.priority,
+                            handler: t.handler.clone(),
+                            params,
+                            inputs: inputs_of(state, &t.deps),
+                            lease_ms,
+                            seed,
+                            timeout_ms,
+                        }),
                         _ => None,
                     };
                     for event in events {
@@ -605,15 +592,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Whether `task` went through the gate for its next attempt and waits for
-/// its lease: it holds a reservation or a learning choice.
-fn admitted(state: &State, task: &TaskId) -> bool {
-    state.queue.get(task).is_some_and(|t| {
-        t.status == TaskStatus::Pending
-            && (t.reserved_micros > Micros::ZERO || state.learning.has_pending(task))
-    })
-}
-
 /// The envelope of an admitted task sent again: its params with the
 /// recorded learning choice and today's degradation plan.
 fn resend(
@@ -644,12 +622,6 @@ fn resend(
         seed,
         timeout_ms,
     })
-}
-
-fn inputs_of(state: &State, deps: &[TaskId]) -> Vec<(TaskId, Params)> {
-    deps.iter()
-        .filter_map(|d| state.queue.get(d).map(|p| (d.clone(), p.output.clone())))
-        .collect()
 }
 
 /// The events that record a claim of `task` (claim attempt `claimed`:
@@ -705,16 +677,6 @@ impl TaskQueue for RedisQueue {
         Ok(())
     }
 
-    async fn dequeue(
-        &self,
-        run: &RunId,
-        worker: &WorkerId,
-        lease: Duration,
-        wait: Duration,
-    ) -> Result<Option<Lease>, QueueError> {
-        Ok(self.dequeue_many(run, worker, 1, lease, wait).await?.pop())
-    }
-
     async fn dequeue_many(
         &self,
         run: &RunId,
@@ -750,15 +712,6 @@ impl TaskQueue for RedisQueue {
         self.report(results).await?;
         self.apply_results().await?;
         Ok(())
-    }
-
-    async fn ack(
-        &self,
-        lease: &Lease,
-        output: Params,
-        costs: Vec<(Category, Micros)>,
-    ) -> Result<(), QueueError> {
-        self.ack_many(vec![(lease.clone(), output, costs)]).await
     }
 
     async fn nack(
