@@ -12,6 +12,7 @@ pub mod event;
 pub mod governance;
 pub mod ids;
 pub mod learning;
+pub mod limits;
 pub mod money;
 pub mod policy;
 pub mod queue;

@@ -15,9 +15,11 @@ use crate::domain::Event;
 
 /// Varint little-endian bincode with a 16 MiB allocation limit so that
 /// corrupted lengths cannot ask for absurd allocations.
-pub type Config = Configuration<LittleEndian, Varint, Limit<{ 16 << 20 }>>;
+pub type Config =
+    Configuration<LittleEndian, Varint, Limit<{ crate::domain::limits::DECODE_BYTES_MAX }>>;
 
-pub const CONFIG: Config = bincode::config::standard().with_limit::<{ 16 << 20 }>();
+pub const CONFIG: Config =
+    bincode::config::standard().with_limit::<{ crate::domain::limits::DECODE_BYTES_MAX }>();
 
 #[derive(Encode)]
 enum EnvelopeRef<'a> {
