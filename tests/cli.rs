@@ -437,3 +437,65 @@ fn bench_distributed_reports_every_worker_count_beside_its_baselines() {
     // The worker processes are gone and the scratch ledgers were not in --data.
     assert!(!dir.path().join("db").exists());
 }
+
+const FAILING: &str = r#"
+seed = 1
+start = "2026-03-01T09:00:00Z"
+run = "failing"
+
+[execution.queue]
+max_attempts = 2
+retry_base_ms = 10
+
+[[pipelines]]
+id = "p"
+mode = "serial"
+nodes = [
+  { id = "fetch", params = { step = "retrieve", failure_rate_bp = 10000 } },
+  { id = "answer", params = { step = "generate", model = "small" } },
+]
+
+[[tenants]]
+id = "t"
+budget_micros = 100000000
+
+[[submissions]]
+tenant = "t"
+pipeline = "p"
+runs = 3
+"#;
+
+#[test]
+fn cli_run_with_dead_lettered_tasks_exits_3_and_names_the_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("failing.toml");
+    std::fs::write(&workload, FAILING).unwrap();
+    let data = dir.path().join("data");
+    let out = runledger(&data, &["run", workload.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("run `failing` finished with 3 of 6 tasks dead-lettered"),
+        "{}",
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert!(text.contains("3 dead-lettered, 3 cancelled"), "{text}");
+    assert!(
+        text.contains("dead-lettered tasks by last error:\n         3  simulated retrieve failure"),
+        "{text}"
+    );
+    // JSON carries the same reasons; the ledger itself is sound.
+    let out = runledger(&data, &["--json", "run", workload.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(
+        json["failures"],
+        serde_json::json!([{ "reason": "simulated retrieve failure", "tasks": 3 }])
+    );
+    assert!(runledger(&data, &["verify"]).status.success());
+    // A run whose tasks all succeed exits 0.
+    let ok = FAILING.replace("failure_rate_bp = 10000", "failure_rate_bp = 0");
+    std::fs::write(&workload, ok).unwrap();
+    let out = runledger(&data, &["run", workload.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -10,6 +10,7 @@
 //! - [`tenants`]: the per-tenant commitment that makes an export complete.
 //! - [`published`]: published checkpoints (`runledger checkpoint`), checked
 //!   by `runledger verify`.
+//! - [`failures`]: a run's dead-lettered tasks grouped by their last error.
 //! - [`export`]: a tenant's cost history with its proof (`runledger export`).
 //! - [`verify_export`]: the offline check of such a file (`runledger
 //!   verify-export`).
@@ -20,6 +21,7 @@
 pub mod check;
 pub mod diff;
 pub mod export;
+pub mod failures;
 pub mod merkle;
 pub mod published;
 pub mod tenants;

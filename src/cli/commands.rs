@@ -94,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 cli.json,
                 out,
             )
+            .and_then(|report| dead_letters_fail(&report))
         }
         Command::Resume { ref run, ref queue } => {
             let ledger = open_ledger(
@@ -104,7 +105,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let result = resume(&ledger, run.as_deref(), queue);
             match result {
-                Ok(report) => finish_run(&cli.data, ledger, &report, None, cli.json, out),
+                Ok(report) => {
+                    finish_run(&cli.data, ledger, &report, None, cli.json, out)?;
+                    dead_letters_fail(&report)
+                }
                 Err(e) => {
                     let _ = ledger.close();
                     Err(e.into())
@@ -173,6 +177,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 cli.json,
                 out,
             )
+            // The demo's failures are injected, part of the show: it exits 0.
+            .map(drop)
         }
         Command::Shard { ref tenant, of } => {
             let shard = crate::workload::shard_of(tenant, of);
@@ -1234,7 +1240,7 @@ fn execute(
     queue: &super::QueueArgs,
     json: bool,
     out: &mut dyn Write,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<RunReport> {
     use std::io::IsTerminal;
     let sharded;
     let workload = match queue.shard {
@@ -1334,7 +1340,21 @@ fn execute(
             return Err(e.into());
         }
     };
-    finish_run(data, ledger, &report, artifacts, json, out)
+    finish_run(data, ledger, &report, artifacts, json, out)?;
+    Ok(report)
+}
+
+/// A run that ended with dead-lettered tasks is a failed run (exit 3).
+fn dead_letters_fail(report: &RunReport) -> anyhow::Result<()> {
+    if report.dead_lettered == 0 {
+        return Ok(());
+    }
+    Err(super::RunFailed {
+        run: report.run.clone(),
+        dead_lettered: report.dead_lettered,
+        tasks: report.tasks,
+    }
+    .into())
 }
 
 /// Writes the artifact files of the ledger in `data` (of `run` only, if
@@ -1368,6 +1388,17 @@ fn finish_run(
     ledger.close()?;
     let tenants = views::tenants(&state);
     let workers = views::workers(&state);
+    let failures = if report.dead_lettered > 0 {
+        let store = open_store(data)?;
+        crate::audit::failures::top_reasons(
+            &store,
+            &RunId(report.run.clone()),
+            FAILURE_REASONS_SHOWN,
+        )
+        .map_err(walk_error)?
+    } else {
+        Vec::new()
+    };
     if let Some(dir) = artifacts {
         artifacts_cmd(data, Some(&report.run), dir)?;
         let run_dir = dir.join("runs").join(&report.run);
@@ -1385,16 +1416,20 @@ fn finish_run(
     if json {
         return print_json(
             out,
-            &serde_json::json!({ "report": report, "tenants": tenants, "workers": workers, "digest": report.digest }),
+            &serde_json::json!({ "report": report, "tenants": tenants, "workers": workers, "failures": failures, "digest": report.digest }),
         );
     }
-    print_summary(report, &tenants, &workers, out)
+    print_summary(report, &tenants, &workers, &failures, out)
 }
+
+/// The most common failure reasons a run's summary shows.
+const FAILURE_REASONS_SHOWN: usize = 5;
 
 fn print_summary(
     r: &RunReport,
     tenants: &[views::TenantView],
     workers: &[views::WorkerView],
+    failures: &[crate::audit::failures::FailureReason],
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     writeln!(out, "run {} (seed {}): {} tasks", r.run, r.seed, r.tasks)?;
@@ -1403,6 +1438,12 @@ fn print_summary(
         "  outcomes: {} acked, {} dead-lettered, {} cancelled, {} skipped; {} retries ({} timeouts)",
         r.acked, r.dead_lettered, r.cancelled, r.skipped, r.retries, r.timeouts
     )?;
+    if !failures.is_empty() {
+        writeln!(out, "  dead-lettered tasks by last error:")?;
+        for f in failures {
+            writeln!(out, "    {:>6}  {}", f.tasks, f.reason)?;
+        }
+    }
     writeln!(
         out,
         "  peak concurrency {}; backpressure engaged {} times, released {} times",

@@ -404,14 +404,28 @@ pub struct Damaged(pub ChainBreak);
 #[error("{0}")]
 pub struct CheckFailed(pub String);
 
+/// A run ended with dead-lettered tasks (exit 3): it was executed and
+/// recorded, but not all of its work succeeded.
+#[derive(Debug, thiserror::Error)]
+#[error("run `{run}` finished with {dead_lettered} of {tasks} tasks dead-lettered")]
+pub struct RunFailed {
+    pub run: String,
+    pub dead_lettered: u64,
+    pub tasks: u64,
+}
+
 /// Runs a parsed command line; the error's type decides the exit code
 /// (see [`exit_code`]).
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     commands::run(cli)
 }
 
-/// 1 for a failed check, 0 for a closed pipe, 2 for everything else.
+/// 1 for a failed check, 3 for a run with dead-lettered tasks, 0 for a
+/// closed pipe, 2 for everything else.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<RunFailed>().is_some() {
+        return 3;
+    }
     if error.downcast_ref::<Damaged>().is_some() || error.downcast_ref::<CheckFailed>().is_some() {
         return 1;
     }
