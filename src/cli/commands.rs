@@ -1290,9 +1290,16 @@ fn execute(
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let kill_after = kill_after_tasks()?;
     let mut progress = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);
+        if kill_after.is_some_and(|n| done >= n) {
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
+        }
     };
     let runtime = live_runtime()?;
     let redis = match redis_of(workload, queue, &runtime) {
@@ -1342,6 +1349,18 @@ fn execute(
     };
     finish_run(data, ledger, &report, artifacts, json, out)?;
     Ok(report)
+}
+
+/// The crash drill of the tests: `RUNLEDGER_TEST_KILL_AFTER_TASKS=N` makes
+/// a run SIGKILL its own process once N tasks have ended, so a test kills
+/// it mid-run at a point that depends on the work done, not on wall time.
+fn kill_after_tasks() -> anyhow::Result<Option<u64>> {
+    match std::env::var("RUNLEDGER_TEST_KILL_AFTER_TASKS") {
+        Ok(text) => text.parse().map(Some).map_err(|_| {
+            anyhow::anyhow!("RUNLEDGER_TEST_KILL_AFTER_TASKS=`{text}`: expected a task count")
+        }),
+        Err(_) => Ok(None),
+    }
 }
 
 /// A run that ended with dead-lettered tasks is a failed run (exit 3).
