@@ -499,3 +499,109 @@ fn cli_run_with_dead_lettered_tasks_exits_3_and_names_the_reasons() {
     let out = runledger(&data, &["run", workload.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn cli_every_flag_and_argument_has_a_help_line() {
+    use clap::CommandFactory;
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") || arg.is_hide_set() {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {id}"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_name() != "help" {
+                missing.push(format!("{path} {} (no about)", sub.get_name()));
+            }
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&runledger::cli::Cli::command(), "runledger", &mut missing);
+    assert!(missing.is_empty(), "no help line: {missing:#?}");
+}
+
+#[test]
+fn cli_an_unknown_run_or_tenant_filter_exits_2_on_every_command() {
+    let dir = sample_ledger();
+    let cases: &[&[&str]] = &[
+        &["log", "--run", "no-such-run"],
+        &["log", "--tenant", "no-such-tenant"],
+        &["decisions", "--run", "no-such-run"],
+        &["decisions", "--tenant", "no-such-tenant"],
+        &["replay", "--run", "no-such-run"],
+        &["replay", "--check", "--run", "no-such-run"],
+        &["export", "--tenant", "no-such-tenant"],
+        &["artifacts", "--run", "no-such-run", "--out"],
+    ];
+    for args in cases {
+        let mut args = args.to_vec();
+        let out_dir = dir.path().join("artifacts-out");
+        if args.last() == Some(&"--out") {
+            args.push(out_dir.to_str().unwrap());
+        }
+        let out = runledger(dir.path(), &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is not in the ledger"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).is_empty(), "{args:?}: {}", stdout(&out));
+    }
+    // Known filters still work.
+    let tenant = runledger(dir.path(), &["--json", "tenants"]);
+    let tenants: serde_json::Value = serde_json::from_str(stdout(&tenant).trim()).unwrap();
+    let first = tenants[0]["tenant"].as_str().unwrap().to_owned();
+    let out = runledger(dir.path(), &["log", "--tenant", &first]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).is_empty());
+}
+
+#[test]
+fn cli_redis_flags_are_spelled_alike_everywhere_and_old_spellings_still_parse() {
+    use clap::Parser;
+    use runledger::cli::Cli;
+    for command in [
+        vec!["run", "w.toml"],
+        vec!["resume"],
+        vec!["demo"],
+        vec!["worker"],
+        vec!["bench", "redis"],
+    ] {
+        let mut args = vec!["runledger"];
+        args.extend(&command);
+        args.extend(["--redis-url", "redis://127.0.0.1:1"]);
+        if command[0] != "bench" {
+            args.extend(["--redis-prefix", "p"]);
+        }
+        assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
+    }
+    // The old spellings of `worker` and `bench redis` parse, hidden from help.
+    assert!(
+        Cli::try_parse_from([
+            "runledger",
+            "worker",
+            "--redis",
+            "redis://h",
+            "--prefix",
+            "p"
+        ])
+        .is_ok()
+    );
+    assert!(Cli::try_parse_from(["runledger", "bench", "redis", "--url", "redis://h"]).is_ok());
+    let help = runledger(Path::new("."), &["worker", "--help"]);
+    let help = stdout(&help);
+    assert!(
+        help.contains("--redis-url") && help.contains("--redis-prefix"),
+        "{help}"
+    );
+    assert!(
+        !help.contains("--redis <") && !help.contains("--prefix <"),
+        "{help}"
+    );
+}

@@ -639,8 +639,10 @@ runs = 5
             "1500",
         ],
     );
-    assert!(
-        out.status.success(),
+    // The huge step is dead-lettered: the run ends, as a failed run (exit 3).
+    assert_eq!(
+        out.status.code(),
+        Some(3),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -212,7 +212,7 @@ impl Workers {
             let file = std::fs::File::create(&log)?;
             let child = Command::new(exe)
                 .arg("worker")
-                .args(["--redis", url, "--prefix", prefix])
+                .args(["--redis-url", url, "--redis-prefix", prefix])
                 .args(["--id", &format!("{prefix}-w{n}")])
                 .args(["--concurrency", &concurrency.to_string()])
                 .args(["--handlers", "sim"])

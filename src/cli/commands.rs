@@ -442,6 +442,44 @@ impl Scopes {
     }
 }
 
+/// Refuses (exit 2) a `--run` or `--tenant` filter that names nothing in
+/// the ledger, so a typo is not mistaken for an empty history.
+fn require_known(store: &Store, run: Option<&str>, tenant: Option<&str>) -> anyhow::Result<()> {
+    let filters = run
+        .map(|r| (IndexKind::Run, r, "run"))
+        .into_iter()
+        .chain(tenant.map(|t| (IndexKind::Tenant, t, "tenant")));
+    for (kind, id, what) in filters {
+        let known = if store.index_hwm() >= store.head().map_err(walk_error)?.seq {
+            !store.indexed_frames(kind, id)?.is_empty()
+        } else {
+            let mut seen = false;
+            let mut scopes = Scopes::default();
+            store
+                .walk(1, |raw| {
+                    if let Ok(event) = decode_event(raw.event_bytes) {
+                        let (r, t) = match kind {
+                            IndexKind::Run => (Some(id), None),
+                            IndexKind::Tenant => (None, Some(id)),
+                        };
+                        seen = scopes.matches(&event, r, t);
+                    }
+                    if seen {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .map_err(walk_error)?;
+            seen
+        };
+        if !known {
+            bail!("{what} `{id}` is not in the ledger");
+        }
+    }
+    Ok(())
+}
+
 fn log(
     data: &Path,
     run: Option<&str>,
@@ -452,6 +490,7 @@ fn log(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let store = open_store(data)?;
+    require_known(&store, run, tenant)?;
     let limit = limit.unwrap_or(u64::MAX);
     let mut shown = 0u64;
     let mut failure: Option<anyhow::Error> = None;
@@ -1699,6 +1738,7 @@ fn decisions(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let store = open_store(data)?;
+    require_known(&store, run, tenant)?;
     let mut scopes = Scopes::default();
     let mut found = Vec::new();
     let mut failure = None;

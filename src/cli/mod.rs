@@ -42,8 +42,10 @@ pub enum Command {
     },
     /// Show records with seq, time, hash and event.
     Log {
+        /// Only the records of this run (its tasks' events included).
         #[arg(long)]
         run: Option<String>,
+        /// Only the records of this tenant (its tasks' events included).
         #[arg(long)]
         tenant: Option<String>,
         /// First seq to show.
@@ -86,8 +88,10 @@ pub enum Command {
     /// Governance decisions with their reasons: admission denials, budget
     /// status changes, overruns, degradation verdicts, learning adjustments.
     Decisions {
+        /// Only the decisions about this run.
         #[arg(long)]
         run: Option<String>,
+        /// Only the decisions about this tenant.
         #[arg(long)]
         tenant: Option<String>,
     },
@@ -141,6 +145,7 @@ pub enum Command {
     /// overruns, resets, budget changes, governance verdicts) with running
     /// totals and the Merkle proof that ties every row to the ledger's head.
     Export {
+        /// The tenant whose history to export.
         #[arg(long)]
         tenant: String,
         /// Rows recorded at or after this time (YYYY-MM-DD = midnight UTC, or RFC 3339).
@@ -161,6 +166,7 @@ pub enum Command {
     },
     /// Check an export file alone, offline; exit 1 naming the first bad row.
     VerifyExport {
+        /// The export file (`runledger export`), JSON lines or CSV.
         file: PathBuf,
         /// The head hash (or published checkpoint root) the export must prove against.
         #[arg(long)]
@@ -171,13 +177,16 @@ pub enum Command {
     Checkpoint,
     /// Run the built-in multi-tenant RAG demo on the embedded ledger.
     Demo {
+        /// Tenants, each with its own budget and pipelines.
         #[arg(long, default_value_t = 4)]
         tenants: u32,
         /// Pipeline runs per tenant.
         #[arg(long, default_value_t = 20)]
         runs: u32,
+        /// Every simulated latency, failure and cost derives from it.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Tasks running at once.
         #[arg(long, default_value_t = 8)]
         max_concurrency: u32,
         /// Also write the run's summary and artifact files here.
@@ -191,10 +200,10 @@ pub enum Command {
     /// the ledger: `run --queue redis`).
     Worker {
         /// The Redis to pull from, e.g. redis://10.0.0.5:6379.
-        #[arg(long)]
+        #[arg(long = "redis-url", alias = "redis")]
         redis: String,
         /// The namespace the coordinator uses.
-        #[arg(long, default_value = "runledger")]
+        #[arg(long = "redis-prefix", alias = "prefix", default_value = "runledger")]
         prefix: String,
         /// Attempts running at once.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -220,6 +229,7 @@ pub enum Command {
     },
     /// Which of N shard coordinators runs a tenant (a stable hash of its id).
     Shard {
+        /// The tenant id.
         tenant: String,
         /// The number of shards.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -291,24 +301,29 @@ pub enum BenchCommand {
     /// submit → dequeue → ack of no-op tasks through the in-memory queue,
     /// beside appending the same events directly.
     Queue {
+        /// No-op tasks to push through.
         #[arg(long, default_value_t = 100_000)]
         tasks: u64,
+        /// Worker threads leasing and ACKing.
         #[arg(long, default_value_t = 8)]
         workers: usize,
         /// Tasks a worker leases and ACKs at once.
         #[arg(long, default_value_t = 256)]
         batch: usize,
+        /// The scratch ledger's durability: always, batch or none.
         #[arg(long, default_value = "none", value_parser = parse_durability)]
         durability: Durability,
     },
     /// `replay --check` on the demo ledger at this size (decisions/s),
     /// beside a plain replay of the same ledger.
     Check {
+        /// Tenants of the demo workload.
         #[arg(long, default_value_t = 40)]
         tenants: u32,
         /// Pipeline runs per tenant.
         #[arg(long, default_value_t = 400)]
         runs: u32,
+        /// Tasks running at once in the demo.
         #[arg(long, default_value_t = 256)]
         max_concurrency: u32,
     },
@@ -335,13 +350,14 @@ pub enum BenchCommand {
     /// The Redis Streams transport's dispatch → claim → report → results
     /// cycle, beside raw XADD / XREADGROUP / XACK on the same server.
     Redis {
+        /// Tasks to cycle through the transport.
         #[arg(long, default_value_t = 100_000)]
         tasks: u64,
         /// Entries per pipeline, script call and read.
         #[arg(long, default_value_t = 256)]
         batch: usize,
         /// Use this Redis instead of starting a private redis-server.
-        #[arg(long)]
+        #[arg(long = "redis-url", alias = "url")]
         url: Option<String>,
     },
     /// No-op tasks end to end through Redis: this process coordinates (owns
@@ -349,6 +365,7 @@ pub enum BenchCommand {
     /// each K; beside raw XADD / XREADGROUP / XACK and the in-memory queue,
     /// measured in the same run on a private redis-server.
     Distributed {
+        /// No-op tasks per measurement.
         #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
         tasks: u64,
         /// Worker process counts to measure, in order.
@@ -365,8 +382,10 @@ pub enum BenchCommand {
     },
     /// Append synthetic events, then replay and verify them, beside a raw sled baseline.
     Ledger {
+        /// Synthetic events to append.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// always (fsync per group), batch (every 10 ms) or none.
         #[arg(long, default_value = "always", value_parser = parse_durability)]
         durability: Durability,
         /// Concurrent appenders.
