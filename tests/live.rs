@@ -285,16 +285,18 @@ runs = 20
     .unwrap();
     let data = dir.path().join("data");
     let bin = env!("CARGO_BIN_EXE_runledger");
-    let mut child = std::process::Command::new(bin)
+    // The run SIGKILLs itself once 10 of its 40 tasks have ended: mid-run
+    // however loaded the machine is.
+    let killed = std::process::Command::new(bin)
         .arg("--data")
         .arg(&data)
         .arg("run")
         .arg(&file)
-        .spawn()
+        .env("RUNLEDGER_TEST_KILL_AFTER_TASKS", "10")
+        .status()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(400));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(killed.signal(), Some(9), "the drill kills the run: {killed}");
     let resume = std::process::Command::new(bin)
         .arg("--data")
         .arg(&data)
