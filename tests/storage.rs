@@ -443,7 +443,8 @@ fn an_unreachable_redis_leaves_no_ledger_behind() {
     }
 }
 
-fn bench_ledger(args: &[&str], env: &[(&str, &Path)]) -> Output {
+/// `runledger ARGS bench ledger` (small), then `after`.
+fn bench_ledger(args: &[&str], after: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_runledger"));
     command
         .args(args)
@@ -459,6 +460,7 @@ fn bench_ledger(args: &[&str], env: &[(&str, &Path)]) -> Output {
             "--durability",
             "none",
         ])
+        .args(after)
         .env_remove("RUNLEDGER_DATA");
     for (key, value) in env {
         command.env(key, value);
@@ -479,37 +481,42 @@ fn bench_ledger_writes_only_where_data_is_given_explicitly() {
     ));
     let before = contents(&real);
 
-    let out = bench_ledger(&[], &[("RUNLEDGER_DATA", &real)]);
+    let out = bench_ledger(&[], &[], &[("RUNLEDGER_DATA", &real)]);
     ok(&out);
     assert!(
         contents(&real) == before,
         "the bench wrote into RUNLEDGER_DATA"
     );
 
-    for spelling in ["--data=", "--data"] {
-        let target = work.path().join(format!("target{}", spelling.len()));
-        let data = target.display().to_string();
-        let args: Vec<&str> = if spelling.ends_with('=') {
-            vec![]
-        } else {
-            vec![spelling, &data]
-        };
-        let joined = format!("{spelling}{data}");
-        let args = if args.is_empty() {
-            vec![joined.as_str()]
-        } else {
-            args
-        };
-        ok(&bench_ledger(&args, &[("RUNLEDGER_DATA", &real)]));
-        let verified = ok(&runledger(&target, &["verify"]));
-        assert!(verified.starts_with("ok: "), "{spelling}: {verified}");
+    let target = |n: usize| work.path().join(format!("target{n}"));
+    let spellings: [(Vec<String>, Vec<String>); 3] = [
+        (vec![format!("--data={}", target(0).display())], vec![]),
+        (
+            vec!["--data".into(), target(1).display().to_string()],
+            vec![],
+        ),
+        (
+            vec![],
+            vec!["--data".into(), target(2).display().to_string()],
+        ),
+    ];
+    for (n, (before_args, after_args)) in spellings.iter().enumerate() {
+        let before_args: Vec<&str> = before_args.iter().map(String::as_str).collect();
+        let after_args: Vec<&str> = after_args.iter().map(String::as_str).collect();
+        ok(&bench_ledger(
+            &before_args,
+            &after_args,
+            &[("RUNLEDGER_DATA", &real)],
+        ));
+        let verified = ok(&runledger(&target(n), &["verify"]));
+        assert!(verified.starts_with("ok: "), "spelling {n}: {verified}");
         assert!(
             contents(&real) == before,
-            "{spelling}: wrote into RUNLEDGER_DATA"
+            "spelling {n}: wrote into RUNLEDGER_DATA"
         );
     }
 
-    let refused = bench_ledger(&["--data", real.to_str().unwrap()], &[]);
+    let refused = bench_ledger(&["--data", real.to_str().unwrap()], &[], &[]);
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     assert!(
         stderr(&refused).contains("already holds a ledger"),

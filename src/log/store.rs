@@ -357,13 +357,18 @@ impl Store {
         self.scratch.is_some()
     }
 
+    /// Whether this open created the ledger.
+    pub fn is_new(&self) -> bool {
+        self.created.is_some()
+    }
+
     /// If this open created the ledger, removes what it made (the
     /// directory, or the files in the empty directory it found), while the
     /// lock is still held; for a command refused before its first append.
-    pub fn discard_created(&self) -> std::io::Result<bool> {
+    pub fn discard_created(&self) -> std::io::Result<()> {
         match &self.created {
-            Some(created) => dir::remove_created(&self.dir, created).map(|()| true),
-            None => Ok(false),
+            Some(created) => dir::remove_created(&self.dir, created),
+            None => Ok(()),
         }
     }
 
@@ -650,6 +655,7 @@ fn is_lock_error(error: &std::io::Error) -> bool {
     error.to_string().contains("lock")
 }
 
+/// Is the frame stored at `key_seq` the one expected next?
 fn check_gap(key_seq: u64, expected: Option<(u64, blake3::Hash)>) -> Result<(), ChainBreak> {
     let Some((next, _)) = expected else {
         return Ok(());

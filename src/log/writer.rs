@@ -559,7 +559,9 @@ impl Writer {
                 let _ = reply.send(result);
                 false
             }
-            Msg::Close { reply, discard } if discard && self.head.seq == 0 => {
+            Msg::Close { reply, discard }
+                if discard && self.head.seq == 0 && self.store.is_new() =>
+            {
                 if let Some(syncer) = self.syncer.take() {
                     syncer.stop();
                 }
@@ -568,7 +570,6 @@ impl Writer {
                 let result = self
                     .store
                     .discard_created()
-                    .map(drop)
                     .map_err(|e| AppendError::Storage(e.to_string()));
                 let _ = reply.send(result);
                 true
