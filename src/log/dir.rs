@@ -85,7 +85,8 @@ impl Contents {
     }
 }
 
-/// Looks at `dir` without writing: a foreign directory is an error.
+/// Looks at `dir` without writing: a foreign directory is an error, and so
+/// is a marked one without its sled database (damaged).
 pub fn inspect(dir: &Path) -> Result<Contents, StoreError> {
     let io = |source| StoreError::Io {
         path: dir.to_path_buf(),
@@ -120,9 +121,17 @@ pub fn inspect(dir: &Path) -> Result<Contents, StoreError> {
                 marker.format
             )));
         }
-        return Ok(Contents::Ledger {
+        let contents = Contents::Ledger {
             marker: Some(marker),
-        });
+        };
+        if !has("db") {
+            return Err(StoreError::Damaged {
+                path: dir.to_path_buf(),
+                known: contents.known(),
+                why: "its sled database (db) is missing".to_owned(),
+            });
+        }
+        return Ok(contents);
     }
     match (has("db"), has("conf")) {
         (true, true) if is_sled_conf(&dir.join("conf")) => Ok(Contents::Ledger { marker: None }),
@@ -455,6 +464,28 @@ mod tests {
         assert_eq!(bytes(0), "0 bytes");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(64 << 20), "64.0 MiB");
+    }
+
+    #[test]
+    fn a_marked_directory_is_a_ledger_unless_its_db_is_gone_or_its_format_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        write_marker(dir.path(), "0123").unwrap();
+        let err = inspect(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        assert!(err.to_string().contains("ledger id 0123"), "{err}");
+        std::fs::write(dir.path().join("db"), b"").unwrap();
+        assert_eq!(
+            inspect(dir.path()).unwrap(),
+            Contents::Ledger {
+                marker: Some(Marker {
+                    format: FORMAT.to_owned(),
+                    ledger_id: Some("0123".to_owned())
+                })
+            }
+        );
+        std::fs::write(dir.path().join(MARKER), "someone-else/3\n").unwrap();
+        let err = inspect(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
     }
 
     #[test]

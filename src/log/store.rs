@@ -52,7 +52,7 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("storage error in {path}: {source}")]
     Sled { path: PathBuf, source: sled::Error },
-    #[error("cannot sync {path}: {source}")]
+    #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -160,8 +160,9 @@ impl Store {
             })?;
             None
         };
-        // A sled database without metadata or data is a ledger whose
-        // creation was interrupted before its marker was written.
+        // Unmarked: new, from before markers, or a creation interrupted
+        // before its marker; with `create`, an empty sled database there
+        // becomes the ledger.
         let unmarked = match &contents {
             Contents::Ledger { marker } => marker.is_none(),
             _ => true,
@@ -239,9 +240,6 @@ impl Store {
             why,
         };
         let db_path = at.join("db");
-        if marker.is_some() && init.is_none() && !db_path.exists() {
-            return Err(damaged("its sled database (db) is missing".to_owned()));
-        }
         let config = sled::Config::new()
             .path(at)
             .flush_every_ms(None)
@@ -349,12 +347,6 @@ impl Store {
             created: None,
             scratch: None,
         })
-    }
-
-    /// Whether this store reads a scratch copy (its disk was full or
-    /// read-only): nothing written through it reaches the ledger.
-    pub fn is_scratch_copy(&self) -> bool {
-        self.scratch.is_some()
     }
 
     /// Whether this open created the ledger.
