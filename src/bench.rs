@@ -36,7 +36,8 @@ pub struct LedgerBench {
     pub appenders: usize,
     /// Events per append call.
     pub batch: usize,
-    /// Append into this ledger instead of a temporary one.
+    /// Append into a new ledger here (an absent or empty directory)
+    /// instead of a scratch one.
     pub data: Option<PathBuf>,
 }
 
@@ -275,6 +276,14 @@ pub fn run_ledger_bench(
     config: &LedgerBench,
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<LedgerBenchReport> {
+    if let Some(dir) = &config.data {
+        if Store::exists(dir)? {
+            anyhow::bail!(
+                "{} already holds a ledger: a bench writes only into a new or empty directory (or, without --data, a scratch one)",
+                dir.display()
+            );
+        }
+    }
     let scratch = tempfile::tempdir()?;
     let dir = match &config.data {
         Some(d) => d.clone(),

@@ -3,10 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = runledger::cli::Cli::parse();
+    let cli = runledger::cli::parse();
     match runledger::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -102,6 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Durability::Batch {
                     interval: std::time::Duration::from_millis(10),
                 },
+                false,
             )?;
             let result = resume(&ledger, run.as_deref(), queue);
             match result {
@@ -297,23 +298,34 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     batch,
                 },
         } => {
-            let data = std::env::args_os().any(|a| a == "--data")
-                || std::env::var_os("RUNLEDGER_DATA").is_some();
+            // Only an explicit --data: RUNLEDGER_DATA names the user's
+            // real ledger, which a bench must never append to.
             let config = LedgerBench {
                 events,
                 durability,
                 appenders,
                 batch,
-                data: data.then(|| cli.data.clone()),
+                data: cli.data_on_command_line.then(|| cli.data.clone()),
             };
             bench_ledger(&config, cli.json, out)
         }
     }
 }
 
+/// Opens the ledger in `data` to read it: in place, or a scratch copy when
+/// its disk is full or read-only (see [`Store::open_read`]).
 pub(super) fn open_store(data: &Path) -> anyhow::Result<Store> {
-    match Store::open(data, false) {
-        Ok(store) => Ok(store),
+    missing_hint(Store::open_read(data))
+}
+
+/// Opens the ledger in `data` in place to write into it (never creating it).
+pub(super) fn open_store_to_write(data: &Path) -> anyhow::Result<Store> {
+    missing_hint(Store::open(data, false))
+}
+
+fn missing_hint<T>(opened: Result<T, StoreError>) -> anyhow::Result<T> {
+    match opened {
+        Ok(opened) => Ok(opened),
         Err(StoreError::Missing(dir)) => bail!(
             "no ledger at {} (create one with `runledger ingest FILE`, or pass --data DIR)",
             dir.display()
@@ -369,17 +381,20 @@ fn ingest(data: &Path, file: &str, json: bool, out: &mut dyn Write) -> anyhow::R
         }
     }
     let count = appends.len();
-    let ledger = open_ledger(data, Durability::Always)?;
+    let ledger = open_ledger(data, Durability::Always, true)?;
     let receipt = match ledger.append(appends) {
         Ok(receipt) => receipt,
         Err(AppendError::Rejected { index, rejection }) => {
-            let _ = ledger.close();
+            let _ = ledger.discard_if_new();
             bail!(
                 "{name}: line {}: {rejection}; nothing was appended",
                 line_numbers[index]
             );
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            let _ = ledger.discard_if_new();
+            return Err(e.into());
+        }
     };
     ledger.close()?;
     if json {
@@ -406,16 +421,18 @@ fn ingest(data: &Path, file: &str, json: bool, out: &mut dyn Write) -> anyhow::R
     }
 }
 
-fn open_ledger(data: &Path, durability: Durability) -> anyhow::Result<Ledger> {
+/// Opens the ledger in `data` to append (with `create`, making a new one
+/// when the directory is absent or empty).
+fn open_ledger(data: &Path, durability: Durability, create: bool) -> anyhow::Result<Ledger> {
     let options = LedgerOptions {
         durability,
         checkpoint_every: 1_000_000,
-        create: true,
+        create,
     };
     match Ledger::open(data, options) {
         Ok(ledger) => Ok(ledger),
         Err(OpenError::Damaged(e)) => Err(walk_error(e)),
-        Err(OpenError::Store(e)) => Err(e.into()),
+        Err(OpenError::Store(e)) => missing_hint(Err(e)),
     }
 }
 
@@ -1289,11 +1306,15 @@ fn execute(
         }
         None => workload,
     };
+    // Reach Redis before the ledger is opened (or created).
+    let runtime = live_runtime()?;
+    let redis = redis_of(workload, queue, &runtime)?;
     let ledger = open_ledger(
         data,
         Durability::Batch {
             interval: std::time::Duration::from_millis(10),
         },
+        true,
     )?;
     if !explicit_id {
         let seed = options.seed.unwrap_or(workload.seed);
@@ -1340,14 +1361,6 @@ fn execute(
             );
         }
     };
-    let runtime = live_runtime()?;
-    let redis = match redis_of(workload, queue, &runtime) {
-        Ok(redis) => redis,
-        Err(e) => {
-            let _ = ledger.close();
-            return Err(e);
-        }
-    };
     let result = match redis {
         // On Redis even simulated steps run in real time, on workers.
         Some(streams) => runtime.block_on(crate::runtime::live::run_live_on(
@@ -1382,7 +1395,7 @@ fn execute(
             bail!("run `{id}` is already in the ledger (choose another with --run-id)");
         }
         Err(e) => {
-            let _ = ledger.close();
+            let _ = ledger.discard_if_new();
             return Err(e.into());
         }
     };

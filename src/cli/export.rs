@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use super::commands::{open_store, print_json, walk_error};
+use super::commands::{open_store, open_store_to_write, print_json, walk_error};
 use super::{CheckFailed, Damaged};
 use crate::audit::export::{self, ExportError, ExportOptions, Format};
 use crate::audit::published::{self, PublishError};
@@ -100,7 +100,7 @@ pub(super) fn verify_export(
 }
 
 pub(super) fn checkpoint(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let store = open_store(data)?;
+    let store = open_store_to_write(data)?;
     let checkpoint = match published::publish(&store) {
         Ok(c) => c,
         Err(PublishError::Walk(e)) => return Err(walk_error(e)),

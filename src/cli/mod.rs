@@ -31,6 +31,29 @@ pub struct Cli {
     pub json: bool,
     #[command(subcommand)]
     pub command: Command,
+    /// Whether `--data` was on the command line (not from `RUNLEDGER_DATA`
+    /// or the default): set by [`parse`].
+    #[arg(skip)]
+    pub data_on_command_line: bool,
+}
+
+/// Parses the process's arguments (exiting with clap's message and code 2
+/// on bad usage), noting whether `--data` was given on the command line.
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.data_on_command_line = given_on_command_line(&matches, "data");
+    cli
+}
+
+/// Was the (global) argument `id` given on the command line, at any
+/// subcommand level?
+fn given_on_command_line(matches: &clap::ArgMatches, id: &str) -> bool {
+    matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        || matches
+            .subcommand()
+            .is_some_and(|(_, sub)| given_on_command_line(sub, id))
 }
 
 #[derive(Subcommand, Debug)]
@@ -439,13 +462,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     commands::run(cli)
 }
 
-/// 1 for a failed check, 3 for a run with dead-lettered tasks, 0 for a
-/// closed pipe, 2 for everything else.
+/// 1 for a failed check (a damaged chain or ledger), 3 for a run with
+/// dead-lettered tasks, 0 for a closed pipe, 2 for everything else.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<RunFailed>().is_some() {
         return 3;
     }
-    if error.downcast_ref::<Damaged>().is_some() || error.downcast_ref::<CheckFailed>().is_some() {
+    if error.downcast_ref::<Damaged>().is_some()
+        || error.downcast_ref::<CheckFailed>().is_some()
+        || matches!(
+            error.downcast_ref::<crate::log::StoreError>(),
+            Some(crate::log::StoreError::Damaged { .. })
+        )
+    {
         return 1;
     }
     if let Some(io) = error.downcast_ref::<std::io::Error>() {

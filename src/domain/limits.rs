@@ -46,6 +46,14 @@ pub const TIME_MICROS_MAX: i64 = 253_402_300_799_999_999;
 /// The shortest attempt timeout a workload may set.
 pub const TIMEOUT_MS_MIN: u64 = 1;
 
+/// The free space a ledger's filesystem must have before the ledger is
+/// opened in place. sled writes whenever it opens a database (the tail of
+/// its last segment, up to 512 KiB; a new snapshot file, about 150 bytes
+/// per thousand records), and a full disk tears that write; a command that
+/// appends needs room for its records too. Below this margin, commands
+/// that write refuse to start and commands that read open a scratch copy.
+pub const DISK_FREE_BYTES_MIN: u64 = 64 << 20;
+
 const _: () = assert!(EVENT_BYTES_MAX < DECODE_BYTES_MAX);
 const _: () = assert!(WORKLOAD_FILE_BYTES_MAX < EVENT_BYTES_MAX);
 const _: () = assert!(EXEC_OUTPUT_BYTES_MAX < EVENT_BYTES_MAX);

@@ -1,11 +1,12 @@
-//! The ledger: records, the hash chain, the versioned codec, the sled store,
-//! the group-commit writer and chain verification.
+//! The ledger: records, the hash chain, the versioned codec, the data
+//! directory, the sled store, the group-commit writer and chain verification.
 //!
 //! This is the shell around the pure `domain`: it owns the disk and the wall
 //! clock. The codec (events ⇄ bytes) and the frame layout are a contract:
 //! a ledger written today must verify and replay forever.
 
 pub mod codec;
+pub mod dir;
 pub mod frame;
 pub mod record;
 pub mod store;

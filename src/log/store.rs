@@ -15,11 +15,12 @@ use std::sync::mpsc;
 use bincode::{Decode, Encode};
 
 use super::codec::CONFIG;
+use super::dir::{self, Contents};
 use super::frame::{self, FrameHeader, decode_header, frame_key, key_seq, walk_frame};
 use super::record::{RawRecord, ZERO_HASH};
 
 const FORMAT_KEY: &[u8] = b"format";
-const FORMAT: &[u8] = b"runledger-ledger/1";
+const FORMAT: &[u8] = dir::FORMAT.as_bytes();
 const LEDGER_ID_KEY: &[u8] = b"ledger_id";
 const INDEX_HWM_KEY: &[u8] = b"index_hwm";
 const INDEX_SEPARATOR: u8 = 0xFF; // never part of UTF-8 text
@@ -30,11 +31,28 @@ pub enum StoreError {
     Missing(PathBuf),
     #[error("{path} is not a runledger ledger: {why}")]
     Foreign { path: PathBuf, why: String },
+    /// Ours (the marker, or sled's files) but unreadable: a failed check.
+    #[error("the ledger at {path} is damaged ({known}): {why}")]
+    Damaged {
+        path: PathBuf,
+        known: String,
+        why: String,
+    },
+    #[error(
+        "no space to write the ledger at {path}: its disk is full ({} free, at least {} needed); free some space and retry",
+        dir::bytes(*free),
+        dir::bytes(*need)
+    )]
+    NoSpace { path: PathBuf, free: u64, need: u64 },
+    #[error("the ledger at {path} is read-only ({why}): it can be read, not written")]
+    ReadOnly { path: PathBuf, why: String },
+    #[error("cannot read the ledger at {path} without writing to it: {why}")]
+    Scratch { path: PathBuf, why: String },
     #[error("the ledger at {0} is in use by another process")]
     Locked(PathBuf),
     #[error("storage error in {path}: {source}")]
     Sled { path: PathBuf, source: sled::Error },
-    #[error("cannot sync {path}: {source}")]
+    #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -104,6 +122,7 @@ pub enum IndexKind {
 }
 
 pub struct Store {
+    /// The ledger's directory (also when a scratch copy is open).
     dir: PathBuf,
     db: sled::Db,
     log: sled::Tree,
@@ -112,28 +131,117 @@ pub struct Store {
     by_tenant: sled::Tree,
     checkpoints: sled::Tree,
     data_file: std::fs::File,
+    /// What this open created, when it created the ledger.
+    created: Option<dir::Created>,
+    /// The copy sled opened instead of `dir`; dropped last, after sled.
+    scratch: Option<dir::Scratch>,
 }
 
 impl Store {
-    /// Opens the ledger in `dir`; with `create`, makes a new one when there is
-    /// none (refusing a non-empty directory that holds something else).
+    /// Opens the ledger in `dir` in place, to read and write; with
+    /// `create`, makes a new one when the directory is absent or empty.
+    /// Refuses, before sled writes a byte, a directory that holds anything
+    /// else (see [`dir::inspect`]) and a disk that is read-only or has less
+    /// than the margin free (see [`dir::writable`]). The marker is written
+    /// once the ledger exists; a ledger from before markers gets one.
     pub fn open(dir: &Path, create: bool) -> Result<Store, StoreError> {
-        let db_path = dir.join("db");
-        if !db_path.exists() {
-            if !create {
-                return Err(StoreError::Missing(dir.to_path_buf()));
+        let contents = dir::inspect(dir)?;
+        let new = matches!(contents, Contents::Absent | Contents::Empty);
+        if new && !create {
+            return Err(StoreError::Missing(dir.to_path_buf()));
+        }
+        dir::writable(dir, 0).map_err(|why| why.into_error(dir))?;
+        let created = if new {
+            Some(dir::create(dir, &contents)?)
+        } else {
+            dir::remove_unfinished_snapshots(dir).map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            None
+        };
+        // Unmarked: new, from before markers, or a creation interrupted
+        // before its marker; with `create`, an empty sled database there
+        // becomes the ledger.
+        let unmarked = match &contents {
+            Contents::Ledger { marker } => marker.is_none(),
+            _ => true,
+        };
+        let init = (create && unmarked).then(new_ledger_id);
+        let opened = Store::open_sled(dir, dir, &contents, init).and_then(|store| {
+            // Written last: a marker always names a ledger that exists.
+            if unmarked {
+                dir::write_marker(dir, &store.ledger_id())?;
             }
-            if let Ok(mut entries) = std::fs::read_dir(dir) {
-                if entries.next().is_some() {
-                    return Err(StoreError::Foreign {
-                        path: dir.to_path_buf(),
-                        why: "the directory is not empty and holds no sled database".to_owned(),
-                    });
-                }
+            Ok(store)
+        });
+        match (opened, created) {
+            (Ok(mut store), created) => {
+                store.created = created;
+                Ok(store)
+            }
+            (Err(e), Some(created)) => {
+                let _ = dir::remove_created(dir, &created);
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// Opens the ledger in `dir` to read it, never damaging it: in place
+    /// when sled may write there (a writable disk with the margin free),
+    /// else a private copy in the temporary directory, made under the
+    /// ledger's lock and removed when the store is dropped. Fails with the
+    /// reason, the original untouched, when neither is possible.
+    pub fn open_read(dir: &Path) -> Result<Store, StoreError> {
+        let contents = dir::inspect(dir)?;
+        if matches!(contents, Contents::Absent | Contents::Empty) {
+            return Err(StoreError::Missing(dir.to_path_buf()));
+        }
+        match dir::writable(dir, 0) {
+            Ok(()) => {
+                dir::remove_unfinished_snapshots(dir).map_err(|source| StoreError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+                Store::open_sled(dir, dir, &contents, None)
+            }
+            Err(why) => {
+                let scratch = dir::Scratch::copy(dir, &why)?;
+                let mut store = Store::open_sled(dir, scratch.path(), &contents, None)?;
+                store.scratch = Some(scratch);
+                Ok(store)
             }
         }
+    }
+
+    /// Whether `dir` holds a ledger (`false` when absent or empty; an error
+    /// when it holds something else).
+    pub fn exists(dir: &Path) -> Result<bool, StoreError> {
+        Ok(matches!(dir::inspect(dir)?, Contents::Ledger { .. }))
+    }
+
+    /// Opens sled at `at` (`dir` itself, or a scratch copy of it) and
+    /// checks the metadata; with `init`, a database without metadata and
+    /// without data becomes a new ledger with that id.
+    fn open_sled(
+        dir: &Path,
+        at: &Path,
+        contents: &Contents,
+        init: Option<String>,
+    ) -> Result<Store, StoreError> {
+        let marker = match contents {
+            Contents::Ledger { marker } => marker.as_ref(),
+            _ => None,
+        };
+        let damaged = |why: String| StoreError::Damaged {
+            path: dir.to_path_buf(),
+            known: contents.known(),
+            why,
+        };
+        let db_path = at.join("db");
         let config = sled::Config::new()
-            .path(dir)
+            .path(at)
             .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput);
         // sled's background threads hold the file lock for a few ms after a
@@ -150,35 +258,38 @@ impl Store {
                 other => break other,
             }
         };
+        let sled_err = |source| StoreError::Sled {
+            path: dir.to_path_buf(),
+            source,
+        };
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(sled::Error::Io(e))) if is_lock_error(&e) => {
                 return Err(StoreError::Locked(dir.to_path_buf()));
             }
-            Ok(Err(e)) => {
-                return Err(StoreError::Foreign {
-                    path: dir.to_path_buf(),
-                    why: format!("sled cannot open it: {e}"),
-                });
-            }
+            // Space, permissions, a failing disk: not the ledger's fault.
+            Ok(Err(e @ sled::Error::Io(_))) => return Err(sled_err(e)),
+            Ok(Err(e)) => return Err(damaged(format!("sled cannot open it: {e}"))),
             Err(_) => {
-                return Err(StoreError::Foreign {
-                    path: dir.to_path_buf(),
-                    why: "sled cannot open it (its files are damaged or not sled's)".to_owned(),
-                });
+                return Err(damaged(
+                    "sled cannot open it (it panicked reading its files)".to_owned(),
+                ));
             }
-        };
-        let sled_err = |source| StoreError::Sled {
-            path: dir.to_path_buf(),
-            source,
         };
         let meta = db.open_tree("meta").map_err(sled_err)?;
-        match meta.get(FORMAT_KEY).map_err(sled_err)? {
-            Some(format) if format.as_ref() == FORMAT => {}
+        let ledger_id = match meta.get(FORMAT_KEY).map_err(sled_err)? {
+            Some(format) if format.as_ref() == FORMAT => meta
+                .get(LEDGER_ID_KEY)
+                .map_err(sled_err)?
+                .map(|id| String::from_utf8_lossy(&id).into_owned()),
             Some(format) => {
-                return Err(StoreError::Foreign {
-                    path: dir.to_path_buf(),
-                    why: format!("unknown format `{}`", String::from_utf8_lossy(&format)),
+                let why = format!("unknown format `{}`", String::from_utf8_lossy(&format));
+                return Err(match marker {
+                    Some(_) => damaged(format!("its database names an {why}")),
+                    None => StoreError::Foreign {
+                        path: dir.to_path_buf(),
+                        why,
+                    },
                 });
             }
             None => {
@@ -186,26 +297,34 @@ impl Store {
                     .tree_names()
                     .iter()
                     .any(|n| n.as_ref() != b"__sled__default" && n.as_ref() != b"meta");
-                if foreign_trees || !db.is_empty() || !create {
-                    return Err(StoreError::Foreign {
-                        path: dir.to_path_buf(),
-                        why: "a sled database without runledger metadata".to_owned(),
-                    });
+                match init {
+                    Some(id) if !foreign_trees && db.is_empty() => {
+                        meta.insert(LEDGER_ID_KEY, id.as_bytes())
+                            .map_err(sled_err)?;
+                        meta.insert(FORMAT_KEY, FORMAT).map_err(sled_err)?;
+                        db.flush().map_err(sled_err)?;
+                        Some(id)
+                    }
+                    _ if marker.is_some() => {
+                        return Err(damaged(
+                            "its sled database holds no runledger metadata".to_owned(),
+                        ));
+                    }
+                    _ => {
+                        return Err(StoreError::Foreign {
+                            path: dir.to_path_buf(),
+                            why: "a sled database without runledger metadata".to_owned(),
+                        });
+                    }
                 }
-                let id: [u8; 16] = rand::random();
-                meta.insert(
-                    LEDGER_ID_KEY,
-                    blake3::Hash::from_bytes({
-                        let mut b = [0u8; 32];
-                        b[..16].copy_from_slice(&id);
-                        b
-                    })
-                    .to_hex()[..32]
-                        .as_bytes(),
-                )
-                .map_err(sled_err)?;
-                meta.insert(FORMAT_KEY, FORMAT).map_err(sled_err)?;
-                db.flush().map_err(sled_err)?;
+            }
+        };
+        if let (Some(named), Some(held)) = (marker.and_then(|m| m.ledger_id.as_ref()), &ledger_id) {
+            if named != held {
+                return Err(damaged(format!(
+                    "its {} marker names ledger {named}, its database ledger {held}",
+                    dir::MARKER
+                )));
             }
         }
         let log = db.open_tree("log").map_err(sled_err)?;
@@ -225,7 +344,24 @@ impl Store {
             by_tenant,
             checkpoints,
             data_file,
+            created: None,
+            scratch: None,
         })
+    }
+
+    /// Whether this open created the ledger.
+    pub fn is_new(&self) -> bool {
+        self.created.is_some()
+    }
+
+    /// If this open created the ledger, removes what it made (the
+    /// directory, or the files in the empty directory it found), while the
+    /// lock is still held; for a command refused before its first append.
+    pub fn discard_created(&self) -> std::io::Result<()> {
+        match &self.created {
+            Some(created) => dir::remove_created(&self.dir, created),
+            None => Ok(()),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -501,11 +637,17 @@ impl Store {
     }
 }
 
-/// Is the frame stored at `key_seq` the one expected next?
+/// A new ledger's id: 32 hex digits, random.
+fn new_ledger_id() -> String {
+    let id: [u8; 16] = rand::random();
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn is_lock_error(error: &std::io::Error) -> bool {
     error.to_string().contains("lock")
 }
 
+/// Is the frame stored at `key_seq` the one expected next?
 fn check_gap(key_seq: u64, expected: Option<(u64, blake3::Hash)>) -> Result<(), ChainBreak> {
     let Some((next, _)) = expected else {
         return Ok(());

@@ -137,6 +137,8 @@ enum Msg {
     },
     Close {
         reply: oneshot::Sender<Result<(), AppendError>>,
+        /// Remove the ledger if this open created it and it is still empty.
+        discard: bool,
     },
 }
 
@@ -149,15 +151,10 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Opens (or creates) the ledger in `dir`, checks its whole chain and
-    /// folds it into the live projection.
+    /// Opens (or creates) the ledger in `dir` (see [`Store::open`]: never a
+    /// directory that holds something else, never on a full or read-only
+    /// disk), checks its whole chain and folds it into the live projection.
     pub fn open(dir: &Path, options: LedgerOptions) -> Result<Ledger, OpenError> {
-        if options.create {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
         let store = Arc::new(Store::open(dir, options.create)?);
         let folded = replay::fold_and_index(&store)?;
         let (tx, rx) = mpsc::channel();
@@ -296,8 +293,20 @@ impl Ledger {
 
     /// Flushes, records a checkpoint and stops the writer.
     pub fn close(self) -> Result<(), AppendError> {
+        self.stop(false)
+    }
+
+    /// Closes the ledger, and if this open created it and nothing was
+    /// appended, removes it (the directory it made, or the files it put in
+    /// an empty one): a command refused before its first append leaves no
+    /// ledger behind.
+    pub fn discard_if_new(self) -> Result<(), AppendError> {
+        self.stop(true)
+    }
+
+    fn stop(self, discard: bool) -> Result<(), AppendError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Close { reply })?;
+        self.send(Msg::Close { reply, discard })?;
         let result = rx.blocking_recv().map_err(|_| AppendError::Closed)?;
         if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = thread.join();
@@ -550,7 +559,22 @@ impl Writer {
                 let _ = reply.send(result);
                 false
             }
-            Msg::Close { reply } => {
+            Msg::Close { reply, discard }
+                if discard && self.head.seq == 0 && self.store.is_new() =>
+            {
+                if let Some(syncer) = self.syncer.take() {
+                    syncer.stop();
+                }
+                // Removed while sled still holds the lock: no other process
+                // can have opened it meanwhile.
+                let result = self
+                    .store
+                    .discard_created()
+                    .map_err(|e| AppendError::Storage(e.to_string()));
+                let _ = reply.send(result);
+                true
+            }
+            Msg::Close { reply, .. } => {
                 let result = self.finish();
                 let _ = reply.send(result);
                 true

@@ -2,3 +2,4 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod tmpfs;

@@ -1,0 +1,509 @@
+//! The data directory on disk, before sled sees it: what it holds (nothing,
+//! a runledger ledger, something else), the `RUNLEDGER` marker that names a
+//! ledger even when sled cannot read it, whether sled may open it in place,
+//! and the scratch copy a read opens when it may not.
+//!
+//! sled 0.34 has no read-only mode: opening a database runs its recovery,
+//! which writes (the tail of the last segment, a new `snap.<lsn>` file).
+//! On a full disk that snapshot is left torn as `snap.<lsn>.generating`,
+//! and sled's next open takes the torn file for its newest snapshot and
+//! refuses the database for good ("Read corrupted data"). So a ledger is
+//! opened in place only on a writable filesystem with at least
+//! [`DISK_FREE_BYTES_MIN`] free: below that a write is refused before sled
+//! runs, and a read opens a private copy in the temporary directory (under
+//! the original's lock), so the original is never written. sled renames a
+//! snapshot into place once it is complete, so a `.generating` file is one
+//! that never was: it is removed before an open in place, and never copied.
+//!
+//! A directory is never taken over: sled opens only an empty directory, one
+//! with the marker, or (a ledger from before the marker) one holding sled's
+//! `conf` beside its `db`.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::store::{StoreError, dir_size};
+use crate::domain::limits::DISK_FREE_BYTES_MIN;
+
+/// The marker file a ledger directory holds: the format and the ledger id.
+pub const MARKER: &str = "RUNLEDGER";
+
+/// The format of the ledger (the marker's first line, and `meta`'s).
+pub const FORMAT: &str = "runledger-ledger/1";
+
+/// What the marker says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    pub format: String,
+    pub ledger_id: Option<String>,
+}
+
+impl Marker {
+    fn text(ledger_id: &str) -> String {
+        format!("{FORMAT}\nledger {ledger_id}\n")
+    }
+
+    fn parse(text: &str) -> Marker {
+        let mut lines = text.lines();
+        let format = lines.next().unwrap_or_default().trim().to_owned();
+        let ledger_id = lines
+            .find_map(|l| l.trim().strip_prefix("ledger "))
+            .map(|id| id.trim().to_owned());
+        Marker { format, ledger_id }
+    }
+}
+
+/// What a data directory holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Contents {
+    /// No directory there.
+    Absent,
+    /// An empty directory.
+    Empty,
+    /// A runledger ledger: with its marker, or (older ledgers) recognised
+    /// by sled's `conf` and `db`.
+    Ledger { marker: Option<Marker> },
+}
+
+impl Contents {
+    /// What is known of the ledger without opening it, for a "damaged"
+    /// message.
+    pub fn known(&self) -> String {
+        match self {
+            Contents::Ledger {
+                marker: Some(marker),
+            } => format!(
+                "format {}, ledger id {}",
+                marker.format,
+                marker.ledger_id.as_deref().unwrap_or("unknown")
+            ),
+            _ => format!(
+                "no {MARKER} marker: a ledger from before markers, recognised by sled's conf and db; format and ledger id unknown"
+            ),
+        }
+    }
+}
+
+/// Looks at `dir` without writing: a foreign directory is an error, and so
+/// is a marked one without its sled database (damaged).
+pub fn inspect(dir: &Path) -> Result<Contents, StoreError> {
+    let io = |source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let foreign = |why: &str| StoreError::Foreign {
+        path: dir.to_path_buf(),
+        why: why.to_owned(),
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Contents::Absent),
+        Err(e) => return Err(io(e)),
+    };
+    if !meta.is_dir() {
+        return Err(foreign("it is not a directory"));
+    }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        names.push(entry.map_err(io)?.file_name());
+    }
+    if names.is_empty() {
+        return Ok(Contents::Empty);
+    }
+    let has = |name: &str| names.iter().any(|n| n == name);
+    if has(MARKER) {
+        let text = std::fs::read(dir.join(MARKER)).map_err(io)?;
+        let marker = Marker::parse(&String::from_utf8_lossy(&text));
+        if marker.format != FORMAT {
+            return Err(foreign(&format!(
+                "its {MARKER} file names the format `{}`, not {FORMAT}",
+                marker.format
+            )));
+        }
+        let contents = Contents::Ledger {
+            marker: Some(marker),
+        };
+        if !has("db") {
+            return Err(StoreError::Damaged {
+                path: dir.to_path_buf(),
+                known: contents.known(),
+                why: "its sled database (db) is missing".to_owned(),
+            });
+        }
+        return Ok(contents);
+    }
+    match (has("db"), has("conf")) {
+        (true, true) if is_sled_conf(&dir.join("conf")) => Ok(Contents::Ledger { marker: None }),
+        (true, true) => Err(foreign(
+            "its `conf` is not sled's, so its `db` is not a sled database",
+        )),
+        (true, false) => Err(foreign(
+            "its `db` is not a sled database (there is no sled `conf` beside it)",
+        )),
+        _ => Err(foreign(
+            "the directory is not empty and holds no runledger ledger",
+        )),
+    }
+}
+
+/// sled's `conf`: `segment_size: N` … as text, then a 4-byte checksum.
+fn is_sled_conf(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    bytes.len() > 4
+        && bytes.len() < 4096
+        && std::str::from_utf8(&bytes[..bytes.len() - 4])
+            .is_ok_and(|t| t.starts_with("segment_size: ") && t.contains("\nversion: "))
+}
+
+/// Why a ledger may not be written in place.
+#[derive(Clone, Debug)]
+pub enum Unwritable {
+    /// Less than the margin free.
+    NoSpace { free: u64, need: u64 },
+    /// A read-only filesystem or files we may not write.
+    ReadOnly(String),
+}
+
+impl Unwritable {
+    pub fn into_error(self, dir: &Path) -> StoreError {
+        match self {
+            Unwritable::NoSpace { free, need } => StoreError::NoSpace {
+                path: dir.to_path_buf(),
+                free,
+                need,
+            },
+            Unwritable::ReadOnly(why) => StoreError::ReadOnly {
+                path: dir.to_path_buf(),
+                why,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Unwritable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unwritable::NoSpace { free, need } => write!(
+                f,
+                "its disk is full: {} free, {} needed",
+                bytes(*free),
+                bytes(*need)
+            ),
+            Unwritable::ReadOnly(why) => write!(f, "it is read-only ({why})"),
+        }
+    }
+}
+
+/// Bytes for people: `0 bytes`, `12.0 KiB`, `64.0 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The nearest existing directory at or above `path`.
+fn existing_ancestor(path: &Path) -> &Path {
+    let mut at = path;
+    while !at.exists() {
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => return Path::new("."),
+        }
+    }
+    at
+}
+
+/// May sled write in `dir` (or, when it does not exist yet, create it)
+/// with `extra` bytes to spare on top of the margin?
+pub fn writable(dir: &Path, extra: u64) -> Result<(), Unwritable> {
+    use rustix::fs::{Access, StatVfsMountFlags, access, statvfs};
+    let at = existing_ancestor(dir);
+    let stat = statvfs(at).map_err(|e| Unwritable::ReadOnly(format!("statvfs: {e}")))?;
+    if stat.f_flag.contains(StatVfsMountFlags::RDONLY) {
+        return Err(Unwritable::ReadOnly("read-only filesystem".to_owned()));
+    }
+    let mut paths = vec![at.to_path_buf()];
+    if at == dir {
+        for name in ["db", "conf", MARKER] {
+            let path = dir.join(name);
+            if path.exists() {
+                paths.push(path);
+            }
+        }
+    }
+    for path in paths {
+        if let Err(e) = access(&path, Access::WRITE_OK) {
+            let e = std::io::Error::from(e);
+            return Err(Unwritable::ReadOnly(format!("{}: {e}", path.display())));
+        }
+    }
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let need = DISK_FREE_BYTES_MIN.saturating_add(extra);
+    if free < need {
+        return Err(Unwritable::NoSpace { free, need });
+    }
+    Ok(())
+}
+
+/// Removes sled's `snap.*.generating` files (snapshots it never finished).
+pub fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if is_unfinished_snapshot(&entry.file_name().to_string_lossy()) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn is_unfinished_snapshot(name: &str) -> bool {
+    name.starts_with("snap.") && name.ends_with(".generating")
+}
+
+/// What creating a ledger made, to remove when nothing was appended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// These directories did not exist (the topmost first): remove it.
+    Dir(PathBuf),
+    /// The directory existed, empty: remove what is in it.
+    Contents,
+}
+
+/// Makes the directory for a new ledger when it is absent (sled and the
+/// marker then fill it); says what to remove should nothing be appended.
+pub fn create(dir: &Path, contents: &Contents) -> Result<Created, StoreError> {
+    if *contents != Contents::Absent {
+        return Ok(Created::Contents);
+    }
+    let mut top = dir;
+    while let Some(parent) = top.parent() {
+        if parent.as_os_str().is_empty() || parent.exists() {
+            break;
+        }
+        top = parent;
+    }
+    let top = top.to_path_buf();
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(Created::Dir(top))
+}
+
+/// Removes what [`create`] and sled made in `dir`.
+pub fn remove_created(dir: &Path, created: &Created) -> std::io::Result<()> {
+    match created {
+        Created::Dir(top) => std::fs::remove_dir_all(top),
+        Created::Contents => {
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(entry.path())?;
+                } else {
+                    std::fs::remove_file(entry.path())?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Writes the marker whole (a temporary file renamed over it, synced).
+pub fn write_marker(dir: &Path, ledger_id: &str) -> Result<(), StoreError> {
+    let path = dir.join(MARKER);
+    let io = |source| StoreError::Io {
+        path: path.clone(),
+        source,
+    };
+    let temp = dir.join(format!("{MARKER}.new"));
+    let mut file = File::create(&temp).map_err(io)?;
+    file.write_all(Marker::text(ledger_id).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&temp, &path).map_err(io)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    Ok(())
+}
+
+/// Takes sled's lock on `dir`'s `db` (an exclusive `flock`), as sled
+/// itself would, waiting up to a second: sled's background threads hold
+/// it for a few ms after a database in this process is dropped.
+pub fn lock(dir: &Path) -> Result<File, StoreError> {
+    use rustix::fs::{FlockOperation, flock};
+    let path = dir.join("db");
+    let file = File::open(&path).map_err(|source| StoreError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(StoreError::Locked(dir.to_path_buf()));
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path,
+                    source: e.into(),
+                });
+            }
+        }
+    }
+}
+
+/// A private copy of a ledger directory, removed on drop, made under the
+/// original's lock (held as long as the copy lives).
+pub struct Scratch {
+    _lock: File,
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Copies `dir` (sled's files and the marker, not its unfinished
+    /// snapshots) into a new directory under the temporary directory,
+    /// which must have the copy's size and the margin free. `why` is why
+    /// the original cannot be opened in place, for the message.
+    pub fn copy(dir: &Path, why: &Unwritable) -> Result<Scratch, StoreError> {
+        let lock = lock(dir)?;
+        let temp = std::env::temp_dir();
+        let fail = |what: String| StoreError::Scratch {
+            path: dir.to_path_buf(),
+            why: format!("{why}, and {what}"),
+        };
+        let size = dir_size(dir);
+        match writable(&temp, size) {
+            Ok(()) => {}
+            Err(Unwritable::NoSpace { free, need }) => {
+                return Err(fail(format!(
+                    "there is no space for a scratch copy in {}: {} free, {} needed",
+                    temp.display(),
+                    bytes(free),
+                    bytes(need)
+                )));
+            }
+            Err(Unwritable::ReadOnly(what)) => {
+                return Err(fail(format!(
+                    "no scratch copy can be made in {}: {what}",
+                    temp.display()
+                )));
+            }
+        }
+        let scratch = tempfile::Builder::new()
+            .prefix("runledger-read-")
+            .tempdir_in(&temp)
+            .map_err(|e| {
+                fail(format!(
+                    "no scratch copy can be made in {}: {e}",
+                    temp.display()
+                ))
+            })?;
+        copy_tree(dir, scratch.path()).map_err(|e| {
+            fail(format!(
+                "the scratch copy in {} failed: {e}",
+                temp.display()
+            ))
+        })?;
+        Ok(Scratch {
+            _lock: lock,
+            dir: scratch,
+        })
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if is_unfinished_snapshot(&name.to_string_lossy()) {
+            continue;
+        }
+        let target = to.join(&name);
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir(&target)?;
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_round_trips_and_tolerates_a_missing_id() {
+        let parsed = Marker::parse(&Marker::text("abc123"));
+        assert_eq!(parsed.format, FORMAT);
+        assert_eq!(parsed.ledger_id.as_deref(), Some("abc123"));
+        assert_eq!(Marker::parse(FORMAT).ledger_id, None);
+    }
+
+    #[test]
+    fn bytes_are_readable() {
+        assert_eq!(bytes(0), "0 bytes");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(64 << 20), "64.0 MiB");
+    }
+
+    #[test]
+    fn a_marked_directory_is_a_ledger_unless_its_db_is_gone_or_its_format_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        write_marker(dir.path(), "0123").unwrap();
+        let err = inspect(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        assert!(err.to_string().contains("ledger id 0123"), "{err}");
+        std::fs::write(dir.path().join("db"), b"").unwrap();
+        assert_eq!(
+            inspect(dir.path()).unwrap(),
+            Contents::Ledger {
+                marker: Some(Marker {
+                    format: FORMAT.to_owned(),
+                    ledger_id: Some("0123".to_owned())
+                })
+            }
+        );
+        std::fs::write(dir.path().join(MARKER), "someone-else/3\n").unwrap();
+        let err = inspect(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_directory_with_a_foreign_db_is_foreign() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(inspect(&dir.path().join("x")).unwrap(), Contents::Absent);
+        assert_eq!(inspect(dir.path()).unwrap(), Contents::Empty);
+        std::fs::write(dir.path().join("db"), b"SQLite format 3\0").unwrap();
+        let err = inspect(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a sled database"), "{err}");
+        std::fs::write(
+            dir.path().join("conf"),
+            b"segment_size: 524288\nversion: 0.34\n\0\0\0\0",
+        )
+        .unwrap();
+        assert_eq!(
+            inspect(dir.path()).unwrap(),
+            Contents::Ledger { marker: None }
+        );
+    }
+}
