@@ -20,6 +20,15 @@ fn runledger(data: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The binary without `--data`, for commands that use no ledger.
+fn runledger_bare(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(args)
+        .env_remove("RUNLEDGER_DATA")
+        .output()
+        .unwrap()
+}
+
 fn runledger_stdin(data: &Path, args: &[&str], input: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
         .arg("--data")
@@ -366,7 +375,7 @@ fn usage_errors_exit_2() {
     );
     for workers in ["0", "1,x", ""] {
         assert_eq!(
-            runledger(dir.path(), &["bench", "distributed", "--workers", workers])
+            runledger_bare(&["bench", "distributed", "--workers", workers])
                 .status
                 .code(),
             Some(2),
@@ -375,7 +384,7 @@ fn usage_errors_exit_2() {
     }
     for tenants in ["0", "many", "5000001"] {
         assert_eq!(
-            runledger(dir.path(), &["bench", "governance", "--tenants", tenants])
+            runledger_bare(&["bench", "governance", "--tenants", tenants])
                 .status
                 .code(),
             Some(2),
@@ -390,21 +399,17 @@ fn bench_distributed_reports_every_worker_count_beside_its_baselines() {
     if !support::redis::usable() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = runledger(
-        dir.path(),
-        &[
-            "bench",
-            "distributed",
-            "--tasks",
-            "200",
-            "--workers",
-            "1,2",
-            "--concurrency",
-            "8",
-            "--json",
-        ],
-    );
+    let out = runledger_bare(&[
+        "bench",
+        "distributed",
+        "--tasks",
+        "200",
+        "--workers",
+        "1,2",
+        "--concurrency",
+        "8",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("÷ memory"), "{text}");
@@ -434,8 +439,6 @@ fn bench_distributed_reports_every_worker_count_beside_its_baselines() {
             assert!(run[field].as_f64().unwrap() > 0.0, "{field}: {last}");
         }
     }
-    // The worker processes are gone and the scratch ledgers were not in --data.
-    assert!(!dir.path().join("db").exists());
 }
 
 const FAILING: &str = r#"
@@ -604,4 +607,40 @@ fn cli_redis_flags_are_spelled_alike_everywhere_and_old_spellings_still_parse() 
         !help.contains("--redis <") && !help.contains("--prefix <"),
         "{help}"
     );
+}
+
+#[test]
+fn cli_data_and_json_are_offered_only_by_commands_that_use_them() {
+    // `verify` honours both, before or after the command.
+    let dir = sample_ledger();
+    let after = runledger_bare(&["verify", "--json", "--data", dir.path().to_str().unwrap()]);
+    assert!(after.status.success(), "{}", stderr(&after));
+    let before = runledger(dir.path(), &["--json", "verify"]);
+    assert_eq!(stdout(&before), stdout(&after));
+    // `worker` and `shard` have no ledger, `export` no --json (it has --format).
+    for args in [
+        &["worker", "--redis-url", "redis://127.0.0.1:1"][..],
+        &["shard", "acme", "--of", "2"],
+        &["verify-export", "x.jsonl"],
+        &["bench", "governance"],
+    ] {
+        let out = runledger(dir.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains("`--data` is not used by"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        let help = runledger_bare(&[args[0], "--help"]);
+        assert!(!stdout(&help).contains("--data"), "{args:?}");
+    }
+    let out = runledger(dir.path(), &["--json", "export", "--tenant", "x"]);
+    assert!(
+        stderr(&out).contains("`--json` is not used by `runledger export`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = runledger_bare(&["shard", "acme", "--of", "2", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("{"), "{}", stdout(&out));
 }

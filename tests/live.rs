@@ -296,7 +296,11 @@ runs = 20
         .status()
         .unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(killed.signal(), Some(9), "the drill kills the run: {killed}");
+    assert_eq!(
+        killed.signal(),
+        Some(9),
+        "the drill kills the run: {killed}"
+    );
     let resume = std::process::Command::new(bin)
         .arg("--data")
         .arg(&data)

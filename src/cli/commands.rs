@@ -264,7 +264,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 report.transport_cycle_per_sec,
                 report.transport_cycle_per_sec / report.raw_cycle_per_sec.max(1.0)
             )?;
-            print_json(out, &report)
+            if cli.json {
+                print_json(out, &report)?;
+            }
+            Ok(())
         }
         Command::Bench {
             what:

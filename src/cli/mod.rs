@@ -18,42 +18,153 @@ use crate::log::{ChainBreak, Durability};
     about = "Multi-tenant task engine with a hash-chained event ledger"
 )]
 pub struct Cli {
-    /// Data directory of the ledger.
-    #[arg(
-        long,
-        global = true,
-        env = "RUNLEDGER_DATA",
-        default_value = "./runledger-data"
-    )]
-    pub data: PathBuf,
-    /// Machine-readable JSON output.
-    #[arg(long, global = true)]
-    pub json: bool,
+    /// Data directory of the ledger, for the commands that use one (also
+    /// accepted after the command) [env: RUNLEDGER_DATA] [default:
+    /// ./runledger-data].
+    #[arg(long = "data", id = "data", value_name = "DATA")]
+    data_flag: Option<PathBuf>,
+    /// Machine-readable JSON output, for the commands that offer it (also
+    /// accepted after the command).
+    #[arg(long = "json", id = "json")]
+    json_flag: bool,
     #[command(subcommand)]
     pub command: Command,
+    /// The data directory this command uses: `--data` (before or after the
+    /// command), else `RUNLEDGER_DATA`, else `./runledger-data`. Set by
+    /// [`parse`].
+    #[arg(skip)]
+    pub data: PathBuf,
+    /// Whether JSON output was asked for, before or after the command.
+    #[arg(skip)]
+    pub json: bool,
     /// Whether `--data` was on the command line (not from `RUNLEDGER_DATA`
     /// or the default): set by [`parse`].
     #[arg(skip)]
     pub data_on_command_line: bool,
 }
 
-/// Parses the process's arguments (exiting with clap's message and code 2
-/// on bad usage), noting whether `--data` was given on the command line.
-pub fn parse() -> Cli {
-    use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command().get_matches();
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    cli.data_on_command_line = given_on_command_line(&matches, "data");
-    cli
+/// The commands that read or write a ledger, and so take `--data`.
+const USES_DATA: &[&str] = &[
+    "ingest",
+    "log",
+    "verify",
+    "replay",
+    "tenants",
+    "queue",
+    "runs",
+    "workers",
+    "decisions",
+    "run",
+    "resume",
+    "artifacts",
+    "diff",
+    "export",
+    "checkpoint",
+    "demo",
+    "bench ledger",
+];
+
+/// The commands with a machine-readable output, and so take `--json`.
+const USES_JSON: &[&str] = &[
+    "ingest",
+    "log",
+    "verify",
+    "replay",
+    "tenants",
+    "queue",
+    "runs",
+    "workers",
+    "decisions",
+    "run",
+    "resume",
+    "artifacts",
+    "diff",
+    "verify-export",
+    "checkpoint",
+    "demo",
+    "shard",
+    "bench queue",
+    "bench check",
+    "bench governance",
+    "bench export",
+    "bench redis",
+    "bench distributed",
+    "bench ledger",
+];
+
+/// The whole command line: the derived one, with `--data` and `--json`
+/// added to exactly the commands that honour them (so `runledger worker
+/// --help` does not offer a `--data` it would ignore).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    fn add(command: clap::Command, path: &[&str], arg: &clap::Arg) -> clap::Command {
+        match path {
+            [] => command.arg(arg.clone()),
+            [name, rest @ ..] => command.mut_subcommand(*name, |sub| add(sub, rest, arg)),
+        }
+    }
+    let data = clap::Arg::new("data")
+        .long("data")
+        .value_name("DATA")
+        .value_parser(clap::value_parser!(PathBuf))
+        .help("Data directory of the ledger [env: RUNLEDGER_DATA] [default: ./runledger-data]");
+    let json = clap::Arg::new("json")
+        .long("json")
+        .action(clap::ArgAction::SetTrue)
+        .help("Machine-readable JSON output");
+    let mut command = Cli::command();
+    for path in USES_DATA {
+        command = add(command, &path.split(' ').collect::<Vec<_>>(), &data);
+    }
+    for path in USES_JSON {
+        command = add(command, &path.split(' ').collect::<Vec<_>>(), &json);
+    }
+    command
 }
 
-/// Was the (global) argument `id` given on the command line, at any
-/// subcommand level?
-fn given_on_command_line(matches: &clap::ArgMatches, id: &str) -> bool {
-    matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
-        || matches
-            .subcommand()
-            .is_some_and(|(_, sub)| given_on_command_line(sub, id))
+/// Parses the process's arguments (exiting with clap's message and code 2
+/// on bad usage), resolving `--data` and `--json`.
+pub fn parse() -> Cli {
+    try_parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+}
+
+/// [`parse`] over given arguments: `--data` and `--json` before the command
+/// are accepted only for a command that honours them.
+pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::FromArgMatches;
+    let mut command = command();
+    let matches = command.try_get_matches_from_mut(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let mut path = Vec::new();
+    let mut leaf = &matches;
+    while let Some((name, sub)) = leaf.subcommand() {
+        path.push(name);
+        leaf = sub;
+    }
+    let path = path.join(" ");
+    for (flag, given, uses, what) in [
+        ("data", cli.data_flag.is_some(), USES_DATA, "ledger"),
+        ("json", cli.json_flag, USES_JSON, "JSON output"),
+    ] {
+        if given && !uses.contains(&path.as_str()) {
+            return Err(command.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("`--{flag}` is not used by `runledger {path}`: it has no {what}"),
+            ));
+        }
+    }
+    let leaf_data = leaf.try_get_one::<PathBuf>("data").ok().flatten().cloned();
+    let given = leaf_data.or(cli.data_flag.take());
+    cli.data_on_command_line = given.is_some();
+    cli.data = given
+        .or_else(|| std::env::var_os("RUNLEDGER_DATA").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("./runledger-data"));
+    cli.json = cli.json_flag || leaf.try_get_one::<bool>("json").ok().flatten() == Some(&true);
+    Ok(cli)
 }
 
 #[derive(Subcommand, Debug)]
