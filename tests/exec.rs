@@ -3,7 +3,8 @@
 //! whose output params pass `PARAMS_BYTES_MAX` is NACKed (never appended),
 //! a failure's reason is cut at `ERROR_BYTES_MAX`; exec children run in
 //! their own process group, which is killed after the answer and on
-//! timeout.
+//! timeout; relative program paths resolve against the workload's
+//! directory.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ use runledger::runtime::handler::{
 };
 use runledger::runtime::live::run_live;
 use runledger::workload::Workload;
+
+const BIN: &str = env!("CARGO_BIN_EXE_runledger");
 
 fn script(dir: &Path, name: &str, body: &str) -> String {
     let path = dir.join(name);
@@ -408,4 +411,80 @@ fn a_failure_reason_past_error_bytes_max_is_cut() {
     for (e, len) in &evs {
         assert!(*len <= 2 * ERROR_BYTES_MAX, "{} is {len} bytes", e.kind());
     }
+}
+
+#[test]
+fn relative_program_paths_resolve_against_the_workload_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let workloads = dir.path().join("workloads");
+    std::fs::create_dir_all(workloads.join("steps")).unwrap();
+    script(
+        &workloads,
+        "here.sh",
+        r#"cat >/dev/null; echo '{"output":"here"}'"#,
+    );
+    script(
+        &workloads.join("steps"),
+        "deeper.sh",
+        r#"cat >/dev/null; echo '{"output":"deeper"}'"#,
+    );
+    std::fs::write(workloads.join("data.txt"), "from a file\n").unwrap();
+    script(
+        &workloads,
+        "reads.sh",
+        r#"cat >/dev/null; printf '{"output":"%s"}\n' "$(cat "$1")""#,
+    );
+    let nodes = r#"{ id = "a", handler = "exec", params = { argv = ["./here.sh"] } }, { id = "b", handler = "exec", params = { argv = ["steps/deeper.sh"] } }, { id = "c", handler = "exec", params = { argv = ["/bin/sh", "./reads.sh", "./data.txt"] } }, { id = "d", handler = "exec", params = { argv = ["sh", "-c", "cat >/dev/null; echo '{\"output\":\"path\"}'"] } }"#;
+    std::fs::write(workloads.join("w.toml"), workload_text(nodes, 1, 30.0)).unwrap();
+    // Run from another directory, naming the workload relatively.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let out = std::process::Command::new(BIN)
+        .current_dir(&elsewhere)
+        .args(["--data", "data", "run", "../workloads/w.toml"])
+        .env_remove("RUNLEDGER_DATA")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let evs = events(&elsewhere.join("data"));
+    let mut outputs: Vec<String> = evs
+        .iter()
+        .filter_map(|(e, _)| match e {
+            Event::TaskAcked { output, .. } => Some(output.as_json().to_owned()),
+            _ => None,
+        })
+        .collect();
+    outputs.sort();
+    assert_eq!(
+        outputs,
+        [
+            r#""deeper""#,
+            r#""from a file""#,
+            r#""here""#,
+            r#""path""#
+        ],
+        "{:?}",
+        nack_errors(&evs)
+    );
+    // The ledger records the absolute paths that ran.
+    let base = std::fs::canonicalize(&workloads).unwrap();
+    let argvs: Vec<serde_json::Value> = evs
+        .iter()
+        .filter_map(|(e, _)| match e {
+            Event::TaskSubmitted { params, .. } => Some(params.to_value()["argv"].clone()),
+            _ => None,
+        })
+        .collect();
+    let at = |rel: &str| base.join(rel).display().to_string();
+    assert_eq!(argvs[0], serde_json::json!([at("here.sh")]));
+    assert_eq!(argvs[1], serde_json::json!([at("steps/deeper.sh")]));
+    assert_eq!(
+        argvs[2],
+        serde_json::json!(["/bin/sh", at("reads.sh"), at("data.txt")])
+    );
+    assert_eq!(argvs[3][0], "sh", "a bare name is looked up in PATH");
 }
