@@ -217,11 +217,7 @@ fn a_step_that_never_stops_writing_is_cut_at_the_limit_and_killed_and_the_run_fi
         &format!("cat >/dev/null; echo $$ >> {}; exec yes", pids.display()),
     );
     // The timeout is only a safety net: the limit ends each attempt first.
-    let w = Workload::parse(
-        "w.toml",
-        &workload_text(&exec_node("a", &endless), 2, 60.0),
-    )
-    .unwrap();
+    let w = Workload::parse("w.toml", &workload_text(&exec_node("a", &endless), 2, 60.0)).unwrap();
     let data = dir.path().join("data");
     let report = run(&data, &w, &Handlers::builtin());
     assert_eq!(
@@ -255,11 +251,7 @@ fn an_answer_with_a_background_child_holding_stdout_is_acked_and_the_child_kille
     );
     // A timeout far above what the step needs: reading until the pipe's
     // EOF (which the background child holds) would run into it.
-    let w = Workload::parse(
-        "w.toml",
-        &workload_text(&exec_node("a", &answers), 1, 20.0),
-    )
-    .unwrap();
+    let w = Workload::parse("w.toml", &workload_text(&exec_node("a", &answers), 1, 20.0)).unwrap();
     let data = dir.path().join("data");
     let report = run(&data, &w, &Handlers::builtin());
     assert_eq!(
@@ -461,12 +453,7 @@ fn relative_program_paths_resolve_against_the_workload_directory() {
     outputs.sort();
     assert_eq!(
         outputs,
-        [
-            r#""deeper""#,
-            r#""from a file""#,
-            r#""here""#,
-            r#""path""#
-        ],
+        [r#""deeper""#, r#""from a file""#, r#""here""#, r#""path""#],
         "{:?}",
         nack_errors(&evs)
     );

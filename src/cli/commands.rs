@@ -1173,7 +1173,8 @@ fn worker_cmd(
     idle_exit_sec: Option<u64>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    use crate::runtime::redis::worker::{WorkerOptions, run_worker};
+    use crate::runtime::redis::worker::{Stop, WorkerOptions, run_worker};
+    use tokio::signal::unix::{SignalKind, signal};
     let all = crate::runtime::handler::Handlers::builtin();
     let chosen = all.only(handlers).map_err(|name| {
         anyhow::anyhow!(
@@ -1181,9 +1182,11 @@ fn worker_cmd(
             all.names().join(", ")
         )
     })?;
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
     let id = id.map_or_else(
-        || format!("worker-{host}-{}", std::process::id()),
+        || {
+            let host = gethostname::gethostname();
+            format!("worker-{}-{}", host.to_string_lossy(), std::process::id())
+        },
         str::to_owned,
     );
     let options = WorkerOptions {
@@ -1203,17 +1206,24 @@ fn worker_cmd(
         );
     }
     let runtime = live_runtime()?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Stop::new();
     let stats = runtime.block_on(async {
-        let streams = crate::runtime::redis::RedisStreams::connect(redis, config).await?;
+        // SIGINT (Ctrl-C) and SIGTERM (Docker, Kubernetes, systemd) stop
+        // the worker the same way, also while Redis is away.
+        let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
         {
-            let stop = std::sync::Arc::clone(&stop);
+            let stop = stop.clone();
             tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
                 }
+                tracing::warn!("stopping: running attempts finish and report first");
+                stop.set();
             });
         }
+        let streams = crate::runtime::redis::RedisStreams::connect(redis, config).await?;
         anyhow::Ok(run_worker(streams, chosen, options, stop).await?)
     })?;
     writeln!(

@@ -373,20 +373,8 @@ async fn run_to_exit(
         group.kill();
         let drain = async {
             let (read_out, read_err) = tokio::join!(
-                async {
-                    if out_open {
-                        reading_out.await
-                    } else {
-                        Ok(())
-                    }
-                },
-                async {
-                    if err_open {
-                        reading_err.await
-                    } else {
-                        Ok(())
-                    }
-                }
+                async { if out_open { reading_out.await } else { Ok(()) } },
+                async { if err_open { reading_err.await } else { Ok(()) } }
             );
             read_out.and(read_err)
         };

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use crate::domain::governance::{Admitter, Gate, Settler, Start, period_resets};
 use crate::domain::learning::Learner;
+use crate::domain::limits::{ERROR_BYTES_MAX, EVENT_BYTES_MAX, PARAMS_BYTES_MAX};
 use crate::domain::queue::{QueueCounts, TaskStatus};
 use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, next_ready_many};
 use crate::domain::{
     Category, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId,
 };
-use crate::domain::limits::{ERROR_BYTES_MAX, EVENT_BYTES_MAX, PARAMS_BYTES_MAX};
 use crate::log::{AppendError, Draft, Ledger};
 
 /// A task handed to a worker until its deadline.
@@ -219,8 +219,17 @@ pub enum QueueError {
     #[error(transparent)]
     Ledger(#[from] AppendError),
     /// The transport between coordinator and workers (Redis) failed.
-    #[error("{0}")]
-    Transport(String),
+    #[error(transparent)]
+    Transport(TransportError),
+}
+
+/// Why the transport failed, and whether retrying can fix it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TransportError {
+    pub message: String,
+    /// Retrying cannot fix it (e.g. a Redis key of the wrong type).
+    pub permanent: bool,
 }
 
 /// A queue of tasks with leases. Implementations: [`MemoryQueue`] (the

@@ -65,7 +65,10 @@ pub struct RedisQueue {
 
 impl From<RedisError> for QueueError {
     fn from(error: RedisError) -> Self {
-        QueueError::Transport(error.to_string())
+        QueueError::Transport(crate::runtime::queue::TransportError {
+            permanent: error.is_permanent(),
+            message: error.to_string(),
+        })
     }
 }
 
