@@ -932,3 +932,110 @@ fn a_worker_is_named_after_the_real_hostname() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_second_signal_kills_a_stopping_workers_running_steps() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let long = dir.path().join("long.sh");
+    std::fs::write(
+        &long,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\necho $$ >> {}\nsleep 60\n",
+            pids.display()
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&long).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&long, perms).unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+seed = 3
+[execution.workers]
+worker_timeout_sec = 100
+[[tenants]]
+id = "acme"
+budget_micros = 1000000
+[[pipelines]]
+id = "p"
+nodes = [{{ id = "long", handler = "exec", params = {{ argv = ["{}"] }} }}]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+"#,
+            long.display()
+        ),
+    )
+    .unwrap();
+    let mut w = Command::new(BIN)
+        .args(["worker", "--redis", &url, "--id", "w1"])
+        .args(["--lease-ms", "200000", "--timeout-sec", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let w_err = stderr_of(&mut w);
+    // Killed when the test ends, however it ends.
+    let _run = Reap(
+        Command::new(BIN)
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("run")
+            .arg(&file)
+            .args(["--queue", "redis", "--redis-url", &url])
+            .args(["--local-workers", "0", "--lease-ms", "200000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&pids).map_or(true, |p| p.is_empty()) {
+        assert!(Instant::now() < until, "the step never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = std::fs::read_to_string(&pids).unwrap().trim().to_owned();
+    signal(&w, "TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        w.try_wait().unwrap().is_none(),
+        "the first signal lets the running step finish"
+    );
+    signal(&w, "TERM");
+    let status = wait(&mut w, Duration::from_secs(30));
+    let stderr = w_err.join().unwrap();
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    let until = Instant::now() + Duration::from_secs(10);
+    let ended = loop {
+        let ended = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        });
+        if ended || Instant::now() > until {
+            break ended;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !ended {
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+    }
+    assert!(ended, "the running step was killed");
+}
+
+/// A child killed (if still running) and reaped when dropped.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

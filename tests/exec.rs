@@ -475,3 +475,61 @@ fn relative_program_paths_resolve_against_the_workload_directory() {
     );
     assert_eq!(argvs[3][0], "sh", "a bare name is looked up in PATH");
 }
+
+#[test]
+fn a_signal_to_a_run_kills_its_running_steps() {
+    // Steps run in process groups of their own, out of reach of a
+    // terminal's Ctrl-C: the run kills them when it is interrupted.
+    for (sig, code) in [("INT", 130), ("TERM", 143)] {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let long = script(
+            dir.path(),
+            "long.sh",
+            &format!("cat >/dev/null; echo $$ >> {}; sleep 60", pids.display()),
+        );
+        let file = dir.path().join("w.toml");
+        std::fs::write(&file, workload_text(&exec_node("a", &long), 1, 120.0)).unwrap();
+        let mut run = std::process::Command::new(BIN)
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("run")
+            .arg(&file)
+            .env_remove("RUNLEDGER_DATA")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(30);
+        while std::fs::read_to_string(&pids).map_or(true, |p| p.is_empty()) {
+            assert!(Instant::now() < until, "the step never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(run.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let until = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = run.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > until {
+                let _ = run.kill();
+                panic!("SIG{sig}: the run did not stop");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(code), "SIG{sig}: {stderr}");
+        assert!(stderr.contains("resume"), "SIG{sig}: {stderr}");
+        assert_eq!(
+            still_running(&pids),
+            Vec::<String>::new(),
+            "SIG{sig}: the running step was killed"
+        );
+    }
+}

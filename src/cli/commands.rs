@@ -1219,8 +1219,19 @@ fn worker_cmd(
                     _ = interrupt.recv() => {}
                     _ = terminate.recv() => {}
                 }
-                tracing::warn!("stopping: running attempts finish and report first");
+                tracing::warn!(
+                    "stopping: running attempts finish and report first (a second signal kills them)"
+                );
                 stop.set();
+                let (name, code) = tokio::select! {
+                    _ = interrupt.recv() => ("SIGINT", 130),
+                    _ = terminate.recv() => ("SIGTERM", 143),
+                };
+                crate::runtime::handler::kill_running_steps();
+                eprintln!(
+                    "{name} again: stopped, running exec steps killed; their tasks run again after their lease"
+                );
+                std::process::exit(code);
             });
         }
         let streams = crate::runtime::redis::RedisStreams::connect(redis, config).await?;
@@ -1299,6 +1310,7 @@ fn execute(
         bar.set_position(done);
     };
     let runtime = live_runtime()?;
+    exit_on_signal(&runtime)?;
     let redis = match redis_of(workload, queue, &runtime) {
         Ok(redis) => redis,
         Err(e) => {
@@ -1537,6 +1549,29 @@ fn live_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// On SIGINT or SIGTERM, kills the running `exec` steps (their process
+/// groups, which a terminal's Ctrl-C does not reach) and exits with 130 or
+/// 143, as the signal would have; the ledger is safe as after any kill, and
+/// `runledger resume` finishes the run.
+fn exit_on_signal(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _inside = runtime.enter();
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    runtime.spawn(async move {
+        let (name, code) = tokio::select! {
+            _ = interrupt.recv() => ("SIGINT", 130),
+            _ = terminate.recv() => ("SIGTERM", 143),
+        };
+        crate::runtime::handler::kill_running_steps();
+        eprintln!(
+            "{name}: stopped, running exec steps killed; `runledger resume` finishes the run"
+        );
+        std::process::exit(code);
+    });
+    Ok(())
+}
+
 /// Finishes an unfinished run with the executor its workload calls for.
 fn resume(
     ledger: &Ledger,
@@ -1593,6 +1628,7 @@ fn resume(
         stop_after_steps: None,
     };
     let runtime = live_runtime().map_err(|e| RunError::Resume(e.to_string()))?;
+    exit_on_signal(&runtime).map_err(|e| RunError::Resume(e.to_string()))?;
     if on_redis {
         let streams = redis_of(&workload, queue, &runtime)
             .map_err(|e| RunError::Resume(e.to_string()))?

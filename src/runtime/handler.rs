@@ -270,20 +270,51 @@ impl Handler for ExecHandler {
 /// the attempt — so no background child of the step outlives it.
 struct ProcessGroup(Option<rustix::process::Pid>);
 
+/// The process groups of the `exec` steps running in this process, for
+/// [`kill_running_steps`].
+static RUNNING: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn kill_group(group: rustix::process::Pid) {
+    // ESRCH: every process of the group has ended already.
+    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+}
+
+/// Kills every `exec` step running in this process, each with its process
+/// group, for a process about to exit on a signal: the steps run in groups
+/// of their own, which a terminal's Ctrl-C does not reach.
+pub fn kill_running_steps() {
+    let groups = std::mem::take(&mut *running());
+    for group in groups
+        .into_iter()
+        .filter_map(rustix::process::Pid::from_raw)
+    {
+        kill_group(group);
+    }
+}
+
 impl ProcessGroup {
     fn of(child: &tokio::process::Child) -> Self {
-        ProcessGroup(
-            child
-                .id()
-                .and_then(|id| i32::try_from(id).ok())
-                .and_then(rustix::process::Pid::from_raw),
-        )
+        let group = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(group) = group {
+            running().insert(group.as_raw_nonzero().get());
+        }
+        ProcessGroup(group)
     }
 
     fn kill(&mut self) {
         if let Some(group) = self.0.take() {
-            // ESRCH: every process of the group has ended already.
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            running().remove(&group.as_raw_nonzero().get());
+            kill_group(group);
         }
     }
 }
