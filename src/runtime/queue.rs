@@ -185,6 +185,13 @@ pub fn answer_refusal(attempt: Attempt<'_>, output: &Params) -> Option<String> {
             "the answer's output is {len} bytes, more than PARAMS_BYTES_MAX ({PARAMS_BYTES_MAX} bytes)"
         ));
     }
+    // The canonical bytes are the three strings, each after a varint
+    // length (at most 10 bytes), and a few bytes of tags: encode only when
+    // that could pass the limit.
+    let most = len + attempt.task.as_str().len() + attempt.worker.as_str().len() + 64;
+    if most <= EVENT_BYTES_MAX {
+        return None;
+    }
     let acked = Event::TaskAcked {
         task: attempt.task.clone(),
         worker: attempt.worker.clone(),
@@ -624,5 +631,49 @@ impl Failed<'_> {
             });
         }
         Some((events, NackOutcome::DeadLettered { cancelled }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_past_a_limit_of_the_ledger_is_refused_naming_it() {
+        let (task, run) = (TaskId("r/t".into()), RunId("r".into()));
+        let worker = WorkerId("w".into());
+        let attempt = Attempt {
+            task: &task,
+            run: &run,
+            worker: &worker,
+            attempt: 1,
+        };
+        let text = |len: usize| Params::from_value(&serde_json::Value::String("x".repeat(len)));
+        assert_eq!(answer_refusal(attempt, &text(10)), None);
+        assert_eq!(answer_refusal(attempt, &text(PARAMS_BYTES_MAX - 2)), None);
+        let refused = answer_refusal(attempt, &text(PARAMS_BYTES_MAX - 1)).unwrap();
+        assert!(refused.contains("PARAMS_BYTES_MAX"), "{refused}");
+        // A worker id the ledger took in a lease, with an output under its
+        // own limit, can still make the ACK too large to decode.
+        let huge = WorkerId("w".repeat(EVENT_BYTES_MAX));
+        let attempt = Attempt {
+            worker: &huge,
+            ..attempt
+        };
+        let refused = answer_refusal(attempt, &text(10)).unwrap();
+        assert!(refused.contains("EVENT_BYTES_MAX"), "{refused}");
+    }
+
+    #[test]
+    fn a_long_error_is_cut_on_a_character_boundary_saying_so() {
+        assert_eq!(bounded_error("short".into()), "short");
+        let exact = "x".repeat(ERROR_BYTES_MAX);
+        assert_eq!(bounded_error(exact.clone()), exact);
+        let cut = bounded_error("é".repeat(ERROR_BYTES_MAX));
+        assert!(cut.len() <= ERROR_BYTES_MAX);
+        assert!(
+            cut.starts_with("éé") && cut.contains("ERROR_BYTES_MAX"),
+            "{cut}"
+        );
     }
 }
