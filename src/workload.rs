@@ -1,7 +1,9 @@
 //! Workload files (TOML): what to run — seed, pool / queue / worker
 //! settings under the keys of DESIGN §11, tenants, pipeline templates (a DAG
 //! of nodes) and submissions — parsed and checked before anything is
-//! appended. Every error names the file and line.
+//! appended. Every error names the file and line. A workload loaded from
+//! a file has the relative file names of its `exec` argvs resolved against
+//! the file's directory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -397,7 +399,54 @@ impl Workload {
             line: 0,
             message: format!("cannot read: {e}"),
         })?;
-        Workload::parse(&file, &text)
+        let mut workload = Workload::parse(&file, &text)?;
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let dir = std::fs::canonicalize(dir).map_err(|e| WorkloadError {
+            file,
+            line: 0,
+            message: format!("cannot resolve its directory: {e}"),
+        })?;
+        workload.resolve_exec_paths(&dir);
+        Ok(workload)
+    }
+
+    /// Makes the file names in `exec` argvs that are relative to the
+    /// workload absolute against `dir`, its directory: the program
+    /// (`argv[0]`) when it holds a `/` (`./step.sh`, `scripts/x.py`; a bare
+    /// name is looked up in `PATH`), and any other element that starts
+    /// with `./` or `../` (`["python3", "./x.py"]`). Other arguments are
+    /// passed as written. The submitted params — in the ledger and in
+    /// Redis envelopes — carry the absolute paths.
+    pub fn resolve_exec_paths(&mut self, dir: &Path) {
+        let absolute = |arg: &str| {
+            let rel = arg.strip_prefix("./").unwrap_or(arg);
+            dir.join(rel).display().to_string()
+        };
+        for node in self.pipelines.values_mut().flat_map(|p| &mut p.nodes) {
+            if node.handler != "exec" {
+                continue;
+            }
+            let mut params = node.params.to_value();
+            let Some(argv) = params.get_mut("argv").and_then(|a| a.as_array_mut()) else {
+                continue;
+            };
+            for (i, arg) in argv.iter_mut().enumerate() {
+                let Some(text) = arg.as_str() else { continue };
+                let relative = !text.starts_with('/')
+                    && if i == 0 {
+                        text.contains('/')
+                    } else {
+                        text.starts_with("./") || text.starts_with("../")
+                    };
+                if relative {
+                    *arg = serde_json::Value::String(absolute(text));
+                }
+            }
+            node.params = Params::from_value(&params);
+        }
     }
 
     /// Parses and checks a workload that uses the built-in handlers; `file`

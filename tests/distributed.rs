@@ -664,3 +664,380 @@ runs = 5
     assert_eq!(evs.iter().filter(|e| e["type"] == "task_acked").count(), 5);
     assert!(runledger(&data, &["replay", "--check"]).status.success());
 }
+
+/// Reads a child's stderr on a thread (so that the child never blocks on
+/// a full pipe); its text once the child closes it.
+fn stderr_of(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let mut pipe = child.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        text
+    })
+}
+
+/// Waits for both; kills both if either is still running at `limit`.
+fn wait_both(
+    a: &mut Child,
+    b: &mut Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, std::process::ExitStatus) {
+    let until = Instant::now() + limit;
+    loop {
+        if let (Some(x), Some(y)) = (a.try_wait().unwrap(), b.try_wait().unwrap()) {
+            return (x, y);
+        }
+        if Instant::now() > until {
+            let _ = a.kill();
+            let _ = b.kill();
+            let _ = a.wait();
+            let _ = b.wait();
+            panic!("the processes did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn coordinator(data: &Path, file: &Path, url: &str) -> Child {
+    Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .arg("run")
+        .arg(file)
+        .args([
+            "--queue",
+            "redis",
+            "--redis-url",
+            url,
+            "--local-workers",
+            "0",
+            "--lease-ms",
+            "1500",
+        ])
+        .env_remove("RUNLEDGER_DATA")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_worker_answer_past_params_bytes_max_is_nacked_naming_the_limit() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.sh");
+    let len = runledger::domain::limits::PARAMS_BYTES_MAX + 10;
+    std::fs::write(
+        &big,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\nprintf '{{\"output\":\"'\nhead -c {len} /dev/zero | tr '\\0' x\necho '\"}}'\n"
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&big).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&big, perms).unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+seed = 3
+run = "big"
+[execution.queue]
+max_attempts = 2
+retry_base_ms = 10
+retry_max_ms = 10
+[execution.workers]
+worker_timeout_sec = 1
+[[tenants]]
+id = "acme"
+budget_micros = 1000000000
+[[pipelines]]
+id = "p"
+nodes = [{{ id = "big", handler = "exec", params = {{ argv = ["{}"] }} }}]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+"#,
+            big.display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let mut w = worker(&url, "w1");
+    let mut run = coordinator(&data, &file, &url);
+    let run_err = stderr_of(&mut run);
+    let status = wait(&mut run, Duration::from_secs(120));
+    assert!(status.success(), "{}", run_err.join().unwrap());
+    let _ = w.kill();
+    let _ = w.wait();
+    let evs = events(&data);
+    let nacks: Vec<&str> = evs
+        .iter()
+        .filter(|e| e["type"] == "task_nacked")
+        .map(|e| e["error"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(nacks.len(), 2, "{nacks:?}");
+    assert!(
+        nacks.iter().all(|e| e.contains("PARAMS_BYTES_MAX")),
+        "{nacks:?}"
+    );
+    assert!(!evs.iter().any(|e| e["type"] == "task_acked"));
+    assert!(runledger(&data, &["replay", "--check"]).status.success());
+}
+
+#[test]
+fn a_key_of_the_wrong_type_ends_coordinator_and_worker_with_exit_2_and_the_reason() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(&file, WORKLOAD).unwrap();
+    let data: PathBuf = dir.path().join("data");
+    let mut w = Command::new(BIN)
+        .args(["worker", "--redis", &url, "--id", "w1"])
+        .args(["--lease-ms", "1500", "--timeout-sec", "1"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let w_err = stderr_of(&mut w);
+    let mut run = coordinator(&data, &file, &url);
+    let run_err = stderr_of(&mut run);
+    let until = Instant::now() + Duration::from_secs(30);
+    while held_by(&url, "w1") == 0 {
+        assert!(Instant::now() < until, "w1 never claimed a task");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Mid-run, the normal-priority stream becomes a string.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let key = "{runledger}:tasks:normal";
+    redis::pipe()
+        .atomic()
+        .cmd("DEL")
+        .arg(key)
+        .ignore()
+        .cmd("SET")
+        .arg(key)
+        .arg("not a stream")
+        .ignore()
+        .query::<()>(&mut conn)
+        .unwrap();
+    // A generous bound: a safety net, not a measure.
+    let (run_status, w_status) = wait_both(&mut run, &mut w, Duration::from_secs(90));
+    let (run_err, w_err) = (run_err.join().unwrap(), w_err.join().unwrap());
+    assert_eq!(run_status.code(), Some(2), "coordinator: {run_err}");
+    assert_eq!(w_status.code(), Some(2), "worker: {w_err}");
+    for (who, stderr) in [("coordinator", &run_err), ("worker", &w_err)] {
+        assert!(
+            stderr.contains("WRONGTYPE") && stderr.contains("gave up after"),
+            "{who}: {stderr}"
+        );
+        assert!(
+            stderr.contains("retrying in"),
+            "{who} logs its retries: {stderr}"
+        );
+        assert!(
+            stderr.lines().any(|l| l.starts_with("error: ")),
+            "{who} ends with the reason: {stderr}"
+        );
+    }
+    // What was recorded before stays sound.
+    assert!(runledger(&data, &["verify"]).status.success());
+}
+
+#[test]
+fn a_worker_stops_cleanly_on_sigterm_and_sigint_while_redis_is_away() {
+    for sig in ["TERM", "INT"] {
+        let Some(mut server) = RedisServer::start() else {
+            return;
+        };
+        let url = server.url();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.toml");
+        std::fs::write(&file, WORKLOAD).unwrap();
+        let data: PathBuf = dir.path().join("data");
+        let mut w = Command::new(BIN)
+            .args(["worker", "--redis", &url, "--id", "w1"])
+            .args(["--lease-ms", "1500", "--timeout-sec", "1"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let w_err = stderr_of(&mut w);
+        let mut run = coordinator(&data, &file, &url);
+        let until = Instant::now() + Duration::from_secs(30);
+        while held_by(&url, "w1") == 0 {
+            assert!(Instant::now() < until, "w1 never claimed a task");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Redis goes away while the worker holds tasks: it cannot claim
+        // or report, and retries.
+        server.kill();
+        std::thread::sleep(Duration::from_millis(1_500));
+        // The coordinator stops on the signal too.
+        signal(&run, sig);
+        let _ = wait(&mut run, Duration::from_secs(30));
+        assert!(
+            w.try_wait().unwrap().is_none(),
+            "the worker waits for Redis"
+        );
+        signal(&w, sig);
+        let status = wait(&mut w, Duration::from_secs(30));
+        let stderr = w_err.join().unwrap();
+        assert_eq!(status.code(), Some(0), "SIG{sig}: {stderr}");
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(w.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+        assert!(stdout.starts_with("worker w1: "), "SIG{sig}: {stdout}");
+        assert!(stderr.contains("retrying in"), "SIG{sig}: {stderr}");
+    }
+}
+
+#[test]
+fn a_worker_is_named_after_the_real_hostname() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let out = Command::new(BIN)
+        .args(["worker", "--redis", &server.url(), "--idle-exit-sec", "1"])
+        .env("HOSTNAME", "not-the-hostname")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("worker worker-{}-", host.trim())),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_second_signal_kills_a_stopping_workers_running_steps() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let long = dir.path().join("long.sh");
+    std::fs::write(
+        &long,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\necho $$ >> {}\nsleep 60\n",
+            pids.display()
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&long).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&long, perms).unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+seed = 3
+[execution.workers]
+worker_timeout_sec = 100
+[[tenants]]
+id = "acme"
+budget_micros = 1000000
+[[pipelines]]
+id = "p"
+nodes = [{{ id = "long", handler = "exec", params = {{ argv = ["{}"] }} }}]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+"#,
+            long.display()
+        ),
+    )
+    .unwrap();
+    let mut w = Command::new(BIN)
+        .args(["worker", "--redis", &url, "--id", "w1"])
+        .args(["--lease-ms", "200000", "--timeout-sec", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let w_err = stderr_of(&mut w);
+    // Killed when the test ends, however it ends.
+    let _run = Reap(
+        Command::new(BIN)
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("run")
+            .arg(&file)
+            .args(["--queue", "redis", "--redis-url", &url])
+            .args(["--local-workers", "0", "--lease-ms", "200000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&pids).map_or(true, |p| p.is_empty()) {
+        assert!(Instant::now() < until, "the step never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = std::fs::read_to_string(&pids).unwrap().trim().to_owned();
+    signal(&w, "TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        w.try_wait().unwrap().is_none(),
+        "the first signal lets the running step finish"
+    );
+    signal(&w, "TERM");
+    let status = wait(&mut w, Duration::from_secs(30));
+    let stderr = w_err.join().unwrap();
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    let until = Instant::now() + Duration::from_secs(10);
+    let ended = loop {
+        let ended = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        });
+        if ended || Instant::now() > until {
+            break ended;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !ended {
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+    }
+    assert!(ended, "the running step was killed");
+}
+
+/// A child killed (if still running) and reaped when dropped.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1238,7 +1238,8 @@ fn worker_cmd(
     idle_exit_sec: Option<u64>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    use crate::runtime::redis::worker::{WorkerOptions, run_worker};
+    use crate::runtime::redis::worker::{Stop, WorkerOptions, run_worker};
+    use tokio::signal::unix::{SignalKind, signal};
     let all = crate::runtime::handler::Handlers::builtin();
     let chosen = all.only(handlers).map_err(|name| {
         anyhow::anyhow!(
@@ -1246,9 +1247,11 @@ fn worker_cmd(
             all.names().join(", ")
         )
     })?;
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
     let id = id.map_or_else(
-        || format!("worker-{host}-{}", std::process::id()),
+        || {
+            let host = gethostname::gethostname();
+            format!("worker-{}-{}", host.to_string_lossy(), std::process::id())
+        },
         str::to_owned,
     );
     let options = WorkerOptions {
@@ -1268,17 +1271,35 @@ fn worker_cmd(
         );
     }
     let runtime = live_runtime()?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Stop::new();
     let stats = runtime.block_on(async {
-        let streams = crate::runtime::redis::RedisStreams::connect(redis, config).await?;
+        // SIGINT (Ctrl-C) and SIGTERM (Docker, Kubernetes, systemd) stop
+        // the worker the same way, also while Redis is away.
+        let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
         {
-            let stop = std::sync::Arc::clone(&stop);
+            let stop = stop.clone();
             tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
                 }
+                tracing::warn!(
+                    "stopping: running attempts finish and report first (a second signal kills them)"
+                );
+                stop.set();
+                let (name, code) = tokio::select! {
+                    _ = interrupt.recv() => ("SIGINT", 130),
+                    _ = terminate.recv() => ("SIGTERM", 143),
+                };
+                crate::runtime::handler::kill_running_steps();
+                eprintln!(
+                    "{name} again: stopped, running exec steps killed; their tasks run again after their lease"
+                );
+                std::process::exit(code);
             });
         }
+        let streams = crate::runtime::redis::RedisStreams::connect(redis, config).await?;
         anyhow::Ok(run_worker(streams, chosen, options, stop).await?)
     })?;
     writeln!(
@@ -1311,6 +1332,7 @@ fn execute(
     };
     // Reach Redis before the ledger is opened (or created).
     let runtime = live_runtime()?;
+    exit_on_signal(&runtime)?;
     let redis = redis_of(workload, queue, &runtime)?;
     let ledger = open_ledger(
         data,
@@ -1642,6 +1664,29 @@ fn live_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// On SIGINT or SIGTERM, kills the running `exec` steps (their process
+/// groups, which a terminal's Ctrl-C does not reach) and exits with 130 or
+/// 143, as the signal would have; the ledger is safe as after any kill, and
+/// `runledger resume` finishes the run.
+fn exit_on_signal(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _inside = runtime.enter();
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    runtime.spawn(async move {
+        let (name, code) = tokio::select! {
+            _ = interrupt.recv() => ("SIGINT", 130),
+            _ = terminate.recv() => ("SIGTERM", 143),
+        };
+        crate::runtime::handler::kill_running_steps();
+        eprintln!(
+            "{name}: stopped, running exec steps killed; `runledger resume` finishes the run"
+        );
+        std::process::exit(code);
+    });
+    Ok(())
+}
+
 /// Finishes an unfinished run with the executor its workload calls for.
 fn resume(
     ledger: &Ledger,
@@ -1698,6 +1743,7 @@ fn resume(
         stop_after_steps: None,
     };
     let runtime = live_runtime().map_err(|e| RunError::Resume(e.to_string()))?;
+    exit_on_signal(&runtime).map_err(|e| RunError::Resume(e.to_string()))?;
     if on_redis {
         let streams = redis_of(&workload, queue, &runtime)
             .map_err(|e| RunError::Resume(e.to_string()))?

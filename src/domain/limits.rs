@@ -30,6 +30,10 @@ pub const WORKLOAD_FILE_BYTES_MAX: usize = 2 << 20;
 /// (kept for the error reason); past this the attempt is NACKed.
 pub const EXEC_OUTPUT_BYTES_MAX: usize = 1 << 20;
 
+/// A failed attempt's reason, as recorded in `task_nacked` (a handler's
+/// error, a worker's report): a longer one is cut to this, saying so.
+pub const ERROR_BYTES_MAX: usize = 4 << 10;
+
 /// The tasks one workload expands to (`runs × tasks per run`, counting
 /// every `fan_out` map).
 pub const WORKLOAD_TASKS_MAX: u64 = 2_000_000;
@@ -58,3 +62,4 @@ const _: () = assert!(EVENT_BYTES_MAX < DECODE_BYTES_MAX);
 const _: () = assert!(WORKLOAD_FILE_BYTES_MAX < EVENT_BYTES_MAX);
 const _: () = assert!(EXEC_OUTPUT_BYTES_MAX < EVENT_BYTES_MAX);
 const _: () = assert!(PARAMS_BYTES_MAX < EVENT_BYTES_MAX);
+const _: () = assert!(ERROR_BYTES_MAX < EVENT_BYTES_MAX);

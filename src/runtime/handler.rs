@@ -6,7 +6,7 @@
 //!
 //! A handler reports costs by category; the worker posts them to the
 //! ledger with the task's ACK or NACK. Timeouts are the worker's: it drops
-//! the handler's future, which kills an `exec` child.
+//! the handler's future, which kills an `exec` step's process group.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::domain::limits::EXEC_OUTPUT_BYTES_MAX;
 use crate::domain::{Category, Micros, Params, RunId, TaskId, TenantId};
 
 /// What a handler knows about the task it runs.
@@ -140,7 +141,11 @@ fn with_reward(output: Params, reward_bp: i32) -> Params {
 /// Runs `params.argv` (program and arguments); the task goes to its stdin
 /// as JSON and it answers on stdout with
 /// `{"costs": [{"category": "llm", "amount_micros": 1200}], "output": ...}`.
-/// A non-zero exit or an unreadable answer is a failure.
+/// A non-zero exit or an unreadable answer is a failure, and so is more
+/// than [`EXEC_OUTPUT_BYTES_MAX`] on stdout or on stderr (the step is
+/// stopped there). The program runs in a process group of its own, which
+/// is killed once it has exited (its answer read), or when the attempt is
+/// dropped (a timeout): background children never outlive their step.
 pub struct ExecHandler;
 
 #[derive(Deserialize)]
@@ -218,9 +223,12 @@ impl Handler for ExecHandler {
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
+                .process_group(0)
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| Failure::from(format!("cannot start `{program}`: {e}")))?;
+            // Killed whole when this attempt ends, however it ends.
+            let mut group = ProcessGroup::of(&child);
             // Feed stdin while stdout is read: a program that answers before
             // it has read all of a large task must not deadlock on a pipe.
             if let Some(mut stdin) = child.stdin.take() {
@@ -229,12 +237,14 @@ impl Handler for ExecHandler {
                     let _ = stdin.write_all(&input).await;
                 });
             }
-            let out = child
-                .wait_with_output()
+            let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+                return Err(Failure::from(format!("`{program}` has no output pipes")));
+            };
+            let (status, out, err) = run_to_exit(&mut child, &mut group, stdout, stderr)
                 .await
-                .map_err(|e| Failure::from(format!("`{program}` failed: {e}")))?;
-            if !out.status.success() {
-                let stderr = String::from_utf8_lossy(&out.stderr);
+                .map_err(|e| Failure::from(e.message(program)))?;
+            if !status.success() {
+                let stderr = String::from_utf8_lossy(&err);
                 let tail: String = stderr
                     .lines()
                     .last()
@@ -242,17 +252,169 @@ impl Handler for ExecHandler {
                     .chars()
                     .take(200)
                     .collect();
-                let code = out
-                    .status
+                let code = status
                     .code()
                     .map_or_else(|| "a signal".to_owned(), |c| format!("code {c}"));
                 return Err(Failure::from(format!(
                     "`{program}` exited with {code}: {tail}"
                 )));
             }
-            parse_answer(&out.stdout).map_err(Failure::from)
+            parse_answer(&out).map_err(Failure::from)
         })
     }
+}
+
+/// The process group an `exec` step runs in (its own, led by the step):
+/// killed with SIGKILL by [`ProcessGroup::kill`] or when dropped — after
+/// the answer, when the output passes its limit, or when a timeout drops
+/// the attempt — so no background child of the step outlives it.
+struct ProcessGroup(Option<rustix::process::Pid>);
+
+/// The process groups of the `exec` steps running in this process, for
+/// [`kill_running_steps`].
+static RUNNING: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn kill_group(group: rustix::process::Pid) {
+    // ESRCH: every process of the group has ended already.
+    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+}
+
+/// Kills every `exec` step running in this process, each with its process
+/// group, for a process about to exit on a signal: the steps run in groups
+/// of their own, which a terminal's Ctrl-C does not reach.
+pub fn kill_running_steps() {
+    let groups = std::mem::take(&mut *running());
+    for group in groups
+        .into_iter()
+        .filter_map(rustix::process::Pid::from_raw)
+    {
+        kill_group(group);
+    }
+}
+
+impl ProcessGroup {
+    fn of(child: &tokio::process::Child) -> Self {
+        let group = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(group) = group {
+            running().insert(group.as_raw_nonzero().get());
+        }
+        ProcessGroup(group)
+    }
+
+    fn kill(&mut self) {
+        if let Some(group) = self.0.take() {
+            running().remove(&group.as_raw_nonzero().get());
+            kill_group(group);
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// After the step exits, how long its pipes may stay open: what it wrote
+/// is already in them, so this is only reached when a process that left
+/// the step's group (e.g. with `setsid`) still holds them.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why an `exec` step's output could not be read.
+enum ReadError {
+    /// Past [`EXEC_OUTPUT_BYTES_MAX`] on this stream.
+    TooLong(&'static str),
+    Io(&'static str, std::io::Error),
+    Wait(std::io::Error),
+}
+
+impl ReadError {
+    fn message(&self, program: &str) -> String {
+        match self {
+            ReadError::TooLong(stream) => format!(
+                "`{program}` wrote more than EXEC_OUTPUT_BYTES_MAX ({EXEC_OUTPUT_BYTES_MAX} bytes) to {stream}; it was stopped"
+            ),
+            ReadError::Io(stream, e) => format!("reading the {stream} of `{program}`: {e}"),
+            ReadError::Wait(e) => format!("`{program}` failed: {e}"),
+        }
+    }
+}
+
+/// Reads `from` to its end into `into`, holding at most `max` bytes.
+async fn read_capped(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    into: &mut Vec<u8>,
+    stream: &'static str,
+) -> Result<(), ReadError> {
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        let n = from
+            .read(&mut chunk)
+            .await
+            .map_err(|e| ReadError::Io(stream, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if into.len() + n > EXEC_OUTPUT_BYTES_MAX {
+            return Err(ReadError::TooLong(stream));
+        }
+        into.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads the step's stdout and stderr (each up to its limit) until the
+/// step exits — not until the pipes close, which a background child may
+/// hold open — then kills its group and reads what is left in the pipes.
+/// On an error the group is killed when the caller drops it.
+async fn run_to_exit(
+    child: &mut tokio::process::Child,
+    group: &mut ProcessGroup,
+    stdout: tokio::process::ChildStdout,
+    stderr: tokio::process::ChildStderr,
+) -> Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), ReadError> {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let status = {
+        let reading_out = read_capped(stdout, &mut out, "stdout");
+        let reading_err = read_capped(stderr, &mut err, "stderr");
+        tokio::pin!(reading_out, reading_err);
+        let (mut out_open, mut err_open) = (true, true);
+        let status = loop {
+            tokio::select! {
+                read = &mut reading_out, if out_open => {
+                    read?;
+                    out_open = false;
+                }
+                read = &mut reading_err, if err_open => {
+                    read?;
+                    err_open = false;
+                }
+                status = child.wait() => break status.map_err(ReadError::Wait)?,
+            }
+        };
+        group.kill();
+        let drain = async {
+            let (read_out, read_err) = tokio::join!(
+                async { if out_open { reading_out.await } else { Ok(()) } },
+                async { if err_open { reading_err.await } else { Ok(()) } }
+            );
+            read_out.and(read_err)
+        };
+        if let Ok(read) = tokio::time::timeout(DRAIN_GRACE, drain).await {
+            read?;
+        }
+        status
+    };
+    Ok((status, out, err))
 }
 
 #[cfg(test)]

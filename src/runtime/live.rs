@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::handler::{Failure, Handlers, TaskContext};
-use super::queue::{MemoryQueue, TaskQueue};
+use super::queue::{MemoryQueue, QueueError, TaskQueue, TransportError};
+use super::redis::Retries;
 use super::sim::{
     RunError, RunOptions, RunReport, arrivals, instance_events, instance_submitted,
     registration_events, total_tasks,
@@ -403,9 +404,10 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
                 Arc::clone(&done),
             );
             workers.spawn(async move {
+                let mut retries = Retries::new("dispatching to Redis");
                 while !pool.stopped() && !done.load(Ordering::SeqCst) {
                     let round = coordinator.fill(&run, in_flight, lease).await;
-                    if !retry_transport(&pool, round).await {
+                    if !retry_transport(&pool, &mut retries, round).await {
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -414,9 +416,10 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
         }
         let pool = Arc::clone(&pool);
         workers.spawn(async move {
+            let mut retries = Retries::new("recording results from Redis");
             while !pool.stopped() {
                 let round = coordinator.apply_results().await.map(drop);
-                if !retry_transport(&pool, round).await {
+                if !retry_transport(&pool, &mut retries, round).await {
                     return;
                 }
                 match pool.open_tasks().await {
@@ -502,22 +505,54 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
 
 /// After a coordinator round: true to go on. Redis going away (a
 /// restart) is waited out — what the ledger holds is safe, what Redis holds
-/// comes back; any other error stops the run.
+/// comes back; an error retrying cannot fix (a key of the wrong type) stops
+/// the run after [`PERMANENT_RETRIES_MAX`] tries, as does any other error
+/// at once.
+///
+/// [`PERMANENT_RETRIES_MAX`]: crate::runtime::redis::PERMANENT_RETRIES_MAX
 async fn retry_transport(
     pool: &Pool,
-    round: Result<(), crate::runtime::queue::QueueError>,
+    retries: &mut Retries,
+    round: Result<(), QueueError>,
 ) -> bool {
-    match round {
-        Ok(()) => true,
-        Err(crate::runtime::queue::QueueError::Transport(e)) => {
-            tracing::warn!(error = %e, "the Redis queue failed; retrying");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    match retried(retries, round, false) {
+        Ok(None) => true,
+        Ok(Some(wait)) => {
+            tokio::time::sleep(wait).await;
             true
         }
         Err(e) => {
             pool.fail(e.into());
             false
         }
+    }
+}
+
+/// After a call to the queue: `None` when it succeeded, the wait before
+/// the next try when a transport error may still pass, else the error to
+/// stop with (an error retrying cannot fix, once `retries` gave up).
+fn retried(
+    retries: &mut Retries,
+    result: Result<(), QueueError>,
+    stopping: bool,
+) -> Result<Option<Duration>, QueueError> {
+    match result {
+        Ok(()) => {
+            retries.succeeded();
+            Ok(None)
+        }
+        Err(QueueError::Transport(e)) => match retries.failed(&e, e.permanent, stopping) {
+            Some(wait) => Ok(Some(wait)),
+            None => Err(QueueError::Transport(TransportError {
+                message: format!(
+                    "{} (gave up after {} tries: retrying cannot fix this)",
+                    e.message,
+                    retries.failures()
+                ),
+                permanent: true,
+            })),
+        },
+        Err(e) => Err(e),
     }
 }
 
@@ -533,22 +568,26 @@ async fn work<Q: TaskQueue>(
     seed: u64,
     timeout: Duration,
 ) -> Result<(), RunError> {
-    use super::queue::QueueError;
     use crate::log::AppendError;
+    let mut dequeues = Retries::new("leasing a task");
     while !pool.stopped() {
         let lease_for = timeout + Duration::from_secs(5);
         let dequeued = match queue
             .dequeue(run, worker, lease_for, Duration::from_millis(20))
             .await
         {
-            Ok(dequeued) => dequeued,
-            // Redis went away (a restart): wait for it.
-            Err(QueueError::Transport(e)) => {
-                tracing::warn!(error = %e, "dequeue failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+            Ok(dequeued) => {
+                dequeues.succeeded();
+                dequeued
             }
-            Err(e) => return Err(e.into()),
+            // Redis went away (a restart): wait for it.
+            Err(e) => match retried(&mut dequeues, Err(e), false)? {
+                Some(wait) => {
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                None => continue,
+            },
         };
         let Some(lease) = dequeued else {
             if pool.submitted_all.load(Ordering::SeqCst) && pool.open_tasks().await? == 0 {
@@ -589,7 +628,7 @@ async fn work<Q: TaskQueue>(
         pool.running.fetch_sub(1, Ordering::SeqCst);
         // A report that could not reach the queue (Redis restarting) is
         // sent again: the result is never dropped while this worker lives.
-        let mut wait = Duration::from_millis(50);
+        let mut reports = Retries::new("reporting a result");
         let settled = loop {
             let settled = match &result {
                 Some(Ok(outcome)) => {
@@ -622,9 +661,10 @@ async fn work<Q: TaskQueue>(
             };
             match settled {
                 Err(QueueError::Transport(e)) if !pool.stopped() => {
-                    tracing::warn!(task = %lease.task, error = %e, "report failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
+                    match retried(&mut reports, Err(QueueError::Transport(e)), false) {
+                        Ok(wait) => tokio::time::sleep(wait.unwrap_or_default()).await,
+                        Err(e) => break Err(e),
+                    }
                 }
                 other => break other,
             }

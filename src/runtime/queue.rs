@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::domain::governance::{Admitter, Gate, Settler, Start, period_resets};
 use crate::domain::learning::Learner;
+use crate::domain::limits::{ERROR_BYTES_MAX, EVENT_BYTES_MAX, PARAMS_BYTES_MAX};
 use crate::domain::queue::{QueueCounts, TaskStatus};
 use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, next_ready_many};
 use crate::domain::{
@@ -117,31 +118,107 @@ pub fn is_current(state: &crate::domain::State, attempt: Attempt<'_>) -> bool {
     })
 }
 
-/// The events that record a successful `attempt` (settlement, learning,
-/// the ACK); `None` when it is no longer current.
-pub fn acked_events(
-    state: &crate::domain::State,
-    attempt: Attempt<'_>,
-    output: Params,
-    costs: &[(Category, Micros)],
-) -> Option<Vec<Event>> {
-    if !is_current(state, attempt) {
+/// A successful attempt to record: its output and what it cost.
+pub struct Acked<'a> {
+    pub attempt: Attempt<'a>,
+    pub output: Params,
+    pub costs: &'a [(Category, Micros)],
+}
+
+impl Acked<'_> {
+    /// The events that record it (settlement, learning, the ACK); `None`
+    /// when the attempt is no longer current. An answer past a limit of
+    /// the ledger ([`answer_refusal`]) is never appended: the attempt is
+    /// recorded as failed instead, with the reason naming the limit and
+    /// its costs settled, with what that led to. Every queue ends an
+    /// attempt through here or [`Failed::events`].
+    pub fn events(
+        self,
+        state: &crate::domain::State,
+        now: Timestamp,
+        policy: &QueuePolicy,
+        seed: u64,
+    ) -> Option<(Vec<Event>, Option<NackOutcome>)> {
+        let Acked {
+            attempt,
+            output,
+            costs,
+        } = self;
+        if !is_current(state, attempt) {
+            return None;
+        }
+        if let Some(error) = answer_refusal(attempt, &output) {
+            let failed = Failed {
+                attempt,
+                error,
+                timed_out: false,
+                costs,
+            };
+            return failed
+                .events(state, now, policy, seed)
+                .map(|(events, outcome)| (events, Some(outcome)));
+        }
+        let mut settler = Settler::new(state);
+        let mut events = settler.settle(attempt.task, costs);
+        events.extend(Learner::new(&state.learning).after_attempt(
+            attempt.task,
+            reward_of(&output),
+            total(costs),
+            |tenant| settler.utilisation_bp(tenant),
+        ));
+        events.push(Event::TaskAcked {
+            task: attempt.task.clone(),
+            worker: attempt.worker.clone(),
+            output,
+        });
+        Some((events, None))
+    }
+}
+
+/// Why a handler's answer cannot be recorded as it is, naming the limit:
+/// its output params past [`PARAMS_BYTES_MAX`], or its `task_acked` past
+/// [`EVENT_BYTES_MAX`].
+pub fn answer_refusal(attempt: Attempt<'_>, output: &Params) -> Option<String> {
+    let len = output.as_json().len();
+    if len > PARAMS_BYTES_MAX {
+        return Some(format!(
+            "the answer's output is {len} bytes, more than PARAMS_BYTES_MAX ({PARAMS_BYTES_MAX} bytes)"
+        ));
+    }
+    // The canonical bytes are the three strings, each after a varint
+    // length (at most 10 bytes), and a few bytes of tags: encode only when
+    // that could pass the limit.
+    let most = len + attempt.task.as_str().len() + attempt.worker.as_str().len() + 64;
+    if most <= EVENT_BYTES_MAX {
         return None;
     }
-    let mut settler = Settler::new(state);
-    let mut events = settler.settle(attempt.task, costs);
-    events.extend(Learner::new(&state.learning).after_attempt(
-        attempt.task,
-        reward_of(&output),
-        total(costs),
-        |tenant| settler.utilisation_bp(tenant),
-    ));
-    events.push(Event::TaskAcked {
+    let acked = Event::TaskAcked {
         task: attempt.task.clone(),
         worker: attempt.worker.clone(),
-        output,
-    });
-    Some(events)
+        output: output.clone(),
+    };
+    let len = crate::log::codec::encode_event(&acked).len();
+    (len > EVENT_BYTES_MAX).then(|| {
+        format!(
+            "the answer's task_acked is {len} bytes, more than EVENT_BYTES_MAX ({EVENT_BYTES_MAX} bytes)"
+        )
+    })
+}
+
+/// `error` cut to [`ERROR_BYTES_MAX`] bytes (on a character boundary),
+/// saying so.
+fn bounded_error(mut error: String) -> String {
+    if error.len() <= ERROR_BYTES_MAX {
+        return error;
+    }
+    let note = format!(" … (cut: {} bytes, more than ERROR_BYTES_MAX)", error.len());
+    let mut cut = ERROR_BYTES_MAX - note.len();
+    while !error.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    error.truncate(cut);
+    error.push_str(&note);
+    error
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,8 +226,17 @@ pub enum QueueError {
     #[error(transparent)]
     Ledger(#[from] AppendError),
     /// The transport between coordinator and workers (Redis) failed.
-    #[error("{0}")]
-    Transport(String),
+    #[error(transparent)]
+    Transport(TransportError),
+}
+
+/// Why the transport failed, and whether retrying can fix it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TransportError {
+    pub message: String,
+    /// Retrying cannot fix it (e.g. a Redis key of the wrong type).
+    pub permanent: bool,
 }
 
 /// A queue of tasks with leases. Implementations: [`MemoryQueue`] (the
@@ -347,6 +433,7 @@ impl TaskQueue for MemoryQueue {
     }
 
     async fn ack_many(&self, done: Vec<Done>) -> Result<(), QueueError> {
+        let (policy, seed) = (self.policy, self.seed);
         self.ledger
             .decide_each(move |draft| {
                 if !turn_periods(draft) {
@@ -355,8 +442,12 @@ impl TaskQueue for MemoryQueue {
                 // Each result settles on the state the ones before it left;
                 // a result of an attempt that is no longer current is dropped.
                 for (lease, output, costs) in done {
-                    let Some(events) =
-                        acked_events(draft.state(), lease.attempt_of(), output, &costs)
+                    let acked = Acked {
+                        attempt: lease.attempt_of(),
+                        output,
+                        costs: &costs,
+                    };
+                    let Some((events, _)) = acked.events(draft.state(), draft.now(), &policy, seed)
                     else {
                         tracing::warn!(task = %lease.task, attempt = lease.attempt, "stale ACK dropped");
                         continue;
@@ -490,6 +581,7 @@ impl Failed<'_> {
         if !is_current(state, lease) {
             return None;
         }
+        let error = bounded_error(error);
         let mut settler = Settler::new(state);
         let mut events = settler.settle(lease.task, costs);
         // A failed attempt teaches the policy too: reward 0.
@@ -539,5 +631,49 @@ impl Failed<'_> {
             });
         }
         Some((events, NackOutcome::DeadLettered { cancelled }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_past_a_limit_of_the_ledger_is_refused_naming_it() {
+        let (task, run) = (TaskId("r/t".into()), RunId("r".into()));
+        let worker = WorkerId("w".into());
+        let attempt = Attempt {
+            task: &task,
+            run: &run,
+            worker: &worker,
+            attempt: 1,
+        };
+        let text = |len: usize| Params::from_value(&serde_json::Value::String("x".repeat(len)));
+        assert_eq!(answer_refusal(attempt, &text(10)), None);
+        assert_eq!(answer_refusal(attempt, &text(PARAMS_BYTES_MAX - 2)), None);
+        let refused = answer_refusal(attempt, &text(PARAMS_BYTES_MAX - 1)).unwrap();
+        assert!(refused.contains("PARAMS_BYTES_MAX"), "{refused}");
+        // A worker id the ledger took in a lease, with an output under its
+        // own limit, can still make the ACK too large to decode.
+        let huge = WorkerId("w".repeat(EVENT_BYTES_MAX));
+        let attempt = Attempt {
+            worker: &huge,
+            ..attempt
+        };
+        let refused = answer_refusal(attempt, &text(10)).unwrap();
+        assert!(refused.contains("EVENT_BYTES_MAX"), "{refused}");
+    }
+
+    #[test]
+    fn a_long_error_is_cut_on_a_character_boundary_saying_so() {
+        assert_eq!(bounded_error("short".into()), "short");
+        let exact = "x".repeat(ERROR_BYTES_MAX);
+        assert_eq!(bounded_error(exact.clone()), exact);
+        let cut = bounded_error("é".repeat(ERROR_BYTES_MAX));
+        assert!(cut.len() <= ERROR_BYTES_MAX);
+        assert!(
+            cut.starts_with("éé") && cut.contains("ERROR_BYTES_MAX"),
+            "{cut}"
+        );
     }
 }

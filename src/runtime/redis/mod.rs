@@ -148,12 +148,127 @@ pub enum RedisError {
         step: &'static str,
         reply: String,
     },
+    /// A loop retried `error` [`PERMANENT_RETRIES_MAX`] times in a row.
+    #[error("{error} (gave up after {attempts} tries: retrying cannot fix this)")]
+    GaveUp {
+        attempts: u32,
+        error: Box<RedisError>,
+    },
     #[error("encoding {what} as JSON: {source}")]
     Encode {
         what: String,
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// How many times in a row a loop retries a Redis error that waiting
+/// cannot fix ([`RedisError::is_permanent`]) before its process gives up.
+pub const PERMANENT_RETRIES_MAX: u32 = 5;
+/// The first and the longest wait between two tries of a failing call.
+const RETRY_WAIT_MIN: Duration = Duration::from_millis(50);
+const RETRY_WAIT_MAX: Duration = Duration::from_secs(2);
+
+impl RedisError {
+    /// Whether retrying cannot fix this: a key of the wrong type
+    /// (WRONGTYPE), a missing permission (NOPERM), a script Redis will not
+    /// run (NOSCRIPT, a script error), a reply this client does not
+    /// understand, a bad setting. Redis away, restarting (LOADING), busy,
+    /// out of memory or at a bound ([`RedisError::Full`]) may pass.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            RedisError::Connect { .. } | RedisError::Timeout { .. } | RedisError::Full { .. } => {
+                false
+            }
+            RedisError::Command { source, .. } => {
+                let passing = matches!(
+                    source.code(),
+                    Some("OOM" | "BUSY" | "READONLY" | "LOADING" | "MASTERDOWN" | "TRYAGAIN")
+                );
+                !passing && matches!(source.retry_method(), redis::RetryMethod::NoRetry)
+            }
+            RedisError::BadUrl { .. }
+            | RedisError::BadPrefix { .. }
+            | RedisError::LeaseTooLong { .. }
+            | RedisError::Reply { .. }
+            | RedisError::Encode { .. }
+            | RedisError::GaveUp { .. } => true,
+        }
+    }
+}
+
+/// How one loop retries a failing Redis call: an error that waiting may
+/// fix for as long as it takes, one that it cannot
+/// [`PERMANENT_RETRIES_MAX`] times in a row; each failure is logged (a
+/// warning on stderr) with the wait before the next try, which doubles
+/// from 50 ms up to 2 s.
+#[derive(Debug)]
+pub struct Retries {
+    /// What the loop does, for the log.
+    step: &'static str,
+    failures: u32,
+    permanent: u32,
+    wait: Duration,
+}
+
+impl Retries {
+    pub fn new(step: &'static str) -> Self {
+        Retries {
+            step,
+            failures: 0,
+            permanent: 0,
+            wait: RETRY_WAIT_MIN,
+        }
+    }
+
+    /// The call succeeded: the next failure starts afresh.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+        self.permanent = 0;
+        self.wait = RETRY_WAIT_MIN;
+    }
+
+    /// After a failure: how long to wait before the next try, or `None`
+    /// when it is time to give up (the errors retrying cannot fix reached
+    /// the bound, or `stopping` and the failures reached it).
+    pub fn failed(
+        &mut self,
+        error: &dyn std::fmt::Display,
+        permanent: bool,
+        stopping: bool,
+    ) -> Option<Duration> {
+        self.failures += 1;
+        if permanent {
+            self.permanent += 1;
+        }
+        let bounded = if stopping {
+            self.failures
+        } else {
+            self.permanent
+        };
+        if bounded >= PERMANENT_RETRIES_MAX {
+            tracing::error!(
+                "{} failed {} times, giving up: {error}",
+                self.step,
+                self.failures
+            );
+            return None;
+        }
+        let wait = self.wait;
+        self.wait = (self.wait * 2).min(RETRY_WAIT_MAX);
+        tracing::warn!(
+            "{} failed (try {}), retrying in {} ms: {error}",
+            self.step,
+            self.failures,
+            wait.as_millis()
+        );
+        Some(wait)
+    }
+
+    /// Failures since the last success.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
 }
 
 /// Counts of one priority stream.

@@ -28,8 +28,8 @@ use crate::domain::scheduler::{QueuePolicy, expire_lease, next_ready_many};
 use crate::domain::{Category, Event, Micros, RunId, State, TaskId, Timestamp, WorkerId};
 use crate::log::Ledger;
 use crate::runtime::queue::{
-    Attempt, Done, Failed, Lease, NackOutcome, QueueError, TaskQueue, acked_events, admit,
-    inputs_of, turn_periods,
+    Acked, Attempt, Done, Failed, Lease, NackOutcome, QueueError, TaskQueue, admit, inputs_of,
+    turn_periods,
 };
 
 /// The coordinator's consumer name on the results stream.
@@ -65,7 +65,10 @@ pub struct RedisQueue {
 
 impl From<RedisError> for QueueError {
     fn from(error: RedisError) -> Self {
-        QueueError::Transport(error.to_string())
+        QueueError::Transport(crate::runtime::queue::TransportError {
+            permanent: error.is_permanent(),
+            message: error.to_string(),
+        })
     }
 }
 
@@ -532,10 +535,15 @@ impl RedisQueue {
                         }
                         Outcome::Ack { output, costs } => {
                             finished.push(key.clone());
-                            (
-                                acked_events(draft.state(), attempt, output.clone(), costs),
-                                None,
-                            )
+                            let acked = Acked {
+                                attempt,
+                                output: output.clone(),
+                                costs,
+                            };
+                            match acked.events(draft.state(), draft.now(), &policy, seed) {
+                                Some((events, outcome)) => (Some(events), outcome),
+                                None => (None, None),
+                            }
                         }
                         Outcome::Nack {
                             error,

@@ -6,12 +6,14 @@
 //! A worker killed mid-task loses nothing: its claimed entries stay
 //! pending in Redis and the next claimer takes them over after the lease
 //! (a new attempt, which the coordinator records after the lost lease).
+//! Redis going away is waited out; an error retrying cannot fix ends the
+//! worker (exit 2); a [`Stop`] (SIGINT, SIGTERM) ends it cleanly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Claimed, Outcome, RedisError, RedisStreams};
+use super::{Claimed, Outcome, RedisError, RedisStreams, Retries};
 use crate::domain::WorkerId;
 use crate::runtime::handler::{Failure, Handlers, TaskContext};
 
@@ -35,12 +37,59 @@ pub struct WorkerStats {
     pub failed: u64,
 }
 
-/// Runs until `stop` is set, or until idle for `options.idle_exit`.
+/// Asks a worker to stop: it claims nothing more, lets running attempts
+/// finish and report, and gives up waiting for a Redis that is away.
+/// Cheap to clone; clones share the flag.
+#[derive(Clone, Debug, Default)]
+pub struct Stop(Arc<(AtomicBool, tokio::sync::Notify)>);
+
+impl Stop {
+    pub fn new() -> Self {
+        Stop::default()
+    }
+
+    pub fn set(&self) {
+        self.0.0.store(true, Ordering::SeqCst);
+        self.0.1.notify_waiters();
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.0.load(Ordering::SeqCst)
+    }
+
+    /// Returns once the stop is asked.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Sleeps for `wait`, or less when the stop is asked.
+    async fn sleep(&self, wait: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.wait() => {}
+        }
+    }
+}
+
+/// Runs until `stop` is set, or until idle for `options.idle_exit`. Redis
+/// going away is waited out (each failed call logged); an error retrying
+/// cannot fix (a key of the wrong type, a missing permission) ends the
+/// worker with [`RedisError::GaveUp`] after
+/// [`PERMANENT_RETRIES_MAX`](super::PERMANENT_RETRIES_MAX) tries, once its
+/// running attempts have finished.
 pub async fn run_worker(
     streams: RedisStreams,
     handlers: Handlers,
     options: WorkerOptions,
-    stop: Arc<AtomicBool>,
+    stop: Stop,
 ) -> Result<WorkerStats, RedisError> {
     streams.ensure_groups().await?;
     let running = Arc::new(AtomicU32::new(0));
@@ -48,30 +97,45 @@ pub async fn run_worker(
     let handlers = Arc::new(handlers);
     let mut attempts = tokio::task::JoinSet::new();
     let mut idle_since = tokio::time::Instant::now();
-    while !stop.load(Ordering::SeqCst) {
+    let mut claims = Retries::new("claiming tasks");
+    let mut fatal = None;
+    while !stop.is_set() {
         while attempts.try_join_next().is_some() {}
         let free = options
             .concurrency
             .saturating_sub(running.load(Ordering::SeqCst));
         if free == 0 {
-            attempts.join_next().await;
+            tokio::select! {
+                _ = attempts.join_next() => {}
+                () = stop.wait() => {}
+            }
             continue;
         }
-        let claimed = match streams
-            .claim(
-                options.id.as_str(),
-                free as usize,
-                Duration::from_millis(200),
-            )
-            .await
-        {
-            Ok(claimed) => claimed,
-            // Redis went away (a restart): wait for it, keep what runs.
-            Err(e) => {
-                tracing::warn!(error = %e, "claim failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+        let claiming = streams.claim(
+            options.id.as_str(),
+            free as usize,
+            Duration::from_millis(200),
+        );
+        let claimed = tokio::select! {
+            claimed = claiming => claimed,
+            () = stop.wait() => break,
+        };
+        let claimed = match claimed {
+            Ok(claimed) => {
+                claims.succeeded();
+                claimed
             }
+            // Redis went away (a restart): wait for it, keep what runs.
+            Err(e) => match claims.failed(&e, e.is_permanent(), false) {
+                Some(wait) => {
+                    stop.sleep(wait).await;
+                    continue;
+                }
+                None => {
+                    fatal = Some(gave_up(&claims, e));
+                    break;
+                }
+            },
         };
         if claimed.is_empty() {
             let idle = running.load(Ordering::SeqCst) == 0;
@@ -91,20 +155,32 @@ pub async fn run_worker(
             .map(|c| c.result(&options.id, Outcome::Started))
             .collect();
         // The coordinator records the lease from this: it must land
-        // before the result does.
-        let mut wait = Duration::from_millis(50);
-        while let Err(e) = streams.announce(&started).await {
-            tracing::warn!(error = %e, "announce failed; retrying");
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
+        // before the result does. Not announced, the claimed entries stay
+        // pending and are taken over after their lease.
+        let mut announces = Retries::new("announcing started attempts");
+        let announced = loop {
+            match streams.announce(&started).await {
+                Ok(()) => break Ok(()),
+                Err(e) => match announces.failed(&e, e.is_permanent(), stop.is_set()) {
+                    Some(wait) => stop.sleep(wait).await,
+                    None => break Err(gave_up(&announces, e)),
+                },
+            }
+        };
+        if let Err(e) = announced {
+            if !stop.is_set() {
+                fatal = Some(e);
+            }
+            break;
         }
         for claim in claimed {
             running.fetch_add(1, Ordering::SeqCst);
-            let (streams, handlers, running, counts) = (
+            let (streams, handlers, running, counts, stop) = (
                 streams.clone(),
                 Arc::clone(&handlers),
                 Arc::clone(&running),
                 Arc::clone(&counts),
+                stop.clone(),
             );
             let (id, timeout) = (options.id.clone(), options.timeout);
             attempts.spawn(async move {
@@ -116,17 +192,32 @@ pub async fn run_worker(
                     2
                 };
                 counts[slot].fetch_add(1, Ordering::SeqCst);
-                report(&streams, &claim, claim.result(&id, outcome)).await;
+                let reported = report(&streams, &claim, claim.result(&id, outcome), &stop).await;
                 running.fetch_sub(1, Ordering::SeqCst);
+                reported
             });
         }
     }
-    while attempts.join_next().await.is_some() {}
+    while let Some(joined) = attempts.join_next().await {
+        if let Ok(Err(e)) = joined {
+            fatal.get_or_insert(e);
+        }
+    }
+    if let Some(e) = fatal {
+        return Err(e);
+    }
     Ok(WorkerStats {
         executed: counts[0].load(Ordering::SeqCst),
         succeeded: counts[1].load(Ordering::SeqCst),
         failed: counts[2].load(Ordering::SeqCst),
     })
+}
+
+fn gave_up(retries: &Retries, error: RedisError) -> RedisError {
+    RedisError::GaveUp {
+        attempts: retries.failures(),
+        error: Box::new(error),
+    }
 }
 
 /// Runs one claimed attempt under the timeout.
@@ -181,18 +272,33 @@ async fn attempt(handlers: &Handlers, claim: &Claimed, timeout: Duration) -> Out
 }
 
 /// Reports a result, retrying while Redis is away (a restart): a result
-/// is never dropped while the worker lives; if the worker dies first, the
-/// entry is reclaimed and run again.
-async fn report(streams: &RedisStreams, claim: &Claimed, result: super::TaskResult) {
-    let mut wait = Duration::from_millis(50);
+/// is never dropped while the worker runs; if the worker dies or stops
+/// first, or Redis refuses the report for good, the entry stays pending
+/// and is taken over and run again after its lease. An error when the
+/// report could not be made for a reason retrying cannot fix.
+async fn report(
+    streams: &RedisStreams,
+    claim: &Claimed,
+    result: super::TaskResult,
+    stop: &Stop,
+) -> Result<(), RedisError> {
+    let mut retries = Retries::new("reporting a result");
     loop {
         match streams.report(&claim.receipt, &result).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(task = %result.task, error = %e, "report failed; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
-            }
+            Ok(()) => return Ok(()),
+            Err(e) => match retries.failed(&e, e.is_permanent(), stop.is_set()) {
+                // Not cut short by a stop: a report is worth a few tries.
+                Some(wait) => tokio::time::sleep(wait).await,
+                None if stop.is_set() && !e.is_permanent() => {
+                    tracing::warn!(
+                        "stopping: the result of task {} attempt {} was not reported; it runs again after its lease",
+                        result.task,
+                        result.attempt
+                    );
+                    return Ok(());
+                }
+                None => return Err(gave_up(&retries, e)),
+            },
         }
     }
 }
