@@ -782,7 +782,8 @@ pipeline = "p"
     let mut run = coordinator(&data, &file, &url);
     let run_err = stderr_of(&mut run);
     let status = wait(&mut run, Duration::from_secs(120));
-    assert!(status.success(), "{}", run_err.join().unwrap());
+    // Its one task is dead-lettered: a failed run (exit 3).
+    assert_eq!(status.code(), Some(3), "{}", run_err.join().unwrap());
     let _ = w.kill();
     let _ = w.wait();
     let evs = events(&data);

@@ -81,12 +81,11 @@ fn verify_export(file: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["verify-export", file.to_str().unwrap()];
     args.extend_from_slice(extra);
     // No ledger is needed (and `verify-export` takes no --data).
-    let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
+    Command::new(env!("CARGO_BIN_EXE_runledger"))
         .args(&args)
         .env_remove("RUNLEDGER_DATA")
         .output()
-        .unwrap();
-    out
+        .unwrap()
 }
 
 fn lines(file: &Path) -> Vec<String> {

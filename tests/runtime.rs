@@ -411,13 +411,13 @@ fn cli_demo_twice_prints_the_same_digest_as_replay() {
 }
 
 #[test]
-fn readme_workload_example_parses_and_runs() {
+fn docs_workload_example_parses_and_runs() {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/workloads.md")).unwrap();
     let section = &readme[readme.find("## Workloads").unwrap()..];
     let start = section.find("```toml\n").unwrap() + "```toml\n".len();
     let text = &section[start..start + section[start..].find("```").unwrap()];
-    let w = Workload::parse("README.md", text).unwrap_or_else(|e| panic!("{e}"));
+    let w = Workload::parse("docs/workloads.md", text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         (w.tenants.len(), w.pipelines.len(), w.submissions.len()),
         (1, 2, 1)
