@@ -433,24 +433,34 @@ fn task_ids_a_run_composes_are_checked_against_the_limit_before_it_starts() {
 }
 
 /// Writes records straight into the store, past every entry check: a
-/// ledger from before ids were capped.
-fn old_ledger_with(dir: &Path, events: &[Event]) {
+/// ledger from before a limit existed.
+fn old_ledger_at(dir: &Path, records: &[(Timestamp, Event)]) {
     use runledger::log::codec::encode_event;
     use runledger::log::frame::FrameBuilder;
     use runledger::log::record::record_hash;
     let store = Store::open(dir, true).unwrap();
     let mut prev = runledger::log::ZERO_HASH;
     let mut frame = FrameBuilder::new(1, prev);
-    for (i, event) in events.iter().enumerate() {
+    let mut frames = Vec::new();
+    for (i, (at, event)) in records.iter().enumerate() {
         let seq = i as u64 + 1;
-        let at = Timestamp(1_767_225_600_000_000 + seq as i64);
+        if frame.is_full() {
+            frames.push((frame.first_seq(), frame.finish()));
+        }
         let bytes = encode_event(event);
-        let hash = record_hash(seq, at, &prev, &bytes);
-        frame.push(at, hash, &bytes);
+        let hash = record_hash(seq, *at, &prev, &bytes);
+        frame.push(*at, hash, &bytes);
         prev = hash;
     }
-    store.write_frames(vec![(1, frame.finish())]).unwrap();
+    frames.push((frame.first_seq(), frame.finish()));
+    store.write_frames(frames).unwrap();
     store.flush(true).unwrap();
+}
+
+fn old_ledger_with(dir: &Path, events: &[Event]) {
+    let at = |seq: usize| Timestamp(1_767_225_600_000_000 + seq as i64);
+    let records: Vec<_> = (1..).map(at).zip(events.iter().cloned()).collect();
+    old_ledger_at(dir, &records);
 }
 
 #[test]
@@ -836,4 +846,56 @@ fn a_handler_declares_its_params_schema_and_the_checker_uses_it() {
         err.starts_with("w.toml:14: params.step: unknown step `rerankk`"),
         "{err}"
     );
+}
+
+#[test]
+fn replay_check_still_reads_workloads_recorded_before_the_limits_and_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Always fails, so its NACKs carry retry times from the queue policy.
+    let failing = r#"{ step = "tool", latency_ms = 5, failure_rate_bp = 10000 }"#;
+    let text = workload("acme", "30.0", START, failing, "").replace(
+        "[[tenants]]",
+        "[execution.queue]\nretry_base_ms = 700\n\n[[tenants]]",
+    );
+    let file = write(dir.path(), "w.toml", &text);
+    let run = runledger(&data, &["run", file.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let log = runledger(&data, &["log", "--json"]);
+    let mut records: Vec<(Timestamp, Event)> = stdout(&log)
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            let at = serde_json::from_value(r["recorded_at"].clone()).unwrap();
+            (at, serde_json::from_value(r["event"].clone()).unwrap())
+        })
+        .collect();
+    // As a ledger written before the sim schema: its recorded workload has
+    // a param the schema refuses; and one retry time is edited.
+    let mut edited = false;
+    for (_, event) in &mut records {
+        match event {
+            Event::WorkloadRecorded { text: recorded, .. } => {
+                *recorded = recorded.replace(
+                    "failure_rate_bp = 10000 }",
+                    "failure_rate_bp = 10000, dept = 5 }",
+                );
+                assert!(Workload::parse("w.toml", recorded).is_err());
+            }
+            Event::TaskNacked {
+                retry_at: Some(at), ..
+            } if !edited => {
+                *at = Timestamp(at.as_micros() + 1_000);
+                edited = true;
+            }
+            _ => {}
+        }
+    }
+    assert!(edited);
+    let old = dir.path().join("old");
+    old_ledger_at(&old, &records);
+    let check = runledger(&old, &["replay", "--check"]);
+    let text = format!("{}{}", stdout(&check), stderr(&check));
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(text.contains("retry_at"), "{text}");
 }

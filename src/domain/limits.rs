@@ -70,11 +70,21 @@ pub fn check_id(field: &'static str, id: &str) -> Result<(), Rejection> {
             bytes: id.len(),
         });
     }
-    match id.chars().find(|c| c.is_control()) {
-        Some(c) => Err(Rejection::ControlCharacter {
-            field,
-            code: u32::from(c),
-        }),
+    // The control characters (`char::is_control`) are U+0000..=U+001F,
+    // U+007F and U+0080..=U+009F, the last encoded as 0xC2 0x80..=0x9F: a
+    // scan of the bytes finds them without decoding (the writer runs this
+    // on every id it chains).
+    let bytes = id.as_bytes();
+    let control = bytes.iter().enumerate().find_map(|(i, &b)| match b {
+        0x00..=0x1f | 0x7f => Some(u32::from(b)),
+        0xc2 => bytes
+            .get(i + 1)
+            .filter(|next| (0x80..=0x9f).contains(*next))
+            .map(|next| u32::from(*next)),
+        _ => None,
+    });
+    match control {
+        Some(code) => Err(Rejection::ControlCharacter { field, code }),
         None => Ok(()),
     }
 }
@@ -215,7 +225,19 @@ mod tests {
             control.contains("`task`") && control.contains("U+0007"),
             "{control}"
         );
-        assert!(check_id("task", "ünïcødé/../#x").is_ok());
+        assert!(check_id("task", "ünïcødé/../#x\u{a0}\u{ff}").is_ok());
+        let c1 = check_id("task", "a\u{85}").unwrap_err().to_string();
+        assert!(c1.contains("U+0085"), "{c1}");
+        assert!(check_id("task", "\u{7f}").is_err());
+        // The byte scan agrees with `char::is_control` on every character
+        // of the first two UTF-8 lengths.
+        for c in (0..0x800).filter_map(char::from_u32) {
+            assert_eq!(
+                check_id("x", &c.to_string()).is_err(),
+                c.is_control(),
+                "{c:?}"
+            );
+        }
     }
 
     #[test]
