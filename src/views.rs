@@ -250,12 +250,20 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// The rows with their columns aligned. A cell longer than
+    /// [`CELL_CHARS_MAX`] (an id from a ledger written before ids were
+    /// capped) is cut there and ends with `…`; padding is written by hand,
+    /// so no width can make the formatter panic.
     pub fn render(&self) -> String {
-        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let rows: Vec<Vec<std::borrow::Cow<'_, str>>> = self
+            .rows
+            .iter()
+            .map(|r| r.iter().map(|cell| clip(cell)).collect())
+            .collect();
+        let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
             .map(|c| {
-                self.rows
-                    .iter()
+                rows.iter()
                     .filter_map(|r| r.get(c))
                     .map(|s| s.chars().count())
                     .max()
@@ -263,13 +271,13 @@ impl Table {
             })
             .collect();
         let mut out = String::new();
-        for row in &self.rows {
+        for row in &rows {
             let mut line = String::new();
             for (c, cell) in row.iter().enumerate() {
-                if c + 1 == row.len() {
-                    line.push_str(cell);
-                } else {
-                    line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
+                line.push_str(cell);
+                if c + 1 < row.len() {
+                    let pad = widths[c] - cell.chars().count() + 2;
+                    line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
             out.push_str(line.trim_end());
@@ -279,6 +287,43 @@ impl Table {
     }
 }
 
+/// The widest a table cell is shown: an id at its limit fits whole.
+pub const CELL_CHARS_MAX: usize = crate::domain::limits::ID_BYTES_MAX;
+
+/// `cell`, cut to [`CELL_CHARS_MAX`] characters with a final `…`.
+fn clip(cell: &str) -> std::borrow::Cow<'_, str> {
+    match cell.char_indices().nth(CELL_CHARS_MAX) {
+        None => std::borrow::Cow::Borrowed(cell),
+        Some(_) => {
+            let keep: String = cell.chars().take(CELL_CHARS_MAX - 1).collect();
+            std::borrow::Cow::Owned(keep + "…")
+        }
+    }
+}
+
 pub fn bp_percent(bp: i64) -> String {
     format!("{}.{:02}%", bp / 100, (bp % 100).abs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_renders_cells_of_any_length_without_panicking() {
+        // `format!("{:<w$}")` panics for widths over 65,535.
+        let long = "x".repeat(70_000);
+        let mut table = Table::new(&["tenant", "budget"]);
+        table.row(vec![long.clone(), "1".to_owned()]);
+        table.row(vec!["acme".to_owned(), "2".to_owned()]);
+        let text = table.render();
+        let lines: Vec<&str> = text.lines().collect();
+        let clipped = format!("{}…  1", "x".repeat(CELL_CHARS_MAX - 1));
+        assert_eq!(lines[1], clipped);
+        assert_eq!(
+            lines[2],
+            format!("acme{}2", " ".repeat(CELL_CHARS_MAX - 4 + 2))
+        );
+        assert_eq!(lines[0].find("budget"), lines[2].find('2'));
+    }
 }

@@ -4,9 +4,17 @@
 //! record as `log --json` prints it (`{"seq", "recorded_at", "prev_hash",
 //! "hash", "event"}`); a record keeps its `recorded_at` and must hash to its
 //! own `hash`, so an edited export is refused rather than re-signed.
+//!
+//! Limits: a line is read bounded ([`lines`]: at most
+//! `INGEST_LINE_BYTES_MAX` bytes are ever buffered), and a parsed line is
+//! refused when its ids, params, times or encoding break a limit of
+//! `domain::limits`, so nothing `ingest` accepts can brick the ledger.
+
+use std::io::BufRead;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::limits::{self, INGEST_LINE_BYTES_MAX};
 use crate::domain::{Event, Timestamp};
 use crate::log::Append;
 use crate::log::codec::encode_event;
@@ -53,8 +61,72 @@ fn parse_hash(field: &str, text: &str) -> Result<blake3::Hash, String> {
     blake3::Hash::from_hex(text).map_err(|_| format!("`{field}` is not a 64-digit hex hash"))
 }
 
-/// Parses one line of an ingest file.
+/// The lines of an ingest file, numbered from 1, without their line end.
+/// A line longer than `INGEST_LINE_BYTES_MAX` is an error at its number,
+/// found after reading one byte past the limit (a 2 GB line is never
+/// buffered); after an error the iterator ends.
+pub fn lines<R: BufRead>(reader: R) -> Lines<R> {
+    Lines {
+        reader,
+        number: 0,
+        failed: false,
+    }
+}
+
+pub struct Lines<R> {
+    reader: R,
+    number: usize,
+    failed: bool,
+}
+
+impl<R: BufRead> Iterator for Lines<R> {
+    type Item = (usize, Result<String, String>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::Read;
+        if self.failed {
+            return None;
+        }
+        self.number += 1;
+        let mut line = Vec::new();
+        let limit = INGEST_LINE_BYTES_MAX as u64 + 1;
+        let read = (&mut self.reader).take(limit).read_until(b'\n', &mut line);
+        let result = match read {
+            Ok(0) => return None,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                if line.len() > INGEST_LINE_BYTES_MAX {
+                    Err(format!(
+                        "the line is longer than INGEST_LINE_BYTES_MAX ({INGEST_LINE_BYTES_MAX} bytes)"
+                    ))
+                } else {
+                    String::from_utf8(line)
+                        .map_err(|_| "cannot read: the line is not valid UTF-8".to_owned())
+                }
+            }
+            Err(e) => Err(format!("cannot read: {e}")),
+        };
+        self.failed = result.is_err();
+        Some((self.number, result))
+    }
+}
+
+/// Parses one line of an ingest file and checks it against the limits.
 pub fn parse_line(text: &str) -> Result<Append, String> {
+    let append = parse_unchecked(text)?;
+    let bytes = encode_event(&append.event).len();
+    limits::check_event(&append.event)
+        .and_then(|()| limits::check_event_bytes(bytes))
+        .map_err(|rejection| rejection.to_string())?;
+    Ok(append)
+}
+
+fn parse_unchecked(text: &str) -> Result<Append, String> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("invalid JSON: {}", clean(e)))?;
     let Some(object) = value.as_object() else {
@@ -65,6 +137,7 @@ pub fn parse_line(text: &str) -> Result<Append, String> {
             serde_json::from_value(value).map_err(|e| format!("invalid record: {}", clean(e)))?;
         let prev = parse_hash("prev_hash", &record.prev_hash)?;
         let hash = parse_hash("hash", &record.hash)?;
+        limits::check_time("recorded_at", record.recorded_at).map_err(|r| r.to_string())?;
         let bytes = encode_event(&record.event);
         if record_hash(record.seq, record.recorded_at, &prev, &bytes) != hash {
             return Err(format!(
@@ -110,6 +183,39 @@ mod tests {
                 .unwrap()
                 .contains("missing field `type`")
         );
+    }
+
+    #[test]
+    fn lines_are_read_bounded() {
+        use std::io::Read;
+        // An endless line: refused after INGEST_LINE_BYTES_MAX + 1 bytes.
+        let endless = std::io::BufReader::new(std::io::repeat(b'x'));
+        let mut endless = lines(endless);
+        let (number, line) = endless.next().unwrap();
+        assert_eq!(number, 1);
+        assert!(line.unwrap_err().contains("INGEST_LINE_BYTES_MAX"));
+        assert!(endless.next().is_none(), "nothing after an error");
+        // A line exactly at the limit passes, CRLF and LF both end lines.
+        let at_limit = "y".repeat(INGEST_LINE_BYTES_MAX);
+        let text = format!("a\r\n{at_limit}\n\nb");
+        let read: Vec<_> = lines(text.as_bytes().chain(&b""[..])).collect();
+        assert_eq!(read.len(), 4);
+        assert_eq!(read[0], (1, Ok("a".to_owned())));
+        assert_eq!(
+            read[1].1.as_ref().map(String::len),
+            Ok(INGEST_LINE_BYTES_MAX)
+        );
+        assert_eq!(read[2], (3, Ok(String::new())));
+        assert_eq!(read[3], (4, Ok("b".to_owned())));
+        let bad = lines(&[0xffu8, b'\n'][..]).next().unwrap().1;
+        assert!(bad.unwrap_err().contains("not valid UTF-8"));
+    }
+
+    #[test]
+    fn parse_line_checks_the_limits() {
+        let long = "t".repeat(crate::domain::limits::ID_BYTES_MAX + 1);
+        let line = format!(r#"{{"type":"run_finished","run":"{long}"}}"#);
+        assert!(parse_line(&line).err().unwrap().contains("ID_BYTES_MAX"));
     }
 
     #[test]

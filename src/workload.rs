@@ -4,6 +4,13 @@
 //! appended. Every error names the file and line. A workload loaded from
 //! a file has the relative file names of its `exec` argvs resolved against
 //! the file's directory.
+//!
+//! The checks cover every limit of `domain::limits` a run of the workload
+//! could reach: the file's size, ids, each node's params (size, and its
+//! handler's schema), the tasks it expands to, the ids, params and
+//! `task_submitted` events of the expansion ([`Workload::check_run`]), and
+//! every time its schedule can reach; so a checked workload never makes an
+//! executor write what the ledger refuses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -11,14 +18,57 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::domain::limits::{
+    self, EVENT_BYTES_MAX, ID_BYTES_MAX, PARAMS_BYTES_MAX, TIME_MICROS_MAX, TIMEOUT_MS_MIN,
+    WORKLOAD_FILE_BYTES_MAX, WORKLOAD_TASKS_MAX,
+};
 use crate::domain::scheduler::QueuePolicy;
-use crate::domain::{BudgetPeriod, LearningIntensity, Micros, Params, Priority, Timestamp};
+use crate::domain::{
+    BudgetPeriod, LearningIntensity, Micros, ParamError, Params, Priority, Timestamp,
+};
 
 /// The largest count a workload may ask for (workers, runs, fan-out, ...).
 const MAX_COUNT: i64 = 1_000_000;
 
 /// Handlers the executor knows.
 pub const HANDLERS: &[&str] = &["exec", "sim"];
+
+/// The longest run id a run gets by default (`run-<seed>`): what the
+/// checker assumes when the workload names no `run`.
+const DEFAULT_RUN_ID_MAX: &str = "run-18446744073709551615";
+
+/// What the checker knows of the handlers a workload may name: their
+/// names, and each one's params schema.
+pub trait HandlerSchemas {
+    fn names(&self) -> Vec<&str>;
+    fn check_params(&self, handler: &str, params: &serde_json::Value) -> Result<(), ParamError>;
+}
+
+/// Names alone: the built-in `sim` checks its params with its schema, any
+/// other handler accepts any params (a registry of handlers, which knows
+/// each one's schema, is a `runtime::handler::Handlers`).
+impl HandlerSchemas for [&str] {
+    fn names(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+
+    fn check_params(&self, handler: &str, params: &serde_json::Value) -> Result<(), ParamError> {
+        match handler {
+            "sim" => crate::domain::sim::check_params(params),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<const N: usize> HandlerSchemas for [&str; N] {
+    fn names(&self) -> Vec<&str> {
+        self.as_slice().names()
+    }
+
+    fn check_params(&self, handler: &str, params: &serde_json::Value) -> Result<(), ParamError> {
+        self.as_slice().check_params(handler, params)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {message}")]
@@ -278,6 +328,10 @@ pub struct Workload {
     pub config_hash: String,
     /// The file's text, recorded in `workload_recorded`.
     pub text: String,
+    /// Where errors of [`Workload::check_run`] point.
+    file: String,
+    run_line: usize,
+    submission_lines: Vec<usize>,
 }
 
 /// Which of `shards` coordinators runs `tenant`: the first 8 bytes of
@@ -342,6 +396,281 @@ pub struct SubmissionSpec {
     pub interval_micros: i64,
 }
 
+impl PipelineSpec {
+    /// The tasks one run of the pipeline submits: each node once, each map
+    /// node `fan_out` times.
+    pub fn tasks_per_run(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| self.replicas(n))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// How many tasks node `n` becomes in one run.
+    fn replicas(&self, n: &NodeSpec) -> u64 {
+        if n.stage == Some(Stage::Map) {
+            u64::from(self.fan_out)
+        } else {
+            1
+        }
+    }
+}
+
+fn too_large(file: &str, bytes: u64) -> WorkloadError {
+    WorkloadError {
+        file: file.to_owned(),
+        line: 0,
+        message: format!(
+            "the workload is {bytes} bytes, over WORKLOAD_FILE_BYTES_MAX ({WORKLOAD_FILE_BYTES_MAX} bytes)"
+        ),
+    }
+}
+
+/// `span`, or `fallback` when the key was not written (a default's span is
+/// empty).
+fn known_span(
+    span: std::ops::Range<usize>,
+    fallback: std::ops::Range<usize>,
+) -> std::ops::Range<usize> {
+    if span.is_empty() { fallback } else { span }
+}
+
+/// The bound on every time a run of the workload can record, built up
+/// submission by submission: time moves only to an arrival or to a timer
+/// (an attempt's end or timeout, a retry), and each timer lies at most one
+/// timeout or one longest retry wait after the step that set it. So no
+/// record lies later than `start + last arrival + attempts × (timeout +
+/// longest retry wait)`, attempts being `tasks × max_attempts`.
+struct Schedule {
+    start: i64,
+    /// Per attempt: its timeout plus the longest retry wait after it.
+    per_attempt: i128,
+    max_attempts: u64,
+    tasks: u64,
+    last_arrival: i64,
+}
+
+impl Schedule {
+    fn new(start: Timestamp, timeout_micros: i64, max_attempts: u32, policy: &QueuePolicy) -> Self {
+        // The longest wait: the capped backoff with the largest jitter.
+        let longest_retry =
+            policy.retry_delay_micros(u32::MAX, u64::from(policy.jitter_bp.saturating_sub(1)));
+        Schedule {
+            start: start.as_micros(),
+            per_attempt: i128::from(timeout_micros) + i128::from(longest_retry),
+            max_attempts: u64::from(max_attempts),
+            tasks: 0,
+            last_arrival: 0,
+        }
+    }
+
+    /// Counts `runs` runs of `per_run` tasks against `WORKLOAD_TASKS_MAX`
+    /// (without expanding them).
+    fn add_tasks(&mut self, runs: u32, per_run: u64) -> Result<(), String> {
+        let total = per_run
+            .checked_mul(u64::from(runs))
+            .and_then(|tasks| tasks.checked_add(self.tasks))
+            .filter(|total| *total <= WORKLOAD_TASKS_MAX);
+        match total {
+            Some(total) => {
+                self.tasks = total;
+                Ok(())
+            }
+            None => Err(format!(
+                "the workload expands to more than WORKLOAD_TASKS_MAX ({WORKLOAD_TASKS_MAX}) tasks: \
+                 this submission adds {runs} runs × {per_run} tasks per run to {} before it",
+                self.tasks
+            )),
+        }
+    }
+
+    /// The interval in micros, after checking that the last of `runs`
+    /// arrivals is no later than `TIME_MICROS_MAX`.
+    fn add_arrivals(&mut self, interval_ms: i64, runs: u32) -> Result<i64, String> {
+        if runs == 1 {
+            // One run arrives at the start, whatever the interval.
+            return Ok(interval_ms.saturating_mul(1_000));
+        }
+        let last = interval_ms
+            .checked_mul(1_000)
+            .and_then(|interval| Some((interval, interval.checked_mul(i64::from(runs) - 1)?)))
+            .filter(|(_, last)| {
+                self.start
+                    .checked_add(*last)
+                    .is_some_and(|at| at <= TIME_MICROS_MAX)
+            });
+        match last {
+            Some((interval, last)) => {
+                self.last_arrival = self.last_arrival.max(last);
+                Ok(interval)
+            }
+            None => Err(format!(
+                "the last of {runs} runs every {interval_ms} ms from start {} would arrive \
+                 after 9999-12-31T23:59:59.999999Z (TIME_MICROS_MAX)",
+                Timestamp(self.start)
+            )),
+        }
+    }
+
+    /// Whether every time the schedule can reach is within the limit.
+    fn check_end(&self) -> Result<(), String> {
+        let attempts = i128::from(self.tasks) * i128::from(self.max_attempts);
+        let end = i128::from(self.start)
+            + i128::from(self.last_arrival)
+            + attempts.saturating_mul(self.per_attempt);
+        if end <= i128::from(TIME_MICROS_MAX) {
+            return Ok(());
+        }
+        Err(format!(
+            "the run could record times after 9999-12-31T23:59:59.999999Z (TIME_MICROS_MAX): \
+             start {} + last arrival {} ms + {} tasks × max_attempts {} × ({} ms, the timeout \
+             plus the longest retry wait); lower them",
+            Timestamp(self.start),
+            self.last_arrival / 1_000,
+            self.tasks,
+            self.max_attempts,
+            self.per_attempt / 1_000
+        ))
+    }
+}
+
+/// Digits of `n` in decimal.
+fn digits(n: u64) -> u64 {
+    n.checked_ilog10().map_or(1, |d| u64::from(d) + 1)
+}
+
+/// The digits of every number below `n`, summed.
+fn digits_below(n: u64) -> u64 {
+    let (mut total, mut from, mut width) = (0u64, 0u64, 1u64);
+    while from < n {
+        let to = from.saturating_mul(10).max(10).min(n);
+        total = total.saturating_add((to - from).saturating_mul(width));
+        from = to;
+        width += 1;
+    }
+    total
+}
+
+/// The characters of `text` that JSON escapes (ids hold no control
+/// characters, so only quotes and backslashes).
+fn json_escapes(text: &str) -> u64 {
+    text.bytes().filter(|b| matches!(b, b'"' | b'\\')).count() as u64
+}
+
+/// What one submission's expansion sums to for the ids of one node's
+/// tasks: how many, their bytes and their JSON escapes.
+#[derive(Clone, Copy, Default)]
+struct IdSizes {
+    count: u64,
+    bytes: u64,
+    escapes: u64,
+}
+
+impl IdSizes {
+    fn add(self, other: IdSizes) -> IdSizes {
+        IdSizes {
+            count: self.count.saturating_add(other.count),
+            bytes: self.bytes.saturating_add(other.bytes),
+            escapes: self.escapes.saturating_add(other.escapes),
+        }
+    }
+}
+
+/// Why a run `run` of submission `s` of pipeline `p` would expand to a
+/// task id, params or `task_submitted` event over its limit, computed from
+/// the lengths alone (the largest pipeline run number, the largest map
+/// shard): task ids are `run/tenant/pipeline#n/node` (`node.k` for map
+/// shards), a map task's params gain its `shard`, a reduce task's its
+/// `inputs` (every map task's id), and every task lists its parents.
+fn expansion_error(run: &str, s: &SubmissionSpec, p: &PipelineSpec) -> Option<String> {
+    let last_run = u64::from(s.runs.saturating_sub(1));
+    let prefix = format!("{run}/{}/{}#{last_run}/", s.tenant, p.id);
+    let prefix_len = prefix.len() as u64;
+    let prefix_escapes = json_escapes(&prefix);
+    let fan_out = u64::from(p.fan_out);
+    let ids_of = |n: &NodeSpec| -> IdSizes {
+        let name = n.id.len() as u64;
+        let count = p.replicas(n);
+        let suffix = if n.stage == Some(Stage::Map) {
+            // `node.k` for k in 0..fan_out.
+            fan_out
+                .saturating_mul(name + 1)
+                .saturating_add(digits_below(fan_out))
+        } else {
+            name
+        };
+        IdSizes {
+            count,
+            bytes: count.saturating_mul(prefix_len).saturating_add(suffix),
+            escapes: count.saturating_mul(prefix_escapes + json_escapes(&n.id)),
+        }
+    };
+    let by_id: BTreeMap<&str, &NodeSpec> = p.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    for n in &p.nodes {
+        let longest = match n.stage {
+            Some(Stage::Map) => format!("{prefix}{}.{}", n.id, fan_out.saturating_sub(1)),
+            _ => format!("{prefix}{}", n.id),
+        };
+        if longest.len() > ID_BYTES_MAX {
+            return Some(format!(
+                "task ids of pipeline `{}` for tenant `{}` can be {} bytes (`{longest}`), \
+                 over ID_BYTES_MAX ({ID_BYTES_MAX} bytes): shorten the run, tenant, pipeline or node id",
+                p.id,
+                s.tenant,
+                longest.len()
+            ));
+        }
+        let deps = n
+            .deps
+            .iter()
+            .filter_map(|d| by_id.get(d.as_str()))
+            .map(|d| ids_of(d))
+            .fold(IdSizes::default(), IdSizes::add);
+        // Params as the expansion writes them (a staged node's are a table).
+        let declared = n.params.as_json().len() as u64;
+        let declared_table = if n.params.to_value().is_object() {
+            declared
+        } else {
+            2
+        };
+        let params = match n.stage {
+            // `,"shard":k`
+            Some(Stage::Map) => declared_table + 9 + digits(fan_out.saturating_sub(1)),
+            // `,"inputs":["id",...]`: every parent's ids as JSON strings.
+            Some(Stage::Reduce) => declared_table
+                .saturating_add(12)
+                .saturating_add(deps.bytes)
+                .saturating_add(deps.escapes)
+                .saturating_add(deps.count.saturating_mul(3)),
+            None => declared,
+        };
+        if params > PARAMS_BYTES_MAX as u64 {
+            return Some(format!(
+                "node `{}` of pipeline `{}`: its params with the inputs the expansion adds \
+                 (the ids of its {} parent tasks) can be {params} bytes, over PARAMS_BYTES_MAX \
+                 ({PARAMS_BYTES_MAX} bytes): lower fan_out or shorten the ids",
+                n.id, p.id, deps.count
+            ));
+        }
+        // The event: its params, its parents (each id with its length),
+        // four more ids at most, its handler and a few fixed-size fields.
+        let event = params
+            .saturating_add(deps.bytes)
+            .saturating_add(deps.count.saturating_mul(3))
+            .saturating_add(4 * (ID_BYTES_MAX as u64 + 3))
+            .saturating_add(n.handler.len() as u64 + 64);
+        if event > EVENT_BYTES_MAX as u64 {
+            return Some(format!(
+                "node `{}` of pipeline `{}`: its task_submitted event, which lists its {} parent \
+                 tasks, can be {event} bytes, over EVENT_BYTES_MAX ({EVENT_BYTES_MAX} bytes): \
+                 lower fan_out or shorten the ids",
+                n.id, p.id, deps.count
+            ));
+        }
+    }
+    None
+}
+
 /// Line number (1-based) of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
@@ -354,6 +683,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 struct Checker<'a> {
     file: &'a str,
     text: &'a str,
+    /// Whether the limits and params schemas are checked.
+    strict: bool,
 }
 
 impl Checker<'_> {
@@ -363,6 +694,18 @@ impl Checker<'_> {
             line: line_of(self.text, span.start),
             message: message.into(),
         }
+    }
+
+    /// A limit's rejection as an error at `span`.
+    fn limit(
+        &self,
+        span: std::ops::Range<usize>,
+        checked: Result<(), crate::domain::Rejection>,
+    ) -> Result<(), WorkloadError> {
+        if !self.strict {
+            return Ok(());
+        }
+        checked.map_err(|rejection| self.err(span, rejection.to_string()))
     }
 
     fn positive(&self, value: &Spanned<i64>, what: &str) -> Result<u32, WorkloadError> {
@@ -392,13 +735,27 @@ fn json_of(value: &toml::Value) -> serde_json::Value {
 }
 
 impl Workload {
+    /// Reads and checks a workload file; a file over
+    /// `WORKLOAD_FILE_BYTES_MAX` is refused before it is read whole.
     pub fn load(path: &Path) -> Result<Workload, WorkloadError> {
+        use std::io::Read;
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| WorkloadError {
+        let cannot_read = |e: std::io::Error| WorkloadError {
             file: file.clone(),
             line: 0,
             message: format!("cannot read: {e}"),
-        })?;
+        };
+        let handle = std::fs::File::open(path).map_err(cannot_read)?;
+        let size = handle.metadata().map_err(cannot_read)?.len();
+        if size > WORKLOAD_FILE_BYTES_MAX as u64 {
+            return Err(too_large(&file, size));
+        }
+        // Bounded even when the size lied (a pipe, a file still growing).
+        let mut text = String::new();
+        handle
+            .take(WORKLOAD_FILE_BYTES_MAX as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(cannot_read)?;
         let mut workload = Workload::parse(&file, &text)?;
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -457,8 +814,33 @@ impl Workload {
 
     /// Parses and checks a workload whose nodes may name any of `handlers`
     /// (the built-ins plus those a library user registers).
-    pub fn parse_for(file: &str, text: &str, handlers: &[&str]) -> Result<Workload, WorkloadError> {
-        let c = Checker { file, text };
+    pub fn parse_for(
+        file: &str,
+        text: &str,
+        handlers: &(impl HandlerSchemas + ?Sized),
+    ) -> Result<Workload, WorkloadError> {
+        Workload::parse_with(file, text, handlers, true)
+    }
+
+    /// Parses a workload a run recorded, to read what it ran with (`replay
+    /// --check` takes its queue policy): the checks of its shape stay, the
+    /// limits and params schemas are skipped, so a run recorded before a
+    /// limit or a schema existed is still read. Never run what this returns.
+    pub fn parse_recorded(file: &str, text: &str) -> Result<Workload, WorkloadError> {
+        Workload::parse_with(file, text, HANDLERS, false)
+    }
+
+    fn parse_with(
+        file: &str,
+        text: &str,
+        handlers: &(impl HandlerSchemas + ?Sized),
+        strict: bool,
+    ) -> Result<Workload, WorkloadError> {
+        if strict && text.len() > WORKLOAD_FILE_BYTES_MAX {
+            return Err(too_large(file, text.len() as u64));
+        }
+        let c = Checker { file, text, strict };
+        let handler_names = handlers.names();
         let raw: RawWorkload = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(1, |s| line_of(text, s.start));
             WorkloadError {
@@ -478,9 +860,14 @@ impl Workload {
                     ),
                 ));
             }
+            c.limit(run.span(), limits::check_id("run", run.get_ref()))?;
         }
         let start = match &raw.start {
-            Some(s) => Timestamp::parse(s.get_ref()).map_err(|e| c.err(s.span(), e))?,
+            Some(s) => {
+                let start = Timestamp::parse(s.get_ref()).map_err(|e| c.err(s.span(), e))?;
+                c.limit(s.span(), limits::check_time("start", start))?;
+                start
+            }
             None => Timestamp::parse("2026-01-01T00:00:00Z").unwrap_or(Timestamp::EPOCH),
         };
         let pool = &raw.execution.pool;
@@ -509,12 +896,30 @@ impl Workload {
         let workers = &raw.execution.workers;
         let num_workers = c.positive(&workers.num_workers, "execution.workers.num_workers")?;
         let timeout = *workers.worker_timeout_sec.get_ref();
-        if !(timeout > 0.0 && timeout < 1e9) {
+        // Below 1 ms a timeout would be recorded as 0 ms: every attempt
+        // would time out at once.
+        let timeout_min = TIMEOUT_MS_MIN as f64 / 1_000.0;
+        let too_short = if strict {
+            timeout < timeout_min
+        } else {
+            timeout <= 0.0
+        };
+        if too_short || timeout.is_nan() || timeout >= 1e9 {
             return Err(c.err(
                 workers.worker_timeout_sec.span(),
-                format!("execution.workers.worker_timeout_sec must be positive (got {timeout})"),
+                format!(
+                    "execution.workers.worker_timeout_sec must be at least {timeout_min} \
+                     (TIMEOUT_MS_MIN, {TIMEOUT_MS_MIN} ms) and below 1e9 seconds (got {timeout})"
+                ),
             ));
         }
+        let worker_timeout_micros = (timeout * 1e6) as i64;
+        let policy = QueuePolicy {
+            aging_records: queue.aging_records.max(1),
+            retry_base_micros: queue.retry_base_ms.max(0).saturating_mul(1_000),
+            retry_max_micros: queue.retry_max_ms.max(0).saturating_mul(1_000),
+            jitter_bp: 5_000,
+        };
 
         let mut tenants = Vec::new();
         let mut tenant_ids = BTreeSet::new();
@@ -527,6 +932,7 @@ impl Workload {
                     format!("tenant id `{id}` must be non-empty without '/' or '#'"),
                 ));
             }
+            c.limit(t.id.span(), limits::check_id("tenants.id", id))?;
             if !tenant_ids.insert(id.clone()) {
                 return Err(c.err(t.id.span(), format!("duplicate tenant `{id}`")));
             }
@@ -558,6 +964,7 @@ impl Workload {
                     format!("pipeline id `{pid}` must be non-empty without '/' or '#'"),
                 ));
             }
+            c.limit(p.id.span(), limits::check_id("pipelines.id", pid))?;
             if pipelines.contains_key(pid) {
                 return Err(c.err(p.id.span(), format!("duplicate pipeline `{pid}`")));
             }
@@ -574,19 +981,20 @@ impl Workload {
                         format!("node id `{nid}` must be non-empty without '/', '#' or '.'"),
                     ));
                 }
+                c.limit(n.id.span(), limits::check_id("nodes.id", nid))?;
                 if node_ids.insert(nid.clone(), n.id.span()).is_some() {
                     return Err(c.err(
                         n.id.span(),
                         format!("duplicate node `{nid}` in pipeline `{pid}`"),
                     ));
                 }
-                if !handlers.contains(&n.handler.get_ref().as_str()) {
+                if !handler_names.contains(&n.handler.get_ref().as_str()) {
                     return Err(c.err(
                         n.handler.span(),
                         format!(
                             "unknown handler `{}` (known: {})",
                             n.handler.get_ref(),
-                            handlers.join(", ")
+                            handler_names.join(", ")
                         ),
                     ));
                 }
@@ -602,8 +1010,18 @@ impl Workload {
                     }
                 }
                 if let Some(params) = &n.params {
-                    if let Err(e) = crate::domain::learning::check_offer(&json_of(params)) {
+                    let json = json_of(params);
+                    if let Err(e) = crate::domain::learning::check_offer(&json) {
                         return Err(c.err(n.id.span(), format!("node `{nid}`: {e}")));
+                    }
+                    c.limit(
+                        n.id.span(),
+                        limits::check_params("params", &Params::from_value(&json)),
+                    )?;
+                    if let Err(e) = handlers.check_params(n.handler.get_ref(), &json) {
+                        if strict {
+                            return Err(c.err(n.id.span(), e.to_string()));
+                        }
                     }
                 }
                 if *n.cost_ceiling_micros.get_ref() < 0 {
@@ -699,6 +1117,8 @@ impl Workload {
         }
 
         let mut submissions = Vec::new();
+        let mut submission_lines = Vec::new();
+        let mut schedule = Schedule::new(start, worker_timeout_micros, max_attempts, &policy);
         for s in &raw.submissions {
             if !tenant_ids.contains(s.tenant.get_ref()) {
                 return Err(c.err(
@@ -715,16 +1135,42 @@ impl Workload {
             if *s.interval_ms.get_ref() < 0 {
                 return Err(c.err(s.interval_ms.span(), "interval_ms must not be negative"));
             }
+            let runs = c.positive(&s.runs, "runs")?;
+            let runs_span = known_span(s.runs.span(), s.pipeline.span());
+            let per_run = pipelines
+                .get(s.pipeline.get_ref())
+                .map_or(0, PipelineSpec::tasks_per_run);
+            let interval_ms = *s.interval_ms.get_ref();
+            let interval_micros = if strict {
+                schedule
+                    .add_tasks(runs, per_run)
+                    .map_err(|message| c.err(runs_span.clone(), message))?;
+                let interval_span = known_span(s.interval_ms.span(), runs_span.clone());
+                let interval_micros = schedule
+                    .add_arrivals(interval_ms, runs)
+                    .map_err(|message| c.err(interval_span, message))?;
+                schedule
+                    .check_end()
+                    .map_err(|message| c.err(runs_span, message))?;
+                interval_micros
+            } else {
+                interval_ms.saturating_mul(1_000)
+            };
+            submission_lines.push(line_of(text, s.pipeline.span().start));
             submissions.push(SubmissionSpec {
                 tenant: s.tenant.get_ref().clone(),
                 pipeline: s.pipeline.get_ref().clone(),
-                runs: c.positive(&s.runs, "runs")?,
+                runs,
                 priority: s.priority,
-                interval_micros: s.interval_ms.get_ref().saturating_mul(1_000),
+                interval_micros,
             });
         }
 
-        Ok(Workload {
+        let run_line = raw
+            .run
+            .as_ref()
+            .map_or(1, |r| line_of(text, r.span().start));
+        let workload = Workload {
             seed: raw.seed,
             start,
             run: raw.run.map(Spanned::into_inner),
@@ -733,24 +1179,63 @@ impl Workload {
             queue_kind,
             redis_url: queue.redis_url.clone(),
             max_attempts,
-            policy: QueuePolicy {
-                aging_records: queue.aging_records.max(1),
-                retry_base_micros: queue.retry_base_ms.max(0).saturating_mul(1_000),
-                retry_max_micros: queue.retry_max_ms.max(0).saturating_mul(1_000),
-                jitter_bp: 5_000,
-            },
+            policy,
             num_workers,
-            worker_timeout_micros: (timeout * 1e6) as i64,
+            worker_timeout_micros,
             tenants,
             pipelines,
             submissions,
             config_hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
             text: text.to_owned(),
-        })
+            file: file.to_owned(),
+            run_line,
+            submission_lines,
+        };
+        if strict {
+            workload.check_run(workload.run.as_deref().unwrap_or(DEFAULT_RUN_ID_MAX))?;
+        }
+        Ok(workload)
     }
 }
 
 impl Workload {
+    /// Checks what a run named `run` of this workload appends against the
+    /// limits: the run id, and every task id, params and `task_submitted`
+    /// event the expansion makes. Parsing checks it with the workload's
+    /// `run`, or the longest default run id; an executor checks again with
+    /// the id it runs under, before it appends anything.
+    pub fn check_run(&self, run: &str) -> Result<(), WorkloadError> {
+        let error = |line, message: String| WorkloadError {
+            file: self.file.clone(),
+            line,
+            message,
+        };
+        limits::check_id("run", run).map_err(|r| error(self.run_line, r.to_string()))?;
+        for (i, s) in self.submissions.iter().enumerate() {
+            let Some(p) = self.pipelines.get(&s.pipeline) else {
+                continue;
+            };
+            if let Some(message) = expansion_error(run, s, p) {
+                return Err(error(
+                    self.submission_lines.get(i).copied().unwrap_or(1),
+                    message,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tasks the workload submits (at most `WORKLOAD_TASKS_MAX`).
+    pub fn total_tasks(&self) -> u64 {
+        self.submissions
+            .iter()
+            .filter_map(|s| {
+                let per_run = self.pipelines.get(&s.pipeline)?.tasks_per_run();
+                Some(per_run.saturating_mul(u64::from(s.runs)))
+            })
+            .fold(0, u64::saturating_add)
+    }
+
     /// Whether every node runs the `sim` handler: such a workload runs on
     /// virtual time, deterministically; any other runs in real time.
     pub fn is_simulated(&self) -> bool {

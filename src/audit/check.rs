@@ -783,7 +783,7 @@ impl Checker {
         match &event {
             Event::WorkloadRecorded { run, text, .. } => {
                 if let Some(summary) = self.state.runs.get(run) {
-                    let queue = Workload::parse("<recorded workload>", text)
+                    let queue = Workload::parse_recorded("<recorded workload>", text)
                         .ok()
                         .map(|w| w.policy);
                     self.executed.insert(

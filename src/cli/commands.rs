@@ -77,6 +77,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 if id.is_empty() || id.contains(['/', '#']) {
                     bail!("--run-id `{id}` must be non-empty without '/' or '#'");
                 }
+                crate::domain::limits::check_id("--run-id", id)
+                    .map_err(|r| anyhow::anyhow!("{r}"))?;
             }
             let loaded = Workload::load(workload)?;
             let explicit = run_id.is_some();
@@ -368,9 +370,8 @@ fn ingest(data: &Path, file: &str, json: bool, out: &mut dyn Write) -> anyhow::R
     };
     let mut appends = Vec::new();
     let mut line_numbers = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let number = i + 1;
-        let line = line.map_err(|e| anyhow::anyhow!("{name}: line {number}: cannot read: {e}"))?;
+    for (number, line) in wire::lines(reader) {
+        let line = line.map_err(|reason| anyhow::anyhow!("{name}: line {number}: {reason}"))?;
         let text = line.trim();
         if text.is_empty() {
             continue;
@@ -1254,6 +1255,7 @@ fn worker_cmd(
         },
         str::to_owned,
     );
+    crate::domain::limits::check_id("--id", &id).map_err(|r| anyhow::anyhow!("{r}"))?;
     let options = WorkerOptions {
         id: crate::domain::WorkerId(id.clone()),
         concurrency,

@@ -274,6 +274,36 @@ impl<'de> Deserialize<'de> for Params {
     }
 }
 
+/// Why a node's params do not fit its handler's schema: where inside
+/// `params` (`step`, `learn.model`; empty for the whole value) and what is
+/// wrong. Shown as `params.<key>: <message>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ParamError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ParamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "params: {}", self.message)
+        } else {
+            write!(f, "params.{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ParamError {}
+
 fn default_max_attempts() -> u32 {
     3
 }

@@ -23,7 +23,8 @@ pub mod state;
 pub mod time;
 
 pub use event::{
-    BudgetPeriod, BudgetStatus, Category, Decision, Event, LearningIntensity, Params, Priority,
+    BudgetPeriod, BudgetStatus, Category, Decision, Event, LearningIntensity, ParamError, Params,
+    Priority,
 };
 pub use ids::{PipelineId, RunId, TaskId, TenantId, WorkerId};
 pub use money::Micros;

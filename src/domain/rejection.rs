@@ -2,8 +2,10 @@
 
 use super::event::BudgetStatus;
 use super::ids::{RunId, TaskId, TenantId, WorkerId};
+use super::limits::{EVENT_BYTES_MAX, ID_BYTES_MAX, PARAMS_BYTES_MAX};
 use super::money::Micros;
 use super::queue::TaskStatus;
+use super::time::Timestamp;
 
 /// An event that is impossible in the current state. The message says what
 /// and which id; the caller adds where (line, seq).
@@ -89,6 +91,28 @@ pub enum Rejection {
     NotOptional(TaskId),
     #[error("an amount overflows 64-bit micros")]
     Overflow,
+    #[error(
+        "`{field}` is {bytes} bytes, over ID_BYTES_MAX ({} bytes)",
+        ID_BYTES_MAX
+    )]
+    IdTooLong { field: &'static str, bytes: usize },
+    #[error("`{field}` holds a control character (U+{code:04X}); ids are printable text")]
+    ControlCharacter { field: &'static str, code: u32 },
+    #[error(
+        "`{field}` is {bytes} bytes of JSON, over PARAMS_BYTES_MAX ({} bytes)",
+        PARAMS_BYTES_MAX
+    )]
+    ParamsTooLarge { field: &'static str, bytes: usize },
+    #[error(
+        "the event encodes to {bytes} bytes, over EVENT_BYTES_MAX ({} bytes)",
+        EVENT_BYTES_MAX
+    )]
+    EventTooLarge { bytes: usize },
+    #[error(
+        "`{field}` {at} is outside 1970-01-01T00:00:00Z..=9999-12-31T23:59:59.999999Z \
+         (TIME_MICROS_MIN..=TIME_MICROS_MAX)"
+    )]
+    TimeOutOfRange { field: &'static str, at: Timestamp },
 }
 
 impl std::fmt::Display for BudgetStatus {

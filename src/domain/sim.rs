@@ -7,9 +7,12 @@
 //! (`large` | `medium` | `small`, default `medium`), `depth` (retrieval
 //! depth, default 5), `candidates` (generations, default 1),
 //! `failure_rate_bp` (default 200 = 2 %), `latency_ms` (overrides the
-//! step's typical latency).
+//! step's typical latency), and `learn` (an offer of `step` or `model`
+//! values to the learning policy). [`check_params`] is the handler's
+//! strict schema: unknown keys, unknown values and wrong types are refused
+//! before anything runs.
 
-use super::event::{Category, Params};
+use super::event::{Category, ParamError, Params};
 use super::money::Micros;
 use super::scheduler::draw;
 
@@ -22,6 +25,96 @@ pub struct SimOutcome {
     pub costs: Vec<(Category, Micros)>,
     /// A reward for the learning policy, in basis points (0 on failure).
     pub reward_bp: i32,
+}
+
+/// The steps the `sim` handler simulates (`generate` is the default).
+pub const STEPS: [&str; 6] = [
+    "retrieve", "rerank", "generate", "evaluate", "tool", "store",
+];
+
+/// The models it prices (`medium` is the default).
+pub const MODELS: [&str; 3] = ["large", "medium", "small"];
+
+/// Every key its params may hold.
+const KEYS: [&str; 7] = [
+    "candidates",
+    "depth",
+    "failure_rate_bp",
+    "latency_ms",
+    "learn",
+    "model",
+    "step",
+];
+
+/// The `sim` handler's params schema: a table of the keys above, each of
+/// its type and range; `learn` offers values of one of them.
+pub fn check_params(params: &serde_json::Value) -> Result<(), ParamError> {
+    if params.is_null() {
+        return Ok(());
+    }
+    let Some(map) = params.as_object() else {
+        return Err(ParamError::new(
+            "",
+            format!("expected a table such as {{ step = \"generate\" }} (got {params})"),
+        ));
+    };
+    for (key, value) in map {
+        if key != "learn" {
+            check_value(key, value).map_err(|message| ParamError::new(key, message))?;
+            continue;
+        }
+        let Some(offer) = value.as_object() else {
+            return Err(ParamError::new(
+                "learn",
+                "expected a table such as { model = [\"large\", \"small\"] }",
+            ));
+        };
+        for (param, values) in offer {
+            let key = format!("learn.{param}");
+            let Some(values) = values.as_array() else {
+                return Err(ParamError::new(key, "expected an array of values"));
+            };
+            if param == "learn" {
+                return Err(ParamError::new(key, "an offer cannot offer offers"));
+            }
+            for v in values {
+                check_value(param, v).map_err(|message| ParamError::new(&key, message))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why `value` does not fit sim param `key`.
+fn check_value(key: &str, value: &serde_json::Value) -> Result<(), String> {
+    let one_of = |known: &[&str]| match value.as_str() {
+        Some(v) if known.contains(&v) => Ok(()),
+        Some(v) => Err(format!(
+            "unknown {key} `{v}` (expected one of {})",
+            known.join(", ")
+        )),
+        None => Err(format!(
+            "expected one of {} as a string (got {value})",
+            known.join(", ")
+        )),
+    };
+    let integer = |min: i64, max: i64| match value.as_i64() {
+        Some(v) if (min..=max).contains(&v) => Ok(()),
+        _ => Err(format!(
+            "expected an integer from {min} to {max} (got {value})"
+        )),
+    };
+    match key {
+        "step" => one_of(&STEPS),
+        "model" => one_of(&MODELS),
+        "depth" | "candidates" => integer(1, 1_000_000),
+        "failure_rate_bp" => integer(0, 10_000),
+        "latency_ms" => integer(0, 1_000_000),
+        _ => Err(format!(
+            "unknown key (the sim handler knows {})",
+            KEYS.join(", ")
+        )),
+    }
 }
 
 /// Price of 1,000 tokens in micros.
@@ -230,6 +323,55 @@ mod tests {
                 "{json}: the ceiling {ceiling} is loose for {most}"
             );
         }
+    }
+
+    #[test]
+    fn sim_params_schema_refuses_typos_with_the_key() {
+        let check = |json: &str| {
+            check_params(&serde_json::from_str(json).unwrap())
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(check("null"), None);
+        assert_eq!(
+            check(
+                r#"{"step":"generate","model":"large","depth":3,"candidates":2,"failure_rate_bp":0,"latency_ms":0,"learn":{"model":["small","large"]}}"#
+            ),
+            None
+        );
+        let step = check(r#"{"step":"rerankk"}"#).unwrap();
+        assert!(
+            step.starts_with("params.step: unknown step `rerankk`"),
+            "{step}"
+        );
+        let model = check(r#"{"model":["larg"]}"#).unwrap();
+        assert!(
+            model.starts_with("params.model: expected one of large"),
+            "{model}"
+        );
+        let dept = check(r#"{"dept":5}"#).unwrap();
+        assert!(dept.starts_with("params.dept: unknown key"), "{dept}");
+        let depth = check(r#"{"depth":"5"}"#).unwrap();
+        assert!(
+            depth.starts_with("params.depth: expected an integer"),
+            "{depth}"
+        );
+        assert!(check(r#"{"failure_rate_bp":10001}"#).is_some());
+        let learn = check(r#"{"learn":{"model":["larg"]}}"#).unwrap();
+        assert!(
+            learn.starts_with("params.learn.model: unknown model `larg`"),
+            "{learn}"
+        );
+        assert!(
+            check(r#"{"learn":{"dept":["a"]}}"#)
+                .unwrap()
+                .starts_with("params.learn.dept: unknown key")
+        );
+        assert!(
+            check("[1]")
+                .unwrap()
+                .starts_with("params: expected a table")
+        );
     }
 
     #[test]

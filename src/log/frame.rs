@@ -9,9 +9,12 @@
 //! canonical event bytes; the header stores the full 32-byte hash before the
 //! frame and at its end, which carry the chain's cryptographic strength.
 //!
-//! Frames stay small (a sled leaf holds up to 17 of them) so that no sled
-//! page goes over its blob threshold (segment size / 4 = 128 KiB): sled
-//! writes blobs to separate files without syncing them.
+//! Frames stay small (a sled leaf holds up to 17 of them) so that sled
+//! pages stay under its blob threshold (segment size / 4 = 128 KiB). A
+//! record larger than that (an event up to `EVENT_BYTES_MAX`, e.g. a big
+//! recorded workload) makes its frame, and the leaf holding it, a sled
+//! blob: a file of its own that sled writes without syncing, so the store
+//! fsyncs new blob files on every durable flush (`Store::flush`).
 
 use bincode::{BorrowDecode, Encode};
 

@@ -135,6 +135,8 @@ pub struct Store {
     created: Option<dir::Created>,
     /// The copy sled opened instead of `dir`; dropped last, after sled.
     scratch: Option<dir::Scratch>,
+    /// The sled blob files already fsynced (see [`Store::sync_blobs`]).
+    synced_blobs: std::sync::Mutex<std::collections::BTreeSet<std::ffi::OsString>>,
 }
 
 impl Store {
@@ -346,6 +348,7 @@ impl Store {
             data_file,
             created: None,
             scratch: None,
+            synced_blobs: std::sync::Mutex::default(),
         })
     }
 
@@ -621,6 +624,10 @@ impl Store {
             source,
         })?;
         if sync {
+            self.sync_blobs().map_err(|source| StoreError::Io {
+                path: self.dir.join("blobs"),
+                source,
+            })?;
             self.data_file
                 .sync_data()
                 .map_err(|source| StoreError::Io {
@@ -628,6 +635,47 @@ impl Store {
                     source,
                 })?;
         }
+        Ok(())
+    }
+
+    /// Fsyncs the blob files sled wrote since the last call, and their
+    /// directory. sled stores a page over its blob threshold (segment size
+    /// / 4 = 128 KiB: a frame holding a large event, or a leaf holding
+    /// one) in a file of its own under `blobs/`, written without fsync;
+    /// the segment that points at it is made durable by the flush, so the
+    /// blob must be too. Blob files are written before the flush that
+    /// covers them, so after it every blob a durable record needs is here.
+    /// Costs one directory read when there are none.
+    fn sync_blobs(&self) -> std::io::Result<()> {
+        let dir = self.dir.join("blobs");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut present = std::collections::BTreeSet::new();
+        let mut new = false;
+        for entry in entries {
+            let name = entry?.file_name();
+            if !synced.contains(&name) {
+                match std::fs::File::open(dir.join(&name)) {
+                    Ok(file) => file.sync_all()?,
+                    // Collected by sled's GC meanwhile: nothing points at it.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                new = true;
+            }
+            present.insert(name);
+        }
+        if new {
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+        *synced = present;
         Ok(())
     }
 

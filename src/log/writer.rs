@@ -10,6 +10,10 @@
 //! which flushes sled and fsyncs its data file once for every group that
 //! arrived meanwhile, then answers them: one fsync covers many groups (group
 //! commit), and the writer prepares the next group while the disk syncs.
+//!
+//! Every event is checked against `domain::limits` before it is chained
+//! (ids, params, times, and its encoding against `EVENT_BYTES_MAX`), so no
+//! record the decoder would refuse can ever be written.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
@@ -22,7 +26,7 @@ use super::codec::encode_event_into;
 use super::frame::FrameBuilder;
 use super::record::record_hash;
 use super::store::{Checkpoint, Head, IndexBuilder, IndexKind, Store, StoreError, WalkError};
-use crate::domain::{Event, Rejection, State, Timestamp};
+use crate::domain::{Event, Rejection, State, Timestamp, limits};
 use crate::replay;
 
 /// Most events one commit group takes before writing.
@@ -676,9 +680,14 @@ impl Writer {
         reply(Err(AppendError::Storage(why)));
     }
 
-    /// Validates one event, then evolves the live state and stages its
-    /// record.
+    /// Checks one event against the limits and validates it, then evolves
+    /// the live state and stages its record. Nothing the decoder could not
+    /// read back is ever chained: an event over a limit is refused here.
     fn stage(&mut self, group: &mut Group, entry: Append) -> Result<(), Rejection> {
+        limits::check_event(&entry.event)?;
+        if let Some(at) = entry.recorded_at {
+            limits::check_time("recorded_at", at)?;
+        }
         self.state.validate(&entry.event)?;
         let seq = self.head.seq + 1;
         let recorded_at = match entry.recorded_at {
@@ -691,6 +700,10 @@ impl Writer {
         };
         let from = group.scratch.len();
         encode_event_into(&entry.event, &mut group.scratch);
+        if let Err(rejection) = limits::check_event_bytes(group.scratch.len() - from) {
+            group.scratch.truncate(from);
+            return Err(rejection);
+        }
         let hash = record_hash(seq, recorded_at, &self.head.hash, &group.scratch[from..]);
         let (run, tenant) = self.state.scope(&entry.event);
         let run = run.map(|r| group.index.slot(IndexKind::Run, r.as_str()));

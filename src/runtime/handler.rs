@@ -4,6 +4,10 @@
 //! program: the task as JSON on stdin, `{"costs": [...], "output": ...}`
 //! on stdout).
 //!
+//! A handler may declare a params schema (`Handler::check_params`; the
+//! default accepts anything, `sim`'s is strict) that the workload checker
+//! runs on each node's params before anything is appended.
+//!
 //! A handler reports costs by category; the worker posts them to the
 //! ledger with the task's ACK or NACK. Timeouts are the worker's: it drops
 //! the handler's future, which kills an `exec` step's process group.
@@ -18,7 +22,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::domain::limits::EXEC_OUTPUT_BYTES_MAX;
-use crate::domain::{Category, Micros, Params, RunId, TaskId, TenantId};
+use crate::domain::{Category, Micros, ParamError, Params, RunId, TaskId, TenantId};
 
 /// What a handler knows about the task it runs.
 #[derive(Clone, Debug)]
@@ -62,6 +66,14 @@ pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Outcome, Failure
 /// User code for one kind of task.
 pub trait Handler: Send + Sync {
     fn run<'a>(&'a self, ctx: &'a TaskContext) -> HandlerFuture<'a>;
+
+    /// The handler's params schema: checks a node's params (as written in
+    /// the workload) before anything runs; the workload checker reports an
+    /// error as `file:line: params.<key>: …`. The default accepts anything.
+    fn check_params(&self, params: &serde_json::Value) -> Result<(), ParamError> {
+        let _ = params;
+        Ok(())
+    }
 }
 
 /// Handlers by name.
@@ -91,6 +103,14 @@ impl Handlers {
         self.map.keys().map(String::as_str).collect()
     }
 
+    /// Checks a node's params with the schema of handler `name` (any
+    /// params for a name not here: the checker refuses unknown names).
+    pub fn check_params(&self, name: &str, params: &serde_json::Value) -> Result<(), ParamError> {
+        self.map
+            .get(name)
+            .map_or(Ok(()), |handler| handler.check_params(params))
+    }
+
     /// Only the handlers named in `names`, or the first name not here.
     pub fn only(&self, names: &[String]) -> Result<Handlers, String> {
         let mut chosen = Handlers::default();
@@ -102,10 +122,25 @@ impl Handlers {
     }
 }
 
+/// The workload checker asks the registered handlers.
+impl crate::workload::HandlerSchemas for Handlers {
+    fn names(&self) -> Vec<&str> {
+        Handlers::names(self)
+    }
+
+    fn check_params(&self, handler: &str, params: &serde_json::Value) -> Result<(), ParamError> {
+        Handlers::check_params(self, handler, params)
+    }
+}
+
 /// The simulated agent step, in real time.
 pub struct SimHandler;
 
 impl Handler for SimHandler {
+    fn check_params(&self, params: &serde_json::Value) -> Result<(), ParamError> {
+        crate::domain::sim::check_params(params)
+    }
+
     fn run<'a>(&'a self, ctx: &'a TaskContext) -> HandlerFuture<'a> {
         Box::pin(async move {
             let key = ctx.task.draw_key(&ctx.run);

@@ -228,6 +228,9 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
             .or_else(|| workload.run.clone())
             .unwrap_or_else(|| format!("run-{seed}")),
     );
+    if !resume {
+        workload.check_run(run.as_str())?;
+    }
     let state = ledger.query_async(|state, _| state.clone()).await?;
     // On Redis, leases belong to workers that may still be running: they
     // are taken over in Redis, not expired here.

@@ -47,6 +47,8 @@ pub enum RunError {
     Resume(String),
     #[error("stopped after {0} steps, as asked")]
     Stopped(u64),
+    #[error(transparent)]
+    Workload(#[from] crate::workload::WorkloadError),
 }
 
 /// What a run did, for the summary.
@@ -654,6 +656,7 @@ pub fn run_simulated(
             .or_else(|| workload.run.clone())
             .unwrap_or_else(|| format!("run-{seed}")),
     );
+    workload.check_run(run.as_str())?;
     let state = ledger.query(|state, _| state.clone())?;
     if state.runs.get(&run).is_some() {
         return Err(RunError::RunExists(run.0));
@@ -715,25 +718,7 @@ pub(crate) fn arrivals(workload: &Workload) -> Vec<(i64, usize, u32)> {
 }
 
 pub(crate) fn total_tasks(workload: &Workload) -> u64 {
-    workload
-        .submissions
-        .iter()
-        .map(|s| {
-            let p = &workload.pipelines[&s.pipeline];
-            let per_run: u64 = p
-                .nodes
-                .iter()
-                .map(|n| {
-                    if n.stage == Some(Stage::Map) {
-                        u64::from(p.fan_out)
-                    } else {
-                        1
-                    }
-                })
-                .sum();
-            per_run.saturating_mul(u64::from(s.runs))
-        })
-        .fold(0u64, u64::saturating_add)
+    workload.total_tasks()
 }
 
 /// Runs the event loop until every task has ended, then finishes the run.
