@@ -176,9 +176,10 @@ fn ingest_refuses_a_seventeen_megabyte_line_and_the_ledger_still_verifies() {
     let first = r#"{"type":"run_started","run":"r1","seed":1}"#;
     let ok = runledger_stdin(&data, &["ingest", "-"], format!("{first}\n").as_bytes());
     assert!(ok.status.success(), "{}", stderr(&ok));
-    // The issue's way in: one line of 17 MB, its event larger than the
-    // decoder's 16 MiB.
-    let text = "#".repeat(17_000_000);
+    // The issue's way in was one line of 17 MB, its event larger than the
+    // decoder's 16 MiB; a line past INGEST_LINE_BYTES_MAX (24 MiB) is
+    // refused before it is parsed.
+    let text = "#".repeat(INGEST_LINE_BYTES_MAX + 1);
     let line =
         format!(r#"{{"type":"workload_recorded","run":"r1","format":"toml","text":"{text}"}}"#);
     let file = write(dir.path(), "big.jsonl", &format!("\n{line}\n"));
@@ -899,4 +900,34 @@ fn replay_check_still_reads_workloads_recorded_before_the_limits_and_schemas() {
     let text = format!("{}{}", stdout(&check), stderr(&check));
     assert_eq!(check.status.code(), Some(1), "{text}");
     assert!(text.contains("retry_at"), "{text}");
+}
+
+// -------------------------------------------------- the decoder's list limit
+
+/// The decoder reserves 24 bytes per task id of a `deps` list before it
+/// reads it: 720,000 one-byte deps (1.4 MB encoded, under EVENT_BYTES_MAX)
+/// ask it for 17 MB, past its limit, so such an event could be written but
+/// never read back. It is refused at its line; duplicates are refused too.
+#[test]
+fn ingest_refuses_deps_the_decoder_could_not_read_back_and_duplicate_deps() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let head = [
+        r#"{"type":"tenant_registered","tenant":"acme","budget_micros":5,"max_concurrent_runs":1}"#,
+        r#"{"type":"run_started","run":"r1","seed":1}"#,
+        r#"{"type":"task_submitted","run":"r1","task":"a","tenant":"acme","priority":"normal","params":{}}"#,
+    ]
+    .join("\n");
+    let ok = runledger_stdin(&data, &["ingest", "-"], format!("{head}\n").as_bytes());
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let many = vec!["\"a\""; 720_000].join(",");
+    let line = format!(
+        r#"{{"type":"task_submitted","run":"r1","task":"b","tenant":"acme","priority":"normal","params":{{}},"deps":[{many}]}}"#
+    );
+    let out = runledger_stdin(&data, &["ingest", "-"], format!("{line}\n").as_bytes());
+    refused(&out, &["<stdin>: line 1: ", "720000 tasks, over DEPS_MAX"]);
+    let twice = r#"{"type":"task_submitted","run":"r1","task":"b","tenant":"acme","priority":"normal","params":{},"deps":["a","a"]}"#;
+    let out = runledger_stdin(&data, &["ingest", "-"], format!("{twice}\n").as_bytes());
+    refused(&out, &["line 1: ", "names dependency `a` twice"]);
+    assert_eq!(records(&data), 3, "nothing of either was appended");
 }

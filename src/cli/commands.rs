@@ -1486,14 +1486,22 @@ fn finish_run(
     ledger.close()?;
     let tenants = views::tenants(&state);
     let workers = views::workers(&state);
+    // Best effort: the run is recorded whatever this read finds (on a full
+    // disk it may need a copy that does not fit), and its exit code stays.
     let failures = if report.dead_lettered > 0 {
-        let store = open_store(data)?;
-        crate::audit::failures::top_reasons(
-            &store,
-            &RunId(report.run.clone()),
-            FAILURE_REASONS_SHOWN,
-        )
-        .map_err(walk_error)?
+        open_store(data)
+            .and_then(|store| {
+                crate::audit::failures::top_reasons(
+                    &store,
+                    &RunId(report.run.clone()),
+                    FAILURE_REASONS_SHOWN,
+                )
+                .map_err(walk_error)
+            })
+            .unwrap_or_else(|e| {
+                tracing::warn!("cannot list the run's failure reasons: {e:#}");
+                Vec::new()
+            })
     } else {
         Vec::new()
     };

@@ -48,8 +48,11 @@ pub const ERROR_BYTES_MAX: usize = 4 << 10;
 /// every `fan_out` map).
 pub const WORKLOAD_TASKS_MAX: u64 = 2_000_000;
 
-/// One line of an `ingest` file (an event or a record as JSON).
-pub const INGEST_LINE_BYTES_MAX: usize = 2 * EVENT_BYTES_MAX;
+/// One line of an `ingest` file (an event or a record as JSON). JSON can
+/// take six bytes for one byte of an event (a control character in a
+/// string is `\u00XX`), and a record adds its seq, time and hashes: so any
+/// event the ledger holds can leave as a `log --json` line and come back.
+pub const INGEST_LINE_BYTES_MAX: usize = 6 * EVENT_BYTES_MAX + (64 << 10);
 
 /// The earliest time a record or a workload may carry: 1970-01-01T00:00:00Z.
 pub const TIME_MICROS_MIN: i64 = 0;
@@ -120,6 +123,18 @@ pub fn check_time(field: &'static str, at: Timestamp) -> Result<(), Rejection> {
     }
 }
 
+/// The dependencies one task may name. The decoder reserves the memory of
+/// a whole list (24 bytes a task id) before it reads it, against
+/// [`DECODE_BYTES_MAX`]: this keeps that reservation far below it.
+pub const DEPS_MAX: usize = 100_000;
+
+/// An event whose canonical bytes pass this size is decoded back before it
+/// is chained: the decoder's reservations for lists can pass
+/// [`DECODE_BYTES_MAX`] before the bytes do (24 reserved bytes for a
+/// one-byte id), and a record that cannot be read back would brick the
+/// ledger. Below it, no event can reach the decoder's limit.
+pub const DECODE_CHECK_BYTES_MIN: usize = DECODE_BYTES_MAX / 32;
+
 /// The canonical bytes of one event: at most [`EVENT_BYTES_MAX`].
 pub fn check_event_bytes(bytes: usize) -> Result<(), Rejection> {
     if bytes > EVENT_BYTES_MAX {
@@ -163,6 +178,9 @@ pub fn check_event(event: &Event) -> Result<(), Rejection> {
             check_id("run", run.as_str())?;
             check_id("task", task.as_str())?;
             check_id("tenant", tenant.as_str())?;
+            if deps.len() > DEPS_MAX {
+                return Err(Rejection::TooManyDeps { count: deps.len() });
+            }
             for dep in deps {
                 check_id("deps", dep.as_str())?;
             }

@@ -262,9 +262,16 @@ impl Queue {
                 if self.tasks.contains_key(task) {
                     return Err(Rejection::DuplicateTask(task.clone()));
                 }
+                let mut named = std::collections::HashSet::with_capacity(deps.len());
                 for dep in deps {
                     if dep == task {
                         return Err(Rejection::SelfDependency(task.clone()));
+                    }
+                    if !named.insert(dep) {
+                        return Err(Rejection::DuplicateDependency {
+                            task: task.clone(),
+                            dep: dep.clone(),
+                        });
                     }
                     if !self.tasks.contains_key(dep) {
                         return Err(Rejection::UnknownDependency {

@@ -2,7 +2,7 @@
 
 use super::event::BudgetStatus;
 use super::ids::{RunId, TaskId, TenantId, WorkerId};
-use super::limits::{EVENT_BYTES_MAX, ID_BYTES_MAX, PARAMS_BYTES_MAX};
+use super::limits::{DEPS_MAX, EVENT_BYTES_MAX, ID_BYTES_MAX, PARAMS_BYTES_MAX};
 use super::money::Micros;
 use super::queue::TaskStatus;
 use super::time::Timestamp;
@@ -29,6 +29,12 @@ pub enum Rejection {
     UnknownDependency { task: TaskId, dep: TaskId },
     #[error("task `{0}` depends on itself")]
     SelfDependency(TaskId),
+    #[error("task `{task}` names dependency `{dep}` twice")]
+    DuplicateDependency { task: TaskId, dep: TaskId },
+    #[error("`deps` names {count} tasks, over DEPS_MAX ({})", DEPS_MAX)]
+    TooManyDeps { count: usize },
+    #[error("the event's bytes would not decode ({what}): it is refused rather than written")]
+    Undecodable { what: String },
     #[error("task `{task}` belongs to tenant `{owner}`, not `{tenant}`")]
     ForeignTask {
         task: TaskId,

@@ -700,7 +700,15 @@ impl Writer {
         };
         let from = group.scratch.len();
         encode_event_into(&entry.event, &mut group.scratch);
-        if let Err(rejection) = limits::check_event_bytes(group.scratch.len() - from) {
+        let checked = limits::check_event_bytes(group.scratch.len() - from).and_then(|()| {
+            if group.scratch.len() - from < limits::DECODE_CHECK_BYTES_MIN {
+                return Ok(());
+            }
+            crate::log::codec::decode_event(&group.scratch[from..])
+                .map(drop)
+                .map_err(|what| Rejection::Undecodable { what })
+        });
+        if let Err(rejection) = checked {
             group.scratch.truncate(from);
             return Err(rejection);
         }
