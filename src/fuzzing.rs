@@ -19,9 +19,12 @@ use crate::log::store::decode_record;
 use crate::runtime::redis::envelope::{decode_result, decode_task};
 use crate::workload::Workload;
 
+/// A fuzz target's entry point: it must return for every input.
+pub type Entry = fn(&[u8]);
+
 /// Every fuzz target: its name (the binary in `fuzz/`, the directory under
 /// `fuzz/corpus/` and `fuzz/regressions/`) and its entry point.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("wire_line", wire_line),
     ("frame", frame),
     ("event", event),

@@ -87,9 +87,7 @@ fn a_frame_whose_seqs_run_past_the_largest_is_refused_by_its_header() {
     let bytes =
         std::fs::read(fuzz_dir().join("regressions/frame/first-seq-max-then-trailing-bytes"))
             .expect("the regression input");
-    let error = runledger::log::frame::decode_header(&bytes)
-        .err()
-        .expect("the header is refused");
+    let error = runledger::log::frame::decode_header(&bytes).expect_err("the header is refused");
     assert!(
         error.contains(&u64::MAX.to_string()),
         "the error names the first seq: {error}"
