@@ -12,6 +12,7 @@
 //! - [`audit`]: questions asked of a stored ledger (`diff` of two runs).
 //! - [`bench`]: the benchmarks behind `runledger bench ledger|queue|governance`.
 //! - [`cli`]: the `runledger` command line.
+//! - [`fuzzing`]: the entry points of the fuzz targets and their corpus replay.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::all)]
@@ -22,6 +23,7 @@ pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod domain;
+pub mod fuzzing;
 pub mod log;
 pub mod replay;
 pub mod runtime;

@@ -65,12 +65,26 @@ pub struct FrameError {
     pub end_mismatch: bool,
 }
 
-/// Decodes the header and returns it with the bytes of the entries.
+/// Decodes the header and returns it with the bytes of the entries. A
+/// header whose records would run past `u64::MAX` is refused.
 pub fn decode_header(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), String> {
     let (header, used): (FrameHeader, usize) = bincode::borrow_decode_from_slice(bytes, CONFIG)
         .map_err(|e| format!("frame header: {e}"))?;
     if header.version != FRAME_VERSION {
         return Err(format!("unknown frame version {}", header.version));
+    }
+    // Every seq of the frame and the one after it must exist (an empty
+    // frame's is `first_seq + 1`), so that no reader's seq arithmetic can
+    // overflow.
+    if header
+        .first_seq
+        .checked_add(u64::from(header.count.max(1)))
+        .is_none()
+    {
+        return Err(format!(
+            "{} records from seq {} run past the largest seq",
+            header.count, header.first_seq
+        ));
     }
     Ok((header, &bytes[used..]))
 }

@@ -111,3 +111,14 @@ pub struct ResultEntry {
     pub stream_id: String,
     pub result: TaskResult,
 }
+
+/// Decodes a task entry's payload (field `e`), as a worker claims it.
+pub fn decode_task(payload: &str) -> Result<TaskEnvelope, serde_json::Error> {
+    serde_json::from_str(payload)
+}
+
+/// Decodes a result entry's payload (field `r`), as the coordinator reads
+/// it.
+pub fn decode_result(payload: &str) -> Result<TaskResult, serde_json::Error> {
+    serde_json::from_str(payload)
+}

@@ -820,7 +820,7 @@ impl RedisStreams {
             .unwrap_or(1)
             .max(1);
         let payload = text(&parts[2]);
-        let decoded = payload.as_deref().map(serde_json::from_str::<TaskEnvelope>);
+        let decoded = payload.as_deref().map(envelope::decode_task);
         match decoded {
             Some(Ok(envelope)) => Ok(Some(Claimed {
                 receipt: Receipt {
@@ -1076,7 +1076,7 @@ impl RedisStreams {
         let mut found = Vec::new();
         for (stream_id, fields) in read_reply_entries(&reply) {
             let payload = field(&fields, "r");
-            match payload.as_deref().map(serde_json::from_str::<TaskResult>) {
+            match payload.as_deref().map(envelope::decode_result) {
                 Some(Ok(result)) => found.push(ResultEntry { stream_id, result }),
                 Some(Err(e)) => {
                     let reason = format!("result entry {stream_id} does not decode: {e}");
