@@ -345,8 +345,7 @@ fn ingest(data: &Path, file: &str, json: bool, out: &mut dyn Write) -> anyhow::R
         let f = std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?;
         (file.to_owned(), Box::new(std::io::BufReader::new(f)))
     };
-    let mut appends = Vec::new();
-    let mut line_numbers = Vec::new();
+    let mut batch = wire::Batch::new();
     for (i, line) in reader.lines().enumerate() {
         let number = i + 1;
         let line = line.map_err(|e| anyhow::anyhow!("{name}: line {number}: cannot read: {e}"))?;
@@ -354,16 +353,28 @@ fn ingest(data: &Path, file: &str, json: bool, out: &mut dyn Write) -> anyhow::R
         if text.is_empty() {
             continue;
         }
-        match wire::parse_line(text) {
-            Ok(append) => {
-                appends.push(append);
-                line_numbers.push(number);
-            }
-            Err(reason) => bail!("{name}: line {number}: {reason}"),
-        }
+        wire::parse_line(text)
+            .and_then(|parsed| batch.push(number, parsed))
+            .map_err(|reason| anyhow::anyhow!("{name}: line {number}: {reason}"))?;
     }
-    let count = appends.len();
+    let count = batch.len();
     let ledger = open_ledger(data, Durability::Always)?;
+    // The ledger is this process's alone (sled's lock), so its head cannot
+    // move between this query and the append.
+    let head = match ledger.head() {
+        Ok(head) => head,
+        Err(e) => {
+            let _ = ledger.close();
+            return Err(e.into());
+        }
+    };
+    let (appends, line_numbers) = match batch.attach(head) {
+        Ok(attached) => attached,
+        Err((line, reason)) => {
+            let _ = ledger.close();
+            bail!("{name}: line {line}: {reason}; nothing was appended");
+        }
+    };
     let receipt = match ledger.append(appends) {
         Ok(receipt) => receipt,
         Err(AppendError::Rejected { index, rejection }) => {

@@ -35,7 +35,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Append events given as JSON lines (a file, or - for stdin); all or nothing.
+    /// Append events given as JSON lines (a file, or - for stdin); all or
+    /// nothing. Record lines (as `log --json` prints them) must continue the
+    /// chain and come before any bare event.
     Ingest {
         /// JSON-lines file, or `-` for standard input.
         file: String,
