@@ -8,7 +8,9 @@
 use rustc_hash::FxHashSet;
 
 use crate::domain::{Event, RunId, State, TaskId};
-use crate::log::store::{Head, IndexBuilder, IndexKind, Store, WalkError, decode_record};
+use crate::log::store::{
+    ChainBreak, Head, IndexBuilder, IndexEntry, IndexKind, Store, WalkError, decode_record,
+};
 
 /// The result of a fold.
 #[derive(Clone, Debug)]
@@ -48,23 +50,54 @@ impl RunFilter {
 /// Folds the whole log (or, with `run`, the records of that run plus the
 /// global ones such as tenant registrations) into a fresh state.
 pub fn fold(store: &Store, run: Option<&RunId>) -> Result<Folded, WalkError> {
-    fold_inner(store, run, false)
+    Ok(fold_inner(store, run, None)?.0)
 }
 
 /// Folds the whole log and rebuilds the derived indices above their
-/// high-water mark (what `Ledger::open` does).
+/// high-water mark (what `Ledger::open` does); indices without a mark (or
+/// from before summaries) are dropped and rebuilt whole.
 pub(crate) fn fold_and_index(store: &Store) -> Result<Folded, WalkError> {
-    fold_inner(store, None, true)
+    let hwm = store.index_hwm();
+    if hwm == 0 {
+        store.clear_index()?;
+    }
+    let (folded, entries) = fold_inner(store, None, Some(hwm))?;
+    if folded.head.seq > hwm {
+        store.write_index(entries, folded.head.seq)?;
+    }
+    Ok(folded)
 }
 
-fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folded, WalkError> {
+/// Drops the derived indices and rebuilds them from the log (`verify
+/// --repair-indices`); returns the head they now reach.
+pub fn rebuild_index(store: &Store) -> Result<Head, WalkError> {
+    store.clear_index()?;
+    Ok(fold_and_index(store)?.head)
+}
+
+/// Compares the derived indices with what the log gives, record by
+/// record: `Ok(Err(..))` names the index, the id and the first seq where
+/// they differ (what `verify` reports). The chain is read and checked
+/// again on the way.
+pub fn check_index(store: &Store) -> Result<Result<(), ChainBreak>, WalkError> {
+    let (folded, entries) = fold_inner(store, None, Some(0))?;
+    Ok(store.compare_index(entries, folded.head.seq)?)
+}
+
+/// Folds, and with `index_above`, collects the index entries of every
+/// record past that seq.
+fn fold_inner(
+    store: &Store,
+    run: Option<&RunId>,
+    index_above: Option<u64>,
+) -> Result<(Folded, Vec<IndexEntry>), WalkError> {
     let mut state = State::new();
     let mut filter = RunFilter {
         run: run.cloned(),
         tasks: FxHashSet::default(),
     };
     let mut records = 0u64;
-    let hwm = if reindex { store.index_hwm() } else { u64::MAX };
+    let hwm = index_above.unwrap_or(u64::MAX);
     let mut index = IndexBuilder::default();
     let head = store.read_chain(decode_record, |frames| {
         for record in frames.into_iter().flatten() {
@@ -87,13 +120,11 @@ fn fold_inner(store: &Store, run: Option<&RunId>, reindex: bool) -> Result<Folde
             }
         }
     })?;
-    if reindex && head.seq > hwm {
-        store.write_index(index.take(), head.seq)?;
-    }
     state.seq = head.seq;
-    Ok(Folded {
+    let folded = Folded {
         state,
         head,
         records,
-    })
+    };
+    Ok((folded, index.take()))
 }

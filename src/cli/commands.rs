@@ -43,7 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             cli.json,
             out,
         ),
-        Command::Verify => verify_cmd(&cli.data, cli.json, out),
+        Command::Verify { repair_indices } => verify_cmd(&cli.data, repair_indices, cli.json, out),
         Command::Replay {
             ref run,
             check: true,
@@ -319,6 +319,11 @@ pub(super) fn open_store(data: &Path) -> anyhow::Result<Store> {
 pub(super) fn walk_error(error: WalkError) -> anyhow::Error {
     match error {
         WalkError::Break(b) => Damaged(b).into(),
+        WalkError::Index(b) => CheckFailed(format!(
+            "{b}; `runledger verify` names the first seq it misses, \
+             `runledger verify --repair-indices` rebuilds the indices from the log"
+        ))
+        .into(),
         WalkError::Storage(e) => anyhow::Error::new(e).context("cannot read the ledger"),
     }
 }
@@ -542,49 +547,93 @@ fn log(
     Ok(())
 }
 
-fn verify_cmd(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+fn verify_cmd(
+    data: &Path,
+    repair_indices: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let store = open_store(data)?;
     let checked = crate::audit::published::verify_with_published(&store);
-    match checked.context("cannot read the ledger")? {
-        Ok((report, published)) => {
-            if json {
-                print_json(
-                    out,
-                    &serde_json::json!({
-                        "ok": true,
-                        "records": report.records,
-                        "head_seq": report.head.seq,
-                        "head": report.head.hash.to_hex().as_str(),
-                        "checkpoints": report.checkpoints,
-                        "published_checkpoints": published,
-                    }),
-                )
-            } else {
-                writeln!(
-                    out,
-                    "ok: {} records, head {}",
-                    report.records,
-                    report.head.hash.to_hex()
-                )?;
-                Ok(())
-            }
+    let (report, published) = match checked.context("cannot read the ledger")? {
+        Ok(verified) => verified,
+        Err(broken) => return verify_failed(&broken, false, json, out),
+    };
+    // The chain holds: now the indices against it.
+    let index = replay::check_index(&store).map_err(walk_error)?;
+    let mut rebuilt = None;
+    if repair_indices {
+        replay::rebuild_index(&store).map_err(walk_error)?;
+        store.flush(true)?;
+        if let Err(broken) = replay::check_index(&store).map_err(walk_error)? {
+            return verify_failed(&broken, true, json, out);
         }
-        Err(broken) => {
-            if json {
-                print_json(
-                    out,
-                    &serde_json::json!({"ok": false, "seq": broken.seq, "error": broken.what}),
-                )?;
-            } else {
-                writeln!(out, "FAILED at seq {}: {}", broken.seq, broken.what)?;
-            }
-            Err(CheckFailed(format!(
-                "verification failed at seq {}: {}",
-                broken.seq, broken.what
-            ))
-            .into())
-        }
+        rebuilt = Some(index.err());
+    } else if let Err(broken) = index {
+        return verify_failed(&broken, true, json, out);
     }
+    if json {
+        let mut value = serde_json::json!({
+            "ok": true,
+            "records": report.records,
+            "head_seq": report.head.seq,
+            "head": report.head.hash.to_hex().as_str(),
+            "checkpoints": report.checkpoints,
+            "published_checkpoints": published,
+        });
+        if let Some(before) = &rebuilt {
+            value["indices_rebuilt"] = serde_json::json!({
+                "damaged_at_seq": before.as_ref().map(|b| b.seq),
+                "error": before.as_ref().map(|b| b.what.as_str()),
+            });
+        }
+        return print_json(out, &value);
+    }
+    match &rebuilt {
+        Some(Some(before)) => writeln!(
+            out,
+            "indices rebuilt from the log (they were damaged at seq {}: {})",
+            before.seq, before.what
+        )?,
+        Some(None) => writeln!(out, "indices rebuilt from the log (they matched it)")?,
+        None => {}
+    }
+    writeln!(
+        out,
+        "ok: {} records, head {}",
+        report.records,
+        report.head.hash.to_hex()
+    )?;
+    Ok(())
+}
+
+/// Reports a failed `verify` (exit 1); `index`: the indices disagree with
+/// an intact chain.
+fn verify_failed(
+    broken: &crate::log::ChainBreak,
+    index: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if json {
+        let mut value = serde_json::json!({"ok": false, "seq": broken.seq, "error": broken.what});
+        if index {
+            value["indices_damaged"] = serde_json::json!(true);
+        }
+        print_json(out, &value)?;
+    } else {
+        writeln!(out, "FAILED at seq {}: {}", broken.seq, broken.what)?;
+    }
+    let hint = if index {
+        " (the chain holds; `runledger verify --repair-indices` rebuilds the indices from it)"
+    } else {
+        ""
+    };
+    Err(CheckFailed(format!(
+        "verification failed at seq {}: {}{hint}",
+        broken.seq, broken.what
+    ))
+    .into())
 }
 
 fn check_cmd(

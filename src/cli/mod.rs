@@ -55,8 +55,14 @@ pub enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
-    /// Check the whole hash chain; exit 1 naming the first bad seq.
-    Verify,
+    /// Check the whole hash chain, the checkpoints and the indices against
+    /// the log; exit 1 naming the first bad seq.
+    Verify {
+        /// Rebuild the indices (by run, by tenant) from the log, after
+        /// checking them, when the chain itself holds.
+        #[arg(long)]
+        repair_indices: bool,
+    },
     /// Rebuild every projection from the log and print their digests; with
     /// --check, also run every recorded decision again and compare.
     Replay {
