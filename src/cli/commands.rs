@@ -554,13 +554,22 @@ fn verify_cmd(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let store = open_store(data)?;
-    let checked = crate::audit::published::verify_with_published(&store);
+    // One pass: the chain, the published checkpoints, and the index
+    // entries the log gives.
+    let mut expected = replay::ExpectedIndex::default();
+    let checked = crate::audit::published::verify_with_published_mapping(
+        &store,
+        |raw, event| replay::IndexKey::of(raw.frame_seq, event),
+        |seq, key| expected.push(seq, key),
+    );
     let (report, published) = match checked.context("cannot read the ledger")? {
         Ok(verified) => verified,
         Err(broken) => return verify_failed(&broken, false, json, out),
     };
     // The chain holds: now the indices against it.
-    let index = replay::check_index(&store).map_err(walk_error)?;
+    let index = expected
+        .finish_check(&store, report.head.seq)
+        .map_err(walk_error)?;
     let mut rebuilt = None;
     if repair_indices {
         replay::rebuild_index(&store).map_err(walk_error)?;

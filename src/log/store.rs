@@ -9,8 +9,8 @@
 //! record the chain does not vouch for.
 //!
 //! Each id's index entries have a summary in the metadata (how many
-//! records they list and a digest of them), written in the same
-//! transaction as the entries and the high-water mark. A read through an
+//! records they list and a digest of them), written after the entries in
+//! one atomic batch with the high-water mark. A read through an
 //! index checks the entries it uses against the summary (a deleted, edited
 //! or forged entry is refused, not silently skipped) and every frame it
 //! reads against its key and the frame before it; an id without a summary
@@ -460,53 +460,47 @@ impl Store {
         self.log.apply_batch(batch)
     }
 
-    /// Writes index entries (each id's in frame order), adds them to
-    /// their ids' summaries and moves the index high-water mark to `hwm`,
-    /// all in one transaction: a crash leaves entries, summaries and mark
-    /// in step (entries past the mark are rewritten, identical, by the
-    /// rebuild on open).
+    /// Writes index entries (each id's in frame order), then adds them to
+    /// their ids' summaries and moves the index high-water mark to `hwm` in
+    /// one atomic batch of `meta`: a crash between the two leaves the mark
+    /// and the summaries where they were, and the rebuild on open rewrites
+    /// the entries past the mark (identical) and adds them once.
     pub fn write_index(&self, entries: Vec<IndexEntry>, hwm: u64) -> Result<(), sled::Error> {
-        use sled::transaction::{TransactionError, Transactional};
-        let written =
-            (&self.by_run, &self.by_tenant, &self.meta).transaction(|(runs, tenants, meta)| {
-                let mut open: Option<(IndexKind, &str, IndexSummary)> = None;
-                for entry in &entries {
-                    let tree = match entry.kind {
-                        IndexKind::Run => runs,
-                        IndexKind::Tenant => tenants,
-                    };
-                    tree.insert(
-                        index_key(&entry.id, entry.frame_seq),
-                        index_value(&entry.offsets),
-                    )?;
-                    let same = open
-                        .as_ref()
-                        .is_some_and(|(kind, id, _)| *kind == entry.kind && *id == entry.id);
-                    if !same {
-                        if let Some((kind, id, summary)) = open.take() {
-                            meta.insert(summary_key(kind, id), &summary.encode()[..])?;
-                        }
-                        let stored = meta.get(summary_key(entry.kind, &entry.id))?;
-                        let summary = stored
+        let mut runs = sled::Batch::default();
+        let mut tenants = sled::Batch::default();
+        let mut meta = sled::Batch::default();
+        let mut summaries: rustc_hash::FxHashMap<(IndexKind, &str), IndexSummary> =
+            rustc_hash::FxHashMap::default();
+        for entry in &entries {
+            let batch = match entry.kind {
+                IndexKind::Run => &mut runs,
+                IndexKind::Tenant => &mut tenants,
+            };
+            batch.insert(
+                index_key(&entry.id, entry.frame_seq),
+                index_value(&entry.offsets),
+            );
+            let summary = match summaries.entry((entry.kind, &entry.id)) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let stored = self.meta.get(summary_key(entry.kind, &entry.id))?;
+                    v.insert(
+                        stored
                             .and_then(|v| IndexSummary::decode(&v))
-                            .unwrap_or_default();
-                        open = Some((entry.kind, &entry.id, summary));
-                    }
-                    if let Some((_, _, summary)) = open.as_mut() {
-                        summary.push(entry.frame_seq, &entry.offsets);
-                    }
+                            .unwrap_or_default(),
+                    )
                 }
-                if let Some((kind, id, summary)) = open.take() {
-                    meta.insert(summary_key(kind, id), &summary.encode()[..])?;
-                }
-                meta.insert(INDEX_HWM_KEY, &hwm.to_be_bytes())?;
-                meta.insert(INDEX_FORMAT_KEY, INDEX_FORMAT)?;
-                Ok(())
-            });
-        written.map_err(|e| match e {
-            TransactionError::Storage(e) => e,
-            TransactionError::Abort(()) => sled::Error::Unsupported("index write aborted".into()),
-        })
+            };
+            summary.push(entry.frame_seq, &entry.offsets);
+        }
+        for ((kind, id), summary) in summaries {
+            meta.insert(summary_key(kind, id), &summary.encode()[..]);
+        }
+        meta.insert(INDEX_HWM_KEY, &hwm.to_be_bytes());
+        meta.insert(INDEX_FORMAT_KEY, INDEX_FORMAT);
+        self.by_run.apply_batch(runs)?;
+        self.by_tenant.apply_batch(tenants)?;
+        self.meta.apply_batch(meta)
     }
 
     /// The seq up to which the indices list every record: 0 when they
@@ -1025,19 +1019,86 @@ impl Store {
         Ok(value)
     }
 
-    /// Compares the stored indices and summaries with `expected` (every
-    /// entry the log gives, as [`IndexBuilder`] makes them from seq 1):
-    /// `Err` names the index, the id and the first seq where they differ.
-    /// Indices that lag behind `head` or predate summaries are not used by
-    /// reads (they are rebuilt on the next writable open) and pass.
+    /// The first check of the indices against the log: `expected` is the
+    /// summary the log gives each id (with the id's first seq). Every
+    /// stored summary must equal it, and every id's stored entries must
+    /// add up to its stored summary — together, the entries are the log's
+    /// (up to a blake3 collision). Returns the ids that fail, for
+    /// [`Store::compare_index`] to name the seq; an index key that is not
+    /// `id ‖ 0xFF ‖ seq` is a break of its own. Indices that lag behind
+    /// `head` or predate summaries are not used by reads (they are rebuilt
+    /// on the next writable open) and pass.
+    pub fn check_summaries(
+        &self,
+        expected: &std::collections::BTreeMap<(IndexKind, String), IndexSummary>,
+        head: u64,
+    ) -> Result<Result<Vec<(IndexKind, String)>, ChainBreak>, sled::Error> {
+        let mut bad = std::collections::BTreeSet::new();
+        if self.index_hwm() < head || head == 0 {
+            return Ok(Ok(Vec::new()));
+        }
+        for kind in IndexKind::ALL {
+            let mut stored = std::collections::BTreeMap::new();
+            for item in self.meta.scan_prefix(summary_prefix(kind)) {
+                let (key, value) = item?;
+                let id = String::from_utf8_lossy(&key[SUMMARY_PREFIX.len() + 1..]).into_owned();
+                stored.insert(id, IndexSummary::decode(&value));
+            }
+            // Each id's entries are consecutive in key order.
+            let mut current: Option<(String, IndexSummary)> = None;
+            let mut close = |current: Option<(String, IndexSummary)>| {
+                if let Some((id, found)) = current {
+                    if stored.get(&id) != Some(&Some(found)) {
+                        bad.insert((kind, id));
+                    }
+                }
+            };
+            for item in self.index_tree(kind).iter() {
+                let (key, value) = item?;
+                let Some((id, frame_seq)) = parse_index_key(&key) else {
+                    return Ok(Err(ChainBreak {
+                        seq: 0,
+                        what: format!(
+                            "the {} index holds a key that is not an id and a seq",
+                            kind.tree_name()
+                        ),
+                    }));
+                };
+                if current.as_ref().is_none_or(|(c, _)| c != id) {
+                    close(current.take());
+                    current = Some((id.to_owned(), IndexSummary::default()));
+                }
+                if let Some((_, summary)) = current.as_mut() {
+                    match decode_offsets(&value) {
+                        Some(offsets) => summary.push(frame_seq, &offsets),
+                        None => summary.records = u64::MAX,
+                    }
+                }
+            }
+            close(current);
+            for (id, summary) in &stored {
+                if expected.get(&(kind, id.clone())) != summary.as_ref() {
+                    bad.insert((kind, id.clone()));
+                }
+            }
+            for (k, id) in expected.keys() {
+                if *k == kind && !stored.contains_key(id) {
+                    bad.insert((kind, id.clone()));
+                }
+            }
+        }
+        Ok(Ok(bad.into_iter().collect()))
+    }
+
+    /// Compares the stored entries and summaries of `ids` with `expected`
+    /// (every entry the log gives those ids, as [`IndexBuilder`] makes
+    /// them from seq 1): `Err` names the index, the id and the first seq
+    /// where they differ.
     pub fn compare_index(
         &self,
         expected: Vec<IndexEntry>,
-        head: u64,
+        ids: &[(IndexKind, String)],
     ) -> Result<Result<(), ChainBreak>, sled::Error> {
-        if self.index_hwm() < head || head == 0 {
-            return Ok(Ok(()));
-        }
         type Key = (IndexKind, String, u64);
         let mut want: std::collections::BTreeMap<Key, Vec<u32>> = std::collections::BTreeMap::new();
         let mut summaries: std::collections::BTreeMap<(IndexKind, String), (IndexSummary, u64)> =
@@ -1051,37 +1112,33 @@ impl Store {
             want.insert((e.kind, e.id, e.frame_seq), e.offsets);
         }
         // Every difference as (seq, what); the first by seq is reported.
-        let mut found: Vec<(u64, String)> = Vec::new();
+        let mut found: Option<(u64, String)> = None;
         let mut note = |seq: u64, what: String| {
-            if found.first().is_none_or(|(s, _)| seq < *s) {
-                found.clear();
-                found.push((seq, what));
+            if found.as_ref().is_none_or(|(s, _)| seq < *s) {
+                found = Some((seq, what));
             }
         };
-        for kind in IndexKind::ALL {
-            let index = kind.tree_name();
-            let noun = kind.noun();
-            for item in self.index_tree(kind).iter() {
+        for (kind, id) in ids {
+            let (index, noun) = (kind.tree_name(), kind.noun());
+            let mut prefix = id.as_bytes().to_vec();
+            prefix.push(INDEX_SEPARATOR);
+            for item in self.index_tree(*kind).scan_prefix(&prefix) {
                 let (key, value) = item?;
-                let Some((id, frame_seq)) = parse_index_key(&key) else {
-                    note(
-                        0,
-                        format!("the {index} index holds a key that is not `id ‖ seq`"),
-                    );
+                let Some((_, frame_seq)) = parse_index_key(&key) else {
                     continue;
                 };
+                let expected = want
+                    .remove(&(*kind, id.clone(), frame_seq))
+                    .unwrap_or_default();
                 let Some(offsets) = decode_offsets(&value) else {
                     note(
                         frame_seq,
                         format!(
-                            "the {index} entry of {noun} `{id}` at seq {frame_seq} cannot be decoded"
+                            "the {index} entry of {noun} `{id}` for the frame at this seq cannot be decoded"
                         ),
                     );
                     continue;
                 };
-                let expected = want
-                    .remove(&(kind, id.to_owned(), frame_seq))
-                    .unwrap_or_default();
                 if let Some(extra) = offsets.iter().find(|o| !expected.contains(o)) {
                     note(
                         frame_seq + u64::from(*extra),
@@ -1097,18 +1154,21 @@ impl Store {
                     );
                 }
             }
-            for item in self.meta.scan_prefix(summary_prefix(kind)) {
-                let (key, value) = item?;
-                let id = String::from_utf8_lossy(&key[SUMMARY_PREFIX.len() + 1..]).into_owned();
-                let (expected, first) = summaries
-                    .remove(&(kind, id.clone()))
-                    .unwrap_or((IndexSummary::default(), 0));
-                if IndexSummary::decode(&value) != Some(expected) {
-                    note(
-                        first,
-                        format!("the {index} summary of {noun} `{id}` does not match the log"),
-                    );
-                }
+            let (expected, first) = summaries
+                .remove(&(*kind, id.clone()))
+                .unwrap_or((IndexSummary::default(), 0));
+            let stored = self.meta.get(summary_key(*kind, id))?;
+            let stored = stored.as_deref().map(IndexSummary::decode);
+            let what = match stored {
+                None if expected.records > 0 => Some("is missing"),
+                Some(s) if s != Some(expected) => Some("does not match the log"),
+                _ => None,
+            };
+            if let Some(what) = what {
+                note(
+                    first,
+                    format!("the {index} summary of {noun} `{id}` {what}"),
+                );
             }
         }
         for ((kind, id, frame_seq), offsets) in want {
@@ -1122,17 +1182,7 @@ impl Store {
                 ),
             );
         }
-        for ((kind, id), (_, first)) in summaries {
-            note(
-                first,
-                format!(
-                    "the {} summary of {} `{id}` is missing",
-                    kind.tree_name(),
-                    kind.noun()
-                ),
-            );
-        }
-        Ok(match found.pop() {
+        Ok(match found {
             None => Ok(()),
             Some((seq, what)) => Err(ChainBreak { seq, what }),
         })
