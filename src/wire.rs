@@ -9,6 +9,14 @@
 //! `INGEST_LINE_BYTES_MAX` bytes are ever buffered), and a parsed line is
 //! refused when its ids, params, times or encoding break a limit of
 //! `domain::limits`, so nothing `ingest` accepts can brick the ledger.
+//!
+//! Record lines must also continue the chain where they land ([`Batch`]):
+//! the first one the ledger's head (its seq is the head's + 1, its
+//! `prev_hash` the head's hash), each next one the record line before it.
+//! Appended, they get back exactly their seq, `recorded_at` and hash. A
+//! bare event is stamped and chained by the ledger when appended, so its
+//! hash is unknown before: bare events may follow record lines, but a
+//! record line after a bare event is refused.
 
 use std::io::BufRead;
 
@@ -16,9 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::limits::{self, INGEST_LINE_BYTES_MAX};
 use crate::domain::{Event, Timestamp};
-use crate::log::Append;
 use crate::log::codec::encode_event;
 use crate::log::record::{Record, record_hash};
+use crate::log::{Append, Head};
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,17 +124,82 @@ impl<R: BufRead> Iterator for Lines<R> {
     }
 }
 
-/// Parses one line of an ingest file and checks it against the limits.
-pub fn parse_line(text: &str) -> Result<Append, String> {
-    let append = parse_unchecked(text)?;
-    let bytes = encode_event(&append.event).len();
-    limits::check_event(&append.event)
-        .and_then(|()| limits::check_event_bytes(bytes))
-        .map_err(|rejection| rejection.to_string())?;
-    Ok(append)
+/// One line of an ingest file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Line {
+    /// A bare event: the ledger stamps and chains it when appended.
+    Event(Event),
+    /// A whole record, its own hash checked: it must continue the chain.
+    Record(RecordLine),
 }
 
-fn parse_unchecked(text: &str) -> Result<Append, String> {
+/// A record line whose `hash` matches its fields.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordLine {
+    pub seq: u64,
+    pub recorded_at: Timestamp,
+    pub prev_hash: blake3::Hash,
+    pub hash: blake3::Hash,
+    pub event: Event,
+}
+
+/// What a record line is checked against: the record line before it, or
+/// the ledger's head.
+#[derive(Clone, Copy)]
+enum After {
+    Line(usize),
+    Ledger,
+}
+
+/// Does a record of `seq` naming `prev_hash` continue the chain at `after`?
+fn link(seq: u64, prev_hash: &blake3::Hash, after: Head, place: After) -> Result<(), String> {
+    let expected = after.seq + 1;
+    if seq != expected {
+        return Err(match place {
+            After::Line(line) => format!(
+                "record seq {seq} does not continue the chain: the record on line {line} is seq {}, \
+                 so seq {expected} is expected (a line deleted, moved or repeated?)",
+                after.seq
+            ),
+            After::Ledger => format!(
+                "record seq {seq} does not continue the ledger: its head is seq {}, so seq \
+                 {expected} is expected",
+                after.seq
+            ),
+        });
+    }
+    if *prev_hash != after.hash {
+        return Err(match place {
+            After::Line(line) => format!(
+                "record seq {seq}: `prev_hash` is not the hash of seq {} (line {line})",
+                after.seq
+            ),
+            After::Ledger => format!(
+                "record seq {seq}: `prev_hash` is not the hash of the ledger's head (seq {}): the \
+                 record comes from another ledger or another history",
+                after.seq
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Parses one line of an ingest file and checks its event against the
+/// limits (ids, params, times, its encoding).
+pub fn parse_line(text: &str) -> Result<Line, String> {
+    let line = parse_unchecked(text)?;
+    let event = match &line {
+        Line::Event(event) => event,
+        Line::Record(record) => &record.event,
+    };
+    let bytes = encode_event(event).len();
+    limits::check_event(event)
+        .and_then(|()| limits::check_event_bytes(bytes))
+        .map_err(|rejection| rejection.to_string())?;
+    Ok(line)
+}
+
+fn parse_unchecked(text: &str) -> Result<Line, String> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("invalid JSON: {}", clean(e)))?;
     let Some(object) = value.as_object() else {
@@ -145,19 +218,100 @@ fn parse_unchecked(text: &str) -> Result<Append, String> {
                 record.seq
             ));
         }
-        return Ok(Append {
-            recorded_at: Some(record.recorded_at),
+        return Ok(Line::Record(RecordLine {
+            seq: record.seq,
+            recorded_at: record.recorded_at,
+            prev_hash: prev,
+            hash,
             event: record.event,
-        });
+        }));
     }
     if !object.contains_key("type") {
         return Err("missing field `type` (the event kind, e.g. \"task_submitted\")".to_owned());
     }
     let event: Event = serde_json::from_value(value).map_err(clean)?;
-    Ok(Append {
-        recorded_at: None,
-        event,
-    })
+    Ok(Line::Event(event))
+}
+
+/// The lines of an ingest file, checked as they come to form one chain
+/// among themselves; [`Batch::attach`] then checks that the first record
+/// line continues the ledger's head and gives what to append.
+#[derive(Default)]
+pub struct Batch {
+    appends: Vec<Append>,
+    lines: Vec<usize>,
+    /// The first record line: its line number, seq and `prev_hash`.
+    first: Option<(usize, u64, blake3::Hash)>,
+    /// The last record line: its line number and where it leaves the chain.
+    last: Option<(usize, Head)>,
+    /// The first bare event's line.
+    first_event: Option<usize>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds line `number`; `Err` says why it cannot follow the lines before.
+    pub fn push(&mut self, number: usize, line: Line) -> Result<(), String> {
+        let append = match line {
+            Line::Event(event) => {
+                self.first_event.get_or_insert(number);
+                Append {
+                    recorded_at: None,
+                    event,
+                }
+            }
+            Line::Record(record) => {
+                if let Some(event_line) = self.first_event {
+                    return Err(format!(
+                        "a record cannot follow the event on line {event_line}: that event's hash \
+                         is known only once it is appended (put the record lines first, or \
+                         ingest the events on their own)"
+                    ));
+                }
+                match self.last {
+                    Some((line, head)) => {
+                        link(record.seq, &record.prev_hash, head, After::Line(line))?;
+                    }
+                    None => self.first = Some((number, record.seq, record.prev_hash)),
+                }
+                self.last = Some((
+                    number,
+                    Head {
+                        seq: record.seq,
+                        hash: record.hash,
+                    },
+                ));
+                Append {
+                    recorded_at: Some(record.recorded_at),
+                    event: record.event,
+                }
+            }
+        };
+        self.appends.push(append);
+        self.lines.push(number);
+        Ok(())
+    }
+
+    /// Checks that the first record line continues `head` (the ledger's),
+    /// and gives the appends with the file line of each. `Err` names the
+    /// line and why.
+    pub fn attach(self, head: Head) -> Result<(Vec<Append>, Vec<usize>), (usize, String)> {
+        if let Some((line, seq, prev_hash)) = self.first {
+            link(seq, &prev_hash, head, After::Ledger).map_err(|why| (line, why))?;
+        }
+        Ok((self.appends, self.lines))
+    }
+
+    pub fn len(&self) -> usize {
+        self.appends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.appends.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -232,8 +386,18 @@ mod tests {
             event: event.clone(),
         };
         let line = record_line(&record);
-        let parsed = parse_line(&line).unwrap();
-        assert_eq!(parsed.recorded_at, Some(at));
+        let Line::Record(parsed) = parse_line(&line).unwrap() else {
+            panic!("a record line parses as a record");
+        };
+        assert_eq!(
+            (
+                parsed.seq,
+                parsed.recorded_at,
+                parsed.prev_hash,
+                parsed.hash
+            ),
+            (1, at, prev, hash)
+        );
         assert_eq!(parsed.event, event);
         let edited = line.replace("r1", "r2");
         assert!(
@@ -241,6 +405,77 @@ mod tests {
                 .err()
                 .unwrap()
                 .contains("does not match")
+        );
+    }
+
+    fn record(seq: u64, prev: blake3::Hash) -> RecordLine {
+        let event = Event::RunFinished { run: "r1".into() };
+        let at = Timestamp(1_700_000_000_000_000);
+        let hash = record_hash(seq, at, &prev, &encode_event(&event));
+        RecordLine {
+            seq,
+            recorded_at: at,
+            prev_hash: prev,
+            hash,
+            event,
+        }
+    }
+
+    #[test]
+    fn a_batch_links_record_lines_and_attaches_to_the_head() {
+        let one = record(1, crate::log::ZERO_HASH);
+        let two = record(2, one.hash);
+        let mut batch = Batch::new();
+        batch.push(1, Line::Record(one.clone())).unwrap();
+        batch.push(2, Line::Record(two.clone())).unwrap();
+        let bare = Event::RunFinished { run: "r2".into() };
+        batch.push(4, Line::Event(bare.clone())).unwrap();
+        let err = batch
+            .push(5, Line::Record(record(3, two.hash)))
+            .unwrap_err();
+        assert!(
+            err.starts_with("a record cannot follow the event on line 4"),
+            "{err}"
+        );
+        let (appends, lines) = batch.attach(Head::EMPTY).unwrap();
+        assert_eq!(lines, [1, 2, 4]);
+        assert_eq!(appends[1].recorded_at, Some(two.recorded_at));
+        assert_eq!((appends[2].recorded_at, &appends[2].event), (None, &bare));
+
+        let mut batch = Batch::new();
+        batch.push(1, Line::Record(one.clone())).unwrap();
+        let err = batch
+            .push(2, Line::Record(record(3, two.hash)))
+            .unwrap_err();
+        assert!(err.contains("so seq 2 is expected"), "{err}");
+        let err = batch
+            .push(2, Line::Record(record(2, one.prev_hash)))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "record seq 2: `prev_hash` is not the hash of seq 1 (line 1)"
+        );
+
+        let at_head = Head {
+            seq: 1,
+            hash: one.hash,
+        };
+        let mut batch = Batch::new();
+        batch.push(7, Line::Record(one)).unwrap();
+        let (line, err) = batch.attach(at_head).unwrap_err();
+        assert_eq!(line, 7);
+        assert!(
+            err.contains("its head is seq 1, so seq 2 is expected"),
+            "{err}"
+        );
+        let mut batch = Batch::new();
+        batch
+            .push(1, Line::Record(record(2, blake3::hash(b"x"))))
+            .unwrap();
+        let (_, err) = batch.attach(at_head).unwrap_err();
+        assert!(
+            err.contains("not the hash of the ledger's head (seq 1)"),
+            "{err}"
         );
     }
 }

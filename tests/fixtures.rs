@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use runledger::domain::{Event, State};
-use runledger::log::{Append, Durability, Ledger, LedgerOptions, Store};
+use runledger::log::{Durability, Head, Ledger, LedgerOptions, Store};
 use runledger::{replay, views, wire};
 
 fn fixture_dirs() -> Vec<std::path::PathBuf> {
@@ -23,14 +23,15 @@ fn fixture_dirs() -> Vec<std::path::PathBuf> {
 
 fn ingest(dir: &Path, fixture: &Path) -> (u64, Vec<u64>) {
     let text = std::fs::read_to_string(fixture.join("ledger.jsonl")).unwrap();
-    let appends: Vec<Append> = text
-        .lines()
-        .enumerate()
-        .map(|(i, line)| {
-            wire::parse_line(line)
-                .unwrap_or_else(|e| panic!("{}: line {}: {e}", fixture.display(), i + 1))
-        })
-        .collect();
+    let mut batch = wire::Batch::new();
+    for (i, line) in text.lines().enumerate() {
+        wire::parse_line(line)
+            .and_then(|parsed| batch.push(i + 1, parsed))
+            .unwrap_or_else(|e| panic!("{}: line {}: {e}", fixture.display(), i + 1));
+    }
+    let (appends, _) = batch
+        .attach(Head::EMPTY)
+        .unwrap_or_else(|(line, e)| panic!("{}: line {line}: {e}", fixture.display()));
     let seeds = appends
         .iter()
         .filter_map(|a| match &a.event {

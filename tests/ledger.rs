@@ -484,3 +484,74 @@ fn wall_clock_stamps_are_not_frozen_by_records_stamped_in_the_future() {
         "wall-clock records after a future-stamped one use the wall clock ({last_at})"
     );
 }
+
+/// The settler's overrun, recorded before its costs, must have them in the
+/// same step: a step with the overrun alone is dropped whole, and the live
+/// state is as before it (the next step sees no overrun).
+#[test]
+fn a_step_recording_an_overrun_without_its_cost_is_dropped_whole() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    let mut governed = submit("r", "t1", "acme", Vec::new());
+    if let Event::TaskSubmitted {
+        cost_ceiling_micros,
+        ..
+    } = &mut governed
+    {
+        *cost_ceiling_micros = Micros(100);
+    }
+    ledger
+        .append([
+            tenant("acme", 1_000),
+            Event::RunStarted {
+                run: "r".into(),
+                seed: 1,
+                config_hash: String::new(),
+            },
+            governed,
+            Event::CostReserved {
+                tenant: "acme".into(),
+                task: "t1".into(),
+                amount_micros: Micros(100),
+            },
+        ])
+        .unwrap();
+    let overrun = Event::BudgetOverrun {
+        tenant: "acme".into(),
+        task: Some("t1".into()),
+        amount_micros: Micros(50),
+    };
+    let cost = |amount| Event::CostIncurred {
+        tenant: "acme".into(),
+        task: Some("t1".into()),
+        category: Category::Llm,
+        amount_micros: Micros(amount),
+    };
+    let lone = overrun.clone();
+    let refused = rt.block_on(ledger.decide_each(move |draft| draft.push(lone).is_ok()));
+    assert!(
+        matches!(
+            &refused,
+            Err(AppendError::Rejected {
+                index: 0,
+                rejection: Rejection::OverrunWithoutCost { .. }
+            })
+        ),
+        "{refused:?}"
+    );
+    let (head, overrun_seen) = ledger
+        .query(|state, head| (head.seq, state.tenants.get(&"acme".into()).unwrap().overrun))
+        .unwrap();
+    assert_eq!((head, overrun_seen), (4, false));
+    let (receipt, pushed) =
+        rt.block_on(ledger.decide_each(move |draft| {
+            draft.push(overrun).is_ok() && draft.push(cost(150)).is_ok()
+        }))
+        .unwrap();
+    assert!(pushed);
+    assert_eq!((receipt.first_seq, receipt.last_seq), (5, 6));
+    ledger.close().unwrap();
+}

@@ -532,6 +532,34 @@ fn budget_overrun_is_the_only_way_to_exceeded_and_reset_clears_it() {
 }
 
 #[test]
+fn a_tenant_wide_overrun_needs_the_tenant_past_its_budget_by_its_amount() {
+    let overrun = |amount| Event::BudgetOverrun {
+        tenant: "acme".into(),
+        task: None,
+        amount_micros: Micros(amount),
+    };
+    let (verdict, _) = check(&base(), overrun(1));
+    assert!(
+        matches!(verdict, Err(Rejection::TenantOverrunWithoutCost { .. })),
+        "{verdict:?}"
+    );
+    let mut given = base();
+    given.push(cost("acme", None, Category::Llm, 10_500));
+    let (verdict, _) = check(&given, overrun(501));
+    assert!(
+        matches!(
+            verdict,
+            Err(Rejection::TenantOverrunWithoutCost {
+                behind: Micros(500),
+                ..
+            })
+        ),
+        "{verdict:?}"
+    );
+    check(&given, overrun(500)).0.unwrap();
+}
+
+#[test]
 fn budget_status_change_must_match_the_numbers() {
     let mut given = base();
     given.push(cost("acme", None, Category::Llm, 8_000));
@@ -576,6 +604,8 @@ fn tenant_events_never_touch_another_tenant() {
     let mut more = given.clone();
     more.extend([
         cost("acme", Some("a1"), Category::Llm, 100),
+        // Past the budget, so a tenant-wide overrun has spend behind it.
+        cost("acme", None, Category::Llm, 10_000),
         Event::BudgetOverrun {
             tenant: "acme".into(),
             task: None,

@@ -1151,3 +1151,257 @@ fn cli_verify_missing_ledger_exits_two() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no ledger at"));
 }
+
+// ---------------------------------------------------------------------------
+// The derived indices (by_run, by_tenant): one entry per id and frame,
+// keyed `id ‖ 0xFF ‖ frame seq (big-endian)`, valued by the offsets in
+// the frame of the id's records. Damaged behind the ledger's back, they
+// must be named by `verify`, refused by reads through them, and rebuilt
+// by `verify --repair-indices`.
+
+const RUN: &str = "run-1";
+
+/// Opens the raw sled database of a closed ledger and runs `f` on the
+/// tree `name`, flushing after.
+fn with_tree<T>(dir: &Path, name: &str, f: impl FnOnce(&sled::Tree) -> T) -> T {
+    let db = retry_locked(
+        || sled::Config::new().path(dir).open(),
+        |e| e.to_string().contains("lock"),
+    );
+    let tree = db.open_tree(name).expect("open tree");
+    let out = f(&tree);
+    db.flush().expect("flush");
+    out
+}
+
+fn index_key(id: &str, frame_seq: u64) -> Vec<u8> {
+    let mut key = id.as_bytes().to_vec();
+    key.push(0xFF);
+    key.extend_from_slice(&frame_seq.to_be_bytes());
+    key
+}
+
+fn offsets_of(value: &[u8]) -> Vec<u32> {
+    bincode::decode_from_slice(value, bincode::config::standard())
+        .expect("index value")
+        .0
+}
+
+fn offsets_value(offsets: &[u32]) -> Vec<u8> {
+    bincode::encode_to_vec(offsets, bincode::config::standard()).expect("encode offsets")
+}
+
+/// The entries of `id` in index `tree`: frame seq and offsets, in order.
+fn index_entries(dir: &Path, tree: &str, id: &str) -> Vec<(u64, Vec<u32>)> {
+    with_tree(dir, tree, |t| {
+        let mut prefix = id.as_bytes().to_vec();
+        prefix.push(0xFF);
+        t.scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) = item.expect("read index");
+                let seq = u64::from_be_bytes(key[prefix.len()..].try_into().expect("8-byte seq"));
+                (seq, offsets_of(&value))
+            })
+            .collect()
+    })
+}
+
+fn index_entry(dir: &Path, tree: &str, id: &str, n: usize) -> (u64, Vec<u32>) {
+    index_entries(dir, tree, id).swap_remove(n)
+}
+
+/// Deletes the `n`-th by_run entry of the run; returns the first seq it listed.
+fn delete_run_entry(dir: &Path, n: usize) -> u64 {
+    let (frame_seq, offsets) = index_entry(dir, "by_run", RUN, n);
+    with_tree(dir, "by_run", |t| {
+        t.remove(index_key(RUN, frame_seq)).expect("remove");
+    });
+    frame_seq + u64::from(offsets[0])
+}
+
+/// The seqs `log --json` printed.
+fn logged_seqs(stdout: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON record");
+            v["seq"].as_u64().expect("seq")
+        })
+        .collect()
+}
+
+fn assert_exit(out: &std::process::Output, code: i32) -> (String, String) {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout {stdout} stderr {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (stdout, stderr)
+}
+
+#[test]
+fn cli_verify_names_a_deleted_by_run_entry_and_its_seq() {
+    let built = build_ledger();
+    let seq = delete_run_entry(built.dir.path(), 40);
+    let out = runledger(built.dir.path(), &["verify"]);
+    let (stdout, stderr) = assert_exit(&out, 1);
+    assert!(
+        stdout.starts_with(&format!("FAILED at seq {seq}: ")),
+        "stdout: {stdout}"
+    );
+    assert!(
+        stdout.contains("by_run") && stdout.contains(RUN),
+        "stdout: {stdout}"
+    );
+    assert!(stderr.contains("--repair-indices"), "stderr: {stderr}");
+}
+
+#[test]
+fn cli_verify_names_an_edited_or_forged_index_entry() {
+    // One offset dropped from an entry of the big batch's frames.
+    let built = build_ledger();
+    // An entry of the big batch, whose frames hold many records each.
+    let (frame_seq, offsets) = index_entries(built.dir.path(), "by_tenant", "acme")
+        .into_iter()
+        .find(|(seq, offsets)| *seq > 4 * SMALL_TASKS && offsets.len() > 2)
+        .expect("a big frame");
+    let dropped = offsets[1];
+    let kept: Vec<u32> = offsets.iter().copied().filter(|o| *o != dropped).collect();
+    with_tree(built.dir.path(), "by_tenant", |t| {
+        t.insert(index_key("acme", frame_seq), offsets_value(&kept))
+            .expect("insert");
+    });
+    let out = runledger(built.dir.path(), &["verify"]);
+    let (stdout, _) = assert_exit(&out, 1);
+    let seq = frame_seq + u64::from(dropped);
+    assert!(
+        stdout.starts_with(&format!("FAILED at seq {seq}: ")) && stdout.contains("by_tenant"),
+        "stdout: {stdout}"
+    );
+
+    // An entry for a run the log never had, listing seq 1.
+    let built = build_ledger();
+    with_tree(built.dir.path(), "by_run", |t| {
+        t.insert(index_key("run-0", 1), offsets_value(&[0]))
+            .expect("insert");
+    });
+    let out = runledger(built.dir.path(), &["verify"]);
+    let (stdout, _) = assert_exit(&out, 1);
+    assert!(
+        stdout.starts_with("FAILED at seq 1: ") && stdout.contains("run-0"),
+        "stdout: {stdout}"
+    );
+}
+
+#[test]
+fn cli_reads_through_a_tampered_index_fail_instead_of_missing_records() {
+    let built = build_ledger();
+    let out = runledger(built.dir.path(), &["log", "--json", "--run", RUN]);
+    let all = logged_seqs(&assert_exit(&out, 0).0);
+    assert_eq!(all, (2..=TOTAL_RECORDS).collect::<Vec<_>>());
+    delete_run_entry(built.dir.path(), 40);
+    let out = runledger(built.dir.path(), &["log", "--json", "--run", RUN]);
+    let (_, stderr) = assert_exit(&out, 1);
+    assert!(
+        stderr.contains("by_run") && stderr.contains(RUN),
+        "stderr: {stderr}"
+    );
+    let out = runledger(built.dir.path(), &["diff", RUN, RUN]);
+    let (_, stderr) = assert_exit(&out, 1);
+    assert!(stderr.contains("by_run"), "stderr: {stderr}");
+}
+
+#[test]
+fn cli_log_through_the_index_refuses_a_frame_moved_under_another_key() {
+    let built = build_ledger();
+    {
+        let store = open_store(built.dir.path());
+        let all = frames(&store);
+        let (a, b) = (&all[10], &all[11]);
+        put_frame(&store, a.0, &b.1);
+        put_frame(&store, b.0, &a.1);
+        store.flush(true).unwrap();
+    }
+    let out = runledger(built.dir.path(), &["log", "--json", "--run", RUN]);
+    let (_, stderr) = assert_exit(&out, 1);
+    assert!(stderr.contains("records were moved"), "stderr: {stderr}");
+}
+
+#[test]
+fn cli_verify_repair_indices_rebuilds_them_from_the_log() {
+    let built = build_ledger();
+    delete_run_entry(built.dir.path(), 40);
+    delete_run_entry(built.dir.path(), 7);
+    with_tree(built.dir.path(), "by_run", |t| {
+        t.insert(index_key("run-0", 1), offsets_value(&[0]))
+            .expect("insert");
+    });
+    let out = runledger(built.dir.path(), &["verify", "--repair-indices"]);
+    let (stdout, _) = assert_exit(&out, 0);
+    assert!(stdout.contains("indices rebuilt"), "stdout: {stdout}");
+    assert_exit(&runledger(built.dir.path(), &["verify"]), 0);
+    let out = runledger(built.dir.path(), &["log", "--json", "--run", RUN]);
+    let (stdout, _) = assert_exit(&out, 0);
+    assert_eq!(
+        logged_seqs(&stdout),
+        (2..=TOTAL_RECORDS).collect::<Vec<_>>()
+    );
+    let out = runledger(built.dir.path(), &["log", "--json", "--run", "run-0"]);
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+}
+
+#[test]
+fn indices_from_before_summaries_are_walked_around_then_rebuilt_on_open() {
+    use runledger::log::store::IndexKind;
+    let built = build_ledger();
+    // What a ledger written before index summaries holds: entries and a
+    // high-water mark, no summaries, no index format.
+    with_tree(built.dir.path(), "meta", |t| {
+        assert!(t.remove("index_format").expect("remove").is_some());
+        let sums: Vec<_> = t
+            .scan_prefix(b"index_sum\0")
+            .keys()
+            .map(|k| k.expect("key"))
+            .collect();
+        assert!(sums.len() >= 2, "a summary per run and tenant");
+        for key in sums {
+            t.remove(key).expect("remove");
+        }
+    });
+    let count = |store: &Store| {
+        let mut n = 0u64;
+        let indexed = store
+            .walk_indexed(&[(IndexKind::Run, RUN)], 1, |_| {
+                n += 1;
+                ControlFlow::Continue(())
+            })
+            .expect("read");
+        (indexed.is_some(), n)
+    };
+    {
+        let store = open_store(built.dir.path());
+        assert_eq!(count(&store), (false, 0), "the old index is not used");
+        assert_eq!(
+            runledger::replay::check_index(&store).expect("read"),
+            Ok(())
+        );
+    }
+    let ledger = open_ledger(
+        built.dir.path(),
+        LedgerOptions {
+            durability: Durability::None,
+            checkpoint_every: 0,
+            create: false,
+        },
+    );
+    ledger.close().expect("close");
+    let store = open_store(built.dir.path());
+    assert_eq!(count(&store), (true, TOTAL_RECORDS - 1));
+    assert_eq!(
+        runledger::replay::check_index(&store).expect("read"),
+        Ok(())
+    );
+}

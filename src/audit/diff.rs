@@ -47,7 +47,6 @@ use serde_json::Value;
 use crate::domain::{
     BudgetPeriod, Category, Decision, Event, LearningIntensity, RunId, TaskId, TenantId, Timestamp,
 };
-use crate::log::frame::{decode_header, frame_key, walk_frame};
 use crate::log::record::RawRecord;
 use crate::log::store::{DecodedRecord, IndexKind, Store, decode_record};
 use crate::log::{ChainBreak, WalkError};
@@ -850,7 +849,9 @@ pub fn load_run(store: &Store, run: &RunId) -> Result<Option<RunInput>, WalkErro
     let tenants = tenants_of(&records);
     let mut around = Vec::new();
     for tenant in &tenants {
-        tenant_records(store, tenant, first, last, &mut around)?;
+        if tenant_records(store, tenant, first, last, &mut around)?.is_none() {
+            return load_by_walk(store, run);
+        }
     }
     around.sort_by_key(|r| r.seq);
     Ok(Some(assemble(run, records, around, first, last, &tenants)))
@@ -865,50 +866,37 @@ fn tenants_of(records: &[DecodedRecord]) -> BTreeSet<TenantId> {
 }
 
 /// Pushes onto `out` the registrations of `tenant` up to seq `last` and
-/// its global events from `first` to `last`, read through its index.
+/// its global events from `first` to `last`, read through its index;
+/// `None` when the index cannot answer.
 fn tenant_records(
     store: &Store,
     tenant: &TenantId,
     first: u64,
     last: u64,
     out: &mut Vec<DecodedRecord>,
-) -> Result<(), WalkError> {
-    for (frame_seq, offsets) in store.indexed_frames(IndexKind::Tenant, tenant.as_str())? {
-        if frame_seq > last {
-            break;
+) -> Result<Option<()>, WalkError> {
+    let mut bad: Option<ChainBreak> = None;
+    let indexed = store.walk_indexed(&[(IndexKind::Tenant, tenant.as_str())], 1, |raw| {
+        if raw.seq > last {
+            return ControlFlow::Break(());
         }
-        let Some(value) = store.log_tree().get(frame_key(frame_seq))? else {
-            return Err(ChainBreak {
-                seq: frame_seq,
-                what: "an indexed frame is missing from the log".to_owned(),
+        match decoded(raw) {
+            Ok(record) => {
+                if keeps(&record, first) {
+                    out.push(record);
+                }
+                ControlFlow::Continue(())
             }
-            .into());
-        };
-        let (header, entries) = decode_header(&value).map_err(|what| ChainBreak {
-            seq: frame_seq,
-            what: format!("frame cannot be decoded: {what}"),
-        })?;
-        let mut bad: Option<ChainBreak> = None;
-        walk_frame(&header, entries, |raw| {
-            let offset = u32::try_from(raw.seq - raw.frame_seq).unwrap_or(u32::MAX);
-            if bad.is_some() || raw.seq > last || !offsets.contains(&offset) {
-                return;
+            Err(e) => {
+                bad = Some(e);
+                ControlFlow::Break(())
             }
-            match decoded(raw) {
-                Ok(record) if keeps(&record, first) => out.push(record),
-                Ok(_) => {}
-                Err(e) => bad = Some(e),
-            }
-        })
-        .map_err(|e| ChainBreak {
-            seq: e.seq,
-            what: e.what,
-        })?;
-        if let Some(e) = bad {
-            return Err(e.into());
         }
+    })?;
+    match bad {
+        Some(e) => Err(e.into()),
+        None => Ok(indexed),
     }
-    Ok(())
 }
 
 /// Whether a record outside the run matters to it: a registration (for

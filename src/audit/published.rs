@@ -95,6 +95,18 @@ pub enum PublishError {
 pub fn verify_with_published(
     store: &Store,
 ) -> Result<Result<(VerifyReport, usize), ChainBreak>, sled::Error> {
+    verify_with_published_mapping(store, |_, _| (), |_, ()| {})
+}
+
+/// [`verify_with_published`], where `map` also runs on the worker that
+/// decoded each event and its result reaches `observe` with the record's
+/// seq, in seq order on the calling thread (for checks that need every
+/// event, such as the indices').
+pub fn verify_with_published_mapping<U: Send>(
+    store: &Store,
+    map: impl Fn(&crate::log::record::RawRecord<'_>, &crate::domain::Event) -> U + Sync,
+    mut observe: impl FnMut(u64, U),
+) -> Result<Result<(VerifyReport, usize), ChainBreak>, sled::Error> {
     let published = match store.published() {
         Ok(p) => p,
         Err(e) => return Ok(Err(e)),
@@ -113,13 +125,15 @@ pub fn verify_with_published(
     let report = verify_mapping(
         store,
         |raw, event| {
+            let mapped = map(raw, event);
             if raw.seq > last_wanted {
-                return Owned::Nobody;
+                return (Owned::Nobody, mapped);
             }
             let at = raw.recorded_at.as_micros();
-            Owned::of(&ledger_id, raw.seq, at, &raw.hash, event)
+            (Owned::of(&ledger_id, raw.seq, at, &raw.hash, event), mapped)
         },
-        |seq, hash, owned| {
+        |seq, hash, (owned, mapped)| {
+            observe(seq, mapped);
             if seq > last_wanted {
                 return;
             }

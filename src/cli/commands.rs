@@ -43,7 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             cli.json,
             out,
         ),
-        Command::Verify => verify_cmd(&cli.data, cli.json, out),
+        Command::Verify { repair_indices } => verify_cmd(&cli.data, repair_indices, cli.json, out),
         Command::Replay {
             ref run,
             check: true,
@@ -342,6 +342,11 @@ fn missing_hint<T>(opened: Result<T, StoreError>) -> anyhow::Result<T> {
 pub(super) fn walk_error(error: WalkError) -> anyhow::Error {
     match error {
         WalkError::Break(b) => Damaged(b).into(),
+        WalkError::Index(b) => CheckFailed(format!(
+            "{b}; `runledger verify` names the first seq it misses, \
+             `runledger verify --repair-indices` rebuilds the indices from the log"
+        ))
+        .into(),
         WalkError::Storage(e) => anyhow::Error::new(e).context("cannot read the ledger"),
     }
 }
@@ -368,24 +373,35 @@ fn ingest(data: &Path, file: &str, json: bool, out: &mut dyn Write) -> anyhow::R
         let f = std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?;
         (file.to_owned(), Box::new(std::io::BufReader::new(f)))
     };
-    let mut appends = Vec::new();
-    let mut line_numbers = Vec::new();
+    let mut batch = wire::Batch::new();
     for (number, line) in wire::lines(reader) {
         let line = line.map_err(|reason| anyhow::anyhow!("{name}: line {number}: {reason}"))?;
         let text = line.trim();
         if text.is_empty() {
             continue;
         }
-        match wire::parse_line(text) {
-            Ok(append) => {
-                appends.push(append);
-                line_numbers.push(number);
-            }
-            Err(reason) => bail!("{name}: line {number}: {reason}"),
-        }
+        wire::parse_line(text)
+            .and_then(|parsed| batch.push(number, parsed))
+            .map_err(|reason| anyhow::anyhow!("{name}: line {number}: {reason}"))?;
     }
-    let count = appends.len();
+    let count = batch.len();
     let ledger = open_ledger(data, Durability::Always, true)?;
+    // The ledger is this process's alone (sled's lock), so its head cannot
+    // move between this query and the append.
+    let head = match ledger.head() {
+        Ok(head) => head,
+        Err(e) => {
+            let _ = ledger.discard_if_new();
+            return Err(e.into());
+        }
+    };
+    let (appends, line_numbers) = match batch.attach(head) {
+        Ok(attached) => attached,
+        Err((line, reason)) => {
+            let _ = ledger.discard_if_new();
+            bail!("{name}: line {line}: {reason}; nothing was appended");
+        }
+    };
     let receipt = match ledger.append(appends) {
         Ok(receipt) => receipt,
         Err(AppendError::Rejected { index, rejection }) => {
@@ -471,8 +487,9 @@ fn require_known(store: &Store, run: Option<&str>, tenant: Option<&str>) -> anyh
         .into_iter()
         .chain(tenant.map(|t| (IndexKind::Tenant, t, "tenant")));
     for (kind, id, what) in filters {
-        let known = if store.index_hwm() >= store.head().map_err(walk_error)?.seq {
-            !store.indexed_frames(kind, id)?.is_empty()
+        let indexed = store.indexed_frames(kind, id).map_err(walk_error)?;
+        let known = if let Some(frames) = indexed {
+            !frames.is_empty()
         } else {
             let mut seen = false;
             let mut scopes = Scopes::default();
@@ -597,49 +614,102 @@ fn log(
     Ok(())
 }
 
-fn verify_cmd(data: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+fn verify_cmd(
+    data: &Path,
+    repair_indices: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let store = open_store(data)?;
-    let checked = crate::audit::published::verify_with_published(&store);
-    match checked.context("cannot read the ledger")? {
-        Ok((report, published)) => {
-            if json {
-                print_json(
-                    out,
-                    &serde_json::json!({
-                        "ok": true,
-                        "records": report.records,
-                        "head_seq": report.head.seq,
-                        "head": report.head.hash.to_hex().as_str(),
-                        "checkpoints": report.checkpoints,
-                        "published_checkpoints": published,
-                    }),
-                )
-            } else {
-                writeln!(
-                    out,
-                    "ok: {} records, head {}",
-                    report.records,
-                    report.head.hash.to_hex()
-                )?;
-                Ok(())
-            }
+    // One pass: the chain, the published checkpoints, and the index
+    // entries the log gives.
+    let mut expected = replay::ExpectedIndex::default();
+    let checked = crate::audit::published::verify_with_published_mapping(
+        &store,
+        |raw, event| replay::IndexKey::of(raw.frame_seq, event),
+        |seq, key| expected.push(seq, key),
+    );
+    let (report, published) = match checked.context("cannot read the ledger")? {
+        Ok(verified) => verified,
+        Err(broken) => return verify_failed(&broken, false, json, out),
+    };
+    // The chain holds: now the indices against it.
+    let index = expected
+        .finish_check(&store, report.head.seq)
+        .map_err(walk_error)?;
+    let mut rebuilt = None;
+    if repair_indices {
+        replay::rebuild_index(&store).map_err(walk_error)?;
+        store.flush(true)?;
+        if let Err(broken) = replay::check_index(&store).map_err(walk_error)? {
+            return verify_failed(&broken, true, json, out);
         }
-        Err(broken) => {
-            if json {
-                print_json(
-                    out,
-                    &serde_json::json!({"ok": false, "seq": broken.seq, "error": broken.what}),
-                )?;
-            } else {
-                writeln!(out, "FAILED at seq {}: {}", broken.seq, broken.what)?;
-            }
-            Err(CheckFailed(format!(
-                "verification failed at seq {}: {}",
-                broken.seq, broken.what
-            ))
-            .into())
-        }
+        rebuilt = Some(index.err());
+    } else if let Err(broken) = index {
+        return verify_failed(&broken, true, json, out);
     }
+    if json {
+        let mut value = serde_json::json!({
+            "ok": true,
+            "records": report.records,
+            "head_seq": report.head.seq,
+            "head": report.head.hash.to_hex().as_str(),
+            "checkpoints": report.checkpoints,
+            "published_checkpoints": published,
+        });
+        if let Some(before) = &rebuilt {
+            value["indices_rebuilt"] = serde_json::json!({
+                "damaged_at_seq": before.as_ref().map(|b| b.seq),
+                "error": before.as_ref().map(|b| b.what.as_str()),
+            });
+        }
+        return print_json(out, &value);
+    }
+    match &rebuilt {
+        Some(Some(before)) => writeln!(
+            out,
+            "indices rebuilt from the log (they were damaged at seq {}: {})",
+            before.seq, before.what
+        )?,
+        Some(None) => writeln!(out, "indices rebuilt from the log (they matched it)")?,
+        None => {}
+    }
+    writeln!(
+        out,
+        "ok: {} records, head {}",
+        report.records,
+        report.head.hash.to_hex()
+    )?;
+    Ok(())
+}
+
+/// Reports a failed `verify` (exit 1); `index`: the indices disagree with
+/// an intact chain.
+fn verify_failed(
+    broken: &crate::log::ChainBreak,
+    index: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if json {
+        let mut value = serde_json::json!({"ok": false, "seq": broken.seq, "error": broken.what});
+        if index {
+            value["indices_damaged"] = serde_json::json!(true);
+        }
+        print_json(out, &value)?;
+    } else {
+        writeln!(out, "FAILED at seq {}: {}", broken.seq, broken.what)?;
+    }
+    let hint = if index {
+        " (the chain holds; `runledger verify --repair-indices` rebuilds the indices from it)"
+    } else {
+        ""
+    };
+    Err(CheckFailed(format!(
+        "verification failed at seq {}: {}{hint}",
+        broken.seq, broken.what
+    ))
+    .into())
 }
 
 fn check_cmd(

@@ -169,7 +169,9 @@ where
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Append events given as JSON lines (a file, or - for stdin); all or nothing.
+    /// Append events given as JSON lines (a file, or - for stdin); all or
+    /// nothing. Record lines (as `log --json` prints them) must continue the
+    /// chain and come before any bare event.
     Ingest {
         /// JSON-lines file, or `-` for standard input.
         file: String,
@@ -189,8 +191,14 @@ pub enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
-    /// Check the whole hash chain; exit 1 naming the first bad seq.
-    Verify,
+    /// Check the whole hash chain, the checkpoints and the indices against
+    /// the log; exit 1 naming the first bad seq.
+    Verify {
+        /// Rebuild the indices (by run, by tenant) from the log, after
+        /// checking them, when the chain itself holds.
+        #[arg(long)]
+        repair_indices: bool,
+    },
     /// Rebuild every projection from the log and print their digests; with
     /// --check, also run every recorded decision again and compare.
     Replay {

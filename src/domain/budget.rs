@@ -4,7 +4,11 @@
 //! Invariant kept by validation: a reservation never takes `spent +
 //! reserved` past the budget. Spend itself is never refused (a cost that
 //! happened is a fact); EXCEEDED is reached only through a recorded
-//! `budget_overrun`.
+//! `budget_overrun`, and an overrun needs spend behind it: a tenant-wide
+//! one (no task) the tenant's `spent + reserved` past its budget by at
+//! least its amount at its seq; one naming a task ([`OverrunCover`]) that
+//! task's spend past its reservation, recorded in the same append — the
+//! settler records the overrun just before the costs that cause it.
 
 use bincode::{Decode, Encode};
 use rustc_hash::FxHashMap;
@@ -251,11 +255,26 @@ impl Tenants {
                 task,
                 amount_micros,
             } => {
-                self.tenant(tenant)?;
+                let t = self.tenant(tenant)?;
+                non_negative("amount_micros", *amount_micros)?;
                 if let Some(task) = task {
-                    owned_by(tenant, task)?;
+                    // Covered by the task's spend in the same append (see
+                    // `OverrunCover`), which may come after it.
+                    return owned_by(tenant, task);
                 }
-                non_negative("amount_micros", *amount_micros)
+                let committed = t.spent_micros().0.saturating_add(t.reserved_micros.0);
+                let behind = committed.saturating_sub(t.budget_micros.0).max(0);
+                if amount_micros.0 > behind {
+                    return Err(Rejection::TenantOverrunWithoutCost {
+                        tenant: tenant.clone(),
+                        amount: *amount_micros,
+                        spent: t.spent_micros(),
+                        reserved: t.reserved_micros,
+                        budget: t.budget_micros,
+                        behind: Micros(behind),
+                    });
+                }
+                Ok(())
             }
             Event::BudgetStatusChanged { tenant, from, to } => {
                 let t = self.tenant(tenant)?;
@@ -378,7 +397,7 @@ impl Tenants {
                     t.lifetime_spent_micros.0 += amount_micros.0;
                     // Posting a task's cost consumes its reservation first.
                     let consumed = if task.is_some() {
-                        (*amount_micros).min(task_reserved)
+                        consumed(*amount_micros, task_reserved)
                     } else {
                         Micros::ZERO
                     };
@@ -441,6 +460,83 @@ impl Tenants {
     pub(crate) fn run_closed(&mut self, tenant: &TenantId) {
         if let Some(t) = self.tenants.get_mut(tenant) {
             t.active_runs = t.active_runs.saturating_sub(1);
+        }
+    }
+}
+
+/// How much of a task's open reservation `task_reserved` a cost of
+/// `amount` posted on the task consumes; the rest is spend past it.
+pub fn consumed(amount: Micros, task_reserved: Micros) -> Micros {
+    amount.min(task_reserved)
+}
+
+/// Within one append (a batch, or one decision step), the overruns that
+/// name a task must be covered by that task's spend past its reservation
+/// recorded in the same append, before or after them: the settler records
+/// an overrun just before the costs that cause it, older ledgers just
+/// after. The writer notes every event of an append on the state just
+/// before it, then checks the whole append.
+#[derive(Debug, Default)]
+pub struct OverrunCover {
+    /// Per task: spend past its reservation, overrun claimed, and the
+    /// append index of its first overrun.
+    tasks: FxHashMap<TaskId, (i64, i64, usize)>,
+}
+
+impl OverrunCover {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Notes `event`, the `index`-th of the append; `task_reserved` is its
+    /// task's open reservation just before it.
+    pub fn note(&mut self, index: usize, event: &Event, task_reserved: Micros) {
+        match event {
+            Event::CostIncurred {
+                task: Some(task),
+                amount_micros,
+                ..
+            } => {
+                let amount = Micros(amount_micros.0.max(0));
+                let past = amount.0 - consumed(amount, task_reserved).0;
+                if past > 0 {
+                    let entry = self.tasks.entry(task.clone()).or_insert((0, 0, index));
+                    entry.0 = entry.0.saturating_add(past);
+                }
+            }
+            Event::BudgetOverrun {
+                task: Some(task),
+                amount_micros,
+                ..
+            } => {
+                let entry = self.tasks.entry(task.clone()).or_insert((0, 0, index));
+                if entry.1 == 0 {
+                    entry.2 = index;
+                }
+                entry.1 = entry.1.saturating_add(amount_micros.0);
+            }
+            _ => {}
+        }
+    }
+
+    /// The first overrun of the append (its index) that its task's spend
+    /// does not cover.
+    pub fn check(&self) -> Result<(), (usize, Rejection)> {
+        let first = self
+            .tasks
+            .iter()
+            .filter(|(_, (past, claimed, _))| claimed > past)
+            .min_by_key(|(_, (_, _, index))| *index);
+        match first {
+            None => Ok(()),
+            Some((task, (past, claimed, index))) => Err((
+                *index,
+                Rejection::OverrunWithoutCost {
+                    task: task.clone(),
+                    claimed: Micros(*claimed),
+                    behind: Micros(*past),
+                },
+            )),
         }
     }
 }

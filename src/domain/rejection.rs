@@ -93,6 +93,27 @@ pub enum Rejection {
         claimed: BudgetStatus,
         actual: BudgetStatus,
     },
+    #[error(
+        "budget_overrun of {claimed} for task `{task}` has no cost behind it: the same append \
+         records only {behind} of spend past the task's reservation"
+    )]
+    OverrunWithoutCost {
+        task: TaskId,
+        claimed: Micros,
+        behind: Micros,
+    },
+    #[error(
+        "budget_overrun of {amount} for tenant `{tenant}` has no cost behind it: spent {spent} + \
+         reserved {reserved} exceed the budget {budget} by only {behind}"
+    )]
+    TenantOverrunWithoutCost {
+        tenant: TenantId,
+        amount: Micros,
+        spent: Micros,
+        reserved: Micros,
+        budget: Micros,
+        behind: Micros,
+    },
     #[error("task `{0}` is not optional: only optional nodes can be skipped")]
     NotOptional(TaskId),
     #[error("an amount overflows 64-bit micros")]

@@ -101,9 +101,10 @@ impl State {
     /// The run and tenant an event belongs to, directly or through its task.
     pub fn scope<'a>(&'a self, event: &'a Event) -> (Option<&'a RunId>, Option<&'a TenantId>) {
         let task = event.task().and_then(|t| self.queue.get(t));
-        let run = event.run().or(task.map(|t| &t.run));
-        let tenant = event.tenant().or(task.map(|t| &t.tenant));
-        (run, tenant)
+        scope_of(
+            (event.run(), event.tenant()),
+            task.map(|t| (&t.run, &t.tenant)),
+        )
     }
 
     /// When `tenant`'s current budget period began.
@@ -272,6 +273,17 @@ impl State {
             combined: combined.finalize(),
         }
     }
+}
+
+/// The run and tenant a record belongs to: the event's own (`own`: its
+/// `run()` and `tenant()`), else those of its task (`owner`: the run and
+/// tenant the task was submitted with). What the indices list each record
+/// under.
+pub fn scope_of<'a>(
+    own: (Option<&'a RunId>, Option<&'a TenantId>),
+    owner: Option<(&'a RunId, &'a TenantId)>,
+) -> (Option<&'a RunId>, Option<&'a TenantId>) {
+    (own.0.or(owner.map(|o| o.0)), own.1.or(owner.map(|o| o.1)))
 }
 
 /// A task of a pipeline run ended: the run stops counting towards its

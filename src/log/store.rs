@@ -7,6 +7,15 @@
 //! are checked against the chain, never trusted over it. Reading walks the
 //! chain and checks every hash on the way, so no command ever shows a
 //! record the chain does not vouch for.
+//!
+//! Each id's index entries have a summary in the metadata (how many
+//! records they list and a digest of them), written after the entries in
+//! one atomic batch with the high-water mark. A read through an
+//! index checks the entries it uses against the summary (a deleted, edited
+//! or forged entry is refused, not silently skipped) and every frame it
+//! reads against its key and the frame before it; an id without a summary
+//! is read by walking the log. `replay::check_index` compares the indices
+//! with the log record by record (what `verify` reports).
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -23,6 +32,12 @@ const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: &[u8] = dir::FORMAT.as_bytes();
 const LEDGER_ID_KEY: &[u8] = b"ledger_id";
 const INDEX_HWM_KEY: &[u8] = b"index_hwm";
+/// Present once the indices have summaries (ledgers before them count as
+/// unindexed until a writable open rebuilds the indices).
+const INDEX_FORMAT_KEY: &[u8] = b"index_format";
+const INDEX_FORMAT: &[u8] = b"2";
+/// Prefix of the summary keys in `meta`: then the kind's tag and the id.
+const SUMMARY_PREFIX: &[u8] = b"index_sum\0";
 const INDEX_SEPARATOR: u8 = 0xFF; // never part of UTF-8 text
 
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +82,24 @@ pub struct ChainBreak {
     pub what: String,
 }
 
+/// An index disagrees with the summary kept beside it: an entry was
+/// deleted, edited or forged behind the ledger's back. The log itself may
+/// be intact; `verify` names the seq, `verify --repair-indices` rebuilds.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the {index} index of `{id}` is damaged: {what}")]
+pub struct IndexBreak {
+    /// The index's tree: `by_run` or `by_tenant`.
+    pub index: &'static str,
+    pub id: String,
+    pub what: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WalkError {
     #[error(transparent)]
     Break(#[from] ChainBreak),
+    #[error(transparent)]
+    Index(#[from] IndexBreak),
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),
 }
@@ -115,10 +144,112 @@ pub struct PublishedCheckpoint {
 
 const PUBLISHED_TREE: &[u8] = b"published";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IndexKind {
     Run,
     Tenant,
+}
+
+impl IndexKind {
+    pub const ALL: [IndexKind; 2] = [IndexKind::Run, IndexKind::Tenant];
+
+    /// The index's tree.
+    pub fn tree_name(self) -> &'static str {
+        match self {
+            IndexKind::Run => "by_run",
+            IndexKind::Tenant => "by_tenant",
+        }
+    }
+
+    /// What its ids are.
+    pub fn noun(self) -> &'static str {
+        match self {
+            IndexKind::Run => "run",
+            IndexKind::Tenant => "tenant",
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            IndexKind::Run => b'r',
+            IndexKind::Tenant => b't',
+        }
+    }
+}
+
+/// One index entry: the records of `id` in the frame starting at
+/// `frame_seq`, as offsets in the frame (ascending).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub kind: IndexKind,
+    pub id: String,
+    pub frame_seq: u64,
+    pub offsets: Vec<u32>,
+}
+
+/// What an id's index entries add up to: the records they list and a
+/// blake3 chain over them in frame order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexSummary {
+    pub records: u64,
+    pub digest: [u8; 32],
+}
+
+impl IndexSummary {
+    /// Adds the next entry (entries come in frame order).
+    pub fn push(&mut self, frame_seq: u64, offsets: &[u32]) {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"runledger.index.v1\0");
+        hasher.update(&self.digest);
+        hasher.update(&frame_seq.to_be_bytes());
+        hasher.update(&(offsets.len() as u64).to_be_bytes());
+        for offset in offsets {
+            hasher.update(&offset.to_be_bytes());
+        }
+        self.digest = *hasher.finalize().as_bytes();
+        self.records += offsets.len() as u64;
+    }
+
+    fn encode(&self) -> [u8; 40] {
+        let mut out = [0u8; 40];
+        out[..8].copy_from_slice(&self.records.to_be_bytes());
+        out[8..].copy_from_slice(&self.digest);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<IndexSummary> {
+        let records = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let digest = bytes.get(8..)?.try_into().ok()?;
+        Some(IndexSummary { records, digest })
+    }
+}
+
+/// An id's index entries: `(frame seq, offsets in the frame)`, in order.
+pub type IndexedFrames = Vec<(u64, Vec<u32>)>;
+
+fn summary_key(kind: IndexKind, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(SUMMARY_PREFIX.len() + 1 + id.len());
+    key.extend_from_slice(SUMMARY_PREFIX);
+    key.push(kind.tag());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// `(id, frame seq)` of an index key, if it is one.
+fn parse_index_key(key: &[u8]) -> Option<(&str, u64)> {
+    let split = key.len().checked_sub(9)?;
+    if key[split] != INDEX_SEPARATOR {
+        return None;
+    }
+    let id = std::str::from_utf8(&key[..split]).ok()?;
+    Some((id, key_seq(&key[split + 1..])?))
+}
+
+fn decode_offsets(value: &[u8]) -> Option<Vec<u32>> {
+    match bincode::decode_from_slice::<Vec<u32>, _>(value, CONFIG) {
+        Ok((offsets, used)) if used == value.len() => Some(offsets),
+        _ => None,
+    }
 }
 
 pub struct Store {
@@ -468,66 +599,150 @@ impl Store {
         self.log.apply_batch(batch)
     }
 
-    /// Writes index entries and moves the index high-water mark to `hwm`.
-    pub fn write_index(
-        &self,
-        entries: Vec<(IndexKind, Vec<u8>, Vec<u8>)>,
-        hwm: u64,
-    ) -> Result<(), sled::Error> {
+    /// Writes index entries (each id's in frame order), then adds them to
+    /// their ids' summaries and moves the index high-water mark to `hwm` in
+    /// one atomic batch of `meta`: a crash between the two leaves the mark
+    /// and the summaries where they were, and the rebuild on open rewrites
+    /// the entries past the mark (identical) and adds them once.
+    pub fn write_index(&self, entries: Vec<IndexEntry>, hwm: u64) -> Result<(), sled::Error> {
         let mut runs = sled::Batch::default();
         let mut tenants = sled::Batch::default();
-        for (kind, key, value) in entries {
-            match kind {
-                IndexKind::Run => runs.insert(key, value),
-                IndexKind::Tenant => tenants.insert(key, value),
-            }
+        let mut meta = sled::Batch::default();
+        let mut summaries: rustc_hash::FxHashMap<(IndexKind, &str), IndexSummary> =
+            rustc_hash::FxHashMap::default();
+        for entry in &entries {
+            let batch = match entry.kind {
+                IndexKind::Run => &mut runs,
+                IndexKind::Tenant => &mut tenants,
+            };
+            batch.insert(
+                index_key(&entry.id, entry.frame_seq),
+                index_value(&entry.offsets),
+            );
+            let summary = match summaries.entry((entry.kind, &entry.id)) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let stored = self.meta.get(summary_key(entry.kind, &entry.id))?;
+                    v.insert(
+                        stored
+                            .and_then(|v| IndexSummary::decode(&v))
+                            .unwrap_or_default(),
+                    )
+                }
+            };
+            summary.push(entry.frame_seq, &entry.offsets);
         }
+        for ((kind, id), summary) in summaries {
+            meta.insert(summary_key(kind, id), &summary.encode()[..]);
+        }
+        meta.insert(INDEX_HWM_KEY, &hwm.to_be_bytes());
+        meta.insert(INDEX_FORMAT_KEY, INDEX_FORMAT);
         self.by_run.apply_batch(runs)?;
         self.by_tenant.apply_batch(tenants)?;
-        self.meta.insert(INDEX_HWM_KEY, &hwm.to_be_bytes())?;
-        Ok(())
+        self.meta.apply_batch(meta)
     }
 
+    /// The seq up to which the indices list every record: 0 when they
+    /// predate summaries (rebuilt on the next writable open).
     pub fn index_hwm(&self) -> u64 {
+        match self.meta.get(INDEX_FORMAT_KEY) {
+            Ok(Some(v)) if v.as_ref() == INDEX_FORMAT => {}
+            _ => return 0,
+        }
         match self.meta.get(INDEX_HWM_KEY) {
             Ok(Some(v)) => key_seq(&v).unwrap_or(0),
             _ => 0,
         }
     }
 
-    /// Drops every index entry (they are rebuilt from the log on next open).
+    /// Drops every index entry and summary (rebuilt from the log on the
+    /// next writable open, or by [`crate::replay::rebuild_index`]).
     pub fn clear_index(&self) -> Result<(), sled::Error> {
+        self.meta.remove(INDEX_FORMAT_KEY)?;
+        self.meta.remove(INDEX_HWM_KEY)?;
         self.by_run.clear()?;
         self.by_tenant.clear()?;
-        self.meta.remove(INDEX_HWM_KEY)?;
+        for key in self.meta.scan_prefix(SUMMARY_PREFIX).keys() {
+            self.meta.remove(key?)?;
+        }
         Ok(())
     }
 
+    /// The raw index tree of `kind`, for tools that inspect or (in tests)
+    /// damage it.
+    pub fn index_tree(&self, kind: IndexKind) -> &sled::Tree {
+        match kind {
+            IndexKind::Run => &self.by_run,
+            IndexKind::Tenant => &self.by_tenant,
+        }
+    }
+
+    fn summary(&self, kind: IndexKind, id: &str) -> Result<Option<IndexSummary>, WalkError> {
+        match self.meta.get(summary_key(kind, id))? {
+            None => Ok(None),
+            Some(v) => match IndexSummary::decode(&v) {
+                Some(summary) => Ok(Some(summary)),
+                None => Err(IndexBreak {
+                    index: kind.tree_name(),
+                    id: id.to_owned(),
+                    what: "its summary cannot be decoded".to_owned(),
+                }
+                .into()),
+            },
+        }
+    }
+
     /// Frames holding records of `id`, with the offsets of those records in
-    /// each frame, in seq order.
+    /// each frame, in seq order, checked against the id's summary. `None`
+    /// when the indices cannot answer — they lag behind the log or predate
+    /// summaries, or `id` has no summary (never indexed, or its entries and
+    /// summary were all removed) — and the caller must walk the log.
     pub fn indexed_frames(
         &self,
         kind: IndexKind,
         id: &str,
-    ) -> Result<Vec<(u64, Vec<u32>)>, sled::Error> {
-        let tree = match kind {
-            IndexKind::Run => &self.by_run,
-            IndexKind::Tenant => &self.by_tenant,
-        };
+    ) -> Result<Option<IndexedFrames>, WalkError> {
+        if self.index_hwm() < self.head()?.seq {
+            return Ok(None);
+        }
+        let tree = self.index_tree(kind);
+        let summary = self.summary(kind, id)?;
         let mut prefix = id.as_bytes().to_vec();
         prefix.push(INDEX_SEPARATOR);
+        let broken = |what: String| IndexBreak {
+            index: kind.tree_name(),
+            id: id.to_owned(),
+            what,
+        };
         let mut out = Vec::new();
+        let mut found = IndexSummary::default();
         for item in tree.scan_prefix(&prefix) {
             let (key, value) = item?;
             let Some(seq) = key_seq(&key[prefix.len()..]) else {
-                continue;
+                return Err(broken("a key does not end in a seq".to_owned()).into());
             };
-            let offsets: Vec<u32> = bincode::decode_from_slice(&value, CONFIG)
-                .map(|(v, _)| v)
-                .unwrap_or_default();
+            let Some(offsets) = decode_offsets(&value) else {
+                return Err(broken(format!("its entry for frame {seq} cannot be decoded")).into());
+            };
+            found.push(seq, &offsets);
             out.push((seq, offsets));
         }
-        Ok(out)
+        match summary {
+            None if out.is_empty() => Ok(None),
+            None => Err(broken("its entries have no summary".to_owned()).into()),
+            Some(summary) if summary != found => Err(broken(format!(
+                "its entries list {} records where its summary counts {}{}",
+                found.records,
+                summary.records,
+                if found.records == summary.records {
+                    " but other ones"
+                } else {
+                    ""
+                }
+            ))
+            .into()),
+            Some(_) => Ok(Some(out)),
+        }
     }
 
     pub fn write_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), sled::Error> {
@@ -842,13 +1057,18 @@ impl IndexBuilder {
         self.push(slot, place);
     }
 
-    /// The sled entries (one per id and frame), leaving the builder empty.
-    pub(crate) fn take(&mut self) -> Vec<(IndexKind, Vec<u8>, Vec<u8>)> {
+    /// The index entries (one per id and frame, each id's in frame order),
+    /// leaving the builder empty.
+    pub(crate) fn take(&mut self) -> Vec<IndexEntry> {
         let mut out = Vec::new();
         for (kind, id, places) in self.slots.drain(..) {
             for chunk in places.chunk_by(|a, b| a.0 == b.0) {
-                let offsets: Vec<u32> = chunk.iter().map(|p| p.1).collect();
-                out.push((kind, index_key(&id, chunk[0].0), index_value(&offsets)));
+                out.push(IndexEntry {
+                    kind,
+                    id: id.clone(),
+                    frame_seq: chunk[0].0,
+                    offsets: chunk.iter().map(|p| p.1).collect(),
+                });
             }
         }
         self.runs.clear();
@@ -859,22 +1079,29 @@ impl IndexBuilder {
 
 impl Store {
     /// Visits, in seq order from `from_seq`, the records that every filter's
-    /// index lists, checking the hashes inside each frame read. Returns
-    /// `None` when the indices lag behind the log (after a crash between
-    /// the two writes): the caller then walks the whole log instead.
+    /// index lists. Each filter's entries are checked against its summary
+    /// (a damaged index is an [`IndexBreak`]); each frame read is checked
+    /// against its key and linked to the frame before it, and its hashes
+    /// inside. Returns `None` when an index cannot answer (the indices lag
+    /// behind the log after a crash between the two writes, predate
+    /// summaries, or know nothing of an id): the caller then walks the
+    /// whole log instead.
     pub fn walk_indexed(
         &self,
         filters: &[(IndexKind, &str)],
         from_seq: u64,
         mut visit: impl FnMut(RawRecord<'_>) -> ControlFlow<()>,
     ) -> Result<Option<()>, WalkError> {
-        if filters.is_empty() || self.index_hwm() < self.head()?.seq {
+        if filters.is_empty() {
             return Ok(None);
         }
         let mut lists = Vec::with_capacity(filters.len());
         for (kind, id) in filters {
+            let Some(frames) = self.indexed_frames(*kind, id)? else {
+                return Ok(None);
+            };
             lists.push(
-                self.indexed_frames(*kind, id)?
+                frames
                     .into_iter()
                     .collect::<std::collections::BTreeMap<_, _>>(),
             );
@@ -882,6 +1109,9 @@ impl Store {
         let (first, rest) = lists
             .split_first()
             .unwrap_or_else(|| unreachable!("filters is not empty"));
+        // The end of the frame read last: the next frame read, if it is the
+        // one right after, links to it without reading the one before.
+        let mut after: Option<(u64, blake3::Hash)> = None;
         for (frame_seq, offsets) in first {
             let mut wanted: Vec<u32> = offsets.clone();
             for other in rest {
@@ -891,17 +1121,23 @@ impl Store {
             if wanted.is_empty() {
                 continue;
             }
-            let Some(value) = self.log.get(frame_key(*frame_seq))? else {
-                return Err(ChainBreak {
-                    seq: *frame_seq,
-                    what: "an indexed frame is missing from the log".to_owned(),
-                }
-                .into());
-            };
+            let value = self.linked_frame(*frame_seq, &mut after)?;
             let (header, entries) = decode_header(&value).map_err(|what| ChainBreak {
                 seq: *frame_seq,
                 what: format!("frame cannot be decoded: {what}"),
             })?;
+            if let Some(past) = wanted.iter().find(|o| **o >= header.count) {
+                let (kind, id) = filters[0];
+                return Err(IndexBreak {
+                    index: kind.tree_name(),
+                    id: id.to_owned(),
+                    what: format!(
+                        "it lists seq {}, past the end of the frame at seq {frame_seq}",
+                        frame_seq + u64::from(*past)
+                    ),
+                }
+                .into());
+            }
             let mut stop = false;
             walk_frame(&header, entries, |record| {
                 let offset = u32::try_from(record.seq - record.frame_seq).unwrap_or(u32::MAX);
@@ -923,6 +1159,230 @@ impl Store {
         }
         Ok(Some(()))
     }
+
+    /// Reads the frame stored at `frame_seq` for an indexed read and checks
+    /// that it is the chain's: its header names that seq, and it links to
+    /// the frame before it (`after`, the end of the frame read last, when
+    /// that is the one right before; else read here). Leaves its end in
+    /// `after`.
+    fn linked_frame(
+        &self,
+        frame_seq: u64,
+        after: &mut Option<(u64, blake3::Hash)>,
+    ) -> Result<sled::IVec, WalkError> {
+        let Some(value) = self.log.get(frame_key(frame_seq))? else {
+            return Err(ChainBreak {
+                seq: frame_seq,
+                what: "an indexed frame is missing from the log".to_owned(),
+            }
+            .into());
+        };
+        let expected = match *after {
+            Some((next, hash)) if next == frame_seq => (next, hash),
+            _ if frame_seq <= 1 => (1, ZERO_HASH),
+            _ => match self.log.range(..frame_key(frame_seq)).next_back() {
+                None => (1, ZERO_HASH),
+                Some(item) => {
+                    let (key, before) = item?;
+                    let seq = key_seq(&key).unwrap_or(0);
+                    let (header, _) = decode_header(&before).map_err(|what| ChainBreak {
+                        seq,
+                        what: format!("frame cannot be decoded: {what}"),
+                    })?;
+                    (
+                        header.first_seq + u64::from(header.count),
+                        blake3::Hash::from_bytes(header.last_hash),
+                    )
+                }
+            },
+        };
+        check_gap(frame_seq, Some(expected))?;
+        let (header, _) = decode_header(&value).map_err(|what| ChainBreak {
+            seq: frame_seq,
+            what: format!("frame cannot be decoded: {what}"),
+        })?;
+        check_link(&header, frame_seq, Some(expected))?;
+        *after = Some((
+            frame_seq + u64::from(header.count),
+            blake3::Hash::from_bytes(header.last_hash),
+        ));
+        Ok(value)
+    }
+
+    /// The first check of the indices against the log: `expected` is the
+    /// summary the log gives each id (with the id's first seq). Every
+    /// stored summary must equal it, and every id's stored entries must
+    /// add up to its stored summary — together, the entries are the log's
+    /// (up to a blake3 collision). Returns the ids that fail, for
+    /// [`Store::compare_index`] to name the seq; an index key that is not
+    /// `id ‖ 0xFF ‖ seq` is a break of its own. Indices that lag behind
+    /// `head` or predate summaries are not used by reads (they are rebuilt
+    /// on the next writable open) and pass.
+    pub fn check_summaries(
+        &self,
+        expected: &std::collections::BTreeMap<(IndexKind, String), IndexSummary>,
+        head: u64,
+    ) -> Result<Result<Vec<(IndexKind, String)>, ChainBreak>, sled::Error> {
+        let mut bad = std::collections::BTreeSet::new();
+        if self.index_hwm() < head || head == 0 {
+            return Ok(Ok(Vec::new()));
+        }
+        for kind in IndexKind::ALL {
+            let mut stored = std::collections::BTreeMap::new();
+            for item in self.meta.scan_prefix(summary_prefix(kind)) {
+                let (key, value) = item?;
+                let id = String::from_utf8_lossy(&key[SUMMARY_PREFIX.len() + 1..]).into_owned();
+                stored.insert(id, IndexSummary::decode(&value));
+            }
+            // Each id's entries are consecutive in key order.
+            let mut current: Option<(String, IndexSummary)> = None;
+            let mut close = |current: Option<(String, IndexSummary)>| {
+                if let Some((id, found)) = current {
+                    if stored.get(&id) != Some(&Some(found)) {
+                        bad.insert((kind, id));
+                    }
+                }
+            };
+            for item in self.index_tree(kind).iter() {
+                let (key, value) = item?;
+                let Some((id, frame_seq)) = parse_index_key(&key) else {
+                    return Ok(Err(ChainBreak {
+                        seq: 0,
+                        what: format!(
+                            "the {} index holds a key that is not an id and a seq",
+                            kind.tree_name()
+                        ),
+                    }));
+                };
+                if current.as_ref().is_none_or(|(c, _)| c != id) {
+                    close(current.take());
+                    current = Some((id.to_owned(), IndexSummary::default()));
+                }
+                if let Some((_, summary)) = current.as_mut() {
+                    match decode_offsets(&value) {
+                        Some(offsets) => summary.push(frame_seq, &offsets),
+                        None => summary.records = u64::MAX,
+                    }
+                }
+            }
+            close(current);
+            for (id, summary) in &stored {
+                if expected.get(&(kind, id.clone())) != summary.as_ref() {
+                    bad.insert((kind, id.clone()));
+                }
+            }
+            for (k, id) in expected.keys() {
+                if *k == kind && !stored.contains_key(id) {
+                    bad.insert((kind, id.clone()));
+                }
+            }
+        }
+        Ok(Ok(bad.into_iter().collect()))
+    }
+
+    /// Compares the stored entries and summaries of `ids` with `expected`
+    /// (every entry the log gives those ids, as [`IndexBuilder`] makes
+    /// them from seq 1): `Err` names the index, the id and the first seq
+    /// where they differ.
+    pub fn compare_index(
+        &self,
+        expected: Vec<IndexEntry>,
+        ids: &[(IndexKind, String)],
+    ) -> Result<Result<(), ChainBreak>, sled::Error> {
+        type Key = (IndexKind, String, u64);
+        let mut want: std::collections::BTreeMap<Key, Vec<u32>> = std::collections::BTreeMap::new();
+        let mut summaries: std::collections::BTreeMap<(IndexKind, String), (IndexSummary, u64)> =
+            std::collections::BTreeMap::new();
+        for e in expected {
+            let first = e.frame_seq + u64::from(e.offsets.first().copied().unwrap_or(0));
+            let (summary, _) = summaries
+                .entry((e.kind, e.id.clone()))
+                .or_insert((IndexSummary::default(), first));
+            summary.push(e.frame_seq, &e.offsets);
+            want.insert((e.kind, e.id, e.frame_seq), e.offsets);
+        }
+        // Every difference as (seq, what); the first by seq is reported.
+        let mut found: Option<(u64, String)> = None;
+        let mut note = |seq: u64, what: String| {
+            if found.as_ref().is_none_or(|(s, _)| seq < *s) {
+                found = Some((seq, what));
+            }
+        };
+        for (kind, id) in ids {
+            let (index, noun) = (kind.tree_name(), kind.noun());
+            let mut prefix = id.as_bytes().to_vec();
+            prefix.push(INDEX_SEPARATOR);
+            for item in self.index_tree(*kind).scan_prefix(&prefix) {
+                let (key, value) = item?;
+                let Some((_, frame_seq)) = parse_index_key(&key) else {
+                    continue;
+                };
+                let expected = want
+                    .remove(&(*kind, id.clone(), frame_seq))
+                    .unwrap_or_default();
+                let Some(offsets) = decode_offsets(&value) else {
+                    note(
+                        frame_seq,
+                        format!(
+                            "the {index} entry of {noun} `{id}` for the frame at this seq cannot be decoded"
+                        ),
+                    );
+                    continue;
+                };
+                if let Some(extra) = offsets.iter().find(|o| !expected.contains(o)) {
+                    note(
+                        frame_seq + u64::from(*extra),
+                        format!(
+                            "the {index} index lists this record under {noun} `{id}`, which the log does not"
+                        ),
+                    );
+                }
+                if let Some(missing) = expected.iter().find(|o| !offsets.contains(o)) {
+                    note(
+                        frame_seq + u64::from(*missing),
+                        format!("the {index} index does not list this record of {noun} `{id}`"),
+                    );
+                }
+            }
+            let (expected, first) = summaries
+                .remove(&(*kind, id.clone()))
+                .unwrap_or((IndexSummary::default(), 0));
+            let stored = self.meta.get(summary_key(*kind, id))?;
+            let stored = stored.as_deref().map(IndexSummary::decode);
+            let what = match stored {
+                None if expected.records > 0 => Some("is missing"),
+                Some(s) if s != Some(expected) => Some("does not match the log"),
+                _ => None,
+            };
+            if let Some(what) = what {
+                note(
+                    first,
+                    format!("the {index} summary of {noun} `{id}` {what}"),
+                );
+            }
+        }
+        for ((kind, id, frame_seq), offsets) in want {
+            let seq = frame_seq + u64::from(offsets.first().copied().unwrap_or(0));
+            note(
+                seq,
+                format!(
+                    "the {} index does not list this record of {} `{id}`",
+                    kind.tree_name(),
+                    kind.noun()
+                ),
+            );
+        }
+        Ok(match found {
+            None => Ok(()),
+            Some((seq, what)) => Err(ChainBreak { seq, what }),
+        })
+    }
+}
+
+fn summary_prefix(kind: IndexKind) -> Vec<u8> {
+    let mut prefix = SUMMARY_PREFIX.to_vec();
+    prefix.push(kind.tag());
+    prefix
 }
 
 /// A record read back with its event decoded.

@@ -64,6 +64,13 @@ pub fn verify_mapping<T: Send>(
     let head = match walked {
         Ok(head) => head,
         Err(WalkError::Break(b)) => return Ok(Err(b)),
+        // Reading the chain uses no index.
+        Err(WalkError::Index(b)) => {
+            return Ok(Err(ChainBreak {
+                seq: 0,
+                what: b.to_string(),
+            }));
+        }
         Err(WalkError::Storage(e)) => return Err(e),
     };
     for checkpoint in &checkpoints {

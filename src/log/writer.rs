@@ -26,7 +26,8 @@ use super::codec::encode_event_into;
 use super::frame::FrameBuilder;
 use super::record::record_hash;
 use super::store::{Checkpoint, Head, IndexBuilder, IndexKind, Store, StoreError, WalkError};
-use crate::domain::{Event, Rejection, State, Timestamp, limits};
+use crate::domain::budget::OverrunCover;
+use crate::domain::{Event, Micros, Rejection, State, Timestamp, limits};
 use crate::replay;
 
 /// Most events one commit group takes before writing.
@@ -340,6 +341,8 @@ pub struct Draft<'w> {
     /// `Some(None)`: the ledger cannot write; `Some(Some(..))`: a push was
     /// rejected. Either way nothing of the step is appended.
     failed: Option<Option<(usize, Rejection)>>,
+    /// The step's overruns and the spend behind them.
+    cover: OverrunCover,
 }
 
 impl Draft<'_> {
@@ -373,7 +376,10 @@ impl Draft<'_> {
             recorded_at: Some(self.now),
             event,
         };
-        match self.writer.stage(self.group, entry) {
+        match self
+            .writer
+            .stage(self.group, entry, self.pushed, &mut self.cover)
+        {
             Ok(()) => {
                 self.pushed += 1;
                 Ok(())
@@ -629,12 +635,18 @@ impl Writer {
         }
         let start = (self.head, self.last_wall);
         let count = entries.len();
+        let mut cover = OverrunCover::new();
         for (index, entry) in entries.into_iter().enumerate() {
-            if let Err(rejection) = self.stage(group, entry) {
+            if let Err(rejection) = self.stage(group, entry, index, &mut cover) {
                 self.abort(group, start, index);
                 reply(Err(AppendError::Rejected { index, rejection }));
                 return;
             }
+        }
+        if let Err((index, rejection)) = cover.check() {
+            self.abort(group, start, count);
+            reply(Err(AppendError::Rejected { index, rejection }));
+            return;
         }
         self.take_staged(group, start.0, count, reply);
     }
@@ -652,13 +664,23 @@ impl Writer {
             now,
             pushed: 0,
             failed: poisoned.then_some(None),
+            cover: OverrunCover::new(),
         };
         let reply = decide(&mut draft);
-        let (pushed, failed) = (draft.pushed, draft.failed);
-        match failed {
-            None => self.take_staged(group, start.0, pushed, reply),
-            Some(None) => self.refuse(reply),
-            Some(Some((index, rejection))) => {
+        let (pushed, failed, cover) = (draft.pushed, draft.failed, draft.cover);
+        let uncovered = match failed {
+            None => cover.check().err(),
+            Some(_) => None,
+        };
+        match (failed, uncovered) {
+            (None, None) => self.take_staged(group, start.0, pushed, reply),
+            (None, Some((index, rejection))) => {
+                // The live state took every pushed event.
+                self.abort(group, start, pushed);
+                reply(Err(AppendError::Rejected { index, rejection }));
+            }
+            (Some(None), _) => self.refuse(reply),
+            (Some(Some((index, rejection))), _) => {
                 self.abort(group, start, index);
                 reply(Err(AppendError::Rejected { index, rejection }));
             }
@@ -680,15 +702,26 @@ impl Writer {
         reply(Err(AppendError::Storage(why)));
     }
 
-    /// Checks one event against the limits and validates it, then evolves
-    /// the live state and stages its record. Nothing the decoder could not
-    /// read back is ever chained: an event over a limit is refused here.
-    fn stage(&mut self, group: &mut Group, entry: Append) -> Result<(), Rejection> {
+    /// Checks one event against the limits and validates it (the
+    /// `index`-th of its append, noted in `cover`), then evolves the live
+    /// state and stages its record. Nothing the decoder could not read back
+    /// is ever chained: an event over a limit is refused here.
+    fn stage(
+        &mut self,
+        group: &mut Group,
+        entry: Append,
+        index: usize,
+        cover: &mut OverrunCover,
+    ) -> Result<(), Rejection> {
         limits::check_event(&entry.event)?;
         if let Some(at) = entry.recorded_at {
             limits::check_time("recorded_at", at)?;
         }
         self.state.validate(&entry.event)?;
+        let task_reserved = (entry.event.task())
+            .and_then(|t| self.state.queue.get(t))
+            .map_or(Micros::ZERO, |t| t.reserved_micros);
+        cover.note(index, &entry.event, task_reserved);
         let seq = self.head.seq + 1;
         let recorded_at = match entry.recorded_at {
             Some(at) => at,
@@ -729,12 +762,12 @@ impl Writer {
     }
 
     /// Drops a rejected batch: the head goes back to `start`, and if the
-    /// live state took some of the batch's events, the group written so far
-    /// is committed and the state refolded from the log.
-    fn abort(&mut self, group: &mut Group, start: (Head, Timestamp), index: usize) {
+    /// live state took some of the batch's events (`taken`), the group
+    /// written so far is committed and the state refolded from the log.
+    fn abort(&mut self, group: &mut Group, start: (Head, Timestamp), taken: usize) {
         (self.head, self.last_wall) = start;
         group.staged.clear();
-        if index > 0 {
+        if taken > 0 {
             // Write what the group held before this batch, without a
             // checkpoint: the live state still holds the rejected events
             // until the refold.
