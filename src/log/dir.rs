@@ -449,7 +449,73 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::store::Store;
     use super::*;
+
+    /// sled, opened by "another process" (its background threads keep the
+    /// lock of a database this process just dropped for a few ms).
+    fn sled_elsewhere(dir: &Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("sled cannot open {}: {e}", dir.display()),
+            }
+        }
+    }
+
+    /// Review finding 2: two commands both find no ledger; the other one's
+    /// sled takes the lock first. The loser is refused and removes none of
+    /// the winner's files (it used to remove the directories it had made,
+    /// or everything in the empty one it found).
+    #[test]
+    fn the_loser_of_the_lock_removes_nothing_of_the_winners() {
+        for absent in [true, false] {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("out").join("x");
+            if !absent {
+                std::fs::create_dir_all(&dir).unwrap();
+            }
+            let mut winner = None;
+            let refused = Store::open_with(&dir, true, || winner = Some(sled_elsewhere(&dir)));
+            let err = refused.err().expect("the loser is refused");
+            assert!(matches!(err, StoreError::Locked(_)), "absent {absent}: {err}");
+            let winner = winner.expect("the winner stepped in");
+            for name in ["db", "conf"] {
+                assert!(dir.join(name).exists(), "absent {absent}: {name} was removed");
+            }
+            winner.insert(b"k", b"v").unwrap();
+            winner.flush().unwrap();
+            drop(winner);
+            assert_eq!(
+                sled_elsewhere(&dir).get(b"k").unwrap().as_deref(),
+                Some(&b"v"[..])
+            );
+        }
+    }
+
+    /// Review, lower finding: sled's unfinished snapshots are removed only
+    /// under its lock; while another process holds the ledger, its
+    /// `snap.*.generating` may be a snapshot being written.
+    #[test]
+    fn another_process_s_snapshot_in_progress_is_left_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        drop(Store::open(&dir, true).unwrap());
+        let other = sled_elsewhere(&dir);
+        let generating = dir.join("snap.7FFFFFFFFFFFFFFF.generating");
+        std::fs::write(&generating, b"being written").unwrap();
+        let read = Store::open_read(&dir).err().expect("the ledger is in use");
+        assert!(matches!(read, StoreError::Locked(_)), "{read}");
+        let write = Store::open(&dir, false).err().expect("the ledger is in use");
+        assert!(matches!(write, StoreError::Locked(_)), "{write}");
+        assert!(generating.exists(), "another process's snapshot was removed");
+        drop(other);
+    }
 
     #[test]
     fn marker_round_trips_and_tolerates_a_missing_id() {

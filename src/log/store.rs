@@ -147,6 +147,17 @@ impl Store {
     /// than the margin free (see [`dir::writable`]). The marker is written
     /// once the ledger exists; a ledger from before markers gets one.
     pub fn open(dir: &Path, create: bool) -> Result<Store, StoreError> {
+        Store::open_with(dir, create, || {})
+    }
+
+    /// [`Store::open`], running `before_sled` between looking at the
+    /// directory and sled's opening it: where another process may step in
+    /// (the tests make one step in there).
+    pub(super) fn open_with(
+        dir: &Path,
+        create: bool,
+        before_sled: impl FnOnce(),
+    ) -> Result<Store, StoreError> {
         let contents = dir::inspect(dir)?;
         let new = matches!(contents, Contents::Absent | Contents::Empty);
         if new && !create {
@@ -170,6 +181,7 @@ impl Store {
             _ => true,
         };
         let init = (create && unmarked).then(new_ledger_id);
+        before_sled();
         let opened = Store::open_sled(dir, dir, &contents, init).and_then(|store| {
             // Written last: a marker always names a ledger that exists.
             if unmarked {
