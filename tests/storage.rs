@@ -163,6 +163,8 @@ fn every_command(work: &Path) -> Vec<Vec<String>> {
 /// Item 2 of issue 15: a full disk. Every command either works or exits 2
 /// saying the disk is full, and none writes a byte into the ledger; once
 /// space is freed, the ledger verifies and holds every record it held.
+/// Here the free-space margin refuses every write before sled runs; sled
+/// itself hitting ENOSPC is the test after this one.
 #[test]
 fn full_disk_every_command_works_or_exits_2_and_the_ledger_survives() {
     let work = tempfile::tempdir().unwrap();
@@ -212,8 +214,24 @@ fn full_disk_every_command_works_or_exits_2_and_the_ledger_survives() {
     assert_eq!(ok(&runledger(&data, &["log", "--json"])), records);
 }
 
-/// Many small runs: the ledger grows by megabytes.
-const LONG_WORKLOAD: &str = r#"
+/// A workload whose one step waits, on its first run, for `gate` to exist
+/// (after touching `started`); then its 400 runs go through.
+fn gated_workload(work: &Path, started: &Path, gate: &Path) -> PathBuf {
+    let step = work.join("step.sh");
+    std::fs::write(
+        &step,
+        format!(
+            "cat >/dev/null\ntouch '{}'\nwhile [ ! -e '{}' ]; do sleep 0.02; done\necho '{{\"costs\":[{{\"category\":\"llm\",\"amount_micros\":5}}],\"output\":\"ok\"}}'\n",
+            started.display(),
+            gate.display()
+        ),
+    )
+    .unwrap();
+    let workload = work.join("gated.toml");
+    std::fs::write(
+        &workload,
+        format!(
+            r#"
 seed = 5
 start = "2026-03-01T09:00:00Z"
 
@@ -221,8 +239,7 @@ start = "2026-03-01T09:00:00Z"
 id = "p"
 mode = "serial"
 nodes = [
-  { id = "retrieve", params = { step = "retrieve", depth = 2 } },
-  { id = "generate", params = { step = "generate", candidates = 1 } },
+  {{ id = "step", handler = "exec", params = {{ argv = ["/bin/sh", "{}"] }} }},
 ]
 
 [[tenants]]
@@ -233,21 +250,29 @@ max_concurrent_runs = 8
 [[submissions]]
 tenant = "t1"
 pipeline = "p"
-runs = 4000
-interval_ms = 10
-"#;
+runs = 400
+interval_ms = 1
+"#,
+            step.display()
+        ),
+    )
+    .unwrap();
+    workload
+}
 
-/// Review finding 6 (item 2 for real): the disk fills up during an append,
-/// past the margin check, so that sled's own writes hit ENOSPC. The run
-/// stops with exit 2; once space is freed the ledger verifies, holds every
-/// record it held, and the run is resumed to its end.
+/// Review finding 6 (item 2 for real): the disk fills up during a run,
+/// after the margin check let it start, so that sled's own writes hit
+/// ENOSPC. The run stops with exit 2; once space is freed the ledger
+/// verifies, holds every record it held before, and the run is resumed to
+/// its end.
 #[test]
 fn a_disk_that_fills_during_a_run_loses_nothing_and_the_run_resumes() {
     let work = tempfile::tempdir().unwrap();
     let built = work.path().join("built");
     let records = two_run_ledger(&built);
-    let workload = work.path().join("long.toml");
-    std::fs::write(&workload, LONG_WORKLOAD).unwrap();
+    let started = work.path().join("started");
+    let gate = work.path().join("gate");
+    let workload = gated_workload(work.path(), &started, &gate);
     let mnt = work.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let Some(fs) = Tmpfs::mount(&mnt, "96m") else {
@@ -255,33 +280,61 @@ fn a_disk_that_fills_during_a_run_loses_nothing_and_the_run_resumes() {
     };
     let data = fs.path().join("ledger");
     copy_dir(&built, &data);
+    assert!(fs.free() > DISK_FREE_BYTES_MIN, "the run would be refused");
+    let run = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .arg("--data")
+        .arg(&data)
+        .arg("run")
+        .arg(&workload)
+        .env_remove("RUNLEDGER_DATA")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run has started its first task: now the disk fills up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started its first task"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let filler = fs.path().join("filler");
-    // Room for the margin and 512 KiB: the run starts, and runs out.
-    fs.fill_leaving(&filler, DISK_FREE_BYTES_MIN + (512 << 10));
-    let out = runledger(&data, &["run", workload.to_str().unwrap()]);
+    fs.fill(&filler);
+    std::fs::write(&gate, b"").unwrap();
+    let out = run.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("No space left on device") || says_disk_full(&out),
         "{}",
         stderr(&out)
     );
-    assert!(fs.free() < DISK_FREE_BYTES_MIN, "the run never filled the disk");
 
     std::fs::remove_file(&filler).unwrap();
     let verified = ok(&runledger(&data, &["verify"]));
     assert!(verified.starts_with("ok: "), "{verified}");
     let after = ok(&runledger(&data, &["log", "--json"]));
-    assert!(after.starts_with(&records), "records before the run were lost");
     assert!(
-        after.len() > records.len(),
-        "nothing of the run was durable before the disk filled"
+        after.starts_with(&records),
+        "records before the run were lost"
+    );
+    let running = |data: &Path| {
+        ok(&runledger(data, &["runs"]))
+            .lines()
+            .filter(|l| l.contains(" running "))
+            .count()
+    };
+    assert_eq!(
+        running(&data),
+        1,
+        "the interrupted run is not in the ledger"
     );
     ok(&runledger(&data, &["resume"]));
     let verified = ok(&runledger(&data, &["verify"]));
     assert!(verified.starts_with("ok: "), "{verified}");
-    ok(&runledger(&data, &["replay", "--check"]));
-    let runs = ok(&runledger(&data, &["runs", "--json"]));
-    assert!(!runs.contains("\"running\""), "{runs}");
+    assert!(ok(&runledger(&data, &["log", "--json"])).starts_with(&after));
+    assert_eq!(running(&data), 0, "the resumed run did not finish");
 }
 
 /// Item 2: sled writes while opening; a read-only disk must not stop a
