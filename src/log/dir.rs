@@ -18,6 +18,13 @@
 //! A directory is never taken over: sled opens only an empty directory, one
 //! with the marker, or (a ledger from before the marker) one holding sled's
 //! `conf` beside its `db`.
+//!
+//! Every open locks the directory itself ([`DirLock`], a `flock`) before
+//! looking at it and holds it while sled is open, so two commands never
+//! both take an empty directory for theirs. A new ledger that is discarded
+//! (its command refused before the first append) loses only the names
+//! runledger and sled make, and the directories its open made, each while
+//! empty; a command that lost sled's lock to another removes nothing.
 
 use std::fs::File;
 use std::io::Write;
@@ -28,6 +35,9 @@ use crate::domain::limits::DISK_FREE_BYTES_MIN;
 
 /// The marker file a ledger directory holds: the format and the ledger id.
 pub const MARKER: &str = "RUNLEDGER";
+
+/// The marker being written, renamed over [`MARKER`] once whole.
+const MARKER_TEMP: &str = "RUNLEDGER.new";
 
 /// The format of the ledger (the marker's first line, and `meta`'s).
 pub const FORMAT: &str = "runledger-ledger/1";
@@ -256,8 +266,18 @@ pub fn writable(dir: &Path, extra: u64) -> Result<(), Unwritable> {
     Ok(())
 }
 
-/// Removes sled's `snap.*.generating` files (snapshots it never finished).
-pub fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
+/// Removes sled's `snap.*.generating` files (snapshots it never finished),
+/// under sled's lock, so never a snapshot another process is writing; the
+/// lock is released for sled to take.
+pub fn remove_unfinished_snapshots(dir: &Path) -> Result<(), StoreError> {
+    let _sled = lock(dir)?;
+    remove_unfinished_snapshots_locked(dir).map_err(|source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn remove_unfinished_snapshots_locked(dir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if is_unfinished_snapshot(&entry.file_name().to_string_lossy()) {
@@ -271,52 +291,130 @@ fn is_unfinished_snapshot(name: &str) -> bool {
     name.starts_with("snap.") && name.ends_with(".generating")
 }
 
-/// What creating a ledger made, to remove when nothing was appended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Created {
-    /// These directories did not exist (the topmost first): remove it.
-    Dir(PathBuf),
-    /// The directory existed, empty: remove what is in it.
-    Contents,
+/// The names runledger and sled make in a ledger's directory: all that
+/// discarding a new ledger removes from it.
+fn is_ledger_file(name: &str) -> bool {
+    matches!(name, "db" | "conf" | "blobs" | MARKER | MARKER_TEMP) || name.starts_with("snap.")
 }
 
-/// Makes the directory for a new ledger when it is absent (sled and the
-/// marker then fill it); says what to remove should nothing be appended.
-pub fn create(dir: &Path, contents: &Contents) -> Result<Created, StoreError> {
-    if *contents != Contents::Absent {
-        return Ok(Created::Contents);
+/// An exclusive `flock` on the data directory itself, taken before
+/// [`inspect`] looks at it and held until the store is dropped, so that no
+/// other runledger process opens, creates or discards a ledger there
+/// meanwhile; with the directories this process made for a new ledger.
+pub struct DirLock {
+    _file: File,
+    /// The directories this process made (the deepest first).
+    made: Vec<PathBuf>,
+}
+
+impl DirLock {
+    /// Locks `dir`, waiting up to a second; with `create`, makes it (and
+    /// its missing parents) first when it is absent. Without `create` an
+    /// absent directory is [`StoreError::Missing`].
+    pub fn take(dir: &Path, create: bool) -> Result<DirLock, StoreError> {
+        use rustix::fs::{Mode, OFlags, fstat, open, stat};
+        use rustix::io::Errno;
+        let io = |source: std::io::Error| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        // A holder that discarded a new ledger removed the directory it had
+        // locked: then lock the one at the path now.
+        for _ in 0..10 {
+            let made = if create { make_dirs(dir)? } else { Vec::new() };
+            let file = match open(
+                dir,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                Mode::empty(),
+            ) {
+                Ok(fd) => File::from(fd),
+                Err(Errno::NOENT) if create => continue,
+                Err(Errno::NOENT) => return Err(StoreError::Missing(dir.to_path_buf())),
+                Err(Errno::NOTDIR) => {
+                    return Err(StoreError::Foreign {
+                        path: dir.to_path_buf(),
+                        why: "it is not a directory".to_owned(),
+                    });
+                }
+                Err(e) => return Err(io(e.into())),
+            };
+            match flock_waiting(&file) {
+                Ok(()) => {}
+                Err(None) => return Err(StoreError::Locked(dir.to_path_buf())),
+                Err(Some(e)) => return Err(io(e)),
+            }
+            let held = fstat(&file).map_err(|e| io(e.into()))?;
+            match stat(dir) {
+                Ok(now) if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino) => {
+                    return Ok(DirLock { _file: file, made });
+                }
+                Ok(_) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(io(e.into())),
+            }
+        }
+        Err(StoreError::Locked(dir.to_path_buf()))
     }
-    let mut top = dir;
-    while let Some(parent) = top.parent() {
-        if parent.as_os_str().is_empty() || parent.exists() {
+
+    /// Removes the directories this process made, the deepest first, each
+    /// only while empty: whatever another process put there stays.
+    pub fn remove_made(&self) {
+        remove_empty_dirs(&self.made);
+    }
+}
+
+fn remove_empty_dirs(deepest_first: &[PathBuf]) {
+    for dir in deepest_first {
+        if std::fs::remove_dir(dir).is_err() {
             break;
         }
-        top = parent;
     }
-    let top = top.to_path_buf();
-    std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    Ok(Created::Dir(top))
 }
 
-/// Removes what [`create`] and sled made in `dir`.
-pub fn remove_created(dir: &Path, created: &Created) -> std::io::Result<()> {
-    match created {
-        Created::Dir(top) => std::fs::remove_dir_all(top),
-        Created::Contents => {
-            for entry in std::fs::read_dir(dir)? {
-                let entry = entry?;
-                if entry.file_type()?.is_dir() {
-                    std::fs::remove_dir_all(entry.path())?;
-                } else {
-                    std::fs::remove_file(entry.path())?;
-                }
-            }
-            Ok(())
+/// Makes `dir` and its missing parents one by one; returns those this
+/// process made, the deepest first (one another process made meanwhile
+/// is not ours).
+fn make_dirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => break,
         }
     }
+    let mut made = Vec::new();
+    for path in missing.into_iter().rev() {
+        match std::fs::create_dir(&path) {
+            Ok(()) => made.insert(0, path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                remove_empty_dirs(&made);
+                return Err(StoreError::Io { path, source });
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// Removes a new ledger from `dir`: the files runledger and sled make
+/// there, nothing else, then the directories `lock` made while empty.
+/// Only for a ledger this process created under `lock`, while it holds
+/// sled's lock (or nobody does).
+pub fn remove_new(dir: &Path, lock: &DirLock) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !is_ledger_file(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    lock.remove_made();
+    Ok(())
 }
 
 /// Writes the marker whole (a temporary file renamed over it, synced).
@@ -326,7 +424,7 @@ pub fn write_marker(dir: &Path, ledger_id: &str) -> Result<(), StoreError> {
         path: path.clone(),
         source,
     };
-    let temp = dir.join(format!("{MARKER}.new"));
+    let temp = dir.join(MARKER_TEMP);
     let mut file = File::create(&temp).map_err(io)?;
     file.write_all(Marker::text(ledger_id).as_bytes())
         .and_then(|()| file.sync_all())
@@ -340,28 +438,32 @@ pub fn write_marker(dir: &Path, ledger_id: &str) -> Result<(), StoreError> {
 /// itself would, waiting up to a second: sled's background threads hold
 /// it for a few ms after a database in this process is dropped.
 pub fn lock(dir: &Path) -> Result<File, StoreError> {
-    use rustix::fs::{FlockOperation, flock};
     let path = dir.join("db");
-    let file = File::open(&path).map_err(|source| StoreError::Io {
+    let io = |source| StoreError::Io {
         path: path.clone(),
         source,
-    })?;
+    };
+    let file = File::open(&path).map_err(io)?;
+    match flock_waiting(&file) {
+        Ok(()) => Ok(file),
+        Err(None) => Err(StoreError::Locked(dir.to_path_buf())),
+        Err(Some(e)) => Err(io(e)),
+    }
+}
+
+/// An exclusive `flock` on `file`, waiting up to a second; `Err(None)`
+/// when another still holds it.
+fn flock_waiting(file: &File) -> Result<(), Option<std::io::Error>> {
+    use rustix::fs::{FlockOperation, flock};
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     loop {
-        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(file),
+        match flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
             Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                return Err(StoreError::Locked(dir.to_path_buf()));
-            }
-            Err(e) => {
-                return Err(StoreError::Io {
-                    path,
-                    source: e.into(),
-                });
-            }
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(None),
+            Err(e) => return Err(Some(e.into())),
         }
     }
 }
@@ -449,7 +551,84 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::store::Store;
     use super::*;
+
+    /// sled, opened by "another process" (its background threads keep the
+    /// lock of a database this process just dropped for a few ms).
+    fn sled_elsewhere(dir: &Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("sled cannot open {}: {e}", dir.display()),
+            }
+        }
+    }
+
+    /// Review finding 2: two commands both find no ledger; the other one's
+    /// sled takes the lock first. The loser is refused and removes none of
+    /// the winner's files (it used to remove the directories it had made,
+    /// or everything in the empty one it found).
+    #[test]
+    fn the_loser_of_the_lock_removes_nothing_of_the_winners() {
+        for absent in [true, false] {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("out").join("x");
+            if !absent {
+                std::fs::create_dir_all(&dir).unwrap();
+            }
+            let mut winner = None;
+            let refused = Store::open_with(&dir, true, || winner = Some(sled_elsewhere(&dir)));
+            let err = refused.err().expect("the loser is refused");
+            assert!(
+                matches!(err, StoreError::Locked(_)),
+                "absent {absent}: {err}"
+            );
+            let winner = winner.expect("the winner stepped in");
+            for name in ["db", "conf"] {
+                assert!(
+                    dir.join(name).exists(),
+                    "absent {absent}: {name} was removed"
+                );
+            }
+            winner.insert(b"k", b"v").unwrap();
+            winner.flush().unwrap();
+            drop(winner);
+            assert_eq!(
+                sled_elsewhere(&dir).get(b"k").unwrap().as_deref(),
+                Some(&b"v"[..])
+            );
+        }
+    }
+
+    /// Review, lower finding: sled's unfinished snapshots are removed only
+    /// under its lock; while another process holds the ledger, its
+    /// `snap.*.generating` may be a snapshot being written.
+    #[test]
+    fn another_process_s_snapshot_in_progress_is_left_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ledger");
+        drop(Store::open(&dir, true).unwrap());
+        let other = sled_elsewhere(&dir);
+        let generating = dir.join("snap.7FFFFFFFFFFFFFFF.generating");
+        std::fs::write(&generating, b"being written").unwrap();
+        let read = Store::open_read(&dir).err().expect("the ledger is in use");
+        assert!(matches!(read, StoreError::Locked(_)), "{read}");
+        let write = Store::open(&dir, false)
+            .err()
+            .expect("the ledger is in use");
+        assert!(matches!(write, StoreError::Locked(_)), "{write}");
+        assert!(
+            generating.exists(),
+            "another process's snapshot was removed"
+        );
+        drop(other);
+    }
 
     #[test]
     fn marker_round_trips_and_tolerates_a_missing_id() {

@@ -262,12 +262,15 @@ pub struct Store {
     by_tenant: sled::Tree,
     checkpoints: sled::Tree,
     data_file: std::fs::File,
-    /// What this open created, when it created the ledger.
-    created: Option<dir::Created>,
-    /// The copy sled opened instead of `dir`; dropped last, after sled.
+    /// Whether this open created the ledger.
+    new: bool,
+    /// The copy sled opened instead of `dir`; dropped after sled.
     scratch: Option<dir::Scratch>,
     /// The sled blob files already fsynced (see [`Store::sync_blobs`]).
     synced_blobs: std::sync::Mutex<std::collections::BTreeSet<std::ffi::OsString>>,
+    /// The lock on `dir` (and what this open made), held while sled is
+    /// open: dropped last.
+    dir_lock: Option<dir::DirLock>,
 }
 
 impl Store {
@@ -278,21 +281,49 @@ impl Store {
     /// than the margin free (see [`dir::writable`]). The marker is written
     /// once the ledger exists; a ledger from before markers gets one.
     pub fn open(dir: &Path, create: bool) -> Result<Store, StoreError> {
-        let contents = dir::inspect(dir)?;
-        let new = matches!(contents, Contents::Absent | Contents::Empty);
-        if new && !create {
-            return Err(StoreError::Missing(dir.to_path_buf()));
-        }
-        dir::writable(dir, 0).map_err(|why| why.into_error(dir))?;
-        let created = if new {
-            Some(dir::create(dir, &contents)?)
-        } else {
-            dir::remove_unfinished_snapshots(dir).map_err(|source| StoreError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-            None
+        Store::open_with(dir, create, || {})
+    }
+
+    /// [`Store::open`], running `before_sled` between looking at the
+    /// directory and sled's opening it: where another process may step in
+    /// (the tests make one step in there).
+    pub(super) fn open_with(
+        dir: &Path,
+        create: bool,
+        before_sled: impl FnOnce(),
+    ) -> Result<Store, StoreError> {
+        // Nothing is made on a disk sled may not write.
+        let lock = match dir::DirLock::take(dir, false) {
+            Err(StoreError::Missing(_)) if create => {
+                dir::writable(dir, 0).map_err(|why| why.into_error(dir))?;
+                dir::DirLock::take(dir, true)?
+            }
+            taken => taken?,
         };
+        let contents = match dir::inspect(dir) {
+            Ok(contents) => contents,
+            Err(e) => {
+                lock.remove_made();
+                return Err(e);
+            }
+        };
+        let new = matches!(contents, Contents::Absent | Contents::Empty);
+        let checked = if new && !create {
+            Err(StoreError::Missing(dir.to_path_buf()))
+        } else {
+            dir::writable(dir, 0).map_err(|why| why.into_error(dir))
+        }
+        .and_then(|()| {
+            before_sled();
+            match new {
+                true => Ok(()),
+                false => dir::remove_unfinished_snapshots(dir),
+            }
+        });
+        if let Err(e) = checked {
+            lock.remove_made();
+            return Err(e);
+        }
         // Unmarked: new, from before markers, or a creation interrupted
         // before its marker; with `create`, an empty sled database there
         // becomes the ledger.
@@ -308,16 +339,29 @@ impl Store {
             }
             Ok(store)
         });
-        match (opened, created) {
-            (Ok(mut store), created) => {
-                store.created = created;
+        match opened {
+            Ok(mut store) => {
+                store.new = new;
+                store.dir_lock = Some(lock);
                 Ok(store)
             }
-            (Err(e), Some(created)) => {
-                let _ = dir::remove_created(dir, &created);
+            // Another process's sled holds the lock: its files, not ours.
+            Err(e @ StoreError::Locked(_)) => Err(e),
+            Err(e) if new => {
+                // sled's files are ours to remove only if it failed after
+                // this process held its lock, or made no `db`.
+                match dir::lock(dir) {
+                    Ok(_sled) => drop(dir::remove_new(dir, &lock)),
+                    Err(StoreError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        drop(dir::remove_new(dir, &lock));
+                    }
+                    Err(_) => {}
+                }
                 Err(e)
             }
-            (Err(e), None) => Err(e),
+            Err(e) => Err(e),
         }
     }
 
@@ -327,25 +371,25 @@ impl Store {
     /// ledger's lock and removed when the store is dropped. Fails with the
     /// reason, the original untouched, when neither is possible.
     pub fn open_read(dir: &Path) -> Result<Store, StoreError> {
+        let lock = dir::DirLock::take(dir, false)?;
         let contents = dir::inspect(dir)?;
         if matches!(contents, Contents::Absent | Contents::Empty) {
             return Err(StoreError::Missing(dir.to_path_buf()));
         }
-        match dir::writable(dir, 0) {
+        let mut store = match dir::writable(dir, 0) {
             Ok(()) => {
-                dir::remove_unfinished_snapshots(dir).map_err(|source| StoreError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-                Store::open_sled(dir, dir, &contents, None)
+                dir::remove_unfinished_snapshots(dir)?;
+                Store::open_sled(dir, dir, &contents, None)?
             }
             Err(why) => {
                 let scratch = dir::Scratch::copy(dir, &why)?;
                 let mut store = Store::open_sled(dir, scratch.path(), &contents, None)?;
                 store.scratch = Some(scratch);
-                Ok(store)
+                store
             }
-        }
+        };
+        store.dir_lock = Some(lock);
+        Ok(store)
     }
 
     /// Whether `dir` holds a ledger (`false` when absent or empty; an error
@@ -477,24 +521,26 @@ impl Store {
             by_tenant,
             checkpoints,
             data_file,
-            created: None,
+            new: false,
             scratch: None,
             synced_blobs: std::sync::Mutex::default(),
+            dir_lock: None,
         })
     }
 
     /// Whether this open created the ledger.
     pub fn is_new(&self) -> bool {
-        self.created.is_some()
+        self.new
     }
 
-    /// If this open created the ledger, removes what it made (the
-    /// directory, or the files in the empty directory it found), while the
-    /// lock is still held; for a command refused before its first append.
+    /// If this open created the ledger, removes it while sled's lock is
+    /// still held, for a command refused before its first append: the
+    /// files runledger and sled made, then the directories this open made,
+    /// each only while empty. Anything else there stays.
     pub fn discard_created(&self) -> std::io::Result<()> {
-        match &self.created {
-            Some(created) => dir::remove_created(&self.dir, created),
-            None => Ok(()),
+        match (&self.dir_lock, self.new) {
+            (Some(lock), true) => dir::remove_new(&self.dir, lock),
+            _ => Ok(()),
         }
     }
 

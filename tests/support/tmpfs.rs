@@ -69,6 +69,28 @@ impl Tmpfs {
         );
     }
 
+    /// The bytes free for an unprivileged writer.
+    pub fn free(&self) -> u64 {
+        let stat = rustix::fs::statvfs(&self.path).unwrap();
+        stat.f_bavail * stat.f_frsize
+    }
+
+    /// Writes `file` until the filesystem has about `free` bytes left (at
+    /// most a page less).
+    pub fn fill_leaving(&self, file: &Path, free: u64) {
+        let now = self.free();
+        assert!(now > free, "only {now} bytes free, {free} wanted");
+        let mut left = now - free;
+        let mut f = std::fs::File::create(file).unwrap();
+        let chunk = vec![0xA5u8; 1 << 20];
+        while left > 0 {
+            let n = left.min(chunk.len() as u64);
+            f.write_all(&chunk[..n as usize]).unwrap();
+            left -= n;
+        }
+        f.sync_all().unwrap();
+    }
+
     /// Writes `file` until the filesystem has no block left.
     pub fn fill(&self, file: &Path) {
         let mut f = std::fs::File::create(file).unwrap();
