@@ -720,6 +720,66 @@ impl Checker<'_> {
     }
 }
 
+/// The `argv` of `exec` params, if any.
+fn argv_of(params: &Params) -> Option<Vec<serde_json::Value>> {
+    match params.to_value().get("argv") {
+        Some(serde_json::Value::Array(argv)) => Some(argv.clone()),
+        _ => None,
+    }
+}
+
+/// The path to resolve against the workload's directory when `arg`, at
+/// `index` in an `exec` argv, names a file relative to it: the program
+/// when it holds a `/`, another element when it starts with `./` or
+/// `../` (`./` dropped).
+fn relative_arg(index: usize, arg: &str) -> Option<&str> {
+    let relative = !arg.starts_with('/')
+        && if index == 0 {
+            arg.contains('/')
+        } else {
+            arg.starts_with("./") || arg.starts_with("../")
+        };
+    relative.then(|| arg.strip_prefix("./").unwrap_or(arg))
+}
+
+/// `params` with the relative paths of its argv resolved against `dir`;
+/// `None` when it has no argv.
+fn resolved_argv(params: &Params, dir: &Path) -> Option<Params> {
+    let mut value = params.to_value();
+    let argv = value.get_mut("argv").and_then(|a| a.as_array_mut())?;
+    for (i, arg) in argv.iter_mut().enumerate() {
+        let Some(rel) = arg.as_str().and_then(|a| relative_arg(i, a)) else {
+            continue;
+        };
+        *arg = serde_json::Value::String(dir.join(rel).display().to_string());
+    }
+    Some(Params::from_value(&value))
+}
+
+/// The directory that `recorded`, the params of an `exec` node as the
+/// workload file has them, were resolved against to give `submitted`, the
+/// params of one of its tasks (what [`Workload::load`] did when the run
+/// started); `None` when its argv holds no relative path or `submitted` is
+/// not `recorded` resolved against any directory.
+pub fn exec_dir_of(recorded: &Params, submitted: &Params) -> Option<std::path::PathBuf> {
+    let (argv, argv_submitted) = (argv_of(recorded)?, argv_of(submitted)?);
+    let dir = argv
+        .iter()
+        .zip(&argv_submitted)
+        .enumerate()
+        .find_map(|(i, (arg, got))| {
+            let rel = relative_arg(i, arg.as_str()?)?;
+            let dir = got.as_str()?.strip_suffix(rel)?;
+            // `dir.join(rel)`: the directory, a `/`, then `rel`.
+            match dir.strip_suffix('/') {
+                Some("") => Some(std::path::PathBuf::from("/")),
+                Some(dir) => Some(std::path::PathBuf::from(dir)),
+                None => None,
+            }
+        })?;
+    (resolved_argv(recorded, &dir).as_ref() == Some(submitted)).then_some(dir)
+}
+
 fn json_of(value: &toml::Value) -> serde_json::Value {
     match value {
         toml::Value::String(s) => serde_json::Value::String(s.clone()),
@@ -778,32 +838,29 @@ impl Workload {
     /// passed as written. The submitted params — in the ledger and in
     /// Redis envelopes — carry the absolute paths.
     pub fn resolve_exec_paths(&mut self, dir: &Path) {
-        let absolute = |arg: &str| {
-            let rel = arg.strip_prefix("./").unwrap_or(arg);
-            dir.join(rel).display().to_string()
-        };
         for node in self.pipelines.values_mut().flat_map(|p| &mut p.nodes) {
             if node.handler != "exec" {
                 continue;
             }
-            let mut params = node.params.to_value();
-            let Some(argv) = params.get_mut("argv").and_then(|a| a.as_array_mut()) else {
-                continue;
-            };
-            for (i, arg) in argv.iter_mut().enumerate() {
-                let Some(text) = arg.as_str() else { continue };
-                let relative = !text.starts_with('/')
-                    && if i == 0 {
-                        text.contains('/')
-                    } else {
-                        text.starts_with("./") || text.starts_with("../")
-                    };
-                if relative {
-                    *arg = serde_json::Value::String(absolute(text));
-                }
+            if let Some(resolved) = resolved_argv(&node.params, dir) {
+                node.params = resolved;
             }
-            node.params = Params::from_value(&params);
         }
+    }
+
+    /// Whether an `exec` argv names a file relative to the workload's
+    /// directory (what [`Workload::resolve_exec_paths`] resolves).
+    pub fn has_relative_exec_paths(&self) -> bool {
+        self.pipelines
+            .values()
+            .flat_map(|p| &p.nodes)
+            .filter(|node| node.handler == "exec")
+            .filter_map(|node| argv_of(&node.params))
+            .any(|argv| {
+                argv.iter()
+                    .enumerate()
+                    .any(|(i, arg)| arg.as_str().and_then(|a| relative_arg(i, a)).is_some())
+            })
     }
 
     /// Parses and checks a workload that uses the built-in handlers; `file`

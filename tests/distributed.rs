@@ -676,6 +676,58 @@ fn stderr_of(child: &mut Child) -> std::thread::JoinHandle<String> {
     })
 }
 
+/// A child's stderr, read on a thread as it comes (so that the child never
+/// blocks on a full pipe and a test can wait for what it says).
+struct Stderr {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Stderr {
+    fn of(child: &mut Child) -> Self {
+        let pipe = child.stderr.take().expect("stderr piped");
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let reader = {
+            let text = std::sync::Arc::clone(&text);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut text = text.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            })
+        };
+        Stderr { text, reader }
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Waits until the child has said `what`; panics past `limit` (a
+    /// safety net, not a measure).
+    fn wait_for(&self, what: &str, limit: Duration) {
+        let until = Instant::now() + limit;
+        while !self.text().contains(what) {
+            assert!(
+                Instant::now() < until,
+                "never said {what:?} within {limit:?}: {}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything once the child closed it.
+    fn join(self) -> String {
+        let Stderr { text, reader } = self;
+        let _ = reader.join();
+        text.lock().unwrap().clone()
+    }
+}
+
 /// Waits for both; kills both if either is still running at `limit`.
 fn wait_both(
     a: &mut Child,
@@ -884,7 +936,7 @@ fn a_worker_stops_cleanly_on_sigterm_and_sigint_while_redis_is_away() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let w_err = stderr_of(&mut w);
+        let w_err = Stderr::of(&mut w);
         let mut run = coordinator(&data, &file, &url);
         let until = Instant::now() + Duration::from_secs(30);
         while held_by(&url, "w1") == 0 {
@@ -892,9 +944,9 @@ fn a_worker_stops_cleanly_on_sigterm_and_sigint_while_redis_is_away() {
             std::thread::sleep(Duration::from_millis(10));
         }
         // Redis goes away while the worker holds tasks: it cannot claim
-        // or report, and retries.
+        // or report, and retries (it says so).
         server.kill();
-        std::thread::sleep(Duration::from_millis(1_500));
+        w_err.wait_for("retrying in", Duration::from_secs(60));
         // The coordinator stops on the signal too.
         signal(&run, sig);
         let _ = wait(&mut run, Duration::from_secs(30));
@@ -904,7 +956,7 @@ fn a_worker_stops_cleanly_on_sigterm_and_sigint_while_redis_is_away() {
         );
         signal(&w, sig);
         let status = wait(&mut w, Duration::from_secs(30));
-        let stderr = w_err.join().unwrap();
+        let stderr = w_err.join();
         assert_eq!(status.code(), Some(0), "SIG{sig}: {stderr}");
         let mut stdout = String::new();
         std::io::Read::read_to_string(w.stdout.as_mut().unwrap(), &mut stdout).unwrap();
@@ -981,11 +1033,12 @@ pipeline = "p"
     let mut w = Command::new(BIN)
         .args(["worker", "--redis", &url, "--id", "w1"])
         .args(["--lease-ms", "200000", "--timeout-sec", "100"])
+        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let w_err = stderr_of(&mut w);
+    let w_err = Stderr::of(&mut w);
     // Killed when the test ends, however it ends.
     let _run = Reap(
         Command::new(BIN)
@@ -1007,14 +1060,16 @@ pipeline = "p"
     }
     let pid = std::fs::read_to_string(&pids).unwrap().trim().to_owned();
     signal(&w, "TERM");
-    std::thread::sleep(Duration::from_millis(500));
+    // Sent only once the first one was taken: two signals close together
+    // may be delivered as one.
+    w_err.wait_for("stopping:", Duration::from_secs(30));
     assert!(
         w.try_wait().unwrap().is_none(),
         "the first signal lets the running step finish"
     );
     signal(&w, "TERM");
     let status = wait(&mut w, Duration::from_secs(30));
-    let stderr = w_err.join().unwrap();
+    let stderr = w_err.join();
     assert_eq!(status.code(), Some(143), "{stderr}");
     let until = Instant::now() + Duration::from_secs(10);
     let ended = loop {
@@ -1031,6 +1086,110 @@ pipeline = "p"
         let _ = Command::new("kill").args(["-9", &pid]).status();
     }
     assert!(ended, "the running step was killed");
+}
+
+#[test]
+fn a_report_redis_refuses_for_good_ends_the_worker_with_exit_2_and_the_reason() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (started, go) = (dir.path().join("started"), dir.path().join("go"));
+    // A step that answers once the test lets it.
+    let step = dir.path().join("step.sh");
+    std::fs::write(
+        &step,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\ntouch {}\nwhile [ ! -e {} ]; do sleep 0.02; done\necho '{{}}'\n",
+            started.display(),
+            go.display()
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&step).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&step, perms).unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+seed = 3
+[execution.workers]
+worker_timeout_sec = 100
+[[tenants]]
+id = "acme"
+budget_micros = 1000000
+[[pipelines]]
+id = "p"
+nodes = [{{ id = "step", handler = "exec", params = {{ argv = ["{}"] }} }}]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+"#,
+            step.display()
+        ),
+    )
+    .unwrap();
+    let mut w = Reap(
+        Command::new(BIN)
+            .args(["worker", "--redis", &url, "--id", "w1"])
+            .args(["--lease-ms", "200000", "--timeout-sec", "100"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let w_err = Stderr::of(&mut w.0);
+    let _run = Reap(
+        Command::new(BIN)
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("run")
+            .arg(&file)
+            .args(["--queue", "redis", "--redis-url", &url])
+            .args(["--local-workers", "0", "--lease-ms", "200000"])
+            .env_remove("RUNLEDGER_DATA")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    while !started.exists() {
+        assert!(Instant::now() < until, "the step never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The attempt was claimed and announced; its report will meet a
+    // results key of the wrong type (the tasks keys stay sound).
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let key = "{runledger}:results";
+    redis::pipe()
+        .atomic()
+        .cmd("DEL")
+        .arg(key)
+        .ignore()
+        .cmd("SET")
+        .arg(key)
+        .arg("not a stream")
+        .ignore()
+        .query::<()>(&mut conn)
+        .unwrap();
+    std::fs::write(&go, "").unwrap();
+    // A generous bound: a safety net, not a measure.
+    let status = wait(&mut w.0, Duration::from_secs(90));
+    let stderr = w_err.join();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("reporting a result failed"), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.starts_with("error: ")
+            && l.contains("WRONGTYPE")
+            && l.contains("gave up after")),
+        "the worker ends with the reason: {stderr}"
+    );
 }
 
 /// A child killed (if still running) and reaped when dropped.

@@ -496,3 +496,86 @@ fn real_time_cost_above_the_ceiling_is_an_overrun_that_blocks_the_tenant() {
         }
     )));
 }
+
+#[test]
+fn a_resumed_run_resolves_relative_exec_paths_against_the_workload_files_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("work");
+    std::fs::create_dir(&home).unwrap();
+    let step = script(
+        &home,
+        "step.sh",
+        r#"cat >/dev/null; echo '{"costs":[{"category":"tool","amount_micros":5}]}'"#,
+    );
+    let file = home.join("w.toml");
+    std::fs::write(
+        &file,
+        r#"
+seed = 9
+[execution.workers]
+worker_timeout_sec = 5
+[[tenants]]
+id = "acme"
+budget_micros = 1000000
+[[pipelines]]
+id = "p"
+nodes = [ { id = "a", handler = "exec", params = { argv = ["./step.sh"] } } ]
+[[submissions]]
+tenant = "acme"
+pipeline = "p"
+runs = 3
+interval_ms = 1500
+"#,
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let bin = env!("CARGO_BIN_EXE_runledger");
+    // Killed once its first task has ended, before the later runs arrive.
+    let killed = std::process::Command::new(bin)
+        .arg("--data")
+        .arg(&data)
+        .arg("run")
+        .arg(&file)
+        .env("RUNLEDGER_TEST_KILL_AFTER_TASKS", "1")
+        .env_remove("RUNLEDGER_DATA")
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        killed.signal(),
+        Some(9),
+        "the drill kills the run: {killed}"
+    );
+    // Resumed from another directory, where `./step.sh` is not the step.
+    let resume = std::process::Command::new(bin)
+        .arg("--data")
+        .arg(&data)
+        .arg("resume")
+        .current_dir("/")
+        .env_remove("RUNLEDGER_DATA")
+        .output()
+        .unwrap();
+    assert!(
+        resume.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resume.stderr)
+    );
+    let evs = events(&data);
+    let argvs: Vec<serde_json::Value> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::TaskSubmitted { params, .. } => Some(params.to_value()["argv"].clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(argvs.len(), 3);
+    let absolute = std::fs::canonicalize(&step).unwrap();
+    for argv in &argvs {
+        assert_eq!(argv, &serde_json::json!([absolute.display().to_string()]));
+    }
+    let acked = evs
+        .iter()
+        .filter(|e| matches!(e, Event::TaskAcked { .. }))
+        .count();
+    assert_eq!(acked, 3, "every task ran its step");
+}

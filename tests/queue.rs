@@ -370,6 +370,94 @@ async fn batches_come_in_priority_order<Q: TaskQueue>(h: Harness<Q>) {
     let _ = h.recheck().await;
 }
 
+/// Costs the ledger cannot take (they overflow the tenant's 64-bit spend).
+fn overflowing_costs() -> Vec<(runledger::domain::Category, Micros)> {
+    use runledger::domain::Category;
+    vec![
+        (Category::Llm, Micros(i64::MAX)),
+        (Category::Llm, Micros(1)),
+    ]
+}
+
+/// The error of the task's last recorded failure.
+async fn last_error<Q: TaskQueue>(h: &Harness<Q>, task: &str) -> String {
+    let task = TaskId::from(task);
+    h.ledger
+        .query_async(move |state, _| {
+            state
+                .queue
+                .get(&task)
+                .map(|t| t.last_error.clone())
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn an_answer_whose_costs_the_ledger_refuses_is_a_failed_attempt<Q: TaskQueue>(h: Harness<Q>) {
+    h.queue
+        .enqueue(vec![task("a", Priority::Normal, &[], 3)])
+        .await
+        .unwrap();
+    // An ACK: recorded as a failed attempt naming the refusal, not lost.
+    let first = h.lease(1).await.unwrap();
+    h.queue
+        .ack(&first, Params::null(), overflowing_costs())
+        .await
+        .unwrap();
+    let counts = h.queue.depth().await.unwrap();
+    assert_eq!((counts.done, counts.retries), (0, 1));
+    let error = last_error(&h, "a").await;
+    assert!(
+        error.starts_with("the result was refused") && error.contains("not recorded"),
+        "{error}"
+    );
+    // A NACK with such costs: recorded as failed all the same.
+    let second = h
+        .queue
+        .dequeue(&RunId::from(RUN), &worker(1), LEASE, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.attempt, 2);
+    let outcome = h
+        .queue
+        .nack(&second, "boom".to_owned(), false, overflowing_costs())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, NackOutcome::RetryAt(_)), "{outcome:?}");
+    let error = last_error(&h, "a").await;
+    assert!(
+        error.starts_with("boom") && error.contains("not recorded"),
+        "{error}"
+    );
+    // Costs the ledger can take are still recorded with a failed attempt.
+    let third = h
+        .queue
+        .dequeue(&RunId::from(RUN), &worker(1), LEASE, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let costs = vec![(runledger::domain::Category::Llm, Micros(7))];
+    h.queue
+        .nack(&third, "boom".to_owned(), false, costs)
+        .await
+        .unwrap();
+    let spent = h
+        .ledger
+        .query_async(|state, _| {
+            state
+                .tenants
+                .get(&TenantId::from("acme"))
+                .map(|t| t.spent_micros())
+        })
+        .await
+        .unwrap();
+    assert_eq!(spent, Some(Micros(7)));
+    assert_eq!(h.queue.depth().await.unwrap().dead_lettered, 1);
+    let _ = h.recheck().await;
+}
+
 /// Runs the whole suite against the queue `make` builds.
 macro_rules! queue_suite {
     ($module:ident, $make:expr) => {
@@ -412,6 +500,13 @@ macro_rules! queue_suite {
             async fn dependants_wait_for_their_parents() {
                 if let Some(h) = harness(policy(), $make).await {
                     super::dependants_wait_for_their_parents(h).await;
+                }
+            }
+
+            #[tokio::test]
+            async fn an_answer_whose_costs_the_ledger_refuses_is_a_failed_attempt() {
+                if let Some(h) = harness(policy(), $make).await {
+                    super::an_answer_whose_costs_the_ledger_refuses_is_a_failed_attempt(h).await;
                 }
             }
 

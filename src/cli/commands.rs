@@ -1814,6 +1814,16 @@ fn resume(
     };
     let mut workload = Workload::parse("<recorded workload>", &text)
         .map_err(|e| RunError::Resume(e.to_string()))?;
+    // Relative `exec` paths run against the workload file's directory, not
+    // this process's.
+    let workload = {
+        let run = id.clone();
+        ledger.query(move |state, _| {
+            crate::runtime::live::resolve_recorded_exec_paths(state, &mut workload, &run)
+                .map(|()| workload)
+        })??
+    };
+    let mut workload = workload;
     if let Some((index, shards)) = queue.shard {
         workload = workload.shard(index, shards);
     }

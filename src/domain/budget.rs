@@ -14,7 +14,7 @@ use bincode::{Decode, Encode};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use super::event::{BudgetPeriod, BudgetStatus, Event, LearningIntensity};
+use super::event::{BudgetPeriod, BudgetStatus, Category, Event, LearningIntensity};
 use super::ids::{TaskId, TenantId};
 use super::money::Micros;
 use super::rejection::Rejection;
@@ -54,12 +54,33 @@ pub struct Tenant {
 
 impl Tenant {
     pub fn spent_micros(&self) -> Micros {
-        Micros(
-            self.spent_by_category
-                .iter()
-                .map(|m| m.0)
-                .fold(0i64, i64::saturating_add),
-        )
+        spent_of(&self.spent_by_category)
+    }
+
+    /// Whether `costs` can be posted one after the other (each a
+    /// `cost_incurred`): no amount is negative and none takes a spend
+    /// counter past 64-bit micros.
+    pub fn can_incur(
+        &self,
+        costs: impl IntoIterator<Item = (Category, Micros)>,
+    ) -> Result<(), Rejection> {
+        let mut by_category = self.spent_by_category;
+        let mut lifetime = self.lifetime_spent_micros;
+        for (category, amount) in costs {
+            non_negative("amount_micros", amount)?;
+            let spent = spent_of(&by_category);
+            let slot = &mut by_category[category.index()];
+            let (Some(in_category), Some(all_periods), Some(_)) = (
+                slot.checked_add(amount),
+                lifetime.checked_add(amount),
+                spent.checked_add(amount),
+            ) else {
+                return Err(Rejection::Overflow);
+            };
+            *slot = in_category;
+            lifetime = all_periods;
+        }
+        Ok(())
     }
 
     fn note_peak(&mut self) {
@@ -100,6 +121,16 @@ impl Tenant {
 #[derive(Clone, Debug, Default)]
 pub struct Tenants {
     tenants: FxHashMap<TenantId, Tenant>,
+}
+
+/// The spend of all categories (saturating).
+fn spent_of(by_category: &[Micros; 6]) -> Micros {
+    Micros(
+        by_category
+            .iter()
+            .map(|m| m.0)
+            .fold(0i64, i64::saturating_add),
+    )
 }
 
 fn non_negative(field: &'static str, amount: Micros) -> Result<(), Rejection> {
@@ -225,13 +256,7 @@ impl Tenants {
                 if let Some(task) = task {
                     owned_by(tenant, task)?;
                 }
-                non_negative("amount_micros", *amount_micros)?;
-                t.spent_by_category[category.index()]
-                    .checked_add(*amount_micros)
-                    .and_then(|_| t.lifetime_spent_micros.checked_add(*amount_micros))
-                    .and_then(|_| t.spent_micros().checked_add(*amount_micros))
-                    .ok_or(Rejection::Overflow)?;
-                Ok(())
+                t.can_incur([(*category, *amount_micros)])
             }
             Event::ReservationReleased {
                 tenant,

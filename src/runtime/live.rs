@@ -85,12 +85,19 @@ impl Pool {
 
     /// Tasks of the run that have not ended.
     async fn open_tasks(&self) -> Result<u64, RunError> {
+        let (submitted, ended) = self.task_counts().await?;
+        Ok(submitted.saturating_sub(ended))
+    }
+
+    /// Tasks of the run submitted, and ended.
+    async fn task_counts(&self) -> Result<(u64, u64), RunError> {
         let run = self.run.clone();
         Ok(self
             .ledger
             .query_async(move |state, _| {
-                state.runs.get(&run).map_or(0, |r| {
-                    r.tasks_submitted.saturating_sub(
+                state.runs.get(&run).map_or((0, 0), |r| {
+                    (
+                        r.tasks_submitted,
                         r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled + r.tasks_skipped,
                     )
                 })
@@ -111,6 +118,48 @@ pub enum Dispatch {
         streams: crate::runtime::redis::RedisStreams,
         local_workers: u32,
     },
+}
+
+/// Makes the relative `exec` paths of `workload`, a run's recorded
+/// workload text, absolute against the directory they were resolved
+/// against when the run started (the workload file's, see
+/// [`Workload::load`]), so that a resumed run runs the same programs
+/// wherever it is resumed from. The directory is read from the tasks the
+/// run already submitted, whose params carry the absolute paths; it is an
+/// error when none shows it.
+pub fn resolve_recorded_exec_paths(
+    state: &crate::domain::State,
+    workload: &mut Workload,
+    run: &RunId,
+) -> Result<(), RunError> {
+    if !workload.has_relative_exec_paths() {
+        return Ok(());
+    }
+    let dir = arrivals(workload)
+        .into_iter()
+        .filter(|&(_, submission, instance)| {
+            instance_submitted(state, workload, run, submission, instance)
+        })
+        .flat_map(|(_, submission, instance)| instance_events(workload, run, submission, instance))
+        .find_map(|event| match event {
+            Event::TaskSubmitted {
+                task,
+                handler,
+                params,
+                ..
+            } if handler == "exec" => {
+                let submitted = state.queue.get(&task)?;
+                crate::workload::exec_dir_of(&params, &submitted.params)
+            }
+            _ => None,
+        });
+    let Some(dir) = dir else {
+        return Err(RunError::Resume(format!(
+            "run `{run}` cannot be resumed: its workload names `exec` files by relative paths, and no task it submitted shows the directory they are relative to"
+        )));
+    };
+    workload.resolve_exec_paths(&dir);
+    Ok(())
 }
 
 /// Runs `workload` in real time with `handlers`. With `resume`, continues
@@ -465,8 +514,9 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
                 Some(Err(e)) => pool.fail(RunError::Impossible(format!("a worker panicked: {e}"))),
             },
             _ = ticker.tick() => {
-                if let Ok(open) = pool.open_tasks().await {
-                    progress(total.saturating_sub(open).min(total), total);
+                // Tasks not yet submitted are not done.
+                if let Ok((_, ended)) = pool.task_counts().await {
+                    progress(ended.min(total), total);
                 }
             }
         }
@@ -634,24 +684,13 @@ async fn work<Q: TaskQueue>(
         let mut reports = Retries::new("reporting a result");
         let settled = loop {
             let settled = match &result {
+                // An answer the ledger would refuse (costs that overflow,
+                // an output past its limit) is recorded as a failed
+                // attempt by the queue (`Acked::events`).
                 Some(Ok(outcome)) => {
-                    match queue
+                    queue
                         .ack(&lease, outcome.output.clone(), outcome.costs.clone())
                         .await
-                    {
-                        // The ledger refused the result (e.g. costs that
-                        // overflow): that attempt failed.
-                        Err(QueueError::Ledger(AppendError::Rejected { rejection, .. })) => queue
-                            .nack(
-                                &lease,
-                                format!("the result was refused: {rejection}"),
-                                false,
-                                Vec::new(),
-                            )
-                            .await
-                            .map(drop),
-                        other => other,
-                    }
                 }
                 Some(Err(failure)) => queue
                     .nack(&lease, failure.error.clone(), false, failure.costs.clone())

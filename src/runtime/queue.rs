@@ -127,11 +127,14 @@ pub struct Acked<'a> {
 
 impl Acked<'_> {
     /// The events that record it (settlement, learning, the ACK); `None`
-    /// when the attempt is no longer current. An answer past a limit of
-    /// the ledger ([`answer_refusal`]) is never appended: the attempt is
-    /// recorded as failed instead, with the reason naming the limit and
-    /// its costs settled, with what that led to. Every queue ends an
-    /// attempt through here or [`Failed::events`].
+    /// when the attempt is no longer current. An answer the ledger would
+    /// refuse is never appended: past a limit of the ledger
+    /// ([`answer_refusal`]), or with costs it cannot take (past 64-bit
+    /// micros), the attempt is recorded as failed instead, with the reason,
+    /// its costs settled when the ledger can take them, and what that led
+    /// to. Every queue ends an attempt
+    /// through here or [`Failed::events`], whose events the ledger always
+    /// accepts on `state`.
     pub fn events(
         self,
         state: &crate::domain::State,
@@ -147,7 +150,11 @@ impl Acked<'_> {
         if !is_current(state, attempt) {
             return None;
         }
-        if let Some(error) = answer_refusal(attempt, &output) {
+        // Costs it cannot take: `Failed::events` says why.
+        let refusal = answer_refusal(attempt, &output).or_else(|| {
+            cost_refusal(state, attempt.task, costs).map(|_| "the result was refused".to_owned())
+        });
+        if let Some(error) = refusal {
             let failed = Failed {
                 attempt,
                 error,
@@ -203,6 +210,22 @@ pub fn answer_refusal(attempt: Attempt<'_>, output: &Params) -> Option<String> {
             "the answer's task_acked is {len} bytes, more than EVENT_BYTES_MAX ({EVENT_BYTES_MAX} bytes)"
         )
     })
+}
+
+/// Why the ledger cannot take `costs` as costs of `task`'s tenant, if it
+/// cannot (an amount past 64-bit micros).
+fn cost_refusal(
+    state: &crate::domain::State,
+    task: &TaskId,
+    costs: &[(Category, Micros)],
+) -> Option<crate::domain::Rejection> {
+    let tenant = state
+        .queue
+        .get(task)
+        .and_then(|t| state.tenants.get(&t.tenant))?;
+    // What settlement posts: the positive amounts.
+    let posted = costs.iter().copied().filter(|(_, amount)| amount.0 > 0);
+    tenant.can_incur(posted).err()
 }
 
 /// `error` cut to [`ERROR_BYTES_MAX`] bytes (on a character boundary),
@@ -581,6 +604,15 @@ impl Failed<'_> {
         if !is_current(state, lease) {
             return None;
         }
+        // Costs the ledger cannot take are not recorded, saying so: the
+        // failure is.
+        let (error, costs) = match cost_refusal(state, lease.task, costs) {
+            Some(rejection) => (
+                format!("{error} (its costs were not recorded: {rejection})"),
+                &[][..],
+            ),
+            None => (error, costs),
+        };
         let error = bounded_error(error);
         let mut settler = Settler::new(state);
         let mut events = settler.settle(lease.task, costs);

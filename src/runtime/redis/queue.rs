@@ -427,10 +427,10 @@ impl RedisQueue {
             }
             let results: Vec<TaskResult> = entries.iter().map(|e| e.result.clone()).collect();
             let decided = match self.record(results.clone()).await {
-                // The ledger refused one of them (a cost that overflows, an
-                // empty worker id): record them one by one, and an ACK the
-                // ledger refuses as a failed attempt; a result that cannot
-                // be recorded at all is dropped with a warning, never left
+                // The ledger refused one of them (an empty worker id; an
+                // answer it would refuse is already a failed attempt, by
+                // `Acked::events`): record them one by one; a result that
+                // cannot be recorded is dropped with a warning, never left
                 // to block the results behind it.
                 Err(QueueError::Ledger(crate::log::AppendError::Rejected { .. })) => {
                     let mut decided = Vec::new();
@@ -442,19 +442,6 @@ impl RedisQueue {
                                 ..
                             })) => {
                                 tracing::warn!(task = %result.task, %rejection, "result refused");
-                                if matches!(result.outcome, Outcome::Ack { .. }) {
-                                    let failed = TaskResult {
-                                        outcome: Outcome::Nack {
-                                            error: format!("the result was refused: {rejection}"),
-                                            timed_out: false,
-                                            costs: Vec::new(),
-                                        },
-                                        ..result
-                                    };
-                                    if let Ok(one) = self.record(vec![failed]).await {
-                                        decided.extend(one);
-                                    }
-                                }
                             }
                             Err(e) => return Err(e),
                         }

@@ -100,13 +100,25 @@ pub async fn run_worker(
     let mut claims = Retries::new("claiming tasks");
     let mut fatal = None;
     while !stop.is_set() {
-        while attempts.try_join_next().is_some() {}
+        // An attempt whose report Redis refused for good ends the worker.
+        while let Some(joined) = attempts.try_join_next() {
+            if let Some(e) = report_failure(joined) {
+                fatal.get_or_insert(e);
+            }
+        }
+        if fatal.is_some() {
+            break;
+        }
         let free = options
             .concurrency
             .saturating_sub(running.load(Ordering::SeqCst));
         if free == 0 {
             tokio::select! {
-                _ = attempts.join_next() => {}
+                Some(joined) = attempts.join_next() => {
+                    if let Some(e) = report_failure(joined) {
+                        fatal.get_or_insert(e);
+                    }
+                }
                 () = stop.wait() => {}
             }
             continue;
@@ -199,7 +211,7 @@ pub async fn run_worker(
         }
     }
     while let Some(joined) = attempts.join_next().await {
-        if let Ok(Err(e)) = joined {
+        if let Some(e) = report_failure(joined) {
             fatal.get_or_insert(e);
         }
     }
@@ -211,6 +223,17 @@ pub async fn run_worker(
         succeeded: counts[1].load(Ordering::SeqCst),
         failed: counts[2].load(Ordering::SeqCst),
     })
+}
+
+/// The error of a finished attempt task whose result could not be
+/// reported for a reason retrying cannot fix.
+fn report_failure(
+    joined: Result<Result<(), RedisError>, tokio::task::JoinError>,
+) -> Option<RedisError> {
+    match joined {
+        Ok(Err(e)) => Some(e),
+        Ok(Ok(())) | Err(_) => None,
+    }
 }
 
 fn gave_up(retries: &Retries, error: RedisError) -> RedisError {
