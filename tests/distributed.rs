@@ -988,27 +988,15 @@ fn a_worker_is_named_after_the_real_hostname() {
     );
 }
 
-#[test]
-fn a_second_signal_kills_a_stopping_workers_running_steps() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    let url = server.url();
-    let dir = tempfile::tempdir().unwrap();
-    let pids = dir.path().join("pids");
-    let long = dir.path().join("long.sh");
-    std::fs::write(
-        &long,
-        format!(
-            "#!/bin/sh\ncat >/dev/null\necho $$ >> {}\nsleep 60\n",
-            pids.display()
-        ),
-    )
-    .unwrap();
-    let mut perms = std::fs::metadata(&long).unwrap().permissions();
+/// A one-task workload in `dir/w.toml` whose node runs `script` (written to
+/// `dir/<name>`, executable) under a 100 s timeout; returns the workload.
+fn one_exec_step(dir: &Path, name: &str, script: &str) -> PathBuf {
+    let step = dir.join(name);
+    std::fs::write(&step, script).unwrap();
+    let mut perms = std::fs::metadata(&step).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&long, perms).unwrap();
-    let file = dir.path().join("w.toml");
+    std::fs::set_permissions(&step, perms).unwrap();
+    let file = dir.join("w.toml");
     std::fs::write(
         &file,
         format!(
@@ -1021,15 +1009,34 @@ id = "acme"
 budget_micros = 1000000
 [[pipelines]]
 id = "p"
-nodes = [{{ id = "long", handler = "exec", params = {{ argv = ["{}"] }} }}]
+nodes = [{{ id = "step", handler = "exec", params = {{ argv = ["{}"] }} }}]
 [[submissions]]
 tenant = "acme"
 pipeline = "p"
 "#,
-            long.display()
+            step.display()
         ),
     )
     .unwrap();
+    file
+}
+
+#[test]
+fn a_second_signal_kills_a_stopping_workers_running_steps() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let file = one_exec_step(
+        dir.path(),
+        "long.sh",
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\necho $$ >> {}\nsleep 60\n",
+            pids.display()
+        ),
+    );
     let mut w = Command::new(BIN)
         .args(["worker", "--redis", &url, "--id", "w1"])
         .args(["--lease-ms", "200000", "--timeout-sec", "100"])
@@ -1097,41 +1104,15 @@ fn a_report_redis_refuses_for_good_ends_the_worker_with_exit_2_and_the_reason() 
     let dir = tempfile::tempdir().unwrap();
     let (started, go) = (dir.path().join("started"), dir.path().join("go"));
     // A step that answers once the test lets it.
-    let step = dir.path().join("step.sh");
-    std::fs::write(
-        &step,
-        format!(
+    let file = one_exec_step(
+        dir.path(),
+        "step.sh",
+        &format!(
             "#!/bin/sh\ncat >/dev/null\ntouch {}\nwhile [ ! -e {} ]; do sleep 0.02; done\necho '{{}}'\n",
             started.display(),
             go.display()
         ),
-    )
-    .unwrap();
-    let mut perms = std::fs::metadata(&step).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&step, perms).unwrap();
-    let file = dir.path().join("w.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-seed = 3
-[execution.workers]
-worker_timeout_sec = 100
-[[tenants]]
-id = "acme"
-budget_micros = 1000000
-[[pipelines]]
-id = "p"
-nodes = [{{ id = "step", handler = "exec", params = {{ argv = ["{}"] }} }}]
-[[submissions]]
-tenant = "acme"
-pipeline = "p"
-"#,
-            step.display()
-        ),
-    )
-    .unwrap();
+    );
     let mut w = Reap(
         Command::new(BIN)
             .args(["worker", "--redis", &url, "--id", "w1"])
