@@ -15,7 +15,7 @@ use crate::domain::governance::{
     Admitter, Denial, Gate, Settler, Start, admit_run, may_start_run, period_resets,
 };
 use crate::domain::learning::Learner;
-use crate::domain::scheduler::{dependants_to_cancel, draw, next_ready_many, next_retry_at};
+use crate::domain::scheduler::{Lost, dependants_to_cancel, draw, next_ready_many, next_retry_at};
 use crate::domain::sim::simulate;
 use crate::domain::{
     Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp, WorkerId,
@@ -756,6 +756,7 @@ fn drive(
     }
     let mut steps = 0u64;
     loop {
+        let seq_at_step = sim.state.seq;
         // A run may start in a later budget period than the ledger's last
         // (a run of a later day): its periods turn before anything is decided.
         for event in period_resets(&sim.state, sim.now) {
@@ -814,6 +815,12 @@ fn drive(
             wake = Some(wake.map_or(at, |w| w.min(at)));
         }
         let Some(at) = wake else {
+            // A step that ended tasks without running them (a skip, a
+            // termination) may have made others ready: nothing runs only
+            // once a step decides nothing.
+            if sim.state.seq != seq_at_step {
+                continue;
+            }
             if sim.deferred.is_empty() {
                 break;
             }
@@ -957,7 +964,7 @@ pub fn resume_simulated(
         .map(|(id, _)| id.clone())
         .collect();
     for task in leased {
-        for event in crate::domain::scheduler::expire_lease(&sim.state, &task) {
+        for event in crate::domain::scheduler::expire_lease(&sim.state, &task, Lost::Release) {
             sim.emit(event)?;
         }
     }
