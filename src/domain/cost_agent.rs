@@ -18,7 +18,6 @@ use super::event::{Decision, Event, Params};
 use super::ids::TaskId;
 use super::money::Micros;
 use super::policy::Policy;
-use super::queue::TaskStatus;
 use super::state::State;
 
 /// DEGRADE above this utilisation (spent + reserved of budget), in bp.
@@ -45,6 +44,15 @@ impl Plan {
 
     /// The params a node runs with under this plan.
     pub fn apply(&self, params: &Params) -> Params {
+        // The plan touches `candidates`, `depth` and models: params that
+        // name none of them (canonical JSON text) run as they are.
+        let text = params.as_json();
+        if !["\"candidates\"", "\"depth\"", "\"model\""]
+            .iter()
+            .any(|key| text.contains(key))
+        {
+            return params.clone();
+        }
         let mut value = params.to_value();
         let Some(map) = value.as_object_mut() else {
             return params.clone();
@@ -150,29 +158,6 @@ impl CostDecision {
     }
 }
 
-/// The cost ceilings of the node and everything downstream of it that has
-/// not started: as declared, and under the standard plan.
-fn remaining<'s>(state: &'s State, task: &'s TaskId) -> (i64, i64) {
-    let (mut full, mut degraded) = (0i64, 0i64);
-    let mut stack = vec![task];
-    let mut seen = rustc_hash::FxHashSet::default();
-    while let Some(id) = stack.pop() {
-        let Some(t) = state.queue.get(id) else {
-            continue;
-        };
-        // Only a DAG with diamonds can reach a node twice.
-        if t.deps.len() > 1 && !seen.insert(id) {
-            continue;
-        }
-        if matches!(t.status, TaskStatus::Waiting | TaskStatus::Pending) {
-            full = full.saturating_add(t.cost_ceiling_micros.0);
-            degraded = degraded.saturating_add(t.degraded_ceiling_micros.0);
-        }
-        stack.extend(t.dependants.iter());
-    }
-    (full, degraded)
-}
-
 /// Decides for `task` (about to run) under the standard policy. `None` for
 /// a node that is not governed (no cost ceiling): it runs as it is.
 pub fn decide(state: &State, task: &TaskId) -> Option<CostDecision> {
@@ -189,7 +174,7 @@ pub fn decide_under(policy: &Policy, state: &State, task: &TaskId) -> Option<Cos
     let tenant = state.tenants.get(&t.tenant)?;
     let runs = tenant.active_runs.max(1);
     let confidence_bp = 10_000 / i64::from(runs);
-    let (rest, rest_degraded) = remaining(state, task);
+    let (rest, rest_degraded) = state.queue.remaining(task);
     let plan = Plan::STANDARD;
     let committed = tenant
         .spent_micros()

@@ -499,6 +499,26 @@ fn worker_id(n: u32) -> WorkerId {
     WorkerId(format!("worker-{n:02}"))
 }
 
+/// The pipeline instance id of run `instance` of `submission`.
+fn instance_id(workload: &Workload, submission: usize, instance: u32) -> String {
+    let spec = &workload.submissions[submission];
+    format!("{}/{}#{instance}", spec.tenant, spec.pipeline)
+}
+
+/// The task names of `node`: one per map copy, else its id.
+fn replicas(
+    pipeline: &crate::workload::PipelineSpec,
+    node: &crate::workload::NodeSpec,
+) -> Vec<String> {
+    if node.stage == Some(Stage::Map) {
+        (0..pipeline.fan_out)
+            .map(|k| format!("{}.{k}", node.id))
+            .collect()
+    } else {
+        vec![node.id.clone()]
+    }
+}
+
 /// The `task_submitted` events of pipeline run `instance` of `submission`.
 pub(crate) fn instance_events(
     workload: &Workload,
@@ -510,20 +530,12 @@ pub(crate) fn instance_events(
     let Some(pipeline) = workload.pipelines.get(&spec.pipeline) else {
         return Vec::new();
     };
-    let instance_id = format!("{}/{}#{instance}", spec.tenant, spec.pipeline);
+    let instance_id = instance_id(workload, submission, instance);
     let task_id = |node: &str| TaskId(format!("{run}/{instance_id}/{node}"));
-    let replicas = |node: &crate::workload::NodeSpec| -> Vec<String> {
-        if node.stage == Some(Stage::Map) {
-            (0..pipeline.fan_out)
-                .map(|k| format!("{}.{k}", node.id))
-                .collect()
-        } else {
-            vec![node.id.clone()]
-        }
-    };
+    let replicas = |node: &crate::workload::NodeSpec| replicas(pipeline, node);
     let by_id: std::collections::BTreeMap<&str, &crate::workload::NodeSpec> =
         pipeline.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
-    let mut events = Vec::new();
+    let mut events = Vec::with_capacity(pipeline.nodes.len());
     for node in &pipeline.nodes {
         let deps: Vec<TaskId> = node
             .deps
@@ -588,10 +600,23 @@ pub(crate) fn instance_submitted(
     submission: usize,
     instance: u32,
 ) -> bool {
-    instance_events(workload, run, submission, instance)
+    // Its first task (an instance is submitted whole, in one step).
+    let Some(pipeline) = workload
+        .pipelines
+        .get(&workload.submissions[submission].pipeline)
+    else {
+        return false;
+    };
+    let Some(first) = pipeline
+        .nodes
         .first()
-        .and_then(|e| e.task())
-        .is_some_and(|t| state.queue.get(t).is_some())
+        .and_then(|n| replicas(pipeline, n).into_iter().next())
+    else {
+        return false;
+    };
+    let instance_id = instance_id(workload, submission, instance);
+    let task = TaskId(format!("{run}/{instance_id}/{first}"));
+    state.queue.get(&task).is_some()
 }
 
 /// Registers the workload's tenants, or updates the ones the ledger knows
