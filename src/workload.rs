@@ -49,6 +49,10 @@ struct RawWorkload {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawExecution {
+    /// The cost ceiling of a node that declares none and whose handler
+    /// has no cost model (every handler but `sim`).
+    #[serde(default)]
+    default_cost_ceiling_micros: Option<Spanned<i64>>,
     #[serde(default)]
     pool: RawPool,
     #[serde(default)]
@@ -221,8 +225,8 @@ struct RawNode {
     priority: Option<Priority>,
     #[serde(default)]
     deps: Vec<Spanned<String>>,
-    #[serde(default = "default_zero")]
-    cost_ceiling_micros: Spanned<i64>,
+    #[serde(default)]
+    cost_ceiling_micros: Option<Spanned<i64>>,
     #[serde(default)]
     stage: Option<Stage>,
 }
@@ -327,6 +331,9 @@ pub struct NodeSpec {
     pub optional: bool,
     pub priority: Option<Priority>,
     pub deps: Vec<String>,
+    /// The most one attempt may cost: the node's own, else the workload's
+    /// `default_cost_ceiling_micros` (0 for a `sim` node without one: its
+    /// cost model gives it at submission).
     pub cost_ceiling_micros: Micros,
     pub stage: Option<Stage>,
 }
@@ -467,6 +474,20 @@ impl Workload {
             ));
         }
 
+        let default_ceiling = match &raw.execution.default_cost_ceiling_micros {
+            Some(ceiling) if *ceiling.get_ref() < 0 => {
+                return Err(c.err(
+                    ceiling.span(),
+                    format!(
+                        "execution.default_cost_ceiling_micros must not be negative (got {})",
+                        ceiling.get_ref()
+                    ),
+                ));
+            }
+            Some(ceiling) => Some(Micros(*ceiling.get_ref())),
+            None => None,
+        };
+
         let mut tenants = Vec::new();
         let mut tenant_ids = BTreeSet::new();
         for t in &raw.tenants {
@@ -557,11 +578,24 @@ impl Workload {
                         return Err(c.err(n.id.span(), format!("node `{nid}`: {e}")));
                     }
                 }
-                if *n.cost_ceiling_micros.get_ref() < 0 {
-                    return Err(c.err(
-                        n.cost_ceiling_micros.span(),
-                        "cost_ceiling_micros must not be negative",
-                    ));
+                match &n.cost_ceiling_micros {
+                    Some(ceiling) if *ceiling.get_ref() < 0 => {
+                        return Err(
+                            c.err(ceiling.span(), "cost_ceiling_micros must not be negative")
+                        );
+                    }
+                    // Every node is governed: without a cost model, its
+                    // ceiling is declared, here or as the default.
+                    None if n.handler.get_ref() != "sim" && default_ceiling.is_none() => {
+                        return Err(c.err(
+                            n.id.span(),
+                            format!(
+                                "node `{nid}`: handler `{}` has no cost model, so the node needs a cost ceiling: set cost_ceiling_micros on it, or default_cost_ceiling_micros under [execution]",
+                                n.handler.get_ref()
+                            ),
+                        ));
+                    }
+                    _ => {}
                 }
                 if n.stage.is_some() && p.mode != Mode::MapReduce {
                     return Err(c.err(
@@ -625,7 +659,11 @@ impl Workload {
                     optional: n.optional,
                     priority: n.priority,
                     deps,
-                    cost_ceiling_micros: Micros(*n.cost_ceiling_micros.get_ref()),
+                    cost_ceiling_micros: match &n.cost_ceiling_micros {
+                        Some(ceiling) => Micros(*ceiling.get_ref()),
+                        None if n.handler.get_ref() == "sim" => Micros::ZERO,
+                        None => default_ceiling.unwrap_or(Micros::ZERO),
+                    },
                     stage: n.stage,
                 });
             }

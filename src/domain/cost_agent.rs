@@ -176,7 +176,8 @@ impl CostDecision {
 }
 
 /// Decides for `task` (about to run) under the standard policy. `None` for
-/// a node that is not governed (no cost ceiling): it runs as it is.
+/// a node declared free (a ceiling of 0): it reserves nothing and has
+/// nothing to project, and whatever it spends is an overrun.
 pub fn decide(state: &State, task: &TaskId) -> Option<CostDecision> {
     decide_under(&Policy::STANDARD, state, task)
 }
@@ -184,7 +185,7 @@ pub fn decide(state: &State, task: &TaskId) -> Option<CostDecision> {
 /// [`decide`] with `policy`'s thresholds.
 pub fn decide_under(policy: &Policy, state: &State, task: &TaskId) -> Option<CostDecision> {
     let t = state.queue.get(task)?;
-    // A node without a cost ceiling is not governed: no decision.
+    // A node declared free has nothing to project.
     if t.cost_ceiling_micros == Micros::ZERO {
         return None;
     }

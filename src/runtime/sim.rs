@@ -580,8 +580,8 @@ pub(crate) fn instance_events(
     events
 }
 
-/// A node's cost ceiling: the declared one, else for `sim` the most the
-/// step can cost; 0 (not governed) for other handlers without one.
+/// A node's cost ceiling: the declared one (or the workload's default),
+/// else for `sim` the most the step can cost; 0 for a node declared free.
 fn ceiling_of(node: &crate::workload::NodeSpec, params: &serde_json::Value) -> Micros {
     if node.cost_ceiling_micros > Micros::ZERO {
         return node.cost_ceiling_micros;
