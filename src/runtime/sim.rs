@@ -2,10 +2,11 @@
 //!
 //! Each step takes the earliest timer (a task attempt finishing, a retry
 //! becoming due, a pipeline run arriving), runs the deciders on a mirror of
-//! the ledger's state, and appends the resulting events as one batch with
-//! `recorded_at` set to the virtual time. No sleeping and no thread
-//! interleaving: the ledger it writes depends only on the workload, the
-//! seed and what the ledger held before.
+//! the ledger's state, and queues the resulting events with `recorded_at`
+//! set to the virtual time; every few thousand events go to the ledger as
+//! one batch, which the writer commits while the next is decided. No
+//! sleeping and no thread interleaving: the ledger it writes depends only
+//! on the workload, the seed and what the ledger held before.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -138,6 +139,8 @@ struct Sim<'a> {
     deferred: BTreeMap<TenantId, VecDeque<(usize, u32)>>,
     /// Whether this run continues one whose process died.
     resumed: bool,
+    /// The batch the writer is committing.
+    in_flight: Option<crate::log::writer::PendingAppend>,
 }
 
 impl Sim<'_> {
@@ -156,9 +159,22 @@ impl Sim<'_> {
         Ok(())
     }
 
+    /// Sends the decided events to the ledger, after the answer to the
+    /// batch before: the writer commits one batch while the next is
+    /// decided, and a refused batch is never followed by another.
     fn flush(&mut self) -> Result<(), RunError> {
+        self.wait()?;
         if !self.batch.is_empty() {
-            self.ledger.append(std::mem::take(&mut self.batch))?;
+            let batch = std::mem::take(&mut self.batch);
+            self.in_flight = Some(self.ledger.append_pipelined(batch)?);
+        }
+        Ok(())
+    }
+
+    /// Waits until what was sent to the ledger is in it.
+    fn wait(&mut self) -> Result<(), RunError> {
+        if let Some(pending) = self.in_flight.take() {
+            pending.wait()?;
         }
         Ok(())
     }
@@ -701,6 +717,7 @@ pub fn run_simulated(
         gate: Gate::new(seed),
         deferred: BTreeMap::new(),
         resumed: false,
+        in_flight: None,
     };
 
     for event in registration_events(&sim.state, workload) {
@@ -818,6 +835,7 @@ fn drive(
         if stop_after_steps.is_some_and(|limit| steps >= limit) {
             // The drill dies right after its last append.
             sim.flush()?;
+            sim.wait()?;
             return Err(RunError::Stopped(steps));
         }
         if let Some(r) = sim.state.runs.get(&run) {
@@ -884,6 +902,7 @@ fn drive(
     }
     sim.emit(Event::RunFinished { run: run.clone() })?;
     sim.flush()?;
+    sim.wait()?;
 
     let mirror = sim.state.digests();
     let (digests, head) = sim.ledger.query(|state, head| (state.digests(), head))?;
@@ -970,6 +989,7 @@ pub fn resume_simulated(
         gate: Gate::new(summary.seed),
         deferred: BTreeMap::new(),
         resumed: true,
+        in_flight: None,
     };
     // Retries the dead process had scheduled.
     let run_id = summary.run.clone();
