@@ -9,7 +9,8 @@
 //! transport beside raw XADD / XREADGROUP / XACK (`runledger bench redis`),
 //! and, in [`distributed`], a coordinator with K worker processes through
 //! Redis beside raw Redis and the in-memory queue (`runledger bench
-//! distributed`).
+//! distributed`), and, in [`pipeline`], one serial pipeline of each given
+//! length run to its end (`runledger bench pipeline`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
@@ -27,6 +28,7 @@ pub mod check;
 pub mod distributed;
 pub mod export;
 pub mod governance;
+pub mod pipeline;
 pub mod redis;
 
 #[derive(Clone, Debug)]

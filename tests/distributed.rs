@@ -595,6 +595,8 @@ fn a_result_the_ledger_refuses_fails_its_attempt_and_the_run_goes_on() {
             r#"
 seed = 3
 run = "refused"
+[execution]
+default_cost_ceiling_micros = 1000
 [execution.queue]
 max_attempts = 2
 retry_base_ms = 10

@@ -28,6 +28,8 @@ fn workload(nodes: &str, runs: u32, timeout_sec: f64) -> Workload {
     let text = format!(
         r#"
 seed = 5
+[execution]
+default_cost_ceiling_micros = 10000
 [execution.pool]
 max_concurrency = 3
 backpressure_threshold = 0.5
@@ -197,6 +199,8 @@ fn user_handlers_run_by_name_with_parent_outputs_and_bounded_concurrency() {
     let dir = tempfile::tempdir().unwrap();
     let text = r#"
 seed = 1
+[execution]
+default_cost_ceiling_micros = 1000
 [execution.pool]
 max_concurrency = 2
 [execution.workers]
@@ -263,6 +267,8 @@ fn cli_resume_finishes_a_real_time_run_killed_mid_way() {
         format!(
             r#"
 seed = 9
+[execution]
+default_cost_ceiling_micros = 100
 [execution.pool]
 max_concurrency = 2
 [execution.workers]
@@ -359,6 +365,8 @@ fn a_panicking_handler_or_an_impossible_result_fails_the_attempt_instead_of_hang
     let text = format!(
         r#"
 seed = 1
+[execution]
+default_cost_ceiling_micros = 100
 [execution.pool]
 max_concurrency = 1
 backpressure_threshold = 0.5

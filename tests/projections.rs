@@ -863,7 +863,7 @@ fn scheduler_skips_tasks_waiting_for_their_retry_time() {
 
 #[test]
 fn lost_lease_on_last_attempt_dead_letters_and_cancels_dependants() {
-    use runledger::domain::scheduler::expire_lease;
+    use runledger::domain::scheduler::{Lost, expire_lease};
     let fold = |events: &[Event]| {
         let mut state = State::new();
         for (i, e) in events.iter().enumerate() {
@@ -877,7 +877,7 @@ fn lost_lease_on_last_attempt_dead_letters_and_cancels_dependants() {
         submit("child", "acme", Priority::Normal, &["t1"]),
         dequeue("t1", "w", 1),
     ]);
-    let kinds: Vec<&str> = expire_lease(&fold(&first), &"t1".into())
+    let kinds: Vec<&str> = expire_lease(&fold(&first), &"t1".into(), Lost::Release)
         .iter()
         .map(Event::kind)
         .collect();
@@ -888,7 +888,7 @@ fn lost_lease_on_last_attempt_dead_letters_and_cancels_dependants() {
     );
     let mut last = first.clone();
     last.extend([nack("t1", "w"), dequeue("t1", "w", 2)]);
-    let kinds: Vec<&str> = expire_lease(&fold(&last), &"t1".into())
+    let kinds: Vec<&str> = expire_lease(&fold(&last), &"t1".into(), Lost::Release)
         .iter()
         .map(Event::kind)
         .collect();
@@ -897,6 +897,96 @@ fn lost_lease_on_last_attempt_dead_letters_and_cancels_dependants() {
         ["lease_expired", "task_dead_lettered", "task_cancelled"],
         "attempt 2 of 2 was the last"
     );
+}
+
+#[test]
+fn lost_lease_returns_its_reservation_unless_carried_and_always_when_the_task_ends() {
+    use runledger::domain::scheduler::{Lost, expire_lease};
+    let fold = |events: &[Event]| {
+        let mut state = State::new();
+        for (i, e) in events.iter().enumerate() {
+            state.apply(i as u64 + 1, Timestamp(0), e).unwrap();
+        }
+        state
+    };
+    let mut first = base();
+    first.extend([
+        submit("t1", "acme", Priority::Normal, &[]),
+        reserve("acme", "t1", 700),
+        dequeue("t1", "w", 1),
+    ]);
+    let released = release("acme", "t1", 700);
+    let events = expire_lease(&fold(&first), &"t1".into(), Lost::Release);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        events[1], released,
+        "the lost attempt's reservation returns"
+    );
+    let mut after = first.clone();
+    after.extend(events);
+    let state = fold(&after);
+    assert_eq!(
+        state.tenants.get(&"acme".into()).unwrap().reserved_micros,
+        Micros(0)
+    );
+    assert_eq!(
+        state.queue.get(&"t1".into()).unwrap().reserved_micros,
+        Micros(0)
+    );
+    // Carried (Redis): the task keeps it for its next envelope.
+    let carried = expire_lease(&fold(&first), &"t1".into(), Lost::Carry);
+    assert_eq!(
+        carried.iter().map(Event::kind).collect::<Vec<_>>(),
+        ["lease_expired"]
+    );
+    // The last attempt's is returned either way, before the dead letter.
+    let mut last = first.clone();
+    last.extend([
+        Event::LeaseExpired {
+            task: "t1".into(),
+            worker: "w".into(),
+        },
+        dequeue("t1", "w", 2),
+    ]);
+    for lost in [Lost::Release, Lost::Carry] {
+        let kinds: Vec<&str> = expire_lease(&fold(&last), &"t1".into(), lost)
+            .iter()
+            .map(Event::kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "lease_expired",
+                "reservation_released",
+                "task_dead_lettered"
+            ],
+            "{lost:?}"
+        );
+    }
+}
+
+#[test]
+fn a_run_cannot_finish_while_its_tasks_hold_a_reservation() {
+    let mut given = base();
+    given.extend([
+        submit("t1", "acme", Priority::Normal, &[]),
+        reserve("acme", "t1", 700),
+    ]);
+    let mut state = State::new();
+    for (i, e) in given.iter().enumerate() {
+        state.apply(i as u64 + 1, Timestamp(0), e).unwrap();
+    }
+    let finish = Event::RunFinished { run: "r1".into() };
+    let refused = state.validate(&finish).unwrap_err().to_string();
+    assert_eq!(
+        refused,
+        "run `r1` cannot finish: its tasks still hold 0.000700 reserved"
+    );
+    let returned = release("acme", "t1", 700);
+    state
+        .apply(given.len() as u64 + 1, Timestamp(0), &returned)
+        .unwrap();
+    state.validate(&finish).unwrap();
 }
 
 #[test]

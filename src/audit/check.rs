@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::domain::governance::{Admitter, Gate, Settler, Start, admit_run, period_resets};
 use crate::domain::learning::Learner;
-use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, expire_lease};
+use crate::domain::scheduler::{Lost, QueuePolicy, dependants_to_cancel, draw, expire_lease};
 use crate::domain::{
     Category, Decision, Event, Micros, Policy, RunId, State, TaskId, TenantId, Timestamp,
 };
@@ -409,9 +409,19 @@ impl Checker {
             }
             Group::Expire(task) => {
                 self.task_scope(task)?;
-                let expected = expire_lease(&self.state, task)
+                let expected: Vec<Event> = expire_lease(&self.state, task, Lost::Release);
+                // The Redis queue carries a lost attempt's reservation to
+                // the task's next envelope: returning it is then optional,
+                // unless the task ends here.
+                let ends = expected
+                    .iter()
+                    .any(|e| matches!(e, Event::TaskDeadLettered { .. }));
+                let expected = expected
                     .into_iter()
-                    .map(Expect::decision)
+                    .map(|event| Expect {
+                        optional: !ends && matches!(event, Event::ReservationReleased { .. }),
+                        ..Expect::decision(event)
+                    })
                     .collect();
                 Some((expected, task.to_string()))
             }
@@ -860,7 +870,8 @@ fn belongs(group: &Group, records: &[Rec], event: &Event) -> bool {
             _ => false,
         },
         Group::Expire(task) => match event {
-            Event::TaskDeadLettered { task: t, .. } => t == task,
+            Event::TaskDeadLettered { task: t, .. }
+            | Event::ReservationReleased { task: t, .. } => t == task,
             Event::TaskCancelled { reason, .. } => {
                 *reason == format!("parent `{task}` was dead-lettered")
             }

@@ -139,7 +139,7 @@ fn scratch_ledger(dir: &Path, durability: Durability) -> anyhow::Result<Ledger> 
 
 /// CPU seconds (user + system) of a process so far, from `/proc`
 /// (`None`: this process); 0 where `/proc` is missing.
-fn cpu_secs(pid: Option<u32>) -> f64 {
+pub(crate) fn cpu_secs(pid: Option<u32>) -> f64 {
     let path = pid.map_or_else(
         || "/proc/self/stat".to_owned(),
         |p| format!("/proc/{p}/stat"),

@@ -399,8 +399,9 @@ struct Decisions {
 /// Times `cost_agent::decide` on the first node of random tenants' pipelines,
 /// one call per `Instant` pair.
 ///
-/// Method: a decision walks the remaining DAG twice, applies the plan to
-/// the params of each node and formats its reason — microseconds, so the
+/// Method: a decision sums the remaining DAG (remembered per node after
+/// the first call on a pipeline, see `Queue::remaining`), builds its
+/// projection and formats its reason — microseconds, so the
 /// clock's 20–40 ns (reported as `timer_overhead_ns` and not subtracted)
 /// is noise, and single-call timing gives a true per-call p99 and the time
 /// by verdict. The verdict is dropped inside the timed region, as the

@@ -295,6 +295,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => bench_check(tenants, runs, max_concurrency, cli.json, out),
         Command::Bench {
+            what: BenchCommand::Pipeline { nodes },
+        } => bench_pipeline(&nodes, cli.json, out),
+        Command::Bench {
             what:
                 BenchCommand::Ledger {
                     events,
@@ -1118,6 +1121,40 @@ fn bench_check(
     ]);
     write!(out, "{}", table.render())?;
     writeln!(out, "check / replay: {:.2}×", r.check_over_replay)?;
+    Ok(())
+}
+
+fn bench_pipeline(nodes: &[u32], json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    use crate::bench::pipeline::run_pipeline_bench;
+    let r = run_pipeline_bench(nodes, &mut |phase| eprintln!("bench: {phase}"))?;
+    if json {
+        return print_json(out, &r);
+    }
+    writeln!(
+        out,
+        "pipeline: one serial pipeline per length, run to its end (simulated executor, no fsync)"
+    )?;
+    let mut table = Table::new(&[
+        "NODES", "RECORDS", "CHECK S", "CPU S", "RUN S", "CPU S", "NODES/S", "µS/NODE",
+    ]);
+    for row in &r.rows {
+        table.row(vec![
+            row.nodes.to_string(),
+            row.records.to_string(),
+            format!("{:.3}", row.check_secs),
+            format!("{:.3}", row.check_cpu_secs),
+            format!("{:.3}", row.run_secs),
+            format!("{:.3}", row.run_cpu_secs),
+            format!("{:.0}", row.nodes_per_sec),
+            format!("{:.2}", row.micros_per_node),
+        ]);
+    }
+    write!(out, "{}", table.render())?;
+    writeln!(
+        out,
+        "time per node grows {:.2}× over {:.0}× the length (1× is linear)",
+        r.per_node_growth, r.length_growth
+    )?;
     Ok(())
 }
 

@@ -456,6 +456,14 @@ pub enum BenchCommand {
         #[arg(long, default_value = "none", value_parser = parse_durability)]
         durability: Durability,
     },
+    /// One serial pipeline of N nodes checked and run to its end on the
+    /// simulated executor, for each N in the same run: the time per node
+    /// stays flat when the work is linear in the pipeline's length.
+    Pipeline {
+        /// Pipeline lengths, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [20_000u32, 200_000])]
+        nodes: Vec<u32>,
+    },
     /// `replay --check` on the demo ledger at this size (decisions/s),
     /// beside a plain replay of the same ledger.
     Check {

@@ -18,7 +18,6 @@ use super::event::{Decision, Event, Params};
 use super::ids::TaskId;
 use super::money::Micros;
 use super::policy::Policy;
-use super::queue::TaskStatus;
 use super::state::State;
 
 /// DEGRADE above this utilisation (spent + reserved of budget), in bp.
@@ -26,13 +25,14 @@ pub const DEGRADE_UTILISATION_BP: i64 = 9_000;
 /// DEGRADE above this concurrency factor (runs of the limit), in bp.
 pub const DEGRADE_CONCURRENCY_BP: i64 = 8_000;
 
-/// What a degradation changes in the nodes still to run.
+/// What a degradation changes in the nodes still to run. Fields in the
+/// order of their names: serialized, the JSON is canonical as it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Plan {
-    pub skip_optional: bool,
     pub candidates: i64,
     pub depth: i64,
     pub model_step_down: bool,
+    pub skip_optional: bool,
 }
 
 impl Plan {
@@ -45,6 +45,15 @@ impl Plan {
 
     /// The params a node runs with under this plan.
     pub fn apply(&self, params: &Params) -> Params {
+        // The plan touches `candidates`, `depth` and models: params that
+        // name none of them (canonical JSON text) run as they are.
+        let text = params.as_json();
+        if !["\"candidates\"", "\"depth\"", "\"model\""]
+            .iter()
+            .any(|key| text.contains(key))
+        {
+            return params.clone();
+        }
         let mut value = params.to_value();
         let Some(map) = value.as_object_mut() else {
             return params.clone();
@@ -109,21 +118,29 @@ pub fn degraded_ceiling(t: &super::queue::Task, plan: &Plan) -> Micros {
     t.cost_ceiling_micros
 }
 
-/// The decision's inputs and projection, recorded with it.
+/// The decision's inputs and projection, recorded with it. Fields in the
+/// order of their names: serialized, the JSON is canonical as it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Projection {
-    pub budget_micros: i64,
-    pub spent_micros: i64,
-    pub reserved_micros: i64,
     pub active_runs: u32,
-    pub max_concurrent_runs: u32,
-    pub remaining_micros: i64,
-    pub remaining_degraded_micros: i64,
-    pub confidence_bp: i64,
-    pub projected_micros: i64,
-    pub projected_degraded_micros: i64,
-    pub utilisation_bp: i64,
+    pub budget_micros: i64,
     pub concurrency_factor_bp: i64,
+    pub confidence_bp: i64,
+    pub max_concurrent_runs: u32,
+    pub projected_degraded_micros: i64,
+    pub projected_micros: i64,
+    pub remaining_degraded_micros: i64,
+    pub remaining_micros: i64,
+    pub reserved_micros: i64,
+    pub spent_micros: i64,
+    pub utilisation_bp: i64,
+}
+
+/// The `details` of a `degradation_decided` event, fields in name order.
+#[derive(Serialize)]
+struct Details<'a> {
+    plan: Option<&'a Plan>,
+    projection: &'a Projection,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,43 +155,29 @@ impl CostDecision {
     /// The `degradation_decided` event that records it.
     pub fn event(&self, state: &State, task: &TaskId) -> Option<Event> {
         let t = state.queue.get(task)?;
-        let details = serde_json::json!({ "projection": self.projection, "plan": self.plan });
+        // Every struct in it serializes its fields in name order, so the
+        // text is canonical without a detour through a sorted map.
+        let details = Params::from_canonical_json(
+            serde_json::to_string(&Details {
+                plan: self.plan.as_ref(),
+                projection: &self.projection,
+            })
+            .unwrap_or_default(),
+        );
         Some(Event::DegradationDecided {
             tenant: t.tenant.clone(),
             run: t.run.clone(),
             task: Some(task.clone()),
             decision: self.decision,
             reason: self.reason.clone(),
-            details: Params::from_value(&details),
+            details,
         })
     }
 }
 
-/// The cost ceilings of the node and everything downstream of it that has
-/// not started: as declared, and under the standard plan.
-fn remaining<'s>(state: &'s State, task: &'s TaskId) -> (i64, i64) {
-    let (mut full, mut degraded) = (0i64, 0i64);
-    let mut stack = vec![task];
-    let mut seen = rustc_hash::FxHashSet::default();
-    while let Some(id) = stack.pop() {
-        let Some(t) = state.queue.get(id) else {
-            continue;
-        };
-        // Only a DAG with diamonds can reach a node twice.
-        if t.deps.len() > 1 && !seen.insert(id) {
-            continue;
-        }
-        if matches!(t.status, TaskStatus::Waiting | TaskStatus::Pending) {
-            full = full.saturating_add(t.cost_ceiling_micros.0);
-            degraded = degraded.saturating_add(t.degraded_ceiling_micros.0);
-        }
-        stack.extend(t.dependants.iter());
-    }
-    (full, degraded)
-}
-
 /// Decides for `task` (about to run) under the standard policy. `None` for
-/// a node that is not governed (no cost ceiling): it runs as it is.
+/// a node declared free (a ceiling of 0): it reserves nothing and has
+/// nothing to project, and whatever it spends is an overrun.
 pub fn decide(state: &State, task: &TaskId) -> Option<CostDecision> {
     decide_under(&Policy::STANDARD, state, task)
 }
@@ -182,14 +185,14 @@ pub fn decide(state: &State, task: &TaskId) -> Option<CostDecision> {
 /// [`decide`] with `policy`'s thresholds.
 pub fn decide_under(policy: &Policy, state: &State, task: &TaskId) -> Option<CostDecision> {
     let t = state.queue.get(task)?;
-    // A node without a cost ceiling is not governed: no decision.
+    // A node declared free has nothing to project.
     if t.cost_ceiling_micros == Micros::ZERO {
         return None;
     }
     let tenant = state.tenants.get(&t.tenant)?;
     let runs = tenant.active_runs.max(1);
     let confidence_bp = 10_000 / i64::from(runs);
-    let (rest, rest_degraded) = remaining(state, task);
+    let (rest, rest_degraded) = state.queue.remaining(task);
     let plan = Plan::STANDARD;
     let committed = tenant
         .spent_micros()
@@ -269,4 +272,79 @@ pub fn decide_under(policy: &Policy, state: &State, task: &TaskId) -> Option<Cos
         projection,
         plan,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `details` serialized straight from the structs is the text the
+    /// sorted-map route gives: canonical, so equal decisions encode equal.
+    #[test]
+    fn decision_details_are_canonical_json() {
+        let projection = Projection {
+            active_runs: 2,
+            budget_micros: 10_000,
+            concurrency_factor_bp: 5_000,
+            confidence_bp: 5_000,
+            max_concurrent_runs: 4,
+            projected_degraded_micros: 7_000,
+            projected_micros: 12_000,
+            remaining_degraded_micros: 3_000,
+            remaining_micros: 8_000,
+            reserved_micros: 1_000,
+            spent_micros: 3_000,
+            utilisation_bp: 4_000,
+        };
+        let mut state = State::new();
+        let events = [
+            Event::TenantRegistered {
+                tenant: "t".into(),
+                budget_micros: Micros(10_000),
+                max_concurrent_runs: 4,
+                learning_intensity: Default::default(),
+                meta_learning: false,
+                budget_period: Default::default(),
+            },
+            Event::RunStarted {
+                run: "r".into(),
+                seed: 1,
+                config_hash: String::new(),
+            },
+            Event::TaskSubmitted {
+                run: "r".into(),
+                task: "a".into(),
+                tenant: "t".into(),
+                priority: Default::default(),
+                deps: Vec::new(),
+                pipeline: None,
+                cost_ceiling_micros: Micros(10),
+                handler: "sim".into(),
+                params: Params::null(),
+                max_attempts: 1,
+                optional: false,
+            },
+        ];
+        for (i, e) in events.iter().enumerate() {
+            state
+                .apply(i as u64 + 1, super::super::time::Timestamp(0), e)
+                .unwrap();
+        }
+        for plan in [None, Some(Plan::STANDARD)] {
+            let decision = CostDecision {
+                decision: Decision::Degrade,
+                reason: String::new(),
+                projection: projection.clone(),
+                plan: plan.clone(),
+            };
+            let Some(Event::DegradationDecided { details, .. }) =
+                decision.event(&state, &"a".into())
+            else {
+                panic!("no event");
+            };
+            let sorted =
+                Params::from_value(&serde_json::json!({ "projection": projection, "plan": plan }));
+            assert_eq!(details, sorted);
+        }
+    }
 }

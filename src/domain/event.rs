@@ -221,6 +221,16 @@ impl Params {
         Params(value.to_string())
     }
 
+    /// Params from JSON text the caller knows is canonical (compact, object
+    /// keys sorted), such as a struct whose fields are declared in name
+    /// order serialized with serde_json: no parse, no re-serialization.
+    pub fn from_canonical_json(text: String) -> Self {
+        if text == "null" {
+            return Params::null();
+        }
+        Params(text)
+    }
+
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::from_str(self.as_json()).unwrap_or(serde_json::Value::Null)
     }

@@ -217,12 +217,13 @@ impl<'s> Settler<'s> {
             .map(|c| c.1.0.max(0))
             .fold(0i64, i64::saturating_add);
         let reserved = t.reserved_micros.0;
-        // A task with no ceiling (0) is not governed: its costs count as they come.
-        let governed = t.cost_ceiling_micros > Micros::ZERO;
+        // Every task is governed: what it spends past its reservation (all
+        // of it for a node declared free) is an overrun.
+        let overrun = total > reserved;
         let mut events = Vec::new();
         // An overrun is recorded before the costs that cause it, so that no
         // seq shows spend past the reservation without it.
-        if governed && total > reserved {
+        if overrun {
             events.push(Event::BudgetOverrun {
                 tenant: tenant.clone(),
                 task: Some(task.clone()),
@@ -253,7 +254,7 @@ impl<'s> Settler<'s> {
             before.recorded_status,
         ));
         entry.0 = entry.0.saturating_add(total);
-        entry.1 |= governed && total > reserved;
+        entry.1 |= overrun;
         let status = status_under(
             &self.policy,
             before.spent_micros().0.saturating_add(entry.0),

@@ -134,11 +134,37 @@ impl QueueCounts {
     }
 }
 
+/// A node's share of the remaining DAG, remembered between decisions (see
+/// [`Queue::remaining`]).
+#[derive(Clone, Debug, Default)]
+struct Below {
+    /// The ceilings (declared, degraded) of the node and of its region
+    /// below it — the descendants reached through nodes of one parent
+    /// only — that have not started.
+    full: i64,
+    degraded: i64,
+    /// The nodes of several parents directly below the region (each is
+    /// the top of a region of its own).
+    joins: Vec<TaskId>,
+}
+
+/// Remembered shares and the work done computing them.
+#[derive(Clone, Debug, Default)]
+struct Memo {
+    below: FxHashMap<TaskId, Below>,
+    /// Nodes whose share was computed, over the queue's life.
+    computed: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Queue {
     /// Boxed so the table holds 32-byte entries: growing it moves and
     /// faults in far less memory than inline 300-byte tasks would.
     tasks: FxHashMap<TaskId, Box<Task>>,
+    /// What [`Queue::remaining`] computed, kept until a submission or a
+    /// start changes it: a cache over `tasks`, outside the digests. A
+    /// `RefCell` because the deciders read the queue through `&State`.
+    memo: std::cell::RefCell<Memo>,
     /// Ready tasks per priority, keyed by `ready_seq` (FIFO); one record
     /// can make several tasks ready (an ACK releasing its dependants), kept
     /// in the order it released them.
@@ -148,6 +174,12 @@ pub struct Queue {
 }
 
 impl Task {
+    /// Whether the task has several parents (so it tops a region of the
+    /// remaining DAG of its own).
+    fn is_join(&self) -> bool {
+        self.deps.len() > 1
+    }
+
     /// The key of the pipeline instance the task belongs to.
     pub fn pipeline_key<'a>(&'a self, task: &'a TaskId) -> &'a str {
         self.pipeline
@@ -207,6 +239,125 @@ impl Queue {
             }
             if ids.is_empty() {
                 set.remove(&seq);
+            }
+        }
+    }
+
+    /// The cost ceilings (declared, and under the standard degradation
+    /// plan) of `task` and of everything downstream of it, counting the
+    /// nodes that have not started (waiting or pending) once each: what
+    /// the cost agent projects. `(0, 0)` for an unknown task.
+    ///
+    /// Linear over a run: a node's share (itself and the nodes below it
+    /// reached through single-parent nodes, plus the joins where that
+    /// region ends) is computed once and remembered until a node in it
+    /// starts, ends without running or gets a new child; so a serial
+    /// pipeline of n nodes costs O(n) over all its decisions, not O(n²).
+    pub fn remaining(&self, task: &TaskId) -> (i64, i64) {
+        let (mut full, mut degraded) = (0i64, 0i64);
+        if !self.tasks.contains_key(task) {
+            return (full, degraded);
+        }
+        let mut memo = self.memo.borrow_mut();
+        let memo = &mut *memo;
+        // The node's region, then each join below it once (a DAG with
+        // diamonds reaches a join by several paths).
+        self.compute_below(memo, task);
+        let Some(b) = memo.below.get(task) else {
+            return (full, degraded);
+        };
+        full = b.full;
+        degraded = b.degraded;
+        if b.joins.is_empty() {
+            return (full, degraded);
+        }
+        let mut tops = b.joins.clone();
+        let mut seen: rustc_hash::FxHashSet<TaskId> = tops.iter().cloned().collect();
+        while let Some(top) = tops.pop() {
+            self.compute_below(memo, &top);
+            let Some(b) = memo.below.get(&top) else {
+                continue;
+            };
+            full = full.saturating_add(b.full);
+            degraded = degraded.saturating_add(b.degraded);
+            for join in &b.joins {
+                if seen.insert(join.clone()) {
+                    tops.push(join.clone());
+                }
+            }
+        }
+        (full, degraded)
+    }
+
+    /// Nodes whose share of the remaining DAG was computed so far: the work
+    /// of [`Queue::remaining`], for tests that it stays linear.
+    pub fn remaining_work(&self) -> u64 {
+        self.memo.borrow().computed
+    }
+
+    /// Computes and remembers the shares of `top` and of its region below
+    /// it that are not remembered, children first, without recursion (a
+    /// serial pipeline may be hundreds of thousands of nodes deep).
+    fn compute_below(&self, memo: &mut Memo, top: &TaskId) {
+        if memo.below.contains_key(top) {
+            return;
+        }
+        // (node, whether its children were pushed)
+        let mut stack: Vec<(&TaskId, bool)> = vec![(top, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            let Some((key, t)) = self.tasks.get_key_value(id) else {
+                continue;
+            };
+            let in_region = |c: &&TaskId| self.tasks.get(*c).is_some_and(|c| !c.is_join());
+            if !expanded {
+                stack.push((key, true));
+                for child in t.dependants.iter().filter(in_region) {
+                    if !memo.below.contains_key(child) {
+                        stack.push((child, false));
+                    }
+                }
+                continue;
+            }
+            if memo.below.contains_key(key) {
+                continue;
+            }
+            let mut below = Below::default();
+            if matches!(t.status, TaskStatus::Waiting | TaskStatus::Pending) {
+                below.full = t.cost_ceiling_micros.0;
+                below.degraded = t.degraded_ceiling_micros.0;
+            }
+            for child in &t.dependants {
+                if in_region(&child) {
+                    if let Some(c) = memo.below.get(child) {
+                        below.full = below.full.saturating_add(c.full);
+                        below.degraded = below.degraded.saturating_add(c.degraded);
+                        below.joins.extend(c.joins.iter().cloned());
+                    }
+                } else if self.tasks.contains_key(child) {
+                    below.joins.push(child.clone());
+                }
+            }
+            below.joins.sort_unstable();
+            below.joins.dedup();
+            memo.computed += 1;
+            memo.below.insert(key.clone(), below);
+        }
+    }
+
+    /// Forgets the shares that counted `task` as it was: its own, and up
+    /// through single parents those of the region above it (each of which
+    /// was computed from the one below; a node whose share is forgotten
+    /// has no remembered ancestor in its region).
+    fn forget_below(&mut self, task: &TaskId) {
+        let memo = self.memo.get_mut();
+        let mut id = task;
+        loop {
+            if memo.below.remove(id).is_none() {
+                return;
+            }
+            match self.tasks.get(id) {
+                Some(t) if !t.is_join() && t.deps.len() == 1 => id = &t.deps[0],
+                _ => return,
             }
         }
     }
@@ -368,10 +519,17 @@ impl Queue {
     }
 
     fn set_status(&mut self, task: &TaskId, to: TaskStatus, seq: u64) {
+        let Some(from) = self.get(task).map(|t| t.status) else {
+            return;
+        };
+        let open = |s: TaskStatus| matches!(s, TaskStatus::Waiting | TaskStatus::Pending);
+        if open(from) != open(to) {
+            self.forget_below(task);
+        }
         let Some(t) = self.tasks.get_mut(task) else {
             return;
         };
-        let (from, priority, ready_seq) = (t.status, t.priority, t.ready_seq);
+        let (priority, ready_seq) = (t.priority, t.ready_seq);
         t.status = to;
         if to == TaskStatus::Pending {
             t.ready_seq = seq;
@@ -405,6 +563,10 @@ impl Queue {
                 optional,
             } => {
                 let mut deps_open = 0;
+                // Each parent's share gets a node below it.
+                for dep in &deps {
+                    self.forget_below(dep);
+                }
                 for dep in &deps {
                     if let Some(parent) = self.tasks.get_mut(dep) {
                         parent.dependants.push(task.clone());

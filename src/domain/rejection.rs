@@ -21,6 +21,8 @@ pub enum Rejection {
     DuplicateRun(RunId),
     #[error("run `{0}` is already finished")]
     RunFinished(RunId),
+    #[error("run `{run}` cannot finish: its tasks still hold {reserved} reserved")]
+    RunHoldsReservation { run: RunId, reserved: Micros },
     #[error("task `{0}` was never submitted")]
     UnknownTask(TaskId),
     #[error("task `{0}` is already submitted")]

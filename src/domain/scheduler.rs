@@ -164,10 +164,25 @@ pub fn dependants_to_cancel(state: &State, task: &TaskId) -> Vec<TaskId> {
     out
 }
 
-/// The events that return a lost lease: `lease_expired`, and when that was
-/// the task's last attempt, `task_dead_lettered` and the cancellation of
-/// its dependants.
-pub fn expire_lease(state: &State, task: &TaskId) -> Vec<super::event::Event> {
+/// What a lost lease does with the reservation of its attempt, which will
+/// never settle (the worker or the process died, its result is dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lost {
+    /// Return it: the task's next attempt passes the gate and reserves
+    /// afresh (the in-memory queue, the simulated executor, `resume`).
+    Release,
+    /// Keep it for the task's next envelope, sent again as admitted
+    /// without passing the gate again (the Redis queue). A task that is
+    /// dead-lettered returns it all the same.
+    Carry,
+}
+
+/// The events that return a lost lease: `lease_expired`, the release of
+/// the lost attempt's reservation (unless [`Lost::Carry`]), and when that
+/// was the task's last attempt, `task_dead_lettered` (after the release)
+/// and the cancellation of its dependants. So an ended task holds no
+/// reservation.
+pub fn expire_lease(state: &State, task: &TaskId, lost: Lost) -> Vec<super::event::Event> {
     use super::event::Event;
     let Some(t) = state.queue.get(task) else {
         return Vec::new();
@@ -179,7 +194,15 @@ pub fn expire_lease(state: &State, task: &TaskId) -> Vec<super::event::Event> {
         task: task.clone(),
         worker: t.worker.clone().unwrap_or_default(),
     }];
-    if t.attempts >= t.max_attempts {
+    let last = t.attempts >= t.max_attempts;
+    if t.reserved_micros > super::money::Micros::ZERO && (last || lost == Lost::Release) {
+        events.push(Event::ReservationReleased {
+            tenant: t.tenant.clone(),
+            task: task.clone(),
+            amount_micros: t.reserved_micros,
+        });
+    }
+    if last {
         events.push(Event::TaskDeadLettered {
             task: task.clone(),
             reason: format!("lease lost on attempt {} of {}", t.attempts, t.max_attempts),

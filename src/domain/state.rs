@@ -37,6 +37,9 @@ pub struct State {
     period_started: FxHashMap<TenantId, Timestamp>,
     /// Open (non-terminal) tasks per pipeline instance, by run.
     pipelines: FxHashMap<RunId, FxHashMap<PipelineId, u32>>,
+    /// What each run's tasks hold reserved (runs holding nothing are
+    /// absent); outside the digests, like the task reservations it sums.
+    reserved_by_run: FxHashMap<RunId, i64>,
     /// Seq of the last event folded in.
     pub seq: u64,
     /// `recorded_at` of the last event folded in.
@@ -128,18 +131,22 @@ impl State {
                     return Err(Rejection::DuplicateRun(run.clone()));
                 }
             }
-            Event::RunFinished { run }
-            | Event::BackpressureEngaged { run, .. }
+            Event::RunFinished { run } => {
+                self.open_run(run)?;
+                // A finished run holds no reservation: each of its tasks
+                // settled its attempts or returned what a lost one held.
+                if let Some(&reserved) = self.reserved_by_run.get(run) {
+                    return Err(Rejection::RunHoldsReservation {
+                        run: run.clone(),
+                        reserved: Micros(reserved),
+                    });
+                }
+            }
+            Event::BackpressureEngaged { run, .. }
             | Event::BackpressureReleased { run, .. }
             | Event::DegradationDecided { run, .. }
             | Event::WorkloadRecorded { run, .. }
-            | Event::TaskSubmitted { run, .. } => match self.runs.get(run) {
-                None => return Err(Rejection::UnknownRun(run.clone())),
-                Some(r) if r.status == RunStatus::Finished => {
-                    return Err(Rejection::RunFinished(run.clone()));
-                }
-                Some(_) => {}
-            },
+            | Event::TaskSubmitted { run, .. } => self.open_run(run)?,
             _ => {}
         }
         // Tenant checks first so that an unknown tenant is reported as such.
@@ -148,6 +155,15 @@ impl State {
         let task_reserved = task.map_or(Micros::ZERO, |t| t.reserved_micros);
         self.tenants.validate(event, task_tenant, task_reserved)?;
         self.queue.validate(event)
+    }
+
+    /// `run` is started and not finished.
+    fn open_run(&self, run: &RunId) -> Result<(), Rejection> {
+        match self.runs.get(run) {
+            None => Err(Rejection::UnknownRun(run.clone())),
+            Some(r) if r.status == RunStatus::Finished => Err(Rejection::RunFinished(run.clone())),
+            Some(_) => Ok(()),
+        }
     }
 
     /// Applies `event`, recorded at `seq` and `at`, without checking it.
@@ -217,6 +233,7 @@ impl State {
             } => {
                 if let Some(t) = self.queue.task_mut(task) {
                     t.reserved_micros.0 += amount_micros.0;
+                    note_reserved(&mut self.reserved_by_run, &t.run, amount_micros.0);
                 }
             }
             Event::CostIncurred {
@@ -227,11 +244,13 @@ impl State {
                 if let Some(t) = self.queue.task_mut(task) {
                     t.reserved_micros.0 -= moved.0;
                     t.spent_micros.0 = t.spent_micros.0.saturating_add(amount_micros.0);
+                    note_reserved(&mut self.reserved_by_run, &t.run, -moved.0);
                 }
             }
             Event::ReservationReleased { task, .. } => {
                 if let Some(t) = self.queue.task_mut(task) {
                     t.reserved_micros.0 -= moved.0;
+                    note_reserved(&mut self.reserved_by_run, &t.run, -moved.0);
                 }
             }
             _ => {}
@@ -284,6 +303,22 @@ pub fn scope_of<'a>(
     owner: Option<(&'a RunId, &'a TenantId)>,
 ) -> (Option<&'a RunId>, Option<&'a TenantId>) {
     (own.0.or(owner.map(|o| o.0)), own.1.or(owner.map(|o| o.1)))
+}
+
+/// `run`'s tasks reserved `delta` more (or less); a run holding nothing
+/// leaves the map.
+fn note_reserved(reserved_by_run: &mut FxHashMap<RunId, i64>, run: &RunId, delta: i64) {
+    if delta == 0 {
+        return;
+    }
+    let held = match reserved_by_run.get_mut(run) {
+        Some(held) => held,
+        None => reserved_by_run.entry(run.clone()).or_insert(0),
+    };
+    *held = held.saturating_add(delta);
+    if *held == 0 {
+        reserved_by_run.remove(run);
+    }
 }
 
 /// A task of a pipeline run ended: the run stops counting towards its

@@ -210,6 +210,21 @@ impl Ledger {
         rx.blocking_recv().map_err(|_| AppendError::Closed)?
     }
 
+    /// Sends a batch to append atomically without waiting for its answer,
+    /// so that the caller can prepare the next while the writer commits
+    /// this one; [`PendingAppend::wait`] gives the answer. Batches are
+    /// appended in the order they are sent. A caller that must never see
+    /// a later batch appended after an earlier one failed waits for each
+    /// before it sends the next (one in flight).
+    pub fn append_pipelined(&self, entries: Vec<Append>) -> Result<PendingAppend, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Append {
+            entries,
+            reply: replier(reply),
+        })?;
+        Ok(PendingAppend(rx))
+    }
+
     pub async fn append_async(&self, entries: Vec<Append>) -> Result<Receipt, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Append {
@@ -409,6 +424,19 @@ struct Writer {
 
 /// Answers one append once its fate is known.
 pub(crate) type Replier = Box<dyn FnOnce(Result<Receipt, AppendError>) + Send>;
+
+/// An append sent by [`Ledger::append_pipelined`], its answer not yet
+/// awaited.
+#[must_use = "an append's failure is only known by waiting for it"]
+pub struct PendingAppend(oneshot::Receiver<Result<Receipt, AppendError>>);
+
+impl PendingAppend {
+    /// Blocks until the batch is as durable as the ledger's durability mode
+    /// promises, or refused.
+    pub fn wait(self) -> Result<Receipt, AppendError> {
+        self.0.blocking_recv().map_err(|_| AppendError::Closed)?
+    }
+}
 
 fn replier(tx: oneshot::Sender<Result<Receipt, AppendError>>) -> Replier {
     Box::new(move |result| {

@@ -299,7 +299,11 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
                     .collect();
                 // Each expiry is decided on the state the ones before it left.
                 for task in &leased {
-                    for event in crate::domain::scheduler::expire_lease(draft.state(), task) {
+                    for event in crate::domain::scheduler::expire_lease(
+                        draft.state(),
+                        task,
+                        crate::domain::scheduler::Lost::Release,
+                    ) {
                         if draft.push(event).is_err() {
                             return;
                         }

@@ -17,7 +17,7 @@ use crate::domain::governance::{Admitter, Gate, Settler, Start, period_resets};
 use crate::domain::learning::Learner;
 use crate::domain::limits::{ERROR_BYTES_MAX, EVENT_BYTES_MAX, PARAMS_BYTES_MAX};
 use crate::domain::queue::{QueueCounts, TaskStatus};
-use crate::domain::scheduler::{QueuePolicy, dependants_to_cancel, draw, next_ready_many};
+use crate::domain::scheduler::{Lost, QueuePolicy, dependants_to_cancel, draw, next_ready_many};
 use crate::domain::{
     Category, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId,
 };
@@ -523,7 +523,7 @@ impl TaskQueue for MemoryQueue {
     }
 
     async fn expire_leases(&self) -> Result<usize, QueueError> {
-        expire_due(&self.ledger).await
+        expire_due(&self.ledger, Lost::Release).await
     }
 
     async fn depth(&self) -> Result<QueueCounts, QueueError> {
@@ -534,11 +534,11 @@ impl TaskQueue for MemoryQueue {
     }
 }
 
-/// Returns the tasks whose lease deadline has passed, in one ledger step;
-/// how many.
-pub async fn expire_due(ledger: &Ledger) -> Result<usize, QueueError> {
+/// Returns the tasks whose lease deadline has passed, in one ledger step,
+/// doing with their attempts' reservations what `lost` says; how many.
+pub async fn expire_due(ledger: &Ledger, lost: Lost) -> Result<usize, QueueError> {
     let (_, n) = ledger
-        .decide_each(|draft| {
+        .decide_each(move |draft| {
             if !turn_periods(draft) {
                 return 0;
             }
@@ -556,7 +556,7 @@ pub async fn expire_due(ledger: &Ledger) -> Result<usize, QueueError> {
             // Each expiry may dead-letter and cancel: each is decided on
             // the state the ones before it left.
             for task in &expired {
-                for event in crate::domain::scheduler::expire_lease(draft.state(), task) {
+                for event in crate::domain::scheduler::expire_lease(draft.state(), task, lost) {
                     if draft.push(event).is_err() {
                         return 0;
                     }

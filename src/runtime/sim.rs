@@ -2,10 +2,11 @@
 //!
 //! Each step takes the earliest timer (a task attempt finishing, a retry
 //! becoming due, a pipeline run arriving), runs the deciders on a mirror of
-//! the ledger's state, and appends the resulting events as one batch with
-//! `recorded_at` set to the virtual time. No sleeping and no thread
-//! interleaving: the ledger it writes depends only on the workload, the
-//! seed and what the ledger held before.
+//! the ledger's state, and queues the resulting events with `recorded_at`
+//! set to the virtual time; every few thousand events go to the ledger as
+//! one batch, which the writer commits while the next is decided. No
+//! sleeping and no thread interleaving: the ledger it writes depends only
+//! on the workload, the seed and what the ledger held before.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -15,7 +16,7 @@ use crate::domain::governance::{
     Admitter, Denial, Gate, Settler, Start, admit_run, may_start_run, period_resets,
 };
 use crate::domain::learning::Learner;
-use crate::domain::scheduler::{dependants_to_cancel, draw, next_ready_many, next_retry_at};
+use crate::domain::scheduler::{Lost, dependants_to_cancel, draw, next_ready_many, next_retry_at};
 use crate::domain::sim::simulate;
 use crate::domain::{
     Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp, WorkerId,
@@ -140,6 +141,8 @@ struct Sim<'a> {
     deferred: BTreeMap<TenantId, VecDeque<(usize, u32)>>,
     /// Whether this run continues one whose process died.
     resumed: bool,
+    /// The batch the writer is committing.
+    in_flight: Option<crate::log::writer::PendingAppend>,
 }
 
 impl Sim<'_> {
@@ -158,9 +161,22 @@ impl Sim<'_> {
         Ok(())
     }
 
+    /// Sends the decided events to the ledger, after the answer to the
+    /// batch before: the writer commits one batch while the next is
+    /// decided, and a refused batch is never followed by another.
     fn flush(&mut self) -> Result<(), RunError> {
+        self.wait()?;
         if !self.batch.is_empty() {
-            self.ledger.append(std::mem::take(&mut self.batch))?;
+            let batch = std::mem::take(&mut self.batch);
+            self.in_flight = Some(self.ledger.append_pipelined(batch)?);
+        }
+        Ok(())
+    }
+
+    /// Waits until what was sent to the ledger is in it.
+    fn wait(&mut self) -> Result<(), RunError> {
+        if let Some(pending) = self.in_flight.take() {
+            pending.wait()?;
         }
         Ok(())
     }
@@ -501,6 +517,26 @@ fn worker_id(n: u32) -> WorkerId {
     WorkerId(format!("worker-{n:02}"))
 }
 
+/// The pipeline instance id of run `instance` of `submission`.
+fn instance_id(workload: &Workload, submission: usize, instance: u32) -> String {
+    let spec = &workload.submissions[submission];
+    format!("{}/{}#{instance}", spec.tenant, spec.pipeline)
+}
+
+/// The task names of `node`: one per map copy, else its id.
+fn replicas(
+    pipeline: &crate::workload::PipelineSpec,
+    node: &crate::workload::NodeSpec,
+) -> Vec<String> {
+    if node.stage == Some(Stage::Map) {
+        (0..pipeline.fan_out)
+            .map(|k| format!("{}.{k}", node.id))
+            .collect()
+    } else {
+        vec![node.id.clone()]
+    }
+}
+
 /// The `task_submitted` events of pipeline run `instance` of `submission`.
 pub(crate) fn instance_events(
     workload: &Workload,
@@ -512,20 +548,12 @@ pub(crate) fn instance_events(
     let Some(pipeline) = workload.pipelines.get(&spec.pipeline) else {
         return Vec::new();
     };
-    let instance_id = format!("{}/{}#{instance}", spec.tenant, spec.pipeline);
+    let instance_id = instance_id(workload, submission, instance);
     let task_id = |node: &str| TaskId(format!("{run}/{instance_id}/{node}"));
-    let replicas = |node: &crate::workload::NodeSpec| -> Vec<String> {
-        if node.stage == Some(Stage::Map) {
-            (0..pipeline.fan_out)
-                .map(|k| format!("{}.{k}", node.id))
-                .collect()
-        } else {
-            vec![node.id.clone()]
-        }
-    };
+    let replicas = |node: &crate::workload::NodeSpec| replicas(pipeline, node);
     let by_id: std::collections::BTreeMap<&str, &crate::workload::NodeSpec> =
         pipeline.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
-    let mut events = Vec::new();
+    let mut events = Vec::with_capacity(pipeline.nodes.len());
     for node in &pipeline.nodes {
         let deps: Vec<TaskId> = node
             .deps
@@ -570,8 +598,8 @@ pub(crate) fn instance_events(
     events
 }
 
-/// A node's cost ceiling: the declared one, else for `sim` the most the
-/// step can cost; 0 (not governed) for other handlers without one.
+/// A node's cost ceiling: the declared one (or the workload's default),
+/// else for `sim` the most the step can cost; 0 for a node declared free.
 fn ceiling_of(node: &crate::workload::NodeSpec, params: &serde_json::Value) -> Micros {
     if node.cost_ceiling_micros > Micros::ZERO {
         return node.cost_ceiling_micros;
@@ -590,10 +618,23 @@ pub(crate) fn instance_submitted(
     submission: usize,
     instance: u32,
 ) -> bool {
-    instance_events(workload, run, submission, instance)
+    // Its first task (an instance is submitted whole, in one step).
+    let Some(pipeline) = workload
+        .pipelines
+        .get(&workload.submissions[submission].pipeline)
+    else {
+        return false;
+    };
+    let Some(first) = pipeline
+        .nodes
         .first()
-        .and_then(|e| e.task())
-        .is_some_and(|t| state.queue.get(t).is_some())
+        .and_then(|n| replicas(pipeline, n).into_iter().next())
+    else {
+        return false;
+    };
+    let instance_id = instance_id(workload, submission, instance);
+    let task = TaskId(format!("{run}/{instance_id}/{first}"));
+    state.queue.get(&task).is_some()
 }
 
 /// Registers the workload's tenants, or updates the ones the ledger knows
@@ -679,6 +720,7 @@ pub fn run_simulated(
         gate: Gate::new(seed),
         deferred: BTreeMap::new(),
         resumed: false,
+        in_flight: None,
     };
 
     for event in registration_events(&sim.state, workload) {
@@ -741,6 +783,7 @@ fn drive(
     }
     let mut steps = 0u64;
     loop {
+        let seq_at_step = sim.state.seq;
         // A run may start in a later budget period than the ledger's last
         // (a run of a later day): its periods turn before anything is decided.
         for event in period_resets(&sim.state, sim.now) {
@@ -777,6 +820,7 @@ fn drive(
         if stop_after_steps.is_some_and(|limit| steps >= limit) {
             // The drill dies right after its last append.
             sim.flush()?;
+            sim.wait()?;
             return Err(RunError::Stopped(steps));
         }
         if let Some(r) = sim.state.runs.get(&run) {
@@ -799,6 +843,12 @@ fn drive(
             wake = Some(wake.map_or(at, |w| w.min(at)));
         }
         let Some(at) = wake else {
+            // A step that ended tasks without running them (a skip, a
+            // termination) may have made others ready: nothing runs only
+            // once a step decides nothing.
+            if sim.state.seq != seq_at_step {
+                continue;
+            }
             if sim.deferred.is_empty() {
                 break;
             }
@@ -837,6 +887,7 @@ fn drive(
     }
     sim.emit(Event::RunFinished { run: run.clone() })?;
     sim.flush()?;
+    sim.wait()?;
 
     let mirror = sim.state.digests();
     let (digests, head) = sim.ledger.query(|state, head| (state.digests(), head))?;
@@ -923,6 +974,7 @@ pub fn resume_simulated(
         gate: Gate::new(summary.seed),
         deferred: BTreeMap::new(),
         resumed: true,
+        in_flight: None,
     };
     // Retries the dead process had scheduled.
     let run_id = summary.run.clone();
@@ -942,7 +994,7 @@ pub fn resume_simulated(
         .map(|(id, _)| id.clone())
         .collect();
     for task in leased {
-        for event in crate::domain::scheduler::expire_lease(&sim.state, &task) {
+        for event in crate::domain::scheduler::expire_lease(&sim.state, &task, Lost::Release) {
             sim.emit(event)?;
         }
     }

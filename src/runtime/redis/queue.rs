@@ -24,7 +24,7 @@ use rustc_hash::FxHashMap;
 use super::{Claimed, Outcome, Receipt, RedisError, RedisStreams, TaskEnvelope, TaskResult};
 use crate::domain::governance::{Gate, admitted};
 use crate::domain::queue::{QueueCounts, TaskStatus};
-use crate::domain::scheduler::{QueuePolicy, expire_lease, next_ready_many};
+use crate::domain::scheduler::{Lost, QueuePolicy, expire_lease, next_ready_many};
 use crate::domain::{Category, Event, Micros, RunId, State, TaskId, Timestamp, WorkerId};
 use crate::log::Ledger;
 use crate::runtime::queue::{
@@ -644,7 +644,8 @@ fn started_events(
     match t.status {
         TaskStatus::Pending => {}
         TaskStatus::Leased => {
-            let lost = expire_lease(state, task);
+            // The redelivered attempt runs on the lost one's reservation.
+            let lost = expire_lease(state, task, Lost::Carry);
             let dead = lost
                 .iter()
                 .any(|e| matches!(e, Event::TaskDeadLettered { .. }));
@@ -729,7 +730,8 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn expire_leases(&self) -> Result<usize, QueueError> {
-        crate::runtime::queue::expire_due(&self.ledger).await
+        // A returned task is sent again as admitted, on its reservation.
+        crate::runtime::queue::expire_due(&self.ledger, Lost::Carry).await
     }
 
     async fn depth(&self) -> Result<QueueCounts, QueueError> {
