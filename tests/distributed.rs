@@ -811,6 +811,8 @@ fn a_worker_answer_past_params_bytes_max_is_nacked_naming_the_limit() {
             r#"
 seed = 3
 run = "big"
+[execution]
+default_cost_ceiling_micros = 1000
 [execution.queue]
 max_attempts = 2
 retry_base_ms = 10
@@ -1004,6 +1006,8 @@ fn one_exec_step(dir: &Path, name: &str, script: &str) -> PathBuf {
         format!(
             r#"
 seed = 3
+[execution]
+default_cost_ceiling_micros = 1000
 [execution.workers]
 worker_timeout_sec = 100
 [[tenants]]

@@ -37,6 +37,8 @@ fn workload_text(nodes: &str, runs: u32, timeout_sec: f64) -> String {
     format!(
         r#"
 seed = 5
+[execution]
+default_cost_ceiling_micros = 1000
 [execution.pool]
 max_concurrency = 2
 [execution.queue]

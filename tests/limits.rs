@@ -825,7 +825,7 @@ fn a_handler_declares_its_params_schema_and_the_checker_uses_it() {
     let node = |handler: &str, params: &str| {
         workload("acme", "30.0", START, OK_PARAMS, "").replace(
             r#"handler = "sim", params = { step = "tool", latency_ms = 5, failure_rate_bp = 0 }"#,
-            &format!(r#"handler = "{handler}", params = {params}"#),
+            &format!(r#"handler = "{handler}", cost_ceiling_micros = 100, params = {params}"#),
         )
     };
     let err = Workload::parse_for("w.toml", &node("counted", r#"{ n = "seven" }"#), &handlers)

@@ -520,6 +520,8 @@ fn a_resumed_run_resolves_relative_exec_paths_against_the_workload_files_directo
         &file,
         r#"
 seed = 9
+[execution]
+default_cost_ceiling_micros = 1000
 [execution.workers]
 worker_timeout_sec = 5
 [[tenants]]

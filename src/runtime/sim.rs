@@ -143,6 +143,11 @@ struct Sim<'a> {
     resumed: bool,
     /// The batch the writer is committing.
     in_flight: Option<crate::log::writer::PendingAppend>,
+    /// The run's ended tasks as of the batch in flight, and as of what the
+    /// ledger holds: progress reports the latter, so a caller acting on it
+    /// (the crash drill of the tests) acts on what was appended.
+    ended_sent: u64,
+    ended_appended: u64,
 }
 
 impl Sim<'_> {
@@ -169,6 +174,7 @@ impl Sim<'_> {
         if !self.batch.is_empty() {
             let batch = std::mem::take(&mut self.batch);
             self.in_flight = Some(self.ledger.append_pipelined(batch)?);
+            self.ended_sent = self.ended();
         }
         Ok(())
     }
@@ -177,8 +183,16 @@ impl Sim<'_> {
     fn wait(&mut self) -> Result<(), RunError> {
         if let Some(pending) = self.in_flight.take() {
             pending.wait()?;
+            self.ended_appended = self.ended_sent;
         }
         Ok(())
+    }
+
+    /// The run's tasks that have ended (on the mirror).
+    fn ended(&self) -> u64 {
+        self.state.runs.get(&self.run).map_or(0, |r| {
+            r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled + r.tasks_skipped
+        })
     }
 
     fn over_threshold(&self) -> bool {
@@ -721,6 +735,8 @@ pub fn run_simulated(
         deferred: BTreeMap::new(),
         resumed: false,
         in_flight: None,
+        ended_sent: 0,
+        ended_appended: 0,
     };
 
     for event in registration_events(&sim.state, workload) {
@@ -823,12 +839,7 @@ fn drive(
             sim.wait()?;
             return Err(RunError::Stopped(steps));
         }
-        if let Some(r) = sim.state.runs.get(&run) {
-            progress(
-                r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled + r.tasks_skipped,
-                total_tasks,
-            );
-        }
+        progress(sim.ended_appended, total_tasks);
 
         let mut wake: Option<i64> = sim.timers.peek().map(|t| t.0.0);
         if !sim.backpressure && next_arrival < arrivals.len() {
@@ -975,6 +986,8 @@ pub fn resume_simulated(
         deferred: BTreeMap::new(),
         resumed: true,
         in_flight: None,
+        ended_sent: 0,
+        ended_appended: 0,
     };
     // Retries the dead process had scheduled.
     let run_id = summary.run.clone();
