@@ -239,7 +239,7 @@ start = "2026-03-01T09:00:00Z"
 id = "p"
 mode = "serial"
 nodes = [
-  {{ id = "step", handler = "exec", params = {{ argv = ["/bin/sh", "{}"] }} }},
+  {{ id = "step", handler = "exec", cost_ceiling_micros = 1000, params = {{ argv = ["/bin/sh", "{}"] }} }},
 ]
 
 [[tenants]]
@@ -293,7 +293,13 @@ fn a_disk_that_fills_during_a_run_loses_nothing_and_the_run_resumes() {
         .unwrap();
     // The run has started its first task: now the disk fills up.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut run = run;
     while !started.exists() {
+        if let Some(status) = run.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("the run ended ({status}) before its first task started: {err}");
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "the run never started its first task"
