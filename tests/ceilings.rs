@@ -6,25 +6,20 @@
 //! So `spent + reserved ≤ budget` at every seq unless an overrun was
 //! recorded.
 
+mod support;
+
+use support::live::script;
+
+fn run(dir: &Path, w: &Workload) -> runledger::runtime::RunReport {
+    support::live::run(dir, w, &Handlers::builtin())
+}
+
 use std::path::Path;
 
 use runledger::domain::{Event, Micros, State, TenantId, Timestamp};
-use runledger::log::{Durability, Ledger, LedgerOptions, Store};
-use runledger::runtime::RunOptions;
+use runledger::log::Store;
 use runledger::runtime::handler::Handlers;
-use runledger::runtime::live::run_live;
 use runledger::workload::Workload;
-
-fn script(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&path)
-        .status()
-        .unwrap();
-    path.display().to_string()
-}
 
 /// A tenant of budget 1,000 running `runs` one-node pipelines whose `exec`
 /// step reports `cost` each time; `execution` and `ceiling` are spliced
@@ -61,34 +56,6 @@ fn step(dir: &Path, cost: i64) -> String {
             r#"cat >/dev/null; echo '{{"costs":[{{"category":"llm","amount_micros":{cost}}}]}}'"#
         ),
     )
-}
-
-fn run(dir: &Path, w: &Workload) -> runledger::runtime::RunReport {
-    let ledger = Ledger::open(
-        dir,
-        LedgerOptions {
-            durability: Durability::None,
-            checkpoint_every: 0,
-            create: true,
-        },
-    )
-    .unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let report = runtime
-        .block_on(run_live(
-            &ledger,
-            w,
-            &RunOptions::default(),
-            &Handlers::builtin(),
-            false,
-            &mut |_, _| {},
-        ))
-        .unwrap();
-    ledger.close().unwrap();
-    report
 }
 
 fn events(dir: &Path) -> Vec<Event> {

@@ -6,6 +6,10 @@
 //! timeout; relative program paths resolve against the workload's
 //! directory.
 
+mod support;
+
+use support::live::{run, script};
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -13,24 +17,13 @@ use runledger::domain::limits::{
     ERROR_BYTES_MAX, EVENT_BYTES_MAX, EXEC_OUTPUT_BYTES_MAX, PARAMS_BYTES_MAX,
 };
 use runledger::domain::{Event, Params};
-use runledger::log::{Durability, Ledger, LedgerOptions, Store};
-use runledger::runtime::RunOptions;
+use runledger::log::Store;
 use runledger::runtime::handler::{
     Failure, Handler, HandlerFuture, Handlers, Outcome, TaskContext,
 };
-use runledger::runtime::live::run_live;
 use runledger::workload::Workload;
 
 const BIN: &str = env!("CARGO_BIN_EXE_runledger");
-
-fn script(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    let mut perms = std::fs::metadata(&path).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&path, perms).unwrap();
-    path.display().to_string()
-}
 
 /// One pipeline of `nodes`, `runs` times, two attempts per task.
 fn workload_text(nodes: &str, runs: u32, timeout_sec: f64) -> String {
@@ -64,34 +57,6 @@ runs = {runs}
 
 fn exec_node(id: &str, program: &str) -> String {
     format!(r#"{{ id = "{id}", handler = "exec", params = {{ argv = ["{program}"] }} }}"#)
-}
-
-fn run(dir: &Path, w: &Workload, handlers: &Handlers) -> runledger::runtime::RunReport {
-    let ledger = Ledger::open(
-        dir,
-        LedgerOptions {
-            durability: Durability::None,
-            checkpoint_every: 0,
-            create: true,
-        },
-    )
-    .unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let report = runtime
-        .block_on(run_live(
-            &ledger,
-            w,
-            &RunOptions::default(),
-            handlers,
-            false,
-            &mut |_, _| {},
-        ))
-        .unwrap();
-    ledger.close().unwrap();
-    report
 }
 
 /// Every event of the ledger in `dir`, which verifies, with the size of

@@ -2,27 +2,18 @@
 //! user handlers under a timeout, with costs from the handlers in the
 //! ledger.
 
+mod support;
+
+use support::live::{run, script};
+
 use std::path::Path;
 
 use runledger::domain::{Category, Event, Micros, Params};
-use runledger::log::{Durability, Ledger, LedgerOptions, Store};
-use runledger::runtime::RunOptions;
+use runledger::log::Store;
 use runledger::runtime::handler::{
     Failure, Handler, HandlerFuture, Handlers, Outcome, TaskContext,
 };
-use runledger::runtime::live::run_live;
 use runledger::workload::Workload;
-
-fn script(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&path)
-        .status()
-        .unwrap();
-    path.display().to_string()
-}
 
 fn workload(nodes: &str, runs: u32, timeout_sec: f64) -> Workload {
     let text = format!(
@@ -53,34 +44,6 @@ runs = {runs}
 "#
     );
     Workload::parse("live.toml", &text).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn run(dir: &Path, w: &Workload, handlers: &Handlers) -> runledger::runtime::RunReport {
-    let ledger = Ledger::open(
-        dir,
-        LedgerOptions {
-            durability: Durability::None,
-            checkpoint_every: 0,
-            create: true,
-        },
-    )
-    .unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let report = runtime
-        .block_on(run_live(
-            &ledger,
-            w,
-            &RunOptions::default(),
-            handlers,
-            false,
-            &mut |_, _| {},
-        ))
-        .unwrap();
-    ledger.close().unwrap();
-    report
 }
 
 fn events(dir: &Path) -> Vec<Event> {

@@ -1,5 +1,6 @@
 //! Helpers shared by integration tests (each test binary uses what it needs).
 #![allow(dead_code)]
 
+pub mod live;
 pub mod redis;
 pub mod tmpfs;
