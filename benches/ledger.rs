@@ -12,9 +12,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use runledger::bench::synthetic_task;
 use runledger::domain::{Event, Micros, RunId, TenantId, WorkerId};
 use runledger::log::codec::encode_event;
+use runledger::log::replay;
 use runledger::log::verify::verify;
 use runledger::log::{Durability, Ledger, LedgerOptions, Store};
-use runledger::replay;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

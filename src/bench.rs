@@ -20,9 +20,9 @@ use serde::Serialize;
 
 use crate::domain::{Category, Event, Micros, Priority, RunId, TaskId, TenantId, WorkerId};
 use crate::log::codec::encode_event;
+use crate::log::replay;
 use crate::log::verify::verify;
 use crate::log::{Durability, Ledger, LedgerOptions, Store};
-use crate::replay;
 
 pub mod check;
 pub mod distributed;

@@ -1,16 +1,29 @@
 //! runledger: a multi-tenant task engine whose every state change is an
 //! event in an append-only, blake3 hash-chained ledger stored in sled.
 //!
-//! Crate map (see ARCHITECTURE.md):
-//! - [`domain`]: the pure core — events, projections, validation, digests.
-//! - [`log`]: records, the hash chain, the versioned codec, the sled store,
-//!   the group-commit writer and chain verification.
-//! - [`replay`]: folding a stored log back into projections.
+//! Crate map, from the core out (ARCHITECTURE.md has the details):
+//! - [`domain`]: the pure core — ids, integer money, time, the event
+//!   vocabulary, the limits, the projections with `validate` / `evolve` and
+//!   digests, and the deciders (governance, cost agent, learning,
+//!   scheduler). No IO, no clock.
+//! - [`log`]: the ledger — records, the hash chain, the versioned codec,
+//!   frames, the data directory, the sled store, the group-commit writer,
+//!   replay (folding a stored log back into projections) and chain
+//!   verification.
 //! - [`wire`]: the JSON line format of `ingest` and `log --json`.
-//! - [`audit`]: Merkle checkpoints, tenant cost exports and their offline check.
+//! - [`workload`]: workload files (TOML), parsed and checked before
+//!   anything is appended; the tenant shard rule.
+//! - [`demo`]: the built-in demo workload.
+//! - [`runtime`]: executing workloads against the ledger — the simulated
+//!   executor, the real-time one, the task queues (in memory, Redis) and
+//!   the handlers (`sim`, `exec`).
+//! - [`views`]: serializable read models of the projections (the `--json`
+//!   contract) and the text tables.
 //! - [`artifacts`]: the governance artifact files, rendered from the log.
-//! - [`audit`]: questions asked of a stored ledger (`diff` of two runs).
-//! - [`bench`]: the benchmarks behind `runledger bench ledger|queue|governance`.
+//! - [`audit`]: questions asked of a stored ledger — `replay --check`,
+//!   `diff` of two runs, run failures, Merkle checkpoints, tenant cost
+//!   exports and their offline check.
+//! - [`bench`](mod@bench): the benchmarks behind `runledger bench`.
 //! - [`cli`]: the `runledger` command line.
 //! - [`fuzzing`]: the entry points of the fuzz targets and their corpus replay.
 
@@ -25,7 +38,6 @@ pub mod demo;
 pub mod domain;
 pub mod fuzzing;
 pub mod log;
-pub mod replay;
 pub mod runtime;
 pub mod views;
 pub mod wire;

@@ -350,6 +350,12 @@ pub fn shard_of(tenant: &str, shards: u32) -> u32 {
 }
 
 impl Workload {
+    /// The id of a run of this workload with `seed` when none is given:
+    /// the workload's `run`, else `run-<seed>`.
+    pub fn default_run_id(&self, seed: u64) -> String {
+        self.run.clone().unwrap_or_else(|| format!("run-{seed}"))
+    }
+
     /// The part of the workload shard `index` of `shards` runs: its
     /// tenants and their submissions.
     pub fn shard(&self, index: u32, shards: u32) -> Workload {
@@ -904,7 +910,6 @@ impl Workload {
             return Err(too_large(file, text.len() as u64));
         }
         let c = Checker { file, text, strict };
-        let handler_names = handlers.names();
         let raw: RawWorkload = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(1, |s| line_of(text, s.start));
             WorkloadError {
@@ -913,353 +918,25 @@ impl Workload {
                 message: e.message().trim().to_owned(),
             }
         })?;
-
         if let Some(run) = &raw.run {
-            if run.get_ref().is_empty() || run.get_ref().contains(['/', '#']) {
-                return Err(c.err(
-                    run.span(),
-                    format!(
-                        "run id `{}` must be non-empty without '/' or '#'",
-                        run.get_ref()
-                    ),
-                ));
-            }
-            c.limit(run.span(), limits::check_id("run", run.get_ref()))?;
+            c.run_id(run)?;
         }
-        let start = match &raw.start {
-            Some(s) => {
-                let start = Timestamp::parse(s.get_ref()).map_err(|e| c.err(s.span(), e))?;
-                c.limit(s.span(), limits::check_time("start", start))?;
-                start
-            }
-            None => Timestamp::parse("2026-01-01T00:00:00Z").unwrap_or(Timestamp::EPOCH),
-        };
-        let pool = &raw.execution.pool;
-        let max_concurrency =
-            c.positive(&pool.max_concurrency, "execution.pool.max_concurrency")?;
-        let threshold = *pool.backpressure_threshold.get_ref();
-        if !(threshold > 0.0 && threshold <= 1.0) {
-            return Err(c.err(
-                pool.backpressure_threshold.span(),
-                format!(
-                    "execution.pool.backpressure_threshold must be in (0, 1] (got {threshold})"
-                ),
-            ));
-        }
-        let queue = &raw.execution.queue;
-        let queue_kind = queue.kind.get_ref().clone();
-        if queue_kind != "memory" && queue_kind != "redis" {
-            return Err(c.err(
-                queue.kind.span(),
-                format!(
-                    "execution.queue.type must be \"memory\" or \"redis\" (got \"{queue_kind}\")"
-                ),
-            ));
-        }
-        let max_attempts = c.positive(&queue.max_attempts, "execution.queue.max_attempts")?;
-        let workers = &raw.execution.workers;
-        let num_workers = c.positive(&workers.num_workers, "execution.workers.num_workers")?;
-        let timeout = *workers.worker_timeout_sec.get_ref();
-        // Below 1 ms a timeout would be recorded as 0 ms: every attempt
-        // would time out at once.
-        let timeout_min = TIMEOUT_MS_MIN as f64 / 1_000.0;
-        let too_short = if strict {
-            timeout < timeout_min
-        } else {
-            timeout <= 0.0
-        };
-        if too_short || timeout.is_nan() || timeout >= 1e9 {
-            return Err(c.err(
-                workers.worker_timeout_sec.span(),
-                format!(
-                    "execution.workers.worker_timeout_sec must be at least {timeout_min} \
-                     (TIMEOUT_MS_MIN, {TIMEOUT_MS_MIN} ms) and below 1e9 seconds (got {timeout})"
-                ),
-            ));
-        }
-        let worker_timeout_micros = (timeout * 1e6) as i64;
-        let policy = QueuePolicy {
-            aging_records: queue.aging_records.max(1),
-            retry_base_micros: queue.retry_base_ms.max(0).saturating_mul(1_000),
-            retry_max_micros: queue.retry_max_ms.max(0).saturating_mul(1_000),
-            jitter_bp: 5_000,
-        };
-
-        let default_ceiling = match &raw.execution.default_cost_ceiling_micros {
-            Some(ceiling) if *ceiling.get_ref() < 0 => {
-                return Err(c.err(
-                    ceiling.span(),
-                    format!(
-                        "execution.default_cost_ceiling_micros must not be negative (got {})",
-                        ceiling.get_ref()
-                    ),
-                ));
-            }
-            Some(ceiling) => Some(Micros(*ceiling.get_ref())),
-            None => None,
-        };
-
-        let mut tenants = Vec::new();
-        let mut tenant_ids = BTreeSet::new();
-        for t in &raw.tenants {
-            let id = t.id.get_ref();
-            // Task ids are `run/tenant/pipeline#n/node`: keep them unambiguous.
-            if id.is_empty() || id.contains(['/', '#']) {
-                return Err(c.err(
-                    t.id.span(),
-                    format!("tenant id `{id}` must be non-empty without '/' or '#'"),
-                ));
-            }
-            c.limit(t.id.span(), limits::check_id("tenants.id", id))?;
-            if !tenant_ids.insert(id.clone()) {
-                return Err(c.err(t.id.span(), format!("duplicate tenant `{id}`")));
-            }
-            if *t.budget_micros.get_ref() < 0 {
-                return Err(c.err(
-                    t.budget_micros.span(),
-                    format!(
-                        "tenant `{id}`: budget_micros must not be negative (got {})",
-                        t.budget_micros.get_ref()
-                    ),
-                ));
-            }
-            tenants.push(TenantSpec {
-                id: id.clone(),
-                budget_micros: Micros(*t.budget_micros.get_ref()),
-                max_concurrent_runs: c.positive(&t.max_concurrent_runs, "max_concurrent_runs")?,
-                learning_intensity: t.learning_intensity,
-                meta_learning: t.meta_learning,
-                budget_period: t.budget_period,
-            });
-        }
-
+        let start = c.start(raw.start.as_ref())?;
+        let execution = c.execution(&raw.execution)?;
+        let (tenants, tenant_ids) = c.tenants(&raw.tenants)?;
         let mut pipelines = BTreeMap::new();
         for p in &raw.pipelines {
-            let pid = p.id.get_ref();
-            if pid.is_empty() || pid.contains('/') || pid.contains('#') {
-                return Err(c.err(
-                    p.id.span(),
-                    format!("pipeline id `{pid}` must be non-empty without '/' or '#'"),
-                ));
-            }
-            c.limit(p.id.span(), limits::check_id("pipelines.id", pid))?;
-            if pipelines.contains_key(pid) {
-                return Err(c.err(p.id.span(), format!("duplicate pipeline `{pid}`")));
-            }
-            if p.nodes.is_empty() {
-                return Err(c.err(p.id.span(), format!("pipeline `{pid}` has no nodes")));
-            }
-            let mut nodes = Vec::new();
-            let mut node_ids = BTreeMap::new();
-            for n in &p.nodes {
-                let nid = n.id.get_ref();
-                if nid.is_empty() || nid.contains(['/', '#', '.']) {
-                    return Err(c.err(
-                        n.id.span(),
-                        format!("node id `{nid}` must be non-empty without '/', '#' or '.'"),
-                    ));
-                }
-                c.limit(n.id.span(), limits::check_id("nodes.id", nid))?;
-                if node_ids.insert(nid.clone(), n.id.span()).is_some() {
-                    return Err(c.err(
-                        n.id.span(),
-                        format!("duplicate node `{nid}` in pipeline `{pid}`"),
-                    ));
-                }
-                if !handler_names.contains(&n.handler.get_ref().as_str()) {
-                    return Err(c.err(
-                        n.handler.span(),
-                        format!(
-                            "unknown handler `{}` (known: {})",
-                            n.handler.get_ref(),
-                            handler_names.join(", ")
-                        ),
-                    ));
-                }
-                if n.handler.get_ref() == "exec" {
-                    let argv = n
-                        .params
-                        .as_ref()
-                        .and_then(|p| p.get("argv"))
-                        .and_then(|a| a.as_array());
-                    let ok = argv.is_some_and(|a| !a.is_empty() && a.iter().all(|v| v.is_str()));
-                    if !ok {
-                        return Err(c.err(n.id.span(), format!("node `{nid}`: handler exec needs params.argv = [\"program\", \"arg\", ...]")));
-                    }
-                }
-                if let Some(params) = &n.params {
-                    let json = json_of(params);
-                    if let Err(e) = crate::domain::learning::check_offer(&json) {
-                        return Err(c.err(n.id.span(), format!("node `{nid}`: {e}")));
-                    }
-                    c.limit(
-                        n.id.span(),
-                        limits::check_params("params", &Params::from_value(&json)),
-                    )?;
-                    if let Err(e) = handlers.check_params(n.handler.get_ref(), &json) {
-                        if strict {
-                            return Err(c.err(n.id.span(), e.to_string()));
-                        }
-                    }
-                }
-                match &n.cost_ceiling_micros {
-                    Some(ceiling) if *ceiling.get_ref() < 0 => {
-                        return Err(
-                            c.err(ceiling.span(), "cost_ceiling_micros must not be negative")
-                        );
-                    }
-                    // Every node is governed: without a cost model, its
-                    // ceiling is declared, here or as the default.
-                    None if n.handler.get_ref() != "sim" && default_ceiling.is_none() => {
-                        return Err(c.err(
-                            n.id.span(),
-                            format!(
-                                "node `{nid}`: handler `{}` has no cost model, so the node needs a cost ceiling: set cost_ceiling_micros on it, or default_cost_ceiling_micros under [execution]",
-                                n.handler.get_ref()
-                            ),
-                        ));
-                    }
-                    _ => {}
-                }
-                if n.stage.is_some() && p.mode != Mode::MapReduce {
-                    return Err(c.err(
-                        n.id.span(),
-                        format!("node `{nid}` has a stage but pipeline `{pid}` is not map_reduce"),
-                    ));
-                }
-            }
-            for n in &p.nodes {
-                for dep in &n.deps {
-                    if !node_ids.contains_key(dep.get_ref()) {
-                        return Err(c.err(
-                            dep.span(),
-                            format!(
-                                "node `{}` depends on unknown node `{}`",
-                                n.id.get_ref(),
-                                dep.get_ref()
-                            ),
-                        ));
-                    }
-                }
-            }
-            if p.mode == Mode::MapReduce {
-                let reduces: Vec<_> = p
-                    .nodes
-                    .iter()
-                    .filter(|n| n.stage == Some(Stage::Reduce))
-                    .collect();
-                if !p.nodes.iter().any(|n| n.stage == Some(Stage::Map)) || reduces.len() != 1 {
-                    return Err(c.err(p.id.span(), format!("map_reduce pipeline `{pid}` needs map nodes and exactly one reduce node")));
-                }
-            }
-            let fan_out = if p.mode == Mode::MapReduce {
-                c.positive(&p.fan_out, "fan_out")?
-            } else {
-                1
-            };
-            for n in &p.nodes {
-                let mut deps: Vec<String> = n.deps.iter().map(|d| d.get_ref().clone()).collect();
-                if p.mode == Mode::Serial {
-                    if let Some(prev) = nodes.last().map(|prev: &NodeSpec| prev.id.clone()) {
-                        if !deps.contains(&prev) {
-                            deps.push(prev);
-                        }
-                    }
-                }
-                if n.stage == Some(Stage::Reduce) {
-                    for m in p.nodes.iter().filter(|m| m.stage == Some(Stage::Map)) {
-                        if !deps.contains(m.id.get_ref()) {
-                            deps.push(m.id.get_ref().clone());
-                        }
-                    }
-                }
-                nodes.push(NodeSpec {
-                    id: n.id.get_ref().clone(),
-                    handler: n.handler.get_ref().clone(),
-                    params: n
-                        .params
-                        .as_ref()
-                        .map_or_else(Params::null, |v| Params::from_value(&json_of(v))),
-                    optional: n.optional,
-                    priority: n.priority,
-                    deps,
-                    cost_ceiling_micros: match &n.cost_ceiling_micros {
-                        Some(ceiling) => Micros(*ceiling.get_ref()),
-                        None if n.handler.get_ref() == "sim" => Micros::ZERO,
-                        None => default_ceiling.unwrap_or(Micros::ZERO),
-                    },
-                    stage: n.stage,
-                });
-            }
-            if let Some(cycle_at) = find_cycle(&nodes) {
-                let span = node_ids.get(&cycle_at).cloned().unwrap_or(p.id.span());
-                return Err(c.err(
-                    span,
-                    format!("pipeline `{pid}` has a dependency cycle through node `{cycle_at}`"),
-                ));
-            }
-            // Parents are submitted before their children.
-            let nodes = topological(nodes);
-            pipelines.insert(
-                pid.clone(),
-                PipelineSpec {
-                    id: pid.clone(),
-                    mode: p.mode,
-                    fan_out,
-                    nodes,
-                },
-            );
+            let pipeline = c.pipeline(p, &pipelines, handlers, execution.default_ceiling)?;
+            pipelines.insert(pipeline.id.clone(), pipeline);
         }
-
-        let mut submissions = Vec::new();
-        let mut submission_lines = Vec::new();
-        let mut schedule = Schedule::new(start, worker_timeout_micros, max_attempts, &policy);
-        for s in &raw.submissions {
-            if !tenant_ids.contains(s.tenant.get_ref()) {
-                return Err(c.err(
-                    s.tenant.span(),
-                    format!("unknown tenant `{}`", s.tenant.get_ref()),
-                ));
-            }
-            if !pipelines.contains_key(s.pipeline.get_ref()) {
-                return Err(c.err(
-                    s.pipeline.span(),
-                    format!("unknown pipeline `{}`", s.pipeline.get_ref()),
-                ));
-            }
-            if *s.interval_ms.get_ref() < 0 {
-                return Err(c.err(s.interval_ms.span(), "interval_ms must not be negative"));
-            }
-            let runs = c.positive(&s.runs, "runs")?;
-            let runs_span = known_span(s.runs.span(), s.pipeline.span());
-            let per_run = pipelines
-                .get(s.pipeline.get_ref())
-                .map_or(0, PipelineSpec::tasks_per_run);
-            let interval_ms = *s.interval_ms.get_ref();
-            let interval_micros = if strict {
-                schedule
-                    .add_tasks(runs, per_run)
-                    .map_err(|message| c.err(runs_span.clone(), message))?;
-                let interval_span = known_span(s.interval_ms.span(), runs_span.clone());
-                let interval_micros = schedule
-                    .add_arrivals(interval_ms, runs)
-                    .map_err(|message| c.err(interval_span, message))?;
-                schedule
-                    .check_end()
-                    .map_err(|message| c.err(runs_span, message))?;
-                interval_micros
-            } else {
-                interval_ms.saturating_mul(1_000)
-            };
-            submission_lines.push(line_of(text, s.pipeline.span().start));
-            submissions.push(SubmissionSpec {
-                tenant: s.tenant.get_ref().clone(),
-                pipeline: s.pipeline.get_ref().clone(),
-                runs,
-                priority: s.priority,
-                interval_micros,
-            });
-        }
+        let schedule = Schedule::new(
+            start,
+            execution.worker_timeout_micros,
+            execution.max_attempts,
+            &execution.policy,
+        );
+        let (submissions, submission_lines) =
+            c.submissions(&raw.submissions, &tenant_ids, &pipelines, schedule)?;
 
         let run_line = raw
             .run
@@ -1269,14 +946,14 @@ impl Workload {
             seed: raw.seed,
             start,
             run: raw.run.map(Spanned::into_inner),
-            max_concurrency,
-            backpressure_threshold_bp: (threshold * 10_000.0).round() as u32,
-            queue_kind,
-            redis_url: queue.redis_url.clone(),
-            max_attempts,
-            policy,
-            num_workers,
-            worker_timeout_micros,
+            max_concurrency: execution.max_concurrency,
+            backpressure_threshold_bp: (execution.threshold * 10_000.0).round() as u32,
+            queue_kind: execution.queue_kind,
+            redis_url: raw.execution.queue.redis_url.clone(),
+            max_attempts: execution.max_attempts,
+            policy: execution.policy,
+            num_workers: execution.num_workers,
+            worker_timeout_micros: execution.worker_timeout_micros,
             tenants,
             pipelines,
             submissions,
@@ -1291,6 +968,483 @@ impl Workload {
         }
         Ok(workload)
     }
+}
+
+/// What `[execution]` sets, checked.
+struct Execution {
+    max_concurrency: u32,
+    /// The backpressure threshold, a share of `max_concurrency` in (0, 1].
+    threshold: f64,
+    queue_kind: String,
+    max_attempts: u32,
+    num_workers: u32,
+    worker_timeout_micros: i64,
+    policy: QueuePolicy,
+    /// The ceiling of a node that declares none and has no cost model.
+    default_ceiling: Option<Micros>,
+}
+
+/// The checks of a workload's parts, each in the order the file is read:
+/// the first error found is the one reported.
+impl Checker<'_> {
+    /// The `run` id: usable in task ids, within the id limits.
+    fn run_id(&self, run: &Spanned<String>) -> Result<(), WorkloadError> {
+        if run.get_ref().is_empty() || run.get_ref().contains(['/', '#']) {
+            return Err(self.err(
+                run.span(),
+                format!(
+                    "run id `{}` must be non-empty without '/' or '#'",
+                    run.get_ref()
+                ),
+            ));
+        }
+        self.limit(run.span(), limits::check_id("run", run.get_ref()))
+    }
+
+    /// The `start` instant (RFC 3339, within the time limits), or the default.
+    fn start(&self, start: Option<&Spanned<String>>) -> Result<Timestamp, WorkloadError> {
+        Ok(match start {
+            Some(s) => {
+                let start = Timestamp::parse(s.get_ref()).map_err(|e| self.err(s.span(), e))?;
+                self.limit(s.span(), limits::check_time("start", start))?;
+                start
+            }
+            None => Timestamp::parse("2026-01-01T00:00:00Z").unwrap_or(Timestamp::EPOCH),
+        })
+    }
+
+    /// `[execution]`: the pool, the queue, the workers and the default
+    /// cost ceiling.
+    fn execution(&self, execution: &RawExecution) -> Result<Execution, WorkloadError> {
+        let pool = &execution.pool;
+        let max_concurrency =
+            self.positive(&pool.max_concurrency, "execution.pool.max_concurrency")?;
+        let threshold = *pool.backpressure_threshold.get_ref();
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            return Err(self.err(
+                pool.backpressure_threshold.span(),
+                format!(
+                    "execution.pool.backpressure_threshold must be in (0, 1] (got {threshold})"
+                ),
+            ));
+        }
+        let queue = &execution.queue;
+        let queue_kind = queue.kind.get_ref().clone();
+        if queue_kind != "memory" && queue_kind != "redis" {
+            return Err(self.err(
+                queue.kind.span(),
+                format!(
+                    "execution.queue.type must be \"memory\" or \"redis\" (got \"{queue_kind}\")"
+                ),
+            ));
+        }
+        let max_attempts = self.positive(&queue.max_attempts, "execution.queue.max_attempts")?;
+        let workers = &execution.workers;
+        let num_workers = self.positive(&workers.num_workers, "execution.workers.num_workers")?;
+        let worker_timeout_micros = self.worker_timeout(&workers.worker_timeout_sec)?;
+        let policy = QueuePolicy {
+            aging_records: queue.aging_records.max(1),
+            retry_base_micros: queue.retry_base_ms.max(0).saturating_mul(1_000),
+            retry_max_micros: queue.retry_max_ms.max(0).saturating_mul(1_000),
+            jitter_bp: 5_000,
+        };
+        let default_ceiling = match &execution.default_cost_ceiling_micros {
+            Some(ceiling) if *ceiling.get_ref() < 0 => {
+                return Err(self.err(
+                    ceiling.span(),
+                    format!(
+                        "execution.default_cost_ceiling_micros must not be negative (got {})",
+                        ceiling.get_ref()
+                    ),
+                ));
+            }
+            Some(ceiling) => Some(Micros(*ceiling.get_ref())),
+            None => None,
+        };
+        Ok(Execution {
+            max_concurrency,
+            threshold,
+            queue_kind,
+            max_attempts,
+            num_workers,
+            worker_timeout_micros,
+            policy,
+            default_ceiling,
+        })
+    }
+
+    /// `execution.workers.worker_timeout_sec`, in micros: at least
+    /// `TIMEOUT_MS_MIN` (strict) or above 0, and below 1e9 seconds.
+    fn worker_timeout(&self, timeout_sec: &Spanned<f64>) -> Result<i64, WorkloadError> {
+        let timeout = *timeout_sec.get_ref();
+        // Below 1 ms a timeout would be recorded as 0 ms: every attempt
+        // would time out at once.
+        let timeout_min = TIMEOUT_MS_MIN as f64 / 1_000.0;
+        let too_short = if self.strict {
+            timeout < timeout_min
+        } else {
+            timeout <= 0.0
+        };
+        if too_short || timeout.is_nan() || timeout >= 1e9 {
+            return Err(self.err(
+                timeout_sec.span(),
+                format!(
+                    "execution.workers.worker_timeout_sec must be at least {timeout_min} \
+                     (TIMEOUT_MS_MIN, {TIMEOUT_MS_MIN} ms) and below 1e9 seconds (got {timeout})"
+                ),
+            ));
+        }
+        Ok((timeout * 1e6) as i64)
+    }
+
+    /// `[[tenants]]`: ids usable in task ids and unique, budgets not
+    /// negative; the specs and the set of ids.
+    fn tenants(
+        &self,
+        raw: &[RawTenant],
+    ) -> Result<(Vec<TenantSpec>, BTreeSet<String>), WorkloadError> {
+        let mut tenants = Vec::new();
+        let mut tenant_ids = BTreeSet::new();
+        for t in raw {
+            let id = t.id.get_ref();
+            // Task ids are `run/tenant/pipeline#n/node`: keep them unambiguous.
+            if id.is_empty() || id.contains(['/', '#']) {
+                return Err(self.err(
+                    t.id.span(),
+                    format!("tenant id `{id}` must be non-empty without '/' or '#'"),
+                ));
+            }
+            self.limit(t.id.span(), limits::check_id("tenants.id", id))?;
+            if !tenant_ids.insert(id.clone()) {
+                return Err(self.err(t.id.span(), format!("duplicate tenant `{id}`")));
+            }
+            if *t.budget_micros.get_ref() < 0 {
+                return Err(self.err(
+                    t.budget_micros.span(),
+                    format!(
+                        "tenant `{id}`: budget_micros must not be negative (got {})",
+                        t.budget_micros.get_ref()
+                    ),
+                ));
+            }
+            tenants.push(TenantSpec {
+                id: id.clone(),
+                budget_micros: Micros(*t.budget_micros.get_ref()),
+                max_concurrent_runs: self
+                    .positive(&t.max_concurrent_runs, "max_concurrent_runs")?,
+                learning_intensity: t.learning_intensity,
+                meta_learning: t.meta_learning,
+                budget_period: t.budget_period,
+            });
+        }
+        Ok((tenants, tenant_ids))
+    }
+
+    /// One `[[pipelines]]` entry, against the pipelines before it: its id,
+    /// its nodes, their dependencies and the map-reduce shape; then its
+    /// nodes with every dependency they imply, acyclic, parents first.
+    fn pipeline(
+        &self,
+        p: &RawPipeline,
+        earlier: &BTreeMap<String, PipelineSpec>,
+        handlers: &(impl HandlerSchemas + ?Sized),
+        default_ceiling: Option<Micros>,
+    ) -> Result<PipelineSpec, WorkloadError> {
+        let pid = p.id.get_ref();
+        if pid.is_empty() || pid.contains('/') || pid.contains('#') {
+            return Err(self.err(
+                p.id.span(),
+                format!("pipeline id `{pid}` must be non-empty without '/' or '#'"),
+            ));
+        }
+        self.limit(p.id.span(), limits::check_id("pipelines.id", pid))?;
+        if earlier.contains_key(pid) {
+            return Err(self.err(p.id.span(), format!("duplicate pipeline `{pid}`")));
+        }
+        if p.nodes.is_empty() {
+            return Err(self.err(p.id.span(), format!("pipeline `{pid}` has no nodes")));
+        }
+        let mut node_ids = BTreeMap::new();
+        for n in &p.nodes {
+            self.node(n, p, &mut node_ids, handlers, default_ceiling)?;
+        }
+        self.deps_known(p, &node_ids)?;
+        self.map_reduce_shape(p)?;
+        let fan_out = if p.mode == Mode::MapReduce {
+            self.positive(&p.fan_out, "fan_out")?
+        } else {
+            1
+        };
+        let nodes = node_specs(p, default_ceiling);
+        if let Some(cycle_at) = find_cycle(&nodes) {
+            let span = node_ids.get(&cycle_at).cloned().unwrap_or(p.id.span());
+            return Err(self.err(
+                span,
+                format!("pipeline `{pid}` has a dependency cycle through node `{cycle_at}`"),
+            ));
+        }
+        Ok(PipelineSpec {
+            id: pid.clone(),
+            mode: p.mode,
+            fan_out,
+            // Parents are submitted before their children.
+            nodes: topological(nodes),
+        })
+    }
+
+    /// One node of pipeline `p`, added to `node_ids` (the nodes before it):
+    /// its id, its handler, `exec`'s argv, its params, its ceiling and its
+    /// stage.
+    fn node(
+        &self,
+        n: &RawNode,
+        p: &RawPipeline,
+        node_ids: &mut BTreeMap<String, std::ops::Range<usize>>,
+        handlers: &(impl HandlerSchemas + ?Sized),
+        default_ceiling: Option<Micros>,
+    ) -> Result<(), WorkloadError> {
+        let pid = p.id.get_ref();
+        let nid = n.id.get_ref();
+        if nid.is_empty() || nid.contains(['/', '#', '.']) {
+            return Err(self.err(
+                n.id.span(),
+                format!("node id `{nid}` must be non-empty without '/', '#' or '.'"),
+            ));
+        }
+        self.limit(n.id.span(), limits::check_id("nodes.id", nid))?;
+        if node_ids.insert(nid.clone(), n.id.span()).is_some() {
+            return Err(self.err(
+                n.id.span(),
+                format!("duplicate node `{nid}` in pipeline `{pid}`"),
+            ));
+        }
+        let handler_names = handlers.names();
+        if !handler_names.contains(&n.handler.get_ref().as_str()) {
+            return Err(self.err(
+                n.handler.span(),
+                format!(
+                    "unknown handler `{}` (known: {})",
+                    n.handler.get_ref(),
+                    handler_names.join(", ")
+                ),
+            ));
+        }
+        if n.handler.get_ref() == "exec" {
+            let argv = n
+                .params
+                .as_ref()
+                .and_then(|p| p.get("argv"))
+                .and_then(|a| a.as_array());
+            let ok = argv.is_some_and(|a| !a.is_empty() && a.iter().all(|v| v.is_str()));
+            if !ok {
+                return Err(self.err(
+                    n.id.span(),
+                    format!(
+                        "node `{nid}`: handler exec needs params.argv = [\"program\", \"arg\", ...]"
+                    ),
+                ));
+            }
+        }
+        if let Some(params) = &n.params {
+            self.node_params(n, params, handlers)?;
+        }
+        match &n.cost_ceiling_micros {
+            Some(ceiling) if *ceiling.get_ref() < 0 => {
+                return Err(self.err(ceiling.span(), "cost_ceiling_micros must not be negative"));
+            }
+            // Every node is governed: without a cost model, its
+            // ceiling is declared, here or as the default.
+            None if n.handler.get_ref() != "sim" && default_ceiling.is_none() => {
+                return Err(self.err(
+                    n.id.span(),
+                    format!(
+                        "node `{nid}`: handler `{}` has no cost model, so the node needs a cost ceiling: set cost_ceiling_micros on it, or default_cost_ceiling_micros under [execution]",
+                        n.handler.get_ref()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if n.stage.is_some() && p.mode != Mode::MapReduce {
+            return Err(self.err(
+                n.id.span(),
+                format!("node `{nid}` has a stage but pipeline `{pid}` is not map_reduce"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A node's params: the learning offer's shape, the params limits and
+    /// (strict) its handler's schema.
+    fn node_params(
+        &self,
+        n: &RawNode,
+        params: &toml::Value,
+        handlers: &(impl HandlerSchemas + ?Sized),
+    ) -> Result<(), WorkloadError> {
+        let nid = n.id.get_ref();
+        let json = json_of(params);
+        if let Err(e) = crate::domain::learning::check_offer(&json) {
+            return Err(self.err(n.id.span(), format!("node `{nid}`: {e}")));
+        }
+        self.limit(
+            n.id.span(),
+            limits::check_params("params", &Params::from_value(&json)),
+        )?;
+        if let Err(e) = handlers.check_params(n.handler.get_ref(), &json) {
+            if self.strict {
+                return Err(self.err(n.id.span(), e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `deps` entry names a node of the same pipeline.
+    fn deps_known(
+        &self,
+        p: &RawPipeline,
+        node_ids: &BTreeMap<String, std::ops::Range<usize>>,
+    ) -> Result<(), WorkloadError> {
+        for n in &p.nodes {
+            for dep in &n.deps {
+                if !node_ids.contains_key(dep.get_ref()) {
+                    return Err(self.err(
+                        dep.span(),
+                        format!(
+                            "node `{}` depends on unknown node `{}`",
+                            n.id.get_ref(),
+                            dep.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A map-reduce pipeline has map nodes and exactly one reduce node.
+    fn map_reduce_shape(&self, p: &RawPipeline) -> Result<(), WorkloadError> {
+        if p.mode != Mode::MapReduce {
+            return Ok(());
+        }
+        let reduces: Vec<_> = p
+            .nodes
+            .iter()
+            .filter(|n| n.stage == Some(Stage::Reduce))
+            .collect();
+        if !p.nodes.iter().any(|n| n.stage == Some(Stage::Map)) || reduces.len() != 1 {
+            return Err(self.err(
+                p.id.span(),
+                format!(
+                    "map_reduce pipeline `{}` needs map nodes and exactly one reduce node",
+                    p.id.get_ref()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[[submissions]]`: known tenants and pipelines, counts and intervals
+    /// within the schedule's limits (strict); the specs and the line of
+    /// each.
+    fn submissions(
+        &self,
+        raw: &[RawSubmission],
+        tenant_ids: &BTreeSet<String>,
+        pipelines: &BTreeMap<String, PipelineSpec>,
+        mut schedule: Schedule,
+    ) -> Result<(Vec<SubmissionSpec>, Vec<usize>), WorkloadError> {
+        let mut submissions = Vec::new();
+        let mut submission_lines = Vec::new();
+        for s in raw {
+            if !tenant_ids.contains(s.tenant.get_ref()) {
+                return Err(self.err(
+                    s.tenant.span(),
+                    format!("unknown tenant `{}`", s.tenant.get_ref()),
+                ));
+            }
+            if !pipelines.contains_key(s.pipeline.get_ref()) {
+                return Err(self.err(
+                    s.pipeline.span(),
+                    format!("unknown pipeline `{}`", s.pipeline.get_ref()),
+                ));
+            }
+            if *s.interval_ms.get_ref() < 0 {
+                return Err(self.err(s.interval_ms.span(), "interval_ms must not be negative"));
+            }
+            let runs = self.positive(&s.runs, "runs")?;
+            let runs_span = known_span(s.runs.span(), s.pipeline.span());
+            let per_run = pipelines
+                .get(s.pipeline.get_ref())
+                .map_or(0, PipelineSpec::tasks_per_run);
+            let interval_ms = *s.interval_ms.get_ref();
+            let interval_micros = if self.strict {
+                schedule
+                    .add_tasks(runs, per_run)
+                    .map_err(|message| self.err(runs_span.clone(), message))?;
+                let interval_span = known_span(s.interval_ms.span(), runs_span.clone());
+                let interval_micros = schedule
+                    .add_arrivals(interval_ms, runs)
+                    .map_err(|message| self.err(interval_span, message))?;
+                schedule
+                    .check_end()
+                    .map_err(|message| self.err(runs_span, message))?;
+                interval_micros
+            } else {
+                interval_ms.saturating_mul(1_000)
+            };
+            submission_lines.push(line_of(self.text, s.pipeline.span().start));
+            submissions.push(SubmissionSpec {
+                tenant: s.tenant.get_ref().clone(),
+                pipeline: s.pipeline.get_ref().clone(),
+                runs,
+                priority: s.priority,
+                interval_micros,
+            });
+        }
+        Ok((submissions, submission_lines))
+    }
+}
+
+/// The nodes of a checked pipeline with every dependency its mode implies:
+/// a serial node on the one before it, a reduce node on every map node.
+fn node_specs(p: &RawPipeline, default_ceiling: Option<Micros>) -> Vec<NodeSpec> {
+    let mut nodes: Vec<NodeSpec> = Vec::new();
+    for n in &p.nodes {
+        let mut deps: Vec<String> = n.deps.iter().map(|d| d.get_ref().clone()).collect();
+        if p.mode == Mode::Serial {
+            if let Some(prev) = nodes.last().map(|prev: &NodeSpec| prev.id.clone()) {
+                if !deps.contains(&prev) {
+                    deps.push(prev);
+                }
+            }
+        }
+        if n.stage == Some(Stage::Reduce) {
+            for m in p.nodes.iter().filter(|m| m.stage == Some(Stage::Map)) {
+                if !deps.contains(m.id.get_ref()) {
+                    deps.push(m.id.get_ref().clone());
+                }
+            }
+        }
+        nodes.push(NodeSpec {
+            id: n.id.get_ref().clone(),
+            handler: n.handler.get_ref().clone(),
+            params: n
+                .params
+                .as_ref()
+                .map_or_else(Params::null, |v| Params::from_value(&json_of(v))),
+            optional: n.optional,
+            priority: n.priority,
+            deps,
+            cost_ceiling_micros: match &n.cost_ceiling_micros {
+                Some(ceiling) => Micros(*ceiling.get_ref()),
+                None if n.handler.get_ref() == "sim" => Micros::ZERO,
+                None => default_ceiling.unwrap_or(Micros::ZERO),
+            },
+            stage: n.stage,
+        });
+    }
+    nodes
 }
 
 impl Workload {

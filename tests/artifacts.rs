@@ -3,12 +3,13 @@
 //! the ledger alone, the numbers agree with `tenants --json` and the log,
 //! and no id can steer a file outside the output directory.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+use support::bin::{ok, runledger, runledger_stdin};
 
 /// Tight budgets (DEGRADE and TERMINATE verdicts) and a daily budget whose
 /// period turns at midnight, seconds after the run starts.
@@ -71,44 +72,8 @@ runs = 2
 interval_ms = 2000
 "#;
 
-fn runledger(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("RUNLEDGER_DATA")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn ingest(data: &Path, lines: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(data)
-        .args(["ingest", "-"])
-        .env_remove("RUNLEDGER_DATA")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    ok(child.wait_with_output().unwrap());
+    ok(&runledger_stdin(data, &["ingest", "-"], lines.as_bytes()));
 }
 
 /// Every file under `dir`, by path relative to it (`/`-separated).
@@ -140,7 +105,7 @@ fn json(bytes: &[u8]) -> Value {
 
 /// The ledger's records as `log --json` prints them.
 fn records(data: &Path) -> Vec<Value> {
-    ok(runledger(data, &["--json", "log"]))
+    ok(&runledger(data, &["--json", "log"]))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -161,7 +126,7 @@ fn run_workload() -> Ran {
     std::fs::write(&workload, WORKLOAD).unwrap();
     let data = root.join("data");
     let written = root.join("written");
-    ok(runledger(
+    ok(&runledger(
         &data,
         &[
             "run",
@@ -184,7 +149,7 @@ fn regenerate(ran: &Ran, name: &str, run: Option<&str>) -> BTreeMap<String, Vec<
     if let Some(run) = run {
         args.extend(["--run", run]);
     }
-    let printed = ok(runledger(&ran.data, &args));
+    let printed = ok(&runledger(&ran.data, &args));
     let files = tree(&out);
     assert_eq!(
         printed.trim(),
@@ -265,7 +230,7 @@ fn artifact_contents_agree_with_tenants_json_and_the_log() {
     let log = records(&ran.data);
     let head = log.last().unwrap();
     let tenants: Vec<Value> =
-        serde_json::from_str(&ok(runledger(&ran.data, &["--json", "tenants"]))).unwrap();
+        serde_json::from_str(&ok(&runledger(&ran.data, &["--json", "tenants"]))).unwrap();
     assert_eq!(tenants.len(), 3);
 
     for view in &tenants {
@@ -476,7 +441,7 @@ fn hostile_ids_stay_inside_the_output_directory() {
     }
     ingest(&data, &lines);
     let out = dir.path().join("nested").join("out");
-    ok(runledger(
+    ok(&runledger(
         &data,
         &["artifacts", "--out", out.to_str().unwrap()],
     ));

@@ -8,18 +8,18 @@
 
 mod support;
 
+use std::path::Path;
+
+use runledger::domain::{Event, Micros, State, TenantId, Timestamp};
+use runledger::runtime::handler::Handlers;
+use runledger::workload::Workload;
+
+use support::ledger::events;
 use support::live::script;
 
 fn run(dir: &Path, w: &Workload) -> runledger::runtime::RunReport {
     support::live::run(dir, w, &Handlers::builtin())
 }
-
-use std::path::Path;
-
-use runledger::domain::{Event, Micros, State, TenantId, Timestamp};
-use runledger::log::Store;
-use runledger::runtime::handler::Handlers;
-use runledger::workload::Workload;
 
 /// A tenant of budget 1,000 running `runs` one-node pipelines whose `exec`
 /// step reports `cost` each time; `execution` and `ceiling` are spliced
@@ -56,18 +56,6 @@ fn step(dir: &Path, cost: i64) -> String {
             r#"cat >/dev/null; echo '{{"costs":[{{"category":"llm","amount_micros":{cost}}}]}}'"#
         ),
     )
-}
-
-fn events(dir: &Path) -> Vec<Event> {
-    let store = Store::open(dir, false).unwrap();
-    let mut out = Vec::new();
-    store
-        .walk(1, |r| {
-            out.push(runledger::log::codec::decode_event(r.event_bytes).unwrap());
-            std::ops::ControlFlow::Continue(())
-        })
-        .unwrap();
-    out
 }
 
 /// Folds `events` and fails at the first seq where a tenant's `spent +

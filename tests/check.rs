@@ -3,31 +3,16 @@
 //! threshold, an edited decision or a dropped one is reported at its seq,
 //! field by field.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use runledger::audit::check::{CheckOptions, CheckReport, check, parse_policy};
 use runledger::domain::{Decision, Event, Policy};
 use runledger::log::store::decode_record;
-use runledger::log::{Append, Durability, Ledger, LedgerOptions, Store};
-
-fn runledger(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("RUNLEDGER_DATA")
-        .output()
-        .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use runledger::log::{Append, Durability, Ledger, LedgerOptions};
+use support::bin::{runledger, stderr, stdout};
+use support::ledger::open_store;
 
 /// A ledger holding the built-in demo: degradations, terminations,
 /// admission denials, retries, dead letters, learning.
@@ -37,13 +22,13 @@ fn demo(dir: &Path) {
 }
 
 fn checked(dir: &Path, options: CheckOptions) -> CheckReport {
-    let store = Store::open(dir, false).unwrap();
+    let store = open_store(dir);
     check(&store, options).unwrap()
 }
 
 /// Every record of the ledger at `from`, in order.
 fn records(from: &Path) -> Vec<(runledger::domain::Timestamp, Event)> {
-    let store = Store::open(from, false).unwrap();
+    let store = open_store(from);
     let mut out = Vec::new();
     store
         .read_chain(decode_record, |frames| {
@@ -206,6 +191,63 @@ fn a_changed_threshold_is_caught_at_the_first_decision_it_changes() {
         "{:?}",
         report.first
     );
+}
+
+/// `replay --check` cannot drift from the executors: it runs their own
+/// deciders. A run decided under other thresholds re-checks under those
+/// thresholds, decision for decision, and diverges under the standard ones
+/// — a checker with deciders of its own would not follow the change.
+#[test]
+fn the_checker_runs_the_executors_deciders_whatever_their_thresholds() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), LedgerOptions::default()).unwrap();
+    let workload = runledger::workload::Workload::parse(
+        "demo.toml",
+        &runledger::demo::workload_toml(4, 12, 42, 8),
+    )
+    .unwrap();
+    let what_if = Policy {
+        degrade_utilisation_bp: 2_000,
+        explore_shrink_above_bp: 3_000,
+        ..Policy::STANDARD
+    };
+    let options = runledger::runtime::sim::RunOptions {
+        policy: what_if,
+        ..Default::default()
+    };
+    runledger::runtime::sim::run_simulated(&ledger, &workload, &options, &mut |_, _| {}).unwrap();
+    ledger.close().unwrap();
+
+    let same = checked(
+        dir.path(),
+        CheckOptions {
+            policy: what_if,
+            ..CheckOptions::default()
+        },
+    );
+    assert!(same.ok(), "{:?}", same.first);
+    assert!(
+        same.by_kind
+            .get("degradation_decided")
+            .is_some_and(|n| *n > 0),
+        "{:?}",
+        same.by_kind
+    );
+    assert!(
+        same.by_kind
+            .get("learning_profile_adjusted")
+            .is_some_and(|n| *n > 0),
+        "{:?}",
+        same.by_kind
+    );
+    assert!(
+        same.by_kind.get("task_nacked").is_some_and(|n| *n > 0),
+        "{:?}",
+        same.by_kind
+    );
+
+    let standard = checked(dir.path(), CheckOptions::default());
+    assert_eq!(standard.divergences, 1, "{:?}", standard.first);
 }
 
 #[test]

@@ -4,52 +4,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use std::io::Write;
+use support::bin::{BIN, runledger, runledger_bare, runledger_stdin, stderr, stdout};
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/replay/sample/ledger.jsonl");
-
-fn runledger(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("RUNLEDGER_DATA")
-        .output()
-        .unwrap()
-}
-
-/// The binary without `--data`, for commands that use no ledger.
-fn runledger_bare(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .args(args)
-        .env_remove("RUNLEDGER_DATA")
-        .output()
-        .unwrap()
-}
-
-fn runledger_stdin(data: &Path, args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn digest_line(o: &Output) -> String {
     stdout(o)
@@ -249,7 +208,7 @@ fn replay_of_one_run_differs_from_whole_ledger_and_unknown_run_exits_2() {
 #[test]
 fn bench_ledger_json_last_line_has_the_contract_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
+    let out = Command::new(BIN)
         .args([
             "bench",
             "ledger",
@@ -290,7 +249,7 @@ fn bench_ledger_json_last_line_has_the_contract_fields() {
 #[test]
 fn bench_export_json_last_line_has_rates_beside_the_verify_baseline() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
+    let out = Command::new(BIN)
         .args(["bench", "export", "--events", "400", "--json"])
         .env("TMPDIR", dir.path())
         .env_remove("RUNLEDGER_DATA")
@@ -316,7 +275,7 @@ fn bench_export_json_last_line_has_rates_beside_the_verify_baseline() {
 
 #[test]
 fn bench_governance_json_last_line_has_latencies_and_every_verdict() {
-    let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
+    let out = Command::new(BIN)
         .args(["bench", "governance", "--tenants", "2000", "--json"])
         .env_remove("RUNLEDGER_DATA")
         .output()
@@ -325,6 +284,7 @@ fn bench_governance_json_last_line_has_latencies_and_every_verdict() {
     let text = stdout(&out);
     assert!(text.contains("admission check"), "{text}");
     assert!(text.contains("p99 < 1000 ns: m"), "{text}");
+    assert!(text.contains("period resets, none due"), "{text}");
     let last = text.lines().last().unwrap().to_owned();
     let report: serde_json::Value = serde_json::from_str(&last).unwrap();
     for field in [
@@ -335,6 +295,8 @@ fn bench_governance_json_last_line_has_latencies_and_every_verdict() {
         "decision_ns_p50",
         "decision_ns_p99",
         "decision_ns_mean",
+        "period_resets_ns_p50",
+        "period_resets_ns_mean",
     ] {
         assert!(
             report[field].as_f64().is_some_and(|v| v > 0.0),

@@ -6,32 +6,17 @@
 //! the ledger exported and ingested elsewhere lists the same decisions and
 //! folds to the digest the run reported.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod support;
 
-fn runledger(data: &Path, args: &[&str], input: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("RUNLEDGER_DATA")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    if let Some(input) = input {
-        stdin.write_all(input).unwrap();
-    }
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "runledger {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use support::bin::{runledger_stdin, stderr};
+
+/// Runs the binary with `input` on stdin; fails the test unless it succeeds.
+fn succeeds(data: &Path, args: &[&str], input: Option<&[u8]>) -> Output {
+    let out = runledger_stdin(data, args, input.unwrap_or_default());
+    assert!(out.status.success(), "runledger {args:?}: {}", stderr(&out));
     out
 }
 
@@ -66,7 +51,7 @@ fn decisions_of_recorded_workloads_match_their_snapshots_and_replay() {
         let name = fixture.file_name().unwrap().to_string_lossy().into_owned();
         let workload = fixture.join("workload.toml");
         let dir = tempfile::tempdir().unwrap();
-        let run = runledger(
+        let run = succeeds(
             dir.path(),
             &["run", workload.to_str().unwrap(), "--json"],
             None,
@@ -74,7 +59,7 @@ fn decisions_of_recorded_workloads_match_their_snapshots_and_replay() {
         let report: serde_json::Value =
             serde_json::from_str(String::from_utf8_lossy(&run.stdout).lines().last().unwrap())
                 .unwrap();
-        let decisions = json_lines(&runledger(dir.path(), &["decisions", "--json"], None));
+        let decisions = json_lines(&succeeds(dir.path(), &["decisions", "--json"], None));
         assert!(!decisions.is_empty(), "{name}: no decisions");
         for d in &decisions {
             let kind = d["kind"].as_str().unwrap().to_owned();
@@ -91,12 +76,12 @@ fn decisions_of_recorded_workloads_match_their_snapshots_and_replay() {
 
         // Reproduced by replay: the exported ledger, ingested elsewhere,
         // lists the same decisions and folds to the run's digest.
-        let exported = runledger(dir.path(), &["log", "--json"], None).stdout;
+        let exported = succeeds(dir.path(), &["log", "--json"], None).stdout;
         let copy = tempfile::tempdir().unwrap();
-        runledger(copy.path(), &["ingest", "-"], Some(&exported));
-        let replayed = json_lines(&runledger(copy.path(), &["decisions", "--json"], None));
+        succeeds(copy.path(), &["ingest", "-"], Some(&exported));
+        let replayed = json_lines(&succeeds(copy.path(), &["decisions", "--json"], None));
         assert_eq!(replayed, decisions, "{name}: decisions after replay");
-        let folded = json_lines(&runledger(copy.path(), &["replay", "--json"], None));
+        let folded = json_lines(&succeeds(copy.path(), &["replay", "--json"], None));
         assert_eq!(
             folded.last().unwrap()["digest"],
             report["digest"],

@@ -2,13 +2,19 @@
 //! by field differences, the summary's money against `tenants` / `runs`,
 //! exit codes (0 same, 1 different, 2 bad input).
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use runledger::audit::diff::{RunInput, compare, load_run, normalise_text, strip_run};
-use runledger::domain::{Category, Decision, Event, Micros, Params, Priority, RunId, Timestamp};
+use runledger::domain::{Category, Decision, Event, Micros, Params, RunId, Timestamp};
 use runledger::log::store::DecodedRecord;
 use serde_json::{Value, json};
+
+use support::bin::{runledger, stderr, stdout};
+use support::events::{run_started, submit};
+use support::ledger::open_store;
 
 // ------------------------------------------------------------ pure tests
 
@@ -28,37 +34,20 @@ fn small_run(run: &str, first_seq: u64, generate_cost: i64) -> RunInput {
     let r = RunId::new(run);
     let task = |node: &str| format!("{run}/acme/rag#0/{node}");
     let events = vec![
-        Event::RunStarted {
-            run: r.clone(),
-            seed: 7,
-            config_hash: String::new(),
-        },
-        Event::TaskSubmitted {
-            run: r.clone(),
-            task: task("retrieve").as_str().into(),
-            tenant: "acme".into(),
-            priority: Priority::Normal,
-            deps: vec![],
-            pipeline: Some("acme/rag#0".into()),
-            cost_ceiling_micros: Micros(200),
-            handler: "sim".to_owned(),
-            params: Params::null(),
-            max_attempts: 3,
-            optional: false,
-        },
-        Event::TaskSubmitted {
-            run: r.clone(),
-            task: task("generate").as_str().into(),
-            tenant: "acme".into(),
-            priority: Priority::Normal,
-            deps: vec![task("retrieve").as_str().into()],
-            pipeline: Some("acme/rag#0".into()),
-            cost_ceiling_micros: Micros(2_000),
-            handler: "sim".to_owned(),
-            params: Params::null(),
-            max_attempts: 3,
-            optional: false,
-        },
+        run_started(run, 7),
+        submit(&task("retrieve"), "acme")
+            .run(run)
+            .pipeline("acme/rag#0")
+            .ceiling(200)
+            .max_attempts(3)
+            .into(),
+        submit(&task("generate"), "acme")
+            .run(run)
+            .deps([task("retrieve")])
+            .pipeline("acme/rag#0")
+            .ceiling(2_000)
+            .max_attempts(3)
+            .into(),
         Event::DegradationDecided {
             tenant: "acme".into(),
             run: r.clone(),
@@ -211,24 +200,6 @@ fn diff_says_where_a_prefix_run_ends() {
 }
 
 // ------------------------------------------------------------- CLI tests
-
-fn runledger(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("RUNLEDGER_DATA")
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn json_of(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
@@ -592,7 +563,7 @@ fn load_run_reads_the_same_records_through_the_indices_as_by_a_walk() {
     let data = tempfile::tempdir().unwrap();
     run_workload(data.path(), &workload, &["--run-id", "x"]);
     run_workload(data.path(), &workload, &["--run-id", "y", "--seed", "9"]);
-    let store = runledger::log::Store::open(data.path(), false).unwrap();
+    let store = open_store(data.path());
     let run = RunId::new("y");
     let indexed = load_run(&store, &run).unwrap().unwrap();
     assert!(
@@ -627,7 +598,7 @@ fn cli_diff_of_a_damaged_run_exits_1_naming_the_seq() {
     run_workload(data.path(), &workload, &["--run-id", "b"]);
     {
         // Move the time of the first record of the last frame (run b's).
-        let store = runledger::log::Store::open(data.path(), false).unwrap();
+        let store = open_store(data.path());
         let (key, value) = store.log_tree().last().unwrap().unwrap();
         let mut frame = OwnedFrame::decode(&value).unwrap();
         frame.entries[0].0 = Timestamp(frame.entries[0].0.0 + 1);

@@ -10,12 +10,11 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::bin::{BIN, runledger};
 use support::redis::RedisServer;
-
-const BIN: &str = env!("CARGO_BIN_EXE_runledger");
 
 const WORKLOAD: &str = r#"
 seed = 11
@@ -55,16 +54,6 @@ pipeline = "rag"
 runs = 8
 interval_ms = 10
 "#;
-
-fn runledger(data: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("RUNLEDGER_DATA")
-        .output()
-        .unwrap()
-}
 
 fn worker(url: &str, id: &str) -> Child {
     Command::new(BIN)

@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::bin::BIN;
+use support::ledger::{assert_verifies, events_sized};
 use support::live::{run, script};
 
 use std::path::Path;
@@ -17,13 +19,10 @@ use runledger::domain::limits::{
     ERROR_BYTES_MAX, EVENT_BYTES_MAX, EXEC_OUTPUT_BYTES_MAX, PARAMS_BYTES_MAX,
 };
 use runledger::domain::{Event, Params};
-use runledger::log::Store;
 use runledger::runtime::handler::{
     Failure, Handler, HandlerFuture, Handlers, Outcome, TaskContext,
 };
 use runledger::workload::Workload;
-
-const BIN: &str = env!("CARGO_BIN_EXE_runledger");
 
 /// One pipeline of `nodes`, `runs` times, two attempts per task.
 fn workload_text(nodes: &str, runs: u32, timeout_sec: f64) -> String {
@@ -62,19 +61,8 @@ fn exec_node(id: &str, program: &str) -> String {
 /// Every event of the ledger in `dir`, which verifies, with the size of
 /// its canonical bytes.
 fn events(dir: &Path) -> Vec<(Event, usize)> {
-    let store = Store::open(dir, false).unwrap();
-    let mut out = Vec::new();
-    store
-        .walk(1, |r| {
-            out.push((
-                runledger::log::codec::decode_event(r.event_bytes).unwrap(),
-                r.event_bytes.len(),
-            ));
-            std::ops::ControlFlow::Continue(())
-        })
-        .unwrap();
-    assert!(runledger::log::verify::verify(&store).unwrap().is_ok());
-    out
+    assert_verifies(dir);
+    events_sized(dir)
 }
 
 fn nack_errors(evs: &[(Event, usize)]) -> Vec<String> {

@@ -3,12 +3,16 @@
 //! by row, tenant isolation, the CSV through a spreadsheet-style parser,
 //! date filters, checkpoints kept and proven against later.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use runledger::log::Store;
 use serde_json::Value;
+
+use support::bin::{runledger, runledger_bare, stderr};
+use support::ledger::open_store;
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/replay/sample/ledger.jsonl");
 const WORKLOAD_DAILY: &str = concat!(
@@ -16,29 +20,10 @@ const WORKLOAD_DAILY: &str = concat!(
     "/replay/daily-period/workload.toml"
 );
 
-fn runledger(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("RUNLEDGER_DATA")
-        .output()
-        .unwrap()
-}
-
+/// `out`, once it is known to have exited 0.
 fn ok(out: Output) -> Output {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::bin::ok(&out);
     out
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// The default demo: four tenants, admission denials, skips, status changes.
@@ -81,11 +66,7 @@ fn verify_export(file: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["verify-export", file.to_str().unwrap()];
     args.extend_from_slice(extra);
     // No ledger is needed (and `verify-export` takes no --data).
-    Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .args(&args)
-        .env_remove("RUNLEDGER_DATA")
-        .output()
-        .unwrap()
+    runledger_bare(&args)
 }
 
 fn lines(file: &Path) -> Vec<String> {
@@ -650,7 +631,7 @@ fn verify_catches_a_tampered_published_checkpoint() {
     let seq = kept["seq"].as_u64().unwrap();
     for field in ["root", "head"] {
         {
-            let store = Store::open(&data(&dir), false).unwrap();
+            let store = open_store(&data(&dir));
             let published = store.published().unwrap();
             let mut forged = published[0];
             match field {
@@ -1163,7 +1144,7 @@ fn verify_catches_an_altered_tenants_root_in_a_published_checkpoint() {
     let kept = checkpoint(&data(&dir));
     let seq = kept["seq"].as_u64().unwrap();
     {
-        let store = Store::open(&data(&dir), false).unwrap();
+        let store = open_store(&data(&dir));
         let mut forged = store.published().unwrap()[0];
         forged.tenants_root[0] ^= 1;
         store.write_published(forged).unwrap();
@@ -1192,7 +1173,7 @@ fn verify_catches_an_altered_tenants_root_in_a_published_checkpoint() {
 
     // A value of another layout is a damaged ledger at that seq, not a panic.
     {
-        let store = Store::open(&data(&dir), false).unwrap();
+        let store = open_store(&data(&dir));
         let tree = store.published_tree().unwrap();
         let (key, _) = tree.iter().next().unwrap().unwrap();
         tree.insert(key, vec![1u8; 40]).unwrap();

@@ -2,11 +2,16 @@
 //! beside it, and its projections match the insta snapshots in
 //! `snapshots/`.
 
+mod support;
+
 use std::path::Path;
 
 use runledger::domain::{Event, State};
-use runledger::log::{Durability, Head, Ledger, LedgerOptions, Store};
-use runledger::{replay, views, wire};
+use runledger::log::Head;
+use runledger::log::replay;
+use runledger::{views, wire};
+
+use support::ledger::{open_ledger, open_store};
 
 fn fixture_dirs() -> Vec<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("replay");
@@ -39,15 +44,7 @@ fn ingest(dir: &Path, fixture: &Path) -> (u64, Vec<u64>) {
             _ => None,
         })
         .collect();
-    let ledger = Ledger::open(
-        dir,
-        LedgerOptions {
-            durability: Durability::None,
-            checkpoint_every: 0,
-            create: true,
-        },
-    )
-    .unwrap();
+    let ledger = open_ledger(dir);
     let receipt = ledger.append(appends).unwrap();
     ledger.close().unwrap();
     (receipt.last_seq, seeds)
@@ -70,7 +67,7 @@ fn fixtures_replay_to_their_stored_digests() {
         let stored: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(fixture.join("digests.json")).unwrap())
                 .unwrap();
-        let store = Store::open(dir.path(), false).unwrap();
+        let store = open_store(dir.path());
         let folded = replay::fold(&store, None).unwrap();
         let name = fixture.display();
         assert_eq!(
@@ -98,7 +95,7 @@ fn fixtures_projections_match_snapshots() {
     for fixture in fixture_dirs() {
         let dir = tempfile::tempdir().unwrap();
         ingest(dir.path(), &fixture);
-        let store = Store::open(dir.path(), false).unwrap();
+        let store = open_store(dir.path());
         let state = replay::fold(&store, None).unwrap().state;
         let name = fixture.file_name().unwrap().to_string_lossy().into_owned();
         let mut settings = insta::Settings::clone_current();

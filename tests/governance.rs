@@ -2,44 +2,19 @@
 //! the exact edge of the budget, reservation posting and release, overruns,
 //! status changes at their thresholds, concurrency limits, isolation.
 
+mod support;
+
 use runledger::domain::governance::{Denial, admit_run, admit_task, settle, status_of};
 use runledger::domain::*;
 
-fn tenant(id: &str, budget: i64, max_runs: u32) -> Event {
-    Event::TenantRegistered {
-        tenant: id.into(),
-        budget_micros: Micros(budget),
-        max_concurrent_runs: max_runs,
-        learning_intensity: LearningIntensity::Balanced,
-        meta_learning: false,
-        budget_period: BudgetPeriod::None,
-    }
-}
+use support::events::{self, given, run_started, tenant};
 
+/// A task of run `r` with its ceiling and two attempts.
 fn submit(task: &str, tenant: &str, ceiling: i64) -> Event {
-    Event::TaskSubmitted {
-        run: "r".into(),
-        task: task.into(),
-        tenant: tenant.into(),
-        priority: Priority::Normal,
-        deps: vec![],
-        pipeline: None,
-        cost_ceiling_micros: Micros(ceiling),
-        handler: "sim".into(),
-        params: Params::null(),
-        max_attempts: 2,
-        optional: false,
-    }
-}
-
-fn given(events: &[Event]) -> State {
-    let mut state = State::new();
-    for (i, e) in events.iter().enumerate() {
-        state
-            .apply(i as u64 + 1, Timestamp(0), e)
-            .unwrap_or_else(|r| panic!("given {e}: {r}"));
-    }
-    state
+    events::submit(task, tenant)
+        .ceiling(ceiling)
+        .max_attempts(2)
+        .into()
 }
 
 fn apply_all(state: &mut State, events: &[Event]) {
@@ -52,13 +27,9 @@ fn apply_all(state: &mut State, events: &[Event]) {
 
 fn base() -> Vec<Event> {
     vec![
-        tenant("acme", 1_000, 2),
-        tenant("globex", 1_000, 2),
-        Event::RunStarted {
-            run: "r".into(),
-            seed: 1,
-            config_hash: String::new(),
-        },
+        tenant("acme", 1_000).max_runs(2).into(),
+        tenant("globex", 1_000).max_runs(2).into(),
+        run_started("r", 1),
     ]
 }
 
@@ -291,17 +262,16 @@ fn budget_periods_turn_at_utc_midnight_and_month_start() {
         period_index(BudgetPeriod::Monthly, t("2026-02-01T00:00:00Z"))
     );
 
-    let daily = Event::TenantRegistered {
-        tenant: "d".into(),
-        budget_micros: Micros(100),
-        max_concurrent_runs: 1,
-        learning_intensity: LearningIntensity::Balanced,
-        meta_learning: false,
-        budget_period: BudgetPeriod::Daily,
-    };
+    let daily: Event = tenant("d", 100)
+        .max_runs(1)
+        .period(BudgetPeriod::Daily)
+        .into();
     // Registered on 2026-01-01: that is the daily tenant's first period.
     let mut state = State::new();
-    for (i, e) in [daily, tenant("forever", 100, 1)].iter().enumerate() {
+    for (i, e) in [daily, tenant("forever", 100).max_runs(1).into()]
+        .iter()
+        .enumerate()
+    {
         state
             .apply(i as u64 + 1, t("2026-01-01T09:00:00Z"), e)
             .unwrap();
@@ -346,6 +316,7 @@ fn budget_periods_turn_at_utc_midnight_and_month_start() {
     assert_eq!(period_resets(&state, t("2026-01-03T00:00:00Z")).len(), 1);
 }
 
+/// A node of pipeline `p1` in run `r`, one attempt.
 fn node(
     task: &str,
     tenant: &str,
@@ -354,19 +325,13 @@ fn node(
     optional: bool,
     params: &str,
 ) -> Event {
-    Event::TaskSubmitted {
-        run: "r".into(),
-        task: task.into(),
-        tenant: tenant.into(),
-        priority: Priority::Normal,
-        deps: deps.iter().map(|d| TaskId::from(*d)).collect(),
-        pipeline: Some("p1".into()),
-        cost_ceiling_micros: Micros(ceiling),
-        handler: "sim".into(),
-        params: serde_json::from_str(params).unwrap(),
-        max_attempts: 1,
-        optional,
-    }
+    events::submit(task, tenant)
+        .deps(deps.iter().copied())
+        .pipeline("p1")
+        .ceiling(ceiling)
+        .params(&serde_json::from_str(params).unwrap())
+        .optional(optional)
+        .into()
 }
 
 fn agent(state: &State, task: &str) -> runledger::domain::cost_agent::CostDecision {
@@ -387,12 +352,8 @@ fn cost_agent_continues_degrades_and_terminates_on_the_projection() {
     // The ceilings the loader gives these sim steps: 200, 125, 89,100.
     assert_eq!((retrieve.0, rerank.0, generate.0), (200, 125, 89_100));
     let mut events = vec![
-        tenant("acme", 100_000, 10),
-        Event::RunStarted {
-            run: "r".into(),
-            seed: 1,
-            config_hash: String::new(),
-        },
+        tenant("acme", 100_000).max_runs(10).into(),
+        run_started("r", 1),
     ];
     events.extend([
         node("retrieve", "acme", retrieve.0, &[], false, retrieve.1),
@@ -481,12 +442,8 @@ fn cost_agent_continues_degrades_and_terminates_on_the_projection() {
 #[test]
 fn cost_agent_degrades_above_ninety_percent_utilisation_and_eighty_percent_concurrency() {
     let mut events = vec![
-        tenant("acme", 10_000, 10),
-        Event::RunStarted {
-            run: "r".into(),
-            seed: 1,
-            config_hash: String::new(),
-        },
+        tenant("acme", 10_000).max_runs(10).into(),
+        run_started("r", 1),
     ];
     events.push(node("t", "acme", 10, &[], false, "{}"));
     let mut state = given(&events);
@@ -516,12 +473,8 @@ fn cost_agent_degrades_above_ninety_percent_utilisation_and_eighty_percent_concu
     assert_eq!(agent(&state, "t").decision, Decision::Degrade);
 
     let mut busy = vec![
-        tenant("b", 1_000_000, 10),
-        Event::RunStarted {
-            run: "r".into(),
-            seed: 1,
-            config_hash: String::new(),
-        },
+        tenant("b", 1_000_000).max_runs(10).into(),
+        run_started("r", 1),
     ];
     for i in 0..8 {
         busy.push(submit(&format!("x{i}"), "b", 1));

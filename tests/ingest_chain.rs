@@ -6,43 +6,19 @@
 //! times and hashes unchanged. Bare events stay appendable after records,
 //! not before them. A `budget_overrun` needs spend behind it.
 
-use std::io::Write;
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+
+use support::bin::{runledger, runledger_stdin, stderr, stdout};
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/replay/sample/ledger.jsonl");
-
-fn runledger(data: &Path, args: &[&str], input: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("RUNLEDGER_DATA")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    if let Some(bytes) = input {
-        stdin.write_all(bytes).unwrap();
-    }
-    drop(stdin);
-    child.wait_with_output().unwrap()
-}
 
 fn ingest(data: &Path, lines: &[&str]) -> Output {
     let mut text = lines.join("\n");
     text.push('\n');
-    runledger(data, &["ingest", "-"], Some(text.as_bytes()))
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    runledger_stdin(data, &["ingest", "-"], text.as_bytes())
 }
 
 fn sample() -> Vec<String> {
@@ -59,7 +35,7 @@ fn refs(lines: &[String]) -> Vec<&str> {
 
 /// Records the ledger in `data` holds (0 when there is none).
 fn records(data: &Path) -> u64 {
-    let out = runledger(data, &["--json", "verify"], None);
+    let out = runledger(data, &["--json", "verify"]);
     if out.status.code() == Some(2) && stderr(&out).contains("no ledger") {
         return 0;
     }
@@ -217,12 +193,12 @@ fn a_whole_export_reingests_with_its_seqs_times_and_hashes() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = ingest(dir.path(), &refs(&lines[30..]));
     assert!(out.status.success(), "{}", stderr(&out));
-    let log = runledger(dir.path(), &["log", "--json"], None);
+    let log = runledger(dir.path(), &["log", "--json"]);
     assert!(log.status.success(), "{}", stderr(&log));
     let relogged: Vec<String> = stdout(&log).lines().map(str::to_owned).collect();
     assert_eq!(relogged, lines);
     let head: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
-    let out = runledger(dir.path(), &["--json", "verify"], None);
+    let out = runledger(dir.path(), &["--json", "verify"]);
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["head"], head["hash"]);
 }

@@ -5,11 +5,15 @@
 //! event moves the numbers of a tenant it does not belong to, and every
 //! recorded decision re-checks (`replay --check`).
 
+mod support;
+
 use proptest::prelude::*;
 use runledger::domain::{Event, State, TenantId};
-use runledger::log::{Durability, Ledger, LedgerOptions, Store};
+use runledger::log::Store;
 use runledger::runtime::{RunOptions, run_simulated};
 use runledger::workload::Workload;
+
+use support::ledger::{open_ledger, open_store};
 
 fn workload_text(
     seed: u64,
@@ -70,7 +74,7 @@ nodes = [
 /// `replay --check`: every decision of the run, re-decided on the state
 /// before it, comes out as recorded.
 fn recheck(dir: &std::path::Path) -> runledger::audit::check::CheckReport {
-    let store = Store::open(dir, false).unwrap();
+    let store = open_store(dir);
     runledger::audit::check::check(&store, Default::default()).unwrap()
 }
 
@@ -153,7 +157,7 @@ proptest! {
         let text = workload_text(seed, &budgets, runs, concurrency, ceilings, failure_bp);
         let workload = Workload::parse("prop.toml", &text).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path(), LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
+        let ledger = open_ledger(dir.path());
         let report = run_simulated(&ledger, &workload, &RunOptions::default(), &mut |_, _| {}).unwrap();
         ledger.close().unwrap();
         prop_assert_eq!(report.tasks, report.acked + report.dead_lettered + report.cancelled + report.skipped, "every task ends (seed {})", seed);
@@ -222,7 +226,7 @@ proptest! {
         let text = wide_workload_text(seed, &budgets, fan_out, failure_bp);
         let workload = Workload::parse("wide.toml", &text).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path(), LedgerOptions { durability: Durability::None, checkpoint_every: 0, create: true }).unwrap();
+        let ledger = open_ledger(dir.path());
         let report = run_simulated(&ledger, &workload, &RunOptions::default(), &mut |_, _| {}).unwrap();
         ledger.close().unwrap();
         prop_assert!(report.peak_running >= 1_000, "seed {}: peak {} tasks in flight", seed, report.peak_running);

@@ -3,21 +3,22 @@
 //! exact edges, isolation between tenants, opt-in meta-learning, and the
 //! policy at work in a simulated run (recorded, replayed, deterministic).
 
+mod support;
+
 use runledger::domain::learning::{self, Learner};
 use runledger::domain::*;
-use runledger::log::{Durability, Ledger, LedgerOptions, Store};
 use runledger::runtime::{RunOptions, run_simulated};
 use runledger::workload::Workload;
 
+use support::events::{self, given, submit};
+use support::ledger::{events, open_ledger, open_store};
+
+/// A tenant of at most 4 concurrent runs, learning at `intensity`.
 fn tenant(id: &str, budget: i64, intensity: LearningIntensity, meta: bool) -> Event {
-    Event::TenantRegistered {
-        tenant: id.into(),
-        budget_micros: Micros(budget),
-        max_concurrent_runs: 4,
-        learning_intensity: intensity,
-        meta_learning: meta,
-        budget_period: BudgetPeriod::None,
-    }
+    events::tenant(id, budget)
+        .intensity(intensity)
+        .meta(meta)
+        .into()
 }
 
 fn outcome(tenant: &str, arm: &str, reward_bp: i32, cost: i64) -> Event {
@@ -28,32 +29,6 @@ fn outcome(tenant: &str, arm: &str, reward_bp: i32, cost: i64) -> Event {
         reward_bp,
         cost_micros: Micros(cost),
     }
-}
-
-fn submit(task: &str) -> Event {
-    Event::TaskSubmitted {
-        run: "r".into(),
-        task: task.into(),
-        tenant: "acme".into(),
-        priority: Priority::Normal,
-        deps: vec![],
-        pipeline: None,
-        cost_ceiling_micros: Micros::ZERO,
-        handler: "sim".into(),
-        params: Params::null(),
-        max_attempts: 1,
-        optional: false,
-    }
-}
-
-fn given(events: &[Event]) -> State {
-    let mut state = State::new();
-    for e in events {
-        state
-            .apply(state.seq + 1, Timestamp(0), e)
-            .unwrap_or_else(|r| panic!("given {e}: {r}"));
-    }
-    state
 }
 
 fn models() -> Vec<String> {
@@ -156,7 +131,7 @@ fn exploration_runs_at_the_intensity_rate_and_stops_when_its_budget_is_spent() {
     ];
     for i in 0..2 {
         let task = format!("t{i}");
-        events.push(submit(&task));
+        events.push(submit(&task, "acme").into());
         events.push(Event::LearningArmChosen {
             tenant: "acme".into(),
             task: task.as_str().into(),
@@ -314,7 +289,7 @@ fn the_learner_records_the_outcome_of_a_chosen_attempt_then_adjusts() {
         },
     ];
     for task in ["a", "b"] {
-        events.push(submit(task));
+        events.push(submit(task, "acme").into());
     }
     events.push(Event::LearningArmChosen {
         tenant: "acme".into(),
@@ -388,26 +363,10 @@ interval_ms = 100
 
 fn run(dir: &std::path::Path) -> (Vec<Event>, runledger::runtime::RunReport) {
     let workload = Workload::parse("learn.toml", WORKLOAD).unwrap();
-    let ledger = Ledger::open(
-        dir,
-        LedgerOptions {
-            durability: Durability::None,
-            checkpoint_every: 0,
-            create: true,
-        },
-    )
-    .unwrap();
+    let ledger = open_ledger(dir);
     let report = run_simulated(&ledger, &workload, &RunOptions::default(), &mut |_, _| {}).unwrap();
     ledger.close().unwrap();
-    let store = Store::open(dir, false).unwrap();
-    let mut events = Vec::new();
-    store
-        .walk(1, |r| {
-            events.push(runledger::log::codec::decode_event(r.event_bytes).unwrap());
-            std::ops::ControlFlow::Continue(())
-        })
-        .unwrap();
-    (events, report)
+    (events(dir), report)
 }
 
 #[test]
@@ -482,7 +441,7 @@ fn a_simulated_run_chooses_learns_and_adjusts_and_replays_the_same() {
     assert_eq!(events, events_again);
     assert_eq!(report.digest, report_again.digest);
     // Replaying the ledger rebuilds the same learning state.
-    let folded = runledger::replay::fold(&Store::open(dir.path(), false).unwrap(), None).unwrap();
+    let folded = runledger::log::replay::fold(&open_store(dir.path()), None).unwrap();
     assert_eq!(
         folded.state.digests().combined.to_hex().as_str(),
         report.digest

@@ -2,48 +2,36 @@
 //! reopen, fold to the same digests live and from disk (property test), and
 //! the derived indices are rebuilt from the log when they fall behind.
 
+mod support;
+
 use std::ops::ControlFlow;
 
 use proptest::prelude::*;
 use runledger::domain::*;
 use runledger::log::codec::decode_event;
+use runledger::log::replay;
 use runledger::log::store::IndexKind;
 use runledger::log::{Append, AppendError, Durability, Ledger, LedgerOptions, Store};
-use runledger::replay;
 
-fn options() -> LedgerOptions {
-    LedgerOptions {
-        durability: Durability::None,
-        checkpoint_every: 0,
-        create: true,
-    }
-}
+use support::events;
+use support::ledger::{open_ledger, open_store, options};
 
+/// A conservative tenant with a monthly budget, at most 4 concurrent runs.
 fn tenant(id: &str, budget: i64) -> Event {
-    Event::TenantRegistered {
-        tenant: id.into(),
-        budget_micros: Micros(budget),
-        max_concurrent_runs: 4,
-        learning_intensity: LearningIntensity::Conservative,
-        meta_learning: false,
-        budget_period: BudgetPeriod::Monthly,
-    }
+    events::tenant(id, budget)
+        .intensity(LearningIntensity::Conservative)
+        .period(BudgetPeriod::Monthly)
+        .into()
 }
 
+/// A task with no handler named and three attempts.
 fn submit(run: &str, task: &str, tenant: &str, deps: Vec<TaskId>) -> Event {
-    Event::TaskSubmitted {
-        run: run.into(),
-        task: task.into(),
-        tenant: tenant.into(),
-        priority: Priority::Normal,
-        deps,
-        pipeline: None,
-        cost_ceiling_micros: Micros(0),
-        handler: String::new(),
-        params: Params::null(),
-        max_attempts: 3,
-        optional: false,
-    }
+    events::submit(task, tenant)
+        .run(run)
+        .deps(deps)
+        .handler("")
+        .max_attempts(3)
+        .into()
 }
 
 /// Turns random choices into a sequence of events that are each valid in
@@ -164,7 +152,7 @@ proptest! {
     ) {
         let events = valid_sequence(&ops);
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path(), options()).unwrap();
+        let ledger = open_ledger(dir.path());
         let timed: Vec<Append> = events
             .iter()
             .enumerate()
@@ -185,7 +173,7 @@ proptest! {
         ledger.close().unwrap();
         prop_assert_eq!(live.1.seq, events.len() as u64);
         prop_assert_eq!(live.0, fold_in_memory(&events).digests());
-        let store = Store::open(dir.path(), false).unwrap();
+        let store = open_store(dir.path());
         let folded = replay::fold(&store, None).unwrap();
         prop_assert_eq!(folded.state.digests(), live.0);
         prop_assert_eq!(folded.head, live.1);
@@ -195,7 +183,7 @@ proptest! {
 #[test]
 fn ledger_append_rejected_batch_appends_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    let ledger = open_ledger(dir.path());
     ledger.append([tenant("acme", 100)]).unwrap();
     let batch = vec![
         Event::RunStarted {
@@ -237,14 +225,14 @@ fn ledger_append_rejected_batch_appends_nothing() {
 fn ledger_reopen_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let first = {
-        let ledger = Ledger::open(dir.path(), options()).unwrap();
+        let ledger = open_ledger(dir.path());
         let receipt = ledger
             .append([tenant("acme", 100), tenant("globex", 50)])
             .unwrap();
         ledger.close().unwrap();
         receipt
     };
-    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    let ledger = open_ledger(dir.path());
     assert_eq!(ledger.head().unwrap().hash, first.head);
     let receipt = ledger
         .append([Event::CostIncurred {
@@ -256,7 +244,7 @@ fn ledger_reopen_continues_the_chain() {
         .unwrap();
     assert_eq!(receipt.first_seq, 3);
     ledger.close().unwrap();
-    let store = Store::open(dir.path(), false).unwrap();
+    let store = open_store(dir.path());
     let report = runledger::log::verify::verify(&store).unwrap().unwrap();
     assert_eq!((report.records, report.head.hash), (3, receipt.head));
     assert!(report.checkpoints >= 1, "close records a checkpoint");
@@ -310,7 +298,7 @@ fn ledger_many_appenders_get_disjoint_gapless_seqs() {
     let head = ledger.head().unwrap();
     assert_eq!(head.seq, next - 1);
     ledger.close().unwrap();
-    let store = Store::open(dir.path(), false).unwrap();
+    let store = open_store(dir.path());
     assert_eq!(
         runledger::log::verify::verify(&store)
             .unwrap()
@@ -338,7 +326,7 @@ fn events_of(store: &Store, filters: &[(IndexKind, &str)]) -> Vec<(u64, String)>
 #[test]
 fn index_lists_records_by_run_and_tenant_and_is_rebuilt_after_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    let ledger = open_ledger(dir.path());
     ledger
         .append([tenant("acme", 1_000), tenant("globex", 1_000)])
         .unwrap();
@@ -372,7 +360,7 @@ fn index_lists_records_by_run_and_tenant_and_is_rebuilt_after_loss() {
         .unwrap();
     ledger.close().unwrap();
 
-    let store = Store::open(dir.path(), false).unwrap();
+    let store = open_store(dir.path());
     let globex = events_of(&store, &[(IndexKind::Tenant, "globex")]);
     assert_eq!(
         globex,
@@ -412,7 +400,7 @@ fn index_lists_records_by_run_and_tenant_and_is_rebuilt_after_loss() {
         .unwrap()
         .close()
         .unwrap();
-    let store = Store::open(dir.path(), false).unwrap();
+    let store = open_store(dir.path());
     assert_eq!(events_of(&store, &[(IndexKind::Tenant, "globex")]), globex);
     assert_eq!(events_of(&store, &[(IndexKind::Run, "r1")]), r1);
 }
@@ -420,7 +408,7 @@ fn index_lists_records_by_run_and_tenant_and_is_rebuilt_after_loss() {
 #[test]
 fn replay_of_one_run_keeps_global_events_and_drops_other_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    let ledger = open_ledger(dir.path());
     ledger
         .append([
             tenant("acme", 1_000),
@@ -451,7 +439,7 @@ fn replay_of_one_run_keeps_global_events_and_drops_other_runs() {
         ])
         .unwrap();
     ledger.close().unwrap();
-    let store = Store::open(dir.path(), false).unwrap();
+    let store = open_store(dir.path());
     let r1 = replay::fold(&store, Some(&"r1".into())).unwrap().state;
     assert!(r1.runs.get(&"r2".into()).is_none());
     assert!(r1.queue.get(&"b".into()).is_none());
@@ -466,7 +454,7 @@ fn replay_of_one_run_keeps_global_events_and_drops_other_runs() {
 #[test]
 fn wall_clock_stamps_are_not_frozen_by_records_stamped_in_the_future() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    let ledger = open_ledger(dir.path());
     let future = Timestamp::parse("2099-01-01T00:00:00Z").unwrap();
     ledger
         .append([Append {
@@ -494,7 +482,7 @@ fn a_step_recording_an_overrun_without_its_cost_is_dropped_whole() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    let ledger = open_ledger(dir.path());
     let mut governed = submit("r", "t1", "acme", Vec::new());
     if let Event::TaskSubmitted {
         cost_ceiling_micros,
@@ -554,4 +542,97 @@ fn a_step_recording_an_overrun_without_its_cost_is_dropped_whole() {
     assert!(pushed);
     assert_eq!((receipt.first_seq, receipt.last_seq), (5, 6));
     ledger.close().unwrap();
+}
+
+/// A lent state ([`Ledger::lend`]) is the ledger's one live state: what the
+/// borrower records is chained exactly as an append of the same events at
+/// the same times, indexed the same, and what another handle asks meanwhile
+/// waits for the state to come back.
+#[test]
+fn a_lent_state_records_what_an_append_would_and_holds_other_callers() {
+    let events: Vec<Event> = vec![
+        tenant("t0", 1_000),
+        Event::RunStarted {
+            run: "r".into(),
+            seed: 1,
+            config_hash: String::new(),
+        },
+        submit("r", "r/a", "t0", vec![]),
+        submit("r", "r/b", "t0", vec!["r/a".into()]),
+    ];
+    let at = |i: usize| Timestamp(1_000 + i as i64);
+
+    let appended = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(appended.path(), options()).unwrap();
+    let entries: Vec<Append> = (events.iter().enumerate())
+        .map(|(i, e)| Append {
+            recorded_at: Some(at(i)),
+            event: e.clone(),
+        })
+        .collect();
+    let receipt = ledger.append(entries).unwrap();
+    ledger.close().unwrap();
+
+    let lent_dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(lent_dir.path(), options()).unwrap();
+    let mut lent = ledger.lend().unwrap();
+    // Another caller's query and append wait for the state.
+    let other = ledger.clone();
+    let waiting = std::thread::spawn(move || {
+        other
+            .append([Event::RunFinished { run: "r".into() }])
+            .unwrap();
+        other
+            .query(|state, head| (state.queue.counts(), head.seq))
+            .unwrap()
+    });
+    for (i, event) in events.iter().enumerate() {
+        lent.record(at(i), event.clone()).unwrap();
+    }
+    // A refused event changes nothing and comes back.
+    let refused = lent
+        .record(at(9), submit("r", "r/a", "t0", vec![]))
+        .unwrap_err();
+    assert!(matches!(refused.event, Event::TaskSubmitted { .. }));
+    assert_eq!(lent.state().seq, events.len() as u64);
+    let sent = lent.send().unwrap().wait().unwrap();
+    assert_eq!(sent, receipt, "same seqs and head as the plain append");
+    lent.give_back();
+    let (counts, seq) = waiting.join().unwrap();
+    assert_eq!(seq, events.len() as u64 + 1, "the held append came after");
+    assert_eq!(counts.pending + counts.waiting, 2);
+    ledger.close().unwrap();
+
+    let store = Store::open(lent_dir.path(), false).unwrap();
+    assert_eq!(
+        events_of(&store, &[(IndexKind::Tenant, "t0")]),
+        events_of(
+            &Store::open(appended.path(), false).unwrap(),
+            &[(IndexKind::Tenant, "t0")]
+        ),
+    );
+    assert_eq!(events_of(&store, &[(IndexKind::Run, "r")]).len(), 4);
+}
+
+/// A borrower that stops with events recorded but not sent leaves the
+/// ledger as its log says: the writer refolds, the unsent events are in
+/// neither the log nor the live state.
+#[test]
+fn a_lent_state_dropped_midway_is_refolded_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path(), options()).unwrap();
+    let mut lent = ledger.lend().unwrap();
+    lent.record(Timestamp(1), tenant("t0", 1_000)).unwrap();
+    lent.send().unwrap().wait().unwrap();
+    lent.record(Timestamp(2), tenant("t1", 1_000)).unwrap();
+    drop(lent);
+    let (tenants, seq) = ledger
+        .query(|state, head| (state.tenants.sorted().len(), head.seq))
+        .unwrap();
+    assert_eq!((tenants, seq), (1, 1));
+    // And the ledger goes on from there.
+    ledger.append([tenant("t1", 1_000)]).unwrap();
+    ledger.close().unwrap();
+    let folded = replay::fold(&Store::open(dir.path(), false).unwrap(), None).unwrap();
+    assert_eq!(folded.state.tenants.sorted().len(), 2);
 }

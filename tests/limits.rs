@@ -4,10 +4,10 @@
 //! is within the limits survives close, reopen, verify and a crash of the
 //! machine (its sled blob files are synced).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod support;
 
-use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use runledger::domain::limits::{
     EVENT_BYTES_MAX, ID_BYTES_MAX, INGEST_LINE_BYTES_MAX, PARAMS_BYTES_MAX, WORKLOAD_FILE_BYTES_MAX,
@@ -16,45 +16,9 @@ use runledger::domain::{Event, Micros, Priority, Timestamp};
 use runledger::log::{AppendError, Durability, Ledger, LedgerOptions, Store};
 use runledger::workload::Workload;
 
-fn runledger(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("RUNLEDGER_DATA")
-        .output()
-        .unwrap()
-}
-
-fn runledger_stdin(data: &Path, args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("RUNLEDGER_DATA")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    // A refusing process may stop reading: a broken pipe is not an error here.
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = feeder.join();
-    out
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use support::bin::{runledger, runledger_stdin, stderr, stdout};
+use support::events::run_started;
+use support::ledger::open_store;
 
 /// Asserts exit 2 and a message containing every one of `parts`.
 fn refused(o: &Output, parts: &[&str]) {
@@ -120,11 +84,11 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// The test ledger's options, fsyncing every group.
 fn options() -> LedgerOptions {
     LedgerOptions {
         durability: Durability::Always,
-        checkpoint_every: 0,
-        create: true,
+        ..support::ledger::options()
     }
 }
 
@@ -142,11 +106,7 @@ fn workload_event(run: &str, bytes: usize) -> Event {
 fn writer_refuses_an_event_over_event_bytes_max_and_nothing_of_its_batch() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(dir.path(), options()).unwrap();
-    let started = Event::RunStarted {
-        run: "r1".into(),
-        seed: 1,
-        config_hash: String::new(),
-    };
+    let started = run_started("r1", 1);
     let big = workload_event("r1", EVENT_BYTES_MAX + 1);
     match ledger.append([started.clone(), big]) {
         Err(AppendError::Rejected { index, rejection }) => {
@@ -164,7 +124,7 @@ fn writer_refuses_an_event_over_event_bytes_max_and_nothing_of_its_batch() {
     // The ledger goes on, and every record it holds decodes.
     ledger.append([started]).unwrap();
     ledger.close().unwrap();
-    let store = Store::open(dir.path(), false).unwrap();
+    let store = open_store(dir.path());
     let report = runledger::log::verify::verify(&store).unwrap().unwrap();
     assert_eq!(report.records, 1);
 }

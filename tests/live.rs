@@ -4,16 +4,17 @@
 
 mod support;
 
-use support::live::{run, script};
-
 use std::path::Path;
 
 use runledger::domain::{Category, Event, Micros, Params};
-use runledger::log::Store;
 use runledger::runtime::handler::{
     Failure, Handler, HandlerFuture, Handlers, Outcome, TaskContext,
 };
 use runledger::workload::Workload;
+
+use support::bin::{command, runledger};
+use support::ledger::assert_verifies;
+use support::live::{run, script};
 
 fn workload(nodes: &str, runs: u32, timeout_sec: f64) -> Workload {
     let text = format!(
@@ -46,17 +47,10 @@ runs = {runs}
     Workload::parse("live.toml", &text).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Every event of the ledger in `dir`, which verifies.
 fn events(dir: &Path) -> Vec<Event> {
-    let store = Store::open(dir, false).unwrap();
-    let mut out = Vec::new();
-    store
-        .walk(1, |r| {
-            out.push(runledger::log::codec::decode_event(r.event_bytes).unwrap());
-            std::ops::ControlFlow::Continue(())
-        })
-        .unwrap();
-    assert!(runledger::log::verify::verify(&store).unwrap().is_ok());
-    out
+    assert_verifies(dir);
+    support::ledger::events(dir)
 }
 
 #[test]
@@ -253,13 +247,9 @@ runs = 20
     )
     .unwrap();
     let data = dir.path().join("data");
-    let bin = env!("CARGO_BIN_EXE_runledger");
     // The run SIGKILLs itself once 10 of its 40 tasks have ended: mid-run
     // however loaded the machine is.
-    let killed = std::process::Command::new(bin)
-        .arg("--data")
-        .arg(&data)
-        .arg("run")
+    let killed = command(&data, &["run"])
         .arg(&file)
         .env("RUNLEDGER_TEST_KILL_AFTER_TASKS", "10")
         .status()
@@ -270,12 +260,7 @@ runs = 20
         Some(9),
         "the drill kills the run: {killed}"
     );
-    let resume = std::process::Command::new(bin)
-        .arg("--data")
-        .arg(&data)
-        .arg("resume")
-        .output()
-        .unwrap();
+    let resume = runledger(&data, &["resume"]);
     assert!(
         resume.status.success(),
         "{}",
@@ -292,12 +277,7 @@ runs = 20
     assert!(acks.values().all(|&n| n == 1), "none twice");
     assert!(matches!(evs.last(), Some(Event::RunFinished { .. })));
     // The killed process's decisions and the resumed one's re-check.
-    let check = std::process::Command::new(bin)
-        .arg("--data")
-        .arg(&data)
-        .args(["replay", "--check"])
-        .output()
-        .unwrap();
+    let check = runledger(&data, &["replay", "--check"]);
     assert!(
         check.status.success(),
         "{}{}",
@@ -502,15 +482,10 @@ interval_ms = 1500
     )
     .unwrap();
     let data = dir.path().join("data");
-    let bin = env!("CARGO_BIN_EXE_runledger");
     // Killed once its first task has ended, before the later runs arrive.
-    let killed = std::process::Command::new(bin)
-        .arg("--data")
-        .arg(&data)
-        .arg("run")
+    let killed = command(&data, &["run"])
         .arg(&file)
         .env("RUNLEDGER_TEST_KILL_AFTER_TASKS", "1")
-        .env_remove("RUNLEDGER_DATA")
         .status()
         .unwrap();
     use std::os::unix::process::ExitStatusExt;
@@ -520,12 +495,8 @@ interval_ms = 1500
         "the drill kills the run: {killed}"
     );
     // Resumed from another directory, where `./step.sh` is not the step.
-    let resume = std::process::Command::new(bin)
-        .arg("--data")
-        .arg(&data)
-        .arg("resume")
+    let resume = command(&data, &["resume"])
         .current_dir("/")
-        .env_remove("RUNLEDGER_DATA")
         .output()
         .unwrap();
     assert!(

@@ -6,42 +6,30 @@
 //! pipeline of any depth (in the order a plain repeated scan gives) without
 //! recursion.
 
+mod support;
+
 use proptest::prelude::*;
 use runledger::domain::queue::TaskStatus;
-use runledger::domain::{Event, Micros, Params, Priority, State, TaskId, Timestamp};
+use runledger::domain::{Event, Params, State, TaskId, Timestamp};
+
+use support::events::{self, run_started, tenant};
 
 fn setup() -> Vec<Event> {
     vec![
-        Event::TenantRegistered {
-            tenant: "acme".into(),
-            budget_micros: Micros(1_000_000_000),
-            max_concurrent_runs: 1_000_000,
-            learning_intensity: Default::default(),
-            meta_learning: false,
-            budget_period: Default::default(),
-        },
-        Event::RunStarted {
-            run: "r".into(),
-            seed: 1,
-            config_hash: String::new(),
-        },
+        tenant("acme", 1_000_000_000).max_runs(1_000_000).into(),
+        run_started("r", 1),
     ]
 }
 
 fn submit(task: &str, deps: &[String], ceiling: i64, optional: bool, model: &str) -> Event {
-    Event::TaskSubmitted {
-        run: "r".into(),
-        task: task.into(),
-        tenant: "acme".into(),
-        priority: Priority::Normal,
-        deps: deps.iter().map(|d| TaskId::from(d.as_str())).collect(),
-        pipeline: Some("acme/p#0".into()),
-        cost_ceiling_micros: Micros(ceiling),
-        handler: "sim".into(),
-        params: Params::from_value(&serde_json::json!({ "step": "generate", "model": model })),
-        max_attempts: 1_000,
-        optional,
-    }
+    events::submit(task, "acme")
+        .deps(deps.iter().cloned())
+        .pipeline("acme/p#0")
+        .ceiling(ceiling)
+        .params(&serde_json::json!({ "step": "generate", "model": model }))
+        .max_attempts(1_000)
+        .optional(optional)
+        .into()
 }
 
 /// The remaining DAG as the cost agent first computed it: a walk from the

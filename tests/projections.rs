@@ -2,42 +2,26 @@
 //! of recorded events, applies one more, and checks the verdict and the
 //! state that follows. No disk, no runtime.
 
+mod support;
+
 use runledger::domain::queue::TaskStatus;
 use runledger::domain::*;
 
+use support::events::{self, run_started};
+
+/// A tenant of at most 2 concurrent runs.
 fn tenant(id: &str, budget: i64) -> Event {
-    Event::TenantRegistered {
-        tenant: id.into(),
-        budget_micros: Micros(budget),
-        max_concurrent_runs: 2,
-        learning_intensity: LearningIntensity::Balanced,
-        meta_learning: false,
-        budget_period: BudgetPeriod::None,
-    }
+    events::tenant(id, budget).max_runs(2).into()
 }
 
-fn run(id: &str) -> Event {
-    Event::RunStarted {
-        run: id.into(),
-        seed: 7,
-        config_hash: String::new(),
-    }
-}
-
+/// A task of run `r1` with two attempts.
 fn submit(task: &str, tenant: &str, priority: Priority, deps: &[&str]) -> Event {
-    Event::TaskSubmitted {
-        run: "r1".into(),
-        task: task.into(),
-        tenant: tenant.into(),
-        priority,
-        deps: deps.iter().map(|d| TaskId::from(*d)).collect(),
-        pipeline: None,
-        cost_ceiling_micros: Micros(0),
-        handler: "sim".into(),
-        params: Params::null(),
-        max_attempts: 2,
-        optional: false,
-    }
+    events::submit(task, tenant)
+        .run("r1")
+        .priority(priority)
+        .deps(deps.iter().copied())
+        .max_attempts(2)
+        .into()
 }
 
 fn dequeue(task: &str, worker: &str, attempt: u32) -> Event {
@@ -111,7 +95,11 @@ fn check(given: &[Event], when: Event) -> (Result<(), Rejection>, State) {
 }
 
 fn base() -> Vec<Event> {
-    vec![tenant("acme", 10_000), tenant("globex", 5_000), run("r1")]
+    vec![
+        tenant("acme", 10_000),
+        tenant("globex", 5_000),
+        run_started("r1", 7),
+    ]
 }
 
 fn status(state: &State, task: &str) -> TaskStatus {
@@ -159,7 +147,7 @@ fn tenant_update_changes_only_given_fields() {
 
 #[test]
 fn run_start_twice_rejected_and_finish_closes_it() {
-    let (verdict, _) = check(&base(), run("r1"));
+    let (verdict, _) = check(&base(), run_started("r1", 7));
     assert_eq!(verdict, Err(Rejection::DuplicateRun("r1".into())));
     let mut given = base();
     given.push(Event::RunFinished { run: "r1".into() });
@@ -743,14 +731,14 @@ fn run_summary_counts_tasks_costs_and_peak() {
 
 #[test]
 fn digests_do_not_depend_on_insertion_order_of_independent_tenants() {
-    let a = check(&[tenant("a", 1), tenant("b", 2)], run("r1"))
+    let a = check(&[tenant("a", 1), tenant("b", 2)], run_started("r1", 7))
         .1
         .digests();
-    let b = check(&[tenant("b", 2), tenant("a", 1)], run("r1"))
+    let b = check(&[tenant("b", 2), tenant("a", 1)], run_started("r1", 7))
         .1
         .digests();
     assert_eq!(a.tenants, b.tenants);
-    let c = check(&[tenant("a", 1), tenant("b", 3)], run("r1"))
+    let c = check(&[tenant("a", 1), tenant("b", 3)], run_started("r1", 7))
         .1
         .digests();
     assert_ne!(a.tenants, c.tenants);

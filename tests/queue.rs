@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use runledger::domain::scheduler::QueuePolicy;
 use runledger::domain::{Event, Micros, Params, Priority, RunId, TaskId, TenantId, WorkerId};
-use runledger::log::{Append, Durability, Ledger, LedgerOptions};
+use runledger::log::{Append, Ledger};
 use runledger::runtime::queue::{Lease, MemoryQueue, NackOutcome, TaskQueue};
 use runledger::runtime::redis::{RedisQueue, RedisStreams, StreamsConfig};
+
+use support::ledger::{open_ledger, open_store};
 
 const RUN: &str = "q";
 const LEASE: Duration = Duration::from_secs(30);
@@ -76,15 +78,7 @@ async fn harness<
     make: impl Fn(Ledger, QueuePolicy) -> F,
 ) -> Option<Harness<Q>> {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(
-        dir.path(),
-        LedgerOptions {
-            durability: Durability::None,
-            checkpoint_every: 0,
-            create: true,
-        },
-    )
-    .unwrap();
+    let ledger = open_ledger(dir.path());
     ledger
         .append_async(vec![
             Append::from(Event::TenantRegistered {
@@ -174,7 +168,7 @@ impl<Q: TaskQueue> Harness<Q> {
         tokio::task::spawn_blocking(move || ledger.close().unwrap())
             .await
             .unwrap();
-        let store = runledger::log::Store::open(dir.path(), false).unwrap();
+        let store = open_store(dir.path());
         let report = runledger::audit::check::check(&store, Default::default()).unwrap();
         assert!(report.ok(), "replay --check: {:?}", report.first);
         assert_eq!(report.not_recheckable, 0);

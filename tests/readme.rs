@@ -5,20 +5,12 @@
 //! `TRYCMD=overwrite cargo test --test readme` rewrites the README's
 //! blocks; review the diff.
 
+mod support;
+
 use std::path::Path;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
+use support::bin::BIN;
+use support::files::copy_dir;
 
 #[test]
 fn readme_commands_print_what_the_readme_shows() {
@@ -31,7 +23,7 @@ fn readme_commands_print_what_the_readme_shows() {
     copy_dir(&root.join("examples"), &work.join("examples"));
     copy_dir(&root.join("replay/sample"), &work.join("replay/sample"));
     trycmd::TestCases::new()
-        .register_bin("runledger", Path::new(env!("CARGO_BIN_EXE_runledger")))
+        .register_bin("runledger", Path::new(BIN))
         .env("RUNLEDGER_DATA", "runledger-data")
         .case(&readme)
         .run();

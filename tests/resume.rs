@@ -5,13 +5,17 @@
 //! budget invariant at every seq, a chain that verifies and decisions that
 //! re-check (`replay --check`).
 
+mod support;
+
 use proptest::prelude::*;
 use runledger::domain::activity::RunStatus;
 use runledger::domain::{RunId, State};
-use runledger::log::{Durability, Ledger, LedgerOptions, Store};
+use runledger::log::Store;
 use runledger::runtime::sim::{RunError, resume_simulated};
 use runledger::runtime::{RunOptions, run_simulated};
 use runledger::workload::Workload;
+
+use support::ledger::{open_ledger, open_store};
 
 /// Tight budgets, so that the cost agent degrades and terminates; retries,
 /// timeouts and a serial pipeline beside a map-reduce one, so that a kill
@@ -60,18 +64,6 @@ nodes = [
     text
 }
 
-fn open(dir: &std::path::Path) -> Ledger {
-    Ledger::open(
-        dir,
-        LedgerOptions {
-            durability: Durability::None,
-            checkpoint_every: 0,
-            create: true,
-        },
-    )
-    .unwrap()
-}
-
 /// `spent + reserved ≤ budget` after every record unless an overrun was
 /// recorded; the number of records.
 fn budgets_hold_at_every_seq(store: &Store) -> Result<u64, String> {
@@ -108,7 +100,7 @@ fn budgets_hold_at_every_seq(store: &Store) -> Result<u64, String> {
 fn kill_and_resume(text: &str, kill_after: u64) -> Result<(), String> {
     let workload = Workload::parse("kill.toml", text).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ledger = open(dir.path());
+    let ledger = open_ledger(dir.path());
     let stopped = run_simulated(
         &ledger,
         &workload,
@@ -150,7 +142,7 @@ fn kill_and_resume(text: &str, kill_after: u64) -> Result<(), String> {
             ));
         }
     }
-    let store = Store::open(dir.path(), false).unwrap();
+    let store = open_store(dir.path());
     match runledger::log::verify::verify(&store) {
         Ok(Ok(_)) => {}
         other => return Err(format!("verify: {other:?}")),
@@ -193,7 +185,7 @@ fn kills_mid_run_leave_leased_attempts_with_reservations() {
     let mut with_reservations = 0;
     for kill_after in 1..40 {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = open(dir.path());
+        let ledger = open_ledger(dir.path());
         let stopped = run_simulated(
             &ledger,
             &workload,

@@ -3,14 +3,18 @@
 //! its ledger shows retries, timeouts, dead letters, cancellations,
 //! priorities, map-reduce fan-out and backpressure.
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 
 use runledger::domain::queue::TaskStatus;
 use runledger::domain::{Event, State};
-use runledger::log::{Durability, Ledger, LedgerOptions, Store};
+use runledger::log::{Ledger, LedgerOptions};
 use runledger::runtime::{RunOptions, run_simulated};
 use runledger::workload::Workload;
+
+use support::bin::{command, runledger};
+use support::ledger::{events, open_ledger, open_store};
 
 const HEADER: &str = r#"
 seed = 7
@@ -111,31 +115,11 @@ fn workload(body: &str) -> Workload {
 }
 
 fn run(dir: &Path, w: &Workload) -> (runledger::runtime::RunReport, State) {
-    let ledger = Ledger::open(
-        dir,
-        LedgerOptions {
-            durability: Durability::None,
-            checkpoint_every: 0,
-            create: true,
-        },
-    )
-    .unwrap();
+    let ledger = open_ledger(dir);
     let report = run_simulated(&ledger, w, &RunOptions::default(), &mut |_, _| {}).unwrap();
     let state = ledger.query(|s, _| s.clone()).unwrap();
     ledger.close().unwrap();
     (report, state)
-}
-
-fn events(dir: &Path) -> Vec<Event> {
-    let store = Store::open(dir, false).unwrap();
-    let mut out = Vec::new();
-    store
-        .walk(1, |r| {
-            out.push(runledger::log::codec::decode_event(r.event_bytes).unwrap());
-            std::ops::ControlFlow::Continue(())
-        })
-        .unwrap();
-    out
 }
 
 const RAG: &str = r#"
@@ -165,8 +149,8 @@ fn run_is_deterministic_and_replay_agrees() {
         "same workload and seed, same ledger"
     );
     assert_eq!(report_a.digest, report_b.digest);
-    let store = Store::open(a.path(), false).unwrap();
-    let replayed = runledger::replay::fold(&store, None).unwrap();
+    let store = open_store(a.path());
+    let replayed = runledger::log::replay::fold(&store, None).unwrap();
     assert_eq!(
         replayed.state.digests().combined.to_hex().as_str(),
         report_a.digest
@@ -345,13 +329,7 @@ fn cli_run_bad_workload_exits_2_with_file_line() {
         format!("{HEADER}\n[[tenants]]\nid = \"x\"\nbudget_micros = -1\n"),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .args(["--data"])
-        .arg(dir.path().join("data"))
-        .arg("run")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = runledger(&dir.path().join("data"), &["run", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -368,12 +346,7 @@ fn cli_run_bad_workload_exits_2_with_file_line() {
 fn cli_demo_twice_prints_the_same_digest_as_replay() {
     let dir = tempfile::tempdir().unwrap();
     let demo = |data: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
-            .arg("--data")
-            .arg(data)
-            .args(["demo", "--tenants", "3", "--runs", "2"])
-            .output()
-            .unwrap();
+        let out = runledger(data, &["demo", "--tenants", "3", "--runs", "2"]);
         assert!(
             out.status.success(),
             "{}",
@@ -396,12 +369,7 @@ fn cli_demo_twice_prints_the_same_digest_as_replay() {
     let a = demo(&dir.path().join("a"));
     let b = demo(&dir.path().join("b"));
     assert_eq!(head(&a), head(&b), "fresh ledgers, same head");
-    let replay = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(dir.path().join("a"))
-        .arg("replay")
-        .output()
-        .unwrap();
+    let replay = runledger(&dir.path().join("a"), &["replay"]);
     assert_eq!(digest(&a), digest(&String::from_utf8_lossy(&replay.stdout)));
     let again = demo(&dir.path().join("a"));
     assert!(
@@ -440,9 +408,9 @@ fn assert_run_complete_and_acked_once(dir: &Path) {
         }
     }
     assert!(acks.values().all(|&n| n == 1), "a task was ACKed twice");
-    let store = Store::open(dir, false).unwrap();
+    let store = open_store(dir);
     runledger::log::verify::verify(&store).unwrap().unwrap();
-    let state = runledger::replay::fold(&store, None).unwrap().state;
+    let state = runledger::log::replay::fold(&store, None).unwrap().state;
     let c = state.queue.counts();
     assert_eq!(
         (c.waiting, c.pending, c.leased),
@@ -466,15 +434,7 @@ fn assert_run_complete_and_acked_once(dir: &Path) {
 fn resume_finishes_a_run_whose_process_stopped_mid_run() {
     let w = workload(RAG);
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(
-        dir.path(),
-        LedgerOptions {
-            durability: Durability::None,
-            checkpoint_every: 0,
-            create: true,
-        },
-    )
-    .unwrap();
+    let ledger = open_ledger(dir.path());
     let stopped = run_simulated(
         &ledger,
         &w,
@@ -515,10 +475,7 @@ fn cli_resume_after_sigkill_finishes_the_run() {
     let data = dir.path().join("data");
     // The demo SIGKILLs itself once 1,000 of its 2,6xx tasks have ended:
     // mid-run on any machine, however loaded.
-    let killed = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(&data)
-        .args(["demo", "--tenants", "8", "--runs", "60"])
+    let killed = command(&data, &["demo", "--tenants", "8", "--runs", "60"])
         .env("RUNLEDGER_TEST_KILL_AFTER_TASKS", "1000")
         .stdout(std::process::Stdio::null())
         .status()
@@ -529,12 +486,7 @@ fn cli_resume_after_sigkill_finishes_the_run() {
         Some(9),
         "the drill kills the demo: {killed}"
     );
-    let resume = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(&data)
-        .arg("resume")
-        .output()
-        .unwrap();
+    let resume = runledger(&data, &["resume"]);
     let stderr = String::from_utf8_lossy(&resume.stderr);
     // The demo injects failures: the finished run has dead-lettered tasks (exit 3).
     assert_eq!(resume.status.code(), Some(3), "{stderr}");
@@ -542,12 +494,7 @@ fn cli_resume_after_sigkill_finishes_the_run() {
     assert!(String::from_utf8_lossy(&resume.stdout).starts_with("run demo-42 "));
     assert_run_complete_and_acked_once(&data);
     // The killed process's decisions and the resumed one's re-check.
-    let check = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(&data)
-        .args(["replay", "--check"])
-        .output()
-        .unwrap();
+    let check = runledger(&data, &["replay", "--check"]);
     assert!(
         check.status.success(),
         "{}{}",
@@ -560,15 +507,7 @@ fn cli_resume_after_sigkill_finishes_the_run() {
 fn a_run_never_executes_another_runs_tasks() {
     let w = workload(RAG);
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(
-        dir.path(),
-        LedgerOptions {
-            durability: Durability::None,
-            checkpoint_every: 0,
-            create: true,
-        },
-    )
-    .unwrap();
+    let ledger = open_ledger(dir.path());
     let options = RunOptions {
         run_id: Some("A".into()),
         stop_after_steps: Some(1),
@@ -626,23 +565,10 @@ pipeline = "p"
 fn cli_decisions_lists_admission_denials_and_status_changes_with_reasons() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let bin = env!("CARGO_BIN_EXE_runledger");
-    let demo = Command::new(bin)
-        .arg("--data")
-        .arg(&data)
-        .arg("demo")
-        .output()
-        .unwrap();
+    let demo = runledger(&data, &["demo"]);
     assert!(demo.status.success());
     let rows = |args: &[&str]| -> Vec<serde_json::Value> {
-        let out = Command::new(bin)
-            .arg("--data")
-            .arg(&data)
-            .arg("decisions")
-            .arg("--json")
-            .args(args)
-            .output()
-            .unwrap();
+        let out = runledger(&data, &[&["decisions", "--json"], args].concat());
         assert!(
             out.status.success(),
             "{}",

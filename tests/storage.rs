@@ -12,37 +12,9 @@ use std::time::SystemTime;
 
 use runledger::domain::limits::DISK_FREE_BYTES_MIN;
 use runledger::log::{Durability, Ledger, LedgerOptions};
+use support::bin::{BIN, command, ok, runledger, stderr};
+use support::files::copy_dir;
 use support::tmpfs::Tmpfs;
-
-fn runledger_env(data: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_runledger"));
-    command
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("RUNLEDGER_DATA");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().unwrap()
-}
-
-fn runledger(data: &Path, args: &[&str]) -> Output {
-    runledger_env(data, args, &[])
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "{}", stderr(o));
-    stdout(o)
-}
 
 /// Every file under `dir` (relative path → bytes and mtime), and every
 /// directory (with no bytes), so any write, creation or removal shows.
@@ -106,19 +78,6 @@ fn two_run_ledger(dir: &Path) -> String {
     let records = ok(&runledger(dir, &["log", "--json"]));
     ok(&runledger(dir, &["checkpoint"]));
     records
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn says_disk_full(o: &Output) -> bool {
@@ -281,12 +240,8 @@ fn a_disk_that_fills_during_a_run_loses_nothing_and_the_run_resumes() {
     let data = fs.path().join("ledger");
     copy_dir(&built, &data);
     assert!(fs.free() > DISK_FREE_BYTES_MIN, "the run would be refused");
-    let run = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .arg("--data")
-        .arg(&data)
-        .arg("run")
+    let run = command(&data, &["run"])
         .arg(&workload)
-        .env_remove("RUNLEDGER_DATA")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -395,7 +350,7 @@ fn full_disk_and_full_temp_dir_exit_2_and_touch_nothing() {
     fs.fill(&filler);
     let before = contents(&data);
     for args in [&["verify"][..], &["log"], &["tenants"]] {
-        let out = runledger_env(&data, args, &[("TMPDIR", &tmp)]);
+        let out = command(&data, args).env("TMPDIR", &tmp).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(says_disk_full(&out), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("scratch copy"), "{}", stderr(&out));
@@ -554,8 +509,7 @@ fn a_refused_ingest_leaves_no_ledger_behind() {
 fn new_ledger(dir: &Path) -> Ledger {
     let options = LedgerOptions {
         durability: Durability::Always,
-        checkpoint_every: 0,
-        create: true,
+        ..support::ledger::options()
     };
     Ledger::open(dir, options).unwrap()
 }
@@ -625,7 +579,7 @@ fn an_unreachable_redis_leaves_no_ledger_behind() {
 
 /// `runledger ARGS bench ledger` (small), then `after`.
 fn bench_ledger(args: &[&str], after: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_runledger"));
+    let mut command = Command::new(BIN);
     command
         .args(args)
         .args([

@@ -3,6 +3,8 @@
 //! by the frame's first seq in big-endian), and check that `verify` — and the
 //! `runledger verify` command — name the first bad seq without panicking.
 
+mod support;
+
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::process::Command;
@@ -17,6 +19,8 @@ use runledger::log::record::record_hash;
 use runledger::log::verify::{VerifyReport, verify};
 use runledger::log::{ChainBreak, Durability, Ledger, LedgerOptions, OpenError, Store, StoreError};
 use tempfile::TempDir;
+
+use support::events::run_started;
 
 /// Tasks appended one per batch (each batch is one commit group, so one frame).
 const SMALL_TASKS: u64 = 120;
@@ -73,30 +77,16 @@ fn task_events(run: &RunId, tenant: &TenantId, worker: &WorkerId, n: u64) -> [Ev
 /// the head.
 fn build_ledger() -> Built {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = LedgerOptions {
-        durability: Durability::None,
-        checkpoint_every: 0,
-        create: true,
-    };
-    let ledger = open_ledger(dir.path(), options);
+    let ledger = open_ledger(dir.path(), support::ledger::options());
     let tenant = TenantId::from("acme");
     let run = RunId::from("run-1");
     let worker = WorkerId::from("worker-1");
     ledger
         .append([
-            Event::TenantRegistered {
-                tenant: tenant.clone(),
-                budget_micros: Micros(1_000_000_000_000),
-                max_concurrent_runs: 1_000_000,
-                learning_intensity: Default::default(),
-                meta_learning: false,
-                budget_period: Default::default(),
-            },
-            Event::RunStarted {
-                run: run.clone(),
-                seed: 7,
-                config_hash: String::new(),
-            },
+            support::events::tenant("acme", 1_000_000_000_000)
+                .max_runs(1_000_000)
+                .into(),
+            run_started("run-1", 7),
         ])
         .expect("setup");
     for n in 0..SMALL_TASKS {
@@ -1016,13 +1006,7 @@ fn verify_undecodable_event_with_matching_tag_reports_its_seq() {
 fn runledger(dir: &Path, args: &[&str]) -> std::process::Output {
     let start = Instant::now();
     loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_runledger"))
-            .arg("--data")
-            .arg(dir)
-            .args(args)
-            .env_remove("RUNLEDGER_DATA")
-            .output()
-            .expect("run runledger");
+        let out = support::bin::runledger(dir, args);
         let locked = out.status.code() == Some(2)
             && String::from_utf8_lossy(&out.stderr).contains("in use by another process");
         if !locked || start.elapsed() > LOCK_GRACE {
@@ -1385,7 +1369,7 @@ fn indices_from_before_summaries_are_walked_around_then_rebuilt_on_open() {
         let store = open_store(built.dir.path());
         assert_eq!(count(&store), (false, 0), "the old index is not used");
         assert_eq!(
-            runledger::replay::check_index(&store).expect("read"),
+            runledger::log::replay::check_index(&store).expect("read"),
             Ok(())
         );
     }
@@ -1401,7 +1385,7 @@ fn indices_from_before_summaries_are_walked_around_then_rebuilt_on_open() {
     let store = open_store(built.dir.path());
     assert_eq!(count(&store), (true, TOTAL_RECORDS - 1));
     assert_eq!(
-        runledger::replay::check_index(&store).expect("read"),
+        runledger::log::replay::check_index(&store).expect("read"),
         Ok(())
     );
 }

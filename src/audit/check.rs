@@ -2,7 +2,7 @@
 //! before it and compare.
 //!
 //! The executors decide in steps, each on the state the records before it
-//! left (`Ledger::decide_each`, the simulated executor's mirror), and
+//! left (`Ledger::decide_each`, the simulated executor's lent state), and
 //! record what they decided together with its inputs. So a fold of the log
 //! can stop before each decision, call the same decider on the folded
 //! state with the recorded inputs, and compare what it returns with what
@@ -30,15 +30,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::domain::governance::{Admitter, Gate, Settler, Start, admit_run, period_resets};
-use crate::domain::learning::Learner;
-use crate::domain::scheduler::{Lost, QueuePolicy, dependants_to_cancel, draw, expire_lease};
-use crate::domain::{
-    Category, Decision, Event, Micros, Policy, RunId, State, TaskId, TenantId, Timestamp,
-};
+use crate::domain::decide::{self, Answer, Attempt, LeaseTo, Recorded, Rules, Start};
+use crate::domain::governance::{admit_run, period_resets};
+use crate::domain::scheduler::{Lost, QueuePolicy, expire_lease};
+use crate::domain::{Category, Event, Micros, Policy, RunId, State, TaskId, TenantId, Timestamp};
 use crate::log::store::{Store, WalkError, decode_record};
 use crate::workload::Workload;
 
@@ -156,6 +154,17 @@ struct Executed {
     finished: bool,
 }
 
+impl Executed {
+    /// The run's rules under `policy`'s thresholds.
+    fn rules(&self, policy: Policy) -> Rules {
+        Rules {
+            policy,
+            queue: self.queue.unwrap_or_default(),
+            seed: self.seed,
+        }
+    }
+}
+
 struct Rec {
     seq: u64,
     at: Timestamp,
@@ -223,10 +232,6 @@ pub struct Checker {
     keep_going: bool,
     state: State,
     executed: FxHashMap<RunId, Executed>,
-    /// The last verdict recorded per task.
-    verdicts: FxHashMap<TaskId, Decision>,
-    /// Tasks whose wait for admission is recorded and not over.
-    waiting: FxHashSet<TaskId>,
     open: Option<Open>,
     report: CheckReport,
 }
@@ -239,8 +244,6 @@ impl Checker {
             keep_going: options.keep_going,
             state: State::new(),
             executed: FxHashMap::default(),
-            verdicts: FxHashMap::default(),
-            waiting: FxHashSet::default(),
             open: None,
             report: CheckReport::default(),
         }
@@ -459,70 +462,55 @@ impl Checker {
         }
     }
 
-    /// The gate's decision for `task` about to run.
+    /// The gate's decision for `task` about to run: every event the gate
+    /// makes, a verdict it already recorded and a wait it already recorded
+    /// optional (recorded again by an executor that restarted).
     fn gate(&self, task: &TaskId, run: &Executed, records: &[Rec]) -> Option<Vec<Expect>> {
         let state = &self.state;
-        let t = state.queue.get(task)?;
-        let mut gate = Gate::under(self.policy, run.seed);
-        let mut events = Vec::new();
-        let start = gate.start(
+        let recorded = Recorded::of(state, task);
+        // The lease follows at once (in-memory queue, simulated executor)
+        // or when a worker claims the task (Redis queue): optional, on its
+        // task and attempt.
+        let worker = records.iter().find_map(|r| match &r.event {
+            Event::TaskDequeued { worker, .. } => Some(worker.clone()),
+            _ => None,
+        });
+        let lease = LeaseTo {
+            worker: worker.unwrap_or_default(),
+            deadline: None,
+        };
+        let (events, start) = decide::start_after(
             state,
-            &mut Admitter::new(state),
             task,
-            &mut BTreeSet::new(),
-            &mut events,
+            Some(lease),
+            &run.rules(self.policy),
+            Recorded::NOTHING,
         );
         let waits = matches!(start, Start::Wait);
-        let mut expected: Vec<Expect> = events
+        let expected = events
             .into_iter()
             .map(|event| {
-                let optional = match &event {
-                    // A verdict is recorded when it changes (and again
-                    // after a resume).
+                let (optional, compare) = match &event {
                     Event::DegradationDecided { decision, .. } => {
-                        self.verdicts.get(task) == Some(decision)
+                        (recorded.verdict == Some(*decision), Compare::Decision)
                     }
-                    // A wait is recorded once.
-                    Event::AdmissionDenied { .. } => waits && self.waiting.contains(task),
-                    _ => false,
+                    Event::AdmissionDenied { .. } => (waits && recorded.wait, Compare::Decision),
+                    Event::TaskDequeued { .. } => (true, Compare::Lease),
+                    _ => (false, Compare::Decision),
                 };
                 Expect {
                     event,
                     optional,
-                    compare: Compare::Decision,
+                    compare,
                 }
             })
             .collect();
-        if let Start::Run { reserve, .. } = start {
-            if reserve > Micros::ZERO {
-                expected.push(Expect::decision(Event::CostReserved {
-                    tenant: t.tenant.clone(),
-                    task: task.clone(),
-                    amount_micros: reserve,
-                }));
-            }
-            let worker = records.iter().find_map(|r| match &r.event {
-                Event::TaskDequeued { worker, .. } => Some(worker.clone()),
-                _ => None,
-            });
-            // The lease follows at once (in-memory queue, simulated
-            // executor) or when a worker claims the task (Redis queue).
-            expected.push(Expect {
-                event: Event::TaskDequeued {
-                    task: task.clone(),
-                    worker: worker.unwrap_or_default(),
-                    attempt: t.attempts + 1,
-                    lease_deadline: None,
-                },
-                optional: true,
-                compare: Compare::Lease,
-            });
-        }
         Some(expected)
     }
 
-    /// The decisions at the end of an attempt of `task`, from the costs and
-    /// the reward the records report.
+    /// The decisions at the end of an attempt of `task`, made by
+    /// `decide::end_attempt` from the inputs the records hold: the costs,
+    /// the reward, the answer (output, or error and whether it timed out).
     fn end(&self, task: &TaskId, run: &Executed, records: &[Rec]) -> Option<Vec<Expect>> {
         let state = &self.state;
         let t = state.queue.get(task)?;
@@ -537,96 +525,85 @@ impl Checker {
                 _ => None,
             })
             .collect();
-        let total = Micros(
-            costs
-                .iter()
-                .map(|c| c.1.0.max(0))
-                .fold(0, i64::saturating_add),
-        );
-        let reward = records
+        let reward_bp = records
             .iter()
             .find_map(|r| match &r.event {
                 Event::LearningOutcome { reward_bp, .. } => Some(*reward_bp),
                 _ => None,
             })
             .unwrap_or(0);
-        let mut settler = Settler::under(self.policy, state);
-        let mut expected: Vec<Expect> = settler
-            .settle(task, &costs)
+        let (answer, worker, at, recorded_retry) = records.iter().find_map(|r| match &r.event {
+            Event::TaskAcked { worker, output, .. } => Some((
+                Answer::Done {
+                    output: output.clone(),
+                    reward_bp,
+                },
+                worker,
+                r.at,
+                None,
+            )),
+            Event::TaskNacked {
+                worker,
+                error,
+                timed_out,
+                retry_at,
+                ..
+            } => Some((
+                Answer::Failed {
+                    error: error.clone(),
+                    timed_out: *timed_out,
+                },
+                worker,
+                r.at,
+                *retry_at,
+            )),
+            _ => None,
+        })?;
+        let attempt = Attempt {
+            task,
+            run: &t.run,
+            worker,
+            attempt: t.attempts,
+        };
+        let rules = run.rules(self.policy);
+        // An attempt that is not the task's current one records nothing:
+        // whatever the ledger holds diverges.
+        let Some((events, _)) = decide::end_attempt(state, attempt, answer, &costs, at, &rules)
+        else {
+            return Some(Vec::new());
+        };
+        let expected = events
             .into_iter()
             .map(|event| match event {
+                // The costs are the attempt's input, its output too.
                 Event::CostIncurred { .. } => Expect {
                     event,
                     optional: false,
                     compare: Compare::Input,
                 },
+                Event::TaskAcked { .. } => Expect {
+                    event,
+                    optional: false,
+                    compare: Compare::Copied,
+                },
+                // The schedule cannot be recomputed without the workload's
+                // retry policy: take it.
+                Event::TaskNacked {
+                    task,
+                    worker,
+                    error,
+                    retry_at: Some(_),
+                    timed_out,
+                } if run.queue.is_none() => Expect::decision(Event::TaskNacked {
+                    task,
+                    worker,
+                    error,
+                    retry_at: recorded_retry,
+                    timed_out,
+                }),
                 event => Expect::decision(event),
             })
             .collect();
-        expected.extend(
-            Learner::under(self.policy, &state.learning)
-                .after_attempt(task, reward, total, |tenant| settler.utilisation_bp(tenant))
-                .into_iter()
-                .map(Expect::decision),
-        );
-        for record in records {
-            match &record.event {
-                Event::TaskAcked { .. } => expected.push(Expect {
-                    event: record.event.clone(),
-                    optional: false,
-                    compare: Compare::Copied,
-                }),
-                Event::TaskNacked {
-                    worker,
-                    error,
-                    timed_out,
-                    retry_at,
-                    ..
-                } => {
-                    let attempt = t.attempts;
-                    let retry_at = if attempt < t.max_attempts {
-                        match &run.queue {
-                            Some(queue) => {
-                                Some(record.at.saturating_add_micros(queue.retry_delay_micros(
-                                    attempt,
-                                    draw(run.seed, "retry", task.draw_key(&t.run), attempt),
-                                )))
-                            }
-                            // The schedule cannot be recomputed: take it.
-                            None => *retry_at,
-                        }
-                    } else {
-                        None
-                    };
-                    expected.push(Expect::decision(Event::TaskNacked {
-                        task: task.clone(),
-                        worker: worker.clone(),
-                        error: error.clone(),
-                        retry_at,
-                        timed_out: *timed_out,
-                    }));
-                    if retry_at.is_none() {
-                        expected.push(Expect::decision(Event::TaskDeadLettered {
-                            task: task.clone(),
-                            reason: format!(
-                                "{attempt} of {} attempts failed, last: {error}",
-                                t.max_attempts
-                            ),
-                        }));
-                        // Its dependants are cancelled with it.
-                        expected.extend(dependants_to_cancel(state, task).into_iter().map(
-                            |child| {
-                                Expect::decision(Event::TaskCancelled {
-                                    task: child,
-                                    reason: format!("parent `{task}` was dead-lettered"),
-                                })
-                            },
-                        ));
-                    }
-                }
-                _ => {}
-            }
-        }
         Some(expected)
     }
 
@@ -810,23 +787,6 @@ impl Checker {
                 if let Some(executed) = self.executed.get_mut(run) {
                     executed.finished = true;
                 }
-            }
-            Event::DegradationDecided {
-                task: Some(task),
-                decision,
-                ..
-            } => {
-                self.verdicts.insert(task.clone(), *decision);
-            }
-            Event::AdmissionDenied {
-                task: Some(task), ..
-            } => {
-                self.waiting.insert(task.clone());
-            }
-            Event::TaskDequeued { task, .. }
-            | Event::TaskSkipped { task, .. }
-            | Event::TaskCancelled { task, .. } => {
-                self.waiting.remove(task);
             }
             _ => {}
         }

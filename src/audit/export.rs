@@ -151,30 +151,6 @@ fn decision_name(decision: Decision) -> &'static str {
     }
 }
 
-/// Whether `event` belongs in the cost history of the tenant it names
-/// (a `task_skipped` names none: the caller checks whose task it is).
-pub fn is_money_event(event: &Event) -> bool {
-    match event {
-        Event::TenantUpdated {
-            budget_micros,
-            budget_period,
-            ..
-        } => budget_micros.is_some() || budget_period.is_some(),
-        Event::TenantRegistered { .. }
-        | Event::TaskSubmitted { .. }
-        | Event::CostReserved { .. }
-        | Event::CostIncurred { .. }
-        | Event::ReservationReleased { .. }
-        | Event::BudgetOverrun { .. }
-        | Event::BudgetStatusChanged { .. }
-        | Event::BudgetPeriodReset { .. }
-        | Event::AdmissionDenied { .. }
-        | Event::DegradationDecided { .. }
-        | Event::TaskSkipped { .. } => true,
-        _ => false,
-    }
-}
-
 /// The facts of a money event; `task_run` is the run of its task.
 pub fn facts(event: &Event, task_run: Option<&RunId>) -> Facts {
     let mut facts = Facts {

@@ -31,7 +31,6 @@
 
 use rustc_hash::FxHashMap;
 
-use super::export::is_money_event;
 use super::merkle::{Accumulator, Domain, Tree};
 use crate::domain::{Event, TaskId, TenantId};
 
@@ -62,6 +61,30 @@ pub fn row_leaf(seq: u64, recorded_at_micros: i64, record_hash: &blake3::Hash) -
 /// The leaf of a tenant in the tenants tree.
 pub fn tenant_leaf(tag: &[u8; 32], count: u64, subroot: &blake3::Hash) -> blake3::Hash {
     Domain::TENANTS.leaf(&[tag, &count.to_le_bytes(), subroot.as_bytes()])
+}
+
+/// Whether `event` belongs in the cost history of the tenant it names
+/// (a `task_skipped` names none: the caller checks whose task it is).
+pub fn is_money_event(event: &Event) -> bool {
+    match event {
+        Event::TenantUpdated {
+            budget_micros,
+            budget_period,
+            ..
+        } => budget_micros.is_some() || budget_period.is_some(),
+        Event::TenantRegistered { .. }
+        | Event::TaskSubmitted { .. }
+        | Event::CostReserved { .. }
+        | Event::CostIncurred { .. }
+        | Event::ReservationReleased { .. }
+        | Event::BudgetOverrun { .. }
+        | Event::BudgetStatusChanged { .. }
+        | Event::BudgetPeriodReset { .. }
+        | Event::AdmissionDenied { .. }
+        | Event::DegradationDecided { .. }
+        | Event::TaskSkipped { .. } => true,
+        _ => false,
+    }
 }
 
 /// Whose export row a record is, from its event alone.

@@ -21,12 +21,12 @@ use rustc_hash::FxHashMap;
 
 use super::export::{
     CSV_COLUMNS, FORMAT, LeafNode, NodeLine, OpeningLine, ProofLine, RowLine, TenantLine, Totals,
-    TotalsView, facts, is_money_event, units,
+    TotalsView, facts, units,
 };
 use super::merkle::{
     Domain, MultiProof, ProofError, ProofNode, SCHEME, checkpoint_root, leaf_hash,
 };
-use super::tenants::{self, row_leaf, tenant_leaf, tenant_tag};
+use super::tenants::{self, is_money_event, row_leaf, tenant_leaf, tenant_tag};
 use crate::domain::{Event, RunId, TenantId, Timestamp};
 use crate::log::codec::decode_event;
 use crate::log::record::record_hash;

@@ -56,7 +56,7 @@ pub fn run_check_bench(
 
     progress("replaying (baseline)");
     let started = Instant::now();
-    let folded = crate::replay::fold(&store, None)?;
+    let folded = crate::log::replay::fold(&store, None)?;
     let digest = folded.state.digests().combined;
     let replay_secs = started.elapsed().as_secs_f64();
 

@@ -1,17 +1,20 @@
 //! The governance benchmark behind `runledger bench governance`: how long
-//! the budget admission check and the cost agent's decision take on a
-//! `State` holding many tenants, and how much memory each tenant holds,
-//! beside a plain hash-map lookup of the tenant measured in the same run.
+//! the budget admission check, the cost agent's decision and a step's look
+//! for due budget-period resets take on a `State` holding many tenants, and
+//! how much memory each tenant holds, beside a plain hash-map lookup of the
+//! tenant measured in the same run.
 //!
 //! The `State` is built the way a replay builds one: synthetic events folded
 //! through `State::evolve`. Every tenant gets a budget of one unit of
 //! currency, imported spend that puts it in one of three bands (by tenant
 //! index: 70 % below 80 % of budget, 20 % between 91 and 99 %, 10 % from
-//! 99.5 % to 102 %) and one 4-node serial pipeline of `sim` steps (draft →
-//! retrieve → rerank → evaluate, the last two optional) whose nodes carry
-//! the cost ceilings the workload loader gives `sim` steps. The bands are
-//! chosen so that the cost agent answers CONTINUE, DEGRADE and TERMINATE;
-//! the report counts what it actually answered.
+//! 99.5 % to 102 %), a budget period (daily for even indices, monthly for
+//! odd ones: none has ended when the calls are timed) and one 4-node serial
+//! pipeline of `sim` steps (draft → retrieve → rerank → evaluate, the last
+//! two optional) whose nodes carry the cost ceilings the workload loader
+//! gives `sim` steps. The bands are chosen so that the cost agent answers
+//! CONTINUE, DEGRADE and TERMINATE; the report counts what it actually
+//! answered.
 //!
 //! This is shell code (it reads the clock and `/proc`); it only calls the
 //! pure deciders, never changes them.
@@ -24,10 +27,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::domain::cost_agent;
-use crate::domain::governance::{Admitter, status_of};
+use crate::domain::governance::{Admitter, period_resets, status_of};
 use crate::domain::{
-    BudgetStatus, Category, Decision, Event, Micros, Params, PipelineId, Priority, RunId, State,
-    TaskId, TenantId, Timestamp,
+    BudgetPeriod, BudgetStatus, Category, Decision, Event, Micros, Params, PipelineId, Priority,
+    RunId, State, TaskId, TenantId, Timestamp,
 };
 
 /// The most tenants `--tenants` accepts (each holds about 4.2 KB with its
@@ -56,6 +59,12 @@ const ADMISSION_CALLS_MIN: u64 = 100_000;
 const ADMISSION_CALLS_MAX: u64 = 1_000_000;
 const DECISION_CALLS_MIN: u64 = 20_000;
 const DECISION_CALLS_MAX: u64 = 100_000;
+/// `period_resets` is timed for about this long in all (at least
+/// [`PERIOD_RESETS_CALLS_MIN`] calls), since one call may take from tens of
+/// nanoseconds to a walk of every tenant.
+const PERIOD_RESETS_SPAN_NS: f64 = 2e9;
+const PERIOD_RESETS_CALLS_MIN: u64 = 5;
+const PERIOD_RESETS_CALLS_MAX: u64 = 1_000_000;
 const BUDGET_MICROS: i64 = 1_000_000;
 const MAX_CONCURRENT_RUNS: u32 = 4;
 const RUN: &str = "bench-governance";
@@ -105,6 +114,18 @@ pub struct GovernanceBenchReport {
     pub decision_target_ns: f64,
     /// Whether the decision p99 is under its target.
     pub decision_target_met: bool,
+
+    /// `period_resets(state, now)` at the time of the last event folded,
+    /// when no tenant's budget period has ended: what every executor step
+    /// pays to learn that no reset is due.
+    pub period_resets_calls: u64,
+    /// Calls per timed sample, as for admission.
+    pub period_resets_batch: usize,
+    pub period_resets_ns_p50: f64,
+    pub period_resets_ns_p99: f64,
+    pub period_resets_ns_mean: f64,
+    /// Period-reset mean over baseline mean.
+    pub period_resets_to_baseline: f64,
     /// What one `Instant::now()` + `elapsed()` pair costs here (median),
     /// included once in every timed sample, not subtracted.
     pub timer_overhead_ns: f64,
@@ -179,6 +200,16 @@ fn spent_bp(k: u32, rng: &mut ChaCha8Rng) -> i64 {
     }
 }
 
+/// Tenant `k`'s budget period: daily or monthly, so that every tenant has
+/// one that can end.
+fn period_of(k: u32) -> BudgetPeriod {
+    if k % 2 == 0 {
+        BudgetPeriod::Daily
+    } else {
+        BudgetPeriod::Monthly
+    }
+}
+
 /// Tenant `k` registered, its spend imported, and its status recorded.
 fn tenant_events(k: u32, rng: &mut ChaCha8Rng) -> Vec<Event> {
     let tenant = tenant_id(k);
@@ -189,7 +220,7 @@ fn tenant_events(k: u32, rng: &mut ChaCha8Rng) -> Vec<Event> {
         max_concurrent_runs: MAX_CONCURRENT_RUNS,
         learning_intensity: Default::default(),
         meta_learning: false,
-        budget_period: Default::default(),
+        budget_period: period_of(k),
     }];
     if spent > 0 {
         events.push(Event::CostIncurred {
@@ -432,6 +463,49 @@ fn time_decisions(state: &State, first: &[TaskId], picks: &[u32]) -> anyhow::Res
     })
 }
 
+/// What the period-reset part measured.
+struct PeriodResets {
+    summary: Summary,
+    calls: u64,
+    batch: usize,
+}
+
+/// Times `period_resets(state, now)`, where no reset is due, for about
+/// [`PERIOD_RESETS_SPAN_NS`]: one untimed call checks that none is due and
+/// sizes the run, an untimed tenth of it sizes the samples (as
+/// [`batch_size`] does).
+fn time_period_resets(state: &State, now: Timestamp) -> anyhow::Result<PeriodResets> {
+    let start = Instant::now();
+    let due = period_resets(black_box(state), black_box(now));
+    let first_ns = start.elapsed().as_nanos() as f64;
+    anyhow::ensure!(
+        due.is_empty(),
+        "{} period reset events due at {now}: the bench times a step with none due",
+        due.len()
+    );
+    let calls = ((PERIOD_RESETS_SPAN_NS / first_ns.max(1.0)) as u64)
+        .clamp(PERIOD_RESETS_CALLS_MIN, PERIOD_RESETS_CALLS_MAX);
+    // Warm up for a tenth of the calls; their mean (the first call is
+    // cold) sizes the samples.
+    let warmup = (calls / 10).max(1);
+    let start = Instant::now();
+    for _ in 0..warmup {
+        black_box(period_resets(black_box(state), black_box(now)));
+    }
+    let per_call_ns = (start.elapsed().as_nanos() as f64 / warmup as f64).max(1.0);
+    let batch = ((SAMPLE_SPAN_NS / per_call_ns).ceil() as usize).clamp(1, BATCH_MAX);
+    let picks = vec![0u32; calls as usize];
+    let mut samples = Samples::default();
+    time_batches(&picks, batch, &mut samples, |_| {
+        black_box(period_resets(black_box(state), black_box(now)));
+    });
+    Ok(PeriodResets {
+        calls: samples.calls,
+        summary: samples.summary(),
+        batch,
+    })
+}
+
 fn mean_ns((calls, total): (u64, Duration)) -> f64 {
     total.as_nanos() as f64 / calls.max(1) as f64
 }
@@ -502,6 +576,9 @@ pub fn run_governance_bench(
     let picks = random_picks(&mut rng, tenants, decision_calls);
     let decisions = time_decisions(state, &first, &picks)?;
     let count = |d: Decision| decisions.by_kind[d as usize].0;
+
+    progress("period resets (none due)");
+    let resets = time_period_resets(state, state.last_at)?;
     let timer_overhead_ns = timer_overhead_ns();
 
     let tasks = state.queue.len() as u64;
@@ -538,6 +615,12 @@ pub fn run_governance_bench(
         decision_to_baseline: decisions.summary.mean / baseline.mean.max(f64::MIN_POSITIVE),
         decision_target_ns: DECISION_TARGET_NS,
         decision_target_met: decisions.summary.p99 < DECISION_TARGET_NS,
+        period_resets_calls: resets.calls,
+        period_resets_batch: resets.batch,
+        period_resets_ns_p50: resets.summary.p50,
+        period_resets_ns_p99: resets.summary.p99,
+        period_resets_ns_mean: resets.summary.mean,
+        period_resets_to_baseline: resets.summary.mean / baseline.mean.max(f64::MIN_POSITIVE),
         timer_overhead_ns,
         bytes_per_tenant: tenant_bytes.map(|b| b as f64 / n as f64),
         bytes_per_tenant_with_pipeline: state_bytes.map(|b| b as f64 / n as f64),
@@ -584,6 +667,25 @@ mod tests {
         }
         assert_eq!(state.tenants.len(), 50);
         assert_eq!(state.queue.len(), 200);
+    }
+
+    /// No budget period has ended when the calls are timed, and a day
+    /// later every daily tenant's has: the period-reset measure times the
+    /// look for due resets, with periods that can end.
+    #[test]
+    fn governance_bench_periods_end_after_the_timed_calls() {
+        let nodes = pipeline();
+        let built = build_state(20, &nodes, &mut ChaCha8Rng::seed_from_u64(SEED));
+        let state = &built.state;
+        assert!(period_resets(state, state.last_at).is_empty());
+        let next_day = Timestamp::from_micros(86_400_000_000);
+        let reset: Vec<_> = period_resets(state, next_day)
+            .iter()
+            .filter(|e| e.kind() == "budget_period_reset")
+            .filter_map(|e| e.tenant().cloned())
+            .collect();
+        let daily: Vec<_> = (0..20).step_by(2).map(tenant_id).collect();
+        assert_eq!(reset, daily);
     }
 
     /// Each band gets the verdict its comment promises.

@@ -10,7 +10,7 @@
 //! reserved ≤ budget` holds at every seq unless an overrun was recorded.
 //! Pure: decisions read the projection and return events.
 
-use super::event::{BudgetPeriod, BudgetStatus, Category, Event};
+use super::event::{BudgetStatus, Category, Event};
 use super::ids::{TaskId, TenantId};
 use super::money::Micros;
 use super::policy::Policy;
@@ -290,44 +290,29 @@ pub fn status_under(policy: &Policy, spent: i64, budget: i64, overrun: bool) -> 
     }
 }
 
-/// Which budget period `at` falls in: the UTC day or calendar month since
-/// the epoch; `None` for tenants without a period.
-pub fn period_index(period: BudgetPeriod, at: Timestamp) -> Option<i64> {
-    const DAY_MICROS: i64 = 86_400_000_000;
-    match period {
-        BudgetPeriod::None => None,
-        BudgetPeriod::Daily => Some(at.0.div_euclid(DAY_MICROS)),
-        BudgetPeriod::Monthly => {
-            use chrono::Datelike;
-            let dt = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(at.0)?;
-            Some(i64::from(dt.year()) * 12 + i64::from(dt.month0()))
-        }
-    }
-}
+pub use super::period::period_index;
 
 /// The period resets due at `now`: for each tenant (in id order) whose
 /// current budget period began in an earlier period than `now`'s,
 /// `budget_period_reset` and, if its recorded status was not HEALTHY, the
 /// change back. Every executor pushes these first in each step, so no
-/// decision is made on a period that is over.
+/// decision is made on a period that is over. Reads only the tenants whose
+/// period ended by `now` (`State::periods_ended_by`), so a step with none
+/// due costs the same at ten tenants as at a million.
 pub fn period_resets(state: &State, now: Timestamp) -> Vec<Event> {
+    let mut due: Vec<&super::budget::Tenant> = state
+        .periods_ended_by(now)
+        .filter_map(|(tenant, started)| {
+            let t = state.tenants.get(tenant)?;
+            // Periods only move forward: a run whose clock is behind the
+            // ledger's latest reset (a simulated run replaying old days)
+            // does not reset again; nor does a `now` outside the calendar.
+            super::period::period_over(t.budget_period, started, now).then_some(t)
+        })
+        .collect();
+    due.sort_unstable_by(|a, b| a.tenant.cmp(&b.tenant));
     let mut events = Vec::new();
-    for t in state.tenants.sorted() {
-        let Some(started) = state.period_started(&t.tenant) else {
-            continue;
-        };
-        let (Some(a), Some(b)) = (
-            period_index(t.budget_period, started),
-            period_index(t.budget_period, now),
-        ) else {
-            continue;
-        };
-        // Periods only move forward: a run whose clock is behind the
-        // ledger's latest reset (a simulated run replaying old days) does
-        // not reset again.
-        if b <= a {
-            continue;
-        }
+    for t in due {
         events.push(Event::BudgetPeriodReset {
             tenant: t.tenant.clone(),
         });
@@ -340,207 +325,6 @@ pub fn period_resets(state: &State, now: Timestamp) -> Vec<Event> {
         }
     }
     events
-}
-
-/// What to do with a ready task about to be handed to a worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Start {
-    /// Run it with these params (a degradation plan may have changed
-    /// them), reserving this much.
-    Run {
-        params: super::event::Params,
-        reserve: Micros,
-    },
-    /// Not now: its budget is busy; it stays ready.
-    Wait,
-    /// It ended without running (terminated, skipped or refused); the
-    /// events say how.
-    Ended,
-}
-
-/// The cost agent, the learning policy and admission in front of every
-/// attempt, shared by both executors. It remembers, per task, the last
-/// verdict and whether a denial was recorded, so a task that waits is not
-/// re-recorded each time it is looked at.
-#[derive(Debug, Default)]
-pub struct Gate {
-    /// The run's seed, for the learning policy's draws.
-    seed: u64,
-    policy: Policy,
-    last_verdict: std::collections::BTreeMap<TaskId, super::event::Decision>,
-    waiting: std::collections::BTreeSet<TaskId>,
-}
-
-impl Gate {
-    pub fn new(seed: u64) -> Self {
-        Gate::under(Policy::STANDARD, seed)
-    }
-
-    /// A gate whose cost agent decides with `policy`'s thresholds.
-    pub fn under(policy: Policy, seed: u64) -> Self {
-        Gate {
-            seed,
-            policy,
-            ..Gate::default()
-        }
-    }
-
-    /// Decides for ready `task`, pushing the events to record onto
-    /// `events`. `gone` holds the tasks this decision already ended (so a
-    /// shared dependant is cancelled once).
-    pub fn start(
-        &mut self,
-        state: &State,
-        admitter: &mut Admitter,
-        task: &TaskId,
-        gone: &mut std::collections::BTreeSet<TaskId>,
-        events: &mut Vec<Event>,
-    ) -> Start {
-        use super::cost_agent;
-        use super::event::Decision;
-        let Some(t) = state.queue.get(task) else {
-            return Start::Ended;
-        };
-        // The cost agent decides before the node runs; a verdict is
-        // recorded when it differs from the task's last one.
-        let verdict = cost_agent::decide_under(&self.policy, state, task);
-        if let Some(v) = &verdict {
-            if self.last_verdict.get(task) != Some(&v.decision) {
-                self.last_verdict.insert(task.clone(), v.decision);
-                events.extend(v.event(state, task));
-            }
-        }
-        let (decision, plan, why) = match &verdict {
-            Some(v) => (v.decision, v.plan.as_ref(), v.reason.as_str()),
-            None => (Decision::Continue, None, ""),
-        };
-        if decision == Decision::Terminate {
-            self.end(
-                state,
-                task,
-                format!("terminated by the cost agent: {why}"),
-                None,
-                gone,
-                events,
-            );
-            return Start::Ended;
-        }
-        if t.optional && plan.is_some_and(|p| p.skip_optional) {
-            self.waiting.remove(task);
-            gone.insert(task.clone());
-            events.push(Event::TaskSkipped {
-                task: task.clone(),
-                reason: format!("skipped by the degradation plan: {why}"),
-            });
-            return Start::Ended;
-        }
-        // The learning policy picks among the values the node offers (and
-        // does not explore under a degradation), then the plan applies.
-        let choice = super::learning::offered(&t.params).map(|(param, values)| {
-            let budget = state
-                .tenants
-                .get(&t.tenant)
-                .map_or(Micros::ZERO, |x| x.budget_micros);
-            state.learning.choose(
-                &t.tenant,
-                budget,
-                t.cost_ceiling_micros,
-                &param,
-                &values,
-                decision == Decision::Continue,
-                self.seed,
-                task.draw_key(&t.run),
-                t.attempts + 1,
-            )
-        });
-        let mut params = match &choice {
-            Some(c) => c.apply(&t.params),
-            None => t.params.clone(),
-        };
-        if let Some(plan) = plan {
-            params = plan.apply(&params);
-        }
-        // What runs is what the policy learns about: a value the plan
-        // changed is recorded as run.
-        let choice = choice.map(|mut c| {
-            let ran = params
-                .to_value()
-                .get(&c.param)
-                .and_then(|v| v.as_str().map(str::to_owned));
-            if let Some(ran) = ran.filter(|ran| *ran != c.value) {
-                c.reason = format!(
-                    "{}; the degradation plan runs `{ran}` instead of `{}`",
-                    c.reason, c.value
-                );
-                c.value = ran;
-            }
-            c
-        });
-        match admitter.admit_at(task, node_ceiling(t, &params)) {
-            Ok(reserve) => {
-                self.waiting.remove(task);
-                events.extend(choice.map(|c| c.event(&t.tenant, task)));
-                Start::Run { params, reserve }
-            }
-            Err(denial) if denial.may_wait() => {
-                // Recorded once per wait; the task stays ready.
-                if self.waiting.insert(task.clone()) {
-                    events.push(Event::AdmissionDenied {
-                        tenant: t.tenant.clone(),
-                        task: Some(task.clone()),
-                        reason: denial.reason().to_owned(),
-                    });
-                }
-                Start::Wait
-            }
-            Err(denial) => {
-                let reason = denial.reason().to_owned();
-                self.end(
-                    state,
-                    task,
-                    format!("not admitted: {reason}"),
-                    Some(reason),
-                    gone,
-                    events,
-                );
-                Start::Ended
-            }
-        }
-    }
-
-    /// Cancels `task` and its dependants, after an admission denial when
-    /// `denied` gives its reason.
-    fn end(
-        &mut self,
-        state: &State,
-        task: &TaskId,
-        reason: String,
-        denied: Option<String>,
-        gone: &mut std::collections::BTreeSet<TaskId>,
-        events: &mut Vec<Event>,
-    ) {
-        self.waiting.remove(task);
-        if let (Some(denied), Some(t)) = (denied, state.queue.get(task)) {
-            events.push(Event::AdmissionDenied {
-                tenant: t.tenant.clone(),
-                task: Some(task.clone()),
-                reason: denied,
-            });
-        }
-        gone.insert(task.clone());
-        events.push(Event::TaskCancelled {
-            task: task.clone(),
-            reason: reason.clone(),
-        });
-        for child in super::scheduler::dependants_to_cancel(state, task) {
-            if gone.insert(child.clone()) {
-                events.push(Event::TaskCancelled {
-                    task: child,
-                    reason: reason.clone(),
-                });
-            }
-        }
-    }
 }
 
 /// Whether `task` went through the gate for its next attempt and waits for

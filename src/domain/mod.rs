@@ -8,12 +8,14 @@
 pub mod activity;
 pub mod budget;
 pub mod cost_agent;
+pub mod decide;
 pub mod event;
 pub mod governance;
 pub mod ids;
 pub mod learning;
 pub mod limits;
 pub mod money;
+pub mod period;
 pub mod policy;
 pub mod queue;
 pub mod rejection;

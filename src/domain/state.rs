@@ -8,15 +8,16 @@
 //! one line whatever the hash-map order.
 
 use bincode::Encode;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
 use super::activity::{RunStatus, Runs, Workers};
 use super::budget::Tenants;
-use super::event::Event;
-use super::ids::{PipelineId, RunId, TenantId};
+use super::event::{BudgetPeriod, Decision, Event};
+use super::ids::{PipelineId, RunId, TaskId, TenantId};
 use super::learning::Learning;
 use super::money::Micros;
+use super::period::Periods;
 use super::queue::Queue;
 use super::rejection::Rejection;
 use super::time::Timestamp;
@@ -33,17 +34,63 @@ pub struct State {
     /// from the log like the rest, outside the digests.
     workloads: FxHashMap<RunId, String>,
     /// When each tenant's current budget period began (its registration,
-    /// a change of its period kind, or its last reset); outside the digests.
-    period_started: FxHashMap<TenantId, Timestamp>,
+    /// a change of its period kind, or its last reset), and the tenants by
+    /// when that period ends; outside the digests.
+    periods: Periods,
     /// Open (non-terminal) tasks per pipeline instance, by run.
     pipelines: FxHashMap<RunId, FxHashMap<PipelineId, u32>>,
     /// What each run's tasks hold reserved (runs holding nothing are
     /// absent); outside the digests, like the task reservations it sums.
     reserved_by_run: FxHashMap<RunId, i64>,
+    /// What the gate has recorded about open tasks; outside the digests.
+    gate: GateMemory,
     /// Seq of the last event folded in.
     pub seq: u64,
     /// `recorded_at` of the last event folded in.
     pub last_at: Timestamp,
+}
+
+/// What the gate in front of every attempt has recorded about each open
+/// task, so that a task looked at again is not recorded again: its last
+/// verdict, and whether its present wait for admission is recorded.
+/// Derived from the log like the rest (`replay --check` reads the same
+/// memory the executors decided with).
+#[derive(Clone, Debug, Default)]
+struct GateMemory {
+    verdicts: FxHashMap<TaskId, Decision>,
+    waiting: FxHashSet<TaskId>,
+}
+
+impl GateMemory {
+    fn evolve(&mut self, event: &Event) {
+        match event {
+            Event::DegradationDecided {
+                task: Some(task),
+                decision,
+                ..
+            } => {
+                self.verdicts.insert(task.clone(), *decision);
+            }
+            Event::AdmissionDenied {
+                task: Some(task), ..
+            } => {
+                self.waiting.insert(task.clone());
+            }
+            // A wait ends with the lease or the task.
+            Event::TaskDequeued { task, .. } => {
+                self.waiting.remove(task);
+            }
+            Event::TaskSkipped { task, .. } | Event::TaskCancelled { task, .. } => {
+                self.waiting.remove(task);
+                self.verdicts.remove(task);
+            }
+            // An ended task is never looked at again.
+            Event::TaskAcked { task, .. } | Event::TaskDeadLettered { task, .. } => {
+                self.verdicts.remove(task);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The digests of each projection and their combination.
@@ -112,7 +159,30 @@ impl State {
 
     /// When `tenant`'s current budget period began.
     pub fn period_started(&self, tenant: &TenantId) -> Option<Timestamp> {
-        self.period_started.get(tenant).copied()
+        self.periods.started(tenant)
+    }
+
+    /// The tenants whose current budget period ends at or before `now`, in
+    /// the order their periods end, each with when its period began: a
+    /// range of an ordered index, so its cost follows what it returns, not
+    /// the number of tenants.
+    pub fn periods_ended_by(&self, now: Timestamp) -> impl Iterator<Item = (&TenantId, Timestamp)> {
+        self.periods.ended_by(now)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn periods(&self) -> &Periods {
+        &self.periods
+    }
+
+    /// The cost agent's verdict last recorded for `task`, while it is open.
+    pub fn last_verdict(&self, task: &TaskId) -> Option<Decision> {
+        self.gate.verdicts.get(task).copied()
+    }
+
+    /// Whether `task`'s present wait for admission is recorded.
+    pub fn wait_recorded(&self, task: &TaskId) -> bool {
+        self.gate.waiting.contains(task)
     }
 
     /// The workload text recorded for `run`.
@@ -177,6 +247,7 @@ impl State {
         let task_reserved = task.map_or(Micros::ZERO, |t| t.reserved_micros);
         self.workers.evolve(at, &event);
         self.learning.evolve(&event);
+        self.gate.evolve(&event);
         // A budget period begins at registration, at a reset, and when the
         // tenant's period kind changes (not when an update restates it).
         let period_begins = match &event {
@@ -194,10 +265,17 @@ impl State {
                 .then_some(tenant),
             _ => None,
         };
-        if let Some(tenant) = period_begins {
-            self.period_started.insert(tenant.clone(), at);
-        }
+        let kind_of = |tenants: &Tenants, tenant| {
+            tenants
+                .get(tenant)
+                .map_or(BudgetPeriod::None, |t| t.budget_period)
+        };
+        let period_was = period_begins.map(|tenant| kind_of(&self.tenants, tenant));
         let moved = self.tenants.evolve(&event, task_reserved);
+        if let (Some(tenant), Some(was)) = (period_begins, period_was) {
+            let kind = kind_of(&self.tenants, tenant);
+            self.periods.begin(tenant, at, was, kind);
+        }
 
         if let Event::WorkloadRecorded { run, text, .. } = &event {
             self.workloads.insert(run.clone(), text.clone());

@@ -1,5 +1,6 @@
 //! The ledger: records, the hash chain, the versioned codec, the data
-//! directory, the sled store, the group-commit writer and chain verification.
+//! directory, the sled store, the group-commit writer, replay (folding the
+//! stored log back into projections) and chain verification.
 //!
 //! This is the shell around the pure `domain`: it owns the disk and the wall
 //! clock. The codec (events ⇄ bytes) and the frame layout are a contract:
@@ -9,6 +10,7 @@ pub mod codec;
 pub mod dir;
 pub mod frame;
 pub mod record;
+pub mod replay;
 pub mod store;
 pub mod verify;
 pub mod writer;

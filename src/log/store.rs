@@ -702,7 +702,7 @@ impl Store {
     }
 
     /// Drops every index entry and summary (rebuilt from the log on the
-    /// next writable open, or by [`crate::replay::rebuild_index`]).
+    /// next writable open, or by [`crate::log::replay::rebuild_index`]).
     pub fn clear_index(&self) -> Result<(), sled::Error> {
         self.meta.remove(INDEX_FORMAT_KEY)?;
         self.meta.remove(INDEX_HWM_KEY)?;

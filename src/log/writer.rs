@@ -28,7 +28,7 @@ use super::record::record_hash;
 use super::store::{Checkpoint, Head, IndexBuilder, IndexKind, Store, StoreError, WalkError};
 use crate::domain::budget::OverrunCover;
 use crate::domain::{Event, Micros, Rejection, State, Timestamp, limits};
-use crate::replay;
+use crate::log::replay;
 
 /// Most events one commit group takes before writing.
 pub const MAX_GROUP_EVENTS: usize = 64 * 1024;
@@ -137,6 +137,18 @@ enum Msg {
     /// Decide events from the live state and append them in one step.
     Decide(Decision),
     Query(Query),
+    /// Hand the live state to one caller ([`Ledger::lend`]).
+    Lend {
+        reply: oneshot::Sender<Result<(State, Head), AppendError>>,
+    },
+    /// Records the borrower decided, validated and applied on the lent state.
+    AppendLent {
+        batch: LentBatch,
+        reply: Replier,
+    },
+    /// The lent state comes back: `None` when the borrower stopped without
+    /// sending all it applied (the writer refolds).
+    Return(Option<Box<State>>),
     Checkpoint {
         reply: oneshot::Sender<Result<Checkpoint, AppendError>>,
     },
@@ -180,6 +192,8 @@ impl Ledger {
             options,
             since_checkpoint: 0,
             poisoned: None,
+            lent: false,
+            held: std::collections::VecDeque::new(),
         };
         let thread = std::thread::Builder::new()
             .name("runledger-writer".to_owned())
@@ -274,6 +288,24 @@ impl Ledger {
             answer
         })))?;
         rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Lends the live state to the caller, who decides, validates and
+    /// applies events on it itself and sends them with [`Lent::send`]; the
+    /// writer only chains and writes them. Meanwhile every other message is
+    /// held, and handled once the state is back ([`Lent::give_back`], or the
+    /// `Lent` dropped, after which the writer refolds): there is one live
+    /// state, never a mirror of it.
+    pub fn lend(&self) -> Result<Lent, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Lend { reply })?;
+        let (state, _) = rx.blocking_recv().map_err(|_| AppendError::Closed)??;
+        Ok(Lent {
+            ledger: self.clone(),
+            state,
+            batch: LentBatch::default(),
+            cover: OverrunCover::new(),
+        })
     }
 
     /// Runs `f` on the live projection (after every append sent before).
@@ -408,6 +440,168 @@ impl Draft<'_> {
     }
 }
 
+/// Records decided on a lent state: their canonical bytes back to back,
+/// each with its time and the run and tenant it is indexed under (each id
+/// listed once per batch: a batch names few).
+#[derive(Default)]
+pub struct LentBatch {
+    bytes: Vec<u8>,
+    records: Vec<LentRecord>,
+    ids: Vec<String>,
+    slots: rustc_hash::FxHashMap<String, u32>,
+}
+
+impl LentBatch {
+    /// An empty batch with room for one like `last`.
+    fn like(last: &LentBatch) -> Self {
+        LentBatch {
+            bytes: Vec::with_capacity(last.bytes.len()),
+            records: Vec::with_capacity(last.records.len()),
+            ..LentBatch::default()
+        }
+    }
+
+    /// The slot of `id` in this batch's list.
+    fn slot(&mut self, id: &str) -> u32 {
+        if let Some(&slot) = self.slots.get(id) {
+            return slot;
+        }
+        let slot = self.ids.len() as u32;
+        self.ids.push(id.to_owned());
+        self.slots.insert(id.to_owned(), slot);
+        slot
+    }
+}
+
+struct LentRecord {
+    recorded_at: Timestamp,
+    end: usize,
+    run: Option<u32>,
+    tenant: Option<u32>,
+}
+
+/// An event [`Lent::record`] refused, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{event}: {rejection}")]
+pub struct Refused {
+    pub rejection: Rejection,
+    pub event: Event,
+}
+
+/// The ledger's live state, lent to one caller by [`Ledger::lend`]. Each
+/// event [`Lent::record`] takes gets the writer's own checks (the limits,
+/// the encoding, validation, and per batch the overrun cover) before it is
+/// applied; [`Lent::send`] hands the batch to the writer to chain.
+pub struct Lent {
+    ledger: Ledger,
+    state: State,
+    batch: LentBatch,
+    cover: OverrunCover,
+}
+
+impl Lent {
+    /// The live state, with every recorded event applied.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Events recorded and not yet sent.
+    pub fn pending(&self) -> usize {
+        self.batch.records.len()
+    }
+
+    /// Checks `event` as the writer checks an append, applies it and queues
+    /// it, stamped `at`. A refused event changes nothing and comes back.
+    pub fn record(&mut self, at: Timestamp, event: Event) -> Result<(), Box<Refused>> {
+        let checked = limits::check_event(&event)
+            .and_then(|()| limits::check_time("recorded_at", at))
+            .and_then(|()| self.state.validate(&event));
+        if let Err(rejection) = checked {
+            return Err(Box::new(Refused { rejection, event }));
+        }
+        let from = self.batch.bytes.len();
+        encode_event_into(&event, &mut self.batch.bytes);
+        if let Err(rejection) = check_encoded(&self.batch.bytes[from..]) {
+            self.batch.bytes.truncate(from);
+            return Err(Box::new(Refused { rejection, event }));
+        }
+        let task_reserved = (event.task())
+            .and_then(|t| self.state.queue.get(t))
+            .map_or(Micros::ZERO, |t| t.reserved_micros);
+        self.cover
+            .note(self.batch.records.len(), &event, task_reserved);
+        let (run, tenant) = self.state.scope(&event);
+        let run = run.map(|r| self.batch.slot(r.as_str()));
+        let tenant = tenant.map(|t| self.batch.slot(t.as_str()));
+        let record = LentRecord {
+            recorded_at: at,
+            end: self.batch.bytes.len(),
+            run,
+            tenant,
+        };
+        self.batch.records.push(record);
+        let seq = self.state.seq + 1;
+        self.state.evolve(seq, at, event);
+        Ok(())
+    }
+
+    /// Sends what was recorded since the last send, checked whole (an
+    /// overrun has the spend behind it), without waiting for the writer.
+    /// A refusal leaves the state ahead of the ledger: the borrower stops
+    /// and drops the `Lent`.
+    pub fn send(&mut self) -> Result<PendingAppend, AppendError> {
+        let cover = std::mem::replace(&mut self.cover, OverrunCover::new());
+        cover
+            .check()
+            .map_err(|(index, rejection)| AppendError::Rejected { index, rejection })?;
+        let next = LentBatch::like(&self.batch);
+        let batch = std::mem::replace(&mut self.batch, next);
+        let (reply, rx) = oneshot::channel();
+        self.ledger.send(Msg::AppendLent {
+            batch,
+            reply: replier(reply),
+        })?;
+        Ok(PendingAppend(rx))
+    }
+
+    /// Gives the state back to the writer (what dropping the `Lent` does).
+    pub fn give_back(self) {}
+}
+
+impl Drop for Lent {
+    /// The state goes back whole when everything recorded was sent: the
+    /// writer takes it if its head is where the state is (every batch
+    /// appended), else refolds from the log.
+    fn drop(&mut self) {
+        let whole = self.batch.records.is_empty();
+        let state = whole.then(|| Box::new(std::mem::take(&mut self.state)));
+        let _ = self.ledger.send(Msg::Return(state));
+    }
+}
+
+/// The checks of an event's canonical bytes: the size limit, and for a
+/// large event a decode back (the decoder reserves memory per listed id,
+/// so size alone does not tell).
+fn check_encoded(bytes: &[u8]) -> Result<(), Rejection> {
+    limits::check_event_bytes(bytes.len())?;
+    if bytes.len() < limits::DECODE_CHECK_BYTES_MIN {
+        return Ok(());
+    }
+    crate::log::codec::decode_event(bytes)
+        .map(drop)
+        .map_err(|what| Rejection::Undecodable { what })
+}
+
+impl crate::domain::decide::Step for Draft<'_> {
+    type Error = AppendError;
+    fn state(&self) -> &State {
+        Draft::state(self)
+    }
+    fn record(&mut self, event: Event) -> Result<(), AppendError> {
+        self.push(event)
+    }
+}
+
 struct Writer {
     store: Arc<Store>,
     state: State,
@@ -420,6 +614,10 @@ struct Writer {
     since_checkpoint: u64,
     poisoned: Option<String>,
     syncer: Option<Syncer>,
+    /// The state is lent ([`Ledger::lend`]): `state` is a placeholder.
+    lent: bool,
+    /// Messages that arrived while the state was lent, in order.
+    held: std::collections::VecDeque<Msg>,
 }
 
 /// Answers one append once its fate is known.
@@ -530,8 +728,14 @@ impl Writer {
         let mut last_flush = Instant::now();
         let mut dirty = false;
         loop {
-            let first = match self.options.durability {
-                Durability::Batch { interval } if dirty => {
+            let held = if self.lent {
+                None
+            } else {
+                self.held.pop_front()
+            };
+            let first = match (held, self.options.durability) {
+                (Some(msg), _) => msg,
+                (None, Durability::Batch { interval }) if dirty => {
                     let wait = interval.saturating_sub(last_flush.elapsed());
                     match rx.recv_timeout(wait) {
                         Ok(msg) => msg,
@@ -544,7 +748,7 @@ impl Writer {
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
-                _ => match rx.recv() {
+                (None, _) => match rx.recv() {
                     Ok(msg) => msg,
                     Err(_) => break,
                 },
@@ -554,6 +758,13 @@ impl Writer {
             let mut taken = 0usize;
             while let Some(msg) = next.take() {
                 match msg {
+                    // While the state is lent, only its borrower appends.
+                    Msg::AppendLent { batch, reply } => {
+                        taken += self.accept_lent(&mut group, batch, reply);
+                    }
+                    msg if self.lent && !matches!(msg, Msg::Return(_)) => {
+                        self.held.push_back(msg);
+                    }
                     Msg::Append { entries, reply } => {
                         taken += entries.len();
                         self.accept(&mut group, entries, reply);
@@ -569,7 +780,14 @@ impl Writer {
                     }
                 }
                 if taken < MAX_GROUP_EVENTS {
-                    next = rx.try_recv().ok();
+                    next = match self.held.pop_front() {
+                        Some(msg) if !self.lent => Some(msg),
+                        Some(msg) => {
+                            self.held.push_front(msg);
+                            rx.try_recv().ok()
+                        }
+                        None => rx.try_recv().ok(),
+                    };
                 }
             }
             dirty |= self.commit(&mut group);
@@ -584,10 +802,69 @@ impl Writer {
         let _ = self.finish();
     }
 
+    /// Chains and stages the records a borrower of the state decided and
+    /// checked ([`Lent::record`]); returns how many.
+    fn accept_lent(&mut self, group: &mut Group, batch: LentBatch, reply: Replier) -> usize {
+        if !self.begin(group) {
+            self.refuse(reply);
+            return 0;
+        }
+        let start = self.head;
+        let count = batch.records.len();
+        let ids = batch.ids;
+        group.scratch = batch.bytes;
+        let mut from = 0;
+        for record in batch.records {
+            let bytes = from..record.end;
+            from = record.end;
+            let seq = self.head.seq + 1;
+            let hash = record_hash(
+                seq,
+                record.recorded_at,
+                &self.head.hash,
+                &group.scratch[bytes.clone()],
+            );
+            let id = |slot: u32| ids[slot as usize].as_str();
+            let run = (record.run).map(|r| group.index.slot(IndexKind::Run, id(r)));
+            let tenant = (record.tenant).map(|t| group.index.slot(IndexKind::Tenant, id(t)));
+            group.staged.push(Staged {
+                recorded_at: record.recorded_at,
+                hash,
+                bytes,
+                run,
+                tenant,
+            });
+            self.head = Head { seq, hash };
+        }
+        self.take_staged(group, start, count, reply);
+        count
+    }
+
     /// Handles a non-append message; returns true when the writer must stop.
     fn control(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Append { .. } | Msg::Decide(_) => false,
+            Msg::Append { .. } | Msg::Decide(_) | Msg::AppendLent { .. } => false,
+            Msg::Lend { reply } => {
+                let lent = match &self.poisoned {
+                    Some(why) => Err(AppendError::Storage(why.clone())),
+                    None => {
+                        self.lent = true;
+                        Ok((std::mem::take(&mut self.state), self.head))
+                    }
+                };
+                let _ = reply.send(lent);
+                false
+            }
+            Msg::Return(state) => {
+                self.lent = false;
+                match state {
+                    Some(state) if state.seq == self.head.seq => self.state = *state,
+                    // The borrower stopped midway, or a batch of it was
+                    // refused: the state is what the log says.
+                    _ => self.refold(),
+                }
+                false
+            }
             Msg::Query(f) => {
                 f(&self.state, self.head);
                 false
@@ -761,15 +1038,7 @@ impl Writer {
         };
         let from = group.scratch.len();
         encode_event_into(&entry.event, &mut group.scratch);
-        let checked = limits::check_event_bytes(group.scratch.len() - from).and_then(|()| {
-            if group.scratch.len() - from < limits::DECODE_CHECK_BYTES_MIN {
-                return Ok(());
-            }
-            crate::log::codec::decode_event(&group.scratch[from..])
-                .map(drop)
-                .map_err(|what| Rejection::Undecodable { what })
-        });
-        if let Err(rejection) = checked {
+        if let Err(rejection) = check_encoded(&group.scratch[from..]) {
             group.scratch.truncate(from);
             return Err(rejection);
         }
@@ -896,7 +1165,9 @@ impl Writer {
         self.since_checkpoint += group.records;
         group.records = 0;
         group.builder = FrameBuilder::new(self.head.seq + 1, self.head.hash);
+        // A lent state is the borrower's: checkpoints wait for its return.
         if allow_checkpoint
+            && !self.lent
             && self.options.checkpoint_every > 0
             && self.since_checkpoint >= self.options.checkpoint_every
         {

@@ -229,13 +229,7 @@ pub async fn run_live_on(
             if resume {
                 // What the last coordinator admitted is on the streams or
                 // with a worker: wait for it before admitting anything twice.
-                let run = RunId(
-                    options
-                        .run_id
-                        .clone()
-                        .or_else(|| workload.run.clone())
-                        .unwrap_or_else(|| format!("run-{seed}")),
-                );
+                let (_, run) = options.seed_and_run(workload);
                 queue.resume(&run).await?;
             }
             let coordinator = queue.clone();
@@ -269,14 +263,7 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<RunReport, RunError> {
     let wall = Instant::now();
-    let seed = options.seed.unwrap_or(workload.seed);
-    let run = RunId(
-        options
-            .run_id
-            .clone()
-            .or_else(|| workload.run.clone())
-            .unwrap_or_else(|| format!("run-{seed}")),
-    );
+    let (seed, run) = options.seed_and_run(workload);
     if !resume {
         workload.check_run(run.as_str())?;
     }
@@ -287,30 +274,14 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
         let run = run.clone();
         ledger
             .decide_each(move |draft| {
-                let leased: Vec<_> = draft
-                    .state()
-                    .queue
-                    .sorted()
-                    .into_iter()
-                    .filter(|(_, t)| {
-                        t.run == run && t.status == crate::domain::queue::TaskStatus::Leased
-                    })
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                // Each expiry is decided on the state the ones before it left.
-                for task in &leased {
-                    for event in crate::domain::scheduler::expire_lease(
-                        draft.state(),
-                        task,
-                        crate::domain::scheduler::Lost::Release,
-                    ) {
-                        if draft.push(event).is_err() {
-                            return;
-                        }
-                    }
-                }
+                crate::domain::decide::expire_leases(
+                    draft,
+                    crate::domain::scheduler::Lost::Release,
+                    |t| t.run == run,
+                )
             })
-            .await?;
+            .await?
+            .1?;
     } else if !resume {
         if state.runs.get(&run).is_some() {
             return Err(RunError::RunExists(run.0));

@@ -13,11 +13,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::domain::governance::{Admitter, Gate, Settler, Start, period_resets};
-use crate::domain::learning::Learner;
-use crate::domain::limits::{ERROR_BYTES_MAX, EVENT_BYTES_MAX, PARAMS_BYTES_MAX};
-use crate::domain::queue::{QueueCounts, TaskStatus};
-use crate::domain::scheduler::{Lost, QueuePolicy, dependants_to_cancel, draw, next_ready_many};
+use crate::domain::decide::{self, Answer, Ended, LeaseTo, Rules, Start};
+pub use crate::domain::decide::{Attempt, is_current};
+use crate::domain::limits::{EVENT_BYTES_MAX, PARAMS_BYTES_MAX};
+use crate::domain::queue::QueueCounts;
+use crate::domain::scheduler::{Lost, QueuePolicy, next_ready_many};
 use crate::domain::{
     Category, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId,
 };
@@ -54,29 +54,19 @@ pub enum NackOutcome {
     Stale,
 }
 
-/// Puts ready `task` through the gate on `state` (the cost agent, the
-/// learning choice, admission): the events to record — with its
-/// reservation when it runs — and the params it runs with, if it runs now.
-/// `gone` holds the tasks this step already ended.
+/// Puts ready `task` through the gate on `state` ([`decide::start`]
+/// without a lease: the Redis queue leases when a worker claims it): the
+/// events to record — with its reservation when it runs — and the params it
+/// runs with, if it runs now.
 pub(crate) fn admit(
-    gate: &mut Gate,
     state: &crate::domain::State,
     task: &TaskId,
-    gone: &mut std::collections::BTreeSet<TaskId>,
+    rules: &Rules,
 ) -> (Vec<Event>, Option<Params>) {
-    let mut events = Vec::new();
-    let start = gate.start(state, &mut Admitter::new(state), task, gone, &mut events);
-    let (Start::Run { params, reserve }, Some(t)) = (start, state.queue.get(task)) else {
-        return (events, None);
-    };
-    if reserve > Micros::ZERO {
-        events.push(Event::CostReserved {
-            tenant: t.tenant.clone(),
-            task: task.clone(),
-            amount_micros: reserve,
-        });
+    match decide::start(state, task, None, rules) {
+        (events, Start::Run { params, .. }) => (events, Some(params)),
+        (events, _) => (events, None),
     }
-    (events, Some(params))
 }
 
 /// The outputs of `deps`, for a reduce step's attempt.
@@ -84,15 +74,6 @@ pub(crate) fn inputs_of(state: &crate::domain::State, deps: &[TaskId]) -> Vec<(T
     deps.iter()
         .filter_map(|d| state.queue.get(d).map(|p| (d.clone(), p.output.clone())))
         .collect()
-}
-
-/// One attempt of a task by a worker: what a result is about.
-#[derive(Clone, Copy, Debug)]
-pub struct Attempt<'a> {
-    pub task: &'a TaskId,
-    pub run: &'a RunId,
-    pub worker: &'a WorkerId,
-    pub attempt: u32,
 }
 
 impl Lease {
@@ -104,18 +85,6 @@ impl Lease {
             attempt: self.attempt,
         }
     }
-}
-
-/// Whether `attempt` is still the task's current one: leased, by this
-/// worker, at this attempt. A result of any other attempt is a duplicate
-/// or comes too late (its lease expired, the task was leased again) and
-/// is dropped: results count once per (task, attempt).
-pub fn is_current(state: &crate::domain::State, attempt: Attempt<'_>) -> bool {
-    state.queue.get(attempt.task).is_some_and(|t| {
-        t.status == TaskStatus::Leased
-            && t.attempts == attempt.attempt
-            && t.worker.as_ref() == Some(attempt.worker)
-    })
 }
 
 /// A successful attempt to record: its output and what it cost.
@@ -147,38 +116,29 @@ impl Acked<'_> {
             output,
             costs,
         } = self;
-        if !is_current(state, attempt) {
-            return None;
-        }
-        // Costs it cannot take: `Failed::events` says why.
-        let refusal = answer_refusal(attempt, &output).or_else(|| {
-            cost_refusal(state, attempt.task, costs).map(|_| "the result was refused".to_owned())
-        });
-        if let Some(error) = refusal {
-            let failed = Failed {
-                attempt,
+        let answer = match answer_refusal(attempt, &output) {
+            Some(error) => Answer::Failed {
                 error,
                 timed_out: false,
-                costs,
-            };
-            return failed
-                .events(state, now, policy, seed)
-                .map(|(events, outcome)| (events, Some(outcome)));
-        }
-        let mut settler = Settler::new(state);
-        let mut events = settler.settle(attempt.task, costs);
-        events.extend(Learner::new(&state.learning).after_attempt(
-            attempt.task,
-            reward_of(&output),
-            total(costs),
-            |tenant| settler.utilisation_bp(tenant),
-        ));
-        events.push(Event::TaskAcked {
-            task: attempt.task.clone(),
-            worker: attempt.worker.clone(),
-            output,
-        });
-        Some((events, None))
+            },
+            None => Answer::Done {
+                reward_bp: reward_of(&output),
+                output,
+            },
+        };
+        let rules = Rules::new(*policy, seed);
+        let (events, ended) = decide::end_attempt(state, attempt, answer, costs, now, &rules)?;
+        Some((events, nack_outcome(ended)))
+    }
+}
+
+/// What a NACK led to, from what the end of an attempt led to (`None` for
+/// an ACK).
+fn nack_outcome(ended: Ended) -> Option<NackOutcome> {
+    match ended {
+        Ended::Acked => None,
+        Ended::RetryAt(at) => Some(NackOutcome::RetryAt(at)),
+        Ended::DeadLettered { cancelled } => Some(NackOutcome::DeadLettered { cancelled }),
     }
 }
 
@@ -210,38 +170,6 @@ pub fn answer_refusal(attempt: Attempt<'_>, output: &Params) -> Option<String> {
             "the answer's task_acked is {len} bytes, more than EVENT_BYTES_MAX ({EVENT_BYTES_MAX} bytes)"
         )
     })
-}
-
-/// Why the ledger cannot take `costs` as costs of `task`'s tenant, if it
-/// cannot (an amount past 64-bit micros).
-fn cost_refusal(
-    state: &crate::domain::State,
-    task: &TaskId,
-    costs: &[(Category, Micros)],
-) -> Option<crate::domain::Rejection> {
-    let tenant = state
-        .queue
-        .get(task)
-        .and_then(|t| state.tenants.get(&t.tenant))?;
-    // What settlement posts: the positive amounts.
-    let posted = costs.iter().copied().filter(|(_, amount)| amount.0 > 0);
-    tenant.can_incur(posted).err()
-}
-
-/// `error` cut to [`ERROR_BYTES_MAX`] bytes (on a character boundary),
-/// saying so.
-fn bounded_error(mut error: String) -> String {
-    if error.len() <= ERROR_BYTES_MAX {
-        return error;
-    }
-    let note = format!(" … (cut: {} bytes, more than ERROR_BYTES_MAX)", error.len());
-    let mut cut = ERROR_BYTES_MAX - note.len();
-    while !error.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    error.truncate(cut);
-    error.push_str(&note);
-    error
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -320,8 +248,6 @@ pub struct MemoryQueue {
     seed: u64,
     /// Poll interval while waiting for work.
     poll: Duration,
-    /// The cost agent and admission in front of every lease.
-    gate: std::sync::Arc<std::sync::Mutex<Gate>>,
 }
 
 impl MemoryQueue {
@@ -331,7 +257,6 @@ impl MemoryQueue {
             policy,
             seed,
             poll: Duration::from_millis(2),
-            gate: std::sync::Arc::new(std::sync::Mutex::new(Gate::new(seed))),
         }
     }
 }
@@ -344,15 +269,6 @@ fn reward_of(output: &Params) -> i32 {
         .get("reward_bp")
         .and_then(serde_json::Value::as_i64)
         .map_or(10_000, |r| r.clamp(0, 10_000) as i32)
-}
-
-fn total(costs: &[(Category, Micros)]) -> Micros {
-    Micros(
-        costs
-            .iter()
-            .map(|c| c.1.0.max(0))
-            .fold(0, i64::saturating_add),
-    )
 }
 
 impl TaskQueue for MemoryQueue {
@@ -374,8 +290,8 @@ impl TaskQueue for MemoryQueue {
         let give_up = tokio::time::Instant::now() + wait;
         let lease_micros = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
         loop {
-            let (run_id, worker_id, policy) = (run.clone(), worker.clone(), self.policy);
-            let gate = std::sync::Arc::clone(&self.gate);
+            let (run_id, worker_id) = (run.clone(), worker.clone());
+            let rules = Rules::new(self.policy, self.seed);
             let (_, leases) = self
                 .ledger
                 .decide_each(move |draft| {
@@ -388,7 +304,7 @@ impl TaskQueue for MemoryQueue {
                         draft.state(),
                         now,
                         draft.head().seq,
-                        &policy,
+                        &rules.queue,
                         window,
                         |t| t.run == run_id,
                     )
@@ -397,43 +313,30 @@ impl TaskQueue for MemoryQueue {
                     .collect();
                     let deadline = now.saturating_add_micros(lease_micros);
                     let mut leases = Vec::with_capacity(picked.len());
-                    let mut gone = std::collections::BTreeSet::new();
-                    let mut gate = gate
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     // One task at a time, each decided on the state its
                     // predecessors' events left.
                     for task in &picked {
                         if leases.len() >= max.max(1) {
                             break;
                         }
-                        if gone.contains(task) {
-                            continue;
-                        }
                         let state = draft.state();
-                        let (mut events, runs) = admit(&mut gate, state, task, &mut gone);
-                        let lease = match (runs, state.queue.get(task)) {
-                            (Some(params), Some(t)) => {
-                                let inputs = inputs_of(state, &t.deps);
-                                let lease = Lease {
-                                    task: task.clone(),
-                                    run: t.run.clone(),
-                                    tenant: t.tenant.clone(),
-                                    worker: worker_id.clone(),
-                                    attempt: t.attempts + 1,
-                                    deadline,
-                                    handler: t.handler.clone(),
-                                    params,
-                                    inputs,
-                                };
-                                events.push(Event::TaskDequeued {
-                                    task: task.clone(),
-                                    worker: worker_id.clone(),
-                                    attempt: lease.attempt,
-                                    lease_deadline: Some(deadline),
-                                });
-                                Some(lease)
-                            }
+                        let to = LeaseTo {
+                            worker: worker_id.clone(),
+                            deadline: Some(deadline),
+                        };
+                        let (events, start) = decide::start(state, task, Some(to), &rules);
+                        let lease = match (start, state.queue.get(task)) {
+                            (Start::Run { params, .. }, Some(t)) => Some(Lease {
+                                task: task.clone(),
+                                run: t.run.clone(),
+                                tenant: t.tenant.clone(),
+                                worker: worker_id.clone(),
+                                attempt: t.attempts + 1,
+                                deadline,
+                                handler: t.handler.clone(),
+                                params,
+                                inputs: inputs_of(state, &t.deps),
+                            }),
                             _ => None,
                         };
                         for event in events {
@@ -543,26 +446,8 @@ pub async fn expire_due(ledger: &Ledger, lost: Lost) -> Result<usize, QueueError
                 return 0;
             }
             let now = draft.now();
-            let expired: Vec<TaskId> = draft
-                .state()
-                .queue
-                .sorted()
-                .into_iter()
-                .filter(|(_, t)| {
-                    t.status == TaskStatus::Leased && t.lease_deadline.is_some_and(|d| d < now)
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            // Each expiry may dead-letter and cancel: each is decided on
-            // the state the ones before it left.
-            for task in &expired {
-                for event in crate::domain::scheduler::expire_lease(draft.state(), task, lost) {
-                    if draft.push(event).is_err() {
-                        return 0;
-                    }
-                }
-            }
-            expired.len()
+            decide::expire_leases(draft, lost, |t| t.lease_deadline.is_some_and(|d| d < now))
+                .unwrap_or(0)
         })
         .await?;
     Ok(n)
@@ -572,8 +457,8 @@ pub async fn expire_due(ledger: &Ledger, lost: Lost) -> Result<usize, QueueError
 /// decision of the step is made on a period that is over. False if the
 /// step was dropped.
 pub(crate) fn turn_periods(draft: &mut Draft<'_>) -> bool {
-    let resets = period_resets(draft.state(), draft.now());
-    resets.into_iter().all(|event| draft.push(event).is_ok())
+    let now = draft.now();
+    decide::turn_periods(draft, now).is_ok()
 }
 
 /// A failed attempt to record.
@@ -596,73 +481,15 @@ impl Failed<'_> {
         seed: u64,
     ) -> Option<(Vec<Event>, NackOutcome)> {
         let Failed {
-            attempt: lease,
+            attempt,
             error,
             timed_out,
             costs,
         } = self;
-        if !is_current(state, lease) {
-            return None;
-        }
-        // Costs the ledger cannot take are not recorded, saying so: the
-        // failure is.
-        let (error, costs) = match cost_refusal(state, lease.task, costs) {
-            Some(rejection) => (
-                format!("{error} (its costs were not recorded: {rejection})"),
-                &[][..],
-            ),
-            None => (error, costs),
-        };
-        let error = bounded_error(error);
-        let mut settler = Settler::new(state);
-        let mut events = settler.settle(lease.task, costs);
-        // A failed attempt teaches the policy too: reward 0.
-        events.extend(Learner::new(&state.learning).after_attempt(
-            lease.task,
-            0,
-            total(costs),
-            |tenant| settler.utilisation_bp(tenant),
-        ));
-        let max_attempts = state.queue.get(lease.task).map_or(1, |t| t.max_attempts);
-        if lease.attempt < max_attempts {
-            let key = lease.task.draw_key(lease.run);
-            let delay =
-                policy.retry_delay_micros(lease.attempt, draw(seed, "retry", key, lease.attempt));
-            let at = now.saturating_add_micros(delay);
-            events.push(Event::TaskNacked {
-                task: lease.task.clone(),
-                worker: lease.worker.clone(),
-                error,
-                retry_at: Some(at),
-                timed_out,
-            });
-            return Some((events, NackOutcome::RetryAt(at)));
-        }
-        let reason = format!(
-            "{} of {max_attempts} attempts failed, last: {error}",
-            lease.attempt
-        );
-        events.push(Event::TaskNacked {
-            task: lease.task.clone(),
-            worker: lease.worker.clone(),
-            error,
-            retry_at: None,
-            timed_out,
-        });
-        events.push(Event::TaskDeadLettered {
-            task: lease.task.clone(),
-            reason,
-        });
-        // Dependants of the task as it is now (the NACK changes nothing about them).
-        let doomed = dependants_to_cancel(state, lease.task);
-        let cancelled = doomed.len();
-        for child in doomed {
-            events.push(Event::TaskCancelled {
-                task: child,
-                reason: format!("parent `{}` was dead-lettered", lease.task),
-            });
-        }
-        Some((events, NackOutcome::DeadLettered { cancelled }))
+        let rules = Rules::new(*policy, seed);
+        let answer = Answer::Failed { error, timed_out };
+        let (events, ended) = decide::end_attempt(state, attempt, answer, costs, now, &rules)?;
+        Some((events, nack_outcome(ended).unwrap_or(NackOutcome::Stale)))
     }
 }
 
@@ -694,18 +521,5 @@ mod tests {
         };
         let refused = answer_refusal(attempt, &text(10)).unwrap();
         assert!(refused.contains("EVENT_BYTES_MAX"), "{refused}");
-    }
-
-    #[test]
-    fn a_long_error_is_cut_on_a_character_boundary_saying_so() {
-        assert_eq!(bounded_error("short".into()), "short");
-        let exact = "x".repeat(ERROR_BYTES_MAX);
-        assert_eq!(bounded_error(exact.clone()), exact);
-        let cut = bounded_error("é".repeat(ERROR_BYTES_MAX));
-        assert!(cut.len() <= ERROR_BYTES_MAX);
-        assert!(
-            cut.starts_with("éé") && cut.contains("ERROR_BYTES_MAX"),
-            "{cut}"
-        );
     }
 }

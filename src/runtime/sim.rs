@@ -1,8 +1,8 @@
 //! The simulated executor: runs a workload on virtual time.
 //!
 //! Each step takes the earliest timer (a task attempt finishing, a retry
-//! becoming due, a pipeline run arriving), runs the deciders on a mirror of
-//! the ledger's state, and queues the resulting events with `recorded_at`
+//! becoming due, a pipeline run arriving), runs the deciders on the
+//! ledger's live state (lent to it for the run), and queues the resulting events with `recorded_at`
 //! set to the virtual time; every few thousand events go to the ledger as
 //! one batch, which the writer commits while the next is decided. No
 //! sleeping and no thread interleaving: the ledger it writes depends only
@@ -12,16 +12,15 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Instant;
 
-use crate::domain::governance::{
-    Admitter, Denial, Gate, Settler, Start, admit_run, may_start_run, period_resets,
-};
-use crate::domain::learning::Learner;
-use crate::domain::scheduler::{Lost, dependants_to_cancel, draw, next_ready_many, next_retry_at};
+use crate::domain::decide::{self, Answer, Attempt, Ended, LeaseTo, Rules, Start};
+use crate::domain::governance::{Denial, admit_run, may_start_run};
+use crate::domain::scheduler::{Lost, next_ready_many, next_retry_at};
 use crate::domain::sim::simulate;
 use crate::domain::{
     Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp, WorkerId,
 };
-use crate::log::{Append, AppendError, Ledger};
+use crate::log::writer::Lent;
+use crate::log::{AppendError, Ledger};
 use crate::workload::{Stage, Workload};
 
 #[derive(Clone, Debug, Default)]
@@ -32,6 +31,22 @@ pub struct RunOptions {
     pub run_id: Option<String>,
     /// Stop (as if the process died) after this many steps: crash drills.
     pub stop_after_steps: Option<u64>,
+    /// The deciders' thresholds (standard unless a what-if run asks for
+    /// others). Not recorded: `replay --check --policy` must be given them.
+    pub policy: crate::domain::Policy,
+}
+
+impl RunOptions {
+    /// The run's seed and id: the options', else the workload's (the one
+    /// rule every executor and command names a run by).
+    pub fn seed_and_run(&self, workload: &Workload) -> (u64, RunId) {
+        let seed = self.seed.unwrap_or(workload.seed);
+        let run = self
+            .run_id
+            .clone()
+            .unwrap_or_else(|| workload.default_run_id(seed));
+        (seed, RunId(run))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,9 +139,11 @@ struct Sim<'a> {
     workload: &'a Workload,
     seed: u64,
     run: RunId,
-    state: State,
+    /// The ledger's live state, lent to the executor for the run: every
+    /// decision is made on it and every event applied to it before the
+    /// writer chains it.
+    lent: Lent,
     now: Timestamp,
-    batch: Vec<Append>,
     timers: BinaryHeap<Timer>,
     order: u64,
     free_workers: BTreeSet<u32>,
@@ -134,8 +151,8 @@ struct Sim<'a> {
     backpressure: bool,
     /// Times at which a NACKed task becomes ready again.
     retry_wakeups: BinaryHeap<Reverse<i64>>,
-    /// The cost agent and admission in front of every attempt.
-    gate: Gate,
+    /// What the run's decisions depend on besides the state.
+    rules: Rules,
     /// Per tenant, the pipeline runs that wait for its concurrency to allow
     /// them, oldest first.
     deferred: BTreeMap<TenantId, VecDeque<(usize, u32)>>,
@@ -150,20 +167,23 @@ struct Sim<'a> {
     ended_appended: u64,
 }
 
+impl crate::domain::decide::Step for Sim<'_> {
+    type Error = RunError;
+    fn state(&self) -> &State {
+        self.lent.state()
+    }
+    fn record(&mut self, event: Event) -> Result<(), RunError> {
+        self.emit(event)
+    }
+}
+
 impl Sim<'_> {
-    /// Checks `event` on the mirror state, applies it and queues it for the
-    /// ledger.
+    /// Checks `event` as the writer would, applies it to the state and
+    /// queues it for the ledger, stamped with the virtual time.
     fn emit(&mut self, event: Event) -> Result<(), RunError> {
-        let seq = self.state.seq + 1;
-        self.state
-            .validate(&event)
-            .map_err(|r| RunError::Impossible(format!("{event}: {r}")))?;
-        self.batch.push(Append {
-            recorded_at: Some(self.now),
-            event: event.clone(),
-        });
-        self.state.evolve(seq, self.now, event);
-        Ok(())
+        self.lent
+            .record(self.now, event)
+            .map_err(|refused| RunError::Impossible(refused.to_string()))
     }
 
     /// Sends the decided events to the ledger, after the answer to the
@@ -171,9 +191,8 @@ impl Sim<'_> {
     /// decided, and a refused batch is never followed by another.
     fn flush(&mut self) -> Result<(), RunError> {
         self.wait()?;
-        if !self.batch.is_empty() {
-            let batch = std::mem::take(&mut self.batch);
-            self.in_flight = Some(self.ledger.append_pipelined(batch)?);
+        if self.lent.pending() > 0 {
+            self.in_flight = Some(self.lent.send()?);
             self.ended_sent = self.ended();
         }
         Ok(())
@@ -190,7 +209,7 @@ impl Sim<'_> {
 
     /// The run's tasks that have ended (on the mirror).
     fn ended(&self) -> u64 {
-        self.state.runs.get(&self.run).map_or(0, |r| {
+        self.lent.state().runs.get(&self.run).map_or(0, |r| {
             r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled + r.tasks_skipped
         })
     }
@@ -203,13 +222,13 @@ impl Sim<'_> {
 
     fn dispatch(&mut self) -> Result<(), RunError> {
         'workers: while let Some(&worker) = self.free_workers.iter().next() {
-            let seq = self.state.seq;
+            let seq = self.lent.state().seq;
             // Only this run's tasks: other runs in the ledger are not ours to
             // execute. A few candidates, in case the best must wait.
             let run = &self.run;
             let window = self.free_workers.len() * 2 + 16;
             let candidates: Vec<TaskId> = next_ready_many(
-                &self.state,
+                self.lent.state(),
                 self.now,
                 seq,
                 &self.workload.policy,
@@ -219,21 +238,25 @@ impl Sim<'_> {
             .into_iter()
             .cloned()
             .collect();
+            let timeout = self.workload.worker_timeout_micros;
             for task in candidates {
-                let mut events = Vec::new();
-                let mut admitter = Admitter::new(&self.state);
-                let start = self.gate.start(
-                    &self.state,
-                    &mut admitter,
-                    &task,
-                    &mut BTreeSet::new(),
-                    &mut events,
-                );
+                let lease = LeaseTo {
+                    worker: worker_id(worker),
+                    deadline: Some(self.now.saturating_add_micros(timeout)),
+                };
+                let attempt = self
+                    .lent
+                    .state()
+                    .queue
+                    .get(&task)
+                    .map_or(1, |t| t.attempts + 1);
+                let (events, start) =
+                    decide::start(self.lent.state(), &task, Some(lease), &self.rules);
                 for event in events {
                     self.emit(event)?;
                 }
-                if let Start::Run { params, reserve } = start {
-                    self.start_attempt(task, worker, reserve, params)?;
+                if let Start::Run { params, .. } = start {
+                    self.schedule_end(task, worker, attempt, params);
                     continue 'workers;
                 }
             }
@@ -251,36 +274,12 @@ impl Sim<'_> {
         Ok(())
     }
 
-    /// Reserves the task's ceiling, leases it to `worker` and schedules the
-    /// attempt's end.
-    fn start_attempt(
-        &mut self,
-        task: TaskId,
-        worker: u32,
-        reserve: Micros,
-        params: Params,
-    ) -> Result<(), RunError> {
-        let Some(t) = self.state.queue.get(&task) else {
-            return Ok(());
-        };
-        let attempt = t.attempts + 1;
-        let tenant = t.tenant.clone();
+    /// Takes `worker` for the attempt that just started and schedules its
+    /// end.
+    fn schedule_end(&mut self, task: TaskId, worker: u32, attempt: u32, params: Params) {
         self.free_workers.remove(&worker);
         self.running += 1;
-        if reserve > Micros::ZERO {
-            self.emit(Event::CostReserved {
-                tenant,
-                task: task.clone(),
-                amount_micros: reserve,
-            })?;
-        }
         let timeout = self.workload.worker_timeout_micros;
-        self.emit(Event::TaskDequeued {
-            task: task.clone(),
-            worker: worker_id(worker),
-            attempt,
-            lease_deadline: Some(self.now.saturating_add_micros(timeout)),
-        })?;
         let latency =
             simulate(self.seed, task.draw_key(&self.run), attempt, &params).latency_micros;
         let (ends, timed_out) = if latency > timeout {
@@ -298,7 +297,6 @@ impl Sim<'_> {
             timed_out,
             params,
         )));
-        Ok(())
     }
 
     fn threshold_count(&self) -> u32 {
@@ -315,83 +313,57 @@ impl Sim<'_> {
         timed_out: bool,
         params: Params,
     ) -> Result<(), RunError> {
-        let Some(t) = self.state.queue.get(&task) else {
-            return Ok(());
-        };
-        let max_attempts = t.max_attempts;
         let outcome = simulate(self.seed, task.draw_key(&self.run), attempt, &params);
         self.free_workers.insert(worker);
         self.running -= 1;
-        // Post what the attempt cost (a timed-out attempt reports nothing),
-        // release the rest of its reservation, record an overrun.
-        let spent = if timed_out {
-            Vec::new()
-        } else {
-            outcome.costs.clone()
+        // A timed-out attempt reports nothing.
+        let (answer, costs) = match (timed_out, outcome.result) {
+            (true, _) => (
+                Answer::Failed {
+                    error: format!(
+                        "timed out after {} ms",
+                        self.workload.worker_timeout_micros / 1_000
+                    ),
+                    timed_out: true,
+                },
+                Vec::new(),
+            ),
+            (false, Ok(output)) => (
+                Answer::Done {
+                    output,
+                    reward_bp: outcome.reward_bp,
+                },
+                outcome.costs,
+            ),
+            (false, Err(error)) => (
+                Answer::Failed {
+                    error,
+                    timed_out: false,
+                },
+                outcome.costs,
+            ),
         };
-        let mut settler = Settler::new(&self.state);
-        let mut events = settler.settle(&task, &spent);
-        let cost = Micros(spent.iter().map(|c| c.1.0).sum());
-        let reward = if timed_out { 0 } else { outcome.reward_bp };
-        events.extend(Learner::new(&self.state.learning).after_attempt(
-            &task,
-            reward,
-            cost,
-            |tenant| settler.utilisation_bp(tenant),
-        ));
+        let worker_id = worker_id(worker);
+        let attempt = Attempt {
+            task: &task,
+            run: &self.run,
+            worker: &worker_id,
+            attempt,
+        };
+        let (events, ended) = decide::end_attempt(
+            self.lent.state(),
+            attempt,
+            answer,
+            &costs,
+            self.now,
+            &self.rules,
+        )
+        .ok_or_else(|| RunError::Impossible(format!("the attempt of `{task}` ended twice")))?;
         for event in events {
             self.emit(event)?;
         }
-        let result = if timed_out {
-            Err(format!(
-                "timed out after {} ms",
-                self.workload.worker_timeout_micros / 1_000
-            ))
-        } else {
-            outcome.result
-        };
-        match result {
-            Ok(output) => {
-                self.emit(Event::TaskAcked {
-                    task: task.clone(),
-                    worker: worker_id(worker),
-                    output,
-                })?;
-            }
-            Err(error) => {
-                let exhausted = attempt >= max_attempts;
-                let retry_at = (!exhausted).then(|| {
-                    let delay = self.workload.policy.retry_delay_micros(
-                        attempt,
-                        draw(self.seed, "retry", task.draw_key(&self.run), attempt),
-                    );
-                    self.now.saturating_add_micros(delay)
-                });
-                if let Some(at) = retry_at {
-                    self.retry_wakeups.push(Reverse(at.0));
-                }
-                self.emit(Event::TaskNacked {
-                    task: task.clone(),
-                    worker: worker_id(worker),
-                    error: error.clone(),
-                    retry_at,
-                    timed_out,
-                })?;
-                if exhausted {
-                    self.emit(Event::TaskDeadLettered {
-                        task: task.clone(),
-                        reason: format!(
-                            "{attempt} of {max_attempts} attempts failed, last: {error}"
-                        ),
-                    })?;
-                    for child in dependants_to_cancel(&self.state, &task) {
-                        self.emit(Event::TaskCancelled {
-                            task: child,
-                            reason: format!("parent `{task}` was dead-lettered"),
-                        })?;
-                    }
-                }
-            }
+        if let Ended::RetryAt(at) = ended {
+            self.retry_wakeups.push(Reverse(at.0));
         }
         if self.backpressure && !self.over_threshold() {
             self.backpressure = false;
@@ -406,7 +378,13 @@ impl Sim<'_> {
     }
 
     fn submitted(&self, submission: usize, instance: u32) -> bool {
-        instance_submitted(&self.state, self.workload, &self.run, submission, instance)
+        instance_submitted(
+            self.lent.state(),
+            self.workload,
+            &self.run,
+            submission,
+            instance,
+        )
     }
 
     /// Submits a pipeline run if its tenant may start one now; otherwise
@@ -417,7 +395,7 @@ impl Sim<'_> {
             return Ok(());
         }
         let tenant = TenantId(self.workload.submissions[submission].tenant.clone());
-        match admit_run(&self.state, &tenant) {
+        match admit_run(self.lent.state(), &tenant) {
             // Behind runs already waiting, a new one waits its turn.
             Ok(()) if self.deferred.contains_key(&tenant) => {
                 if let Some(queue) = self.deferred.get_mut(&tenant) {
@@ -453,7 +431,7 @@ impl Sim<'_> {
         let mut emptied = Vec::new();
         // A tenant blocked after an overrun never starts its waiting runs:
         // they are refused now, with the reason.
-        let state = &self.state;
+        let state = self.lent.state();
         let blocked: Vec<TenantId> = self
             .deferred
             .keys()
@@ -461,7 +439,7 @@ impl Sim<'_> {
             .cloned()
             .collect();
         for tenant in blocked {
-            let reason = admit_run(&self.state, &tenant)
+            let reason = admit_run(self.lent.state(), &tenant)
                 .err()
                 .map(|d| d.reason().to_owned())
                 .unwrap_or_default();
@@ -475,7 +453,7 @@ impl Sim<'_> {
             }
         }
         // Usually no tenant may start a run yet: find out without cloning.
-        let state = &self.state;
+        let state = self.lent.state();
         let tenants: Vec<TenantId> = self
             .deferred
             .keys()
@@ -490,7 +468,7 @@ impl Sim<'_> {
                     self.pop_deferred(&tenant);
                     continue;
                 }
-                if !may_start_run(&self.state, &tenant) {
+                if !may_start_run(self.lent.state(), &tenant) {
                     break;
                 }
                 self.pop_deferred(&tenant);
@@ -703,17 +681,10 @@ pub fn run_simulated(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RunReport, RunError> {
     let wall = Instant::now();
-    let seed = options.seed.unwrap_or(workload.seed);
-    let run = RunId(
-        options
-            .run_id
-            .clone()
-            .or_else(|| workload.run.clone())
-            .unwrap_or_else(|| format!("run-{seed}")),
-    );
+    let (seed, run) = options.seed_and_run(workload);
     workload.check_run(run.as_str())?;
-    let state = ledger.query(|state, _| state.clone())?;
-    if state.runs.get(&run).is_some() {
+    let lent = ledger.lend()?;
+    if lent.state().runs.get(&run).is_some() {
         return Err(RunError::RunExists(run.0));
     }
     let concurrency = workload.num_workers.min(workload.max_concurrency);
@@ -722,16 +693,18 @@ pub fn run_simulated(
         workload,
         seed,
         run: run.clone(),
-        state,
+        lent,
         now: workload.start,
-        batch: Vec::new(),
         timers: BinaryHeap::new(),
         order: 0,
         free_workers: (1..=concurrency).collect(),
         running: 0,
         backpressure: false,
         retry_wakeups: BinaryHeap::new(),
-        gate: Gate::new(seed),
+        rules: Rules {
+            policy: options.policy,
+            ..Rules::new(workload.policy, seed)
+        },
         deferred: BTreeMap::new(),
         resumed: false,
         in_flight: None,
@@ -739,7 +712,7 @@ pub fn run_simulated(
         ended_appended: 0,
     };
 
-    for event in registration_events(&sim.state, workload) {
+    for event in registration_events(sim.lent.state(), workload) {
         sim.emit(event)?;
     }
     sim.emit(Event::RunStarted {
@@ -799,12 +772,11 @@ fn drive(
     }
     let mut steps = 0u64;
     loop {
-        let seq_at_step = sim.state.seq;
+        let seq_at_step = sim.lent.state().seq;
         // A run may start in a later budget period than the ledger's last
         // (a run of a later day): its periods turn before anything is decided.
-        for event in period_resets(&sim.state, sim.now) {
-            sim.emit(event)?;
-        }
+        let now = sim.now;
+        decide::turn_periods(&mut sim, now)?;
         if sim.backpressure && !sim.over_threshold() {
             sim.backpressure = false;
             let threshold = sim.threshold_count();
@@ -827,9 +799,9 @@ fn drive(
             next_arrival += 1;
         }
         sim.dispatch()?;
-        // Steps are decided on the mirror, so the ledger need not answer
+        // Steps are decided on the lent state, so the ledger need not answer
         // each one: append in batches of a few thousand events.
-        if sim.batch.len() >= FLUSH_EVENTS {
+        if sim.lent.pending() >= FLUSH_EVENTS {
             sim.flush()?;
         }
         steps += 1;
@@ -857,7 +829,7 @@ fn drive(
             // A step that ended tasks without running them (a skip, a
             // termination) may have made others ready: nothing runs only
             // once a step decides nothing.
-            if sim.state.seq != seq_at_step {
+            if sim.lent.state().seq != seq_at_step {
                 continue;
             }
             if sim.deferred.is_empty() {
@@ -883,11 +855,8 @@ fn drive(
         };
         let next = Timestamp(at.max(sim.now.0));
         // Budgets of tenants with a period start again when it turns.
-        let resets = period_resets(&sim.state, next);
         sim.now = next;
-        for event in resets {
-            sim.emit(event)?;
-        }
+        decide::turn_periods(&mut sim, next)?;
         while sim.timers.peek().is_some_and(|t| t.0.0 <= sim.now.0) {
             let Some(Reverse((_, _, task, worker, attempt, timed_out, params))) = sim.timers.pop()
             else {
@@ -900,21 +869,22 @@ fn drive(
     sim.flush()?;
     sim.wait()?;
 
-    let mirror = sim.state.digests();
-    let (digests, head) = sim.ledger.query(|state, head| (state.digests(), head))?;
-    if digests != mirror {
-        return Err(RunError::Impossible(
-            "the executor's state and the ledger's disagree".to_owned(),
-        ));
-    }
-    let s = sim
-        .state
+    // One state: what the executor decided on is what the ledger holds.
+    let digests = sim.lent.state().digests();
+    let elapsed = sim.now.0 - workload.start.0;
+    let summary = sim
+        .lent
+        .state()
         .runs
         .get(&run)
+        .cloned()
         .ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
+    let Sim { ledger, lent, .. } = sim;
+    lent.give_back();
+    let head = ledger.head()?;
     Ok(RunReport::new(
-        s,
-        sim.now.0 - workload.start.0,
+        &summary,
+        elapsed,
         wall,
         head,
         digests.combined,
@@ -932,7 +902,8 @@ pub fn resume_simulated(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RunReport, RunError> {
     let wall = Instant::now();
-    let state = ledger.query(|state, _| state.clone())?;
+    let lent = ledger.lend()?;
+    let state = lent.state();
     let summary = match run {
         Some(id) => state
             .runs
@@ -973,16 +944,15 @@ pub fn resume_simulated(
         workload: &workload,
         seed: summary.seed,
         run: summary.run.clone(),
-        state,
+        lent,
         now,
-        batch: Vec::new(),
         timers: BinaryHeap::new(),
         order: 0,
         free_workers: (1..=concurrency).collect(),
         running: 0,
         backpressure: engaged,
         retry_wakeups: BinaryHeap::new(),
-        gate: Gate::new(summary.seed),
+        rules: Rules::new(workload.policy, summary.seed),
         deferred: BTreeMap::new(),
         resumed: true,
         in_flight: None,
@@ -991,29 +961,16 @@ pub fn resume_simulated(
     };
     // Retries the dead process had scheduled.
     let run_id = summary.run.clone();
-    if let Some(at) = next_retry_at(&sim.state, sim.now, |t| t.run == run_id) {
+    if let Some(at) = next_retry_at(sim.lent.state(), sim.now, |t| t.run == run_id) {
         sim.retry_wakeups.push(Reverse(at.0));
     }
     // The dead process's leases: its attempts are lost, the tasks go back
     // (or, after a last attempt, to the dead letters).
-    let leased: Vec<TaskId> = sim
-        .state
-        .queue
-        .sorted()
-        .into_iter()
-        .filter(|(_, t)| {
-            t.run == summary.run && t.status == crate::domain::queue::TaskStatus::Leased
-        })
-        .map(|(id, _)| id.clone())
-        .collect();
-    for task in leased {
-        for event in crate::domain::scheduler::expire_lease(&sim.state, &task, Lost::Release) {
-            sim.emit(event)?;
-        }
-    }
+    let run_id = summary.run.clone();
+    decide::expire_leases(&mut sim, Lost::Release, |t| t.run == run_id)?;
     // Retries the dead process had scheduled.
     let run_id = summary.run.clone();
-    if let Some(at) = next_retry_at(&sim.state, sim.now, |t| t.run == run_id) {
+    if let Some(at) = next_retry_at(sim.lent.state(), sim.now, |t| t.run == run_id) {
         sim.retry_wakeups.push(Reverse(at.0));
     }
     drive(sim, None, progress, wall)

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use runledger::log::{Durability, Ledger, LedgerOptions};
 use runledger::runtime::handler::Handlers;
 use runledger::runtime::live::run_live;
 use runledger::runtime::{RunOptions, RunReport};
@@ -21,15 +20,7 @@ pub fn script(dir: &Path, name: &str, body: &str) -> String {
 
 /// Runs `w` to its end on the real-time executor, in a new ledger in `dir`.
 pub fn run(dir: &Path, w: &Workload, handlers: &Handlers) -> RunReport {
-    let ledger = Ledger::open(
-        dir,
-        LedgerOptions {
-            durability: Durability::None,
-            checkpoint_every: 0,
-            create: true,
-        },
-    )
-    .unwrap();
+    let ledger = super::ledger::open_ledger(dir);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -22,7 +22,8 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 
 use super::{Claimed, Outcome, Receipt, RedisError, RedisStreams, TaskEnvelope, TaskResult};
-use crate::domain::governance::{Gate, admitted};
+use crate::domain::decide::Rules;
+use crate::domain::governance::admitted;
 use crate::domain::queue::{QueueCounts, TaskStatus};
 use crate::domain::scheduler::{Lost, QueuePolicy, expire_lease, next_ready_many};
 use crate::domain::{Category, Event, Micros, RunId, State, TaskId, Timestamp, WorkerId};
@@ -44,7 +45,6 @@ pub struct RedisQueue {
     policy: QueuePolicy,
     seed: u64,
     poll: Duration,
-    gate: Arc<Mutex<Gate>>,
     /// Tasks dispatched and not yet started, with when: an envelope whose
     /// claimer died before announcing it, and whose redelivery was
     /// refused, is dispatched again after twice the lease.
@@ -87,7 +87,6 @@ impl RedisQueue {
             policy,
             seed,
             poll: Duration::from_millis(2),
-            gate: Arc::new(Mutex::new(Gate::new(seed))),
             dispatched: Arc::default(),
             claims: Arc::default(),
             receipts: Arc::default(),
@@ -188,7 +187,8 @@ impl RedisQueue {
             (run.clone(), self.policy, self.seed, self.timeout_ms);
         // An envelope may not hold its entry longer than the transport's lease.
         let lease = lease.min(self.streams.config().lease);
-        let (gate, dispatched) = (Arc::clone(&self.gate), Arc::clone(&self.dispatched));
+        let dispatched = Arc::clone(&self.dispatched);
+        let rules = Rules::new(policy, seed);
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         let (_, envelopes) = self
             .ledger
@@ -210,15 +210,10 @@ impl RedisQueue {
                 .filter(|task| !dispatched.contains_key(*task))
                 .cloned()
                 .collect();
-                let mut gate = lock(&gate);
-                let mut gone = std::collections::BTreeSet::new();
                 let mut envelopes = Vec::new();
                 for task in &picked {
                     if envelopes.len() >= max.max(1) {
                         break;
-                    }
-                    if gone.contains(task) {
-                        continue;
                     }
                     let mut events = Vec::new();
                     let state = draft.state();
@@ -231,7 +226,7 @@ impl RedisQueue {
                         }
                         continue;
                     }
-                    let (admitted_events, runs) = admit(&mut gate, state, task, &mut gone);
+                    let (admitted_events, runs) = admit(state, task, &rules);
                     events.extend(admitted_events);
                     let envelope = match (runs, state.queue.get(task)) {
                         (Some(params), Some(t)) => Some(TaskEnvelope {
