@@ -7,6 +7,7 @@
 
 pub mod activity;
 pub mod budget;
+pub mod command;
 pub mod cost_agent;
 pub mod decide;
 pub mod event;

@@ -10,6 +10,9 @@
 //! which flushes sled and fsyncs its data file once for every group that
 //! arrived meanwhile, then answers them: one fsync covers many groups (group
 //! commit), and the writer prepares the next group while the disk syncs.
+//! Under [`Durability::Batch`] the writer answers at once and the same
+//! thread flushes at most once an interval: the writer never waits for the
+//! disk.
 //!
 //! Every event is checked against `domain::limits` before it is chained
 //! (ids, params, times, and its encoding against `EVENT_BYTES_MAX`), so no
@@ -27,6 +30,8 @@ use super::frame::FrameBuilder;
 use super::record::record_hash;
 use super::store::{Checkpoint, Head, IndexBuilder, IndexKind, Store, StoreError, WalkError};
 use crate::domain::budget::OverrunCover;
+use crate::domain::command::{self, Command, Outcome};
+use crate::domain::decide::{self as decider, Rules};
 use crate::domain::{Event, Micros, Rejection, State, Timestamp, limits};
 use crate::log::replay;
 
@@ -136,6 +141,12 @@ enum Msg {
     },
     /// Decide events from the live state and append them in one step.
     Decide(Decision),
+    /// Make the decisions these commands name and append them in one step.
+    Commands {
+        commands: Vec<Command>,
+        rules: Rules,
+        reply: oneshot::Sender<Result<(Receipt, Vec<Outcome>), AppendError>>,
+    },
     Query(Query),
     /// Hand the live state to one caller ([`Ledger::lend`]).
     Lend {
@@ -179,9 +190,14 @@ impl Ledger {
             path: dir.to_path_buf(),
             source,
         };
-        let syncer = match options.durability {
-            Durability::Always => Some(Syncer::start(Arc::clone(&store)).map_err(io_error)?),
-            _ => None,
+        let pace = match options.durability {
+            Durability::Always => Some(Duration::ZERO),
+            Durability::Batch { interval } => Some(interval),
+            Durability::None => None,
+        };
+        let syncer = match pace {
+            Some(pace) => Some(Syncer::start(Arc::clone(&store), pace).map_err(io_error)?),
+            None => None,
         };
         let writer = Writer {
             syncer,
@@ -287,6 +303,25 @@ impl Ledger {
             });
             answer
         })))?;
+        rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Makes the decisions `commands` name, in order, each on the state the
+    /// ones before it left (after the budget periods due now turn), and
+    /// appends their events in one step: what each decided, once the step
+    /// is as durable as the ledger promises. All or nothing: a rejected
+    /// event drops the whole step and the caller gets the rejection.
+    pub async fn commands(
+        &self,
+        rules: Rules,
+        commands: Vec<Command>,
+    ) -> Result<(Receipt, Vec<Outcome>), AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Commands {
+            commands,
+            rules,
+            reply,
+        })?;
         rx.await.map_err(|_| AppendError::Closed)?
     }
 
@@ -636,6 +671,31 @@ impl PendingAppend {
     }
 }
 
+/// The step that runs `commands` on a draft of the live state and answers
+/// with what each decided.
+fn run_commands(
+    commands: Vec<Command>,
+    rules: Rules,
+    reply: oneshot::Sender<Result<(Receipt, Vec<Outcome>), AppendError>>,
+) -> Decision {
+    Box::new(move |draft| {
+        let now = draft.now();
+        let mut outcomes = Vec::with_capacity(commands.len());
+        if decider::turn_periods(draft, now).is_ok() {
+            for command in commands {
+                match command::apply(draft, now, command, &rules) {
+                    Ok(outcome) => outcomes.push(outcome),
+                    // The step is dropped whole; the caller hears why.
+                    Err(_) => break,
+                }
+            }
+        }
+        Box::new(move |result: Result<Receipt, AppendError>| {
+            let _ = reply.send(result.map(|receipt| (receipt, outcomes)));
+        })
+    })
+}
+
 fn replier(tx: oneshot::Sender<Result<Receipt, AppendError>>) -> Replier {
     Box::new(move |result| {
         let _ = tx.send(result);
@@ -644,7 +704,9 @@ fn replier(tx: oneshot::Sender<Result<Receipt, AppendError>>) -> Replier {
 
 type Reply = (Replier, Receipt);
 
-/// The thread that makes groups durable under `always` and answers them.
+/// The thread that makes groups durable: under `always` it answers them
+/// once flushed; under `batch` the writer has answered them and sends an
+/// empty list, and the thread flushes at most once a `pace`.
 struct Syncer {
     tx: mpsc::Sender<Vec<Reply>>,
     thread: JoinHandle<()>,
@@ -653,19 +715,22 @@ struct Syncer {
 }
 
 impl Syncer {
-    fn start(store: Arc<Store>) -> std::io::Result<Syncer> {
+    fn start(store: Arc<Store>, pace: Duration) -> std::io::Result<Syncer> {
         let (tx, rx) = mpsc::channel::<Vec<Reply>>();
         let failed = Arc::new(Mutex::new(None));
         let flag = Arc::clone(&failed);
         let thread = std::thread::Builder::new()
             .name("runledger-sync".to_owned())
             .spawn(move || {
+                let mut last = Instant::now();
                 while let Ok(first) = rx.recv() {
+                    std::thread::sleep(pace.saturating_sub(last.elapsed()));
                     let mut groups = vec![first];
                     groups.extend(rx.try_iter());
                     // Every group here was written to sled before it was sent, so
                     // this flush covers all of them.
                     let result = store.flush(true).map_err(|e| e.to_string());
+                    last = Instant::now();
                     if let Err(why) = &result {
                         if let Ok(mut f) = flag.lock() {
                             *f = Some(why.clone());
@@ -725,30 +790,15 @@ fn wall_clock() -> Timestamp {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
-        let mut last_flush = Instant::now();
-        let mut dirty = false;
         loop {
             let held = if self.lent {
                 None
             } else {
                 self.held.pop_front()
             };
-            let first = match (held, self.options.durability) {
-                (Some(msg), _) => msg,
-                (None, Durability::Batch { interval }) if dirty => {
-                    let wait = interval.saturating_sub(last_flush.elapsed());
-                    match rx.recv_timeout(wait) {
-                        Ok(msg) => msg,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            self.flush(true);
-                            dirty = false;
-                            last_flush = Instant::now();
-                            continue;
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                (None, _) => match rx.recv() {
+            let first = match held {
+                Some(msg) => msg,
+                None => match rx.recv() {
                     Ok(msg) => msg,
                     Err(_) => break,
                 },
@@ -772,8 +822,15 @@ impl Writer {
                     Msg::Decide(decide) => {
                         taken += self.decide(&mut group, decide);
                     }
+                    Msg::Commands {
+                        commands,
+                        rules,
+                        reply,
+                    } => {
+                        taken += self.decide(&mut group, run_commands(commands, rules, reply));
+                    }
                     other => {
-                        dirty |= self.commit(&mut group);
+                        self.commit(&mut group);
                         if self.control(other) {
                             return;
                         }
@@ -790,14 +847,7 @@ impl Writer {
                     };
                 }
             }
-            dirty |= self.commit(&mut group);
-            if let Durability::Batch { interval } = self.options.durability {
-                if dirty && last_flush.elapsed() >= interval {
-                    self.flush(true);
-                    dirty = false;
-                    last_flush = Instant::now();
-                }
-            }
+            self.commit(&mut group);
         }
         let _ = self.finish();
     }
@@ -843,7 +893,9 @@ impl Writer {
     /// Handles a non-append message; returns true when the writer must stop.
     fn control(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Append { .. } | Msg::Decide(_) | Msg::AppendLent { .. } => false,
+            Msg::Append { .. } | Msg::Decide(_) | Msg::Commands { .. } | Msg::AppendLent { .. } => {
+                false
+            }
             Msg::Lend { reply } => {
                 let lent = match &self.poisoned {
                     Some(why) => Err(AppendError::Storage(why.clone())),
@@ -1118,13 +1170,13 @@ impl Writer {
 
     /// Writes the group, makes it durable per the mode and answers its
     /// appenders. Returns true if unflushed data remains.
-    fn commit(&mut self, group: &mut Group) -> bool {
+    fn commit(&mut self, group: &mut Group) {
         self.commit_with(group, true)
     }
 
-    fn commit_with(&mut self, group: &mut Group, allow_checkpoint: bool) -> bool {
+    fn commit_with(&mut self, group: &mut Group, allow_checkpoint: bool) {
         if group.records == 0 && group.replies.is_empty() {
-            return false;
+            return;
         }
         if !group.builder.is_empty() {
             let first = group.builder.first_seq();
@@ -1143,25 +1195,22 @@ impl Writer {
             for (reply, _) in group.replies.drain(..) {
                 reply(Err(AppendError::Storage(why.clone())));
             }
-            return false;
+            return;
         }
-        let replies = std::mem::take(&mut group.replies);
-        let dirty = match &self.syncer {
-            Some(syncer) => {
-                if let Err(mpsc::SendError(replies)) = syncer.tx.send(replies) {
-                    for (reply, _) in replies {
-                        reply(Err(AppendError::Storage("the syncer stopped".to_owned())));
-                    }
-                }
-                false
+        let mut replies = std::mem::take(&mut group.replies);
+        if !matches!(self.options.durability, Durability::Always) {
+            // Answered now; under `batch` the syncer flushes soon.
+            for (reply, receipt) in replies.drain(..) {
+                reply(Ok(receipt));
             }
-            None => {
-                for (reply, receipt) in replies {
-                    reply(Ok(receipt));
+        }
+        if let Some(syncer) = &self.syncer {
+            if let Err(mpsc::SendError(replies)) = syncer.tx.send(replies) {
+                for (reply, _) in replies {
+                    reply(Err(AppendError::Storage("the syncer stopped".to_owned())));
                 }
-                true
             }
-        };
+        }
         self.since_checkpoint += group.records;
         group.records = 0;
         group.builder = FrameBuilder::new(self.head.seq + 1, self.head.hash);
@@ -1175,7 +1224,6 @@ impl Writer {
                 self.poisoned = Some(e.to_string());
             }
         }
-        dirty
     }
 
     fn check_syncer(&mut self) {
@@ -1188,12 +1236,6 @@ impl Writer {
             .and_then(|s| s.failed.lock().ok().and_then(|f| f.clone()))
         {
             self.poisoned = Some(why);
-        }
-    }
-
-    fn flush(&mut self, sync: bool) {
-        if let Err(e) = self.store.flush(sync) {
-            self.poisoned = Some(e.to_string());
         }
     }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::queue::Report;
 use crate::domain::limits::EXEC_OUTPUT_BYTES_MAX;
 use crate::domain::{Category, Micros, ParamError, Params, RunId, TaskId, TenantId};
 
@@ -97,6 +98,37 @@ impl Handlers {
 
     pub fn get(&self, name: &str) -> Option<Arc<dyn Handler>> {
         self.map.get(name).cloned()
+    }
+
+    /// Runs one attempt of handler `name` under `timeout`, on a task of its
+    /// own, so that a panic is a failure and a timeout drops it (which
+    /// kills an `exec` child): what the worker reports.
+    pub async fn attempt(&self, name: &str, ctx: TaskContext, timeout: Duration) -> Report {
+        let failed = |error: String, timed_out| Report::Failed {
+            error,
+            timed_out,
+            costs: Vec::new(),
+        };
+        let Some(handler) = self.get(name) else {
+            return failed(format!("this worker has no handler named `{name}`"), false);
+        };
+        let mut running = tokio::spawn(async move { handler.run(&ctx).await });
+        match tokio::time::timeout(timeout, &mut running).await {
+            Ok(Ok(Ok(done))) => Report::Done {
+                output: done.output,
+                costs: done.costs,
+            },
+            Ok(Ok(Err(Failure { error, costs }))) => Report::Failed {
+                error,
+                timed_out: false,
+                costs,
+            },
+            Ok(Err(join)) => failed(format!("the handler panicked: {join}"), false),
+            Err(_) => {
+                running.abort();
+                failed(format!("timed out after {} ms", timeout.as_millis()), true)
+            }
+        }
     }
 
     pub fn names(&self) -> Vec<&str> {

@@ -9,22 +9,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::handler::{Failure, Handlers, TaskContext};
-use super::queue::{MemoryQueue, QueueError, TaskQueue, TransportError};
+use rustc_hash::FxHashMap;
+use tokio::sync::{Notify, mpsc};
+
+use super::handler::{Handlers, TaskContext};
+use super::queue::{Lease, MemoryQueue, QueueError, Report, TaskQueue, TransportError};
 use super::redis::Retries;
 use super::sim::{
     RunError, RunOptions, RunReport, arrivals, instance_events, instance_submitted,
-    registration_events, total_tasks,
+    registration_events,
 };
-use crate::domain::governance::admit_run;
+use crate::domain::command::{Command, Expiring, Outcome, Submission};
+use crate::domain::decide::Rules;
+use crate::domain::scheduler::Lost;
 use crate::domain::{Event, RunId, TenantId, WorkerId};
-use crate::log::{Append, Ledger};
+use crate::log::{Append, AppendError, Ledger};
 use crate::workload::Workload;
 
 /// Shared between the submitter and the workers.
 struct Pool {
     ledger: Ledger,
     run: RunId,
+    rules: Rules,
     running: AtomicU32,
     max_concurrency: u32,
     threshold_bp: u32,
@@ -34,6 +40,9 @@ struct Pool {
     /// Set on the first error anywhere: every task of the pool stops.
     stop: AtomicBool,
     failure: std::sync::Mutex<Option<RunError>>,
+    /// Signalled when work may have become ready (a submission, the last
+    /// one, a stop): the conductor looks again.
+    wake: Notify,
 }
 
 impl Pool {
@@ -43,6 +52,7 @@ impl Pool {
             slot.get_or_insert(error);
         }
         self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
     }
 
     fn stopped(&self) -> bool {
@@ -250,6 +260,14 @@ pub async fn run_live_on(
     }
 }
 
+/// How many pipeline runs the submitter offers the ledger in one step.
+const SUBMIT_BATCH: usize = 1_024;
+/// How many results one step records, at most.
+const SETTLE_BATCH: usize = 4_096;
+/// How long the conductor sleeps when nothing was ready and nothing woke
+/// it: a retry or a budget may come due meanwhile.
+const IDLE_POLL: Duration = Duration::from_millis(2);
+
 #[allow(clippy::too_many_arguments)]
 async fn run_with<Q: TaskQueue + Clone + 'static>(
     ledger: &Ledger,
@@ -264,47 +282,21 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
 ) -> Result<RunReport, RunError> {
     let wall = Instant::now();
     let (seed, run) = options.seed_and_run(workload);
-    if !resume {
-        workload.check_run(run.as_str())?;
-    }
-    let state = ledger.query_async(|state, _| state.clone()).await?;
-    // On Redis, leases belong to workers that may still be running: they
-    // are taken over in Redis, not expired here.
-    if resume && coordinator.is_none() {
-        let run = run.clone();
-        ledger
-            .decide_each(move |draft| {
-                crate::domain::decide::expire_leases(
-                    draft,
-                    crate::domain::scheduler::Lost::Release,
-                    |t| t.run == run,
-                )
-            })
-            .await?
-            .1?;
-    } else if !resume {
-        if state.runs.get(&run).is_some() {
-            return Err(RunError::RunExists(run.0));
-        }
-        let mut setup = registration_events(&state, workload);
-        setup.push(Event::RunStarted {
-            run: run.clone(),
-            seed,
-            config_hash: workload.config_hash.clone(),
-        });
-        setup.push(Event::WorkloadRecorded {
-            run: run.clone(),
-            format: "toml".to_owned(),
-            text: workload.text.clone(),
-        });
-        ledger
-            .append_async(setup.into_iter().map(Into::into).collect())
-            .await?;
-    }
-
+    let rules = Rules::new(workload.policy, seed);
+    let state = begin(
+        ledger,
+        workload,
+        resume,
+        coordinator.is_some(),
+        &run,
+        seed,
+        rules,
+    )
+    .await?;
     let pool = Arc::new(Pool {
         ledger: ledger.clone(),
         run: run.clone(),
+        rules,
         running: AtomicU32::new(0),
         max_concurrency: workload.max_concurrency,
         threshold_bp: workload.backpressure_threshold_bp,
@@ -317,92 +309,17 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
         submitted_all: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         failure: std::sync::Mutex::new(None),
+        wake: Notify::new(),
     });
     // A resumed run may have stopped with backpressure engaged: nothing runs
     // now, so release it.
     pool.check_backpressure().await?;
 
-    // The submitter: pipeline runs arrive at their offsets from the start,
-    // and wait while backpressure is engaged.
-    let submitter = {
-        let (pool, queue, workload, run) = (
-            Arc::clone(&pool),
-            queue.clone(),
-            workload.clone(),
-            run.clone(),
-        );
-        let state = state.clone();
-        tokio::spawn(async move {
-            let origin = tokio::time::Instant::now();
-            for (at, submission, instance) in arrivals(&workload) {
-                if resume && instance_submitted(&state, &workload, &run, submission, instance) {
-                    continue;
-                }
-                let offset =
-                    Duration::from_micros(at.saturating_sub(workload.start.0).max(0) as u64);
-                tokio::time::sleep_until(origin + offset).await;
-                while *pool.backpressure.lock().await && !pool.stopped() {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                if pool.stopped() {
-                    return;
-                }
-                // The tenant's concurrency limit: wait for one of its runs
-                // to end (the denial is recorded once); a blocked tenant's
-                // run is dropped.
-                let tenant = TenantId(workload.submissions[submission].tenant.clone());
-                let mut recorded = false;
-                let admitted = loop {
-                    // Decided and recorded in one step, so the denial is
-                    // true of the state just before its record.
-                    let verdict = {
-                        let tenant = tenant.clone();
-                        pool.ledger
-                            .decide(move |state, _, _| match admit_run(state, &tenant) {
-                                Ok(()) => (Vec::new(), Ok(())),
-                                Err(denial) => {
-                                    let events = (!recorded)
-                                        .then(|| Event::AdmissionDenied {
-                                            tenant: tenant.clone(),
-                                            task: None,
-                                            reason: denial.reason().to_owned(),
-                                        })
-                                        .into_iter()
-                                        .collect();
-                                    (events, Err(denial))
-                                }
-                            })
-                            .await
-                    };
-                    let denial = match verdict {
-                        Ok((_, Ok(()))) => break true,
-                        Ok((_, Err(denial))) => denial,
-                        Err(e) => {
-                            pool.fail(e.into());
-                            return;
-                        }
-                    };
-                    recorded = true;
-                    if !denial.may_wait() || pool.stopped() {
-                        break false;
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                };
-                if !admitted {
-                    continue;
-                }
-                if let Err(e) = queue
-                    .enqueue(instance_events(&workload, &run, submission, instance))
-                    .await
-                {
-                    pool.fail(e.into());
-                    return;
-                }
-            }
-            pool.submitted_all.store(true, Ordering::SeqCst);
-        })
-    };
-
+    let submitter = tokio::spawn(submit(
+        Arc::clone(&pool),
+        workload.clone(),
+        resume.then_some(state),
+    ));
     let expiry = {
         let (pool, queue) = (Arc::clone(&pool), queue.clone());
         tokio::spawn(async move {
@@ -416,74 +333,393 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
     };
 
     let timeout = Duration::from_micros(workload.worker_timeout_micros.max(1) as u64);
-    let mut workers = tokio::task::JoinSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
     if let Some(coordinator) = coordinator {
-        // Two loops, so that admitting and dispatching never waits for
-        // recording results, nor the other way round (each waits for its
-        // ledger steps to be durable): until the run has no open task left.
-        let done = Arc::new(AtomicBool::new(false));
-        let (in_flight, lease) = (workload.max_concurrency, timeout + Duration::from_secs(5));
-        {
-            let (pool, run, coordinator, done) = (
-                Arc::clone(&pool),
-                run.clone(),
-                coordinator.clone(),
-                Arc::clone(&done),
-            );
-            workers.spawn(async move {
-                let mut retries = Retries::new("dispatching to Redis");
-                while !pool.stopped() && !done.load(Ordering::SeqCst) {
-                    let round = coordinator.fill(&run, in_flight, lease).await;
-                    if !retry_transport(&pool, &mut retries, round).await {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            });
+        coordinate(
+            &mut tasks,
+            &pool,
+            coordinator,
+            workload.max_concurrency,
+            timeout,
+        );
+    }
+    if local_workers > 0 {
+        let workers = (1..=local_workers)
+            .map(|n| WorkerId(format!("worker-{n:02}")))
+            .collect();
+        spawn_pool(&mut tasks, &pool, queue, handlers, workers, seed, timeout);
+    }
+    watch(&mut tasks, &pool, workload.total_tasks(), progress).await;
+    expiry.abort();
+    if let Err(e) = submitter.await {
+        pool.fail(RunError::Impossible(format!("the submitter panicked: {e}")));
+    }
+    if let Some(error) = pool.failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(error);
+    }
+    finish(ledger, &run, wall).await
+}
+
+/// Starts the run — its tenants registered, `run_started` and its
+/// workload recorded — or, resuming it, returns the leases an earlier
+/// process held; the state before.
+async fn begin(
+    ledger: &Ledger,
+    workload: &Workload,
+    resume: bool,
+    on_redis: bool,
+    run: &RunId,
+    seed: u64,
+    rules: Rules,
+) -> Result<crate::domain::State, RunError> {
+    if !resume {
+        workload.check_run(run.as_str())?;
+    }
+    let state = ledger.query_async(|state, _| state.clone()).await?;
+    if resume {
+        // On Redis, leases belong to workers that may still be running:
+        // they are taken over in Redis, not expired here.
+        if !on_redis {
+            let expire = Command::ExpireLeases {
+                which: Expiring::Run(run.clone()),
+                lost: Lost::Release,
+            };
+            ledger.commands(rules, vec![expire]).await?;
         }
-        let pool = Arc::clone(&pool);
-        workers.spawn(async move {
-            let mut retries = Retries::new("recording results from Redis");
-            while !pool.stopped() {
-                let round = coordinator.apply_results().await.map(drop);
+        return Ok(state);
+    }
+    if state.runs.get(run).is_some() {
+        return Err(RunError::RunExists(run.0.clone()));
+    }
+    let mut setup = registration_events(&state, workload);
+    setup.push(Event::RunStarted {
+        run: run.clone(),
+        seed,
+        config_hash: workload.config_hash.clone(),
+    });
+    setup.push(Event::WorkloadRecorded {
+        run: run.clone(),
+        format: "toml".to_owned(),
+        text: workload.text.clone(),
+    });
+    ledger
+        .append_async(setup.into_iter().map(Into::into).collect())
+        .await?;
+    Ok(state)
+}
+
+/// The submitter: pipeline runs arrive at their offsets from the start
+/// and wait while backpressure is engaged; the ones due together are
+/// offered in one step ([`Command::SubmitRuns`]: admitted under their
+/// tenant's limits, or the denial recorded once; a blocked tenant's run is
+/// dropped; a run whose tenant is at its limit waits, and the ones after
+/// it with it). `resumed` is the state a resumed run starts from: the runs
+/// it already holds are not submitted again.
+async fn submit(pool: Arc<Pool>, workload: Workload, resumed: Option<crate::domain::State>) {
+    let run = pool.run.clone();
+    let mut arriving: std::collections::VecDeque<_> = arrivals(&workload)
+        .into_iter()
+        .filter(|&(_, submission, instance)| {
+            resumed.as_ref().is_none_or(|state| {
+                !instance_submitted(state, &workload, &run, submission, instance)
+            })
+        })
+        .collect();
+    drop(resumed);
+    let origin = tokio::time::Instant::now();
+    let offset = |at: i64| Duration::from_micros(at.saturating_sub(workload.start.0).max(0) as u64);
+    let mut denial_recorded = false;
+    while let Some(&(first, _, _)) = arriving.front() {
+        tokio::time::sleep_until(origin + offset(first)).await;
+        while *pool.backpressure.lock().await && !pool.stopped() {
+            tokio::time::sleep(IDLE_POLL).await;
+        }
+        if pool.stopped() {
+            return;
+        }
+        let due = origin.elapsed();
+        let runs = arriving
+            .iter()
+            .take(SUBMIT_BATCH)
+            .take_while(|&&(at, _, _)| offset(at) <= due)
+            .map(|&(_, submission, instance)| Submission {
+                tenant: TenantId(workload.submissions[submission].tenant.clone()),
+                events: instance_events(&workload, &run, submission, instance),
+            })
+            .collect();
+        let command = Command::SubmitRuns {
+            runs,
+            denial_recorded,
+        };
+        let outcome = pool.ledger.commands(pool.rules, vec![command]).await;
+        let (taken, waiting) = match outcome.map(|(_, mut o)| o.pop()) {
+            Ok(Some(Outcome::Submitted { taken, waiting })) => (taken, waiting),
+            Ok(other) => {
+                let why = format!("a submission step answered {other:?}");
+                return pool.fail(RunError::Impossible(why));
+            }
+            Err(e) => return pool.fail(e.into()),
+        };
+        arriving.drain(..taken);
+        pool.wake.notify_one();
+        denial_recorded = waiting.is_some();
+        if denial_recorded {
+            tokio::time::sleep(IDLE_POLL).await;
+        }
+    }
+    pool.submitted_all.store(true, Ordering::SeqCst);
+    pool.wake.notify_one();
+}
+
+/// The Redis coordinator's two loops, so that admitting and dispatching
+/// never waits for recording results, nor the other way round (each waits
+/// for its ledger steps to be durable): until the run has no open task left.
+fn coordinate(
+    tasks: &mut tokio::task::JoinSet<()>,
+    pool: &Arc<Pool>,
+    coordinator: crate::runtime::redis::RedisQueue,
+    in_flight: u32,
+    timeout: Duration,
+) {
+    let done = Arc::new(AtomicBool::new(false));
+    let lease = timeout + Duration::from_secs(5);
+    {
+        let (pool, coordinator, done) = (Arc::clone(pool), coordinator.clone(), Arc::clone(&done));
+        tasks.spawn(async move {
+            let mut retries = Retries::new("dispatching to Redis");
+            while !pool.stopped() && !done.load(Ordering::SeqCst) {
+                let round = coordinator.fill(&pool.run, in_flight, lease).await;
                 if !retry_transport(&pool, &mut retries, round).await {
                     return;
-                }
-                match pool.open_tasks().await {
-                    Ok(0) if pool.submitted_all.load(Ordering::SeqCst) => {
-                        done.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        pool.fail(e);
-                        return;
-                    }
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         });
     }
-    for n in 1..=local_workers {
-        let (pool, queue, handlers, run) = (
-            Arc::clone(&pool),
-            queue.clone(),
-            handlers.clone(),
-            run.clone(),
-        );
-        let worker = WorkerId(format!("worker-{n:02}"));
-        workers.spawn(async move {
-            if let Err(e) = work(&pool, &queue, &handlers, &run, &worker, seed, timeout).await {
+    let pool = Arc::clone(pool);
+    tasks.spawn(async move {
+        let mut retries = Retries::new("recording results from Redis");
+        while !pool.stopped() {
+            let round = coordinator.apply_results().await.map(drop);
+            if !retry_transport(&pool, &mut retries, round).await {
+                return;
+            }
+            match pool.open_tasks().await {
+                Ok(0) if pool.submitted_all.load(Ordering::SeqCst) => {
+                    done.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => return pool.fail(e),
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+}
+
+/// The local workers and the loop that feeds them ([`conduct`]). A worker
+/// hands its result over and takes its next lease from the same ledger
+/// step that records the result.
+fn spawn_pool<Q: TaskQueue + Clone + 'static>(
+    tasks: &mut tokio::task::JoinSet<()>,
+    pool: &Arc<Pool>,
+    queue: Q,
+    handlers: &Handlers,
+    workers: Vec<WorkerId>,
+    seed: u64,
+    timeout: Duration,
+) {
+    let (report_tx, report_rx) = mpsc::unbounded_channel();
+    let mut slots = Vec::with_capacity(workers.len());
+    for me in 0..workers.len() {
+        let (slot, leases) = mpsc::channel(1);
+        slots.push(slot);
+        let (pool, handlers, reports) = (Arc::clone(pool), handlers.clone(), report_tx.clone());
+        tasks.spawn(async move {
+            let worker = Worker {
+                me,
+                leases,
+                reports,
+            };
+            if let Err(e) = worker.work(&pool, &handlers, seed, timeout).await {
                 pool.fail(e);
             }
         });
     }
+    drop(report_tx);
+    let pool = Arc::clone(pool);
+    tasks.spawn(async move {
+        let lease = timeout + Duration::from_secs(5);
+        let conductor = Conductor {
+            workers,
+            slots,
+            reports: report_rx,
+            lease,
+        };
+        if let Err(e) = conductor.conduct(&pool, &queue).await {
+            pool.fail(e);
+        }
+    });
+}
 
-    let total = total_tasks(workload);
+/// A worker's result: which worker, the lease, what it reported.
+type Reported = (usize, Lease, Report);
+
+/// Feeds the local workers: `slots[i]` hands leases to `workers[i]`,
+/// whose results come back on `reports`.
+struct Conductor {
+    workers: Vec<WorkerId>,
+    slots: Vec<mpsc::Sender<Lease>>,
+    reports: mpsc::UnboundedReceiver<Reported>,
+    lease: Duration,
+}
+
+impl Conductor {
+    /// Until the run has no open task left: one ledger step records every
+    /// result that arrived and leases a ready task to every worker without
+    /// one (the ones just reporting included), so a worker holds at most
+    /// one lease; when nothing was ready, waits for a submission, a result
+    /// or a retry coming due. A step that could not reach the queue (Redis
+    /// restarting) is sent again: a result is never dropped while the run
+    /// lives. Once the pool stops, it records what the running attempts
+    /// report and leases nothing more.
+    async fn conduct<Q: TaskQueue>(mut self, pool: &Pool, queue: &Q) -> Result<(), RunError> {
+        let index: FxHashMap<WorkerId, usize> = self.workers.iter().cloned().zip(0..).collect();
+        let mut idle: Vec<usize> = (0..self.workers.len()).collect();
+        let (mut results, mut freed) = (Vec::new(), Vec::new());
+        let mut retries = Retries::new("recording results and leasing tasks");
+        loop {
+            while results.len() < SETTLE_BATCH {
+                match self.reports.try_recv() {
+                    Ok((me, lease, report)) => {
+                        results.push((lease, report));
+                        freed.push(me);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let stopping = pool.stopped();
+            let asked: Vec<WorkerId> = match stopping {
+                true => Vec::new(),
+                false => (idle.iter().chain(&freed))
+                    .map(|&i| self.workers[i].clone())
+                    .collect(),
+            };
+            if results.is_empty() && asked.is_empty() {
+                if stopping && idle.len() == self.workers.len() {
+                    return Ok(());
+                }
+                // Every worker is busy: wait for one to report.
+                match self.reports.recv().await {
+                    Some((me, lease, report)) => {
+                        results.push((lease, report));
+                        freed.push(me);
+                    }
+                    None => return Ok(()),
+                }
+                continue;
+            }
+            let step = queue.settle_and_lease(&results, &pool.run, &asked, self.lease);
+            let leases = match step.await {
+                Ok(leases) => leases,
+                Err(QueueError::Transport(e)) if !stopping => {
+                    let wait = retried(&mut retries, Err(QueueError::Transport(e)), false)?;
+                    tokio::time::sleep(wait.unwrap_or_default()).await;
+                    continue;
+                }
+                Err(QueueError::Ledger(AppendError::Rejected { rejection, .. })) => {
+                    // Impossible for a current attempt: the results are
+                    // dropped, their leases expire and the tasks run again.
+                    tracing::warn!(%rejection, results = results.len(), "results refused");
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            retries.succeeded();
+            results.clear();
+            idle.append(&mut freed);
+            let leased = !leases.is_empty();
+            for lease in leases {
+                let Some(&me) = index.get(&lease.worker) else {
+                    let why = format!("a lease for unknown worker `{}`", lease.worker);
+                    return Err(RunError::Impossible(why));
+                };
+                idle.retain(|&i| i != me);
+                if self.slots[me].send(lease).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if leased || stopping {
+                continue;
+            }
+            if idle.len() == self.workers.len()
+                && pool.submitted_all.load(Ordering::SeqCst)
+                && pool.open_tasks().await? == 0
+            {
+                return Ok(());
+            }
+            tokio::select! {
+                () = pool.wake.notified() => {}
+                () = tokio::time::sleep(IDLE_POLL) => {}
+                Some((me, lease, report)) = self.reports.recv() => {
+                    results.push((lease, report));
+                    freed.push(me);
+                }
+            }
+        }
+    }
+}
+
+/// One local worker: runs each lease it is handed and reports the result.
+struct Worker {
+    me: usize,
+    leases: mpsc::Receiver<Lease>,
+    reports: mpsc::UnboundedSender<Reported>,
+}
+
+impl Worker {
+    async fn work(
+        mut self,
+        pool: &Pool,
+        handlers: &Handlers,
+        seed: u64,
+        timeout: Duration,
+    ) -> Result<(), RunError> {
+        while let Some(lease) = self.leases.recv().await {
+            pool.running.fetch_add(1, Ordering::SeqCst);
+            pool.check_backpressure().await?;
+            let ctx = TaskContext {
+                run: lease.run.clone(),
+                task: lease.task.clone(),
+                tenant: lease.tenant.clone(),
+                attempt: lease.attempt,
+                seed,
+                params: lease.params.clone(),
+                inputs: lease.inputs.clone(),
+            };
+            let report = handlers.attempt(&lease.handler, ctx, timeout).await;
+            pool.running.fetch_sub(1, Ordering::SeqCst);
+            pool.check_backpressure().await?;
+            if self.reports.send((self.me, lease, report)).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reports progress until every task of the pool has ended, then stops
+/// the pool.
+async fn watch(
+    tasks: &mut tokio::task::JoinSet<()>,
+    pool: &Pool,
+    total: u64,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) {
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
-            joined = workers.join_next() => match joined {
+            joined = tasks.join_next() => match joined {
                 None => break,
                 Some(Ok(())) => {}
                 Some(Err(e)) => pool.fail(RunError::Impossible(format!("a worker panicked: {e}"))),
@@ -497,17 +733,13 @@ async fn run_with<Q: TaskQueue + Clone + 'static>(
         }
     }
     pool.stop.store(true, Ordering::SeqCst);
-    expiry.abort();
-    if let Err(e) = submitter.await {
-        pool.fail(RunError::Impossible(format!("the submitter panicked: {e}")));
-    }
-    if let Some(error) = pool.failure.lock().ok().and_then(|mut f| f.take()) {
-        return Err(error);
-    }
+}
+
+/// Records the run's end; its report.
+async fn finish(ledger: &Ledger, run: &RunId, wall: Instant) -> Result<RunReport, RunError> {
     ledger
         .append_async(vec![Append::from(Event::RunFinished { run: run.clone() })])
         .await?;
-
     let (summary, digests, head, last_at) = {
         let run = run.clone();
         ledger
@@ -582,120 +814,4 @@ fn retried(
         },
         Err(e) => Err(e),
     }
-}
-
-/// One worker: lease a task, run its handler under the timeout (on a task
-/// of its own, so a panic is a failure and a timeout drops it — killing an
-/// `exec` child), ACK or NACK, until the run has no open task left.
-async fn work<Q: TaskQueue>(
-    pool: &Pool,
-    queue: &Q,
-    handlers: &Handlers,
-    run: &RunId,
-    worker: &WorkerId,
-    seed: u64,
-    timeout: Duration,
-) -> Result<(), RunError> {
-    use crate::log::AppendError;
-    let mut dequeues = Retries::new("leasing a task");
-    while !pool.stopped() {
-        let lease_for = timeout + Duration::from_secs(5);
-        let dequeued = match queue
-            .dequeue(run, worker, lease_for, Duration::from_millis(20))
-            .await
-        {
-            Ok(dequeued) => {
-                dequeues.succeeded();
-                dequeued
-            }
-            // Redis went away (a restart): wait for it.
-            Err(e) => match retried(&mut dequeues, Err(e), false)? {
-                Some(wait) => {
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                None => continue,
-            },
-        };
-        let Some(lease) = dequeued else {
-            if pool.submitted_all.load(Ordering::SeqCst) && pool.open_tasks().await? == 0 {
-                return Ok(());
-            }
-            continue;
-        };
-        pool.running.fetch_add(1, Ordering::SeqCst);
-        pool.check_backpressure().await?;
-        let ctx = TaskContext {
-            run: lease.run.clone(),
-            task: lease.task.clone(),
-            tenant: lease.tenant.clone(),
-            attempt: lease.attempt,
-            seed,
-            params: lease.params.clone(),
-            inputs: lease.inputs.clone(),
-        };
-        let result = match handlers.get(&lease.handler) {
-            None => Some(Err(Failure::from(format!(
-                "no handler named `{}`",
-                lease.handler
-            )))),
-            Some(handler) => {
-                let mut attempt = tokio::spawn(async move { handler.run(&ctx).await });
-                match tokio::time::timeout(timeout, &mut attempt).await {
-                    Ok(Ok(outcome)) => Some(outcome),
-                    Ok(Err(join)) => {
-                        Some(Err(Failure::from(format!("the handler panicked: {join}"))))
-                    }
-                    Err(_) => {
-                        attempt.abort();
-                        None
-                    }
-                }
-            }
-        };
-        pool.running.fetch_sub(1, Ordering::SeqCst);
-        // A report that could not reach the queue (Redis restarting) is
-        // sent again: the result is never dropped while this worker lives.
-        let mut reports = Retries::new("reporting a result");
-        let settled = loop {
-            let settled = match &result {
-                // An answer the ledger would refuse (costs that overflow,
-                // an output past its limit) is recorded as a failed
-                // attempt by the queue (`Acked::events`).
-                Some(Ok(outcome)) => {
-                    queue
-                        .ack(&lease, outcome.output.clone(), outcome.costs.clone())
-                        .await
-                }
-                Some(Err(failure)) => queue
-                    .nack(&lease, failure.error.clone(), false, failure.costs.clone())
-                    .await
-                    .map(drop),
-                None => {
-                    let error = format!("timed out after {} ms", timeout.as_millis());
-                    queue.nack(&lease, error, true, Vec::new()).await.map(drop)
-                }
-            };
-            match settled {
-                Err(QueueError::Transport(e)) if !pool.stopped() => {
-                    match retried(&mut reports, Err(QueueError::Transport(e)), false) {
-                        Ok(wait) => tokio::time::sleep(wait.unwrap_or_default()).await,
-                        Err(e) => break Err(e),
-                    }
-                }
-                other => break other,
-            }
-        };
-        match settled {
-            Ok(()) => {}
-            // A result for a lease that is no longer ours (it expired and
-            // the task moved on): drop it.
-            Err(QueueError::Ledger(AppendError::Rejected { rejection, .. })) => {
-                tracing::warn!(task = %lease.task, %rejection, "dropped a stale result");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        pool.check_backpressure().await?;
-    }
-    Ok(())
 }

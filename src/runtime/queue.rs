@@ -13,30 +13,15 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::domain::decide::{self, Answer, Ended, LeaseTo, Rules, Start};
+use crate::domain::command::{Command, Expiring, Outcome};
+pub use crate::domain::command::{Lease, inputs_of};
+use crate::domain::decide::{self, Answer, Ended, Rules, Start};
 pub use crate::domain::decide::{Attempt, is_current};
 use crate::domain::limits::{EVENT_BYTES_MAX, PARAMS_BYTES_MAX};
 use crate::domain::queue::QueueCounts;
-use crate::domain::scheduler::{Lost, QueuePolicy, next_ready_many};
-use crate::domain::{
-    Category, Event, Micros, Params, RunId, TaskId, TenantId, Timestamp, WorkerId,
-};
-use crate::log::{AppendError, Draft, Ledger};
-
-/// A task handed to a worker until its deadline.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lease {
-    pub task: TaskId,
-    pub run: RunId,
-    pub tenant: TenantId,
-    pub worker: WorkerId,
-    pub attempt: u32,
-    pub deadline: Timestamp,
-    pub handler: String,
-    pub params: Params,
-    /// Outputs of the task's parents, for reduce steps.
-    pub inputs: Vec<(TaskId, Params)>,
-}
+use crate::domain::scheduler::{Lost, QueuePolicy};
+use crate::domain::{Category, Event, Micros, Params, RunId, TaskId, Timestamp, WorkerId};
+use crate::log::{AppendError, Ledger};
 
 /// A finished attempt to ACK: its lease, output and costs.
 pub type Done = (Lease, Params, Vec<(Category, Micros)>);
@@ -69,21 +54,53 @@ pub(crate) fn admit(
     }
 }
 
-/// The outputs of `deps`, for a reduce step's attempt.
-pub(crate) fn inputs_of(state: &crate::domain::State, deps: &[TaskId]) -> Vec<(TaskId, Params)> {
-    deps.iter()
-        .filter_map(|d| state.queue.get(d).map(|p| (d.clone(), p.output.clone())))
-        .collect()
+/// What a worker reports about its attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    Done {
+        output: Params,
+        costs: Vec<(Category, Micros)>,
+    },
+    Failed {
+        error: String,
+        timed_out: bool,
+        costs: Vec<(Category, Micros)>,
+    },
 }
 
-impl Lease {
-    pub fn attempt_of(&self) -> Attempt<'_> {
-        Attempt {
-            task: &self.task,
-            run: &self.run,
-            worker: &self.worker,
-            attempt: self.attempt,
+impl Report {
+    /// The command that ends `lease`'s attempt with this report. An answer
+    /// the ledger would refuse ([`answer_refusal`]) ends it as a failure
+    /// naming the limit.
+    pub fn settle(&self, lease: &Lease) -> Command {
+        let (answer, costs) = match self.clone() {
+            Report::Done { output, costs } => (success(lease.attempt_of(), output), costs),
+            Report::Failed {
+                error,
+                timed_out,
+                costs,
+            } => (Answer::Failed { error, timed_out }, costs),
+        };
+        Command::Settle {
+            attempt: lease.owned_attempt(),
+            answer,
+            costs,
         }
+    }
+}
+
+/// A success as the ledger can record it: with the reward its output
+/// reports, or a failure naming the limit of the ledger it passes.
+fn success(attempt: Attempt<'_>, output: Params) -> Answer {
+    match answer_refusal(attempt, &output) {
+        Some(error) => Answer::Failed {
+            error,
+            timed_out: false,
+        },
+        None => Answer::Done {
+            reward_bp: reward_of(&output),
+            output,
+        },
     }
 }
 
@@ -116,16 +133,7 @@ impl Acked<'_> {
             output,
             costs,
         } = self;
-        let answer = match answer_refusal(attempt, &output) {
-            Some(error) => Answer::Failed {
-                error,
-                timed_out: false,
-            },
-            None => Answer::Done {
-                reward_bp: reward_of(&output),
-                output,
-            },
-        };
+        let answer = success(attempt, output);
         let rules = Rules::new(*policy, seed);
         let (events, ended) = decide::end_attempt(state, attempt, answer, costs, now, &rules)?;
         Some((events, nack_outcome(ended)))
@@ -215,6 +223,62 @@ pub trait TaskQueue: Send + Sync {
         lease: Duration,
         wait: Duration,
     ) -> impl Future<Output = Result<Vec<Lease>, QueueError>> + Send;
+    /// Leases up to one ready task of `run` to each of `workers`, in one
+    /// step, without waiting for work.
+    fn dequeue_for(
+        &self,
+        run: &RunId,
+        workers: &[WorkerId],
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<Lease>, QueueError>> + Send {
+        async move {
+            let mut leases = Vec::new();
+            for worker in workers {
+                leases.extend(self.dequeue(run, worker, lease, Duration::ZERO).await?);
+            }
+            Ok(leases)
+        }
+    }
+    /// Records the end of several attempts, each decided on the state the
+    /// ones before it left; a report of an attempt that is no longer
+    /// current is dropped.
+    fn settle_many(
+        &self,
+        reports: &[(Lease, Report)],
+    ) -> impl Future<Output = Result<(), QueueError>> + Send {
+        async move {
+            for (lease, report) in reports {
+                match report.clone() {
+                    Report::Done { output, costs } => self.ack(lease, output, costs).await?,
+                    Report::Failed {
+                        error,
+                        timed_out,
+                        costs,
+                    } => drop(self.nack(lease, error, timed_out, costs).await?),
+                }
+            }
+            Ok(())
+        }
+    }
+    /// [`TaskQueue::settle_many`], then [`TaskQueue::dequeue_for`]: in one
+    /// step where the queue can.
+    fn settle_and_lease(
+        &self,
+        reports: &[(Lease, Report)],
+        run: &RunId,
+        workers: &[WorkerId],
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<Lease>, QueueError>> + Send {
+        async move {
+            if !reports.is_empty() {
+                self.settle_many(reports).await?;
+            }
+            if workers.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.dequeue_for(run, workers, lease).await
+        }
+    }
     /// ACKs several attempts in one append.
     fn ack_many(&self, done: Vec<Done>) -> impl Future<Output = Result<(), QueueError>> + Send;
     /// The attempt succeeded: post its costs and ACK it.
@@ -244,8 +308,7 @@ pub trait TaskQueue: Send + Sync {
 #[derive(Clone)]
 pub struct MemoryQueue {
     ledger: Ledger,
-    policy: QueuePolicy,
-    seed: u64,
+    rules: Rules,
     /// Poll interval while waiting for work.
     poll: Duration,
 }
@@ -254,11 +317,36 @@ impl MemoryQueue {
     pub fn new(ledger: Ledger, policy: QueuePolicy, seed: u64) -> Self {
         MemoryQueue {
             ledger,
-            policy,
-            seed,
+            rules: Rules::new(policy, seed),
             poll: Duration::from_millis(2),
         }
     }
+
+    async fn run(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, QueueError> {
+        let (_, outcomes) = self.ledger.commands(self.rules, commands).await?;
+        Ok(outcomes)
+    }
+
+    async fn lease(
+        &self,
+        run: &RunId,
+        workers: Vec<WorkerId>,
+        lease: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let command = Command::Lease {
+            run: run.clone(),
+            workers,
+            lease_micros: micros_of(lease),
+        };
+        Ok(match self.run(vec![command]).await?.pop() {
+            Some(Outcome::Leased(leases)) => leases,
+            _ => Vec::new(),
+        })
+    }
+}
+
+fn micros_of(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// The reward a handler reported in its output (`reward_bp`, 0 to 10,000),
@@ -271,11 +359,19 @@ fn reward_of(output: &Params) -> i32 {
         .map_or(10_000, |r| r.clamp(0, 10_000) as i32)
 }
 
+/// Warns of each report a settle step dropped, its attempt no longer
+/// current.
+fn warn_stale<'l>(leases: impl IntoIterator<Item = &'l Lease>, outcomes: &[Outcome]) {
+    for (lease, outcome) in leases.into_iter().zip(outcomes) {
+        if *outcome == Outcome::Settled(None) {
+            tracing::warn!(task = %lease.task, attempt = lease.attempt, "stale result dropped");
+        }
+    }
+}
+
 impl TaskQueue for MemoryQueue {
     async fn enqueue(&self, tasks: Vec<Event>) -> Result<(), QueueError> {
-        self.ledger
-            .append_async(tasks.into_iter().map(Into::into).collect())
-            .await?;
+        self.run(vec![Command::Record(tasks)]).await?;
         Ok(())
     }
 
@@ -288,68 +384,9 @@ impl TaskQueue for MemoryQueue {
         wait: Duration,
     ) -> Result<Vec<Lease>, QueueError> {
         let give_up = tokio::time::Instant::now() + wait;
-        let lease_micros = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
         loop {
-            let (run_id, worker_id) = (run.clone(), worker.clone());
-            let rules = Rules::new(self.policy, self.seed);
-            let (_, leases) = self
-                .ledger
-                .decide_each(move |draft| {
-                    if !turn_periods(draft) {
-                        return Vec::new();
-                    }
-                    let now = draft.now();
-                    let window = max.max(1) * 2 + 16;
-                    let picked: Vec<TaskId> = next_ready_many(
-                        draft.state(),
-                        now,
-                        draft.head().seq,
-                        &rules.queue,
-                        window,
-                        |t| t.run == run_id,
-                    )
-                    .into_iter()
-                    .cloned()
-                    .collect();
-                    let deadline = now.saturating_add_micros(lease_micros);
-                    let mut leases = Vec::with_capacity(picked.len());
-                    // One task at a time, each decided on the state its
-                    // predecessors' events left.
-                    for task in &picked {
-                        if leases.len() >= max.max(1) {
-                            break;
-                        }
-                        let state = draft.state();
-                        let to = LeaseTo {
-                            worker: worker_id.clone(),
-                            deadline: Some(deadline),
-                        };
-                        let (events, start) = decide::start(state, task, Some(to), &rules);
-                        let lease = match (start, state.queue.get(task)) {
-                            (Start::Run { params, .. }, Some(t)) => Some(Lease {
-                                task: task.clone(),
-                                run: t.run.clone(),
-                                tenant: t.tenant.clone(),
-                                worker: worker_id.clone(),
-                                attempt: t.attempts + 1,
-                                deadline,
-                                handler: t.handler.clone(),
-                                params,
-                                inputs: inputs_of(state, &t.deps),
-                            }),
-                            _ => None,
-                        };
-                        for event in events {
-                            if draft.push(event).is_err() {
-                                // The step is dropped whole; the caller
-                                // hears why.
-                                return Vec::new();
-                            }
-                        }
-                        leases.extend(lease);
-                    }
-                    leases
-                })
+            let leases = self
+                .lease(run, vec![worker.clone(); max.max(1)], lease)
                 .await?;
             if !leases.is_empty() || tokio::time::Instant::now() >= give_up {
                 return Ok(leases);
@@ -358,35 +395,55 @@ impl TaskQueue for MemoryQueue {
         }
     }
 
-    async fn ack_many(&self, done: Vec<Done>) -> Result<(), QueueError> {
-        let (policy, seed) = (self.policy, self.seed);
-        self.ledger
-            .decide_each(move |draft| {
-                if !turn_periods(draft) {
-                    return;
-                }
-                // Each result settles on the state the ones before it left;
-                // a result of an attempt that is no longer current is dropped.
-                for (lease, output, costs) in done {
-                    let acked = Acked {
-                        attempt: lease.attempt_of(),
-                        output,
-                        costs: &costs,
-                    };
-                    let Some((events, _)) = acked.events(draft.state(), draft.now(), &policy, seed)
-                    else {
-                        tracing::warn!(task = %lease.task, attempt = lease.attempt, "stale ACK dropped");
-                        continue;
-                    };
-                    for event in events {
-                        if draft.push(event).is_err() {
-                            return;
-                        }
-                    }
-                }
-            })
-            .await?;
+    async fn dequeue_for(
+        &self,
+        run: &RunId,
+        workers: &[WorkerId],
+        lease: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        self.lease(run, workers.to_vec(), lease).await
+    }
+
+    async fn settle_many(&self, reports: &[(Lease, Report)]) -> Result<(), QueueError> {
+        let commands = reports.iter().map(|(l, r)| r.settle(l)).collect();
+        let outcomes = self.run(commands).await?;
+        warn_stale(reports.iter().map(|(l, _)| l), &outcomes);
         Ok(())
+    }
+
+    async fn settle_and_lease(
+        &self,
+        reports: &[(Lease, Report)],
+        run: &RunId,
+        workers: &[WorkerId],
+        lease: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let mut commands: Vec<Command> = reports.iter().map(|(l, r)| r.settle(l)).collect();
+        if !workers.is_empty() {
+            commands.push(Command::Lease {
+                run: run.clone(),
+                workers: workers.to_vec(),
+                lease_micros: micros_of(lease),
+            });
+        }
+        let mut outcomes = self.run(commands).await?;
+        let leases = match workers.is_empty() {
+            true => Vec::new(),
+            false => match outcomes.pop() {
+                Some(Outcome::Leased(leases)) => leases,
+                _ => Vec::new(),
+            },
+        };
+        warn_stale(reports.iter().map(|(l, _)| l), &outcomes);
+        Ok(leases)
+    }
+
+    async fn ack_many(&self, done: Vec<Done>) -> Result<(), QueueError> {
+        let reports: Vec<_> = done
+            .into_iter()
+            .map(|(lease, output, costs)| (lease, Report::Done { output, costs }))
+            .collect();
+        self.settle_many(&reports).await
     }
 
     async fn nack(
@@ -396,37 +453,21 @@ impl TaskQueue for MemoryQueue {
         timed_out: bool,
         costs: Vec<(Category, Micros)>,
     ) -> Result<NackOutcome, QueueError> {
-        let (lease, policy, seed) = (lease.clone(), self.policy, self.seed);
-        let (_, outcome) = self
-            .ledger
-            .decide_each(move |draft| {
-                if !turn_periods(draft) {
-                    return NackOutcome::Stale;
-                }
-                let failed = Failed {
-                    attempt: lease.attempt_of(),
-                    error,
-                    timed_out,
-                    costs: &costs,
-                };
-                let Some((events, outcome)) =
-                    failed.events(draft.state(), draft.now(), &policy, seed)
-                else {
-                    return NackOutcome::Stale;
-                };
-                for event in events {
-                    if draft.push(event).is_err() {
-                        break;
-                    }
-                }
-                outcome
-            })
-            .await?;
-        Ok(outcome)
+        let report = Report::Failed {
+            error,
+            timed_out,
+            costs,
+        };
+        Ok(match self.run(vec![report.settle(lease)]).await?.pop() {
+            Some(Outcome::Settled(Some(ended))) => {
+                nack_outcome(ended).unwrap_or(NackOutcome::Stale)
+            }
+            _ => NackOutcome::Stale,
+        })
     }
 
     async fn expire_leases(&self) -> Result<usize, QueueError> {
-        expire_due(&self.ledger, Lost::Release).await
+        expire_due(&self.ledger, self.rules, Lost::Release).await
     }
 
     async fn depth(&self) -> Result<QueueCounts, QueueError> {
@@ -439,26 +480,16 @@ impl TaskQueue for MemoryQueue {
 
 /// Returns the tasks whose lease deadline has passed, in one ledger step,
 /// doing with their attempts' reservations what `lost` says; how many.
-pub async fn expire_due(ledger: &Ledger, lost: Lost) -> Result<usize, QueueError> {
-    let (_, n) = ledger
-        .decide_each(move |draft| {
-            if !turn_periods(draft) {
-                return 0;
-            }
-            let now = draft.now();
-            decide::expire_leases(draft, lost, |t| t.lease_deadline.is_some_and(|d| d < now))
-                .unwrap_or(0)
-        })
-        .await?;
-    Ok(n)
-}
-
-/// Pushes the budget period resets due now, first in a step, so that no
-/// decision of the step is made on a period that is over. False if the
-/// step was dropped.
-pub(crate) fn turn_periods(draft: &mut Draft<'_>) -> bool {
-    let now = draft.now();
-    decide::turn_periods(draft, now).is_ok()
+pub async fn expire_due(ledger: &Ledger, rules: Rules, lost: Lost) -> Result<usize, QueueError> {
+    let command = Command::ExpireLeases {
+        which: Expiring::Due,
+        lost,
+    };
+    let (_, outcomes) = ledger.commands(rules, vec![command]).await?;
+    Ok(match outcomes.first() {
+        Some(Outcome::Expired(n)) => *n,
+        _ => 0,
+    })
 }
 
 /// A failed attempt to record.

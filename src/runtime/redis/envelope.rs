@@ -93,6 +93,24 @@ pub enum Outcome {
     },
 }
 
+impl From<crate::runtime::queue::Report> for Outcome {
+    fn from(report: crate::runtime::queue::Report) -> Self {
+        use crate::runtime::queue::Report;
+        match report {
+            Report::Done { output, costs } => Outcome::Ack { output, costs },
+            Report::Failed {
+                error,
+                timed_out,
+                costs,
+            } => Outcome::Nack {
+                error,
+                timed_out,
+                costs,
+            },
+        }
+    }
+}
+
 /// A worker's report of one attempt. The coordinator deduplicates by
 /// (task, attempt): a result may arrive twice, never zero times.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

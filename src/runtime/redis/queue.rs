@@ -29,8 +29,8 @@ use crate::domain::scheduler::{Lost, QueuePolicy, expire_lease, next_ready_many}
 use crate::domain::{Category, Event, Micros, RunId, State, TaskId, Timestamp, WorkerId};
 use crate::log::Ledger;
 use crate::runtime::queue::{
-    Acked, Attempt, Done, Failed, Lease, NackOutcome, QueueError, TaskQueue, admit, inputs_of,
-    turn_periods,
+    Acked, Attempt, Done, Failed, Lease, NackOutcome, QueueError, Report, TaskQueue, admit,
+    inputs_of,
 };
 
 /// The coordinator's consumer name on the results stream.
@@ -705,6 +705,16 @@ impl TaskQueue for RedisQueue {
         Ok(())
     }
 
+    async fn settle_many(&self, reports: &[(Lease, Report)]) -> Result<(), QueueError> {
+        let results = reports
+            .iter()
+            .map(|(lease, report)| (lease.clone(), report.clone().into()))
+            .collect();
+        self.report(results).await?;
+        self.apply_results().await?;
+        Ok(())
+    }
+
     async fn nack(
         &self,
         lease: &Lease,
@@ -726,7 +736,12 @@ impl TaskQueue for RedisQueue {
 
     async fn expire_leases(&self) -> Result<usize, QueueError> {
         // A returned task is sent again as admitted, on its reservation.
-        crate::runtime::queue::expire_due(&self.ledger, Lost::Carry).await
+        crate::runtime::queue::expire_due(
+            &self.ledger,
+            Rules::new(self.policy, self.seed),
+            Lost::Carry,
+        )
+        .await
     }
 
     async fn depth(&self) -> Result<QueueCounts, QueueError> {
@@ -735,4 +750,12 @@ impl TaskQueue for RedisQueue {
             .query_async(|state, _| state.queue.counts())
             .await?)
     }
+}
+
+/// Pushes the budget period resets due now, first in a step, so that no
+/// decision of the step is made on a period that is over. False if the
+/// step was dropped.
+fn turn_periods(draft: &mut crate::log::Draft<'_>) -> bool {
+    let now = draft.now();
+    crate::domain::decide::turn_periods(draft, now).is_ok()
 }

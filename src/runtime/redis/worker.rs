@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::{Claimed, Outcome, RedisError, RedisStreams, Retries};
 use crate::domain::WorkerId;
-use crate::runtime::handler::{Failure, Handlers, TaskContext};
+use crate::runtime::handler::{Handlers, TaskContext};
 
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
@@ -246,13 +246,6 @@ fn gave_up(retries: &Retries, error: RedisError) -> RedisError {
 /// Runs one claimed attempt under the timeout.
 async fn attempt(handlers: &Handlers, claim: &Claimed, timeout: Duration) -> Outcome {
     let e = &claim.envelope;
-    let Some(handler) = handlers.get(&e.handler) else {
-        return Outcome::Nack {
-            error: format!("this worker has no handler named `{}`", e.handler),
-            timed_out: false,
-            costs: Vec::new(),
-        };
-    };
     let ctx = TaskContext {
         run: e.run.clone(),
         task: e.task.clone(),
@@ -267,31 +260,7 @@ async fn attempt(handlers: &Handlers, claim: &Claimed, timeout: Duration) -> Out
         0 => timeout,
         ms => timeout.min(Duration::from_millis(ms)),
     };
-    let mut running = tokio::spawn(async move { handler.run(&ctx).await });
-    match tokio::time::timeout(timeout, &mut running).await {
-        Ok(Ok(Ok(done))) => Outcome::Ack {
-            output: done.output,
-            costs: done.costs,
-        },
-        Ok(Ok(Err(Failure { error, costs }))) => Outcome::Nack {
-            error,
-            timed_out: false,
-            costs,
-        },
-        Ok(Err(join)) => Outcome::Nack {
-            error: format!("the handler panicked: {join}"),
-            timed_out: false,
-            costs: Vec::new(),
-        },
-        Err(_) => {
-            running.abort();
-            Outcome::Nack {
-                error: format!("timed out after {} ms", timeout.as_millis()),
-                timed_out: true,
-                costs: Vec::new(),
-            }
-        }
-    }
+    handlers.attempt(&e.handler, ctx, timeout).await.into()
 }
 
 /// Reports a result, retrying while Redis is away (a restart): a result
