@@ -384,6 +384,8 @@ fn bench_distributed_reports_every_worker_count_beside_its_baselines() {
         "raw_cycle_per_sec",
         "transport_cycle_per_sec",
         "memory_tasks_per_sec",
+        "memory_always_tasks_per_sec",
+        "coordinator_us_per_task",
     ] {
         assert!(report[field].as_f64().unwrap() > 0.0, "{field}: {last}");
     }
@@ -397,6 +399,7 @@ fn bench_distributed_reports_every_worker_count_beside_its_baselines() {
             "ratio_to_raw",
             "ratio_to_memory",
             "coordinator_cores",
+            "coordinator_us_per_task",
         ] {
             assert!(run[field].as_f64().unwrap() > 0.0, "{field}: {last}");
         }

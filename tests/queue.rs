@@ -158,6 +158,20 @@ impl<Q: TaskQueue> Harness<Q> {
 
     /// Closes the ledger and re-checks every decision the queue recorded.
     async fn recheck(self) -> runledger::audit::check::CheckReport {
+        let dir = self.close().await;
+        recheck(dir.path())
+    }
+
+    /// Closes the ledger, re-checks it, and returns its events after `seq`.
+    async fn events_after(self, seq: u64) -> Vec<Event> {
+        let dir = self.close().await;
+        recheck(dir.path());
+        let events = support::ledger::events(dir.path());
+        events.into_iter().skip(seq as usize).collect()
+    }
+
+    /// Closes the ledger; the directory it is in.
+    async fn close(self) -> tempfile::TempDir {
         let Harness {
             ledger,
             queue,
@@ -168,16 +182,21 @@ impl<Q: TaskQueue> Harness<Q> {
         tokio::task::spawn_blocking(move || ledger.close().unwrap())
             .await
             .unwrap();
-        let store = open_store(dir.path());
-        let report = runledger::audit::check::check(&store, Default::default()).unwrap();
-        assert!(report.ok(), "replay --check: {:?}", report.first);
-        assert_eq!(report.not_recheckable, 0);
-        report
+        dir
     }
 
     async fn head(&self) -> u64 {
         self.ledger.query_async(|_, head| head.seq).await.unwrap()
     }
+}
+
+/// Re-checks every decision recorded in the ledger in `dir`.
+fn recheck(dir: &std::path::Path) -> runledger::audit::check::CheckReport {
+    let store = open_store(dir);
+    let report = runledger::audit::check::check(&store, Default::default()).unwrap();
+    assert!(report.ok(), "replay --check: {:?}", report.first);
+    assert_eq!(report.not_recheckable, 0);
+    report
 }
 
 async fn strict_priority_then_fifo<Q: TaskQueue>(h: Harness<Q>) {
@@ -452,6 +471,79 @@ async fn an_answer_whose_costs_the_ledger_refuses_is_a_failed_attempt<Q: TaskQue
     let _ = h.recheck().await;
 }
 
+/// Settles a mix of results on `h` — batched or one by one — after
+/// leasing three tasks; the seq they start after.
+async fn settle_mixed<Q: TaskQueue>(h: &Harness<Q>, batched: bool) -> u64 {
+    use runledger::domain::Category;
+    use runledger::runtime::queue::Report;
+    h.queue
+        .enqueue(vec![
+            task("t1", Priority::Normal, &[], 1),
+            task("t2", Priority::Normal, &[], 1),
+            task("t3", Priority::Normal, &[], 2),
+            task("c2", Priority::Normal, &["t2"], 1),
+        ])
+        .await
+        .unwrap();
+    let workers = [worker(1), worker(2), worker(3)];
+    let leases = h
+        .queue
+        .dequeue_for(&RunId::from(RUN), &workers, LEASE)
+        .await
+        .unwrap();
+    let tasks: Vec<&str> = leases.iter().map(|l| l.task.as_str()).collect();
+    assert_eq!(tasks, ["t1", "t2", "t3"]);
+    let done = |n: i64| Report::Done {
+        output: Params::from_value(&serde_json::json!({ "n": n })),
+        costs: vec![(Category::Llm, Micros(n))],
+    };
+    let failed = Report::Failed {
+        error: "boom".to_owned(),
+        timed_out: false,
+        costs: vec![(Category::Other, Micros(2))],
+    };
+    let reports = vec![
+        (leases[0].clone(), done(5)),
+        // Out of attempts: dead-lettered, its dependant cancelled.
+        (leases[1].clone(), failed),
+        (leases[2].clone(), done(7)),
+        // Counted once per (task, attempt): the second is stale.
+        (leases[0].clone(), done(9)),
+    ];
+    let seq = h.head().await;
+    if batched {
+        h.queue.settle_many(&reports).await.unwrap();
+    } else {
+        for report in &reports {
+            h.queue
+                .settle_many(std::slice::from_ref(report))
+                .await
+                .unwrap();
+        }
+    }
+    seq
+}
+
+/// Results settled in one step are recorded exactly as settled one by one:
+/// each is decided on the state the ones before it left.
+async fn a_batch_of_results_records_what_one_by_one_does<Q: TaskQueue>(
+    one_by_one: Harness<Q>,
+    batched: Harness<Q>,
+) {
+    let from = settle_mixed(&one_by_one, false).await;
+    let expected = one_by_one.events_after(from).await;
+    let from = settle_mixed(&batched, true).await;
+    let got = batched.events_after(from).await;
+    let kinds: Vec<&str> = got.iter().map(Event::kind).collect();
+    assert!(kinds.contains(&"task_dead_lettered"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "task_acked").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(got, expected);
+}
+
 /// Runs the whole suite against the queue `make` builds.
 macro_rules! queue_suite {
     ($module:ident, $make:expr) => {
@@ -501,6 +593,15 @@ macro_rules! queue_suite {
             async fn an_answer_whose_costs_the_ledger_refuses_is_a_failed_attempt() {
                 if let Some(h) = harness(policy(), $make).await {
                     super::an_answer_whose_costs_the_ledger_refuses_is_a_failed_attempt(h).await;
+                }
+            }
+
+            #[tokio::test]
+            async fn a_batch_of_results_records_what_one_by_one_does() {
+                let one = harness(policy(), $make).await;
+                let two = harness(policy(), $make).await;
+                if let (Some(one), Some(two)) = (one, two) {
+                    super::a_batch_of_results_records_what_one_by_one_does(one, two).await;
                 }
             }
 

@@ -68,6 +68,8 @@ pub struct DistributedRow {
     pub redis_cores: f64,
     /// The coordinator's pool bound: tasks dispatched and not yet reported.
     pub max_in_flight: u32,
+    /// CPU microseconds the coordinator process spent per task.
+    pub coordinator_us_per_task: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -87,6 +89,12 @@ pub struct DistributedBenchReport {
     /// `concurrency` workers in this process.
     pub memory_tasks_per_sec: f64,
     pub memory_cores: f64,
+    /// The same under `always` durability (every step fsynced before it
+    /// is answered).
+    pub memory_always_tasks_per_sec: f64,
+    pub memory_always_cores: f64,
+    /// `coordinator_us_per_task` of the last (largest) Redis row.
+    pub coordinator_us_per_task: f64,
     pub runs: Vec<DistributedRow>,
 }
 
@@ -315,25 +323,13 @@ pub fn run_distributed_bench(
     let (_, transport_cycle) = runtime.block_on(transport(&url, nonce, config.tasks, RAW_BATCH))?;
 
     progress("baseline: the in-memory queue");
-    let (memory_rate, memory_cores) = {
-        let workload = workload(config.tasks, concurrency, concurrency.saturating_mul(2))?;
-        let ledger = scratch_ledger(&scratch.path().join("memory"), config.durability)?;
-        let cpu = cpu_secs(None);
-        let started = Instant::now();
-        let report = runtime.block_on(run_live(
-            &ledger,
-            &workload,
-            &RunOptions::default(),
-            &Handlers::builtin(),
-            false,
-            &mut |_, _| {},
-        ))?;
-        let elapsed = started.elapsed();
-        let cores = (cpu_secs(None) - cpu) / elapsed.as_secs_f64().max(1e-9);
-        ledger.close()?;
-        check_report(&report, config.tasks, "in-memory queue")?;
-        (per_sec(config.tasks, elapsed), cores)
+    let memory = |durability| {
+        let dir = scratch.path().join(format!("memory-{durability:?}"));
+        measure_memory(&runtime, &dir, config.tasks, concurrency, durability)
     };
+    let (memory_rate, memory_cores) = memory(config.durability)?;
+    progress("baseline: the in-memory queue, `always` durability");
+    let (memory_always_rate, memory_always_cores) = memory(Durability::Always)?;
 
     let mut runs = Vec::new();
     for &k in &config.workers {
@@ -410,6 +406,7 @@ pub fn run_distributed_bench(
             workers_cores,
             redis_cores,
             max_in_flight,
+            coordinator_us_per_task: coordinator_cores * wall * 1e6 / config.tasks.max(1) as f64,
         });
     }
     drop(server);
@@ -428,6 +425,38 @@ pub fn run_distributed_bench(
         transport_cycle_per_sec: transport_cycle,
         memory_tasks_per_sec: memory_rate,
         memory_cores,
+        memory_always_tasks_per_sec: memory_always_rate,
+        memory_always_cores,
+        coordinator_us_per_task: runs.last().map_or(0.0, |r| r.coordinator_us_per_task),
         runs,
     })
+}
+
+/// The no-op workload through the in-memory queue with `concurrency`
+/// workers in this process, on a scratch ledger in `dir`: tasks per second
+/// and the cores used.
+fn measure_memory(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    tasks: u64,
+    concurrency: u32,
+    durability: Durability,
+) -> anyhow::Result<(f64, f64)> {
+    let workload = workload(tasks, concurrency, concurrency.saturating_mul(2))?;
+    let ledger = scratch_ledger(dir, durability)?;
+    let cpu = cpu_secs(None);
+    let started = Instant::now();
+    let report = runtime.block_on(run_live(
+        &ledger,
+        &workload,
+        &RunOptions::default(),
+        &Handlers::builtin(),
+        false,
+        &mut |_, _| {},
+    ))?;
+    let elapsed = started.elapsed();
+    let cores = (cpu_secs(None) - cpu) / elapsed.as_secs_f64().max(1e-9);
+    ledger.close()?;
+    check_report(&report, tasks, "in-memory queue")?;
+    Ok((per_sec(tasks, elapsed), cores))
 }

@@ -268,25 +268,31 @@ fn bench_distributed(
     )?;
     writeln!(
         out,
-        "{:>7}  {:>10}  {:>8}  {:>8}  {:>11}  {:>7}  {:>5}",
-        "workers", "tasks/s", "÷ raw", "÷ memory", "coordinator", "workers", "redis"
+        "  in-memory queue, `always` durability: {:.0} tasks/s ({:.2} cores)",
+        r.memory_always_tasks_per_sec, r.memory_always_cores
+    )?;
+    writeln!(
+        out,
+        "{:>7}  {:>10}  {:>8}  {:>8}  {:>11}  {:>7}  {:>5}  {:>8}",
+        "workers", "tasks/s", "÷ raw", "÷ memory", "coordinator", "workers", "redis", "µs/task"
     )?;
     for row in &r.runs {
         writeln!(
             out,
-            "{:>7}  {:>10.0}  {:>7.3}x  {:>7.2}x  {:>6.2} cores  {:>7.2}  {:>5.2}",
+            "{:>7}  {:>10.0}  {:>7.3}x  {:>7.2}x  {:>6.2} cores  {:>7.2}  {:>5.2}  {:>8.1}",
             row.workers,
             row.tasks_per_sec,
             row.ratio_to_raw,
             row.ratio_to_memory,
             row.coordinator_cores,
             row.workers_cores,
-            row.redis_cores
+            row.redis_cores,
+            row.coordinator_us_per_task
         )?;
     }
     writeln!(
         out,
-        "(each worker runs {} attempts at once; cores = CPU seconds per wall second while the coordinator ran)",
+        "(each worker runs {} attempts at once; cores = CPU seconds per wall second while the coordinator ran; µs/task = the coordinator's CPU per task)",
         r.concurrency
     )?;
     if json {

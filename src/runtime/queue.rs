@@ -254,7 +254,9 @@ pub trait TaskQueue: Send + Sync {
                         error,
                         timed_out,
                         costs,
-                    } => drop(self.nack(lease, error, timed_out, costs).await?),
+                    } => {
+                        self.nack(lease, error, timed_out, costs).await?;
+                    }
                 }
             }
             Ok(())
