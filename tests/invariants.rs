@@ -101,6 +101,17 @@ fn check_every_seq(dir: &std::path::Path) -> Result<u64, String> {
         let before: Vec<_> = state.tenants.sorted().into_iter().cloned().collect();
         let learning_before: Vec<_> = state.learning.sorted().into_iter().cloned().collect();
         state.evolve(seq, at, event.clone());
+        if seq % 61 == 0 || seq == events.len() as u64 {
+            // Lease expiry reads the leased index, not every task.
+            let scanned: Vec<_> = (state.queue.sorted().into_iter())
+                .filter(|(_, t)| t.status == runledger::domain::queue::TaskStatus::Leased)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let indexed: Vec<_> = state.queue.leased().map(|(id, _)| id.clone()).collect();
+            if scanned != indexed {
+                return Err(format!("seq {seq}: leased {scanned:?}, indexed {indexed:?}"));
+            }
+        }
         for t in state.tenants.sorted() {
             let committed = t.spent_micros().0 + t.reserved_micros.0;
             if committed > t.budget_micros.0 && !t.overrun {

@@ -62,12 +62,8 @@ pub fn expire_leases<S: Step>(
     lost: Lost,
     which: impl Fn(&Task) -> bool,
 ) -> Result<usize, S::Error> {
-    let leased: Vec<TaskId> = step
-        .state()
-        .queue
-        .sorted()
-        .into_iter()
-        .filter(|(_, t)| t.status == TaskStatus::Leased && which(t))
+    let leased: Vec<TaskId> = (step.state().queue.leased())
+        .filter(|(_, t)| which(t))
         .map(|(id, _)| id.clone())
         .collect();
     for task in &leased {

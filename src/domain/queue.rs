@@ -171,6 +171,10 @@ pub struct Queue {
     ready: [BTreeMap<u64, Vec<TaskId>>; 5],
     ready_len: [u64; 5],
     counts: QueueCounts,
+    /// The leased tasks, in id order: what lease expiry looks at, so that
+    /// it costs the leases held, not every task ever submitted. An index
+    /// over `tasks`, outside the digests.
+    leased: std::collections::BTreeSet<TaskId>,
 }
 
 impl Task {
@@ -542,6 +546,16 @@ impl Queue {
         }
         *self.counts.slot(from) -= 1;
         *self.counts.slot(to) += 1;
+        if from == TaskStatus::Leased && to != TaskStatus::Leased {
+            self.leased.remove(task);
+        } else if to == TaskStatus::Leased && from != TaskStatus::Leased {
+            self.leased.insert(task.clone());
+        }
+    }
+
+    /// The leased tasks, in id order.
+    pub fn leased(&self) -> impl Iterator<Item = (&TaskId, &Task)> {
+        (self.leased.iter()).filter_map(|id| self.get(id).map(|t| (id, t)))
     }
 
     /// Applies a queue event (assumed valid), taking its strings. Returns
