@@ -2,7 +2,7 @@
 //! before it and compare.
 //!
 //! The executors decide in steps, each on the state the records before it
-//! left (`Ledger::decide_each`, the simulated executor's lent state), and
+//! left (`Ledger::commands`, the simulated executor's lent state), and
 //! record what they decided together with its inputs. So a fold of the log
 //! can stop before each decision, call the same decider on the folded
 //! state with the recorded inputs, and compare what it returns with what

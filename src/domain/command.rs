@@ -5,8 +5,8 @@
 //! these values crosses into it.
 
 use super::decide::{self, Answer, Attempt, Ended, LeaseTo, Rules, Start, Step};
-use super::event::{Category, Event, Params};
-use super::governance::{Denial, admit_run};
+use super::event::{Category, Event, Params, Priority};
+use super::governance::{Denial, admit_run, admitted};
 use super::ids::{RunId, TaskId, TenantId, WorkerId};
 use super::money::Micros;
 use super::queue::Task;
@@ -47,6 +47,79 @@ pub enum Command {
     /// Return the leases `which` names, doing with their reservations what
     /// `lost` says.
     ExpireLeases { which: Expiring, lost: Lost },
+    /// Put up to `max` ready tasks of `run` through the gate without a
+    /// lease, best first, for workers on a transport (Redis) to claim:
+    /// each admitted with its reservation, or — admitted by an earlier
+    /// step whose ticket was lost — handed out again, nothing recorded.
+    /// Tasks in `skip` (handed out and not yet claimed) are passed over.
+    Admit {
+        run: RunId,
+        max: usize,
+        skip: Vec<TaskId>,
+    },
+    /// Claims of admitted tasks by `worker` on the transport, each
+    /// recorded as its lease until `lease_micros` from now ([`decide::claim`]).
+    Claim {
+        worker: WorkerId,
+        claims: Vec<(TaskId, u32)>,
+        lease_micros: i64,
+    },
+    /// What workers on the transport reported, in the order they reported
+    /// it: a claim they started (its lease until `lease_micros` from now),
+    /// or the end of an attempt. Each (task, claim attempt) counts once.
+    Heard {
+        reports: Vec<Reported>,
+        lease_micros: i64,
+    },
+}
+
+/// A task handed to a transport's workers: what its envelope carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    pub task: TaskId,
+    pub run: RunId,
+    pub tenant: TenantId,
+    pub priority: Priority,
+    pub handler: String,
+    /// The attempt a claim of it starts.
+    pub attempt: u32,
+    pub params: Params,
+    pub inputs: Vec<(TaskId, Params)>,
+}
+
+/// One report of a worker on a transport about its claim `claimed` (the
+/// claim attempt) of `task`.
+#[derive(Clone, Debug)]
+pub struct Reported {
+    pub task: TaskId,
+    pub run: RunId,
+    pub worker: WorkerId,
+    pub claimed: u32,
+    /// The ledger's attempt for this claim, when an earlier step recorded
+    /// its start (the caller's memory of [`Heard::Started`]).
+    pub known: Option<u32>,
+    pub what: Progress,
+}
+
+/// What a [`Reported`] says.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    Started,
+    Ended {
+        answer: Answer,
+        costs: Vec<(Category, Micros)>,
+    },
+}
+
+/// What one [`Reported`] led to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// A start: recorded as the lease of this ledger attempt, or `None`
+    /// (already recorded, or no longer wanted).
+    Started(Option<u32>),
+    /// An end: what it led to, or `None` when the attempt was no longer
+    /// current (nothing recorded).
+    Ended(Option<Ended>),
 }
 
 /// A pipeline run to submit: its tenant and its `task_submitted` events.
@@ -138,6 +211,13 @@ pub enum Outcome {
     Settled(Option<Ended>),
     /// How many leases were returned.
     Expired(usize),
+    /// The tasks handed out, best first.
+    Admitted(Vec<Ticket>),
+    /// For each claim, in order: the ledger's attempt it runs and its
+    /// lease deadline, or `None` when the ledger no longer wants it.
+    Claimed(Vec<Option<(u32, Timestamp)>>),
+    /// What each report led to, in order.
+    Heard(Vec<Heard>),
 }
 
 /// Makes the decision `command` names at `now` on `step`'s state and
@@ -186,7 +266,141 @@ pub fn apply<S: Step>(
             };
             decide::expire_leases(step, lost, picks).map(Outcome::Expired)
         }
+        Command::Admit { run, max, skip } => {
+            admit(step, now, &run, max, skip, rules).map(Outcome::Admitted)
+        }
+        Command::Claim {
+            worker,
+            claims,
+            lease_micros,
+        } => {
+            let deadline = now.saturating_add_micros(lease_micros);
+            let mut claimed = Vec::with_capacity(claims.len());
+            for (task, attempt) in claims {
+                let Some((events, attempt)) =
+                    decide::claim(step.state(), &task, attempt, &worker, deadline)
+                else {
+                    claimed.push(None);
+                    continue;
+                };
+                for event in events {
+                    step.record(event)?;
+                }
+                claimed.push(Some((attempt, deadline)));
+            }
+            Ok(Outcome::Claimed(claimed))
+        }
+        Command::Heard {
+            reports,
+            lease_micros,
+        } => heard(step, now, reports, lease_micros, rules).map(Outcome::Heard),
     }
+}
+
+/// [`Command::Admit`].
+fn admit<S: Step>(
+    step: &mut S,
+    now: Timestamp,
+    run: &RunId,
+    max: usize,
+    skip: Vec<TaskId>,
+    rules: &Rules,
+) -> Result<Vec<Ticket>, S::Error> {
+    let max = max.max(1);
+    let skip: std::collections::HashSet<TaskId> = skip.into_iter().collect();
+    let state = step.state();
+    let window = max * 2 + 16 + skip.len();
+    let picked: Vec<TaskId> = next_ready_many(state, now, state.seq, &rules.queue, window, |t| {
+        &t.run == run
+    })
+    .into_iter()
+    .filter(|task| !skip.contains(*task))
+    .cloned()
+    .collect();
+    let mut tickets = Vec::new();
+    for task in &picked {
+        if tickets.len() >= max {
+            break;
+        }
+        let state = step.state();
+        let (events, params) = if admitted(state, task) {
+            (Vec::new(), decide::admitted_params(state, task))
+        } else {
+            match decide::start(state, task, None, rules) {
+                (events, Start::Run { params, .. }) => (events, Some(params)),
+                (events, _) => (events, None),
+            }
+        };
+        let ticket = match (params, state.queue.get(task)) {
+            (Some(params), Some(t)) => Some(Ticket {
+                task: task.clone(),
+                run: t.run.clone(),
+                tenant: t.tenant.clone(),
+                priority: t.priority,
+                handler: t.handler.clone(),
+                attempt: t.attempts + 1,
+                params,
+                inputs: inputs_of(state, &t.deps),
+            }),
+            _ => None,
+        };
+        for event in events {
+            step.record(event)?;
+        }
+        tickets.extend(ticket);
+    }
+    Ok(tickets)
+}
+
+/// [`Command::Heard`]: each report decided on the state the ones before it
+/// left. The ledger's attempt for a claim is the one its start recorded —
+/// in this step or, per the caller, an earlier one — or the claim attempt.
+fn heard<S: Step>(
+    step: &mut S,
+    now: Timestamp,
+    reports: Vec<Reported>,
+    lease_micros: i64,
+    rules: &Rules,
+) -> Result<Vec<Heard>, S::Error> {
+    let deadline = now.saturating_add_micros(lease_micros);
+    // (task, claim attempt) → ledger attempt, for the starts of this step.
+    let mut started: Vec<((TaskId, u32), u32)> = Vec::new();
+    let mut heard = Vec::with_capacity(reports.len());
+    for report in reports {
+        let key = (report.task.clone(), report.claimed);
+        let known = (started.iter().find(|(k, _)| *k == key).map(|(_, a)| *a)).or(report.known);
+        let (events, outcome) = match report.what {
+            // Read again after a restart or a failed acknowledgement.
+            Progress::Started if known.is_some() => (Vec::new(), Heard::Started(None)),
+            Progress::Started => {
+                let state = step.state();
+                match decide::claim(state, &report.task, report.claimed, &report.worker, deadline) {
+                    Some((events, attempt)) => {
+                        started.push((key, attempt));
+                        (events, Heard::Started(Some(attempt)))
+                    }
+                    None => (Vec::new(), Heard::Started(None)),
+                }
+            }
+            Progress::Ended { answer, costs } => {
+                let attempt = Attempt {
+                    task: &report.task,
+                    run: &report.run,
+                    worker: &report.worker,
+                    attempt: known.unwrap_or(report.claimed),
+                };
+                match decide::end_attempt(step.state(), attempt, answer, &costs, now, rules) {
+                    Some((events, ended)) => (events, Heard::Ended(Some(ended))),
+                    None => (Vec::new(), Heard::Ended(None)),
+                }
+            }
+        };
+        for event in events {
+            step.record(event)?;
+        }
+        heard.push(outcome);
+    }
+    Ok(heard)
 }
 
 /// [`Command::SubmitRuns`].

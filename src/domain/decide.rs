@@ -300,6 +300,66 @@ fn cancel(state: &State, task: &TaskId, reason: String, events: &mut Vec<Event>)
     }
 }
 
+/// The params a task admitted by an earlier step, and never started, runs
+/// with when it is handed out again (its ticket was lost on the way to the
+/// workers): its recorded learning choice and the cost agent's plan on
+/// `state`. Nothing is decided again: the reservation stands.
+pub fn admitted_params(state: &State, task: &TaskId) -> Option<Params> {
+    let t = state.queue.get(task)?;
+    let mut params = match state.learning.pending_arm(task) {
+        Some((param, value)) => super::learning::with_value(&t.params, param, value),
+        None => t.params.clone(),
+    };
+    if let Some(plan) = cost_agent::decide(state, task).and_then(|v| v.plan) {
+        params = plan.apply(&params);
+    }
+    Some(params)
+}
+
+/// A worker's claim of admitted `task` on a transport (Redis), claim
+/// attempt `claimed` — the dispatched attempt plus its redeliveries —
+/// recorded as its lease until `deadline`: the events and the ledger's
+/// attempt number; `None` when the ledger no longer wants it (a duplicate,
+/// or an attempt already past). A pending task takes its next attempt; a
+/// leased one — redelivered after its lease ran out on the transport —
+/// first records the lost lease, its reservation carried to the new
+/// attempt (or its dead letter, when that was the last attempt). A claim
+/// attempt past the ledger's next one means earlier deliveries died before
+/// announcing themselves: the ledger counts the attempts it saw.
+pub fn claim(
+    state: &State,
+    task: &TaskId,
+    claimed: u32,
+    worker: &WorkerId,
+    deadline: Timestamp,
+) -> Option<(Vec<Event>, u32)> {
+    let t = state.queue.get(task)?;
+    let attempt = t.attempts + 1;
+    if claimed < attempt {
+        return None;
+    }
+    let mut events = Vec::new();
+    match t.status {
+        TaskStatus::Pending => {}
+        TaskStatus::Leased => {
+            let lost = expire_lease(state, task, Lost::Carry);
+            let dead = (lost.iter()).any(|e| matches!(e, Event::TaskDeadLettered { .. }));
+            events.extend(lost);
+            if dead {
+                return Some((events, attempt));
+            }
+        }
+        _ => return None,
+    }
+    events.push(Event::TaskDequeued {
+        task: task.clone(),
+        worker: worker.clone(),
+        attempt,
+        lease_deadline: Some(deadline),
+    });
+    Some((events, attempt))
+}
+
 /// One attempt of a task by a worker: what a result is about.
 #[derive(Clone, Copy, Debug)]
 pub struct Attempt<'a> {

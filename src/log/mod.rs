@@ -18,5 +18,5 @@ pub mod writer;
 pub use record::{Record, ZERO_HASH};
 pub use store::{ChainBreak, Checkpoint, Head, Store, StoreError, WalkError};
 pub use writer::{
-    Append, AppendError, Draft, Durability, Ledger, LedgerOptions, OpenError, Receipt,
+    Append, AppendError, Durability, Ledger, LedgerOptions, OpenError, Receipt,
 };

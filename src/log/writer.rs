@@ -130,17 +130,12 @@ pub enum OpenError {
 
 type Query = Box<dyn FnOnce(&State, Head) + Send>;
 
-/// Decides events one at a time on a [`Draft`] of the live state; returns
-/// how to answer once they are appended.
-type Decision = Box<dyn FnOnce(&mut Draft<'_>) -> Replier + Send>;
 
 enum Msg {
     Append {
         entries: Vec<Append>,
         reply: Replier,
     },
-    /// Decide events from the live state and append them in one step.
-    Decide(Decision),
     /// Make the decisions these commands name and append them in one step.
     Commands {
         commands: Vec<Command>,
@@ -264,48 +259,6 @@ impl Ledger {
         rx.await.map_err(|_| AppendError::Closed)?
     }
 
-    /// Decides events from the live state (given the head and the wall
-    /// clock) and appends them in the same step, so no other append can
-    /// come between the decision and its record. `f` also returns a value
-    /// for the caller, handed back once the events are as durable as the
-    /// ledger promises.
-    pub async fn decide<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&State, Head, Timestamp) -> (Vec<Event>, R) + Send + 'static,
-    ) -> Result<(Receipt, R), AppendError> {
-        self.decide_each(move |draft| {
-            let (events, value) = f(draft.state(), draft.head(), draft.now());
-            for event in events {
-                if draft.push(event).is_err() {
-                    break;
-                }
-            }
-            value
-        })
-        .await
-    }
-
-    /// Like [`Ledger::decide`], but each event is applied to the live state
-    /// as it is pushed, so every later decision of the step sees it: a
-    /// decision is always made on the state just before its record, which
-    /// is what `replay --check` re-runs it on. All or nothing: if a push is
-    /// rejected, nothing of the step is appended and the caller gets the
-    /// rejection.
-    pub async fn decide_each<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Draft<'_>) -> R + Send + 'static,
-    ) -> Result<(Receipt, R), AppendError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Msg::Decide(Box::new(move |draft| {
-            let value = f(draft);
-            let answer: Replier = Box::new(move |result: Result<Receipt, AppendError>| {
-                let _ = reply.send(result.map(|receipt| (receipt, value)));
-            });
-            answer
-        })))?;
-        rx.await.map_err(|_| AppendError::Closed)?
-    }
-
     /// Makes the decisions `commands` name, in order, each on the state the
     /// ones before it left (after the budget periods due now turn), and
     /// appends their events in one step: what each decided, once the step
@@ -415,7 +368,7 @@ struct Staged {
 /// A decision step in progress on the writer's live state: each pushed
 /// event is validated and applied at once, so the next decision of the
 /// step sees it.
-pub struct Draft<'w> {
+struct Draft<'w> {
     writer: &'w mut Writer,
     group: &'w mut Group,
     now: Timestamp,
@@ -431,15 +384,6 @@ impl Draft<'_> {
     /// The live state with every event pushed so far applied.
     pub fn state(&self) -> &State {
         &self.writer.state
-    }
-
-    pub fn head(&self) -> Head {
-        self.writer.head
-    }
-
-    /// The step's time: every record of the step is stamped with it.
-    pub fn now(&self) -> Timestamp {
-        self.now
     }
 
     /// Validates `event` on the current state and applies it. After a
@@ -671,31 +615,6 @@ impl PendingAppend {
     }
 }
 
-/// The step that runs `commands` on a draft of the live state and answers
-/// with what each decided.
-fn run_commands(
-    commands: Vec<Command>,
-    rules: Rules,
-    reply: oneshot::Sender<Result<(Receipt, Vec<Outcome>), AppendError>>,
-) -> Decision {
-    Box::new(move |draft| {
-        let now = draft.now();
-        let mut outcomes = Vec::with_capacity(commands.len());
-        if decider::turn_periods(draft, now).is_ok() {
-            for command in commands {
-                match command::apply(draft, now, command, &rules) {
-                    Ok(outcome) => outcomes.push(outcome),
-                    // The step is dropped whole; the caller hears why.
-                    Err(_) => break,
-                }
-            }
-        }
-        Box::new(move |result: Result<Receipt, AppendError>| {
-            let _ = reply.send(result.map(|receipt| (receipt, outcomes)));
-        })
-    })
-}
-
 fn replier(tx: oneshot::Sender<Result<Receipt, AppendError>>) -> Replier {
     Box::new(move |result| {
         let _ = tx.send(result);
@@ -819,15 +738,12 @@ impl Writer {
                         taken += entries.len();
                         self.accept(&mut group, entries, reply);
                     }
-                    Msg::Decide(decide) => {
-                        taken += self.decide(&mut group, decide);
-                    }
                     Msg::Commands {
                         commands,
                         rules,
                         reply,
                     } => {
-                        taken += self.decide(&mut group, run_commands(commands, rules, reply));
+                        taken += self.commands(&mut group, commands, &rules, reply);
                     }
                     other => {
                         self.commit(&mut group);
@@ -893,7 +809,7 @@ impl Writer {
     /// Handles a non-append message; returns true when the writer must stop.
     fn control(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Append { .. } | Msg::Decide(_) | Msg::Commands { .. } | Msg::AppendLent { .. } => {
+            Msg::Append { .. } | Msg::Commands { .. } | Msg::AppendLent { .. } => {
                 false
             }
             Msg::Lend { reply } => {
@@ -1008,9 +924,17 @@ impl Writer {
         self.take_staged(group, start.0, count, reply);
     }
 
-    /// Runs a decision on a draft of the live state; returns how many
-    /// events it pushed.
-    fn decide(&mut self, group: &mut Group, decide: Decision) -> usize {
+    /// Makes the decisions `commands` name on a draft of the live state,
+    /// after the budget periods due now turn, and answers with what each
+    /// decided; returns how many events they pushed. All or nothing: a
+    /// rejected event drops the whole step and the caller hears why.
+    fn commands(
+        &mut self,
+        group: &mut Group,
+        commands: Vec<Command>,
+        rules: &Rules,
+        reply: oneshot::Sender<Result<(Receipt, Vec<Outcome>), AppendError>>,
+    ) -> usize {
         let poisoned = !self.begin(group);
         let start = (self.head, self.last_wall);
         let now = wall_clock().max(self.last_wall);
@@ -1023,8 +947,19 @@ impl Writer {
             failed: poisoned.then_some(None),
             cover: OverrunCover::new(),
         };
-        let reply = decide(&mut draft);
+        let mut outcomes = Vec::with_capacity(commands.len());
+        if decider::turn_periods(&mut draft, now).is_ok() {
+            for command in commands {
+                match command::apply(&mut draft, now, command, rules) {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(_) => break,
+                }
+            }
+        }
         let (pushed, failed, cover) = (draft.pushed, draft.failed, draft.cover);
+        let reply: Replier = Box::new(move |result: Result<Receipt, AppendError>| {
+            let _ = reply.send(result.map(|receipt| (receipt, outcomes)));
+        });
         let uncovered = match failed {
             None => cover.check().err(),
             Some(_) => None,

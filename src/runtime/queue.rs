@@ -2,7 +2,7 @@
 //! `MemoryQueue`, whose state is the ledger's queue projection.
 //!
 //! Every move is an event decided against the live state and appended in
-//! the same step (`Ledger::decide`): a dequeue is a `task_dequeued` with a
+//! the same step (`Ledger::commands`): a dequeue is a `task_dequeued` with a
 //! lease deadline, an ACK posts the task's costs and `task_acked`, a NACK
 //! schedules a retry with backoff and seeded jitter or dead-letters the
 //! task and cancels its dependants, an expired lease returns the task.
@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use crate::domain::command::{Command, Expiring, Outcome};
 pub use crate::domain::command::{Lease, inputs_of};
-use crate::domain::decide::{self, Answer, Ended, Rules, Start};
+use crate::domain::decide::{Answer, Ended, Rules};
 pub use crate::domain::decide::{Attempt, is_current};
 use crate::domain::limits::{EVENT_BYTES_MAX, PARAMS_BYTES_MAX};
 use crate::domain::queue::QueueCounts;
 use crate::domain::scheduler::{Lost, QueuePolicy};
-use crate::domain::{Category, Event, Micros, Params, RunId, TaskId, Timestamp, WorkerId};
+use crate::domain::{Category, Event, Micros, Params, RunId, Timestamp, WorkerId};
 use crate::log::{AppendError, Ledger};
 
 /// A finished attempt to ACK: its lease, output and costs.
@@ -37,21 +37,6 @@ pub enum NackOutcome {
     /// The lease was no longer current (it expired and the task moved on):
     /// nothing was recorded.
     Stale,
-}
-
-/// Puts ready `task` through the gate on `state` ([`decide::start`]
-/// without a lease: the Redis queue leases when a worker claims it): the
-/// events to record — with its reservation when it runs — and the params it
-/// runs with, if it runs now.
-pub(crate) fn admit(
-    state: &crate::domain::State,
-    task: &TaskId,
-    rules: &Rules,
-) -> (Vec<Event>, Option<Params>) {
-    match decide::start(state, task, None, rules) {
-        (events, Start::Run { params, .. }) => (events, Some(params)),
-        (events, _) => (events, None),
-    }
 }
 
 /// What a worker reports about its attempt.
@@ -91,7 +76,7 @@ impl Report {
 
 /// A success as the ledger can record it: with the reward its output
 /// reports, or a failure naming the limit of the ledger it passes.
-fn success(attempt: Attempt<'_>, output: Params) -> Answer {
+pub(crate) fn success(attempt: Attempt<'_>, output: Params) -> Answer {
     match answer_refusal(attempt, &output) {
         Some(error) => Answer::Failed {
             error,
@@ -104,45 +89,9 @@ fn success(attempt: Attempt<'_>, output: Params) -> Answer {
     }
 }
 
-/// A successful attempt to record: its output and what it cost.
-pub struct Acked<'a> {
-    pub attempt: Attempt<'a>,
-    pub output: Params,
-    pub costs: &'a [(Category, Micros)],
-}
-
-impl Acked<'_> {
-    /// The events that record it (settlement, learning, the ACK); `None`
-    /// when the attempt is no longer current. An answer the ledger would
-    /// refuse is never appended: past a limit of the ledger
-    /// ([`answer_refusal`]), or with costs it cannot take (past 64-bit
-    /// micros), the attempt is recorded as failed instead, with the reason,
-    /// its costs settled when the ledger can take them, and what that led
-    /// to. Every queue ends an attempt
-    /// through here or [`Failed::events`], whose events the ledger always
-    /// accepts on `state`.
-    pub fn events(
-        self,
-        state: &crate::domain::State,
-        now: Timestamp,
-        policy: &QueuePolicy,
-        seed: u64,
-    ) -> Option<(Vec<Event>, Option<NackOutcome>)> {
-        let Acked {
-            attempt,
-            output,
-            costs,
-        } = self;
-        let answer = success(attempt, output);
-        let rules = Rules::new(*policy, seed);
-        let (events, ended) = decide::end_attempt(state, attempt, answer, costs, now, &rules)?;
-        Some((events, nack_outcome(ended)))
-    }
-}
-
 /// What a NACK led to, from what the end of an attempt led to (`None` for
 /// an ACK).
-fn nack_outcome(ended: Ended) -> Option<NackOutcome> {
+pub(crate) fn nack_outcome(ended: Ended) -> Option<NackOutcome> {
     match ended {
         Ended::Acked => None,
         Ended::RetryAt(at) => Some(NackOutcome::RetryAt(at)),
@@ -494,41 +443,10 @@ pub async fn expire_due(ledger: &Ledger, rules: Rules, lost: Lost) -> Result<usi
     })
 }
 
-/// A failed attempt to record.
-pub struct Failed<'a> {
-    pub attempt: Attempt<'a>,
-    pub error: String,
-    pub timed_out: bool,
-    pub costs: &'a [(Category, Micros)],
-}
-
-impl Failed<'_> {
-    /// The events that record it at `now` (settlement, learning, then the
-    /// retry, or the dead letter and its cascade) and what it led to;
-    /// `None` when the lease is no longer current.
-    pub fn events(
-        self,
-        state: &crate::domain::State,
-        now: Timestamp,
-        policy: &QueuePolicy,
-        seed: u64,
-    ) -> Option<(Vec<Event>, NackOutcome)> {
-        let Failed {
-            attempt,
-            error,
-            timed_out,
-            costs,
-        } = self;
-        let rules = Rules::new(*policy, seed);
-        let answer = Answer::Failed { error, timed_out };
-        let (events, ended) = decide::end_attempt(state, attempt, answer, costs, now, &rules)?;
-        Some((events, nack_outcome(ended).unwrap_or(NackOutcome::Stale)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::TaskId;
 
     #[test]
     fn an_answer_past_a_limit_of_the_ledger_is_refused_naming_it() {

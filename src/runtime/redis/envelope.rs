@@ -123,6 +123,18 @@ pub struct TaskResult {
     pub outcome: Outcome,
 }
 
+impl TaskResult {
+    /// The attempt it reports on, numbered as claimed.
+    pub fn attempt_of(&self) -> crate::domain::decide::Attempt<'_> {
+        crate::domain::decide::Attempt {
+            task: &self.task,
+            run: &self.run,
+            worker: &self.worker,
+            attempt: self.attempt,
+        }
+    }
+}
+
 /// A result read from the results stream, to acknowledge once appended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResultEntry {

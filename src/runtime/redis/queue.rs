@@ -22,15 +22,17 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 
 use super::{Claimed, Outcome, Receipt, RedisError, RedisStreams, TaskEnvelope, TaskResult};
-use crate::domain::decide::Rules;
+use crate::domain::command::{
+    Command, Heard, Outcome as CommandOutcome, Progress, Reported, Ticket,
+};
+use crate::domain::decide::{Answer, Rules};
 use crate::domain::governance::admitted;
-use crate::domain::queue::{QueueCounts, TaskStatus};
-use crate::domain::scheduler::{Lost, QueuePolicy, expire_lease, next_ready_many};
-use crate::domain::{Category, Event, Micros, RunId, State, TaskId, Timestamp, WorkerId};
+use crate::domain::queue::QueueCounts;
+use crate::domain::scheduler::{Lost, QueuePolicy};
+use crate::domain::{Category, Event, Micros, RunId, TaskId, WorkerId};
 use crate::log::Ledger;
 use crate::runtime::queue::{
-    Acked, Attempt, Done, Failed, Lease, NackOutcome, QueueError, Report, TaskQueue, admit,
-    inputs_of,
+    Done, Lease, NackOutcome, QueueError, Report, TaskQueue, nack_outcome, success,
 };
 
 /// The coordinator's consumer name on the results stream.
@@ -56,6 +58,8 @@ pub struct RedisQueue {
     /// Envelopes admitted in the ledger and not yet on the streams (Redis
     /// was away): sent first by the next dispatch, never admitted twice.
     unsent: Arc<tokio::sync::Mutex<Vec<TaskEnvelope>>>,
+    /// One dispatch at a time: each passes over what the last handed out.
+    dispatching: Arc<tokio::sync::Mutex<()>>,
     /// One reader of the results at a time: a worker's announcement and
     /// its result must be recorded in the order they were reported.
     applying: Arc<tokio::sync::Mutex<()>>,
@@ -91,6 +95,7 @@ impl RedisQueue {
             claims: Arc::default(),
             receipts: Arc::default(),
             unsent: Arc::default(),
+            dispatching: Arc::default(),
             applying: Arc::default(),
             timeout_ms: 0,
         })
@@ -181,82 +186,35 @@ impl RedisQueue {
     }
 
     /// Puts up to `max` ready tasks of `run` through the gate in one
-    /// ledger step and their envelopes onto the streams.
+    /// ledger step ([`Command::Admit`]) and their envelopes onto the
+    /// streams.
     async fn dispatch(&self, run: &RunId, max: usize, lease: Duration) -> Result<(), QueueError> {
-        let (run, policy, seed, timeout_ms) =
-            (run.clone(), self.policy, self.seed, self.timeout_ms);
+        // One dispatch at a time: the tasks handed out by one are passed
+        // over by the next, never sent twice.
+        let _one = self.dispatching.lock().await;
         // An envelope may not hold its entry longer than the transport's lease.
         let lease = lease.min(self.streams.config().lease);
-        let dispatched = Arc::clone(&self.dispatched);
-        let rules = Rules::new(policy, seed);
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-        let (_, envelopes) = self
-            .ledger
-            .decide_each(move |draft| {
-                if !turn_periods(draft) {
-                    return Vec::new();
-                }
-                let mut dispatched = lock(&dispatched);
-                let window = max.max(1) * 2 + 16;
-                let picked: Vec<TaskId> = next_ready_many(
-                    draft.state(),
-                    draft.now(),
-                    draft.head().seq,
-                    &policy,
-                    window + dispatched.len(),
-                    |t| t.run == run,
-                )
-                .into_iter()
-                .filter(|task| !dispatched.contains_key(*task))
-                .cloned()
-                .collect();
-                let mut envelopes = Vec::new();
-                for task in &picked {
-                    if envelopes.len() >= max.max(1) {
-                        break;
-                    }
-                    let mut events = Vec::new();
-                    let state = draft.state();
-                    if admitted(state, task) {
-                        // Admitted by an earlier dispatch whose envelope was
-                        // lost: send it again as admitted, nothing recorded.
-                        if let Some(envelope) = resend(state, task, lease_ms, seed, timeout_ms) {
-                            dispatched.insert(task.clone(), std::time::Instant::now());
-                            envelopes.push(envelope);
-                        }
-                        continue;
-                    }
-                    let (admitted_events, runs) = admit(state, task, &rules);
-                    events.extend(admitted_events);
-                    let envelope = match (runs, state.queue.get(task)) {
-                        (Some(params), Some(t)) => Some(TaskEnvelope {
-                            task: task.clone(),
-                            attempt: t.attempts + 1,
-                            run: t.run.clone(),
-                            tenant: t.tenant.clone(),
-                            priority: t.priority,
-                            handler: t.handler.clone(),
-                            params,
-                            inputs: inputs_of(state, &t.deps),
-                            lease_ms,
-                            seed,
-                            timeout_ms,
-                        }),
-                        _ => None,
-                    };
-                    for event in events {
-                        if draft.push(event).is_err() {
-                            return Vec::new();
-                        }
-                    }
-                    if let Some(envelope) = envelope {
-                        dispatched.insert(task.clone(), std::time::Instant::now());
-                        envelopes.push(envelope);
-                    }
-                }
-                envelopes
-            })
-            .await?;
+        let skip = lock(&self.dispatched).keys().cloned().collect();
+        let admit = Command::Admit {
+            run: run.clone(),
+            max,
+            skip,
+        };
+        let tickets = match self.step(admit).await? {
+            CommandOutcome::Admitted(tickets) => tickets,
+            other => unreachable!("an admission answered {other:?}"),
+        };
+        let envelopes = {
+            let mut dispatched = lock(&self.dispatched);
+            let now = std::time::Instant::now();
+            (tickets.into_iter())
+                .map(|ticket| {
+                    dispatched.insert(ticket.task.clone(), now);
+                    self.envelope(ticket, lease_ms)
+                })
+                .collect::<Vec<_>>()
+        };
         let mut unsent = self.unsent.lock().await;
         unsent.extend(envelopes);
         if !unsent.is_empty() {
@@ -268,65 +226,74 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// The envelope that carries `ticket` to the workers.
+    fn envelope(&self, ticket: Ticket, lease_ms: u64) -> TaskEnvelope {
+        TaskEnvelope {
+            task: ticket.task,
+            attempt: ticket.attempt,
+            run: ticket.run,
+            tenant: ticket.tenant,
+            priority: ticket.priority,
+            handler: ticket.handler,
+            params: ticket.params,
+            inputs: ticket.inputs,
+            lease_ms,
+            seed: self.seed,
+            timeout_ms: self.timeout_ms,
+        }
+    }
+
+    /// Makes the decision `command` names in one ledger step.
+    async fn step(&self, command: Command) -> Result<CommandOutcome, QueueError> {
+        let rules = Rules::new(self.policy, self.seed);
+        let (_, mut outcomes) = self.ledger.commands(rules, vec![command]).await?;
+        Ok(outcomes.pop().expect("a step answers each of its commands"))
+    }
+
     /// Records the claimed attempts as leases of `worker` in one ledger
-    /// step; a claim the ledger no longer wants (a stale redelivery) is
-    /// reported back so Redis forgets it.
+    /// step ([`Command::Claim`]); a claim the ledger no longer wants (a
+    /// stale redelivery) is reported back so Redis forgets it.
     async fn start(
         &self,
         worker: &WorkerId,
         claimed: Vec<Claimed>,
     ) -> Result<Vec<Lease>, QueueError> {
-        let worker = worker.clone();
-        let dispatched = Arc::clone(&self.dispatched);
-        let lease = self.ledger_lease();
-        let (_, (leases, stale)) = self
-            .ledger
-            .decide_each(move |draft| {
-                let mut leases = Vec::new();
-                let mut stale = Vec::new();
-                if !turn_periods(draft) {
-                    return (leases, claimed);
-                }
-                let mut dispatched = lock(&dispatched);
-                for claim in claimed {
-                    let attempt = claim.attempt();
-                    let deadline = draft.now().saturating_add_micros(lease);
-                    let started = started_events(
-                        draft.state(),
-                        &claim.envelope.task,
-                        attempt,
-                        &worker,
-                        deadline,
-                    );
-                    let Some((events, attempt)) = started else {
-                        stale.push(claim);
-                        continue;
-                    };
-                    for event in events {
-                        if draft.push(event).is_err() {
-                            return (Vec::new(), Vec::new());
-                        }
-                    }
-                    dispatched.remove(&claim.envelope.task);
-                    let e = claim.envelope;
-                    leases.push((
-                        Lease {
-                            task: e.task,
-                            run: e.run,
-                            tenant: e.tenant,
-                            worker: worker.clone(),
-                            attempt,
-                            deadline,
-                            handler: e.handler,
-                            params: e.params,
-                            inputs: e.inputs,
-                        },
-                        claim.receipt,
-                    ));
-                }
-                (leases, stale)
-            })
-            .await?;
+        let claim = Command::Claim {
+            worker: worker.clone(),
+            claims: (claimed.iter())
+                .map(|c| (c.envelope.task.clone(), c.attempt()))
+                .collect(),
+            lease_micros: self.ledger_lease(),
+        };
+        let answers = match self.step(claim).await? {
+            CommandOutcome::Claimed(answers) => answers,
+            other => unreachable!("a claim answered {other:?}"),
+        };
+        let mut leases = Vec::new();
+        let mut stale = Vec::new();
+        {
+            let mut dispatched = lock(&self.dispatched);
+            for (claim, answer) in claimed.into_iter().zip(answers) {
+                let Some((attempt, deadline)) = answer else {
+                    stale.push(claim);
+                    continue;
+                };
+                dispatched.remove(&claim.envelope.task);
+                let e = claim.envelope;
+                let lease = Lease {
+                    task: e.task,
+                    run: e.run,
+                    tenant: e.tenant,
+                    worker: worker.clone(),
+                    attempt,
+                    deadline,
+                    handler: e.handler,
+                    params: e.params,
+                    inputs: e.inputs,
+                };
+                leases.push((lease, claim.receipt));
+            }
+        }
         if !stale.is_empty() {
             let reports: Vec<(Receipt, TaskResult)> = stale
                 .iter()
@@ -453,118 +420,73 @@ impl RedisQueue {
 }
 
 impl RedisQueue {
-    /// Records reported results in one ledger step, each on the state the
-    /// ones before it left, deduplicated by (task, attempt). The attempt
-    /// bookkeeping changes only once the step is in the ledger.
+    /// Records reported results in one ledger step ([`Command::Heard`]),
+    /// each on the state the ones before it left, deduplicated by (task,
+    /// attempt). The attempt bookkeeping changes only once the step is in
+    /// the ledger.
     async fn record(
         &self,
         results: Vec<TaskResult>,
     ) -> Result<Vec<((TaskId, u32), NackOutcome)>, QueueError> {
-        let (policy, seed) = (self.policy, self.seed);
-        let lease = self.ledger_lease();
-        let known = Arc::clone(&self.claims);
-        let (_, (decided, started, finished)) = self
-            .ledger
-            .decide_each(move |draft| {
-                let mut decided = Vec::new();
-                // (claim, ledger attempt) of the leases this step records,
-                // and the claims whose results it records.
-                let mut started: Vec<((TaskId, u32), u32)> = Vec::new();
-                let mut finished: Vec<(TaskId, u32)> = Vec::new();
-                if !turn_periods(draft) {
-                    return (decided, started, finished);
-                }
-                let ledger_attempt_of = |key: &(TaskId, u32), started: &[((TaskId, u32), u32)]| {
-                    started
-                        .iter()
-                        .find(|(k, _)| k == key)
-                        .map(|(_, a)| *a)
-                        .or_else(|| lock(&known).get(key).copied())
-                };
-                for result in results {
-                    let key = (result.task.clone(), result.attempt);
-                    // The ledger's attempt for this claim (the same unless
-                    // earlier deliveries died unannounced).
-                    let ledger_attempt =
-                        ledger_attempt_of(&key, &started).unwrap_or(result.attempt);
-                    let attempt = Attempt {
-                        task: &result.task,
-                        run: &result.run,
-                        worker: &result.worker,
-                        attempt: ledger_attempt,
-                    };
-                    let (events, outcome) = match &result.outcome {
-                        // Read again after a restart or a failed
-                        // acknowledgement: already recorded.
-                        Outcome::Started if ledger_attempt_of(&key, &started).is_some() => {
-                            (None, None)
-                        }
-                        // A remote worker started it: its lease.
-                        Outcome::Started => {
-                            let deadline = draft.now().saturating_add_micros(lease);
-                            let lease = started_events(
-                                draft.state(),
-                                &result.task,
-                                result.attempt,
-                                &result.worker,
-                                deadline,
-                            );
-                            let events = lease.map(|(events, ledger_attempt)| {
-                                started.push((key.clone(), ledger_attempt));
-                                events
-                            });
-                            (events, None)
-                        }
-                        Outcome::Ack { output, costs } => {
-                            finished.push(key.clone());
-                            let acked = Acked {
-                                attempt,
-                                output: output.clone(),
-                                costs,
-                            };
-                            match acked.events(draft.state(), draft.now(), &policy, seed) {
-                                Some((events, outcome)) => (Some(events), outcome),
-                                None => (None, None),
-                            }
-                        }
+        let reports = {
+            let claims = lock(&self.claims);
+            (results.iter())
+                .map(|result| Reported {
+                    task: result.task.clone(),
+                    run: result.run.clone(),
+                    worker: result.worker.clone(),
+                    claimed: result.attempt,
+                    known: claims.get(&(result.task.clone(), result.attempt)).copied(),
+                    what: match &result.outcome {
+                        Outcome::Started => Progress::Started,
+                        Outcome::Ack { output, costs } => Progress::Ended {
+                            answer: success(result.attempt_of(), output.clone()),
+                            costs: costs.clone(),
+                        },
                         Outcome::Nack {
                             error,
                             timed_out,
                             costs,
-                        } => {
-                            finished.push(key.clone());
-                            let failed = Failed {
-                                attempt,
+                        } => Progress::Ended {
+                            answer: Answer::Failed {
                                 error: error.clone(),
                                 timed_out: *timed_out,
-                                costs,
-                            };
-                            match failed.events(draft.state(), draft.now(), &policy, seed) {
-                                Some((events, outcome)) => (Some(events), Some(outcome)),
-                                None => (None, Some(NackOutcome::Stale)),
-                            }
-                        }
-                    };
-                    for event in events.into_iter().flatten() {
-                        if draft.push(event).is_err() {
-                            return (Vec::new(), Vec::new(), Vec::new());
-                        }
-                    }
-                    if let Some(outcome) = outcome {
-                        decided.push(((result.task.clone(), result.attempt), outcome));
-                    }
-                }
-                (decided, started, finished)
-            })
-            .await?;
+                            },
+                            costs: costs.clone(),
+                        },
+                    },
+                })
+                .collect()
+        };
+        let command = Command::Heard {
+            reports,
+            lease_micros: self.ledger_lease(),
+        };
+        let heard = match self.step(command).await? {
+            CommandOutcome::Heard(heard) => heard,
+            other => unreachable!("results answered {other:?}"),
+        };
+        let mut decided = Vec::new();
         let mut claims = lock(&self.claims);
         let mut dispatched = lock(&self.dispatched);
-        for (key, ledger_attempt) in started {
-            dispatched.remove(&key.0);
-            claims.insert(key, ledger_attempt);
-        }
-        for key in finished {
-            claims.remove(&key);
+        for (result, heard) in results.into_iter().zip(heard) {
+            let key = (result.task, result.attempt);
+            let failed = matches!(result.outcome, Outcome::Nack { .. });
+            match heard {
+                Heard::Started(Some(attempt)) => {
+                    dispatched.remove(&key.0);
+                    claims.insert(key, attempt);
+                }
+                Heard::Started(None) => {}
+                Heard::Ended(ended) => {
+                    claims.remove(&key);
+                    match ended.and_then(nack_outcome) {
+                        Some(outcome) => decided.push((key, outcome)),
+                        None if failed => decided.push((key, NackOutcome::Stale)),
+                        None => {}
+                    }
+                }
+            }
         }
         Ok(decided)
     }
@@ -580,84 +502,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The envelope of an admitted task sent again: its params with the
-/// recorded learning choice and today's degradation plan.
-fn resend(
-    state: &State,
-    task: &TaskId,
-    lease_ms: u64,
-    seed: u64,
-    timeout_ms: u64,
-) -> Option<TaskEnvelope> {
-    let t = state.queue.get(task)?;
-    let mut params = match state.learning.pending_arm(task) {
-        Some((param, value)) => crate::domain::learning::with_value(&t.params, param, value),
-        None => t.params.clone(),
-    };
-    if let Some(plan) = crate::domain::cost_agent::decide(state, task).and_then(|v| v.plan) {
-        params = plan.apply(&params);
-    }
-    Some(TaskEnvelope {
-        task: task.clone(),
-        attempt: t.attempts + 1,
-        run: t.run.clone(),
-        tenant: t.tenant.clone(),
-        priority: t.priority,
-        handler: t.handler.clone(),
-        params,
-        inputs: inputs_of(state, &t.deps),
-        lease_ms,
-        seed,
-        timeout_ms,
-    })
-}
-
-/// The events that record a claim of `task` (claim attempt `claimed`:
-/// the envelope's attempt plus its redeliveries) as the task's lease by
-/// `worker`, with the ledger's attempt number; `None` when the ledger no
-/// longer wants it (a duplicate, or an attempt already past). A pending
-/// task takes its next attempt; a leased one — a redelivery after its
-/// lease ran out in Redis — first records the lost lease (or its dead
-/// letter, when that was the last attempt). A claim attempt past the
-/// ledger's next one means earlier deliveries died before announcing
-/// themselves: the ledger counts the attempts it saw.
-fn started_events(
-    state: &State,
-    task: &TaskId,
-    claimed: u32,
-    worker: &WorkerId,
-    deadline: Timestamp,
-) -> Option<(Vec<Event>, u32)> {
-    let t = state.queue.get(task)?;
-    let attempt = t.attempts + 1;
-    if claimed < attempt {
-        return None;
-    }
-    let mut events = Vec::new();
-    match t.status {
-        TaskStatus::Pending => {}
-        TaskStatus::Leased => {
-            // The redelivered attempt runs on the lost one's reservation.
-            let lost = expire_lease(state, task, Lost::Carry);
-            let dead = lost
-                .iter()
-                .any(|e| matches!(e, Event::TaskDeadLettered { .. }));
-            events.extend(lost);
-            if dead {
-                return Some((events, attempt));
-            }
-        }
-        _ => return None,
-    }
-    events.push(Event::TaskDequeued {
-        task: task.clone(),
-        worker: worker.clone(),
-        attempt,
-        lease_deadline: Some(deadline),
-    });
-    Some((events, attempt))
 }
 
 impl TaskQueue for RedisQueue {
@@ -750,12 +594,4 @@ impl TaskQueue for RedisQueue {
             .query_async(|state, _| state.queue.counts())
             .await?)
     }
-}
-
-/// Pushes the budget period resets due now, first in a step, so that no
-/// decision of the step is made on a period that is over. False if the
-/// step was dropped.
-fn turn_periods(draft: &mut crate::log::Draft<'_>) -> bool {
-    let now = draft.now();
-    crate::domain::decide::turn_periods(draft, now).is_ok()
 }
