@@ -4,6 +4,9 @@
 
 mod support;
 
+use runledger::domain::command::{Command, Outcome};
+use runledger::domain::decide::Rules;
+use runledger::domain::scheduler::QueuePolicy;
 use std::ops::ControlFlow;
 
 use proptest::prelude::*;
@@ -519,7 +522,8 @@ fn a_step_recording_an_overrun_without_its_cost_is_dropped_whole() {
         amount_micros: Micros(amount),
     };
     let lone = overrun.clone();
-    let refused = rt.block_on(ledger.decide_each(move |draft| draft.push(lone).is_ok()));
+    let rules = || Rules::new(QueuePolicy::default(), 1);
+    let refused = rt.block_on(ledger.commands(rules(), vec![Command::Record(vec![lone])]));
     assert!(
         matches!(
             &refused,
@@ -534,12 +538,9 @@ fn a_step_recording_an_overrun_without_its_cost_is_dropped_whole() {
         .query(|state, head| (head.seq, state.tenants.get(&"acme".into()).unwrap().overrun))
         .unwrap();
     assert_eq!((head, overrun_seen), (4, false));
-    let (receipt, pushed) =
-        rt.block_on(ledger.decide_each(move |draft| {
-            draft.push(overrun).is_ok() && draft.push(cost(150)).is_ok()
-        }))
-        .unwrap();
-    assert!(pushed);
+    let step = vec![Command::Record(vec![overrun, cost(150)])];
+    let (receipt, outcomes) = rt.block_on(ledger.commands(rules(), step)).unwrap();
+    assert_eq!(outcomes, vec![Outcome::Recorded]);
     assert_eq!((receipt.first_seq, receipt.last_seq), (5, 6));
     ledger.close().unwrap();
 }
@@ -635,4 +636,54 @@ fn a_lent_state_dropped_midway_is_refolded_from_the_log() {
     ledger.close().unwrap();
     let folded = replay::fold(&Store::open(dir.path(), false).unwrap(), None).unwrap();
     assert_eq!(folded.state.tenants.sorted().len(), 2);
+}
+
+/// The writer's inbox is bounded ([`INBOX_MESSAGES`]): senders past it
+/// wait for the writer instead of queueing without end, and every one of
+/// them is appended, in the order sent — from blocking and async senders
+/// at once.
+#[test]
+fn senders_past_the_inbox_capacity_wait_and_are_all_appended_in_order() {
+    use runledger::log::writer::INBOX_MESSAGES;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open_ledger(dir.path());
+    let n = 3 * INBOX_MESSAGES;
+    let pending: Vec<_> = (0..n)
+        .map(|i| {
+            let event = tenant(&format!("t{i}"), 1_000);
+            ledger.append_pipelined(vec![event.into()]).unwrap()
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let asynchronous = rt.spawn({
+        let ledger = ledger.clone();
+        async move {
+            let sends = (0..n).map(|i| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    let event = tenant(&format!("a{i}"), 1_000);
+                    ledger.append_async(vec![event.into()]).await
+                })
+            });
+            let mut receipts = Vec::new();
+            for send in sends.collect::<Vec<_>>() {
+                receipts.push(send.await.unwrap().unwrap());
+            }
+            receipts
+        }
+    });
+    let seqs: Vec<u64> = (pending.into_iter())
+        .map(|p| p.wait().unwrap().first_seq)
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "pipelined appends out of order");
+    let receipts = rt.block_on(asynchronous).unwrap();
+    assert_eq!(receipts.len(), n);
+    let (head, tenants) = ledger
+        .query(|state, head| (head.seq, state.tenants.sorted().len()))
+        .unwrap();
+    assert_eq!((head, tenants), (2 * n as u64, 2 * n));
+    ledger.close().unwrap();
 }

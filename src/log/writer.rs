@@ -38,6 +38,15 @@ use crate::log::replay;
 /// Most events one commit group takes before writing.
 pub const MAX_GROUP_EVENTS: usize = 64 * 1024;
 
+/// Messages the writer's inbox holds: a sender past it waits (a blocking
+/// call blocks, an async one yields) until the writer catches up. The
+/// capacity is the backpressure on everything that appends.
+pub const INBOX_MESSAGES: usize = 1024;
+
+/// Groups handed to the syncer and not yet flushed: past it the writer
+/// waits for the disk.
+const SYNC_GROUPS: usize = 64;
+
 /// When an append counts as done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -169,7 +178,7 @@ enum Msg {
 /// [`Ledger::close`] is called or the last handle is dropped.
 #[derive(Clone)]
 pub struct Ledger {
-    tx: mpsc::Sender<Msg>,
+    tx: flume::Sender<Msg>,
     thread: std::sync::Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -180,7 +189,7 @@ impl Ledger {
     pub fn open(dir: &Path, options: LedgerOptions) -> Result<Ledger, OpenError> {
         let store = Arc::new(Store::open(dir, options.create)?);
         let folded = replay::fold_and_index(&store)?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = flume::bounded(INBOX_MESSAGES);
         let io_error = |source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
@@ -216,8 +225,14 @@ impl Ledger {
         })
     }
 
+    /// Sends `msg`, blocking while the inbox is full.
     fn send(&self, msg: Msg) -> Result<(), AppendError> {
         self.tx.send(msg).map_err(|_| AppendError::Closed)
+    }
+
+    /// Sends `msg`, yielding while the inbox is full.
+    async fn send_async(&self, msg: Msg) -> Result<(), AppendError> {
+        self.tx.send_async(msg).await.map_err(|_| AppendError::Closed)
     }
 
     /// Appends a batch atomically; returns once it is as durable as the
@@ -252,10 +267,11 @@ impl Ledger {
 
     pub async fn append_async(&self, entries: Vec<Append>) -> Result<Receipt, AppendError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Append {
+        self.send_async(Msg::Append {
             entries,
             reply: replier(reply),
-        })?;
+        })
+        .await?;
         rx.await.map_err(|_| AppendError::Closed)?
     }
 
@@ -270,11 +286,12 @@ impl Ledger {
         commands: Vec<Command>,
     ) -> Result<(Receipt, Vec<Outcome>), AppendError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Commands {
+        self.send_async(Msg::Commands {
             commands,
             rules,
             reply,
-        })?;
+        })
+        .await?;
         rx.await.map_err(|_| AppendError::Closed)?
     }
 
@@ -314,9 +331,10 @@ impl Ledger {
         f: impl FnOnce(&State, Head) -> R + Send + 'static,
     ) -> Result<R, AppendError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Query(Box::new(move |state, head| {
+        self.send_async(Msg::Query(Box::new(move |state, head| {
             let _ = reply.send(f(state, head));
-        })))?;
+        })))
+        .await?;
         rx.await.map_err(|_| AppendError::Closed)
     }
 
@@ -627,7 +645,7 @@ type Reply = (Replier, Receipt);
 /// once flushed; under `batch` the writer has answered them and sends an
 /// empty list, and the thread flushes at most once a `pace`.
 struct Syncer {
-    tx: mpsc::Sender<Vec<Reply>>,
+    tx: mpsc::SyncSender<Vec<Reply>>,
     thread: JoinHandle<()>,
     /// Set when a flush failed: the writer refuses further appends.
     failed: Arc<Mutex<Option<String>>>,
@@ -635,7 +653,7 @@ struct Syncer {
 
 impl Syncer {
     fn start(store: Arc<Store>, pace: Duration) -> std::io::Result<Syncer> {
-        let (tx, rx) = mpsc::channel::<Vec<Reply>>();
+        let (tx, rx) = mpsc::sync_channel::<Vec<Reply>>(SYNC_GROUPS);
         let failed = Arc::new(Mutex::new(None));
         let flag = Arc::clone(&failed);
         let thread = std::thread::Builder::new()
@@ -708,7 +726,7 @@ fn wall_clock() -> Timestamp {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+    fn run(mut self, rx: flume::Receiver<Msg>) {
         loop {
             let held = if self.lent {
                 None
@@ -1140,7 +1158,16 @@ impl Writer {
             }
         }
         if let Some(syncer) = &self.syncer {
-            if let Err(mpsc::SendError(replies)) = syncer.tx.send(replies) {
+            let sent = if replies.is_empty() {
+                // Under `batch`: a flush already due covers this group too.
+                match syncer.tx.try_send(replies) {
+                    Err(mpsc::TrySendError::Disconnected(replies)) => Err(replies),
+                    _ => Ok(()),
+                }
+            } else {
+                syncer.tx.send(replies).map_err(|mpsc::SendError(replies)| replies)
+            };
+            if let Err(replies) = sent {
                 for (reply, _) in replies {
                     reply(Err(AppendError::Storage("the syncer stopped".to_owned())));
                 }
