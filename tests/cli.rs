@@ -389,6 +389,10 @@ fn bench_distributed_reports_every_worker_count_beside_its_baselines() {
     ] {
         assert!(report[field].as_f64().unwrap() > 0.0, "{field}: {last}");
     }
+    // Every single-task run's dispatch is measured; latencies are ordered.
+    assert_eq!(report["dispatch_samples"], 200, "{last}");
+    let (p50, p99) = (report["dispatch_p50_us"].as_u64(), report["dispatch_p99_us"].as_u64());
+    assert!(p50.unwrap() <= p99.unwrap(), "{last}");
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "{last}");
     for (run, k) in runs.iter().zip([1, 2]) {

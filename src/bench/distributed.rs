@@ -32,6 +32,10 @@ use crate::workload::Workload;
 
 /// Entries per pipeline / read in the raw baseline (as `bench redis`).
 const RAW_BATCH: usize = 256;
+/// Single-task runs the dispatch latency is measured over, and the gap
+/// between their arrivals: long enough for the engine to be idle at each.
+const DISPATCH_RUNS: u64 = 200;
+const DISPATCH_GAP_MS: u64 = 10;
 /// Workers exit after this long with nothing to claim.
 const IDLE_EXIT_SEC: u64 = 2;
 
@@ -93,6 +97,12 @@ pub struct DistributedBenchReport {
     /// is answered).
     pub memory_always_tasks_per_sec: f64,
     pub memory_always_cores: f64,
+    /// Dispatch latency on an idle engine (in-memory queue): from a task's
+    /// `task_submitted` record to its handler's start, over
+    /// `dispatch_samples` single-task runs arriving `DISPATCH_GAP_MS` apart.
+    pub dispatch_p50_us: u64,
+    pub dispatch_p99_us: u64,
+    pub dispatch_samples: usize,
     /// `coordinator_us_per_task` of the last (largest) Redis row.
     pub coordinator_us_per_task: f64,
     pub runs: Vec<DistributedRow>,
@@ -101,6 +111,16 @@ pub struct DistributedBenchReport {
 /// The workload: `tasks` one-node pipelines of a `sim` step that sleeps
 /// no time and never fails, no cost ceiling, one tenant with a huge budget.
 pub fn workload_toml(tasks: u64, num_workers: u32, max_concurrency: u32) -> String {
+    arriving_workload_toml(tasks, num_workers, max_concurrency, 0)
+}
+
+/// [`workload_toml`] with the runs arriving `interval_ms` apart.
+fn arriving_workload_toml(
+    tasks: u64,
+    num_workers: u32,
+    max_concurrency: u32,
+    interval_ms: u64,
+) -> String {
     format!(
         r#"seed = 7
 run = "bench-distributed"
@@ -123,7 +143,7 @@ nodes = [
 tenant = "bench"
 pipeline = "noop"
 runs = {tasks}
-interval_ms = 0
+interval_ms = {interval_ms}
 "#,
         runs = tasks.clamp(1, u64::from(u32::MAX)),
     )
@@ -331,6 +351,9 @@ pub fn run_distributed_bench(
     progress("baseline: the in-memory queue, `always` durability");
     let (memory_always_rate, memory_always_cores) = memory(Durability::Always)?;
 
+    progress("dispatch latency: the in-memory queue, idle");
+    let dispatch = measure_dispatch(&runtime, &scratch.path().join("dispatch"), config.durability)?;
+
     let mut runs = Vec::new();
     for &k in &config.workers {
         progress(&format!(
@@ -427,6 +450,9 @@ pub fn run_distributed_bench(
         memory_cores,
         memory_always_tasks_per_sec: memory_always_rate,
         memory_always_cores,
+        dispatch_p50_us: dispatch.percentile(50),
+        dispatch_p99_us: dispatch.percentile(99),
+        dispatch_samples: dispatch.0.len(),
         coordinator_us_per_task: runs.last().map_or(0.0, |r| r.coordinator_us_per_task),
         runs,
     })
@@ -459,4 +485,102 @@ fn measure_memory(
     ledger.close()?;
     check_report(&report, tasks, "in-memory queue")?;
     Ok((per_sec(tasks, elapsed), cores))
+}
+
+/// Dispatch latencies in micros, sorted.
+struct Latencies(Vec<u64>);
+
+impl Latencies {
+    /// The `p`-th percentile (nearest rank).
+    fn percentile(&self, p: usize) -> u64 {
+        let n = self.0.len();
+        if n == 0 {
+            return 0;
+        }
+        let rank = (p * n).div_ceil(100).clamp(1, n);
+        self.0[rank - 1]
+    }
+}
+
+/// The `sim` handler, noting when each attempt starts (wall clock, micros).
+struct Probe {
+    started: std::sync::Arc<std::sync::Mutex<Vec<(crate::domain::TaskId, i64)>>>,
+}
+
+impl crate::runtime::handler::Handler for Probe {
+    fn run<'a>(
+        &'a self,
+        ctx: &'a crate::runtime::handler::TaskContext,
+    ) -> crate::runtime::handler::HandlerFuture<'a> {
+        let now = wall_micros();
+        if let Ok(mut started) = self.started.lock() {
+            started.push((ctx.task.clone(), now));
+        }
+        crate::runtime::handler::SimHandler.run(ctx)
+    }
+}
+
+fn wall_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Single-task runs arriving [`DISPATCH_GAP_MS`] apart through the
+/// in-memory queue: for each, the time from its `task_submitted` record
+/// (stamped when the writer takes the submission) to its handler's start.
+fn measure_dispatch(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    durability: Durability,
+) -> anyhow::Result<Latencies> {
+    let text = arriving_workload_toml(DISPATCH_RUNS, 2, 4, DISPATCH_GAP_MS);
+    let workload = Workload::parse("bench-dispatch.toml", &text)?;
+    let started = std::sync::Arc::default();
+    let mut handlers = Handlers::builtin();
+    handlers.register(
+        "sim",
+        Probe {
+            started: std::sync::Arc::clone(&started),
+        },
+    );
+    let ledger = scratch_ledger(dir, durability)?;
+    let report = runtime.block_on(run_live(
+        &ledger,
+        &workload,
+        &RunOptions::default(),
+        &handlers,
+        false,
+        &mut |_, _| {},
+    ))?;
+    ledger.close()?;
+    check_report(&report, DISPATCH_RUNS, "dispatch latency")?;
+    let mut submitted = std::collections::HashMap::new();
+    let store = crate::log::Store::open_read(dir)?;
+    let mut bad = None;
+    store.walk(1, |raw| {
+        match crate::log::store::decode_record(raw) {
+            Ok(record) => {
+                if let crate::domain::Event::TaskSubmitted { task, .. } = record.event {
+                    submitted.insert(task, record.recorded_at.0);
+                }
+            }
+            Err(why) => bad = Some(why),
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    if let Some(why) = bad {
+        bail!("the dispatch ledger does not decode: {why}");
+    }
+    let started = std::mem::take(&mut *started.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let mut latencies: Vec<u64> = (started.into_iter())
+        .filter_map(|(task, at)| Some(at.saturating_sub(*submitted.get(&task)?).max(0) as u64))
+        .collect();
+    ensure!(
+        latencies.len() as u64 >= DISPATCH_RUNS,
+        "{} of {DISPATCH_RUNS} dispatches were seen",
+        latencies.len()
+    );
+    latencies.sort_unstable();
+    Ok(Latencies(latencies))
 }
