@@ -27,6 +27,7 @@ use crate::domain::command::{
 };
 use crate::domain::decide::{Answer, Rules};
 use crate::domain::governance::admitted;
+use crate::domain::limits::check_id;
 use crate::domain::queue::QueueCounts;
 use crate::domain::scheduler::{Lost, QueuePolicy};
 use crate::domain::{Category, Event, Micros, RunId, TaskId, WorkerId};
@@ -389,11 +390,12 @@ impl RedisQueue {
             }
             let results: Vec<TaskResult> = entries.iter().map(|e| e.result.clone()).collect();
             let decided = match self.record(results.clone()).await {
-                // The ledger refused one of them (an empty worker id; an
-                // answer it would refuse is already a failed attempt, by
-                // `Acked::events`): record them one by one; a result that
-                // cannot be recorded is dropped with a warning, never left
-                // to block the results behind it.
+                // The ledger refused one of them, which no result it can
+                // be sent should do (a worker id it cannot take is dropped
+                // first, an answer it would refuse is already a failed
+                // attempt): record them one by one; a result that cannot be
+                // recorded is dropped with a warning, never left to block
+                // the results behind it.
                 Err(QueueError::Ledger(crate::log::AppendError::Rejected { .. })) => {
                     let mut decided = Vec::new();
                     for result in results {
@@ -428,6 +430,17 @@ impl RedisQueue {
         &self,
         results: Vec<TaskResult>,
     ) -> Result<Vec<((TaskId, u32), NackOutcome)>, QueueError> {
+        // A worker id the ledger cannot take would refuse the whole step:
+        // such a result is dropped here, with a warning, never sent.
+        let results: Vec<TaskResult> = (results.into_iter())
+            .filter(|result| match check_id("worker", result.worker.as_str()) {
+                Ok(()) => true,
+                Err(rejection) => {
+                    tracing::warn!(task = %result.task, %rejection, "result refused");
+                    false
+                }
+            })
+            .collect();
         let reports = {
             let claims = lock(&self.claims);
             (results.iter())
