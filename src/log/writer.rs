@@ -137,7 +137,12 @@ pub enum OpenError {
     Damaged(#[from] WalkError),
 }
 
-type Query = Box<dyn FnOnce(&State, Head) + Send>;
+/// A read of the live state: computed on the writer's thread, it returns
+/// how to hand its answer over — at once, or under `always` once every
+/// group it saw is durable (nothing outside learns of a record before it
+/// is on disk).
+type Query = Box<dyn FnOnce(&State, Head) -> Deliver + Send>;
+type Deliver = Box<dyn FnOnce() + Send>;
 
 
 enum Msg {
@@ -320,7 +325,10 @@ impl Ledger {
     ) -> Result<R, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Query(Box::new(move |state, head| {
-            let _ = reply.send(f(state, head));
+            let answer = f(state, head);
+            Box::new(move || {
+                let _ = reply.send(answer);
+            })
         })))?;
         rx.blocking_recv().map_err(|_| AppendError::Closed)
     }
@@ -332,7 +340,10 @@ impl Ledger {
     ) -> Result<R, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.send_async(Msg::Query(Box::new(move |state, head| {
-            let _ = reply.send(f(state, head));
+            let answer = f(state, head);
+            Box::new(move || {
+                let _ = reply.send(answer);
+            })
         })))
         .await?;
         rx.await.map_err(|_| AppendError::Closed)
@@ -641,11 +652,21 @@ fn replier(tx: oneshot::Sender<Result<Receipt, AppendError>>) -> Replier {
 
 type Reply = (Replier, Receipt);
 
+/// What the syncer is handed, in the order the writer made it.
+enum Durable {
+    /// A group written to sled: its replies, answered once it is flushed
+    /// (under `batch` the writer has answered them: the list is empty).
+    Group(Vec<Reply>),
+    /// A read made on a state that holds every group sent before it:
+    /// delivered once they are flushed.
+    Read(Deliver),
+}
+
 /// The thread that makes groups durable: under `always` it answers them
 /// once flushed; under `batch` the writer has answered them and sends an
 /// empty list, and the thread flushes at most once a `pace`.
 struct Syncer {
-    tx: mpsc::SyncSender<Vec<Reply>>,
+    tx: mpsc::SyncSender<Durable>,
     thread: JoinHandle<()>,
     /// Set when a flush failed: the writer refuses further appends.
     failed: Arc<Mutex<Option<String>>>,
@@ -653,7 +674,7 @@ struct Syncer {
 
 impl Syncer {
     fn start(store: Arc<Store>, pace: Duration) -> std::io::Result<Syncer> {
-        let (tx, rx) = mpsc::sync_channel::<Vec<Reply>>(SYNC_GROUPS);
+        let (tx, rx) = mpsc::sync_channel::<Durable>(SYNC_GROUPS);
         let failed = Arc::new(Mutex::new(None));
         let flag = Arc::clone(&failed);
         let thread = std::thread::Builder::new()
@@ -661,25 +682,34 @@ impl Syncer {
             .spawn(move || {
                 let mut last = Instant::now();
                 while let Ok(first) = rx.recv() {
-                    std::thread::sleep(pace.saturating_sub(last.elapsed()));
-                    let mut groups = vec![first];
-                    groups.extend(rx.try_iter());
-                    // Every group here was written to sled before it was sent, so
-                    // this flush covers all of them.
-                    let result = store.flush(true).map_err(|e| e.to_string());
-                    last = Instant::now();
+                    let mut items = vec![first];
+                    items.extend(rx.try_iter());
+                    // Only reads: every group sent before them was flushed
+                    // by an earlier round.
+                    let mut result = Ok(());
+                    if items.iter().any(|i| matches!(i, Durable::Group(_))) {
+                        std::thread::sleep(pace.saturating_sub(last.elapsed()));
+                        items.extend(rx.try_iter());
+                        // Every group here was written to sled before it was
+                        // sent, so this flush covers all of them.
+                        result = store.flush(true).map_err(|e| e.to_string());
+                        last = Instant::now();
+                    }
                     if let Err(why) = &result {
                         if let Ok(mut f) = flag.lock() {
                             *f = Some(why.clone());
                         }
                     }
-                    for (reply, receipt) in groups.into_iter().flatten() {
-                        reply(
-                            result
-                                .clone()
-                                .map(|()| receipt)
-                                .map_err(AppendError::Storage),
-                        );
+                    for item in items {
+                        match item {
+                            Durable::Group(replies) => {
+                                for (reply, receipt) in replies {
+                                    let answer = result.clone().map(|()| receipt);
+                                    reply(answer.map_err(AppendError::Storage));
+                                }
+                            }
+                            Durable::Read(deliver) => deliver(),
+                        }
                     }
                 }
             })?;
@@ -852,7 +882,17 @@ impl Writer {
                 false
             }
             Msg::Query(f) => {
-                f(&self.state, self.head);
+                let deliver = f(&self.state, self.head);
+                match &self.syncer {
+                    Some(syncer) if matches!(self.options.durability, Durability::Always) => {
+                        if let Err(mpsc::SendError(Durable::Read(deliver))) =
+                            syncer.tx.send(Durable::Read(deliver))
+                        {
+                            deliver();
+                        }
+                    }
+                    _ => deliver(),
+                }
                 false
             }
             Msg::Checkpoint { reply } => {
@@ -1160,14 +1200,14 @@ impl Writer {
         if let Some(syncer) = &self.syncer {
             let sent = if replies.is_empty() {
                 // Under `batch`: a flush already due covers this group too.
-                match syncer.tx.try_send(replies) {
-                    Err(mpsc::TrySendError::Disconnected(replies)) => Err(replies),
+                match syncer.tx.try_send(Durable::Group(replies)) {
+                    Err(mpsc::TrySendError::Disconnected(item)) => Err(item),
                     _ => Ok(()),
                 }
             } else {
-                syncer.tx.send(replies).map_err(|mpsc::SendError(replies)| replies)
+                (syncer.tx.send(Durable::Group(replies))).map_err(|mpsc::SendError(item)| item)
             };
-            if let Err(replies) = sent {
+            if let Err(Durable::Group(replies)) = sent {
                 for (reply, _) in replies {
                     reply(Err(AppendError::Storage("the syncer stopped".to_owned())));
                 }
