@@ -3,9 +3,12 @@
 //!
 //! Crate map, from the core out (ARCHITECTURE.md has the details):
 //! - [`domain`]: the pure core — ids, integer money, time, the event
-//!   vocabulary, the limits, the projections with `validate` / `evolve` and
-//!   digests, and the deciders (governance, cost agent, learning,
-//!   scheduler). No IO, no clock.
+//!   vocabulary, the limits and rejections, the deciders' thresholds
+//!   (`policy`), the seeded draws (`draw`), the cost model (`cost`), the
+//!   projections with `validate` / `evolve` and digests, and the deciders
+//!   (`decide`, governance, cost agent, learning, scheduler, the `sim`
+//!   handler's outcomes). No IO, no clock; its modules import downward,
+//!   never in a circle (`tests/layout.rs`).
 //! - [`log`]: the ledger — records, the hash chain, the versioned codec,
 //!   frames, the data directory, the sled store, the group-commit writer,
 //!   replay (folding a stored log back into projections) and chain

@@ -597,7 +597,7 @@ fn ceiling_of(node: &crate::workload::NodeSpec, params: &serde_json::Value) -> M
         return node.cost_ceiling_micros;
     }
     if node.handler == "sim" {
-        return crate::domain::sim::cost_ceiling(&Params::from_value(params));
+        return crate::domain::cost::cost_ceiling(&Params::from_value(params));
     }
     Micros::ZERO
 }
