@@ -17,9 +17,11 @@
 //! - [`workload`]: workload files (TOML), parsed and checked before
 //!   anything is appended; the tenant shard rule.
 //! - [`demo`]: the built-in demo workload.
-//! - [`runtime`]: executing workloads against the ledger — the simulated
-//!   executor, the real-time one, the task queues (in memory, Redis) and
-//!   the handlers (`sim`, `exec`).
+//! - [`runtime`]: executing workloads against the ledger — the run setup
+//!   both executors share (`setup`: options and the run-id rule,
+//!   registration, arrivals, backpressure), the simulated executor, the
+//!   real-time one, the task queues (in memory, Redis) and the handlers
+//!   (`sim`, `exec`).
 //! - [`views`]: serializable read models of the projections (the `--json`
 //!   contract) and the text tables.
 //! - [`artifacts`]: the governance artifact files, rendered from the log.
