@@ -270,7 +270,7 @@ fn raw_sled(
     let rate = events.len() as f64 / start.elapsed().as_secs_f64();
     drop(tree);
     drop(db);
-    let bytes = crate::log::store::dir_size(dir) as f64 / events.len().max(1) as f64;
+    let bytes = crate::log::dir::dir_size(dir) as f64 / events.len().max(1) as f64;
     Ok((rate, bytes))
 }
 

@@ -3,9 +3,12 @@
 //!
 //! Crate map, from the core out (ARCHITECTURE.md has the details):
 //! - [`domain`]: the pure core — ids, integer money, time, the event
-//!   vocabulary, the limits, the projections with `validate` / `evolve` and
-//!   digests, and the deciders (governance, cost agent, learning,
-//!   scheduler). No IO, no clock.
+//!   vocabulary, the limits and rejections, the deciders' thresholds
+//!   (`policy`), the seeded draws (`draw`), the cost model (`cost`), the
+//!   projections with `validate` / `evolve` and digests, and the deciders
+//!   (`decide`, governance, cost agent, learning, scheduler, the `sim`
+//!   handler's outcomes). No IO, no clock; its modules import downward,
+//!   never in a circle (`tests/layout.rs`).
 //! - [`log`]: the ledger — records, the hash chain, the versioned codec,
 //!   frames, the data directory, the sled store, the group-commit writer,
 //!   replay (folding a stored log back into projections) and chain
@@ -14,9 +17,11 @@
 //! - [`workload`]: workload files (TOML), parsed and checked before
 //!   anything is appended; the tenant shard rule.
 //! - [`demo`]: the built-in demo workload.
-//! - [`runtime`]: executing workloads against the ledger — the simulated
-//!   executor, the real-time one, the task queues (in memory, Redis) and
-//!   the handlers (`sim`, `exec`).
+//! - [`runtime`]: executing workloads against the ledger — the run setup
+//!   both executors share (`setup`: options and the run-id rule,
+//!   registration, arrivals, backpressure), the simulated executor, the
+//!   real-time one, the task queues (in memory, Redis) and the handlers
+//!   (`sim`, `exec`).
 //! - [`views`]: serializable read models of the projections (the `--json`
 //!   contract) and the text tables.
 //! - [`artifacts`]: the governance artifact files, rendered from the log.

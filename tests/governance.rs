@@ -342,7 +342,7 @@ fn agent(state: &State, task: &str) -> runledger::domain::cost_agent::CostDecisi
 fn cost_agent_continues_degrades_and_terminates_on_the_projection() {
     fn params(json: &str) -> (i64, &str) {
         (
-            runledger::domain::sim::cost_ceiling(&serde_json::from_str(json).unwrap()).0,
+            runledger::domain::cost::cost_ceiling(&serde_json::from_str(json).unwrap()).0,
             json,
         )
     }

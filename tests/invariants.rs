@@ -109,7 +109,9 @@ fn check_every_seq(dir: &std::path::Path) -> Result<u64, String> {
                 .collect();
             let indexed: Vec<_> = state.queue.leased().map(|(id, _)| id.clone()).collect();
             if scanned != indexed {
-                return Err(format!("seq {seq}: leased {scanned:?}, indexed {indexed:?}"));
+                return Err(format!(
+                    "seq {seq}: leased {scanned:?}, indexed {indexed:?}"
+                ));
             }
         }
         for t in state.tenants.sorted() {

@@ -167,7 +167,7 @@ fn pipeline() -> Vec<Node> {
         let params = Params::from_value(&params);
         Node {
             id,
-            ceiling: crate::domain::sim::cost_ceiling(&params),
+            ceiling: crate::domain::cost::cost_ceiling(&params),
             params,
             optional,
         }

@@ -16,8 +16,8 @@ use super::output::print_json;
 use super::process::{exit_on_signal, live_runtime};
 use crate::domain::RunId;
 use crate::log::{Durability, Ledger};
-use crate::runtime::sim::RunError;
-use crate::runtime::{RunOptions, RunReport, run_simulated};
+use crate::runtime::setup::unused_run_id;
+use crate::runtime::{RunError, RunOptions, RunReport, run_simulated};
 use crate::views::{self, Table, bp_percent};
 use crate::workload::Workload;
 
@@ -134,7 +134,6 @@ fn execute(
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<RunReport> {
-    use std::io::IsTerminal;
     let sharded;
     let workload = match queue.shard {
         Some((index, shards)) => {
@@ -157,34 +156,9 @@ fn execute(
     if !explicit_id {
         let seed = options.seed.unwrap_or(workload.seed);
         let base = workload.default_run_id(seed);
-        let taken = {
-            let base = base.clone();
-            ledger.query(move |state, _| {
-                (1u32..)
-                    .map(|n| {
-                        if n == 1 {
-                            base.clone()
-                        } else {
-                            format!("{base}-{n}")
-                        }
-                    })
-                    .find(|id| state.runs.get(&RunId(id.clone())).is_none())
-            })?
-        };
-        options.run_id = taken;
+        options.run_id = Some(ledger.query(move |state, _| unused_run_id(state, &base))?);
     }
-    let bar = if std::io::stderr().is_terminal() && !json {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tasks",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(json);
     let kill_after = kill_after_tasks()?;
     let mut progress = |done: u64, total: u64| {
         bar.set_length(total);
@@ -196,32 +170,13 @@ fn execute(
             );
         }
     };
-    let result = match redis {
-        // On Redis even simulated steps run in real time, on workers.
-        Some(streams) => runtime.block_on(crate::runtime::live::run_live_on(
-            &ledger,
-            workload,
-            &options,
-            &crate::runtime::handler::Handlers::builtin(),
-            false,
-            crate::runtime::live::Dispatch::Redis {
-                streams,
-                local_workers: queue.local_workers.unwrap_or(workload.num_workers),
-            },
-            &mut progress,
-        )),
-        None if workload.is_simulated() => {
-            run_simulated(&ledger, workload, &options, &mut progress)
-        }
-        None => runtime.block_on(crate::runtime::live::run_live(
-            &ledger,
-            workload,
-            &options,
-            &crate::runtime::handler::Handlers::builtin(),
-            false,
-            &mut progress,
-        )),
+    let run = Run {
+        runtime: &runtime,
+        ledger: &ledger,
+        workload,
+        options: &options,
     };
+    let result = run.on(redis, queue, &mut progress);
     bar.finish_and_clear();
     let report = match result {
         Ok(report) => report,
@@ -236,6 +191,67 @@ fn execute(
     };
     finish_run(data, ledger, &report, artifacts, json, out)?;
     Ok(report)
+}
+
+/// A progress bar on a terminal (hidden otherwise, or under `--json`).
+fn progress_bar(json: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() || json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tasks",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// A run about to execute on an open ledger.
+struct Run<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    ledger: &'a Ledger,
+    workload: &'a Workload,
+    options: &'a RunOptions,
+}
+
+impl Run<'_> {
+    /// Executes it: on Redis when `redis` is given (even simulated steps
+    /// then run in real time, on workers), else on virtual time for a
+    /// simulated workload, else in real time on the in-memory queue.
+    fn on(
+        &self,
+        redis: Option<crate::runtime::redis::RedisStreams>,
+        queue: &QueueArgs,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<RunReport, RunError> {
+        let (ledger, workload, options) = (self.ledger, self.workload, self.options);
+        match redis {
+            Some(streams) => self.runtime.block_on(crate::runtime::live::run_live_on(
+                ledger,
+                workload,
+                options,
+                &crate::runtime::handler::Handlers::builtin(),
+                false,
+                crate::runtime::live::Dispatch::Redis {
+                    streams,
+                    local_workers: queue.local_workers.unwrap_or(workload.num_workers),
+                },
+                progress,
+            )),
+            None if workload.is_simulated() => run_simulated(ledger, workload, options, progress),
+            None => self.runtime.block_on(crate::runtime::live::run_live(
+                ledger,
+                workload,
+                options,
+                &crate::runtime::handler::Handlers::builtin(),
+                false,
+                progress,
+            )),
+        }
+    }
 }
 
 /// The Redis streams a run's `QueueArgs` (or its workload) ask for, if any.

@@ -17,12 +17,8 @@ use serde::Serialize;
 use super::event::{BudgetPeriod, BudgetStatus, Category, Event, LearningIntensity};
 use super::ids::{TaskId, TenantId};
 use super::money::Micros;
+use super::policy::{CRITICAL_BP, WARNING_BP};
 use super::rejection::Rejection;
-
-/// WARNING from this share of the budget spent, in basis points.
-pub const WARNING_BP: i64 = 8_000;
-/// CRITICAL from this share of the budget spent, in basis points.
-pub const CRITICAL_BP: i64 = 9_000;
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Encode, Decode)]
 pub struct Tenant {

@@ -14,109 +14,12 @@
 
 use serde::Serialize;
 
+use super::cost::Plan;
 use super::event::{Decision, Event, Params};
 use super::ids::TaskId;
 use super::money::Micros;
 use super::policy::Policy;
 use super::state::State;
-
-/// DEGRADE above this utilisation (spent + reserved of budget), in bp.
-pub const DEGRADE_UTILISATION_BP: i64 = 9_000;
-/// DEGRADE above this concurrency factor (runs of the limit), in bp.
-pub const DEGRADE_CONCURRENCY_BP: i64 = 8_000;
-
-/// What a degradation changes in the nodes still to run. Fields in the
-/// order of their names: serialized, the JSON is canonical as it is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Plan {
-    pub candidates: i64,
-    pub depth: i64,
-    pub model_step_down: bool,
-    pub skip_optional: bool,
-}
-
-impl Plan {
-    pub const STANDARD: Plan = Plan {
-        skip_optional: true,
-        candidates: 1,
-        depth: 3,
-        model_step_down: true,
-    };
-
-    /// The params a node runs with under this plan.
-    pub fn apply(&self, params: &Params) -> Params {
-        // The plan touches `candidates`, `depth` and models: params that
-        // name none of them (canonical JSON text) run as they are.
-        let text = params.as_json();
-        if !["\"candidates\"", "\"depth\"", "\"model\""]
-            .iter()
-            .any(|key| text.contains(key))
-        {
-            return params.clone();
-        }
-        let mut value = params.to_value();
-        let Some(map) = value.as_object_mut() else {
-            return params.clone();
-        };
-        if map
-            .get("candidates")
-            .and_then(|v| v.as_i64())
-            .is_some_and(|c| c > self.candidates)
-        {
-            map.insert("candidates".into(), self.candidates.into());
-        }
-        if map
-            .get("depth")
-            .and_then(|v| v.as_i64())
-            .is_some_and(|d| d > self.depth)
-        {
-            map.insert("depth".into(), self.depth.into());
-        }
-        if self.model_step_down {
-            if let Some(model) = map.get("model").and_then(|v| v.as_str()).map(step_down) {
-                map.insert("model".into(), model.into());
-            }
-            // Models the learning policy may still choose step down too.
-            if let Some(models) = map
-                .get_mut("learn")
-                .and_then(|l| l.get_mut("model"))
-                .and_then(|m| m.as_array_mut())
-            {
-                let mut cheaper: Vec<serde_json::Value> = Vec::with_capacity(models.len());
-                for m in models.iter() {
-                    let v: serde_json::Value =
-                        m.as_str().map_or(m.clone(), |s| step_down(s).into());
-                    if !cheaper.contains(&v) {
-                        cheaper.push(v);
-                    }
-                }
-                *models = cheaper;
-            }
-        }
-        Params::from_value(&value)
-    }
-}
-
-/// The next cheaper model (`large` → `medium` → `small`).
-fn step_down(model: &str) -> &str {
-    match model {
-        "large" => "medium",
-        "medium" => "small",
-        other => other,
-    }
-}
-
-/// A node's ceiling under a degradation plan: nothing for an optional node
-/// it skips, the cheaper step's most for `sim`, else the declared one.
-pub fn degraded_ceiling(t: &super::queue::Task, plan: &Plan) -> Micros {
-    if plan.skip_optional && t.optional {
-        return Micros::ZERO;
-    }
-    if t.handler == "sim" {
-        return super::sim::cost_ceiling(&plan.apply(&t.params)).min(t.cost_ceiling_micros);
-    }
-    t.cost_ceiling_micros
-}
 
 /// The decision's inputs and projection, recorded with it. Fields in the
 /// order of their names: serialized, the JSON is canonical as it is.

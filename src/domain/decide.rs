@@ -20,6 +20,7 @@
 use std::collections::BTreeSet;
 
 use super::cost_agent;
+use super::draw::draw;
 use super::event::{Category, Decision, Event, Params};
 use super::governance::{Admitter, Settler, node_ceiling, period_resets};
 use super::ids::{RunId, TaskId, WorkerId};
@@ -28,7 +29,7 @@ use super::limits::ERROR_BYTES_MAX;
 use super::money::Micros;
 use super::policy::Policy;
 use super::queue::{Task, TaskStatus};
-use super::scheduler::{Lost, QueuePolicy, dependants_to_cancel, draw, expire_lease};
+use super::scheduler::{Lost, QueuePolicy, dependants_to_cancel, expire_lease};
 use super::state::State;
 use super::time::Timestamp;
 

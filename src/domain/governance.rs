@@ -343,7 +343,7 @@ pub fn admitted(state: &State, task: &TaskId) -> bool {
 /// params of a `sim` node — what the changed step can cost at most.
 pub fn node_ceiling(t: &super::queue::Task, params: &super::event::Params) -> Micros {
     if t.handler == "sim" && *params != t.params {
-        return super::sim::cost_ceiling(params).min(t.cost_ceiling_micros);
+        return super::cost::cost_ceiling(params).min(t.cost_ceiling_micros);
     }
     t.cost_ceiling_micros
 }

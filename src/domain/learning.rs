@@ -27,19 +27,15 @@ use bincode::{Decode, Encode};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
+use super::draw::draw;
 use super::event::{Event, LearningIntensity, Params};
 use super::ids::{TaskId, TenantId};
 use super::money::Micros;
 use super::policy::Policy;
-use super::scheduler::draw;
 
 /// The privacy parameter of meta-learning: ε of the ε-differentially
 /// private release of one aggregate (per arm).
 pub const META_EPSILON: f64 = 1.0;
-/// Above this utilisation (bp of budget spent) exploration is halved.
-pub const SHRINK_ABOVE_BP: i64 = 9_000;
-/// Below this utilisation exploration may grow by half.
-pub const GROW_BELOW_BP: i64 = 5_000;
 /// The most arms a node may offer.
 pub const MAX_ARMS: usize = 16;
 

@@ -84,6 +84,7 @@ pub fn check_id(field: &'static str, id: &str) -> Result<(), Rejection> {
         return Err(Rejection::IdTooLong {
             field,
             bytes: id.len(),
+            max: ID_BYTES_MAX,
         });
     }
     // The control characters (`char::is_control`) are U+0000..=U+001F,
@@ -109,7 +110,11 @@ pub fn check_id(field: &'static str, id: &str) -> Result<(), Rejection> {
 pub fn check_params(field: &'static str, params: &Params) -> Result<(), Rejection> {
     let bytes = params.as_json().len();
     if bytes > PARAMS_BYTES_MAX {
-        return Err(Rejection::ParamsTooLarge { field, bytes });
+        return Err(Rejection::ParamsTooLarge {
+            field,
+            bytes,
+            max: PARAMS_BYTES_MAX,
+        });
     }
     Ok(())
 }
@@ -138,7 +143,10 @@ pub const DECODE_CHECK_BYTES_MIN: usize = DECODE_BYTES_MAX / 32;
 /// The canonical bytes of one event: at most [`EVENT_BYTES_MAX`].
 pub fn check_event_bytes(bytes: usize) -> Result<(), Rejection> {
     if bytes > EVENT_BYTES_MAX {
-        return Err(Rejection::EventTooLarge { bytes });
+        return Err(Rejection::EventTooLarge {
+            bytes,
+            max: EVENT_BYTES_MAX,
+        });
     }
     Ok(())
 }
@@ -179,7 +187,10 @@ pub fn check_event(event: &Event) -> Result<(), Rejection> {
             check_id("task", task.as_str())?;
             check_id("tenant", tenant.as_str())?;
             if deps.len() > DEPS_MAX {
-                return Err(Rejection::TooManyDeps { count: deps.len() });
+                return Err(Rejection::TooManyDeps {
+                    count: deps.len(),
+                    max: DEPS_MAX,
+                });
             }
             for dep in deps {
                 check_id("deps", dep.as_str())?;

@@ -8,8 +8,10 @@
 pub mod activity;
 pub mod budget;
 pub mod command;
+pub mod cost;
 pub mod cost_agent;
 pub mod decide;
+pub mod draw;
 pub mod event;
 pub mod governance;
 pub mod ids;
@@ -23,6 +25,7 @@ pub mod rejection;
 pub mod scheduler;
 pub mod sim;
 pub mod state;
+pub mod task_status;
 pub mod time;
 
 pub use event::{

@@ -12,55 +12,14 @@ use bincode::{Decode, Encode};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
+use super::cost::{Plan, degraded_ceiling};
 use super::event::{Event, Params, Priority};
 use super::ids::{PipelineId, RunId, TaskId, TenantId, WorkerId};
-
 use super::money::Micros;
 use super::rejection::Rejection;
 use super::time::Timestamp;
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Encode, Decode)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskStatus {
-    Waiting,
-    Pending,
-    Leased,
-    Done,
-    DeadLettered,
-    Cancelled,
-    /// Ended without running (an optional node a degradation plan skipped).
-    Skipped,
-}
-
-impl TaskStatus {
-    pub fn name(self) -> &'static str {
-        [
-            "waiting",
-            "pending",
-            "leased",
-            "done",
-            "dead_lettered",
-            "cancelled",
-            "skipped",
-        ][self as usize]
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskStatus::Done
-                | TaskStatus::DeadLettered
-                | TaskStatus::Cancelled
-                | TaskStatus::Skipped
-        )
-    }
-}
-
-impl std::fmt::Display for TaskStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use super::task_status::TaskStatus;
 
 /// One task as the ledger knows it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Encode, Decode)]
@@ -85,7 +44,7 @@ pub struct Task {
     pub ready_seq: u64,
     pub cost_ceiling_micros: Micros,
     /// The ceiling under the cost agent's standard degradation plan,
-    /// derived once at submission (see `cost_agent::degraded_ceiling`).
+    /// derived once at submission (see `cost::degraded_ceiling`).
     pub degraded_ceiling_micros: Micros,
     pub reserved_micros: Micros,
     pub spent_micros: Micros,
@@ -623,8 +582,13 @@ impl Queue {
                     last_error: String::new(),
                     degraded_ceiling_micros: Micros::ZERO,
                 });
-                entry.degraded_ceiling_micros =
-                    super::cost_agent::degraded_ceiling(&entry, &super::cost_agent::Plan::STANDARD);
+                entry.degraded_ceiling_micros = degraded_ceiling(
+                    &entry.handler,
+                    &entry.params,
+                    entry.optional,
+                    entry.cost_ceiling_micros,
+                    &Plan::STANDARD,
+                );
                 self.tasks.insert(task, entry);
                 None
             }

@@ -2,13 +2,14 @@
 
 use super::event::BudgetStatus;
 use super::ids::{RunId, TaskId, TenantId, WorkerId};
-use super::limits::{DEPS_MAX, EVENT_BYTES_MAX, ID_BYTES_MAX, PARAMS_BYTES_MAX};
 use super::money::Micros;
-use super::queue::TaskStatus;
+use super::task_status::TaskStatus;
 use super::time::Timestamp;
 
 /// An event that is impossible in the current state. The message says what
-/// and which id; the caller adds where (line, seq).
+/// and which id; the caller adds where (line, seq). A limit's variant
+/// carries the limit it passed (`max`, one of [`super::limits`]'s
+/// constants): the checks import this type, so it does not import them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("tenant `{0}` is not registered")]
@@ -33,8 +34,8 @@ pub enum Rejection {
     SelfDependency(TaskId),
     #[error("task `{task}` names dependency `{dep}` twice")]
     DuplicateDependency { task: TaskId, dep: TaskId },
-    #[error("`deps` names {count} tasks, over DEPS_MAX ({})", DEPS_MAX)]
-    TooManyDeps { count: usize },
+    #[error("`deps` names {count} tasks, over DEPS_MAX ({max})")]
+    TooManyDeps { count: usize, max: usize },
     #[error("the event's bytes would not decode ({what}): it is refused rather than written")]
     Undecodable { what: String },
     #[error("task `{task}` belongs to tenant `{owner}`, not `{tenant}`")]
@@ -120,23 +121,22 @@ pub enum Rejection {
     NotOptional(TaskId),
     #[error("an amount overflows 64-bit micros")]
     Overflow,
-    #[error(
-        "`{field}` is {bytes} bytes, over ID_BYTES_MAX ({} bytes)",
-        ID_BYTES_MAX
-    )]
-    IdTooLong { field: &'static str, bytes: usize },
+    #[error("`{field}` is {bytes} bytes, over ID_BYTES_MAX ({max} bytes)")]
+    IdTooLong {
+        field: &'static str,
+        bytes: usize,
+        max: usize,
+    },
     #[error("`{field}` holds a control character (U+{code:04X}); ids are printable text")]
     ControlCharacter { field: &'static str, code: u32 },
-    #[error(
-        "`{field}` is {bytes} bytes of JSON, over PARAMS_BYTES_MAX ({} bytes)",
-        PARAMS_BYTES_MAX
-    )]
-    ParamsTooLarge { field: &'static str, bytes: usize },
-    #[error(
-        "the event encodes to {bytes} bytes, over EVENT_BYTES_MAX ({} bytes)",
-        EVENT_BYTES_MAX
-    )]
-    EventTooLarge { bytes: usize },
+    #[error("`{field}` is {bytes} bytes of JSON, over PARAMS_BYTES_MAX ({max} bytes)")]
+    ParamsTooLarge {
+        field: &'static str,
+        bytes: usize,
+        max: usize,
+    },
+    #[error("the event encodes to {bytes} bytes, over EVENT_BYTES_MAX ({max} bytes)")]
+    EventTooLarge { bytes: usize, max: usize },
     #[error(
         "`{field}` {at} is outside 1970-01-01T00:00:00Z..=9999-12-31T23:59:59.999999Z \
          (TIME_MICROS_MIN..=TIME_MICROS_MAX)"

@@ -3,72 +3,16 @@
 //! backoff with seeded jitter), and which dependants a dead task cancels.
 //!
 //! Pure: the time and the seq come in as values, randomness is a seeded
-//! draw derived from (seed, purpose, task, attempt), so a replay decides
-//! the same way.
+//! draw derived from (seed, purpose, task, attempt) (see [`super::draw`]),
+//! so a replay decides the same way. The thresholds it applies
+//! ([`QueuePolicy`]) live in [`super::policy`].
 
 use super::ids::TaskId;
 use super::queue::TaskStatus;
 use super::state::State;
 use super::time::Timestamp;
 
-/// A deterministic 64-bit draw for one use: the first 8 bytes of
-/// `blake3(seed ‖ purpose ‖ task ‖ attempt)`.
-pub fn draw(seed: u64, purpose: &str, task: &str, attempt: u32) -> u64 {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&seed.to_le_bytes());
-    hasher.update(purpose.as_bytes());
-    hasher.update(&[0]);
-    hasher.update(task.as_bytes());
-    hasher.update(&[0]);
-    hasher.update(&attempt.to_le_bytes());
-    let bytes = hasher.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&bytes.as_bytes()[..8]);
-    u64::from_le_bytes(first)
-}
-
-/// How the queue orders and retries work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueuePolicy {
-    /// A ready task gains one priority level per this many records appended
-    /// since it became ready (continuously), so BATCH work is never starved.
-    pub aging_records: u64,
-    /// Backoff before retry `n` is `base × 2^(n-1)`, capped at `max`...
-    pub retry_base_micros: i64,
-    pub retry_max_micros: i64,
-    /// ...plus a seeded jitter of up to this share of it (basis points).
-    pub jitter_bp: u32,
-}
-
-impl Default for QueuePolicy {
-    fn default() -> Self {
-        QueuePolicy {
-            aging_records: 2_000,
-            retry_base_micros: 200_000,
-            retry_max_micros: 30_000_000,
-            jitter_bp: 5_000,
-        }
-    }
-}
-
-impl QueuePolicy {
-    /// The delay before the retry that follows failed attempt `attempt`
-    /// (1-based), jittered by `draw`.
-    pub fn retry_delay_micros(&self, attempt: u32, draw: u64) -> i64 {
-        let doublings = attempt.saturating_sub(1).min(40);
-        let backoff = self
-            .retry_base_micros
-            .saturating_mul(1i64 << doublings)
-            .min(self.retry_max_micros)
-            .max(0);
-        let jitter_bp = if self.jitter_bp == 0 {
-            0
-        } else {
-            (draw % u64::from(self.jitter_bp)) as i64
-        };
-        backoff.saturating_add(backoff.saturating_mul(jitter_bp) / 10_000)
-    }
-}
+pub use super::policy::QueuePolicy;
 
 /// The ready task that should run next at `now`, `seq` being the last seq
 /// of the ledger. Each candidate is ranked by its priority level in units of
@@ -215,37 +159,4 @@ pub fn expire_lease(state: &State, task: &TaskId, lost: Lost) -> Vec<super::even
         }
     }
     events
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn draw_is_deterministic_and_separates_uses() {
-        assert_eq!(draw(7, "latency", "t1", 1), draw(7, "latency", "t1", 1));
-        assert_ne!(draw(7, "latency", "t1", 1), draw(7, "latency", "t1", 2));
-        assert_ne!(draw(7, "latency", "t1", 1), draw(7, "failure", "t1", 1));
-        assert_ne!(draw(7, "latency", "t1", 1), draw(8, "latency", "t1", 1));
-    }
-
-    #[test]
-    fn retry_delay_doubles_caps_and_jitters_within_bounds() {
-        let policy = QueuePolicy {
-            aging_records: 10,
-            retry_base_micros: 100,
-            retry_max_micros: 1_000,
-            jitter_bp: 0,
-        };
-        let delays: Vec<i64> = (1..=6).map(|a| policy.retry_delay_micros(a, 0)).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1_000, 1_000]);
-        let jittered = QueuePolicy {
-            jitter_bp: 5_000,
-            ..policy
-        };
-        for d in 0..200u64 {
-            let delay = jittered.retry_delay_micros(2, d * 7919);
-            assert!((200..300).contains(&delay), "{delay}");
-        }
-    }
 }

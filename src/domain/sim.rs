@@ -1,7 +1,8 @@
 //! The `sim` handler: a deterministic simulated agent step (retrieve,
-//! rerank, generate, evaluate, tool) with a cost model — tokens × the price
-//! of the model named in its params, in micros — a simulated latency and a
-//! failure rate, every number drawn from the run's seed.
+//! rerank, generate, evaluate, tool) priced by the cost model
+//! ([`super::cost`]: tokens × the price of the model named in its params,
+//! in micros), with a simulated latency and a failure rate, every number
+//! drawn from the run's seed.
 //!
 //! Params (all optional): `step` (default `generate`), `model`
 //! (`large` | `medium` | `small`, default `medium`), `depth` (retrieval
@@ -12,9 +13,10 @@
 //! strict schema: unknown keys, unknown values and wrong types are refused
 //! before anything runs.
 
+use super::cost::{int_param, model_price_micros_per_1k};
+use super::draw::draw;
 use super::event::{Category, ParamError, Params};
 use super::money::Micros;
-use super::scheduler::draw;
 
 /// What one simulated attempt does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,25 +119,6 @@ fn check_value(key: &str, value: &serde_json::Value) -> Result<(), String> {
     }
 }
 
-/// Price of 1,000 tokens in micros.
-pub fn model_price_micros_per_1k(model: &str) -> i64 {
-    match model {
-        "large" => 15_000,
-        "medium" => 3_000,
-        "small" => 500,
-        _ => 3_000,
-    }
-}
-
-/// An integer param, clamped to what the cost model can compute with.
-fn int_param(params: &serde_json::Value, key: &str, default: i64) -> i64 {
-    params
-        .get(key)
-        .and_then(serde_json::Value::as_i64)
-        .unwrap_or(default)
-        .clamp(-1_000_000, 1_000_000)
-}
-
 /// `base` varied by ±`spread_bp` with a draw.
 fn vary(base: i64, spread_bp: i64, draw: u64) -> i64 {
     if spread_bp == 0 {
@@ -143,40 +126,6 @@ fn vary(base: i64, spread_bp: i64, draw: u64) -> i64 {
     }
     let offset = (draw % (2 * spread_bp as u64 + 1)) as i64 - spread_bp;
     base + base * offset / 10_000
-}
-
-/// The most one attempt of a `sim` step with these params can cost: its
-/// cost ceiling when the workload declares none.
-pub fn cost_ceiling(params: &Params) -> Micros {
-    // A node that offers a choice costs at most its dearest value.
-    if let Some((param, values)) = super::learning::offered(params) {
-        return values
-            .iter()
-            .map(|v| cost_ceiling(&super::learning::with_value(params, &param, v)))
-            .max()
-            .unwrap_or(Micros::ZERO);
-    }
-    let params = params.to_value();
-    let step = params
-        .get("step")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("generate");
-    let model = params
-        .get("model")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("medium");
-    let depth = int_param(&params, "depth", 5).max(1);
-    let candidates = int_param(&params, "candidates", 1).max(1);
-    // Token counts vary by at most ±20 % (see `vary`).
-    let most = |base: i64| base + base * 2_000 / 10_000;
-    Micros(match step {
-        "retrieve" => 40 * depth,
-        "rerank" => 25 * depth.max(5),
-        "evaluate" => most(600) * model_price_micros_per_1k("small") / 1_000,
-        "tool" => 300,
-        "store" => 50,
-        _ => most(900 + 150 * depth) * candidates * model_price_micros_per_1k(model) / 1_000,
-    })
 }
 
 /// Simulates attempt `attempt` of `task` under `seed`.
@@ -261,6 +210,7 @@ pub fn simulate(seed: u64, task: &str, attempt: u32, params: &Params) -> SimOutc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::cost::cost_ceiling;
 
     fn params(json: &str) -> Params {
         serde_json::from_str(json).unwrap()

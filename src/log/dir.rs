@@ -30,8 +30,58 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::store::{StoreError, dir_size};
 use crate::domain::limits::DISK_FREE_BYTES_MIN;
+
+/// Why a ledger directory cannot be opened or read, from its inspection
+/// here to sled's own errors ([`super::store`] opens with it).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no ledger at {0}")]
+    Missing(PathBuf),
+    #[error("{path} is not a runledger ledger: {why}")]
+    Foreign { path: PathBuf, why: String },
+    /// Ours (the marker, or sled's files) but unreadable: a failed check.
+    #[error("the ledger at {path} is damaged ({known}): {why}")]
+    Damaged {
+        path: PathBuf,
+        known: String,
+        why: String,
+    },
+    #[error(
+        "no space to write the ledger at {path}: its disk is full ({} free, at least {} needed); free some space and retry",
+        bytes(*free),
+        bytes(*need)
+    )]
+    NoSpace { path: PathBuf, free: u64, need: u64 },
+    #[error("the ledger at {path} is read-only ({why}): it can be read, not written")]
+    ReadOnly { path: PathBuf, why: String },
+    #[error("cannot read the ledger at {path} without writing to it: {why}")]
+    Scratch { path: PathBuf, why: String },
+    #[error("the ledger at {0} is in use by another process")]
+    Locked(PathBuf),
+    #[error("storage error in {path}: {source}")]
+    Sled { path: PathBuf, source: sled::Error },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The bytes under `dir`, every file of every directory below it.
+pub(crate) fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
 
 /// The marker file a ledger directory holds: the format and the ledger id.
 pub const MARKER: &str = "RUNLEDGER";

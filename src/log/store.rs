@@ -24,7 +24,7 @@ use std::sync::mpsc;
 use bincode::{Decode, Encode};
 
 use super::codec::CONFIG;
-use super::dir::{self, Contents};
+use super::dir::{self, Contents, dir_size};
 use super::frame::{self, FrameHeader, decode_header, frame_key, key_seq, walk_frame};
 use super::record::{RawRecord, ZERO_HASH};
 
@@ -40,39 +40,7 @@ const INDEX_FORMAT: &[u8] = b"2";
 const SUMMARY_PREFIX: &[u8] = b"index_sum\0";
 const INDEX_SEPARATOR: u8 = 0xFF; // never part of UTF-8 text
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("no ledger at {0}")]
-    Missing(PathBuf),
-    #[error("{path} is not a runledger ledger: {why}")]
-    Foreign { path: PathBuf, why: String },
-    /// Ours (the marker, or sled's files) but unreadable: a failed check.
-    #[error("the ledger at {path} is damaged ({known}): {why}")]
-    Damaged {
-        path: PathBuf,
-        known: String,
-        why: String,
-    },
-    #[error(
-        "no space to write the ledger at {path}: its disk is full ({} free, at least {} needed); free some space and retry",
-        dir::bytes(*free),
-        dir::bytes(*need)
-    )]
-    NoSpace { path: PathBuf, free: u64, need: u64 },
-    #[error("the ledger at {path} is read-only ({why}): it can be read, not written")]
-    ReadOnly { path: PathBuf, why: String },
-    #[error("cannot read the ledger at {path} without writing to it: {why}")]
-    Scratch { path: PathBuf, why: String },
-    #[error("the ledger at {0} is in use by another process")]
-    Locked(PathBuf),
-    #[error("storage error in {path}: {source}")]
-    Sled { path: PathBuf, source: sled::Error },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
+pub use super::dir::StoreError;
 
 /// The first place where the chain does not hold.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -1047,20 +1015,6 @@ pub(crate) fn index_key(id: &str, frame_seq: u64) -> Vec<u8> {
 
 pub(crate) fn index_value(offsets: &[u32]) -> Vec<u8> {
     bincode::encode_to_vec(offsets, CONFIG).unwrap_or_default()
-}
-
-pub(crate) fn dir_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => total += dir_size(&entry.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }
 
 /// Collects index entries: for each run and tenant id, the `(frame seq,

@@ -15,9 +15,9 @@ use tokio::sync::{Notify, mpsc};
 use super::handler::{Handlers, TaskContext};
 use super::queue::{Lease, MemoryQueue, QueueError, Report, TaskQueue, TransportError};
 use super::redis::Retries;
-use super::sim::{
-    RunError, RunOptions, RunReport, arrivals, instance_events, instance_submitted,
-    registration_events,
+use super::setup::{
+    RunError, RunOptions, RunReport, arrivals, instance_events, instance_submitted, over_threshold,
+    registration_events, threshold_count,
 };
 use crate::domain::command::{Command, Expiring, Outcome, Submission};
 use crate::domain::decide::Rules;
@@ -60,11 +60,11 @@ impl Pool {
     }
 
     fn over_threshold(&self, running: u32) -> bool {
-        u64::from(running) * 10_000 > u64::from(self.threshold_bp) * u64::from(self.max_concurrency)
+        over_threshold(running, self.threshold_bp, self.max_concurrency)
     }
 
     fn threshold(&self) -> u32 {
-        (u64::from(self.threshold_bp) * u64::from(self.max_concurrency) / 10_000) as u32
+        threshold_count(self.threshold_bp, self.max_concurrency)
     }
 
     /// Records an engage or release when the running count crossed the threshold.

@@ -16,117 +16,16 @@ use crate::domain::decide::{self, Answer, Attempt, Ended, LeaseTo, Rules, Start}
 use crate::domain::governance::{Denial, admit_run, may_start_run};
 use crate::domain::scheduler::{Lost, next_ready_many, next_retry_at};
 use crate::domain::sim::simulate;
-use crate::domain::{
-    Event, Micros, Params, PipelineId, RunId, State, TaskId, TenantId, Timestamp, WorkerId,
-};
+use crate::domain::{Event, Params, RunId, State, TaskId, TenantId, Timestamp, WorkerId};
+use crate::log::Ledger;
 use crate::log::writer::Lent;
-use crate::log::{AppendError, Ledger};
-use crate::workload::{Stage, Workload};
+use crate::workload::Workload;
 
-#[derive(Clone, Debug, Default)]
-pub struct RunOptions {
-    /// Overrides the workload's seed.
-    pub seed: Option<u64>,
-    /// The run's id (default: the workload's `run`, else `run-<seed>`).
-    pub run_id: Option<String>,
-    /// Stop (as if the process died) after this many steps: crash drills.
-    pub stop_after_steps: Option<u64>,
-    /// The deciders' thresholds (standard unless a what-if run asks for
-    /// others). Not recorded: `replay --check --policy` must be given them.
-    pub policy: crate::domain::Policy,
-}
-
-impl RunOptions {
-    /// The run's seed and id: the options', else the workload's (the one
-    /// rule every executor and command names a run by).
-    pub fn seed_and_run(&self, workload: &Workload) -> (u64, RunId) {
-        let seed = self.seed.unwrap_or(workload.seed);
-        let run = self
-            .run_id
-            .clone()
-            .unwrap_or_else(|| workload.default_run_id(seed));
-        (seed, RunId(run))
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("run `{0}` is already in the ledger (choose another with --run-id)")]
-    RunExists(String),
-    #[error(transparent)]
-    Append(#[from] AppendError),
-    #[error(transparent)]
-    Queue(#[from] super::queue::QueueError),
-    #[error("internal error: the executor produced an impossible event: {0}")]
-    Impossible(String),
-    #[error("{0}")]
-    Resume(String),
-    #[error("stopped after {0} steps, as asked")]
-    Stopped(u64),
-    #[error(transparent)]
-    Workload(#[from] crate::workload::WorkloadError),
-}
-
-/// What a run did, for the summary.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct RunReport {
-    pub run: String,
-    pub seed: u64,
-    pub tasks: u64,
-    pub acked: u64,
-    pub dead_lettered: u64,
-    pub cancelled: u64,
-    /// Optional nodes a degradation plan skipped.
-    pub skipped: u64,
-    pub retries: u64,
-    pub timeouts: u64,
-    pub peak_running: u32,
-    pub backpressure_engaged: u64,
-    pub backpressure_released: u64,
-    /// Cost-agent verdicts by kind (`continue`, `degrade`, `terminate`).
-    pub decisions: std::collections::BTreeMap<String, u64>,
-    pub virtual_elapsed_micros: i64,
-    pub wall_elapsed_micros: u64,
-    pub head_seq: u64,
-    pub head: String,
-    pub digest: String,
-}
-
-impl RunReport {
-    /// The report of a finished run from its summary and the ledger's head.
-    pub(crate) fn new(
-        s: &crate::domain::activity::RunSummary,
-        elapsed_micros: i64,
-        wall: Instant,
-        head: crate::log::Head,
-        digest: blake3::Hash,
-    ) -> Self {
-        RunReport {
-            run: s.run.0.clone(),
-            seed: s.seed,
-            tasks: s.tasks_submitted,
-            acked: s.tasks_acked,
-            dead_lettered: s.tasks_dead_lettered,
-            cancelled: s.tasks_cancelled,
-            skipped: s.tasks_skipped,
-            retries: s.tasks_nacked + s.leases_expired,
-            timeouts: s.tasks_timed_out,
-            peak_running: s.peak_running,
-            decisions: ["continue", "degrade", "terminate"]
-                .into_iter()
-                .zip(s.decisions)
-                .map(|(kind, n)| (kind.to_owned(), n))
-                .collect(),
-            backpressure_engaged: s.backpressure_engaged,
-            backpressure_released: s.backpressure_released,
-            virtual_elapsed_micros: elapsed_micros,
-            wall_elapsed_micros: u64::try_from(wall.elapsed().as_micros()).unwrap_or(u64::MAX),
-            head_seq: head.seq,
-            head: head.hash.to_hex().to_string(),
-            digest: digest.to_hex().to_string(),
-        }
-    }
-}
+pub use super::setup::{RunError, RunOptions, RunReport};
+use super::setup::{
+    arrivals, instance_events, instance_submitted, over_threshold, registration_events,
+    threshold_count, total_tasks,
+};
 
 /// Events the executor decides before it hands them to the ledger.
 const FLUSH_EVENTS: usize = 4_096;
@@ -215,9 +114,11 @@ impl Sim<'_> {
     }
 
     fn over_threshold(&self) -> bool {
-        u64::from(self.running) * 10_000
-            > u64::from(self.workload.backpressure_threshold_bp)
-                * u64::from(self.workload.max_concurrency)
+        over_threshold(
+            self.running,
+            self.workload.backpressure_threshold_bp,
+            self.workload.max_concurrency,
+        )
     }
 
     fn dispatch(&mut self) -> Result<(), RunError> {
@@ -300,9 +201,25 @@ impl Sim<'_> {
     }
 
     fn threshold_count(&self) -> u32 {
-        (u64::from(self.workload.backpressure_threshold_bp)
-            * u64::from(self.workload.max_concurrency)
-            / 10_000) as u32
+        threshold_count(
+            self.workload.backpressure_threshold_bp,
+            self.workload.max_concurrency,
+        )
+    }
+
+    /// Records the release of backpressure once the running attempts are
+    /// back at or below the threshold.
+    fn release_backpressure(&mut self) -> Result<(), RunError> {
+        if self.backpressure && !self.over_threshold() {
+            self.backpressure = false;
+            let threshold = self.threshold_count();
+            self.emit(Event::BackpressureReleased {
+                run: self.run.clone(),
+                running: self.running,
+                threshold,
+            })?;
+        }
+        Ok(())
     }
 
     fn finish_attempt(
@@ -365,16 +282,7 @@ impl Sim<'_> {
         if let Ended::RetryAt(at) = ended {
             self.retry_wakeups.push(Reverse(at.0));
         }
-        if self.backpressure && !self.over_threshold() {
-            self.backpressure = false;
-            let threshold = self.threshold_count();
-            self.emit(Event::BackpressureReleased {
-                run: self.run.clone(),
-                running: self.running,
-                threshold,
-            })?;
-        }
-        Ok(())
+        self.release_backpressure()
     }
 
     fn submitted(&self, submission: usize, instance: u32) -> bool {
@@ -500,176 +408,8 @@ impl Sim<'_> {
     }
 }
 
-/// `Some(new)` when it differs from `old`.
-fn changed<T: PartialEq + Copy>(old: &T, new: T) -> Option<T> {
-    (*old != new).then_some(new)
-}
-
 fn worker_id(n: u32) -> WorkerId {
     WorkerId(format!("worker-{n:02}"))
-}
-
-/// The pipeline instance id of run `instance` of `submission`.
-fn instance_id(workload: &Workload, submission: usize, instance: u32) -> String {
-    let spec = &workload.submissions[submission];
-    format!("{}/{}#{instance}", spec.tenant, spec.pipeline)
-}
-
-/// The task names of `node`: one per map copy, else its id.
-fn replicas(
-    pipeline: &crate::workload::PipelineSpec,
-    node: &crate::workload::NodeSpec,
-) -> Vec<String> {
-    if node.stage == Some(Stage::Map) {
-        (0..pipeline.fan_out)
-            .map(|k| format!("{}.{k}", node.id))
-            .collect()
-    } else {
-        vec![node.id.clone()]
-    }
-}
-
-/// The `task_submitted` events of pipeline run `instance` of `submission`.
-pub(crate) fn instance_events(
-    workload: &Workload,
-    run: &RunId,
-    submission: usize,
-    instance: u32,
-) -> Vec<Event> {
-    let spec = &workload.submissions[submission];
-    let Some(pipeline) = workload.pipelines.get(&spec.pipeline) else {
-        return Vec::new();
-    };
-    let instance_id = instance_id(workload, submission, instance);
-    let task_id = |node: &str| TaskId(format!("{run}/{instance_id}/{node}"));
-    let replicas = |node: &crate::workload::NodeSpec| replicas(pipeline, node);
-    let by_id: std::collections::BTreeMap<&str, &crate::workload::NodeSpec> =
-        pipeline.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
-    let mut events = Vec::with_capacity(pipeline.nodes.len());
-    for node in &pipeline.nodes {
-        let deps: Vec<TaskId> = node
-            .deps
-            .iter()
-            .filter_map(|d| by_id.get(d.as_str()))
-            .flat_map(|d| replicas(d))
-            .map(|r| task_id(&r))
-            .collect();
-        for (k, name) in replicas(node).into_iter().enumerate() {
-            let mut params = node.params.to_value();
-            if node.stage.is_some() {
-                let extra = if node.stage == Some(Stage::Map) {
-                    ("shard", serde_json::Value::from(k))
-                } else {
-                    (
-                        "inputs",
-                        serde_json::Value::from(
-                            deps.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
-                        ),
-                    )
-                };
-                if !params.is_object() {
-                    params = serde_json::json!({});
-                }
-                params[extra.0] = extra.1;
-            }
-            events.push(Event::TaskSubmitted {
-                run: run.clone(),
-                task: task_id(&name),
-                tenant: TenantId(spec.tenant.clone()),
-                priority: node.priority.unwrap_or(spec.priority),
-                deps: deps.clone(),
-                pipeline: Some(PipelineId(instance_id.clone())),
-                cost_ceiling_micros: ceiling_of(node, &params),
-                handler: node.handler.clone(),
-                params: Params::from_value(&params),
-                max_attempts: workload.max_attempts,
-                optional: node.optional,
-            });
-        }
-    }
-    events
-}
-
-/// A node's cost ceiling: the declared one (or the workload's default),
-/// else for `sim` the most the step can cost; 0 for a node declared free.
-fn ceiling_of(node: &crate::workload::NodeSpec, params: &serde_json::Value) -> Micros {
-    if node.cost_ceiling_micros > Micros::ZERO {
-        return node.cost_ceiling_micros;
-    }
-    if node.handler == "sim" {
-        return crate::domain::sim::cost_ceiling(&Params::from_value(params));
-    }
-    Micros::ZERO
-}
-
-/// Whether pipeline run `instance` of `submission` is already in `state`.
-pub(crate) fn instance_submitted(
-    state: &State,
-    workload: &Workload,
-    run: &RunId,
-    submission: usize,
-    instance: u32,
-) -> bool {
-    // Its first task (an instance is submitted whole, in one step).
-    let Some(pipeline) = workload
-        .pipelines
-        .get(&workload.submissions[submission].pipeline)
-    else {
-        return false;
-    };
-    let Some(first) = pipeline
-        .nodes
-        .first()
-        .and_then(|n| replicas(pipeline, n).into_iter().next())
-    else {
-        return false;
-    };
-    let instance_id = instance_id(workload, submission, instance);
-    let task = TaskId(format!("{run}/{instance_id}/{first}"));
-    state.queue.get(&task).is_some()
-}
-
-/// Registers the workload's tenants, or updates the ones the ledger knows
-/// when their settings changed.
-pub(crate) fn registration_events(state: &State, workload: &Workload) -> Vec<Event> {
-    let mut out = Vec::new();
-    for t in &workload.tenants {
-        let tenant = TenantId(t.id.clone());
-        let event = match state.tenants.get(&tenant) {
-            None => Some(Event::TenantRegistered {
-                tenant,
-                budget_micros: t.budget_micros,
-                max_concurrent_runs: t.max_concurrent_runs,
-                learning_intensity: t.learning_intensity,
-                meta_learning: t.meta_learning,
-                budget_period: t.budget_period,
-            }),
-            Some(known) => {
-                let update = Event::TenantUpdated {
-                    tenant,
-                    budget_micros: changed(&known.budget_micros, t.budget_micros),
-                    max_concurrent_runs: changed(&known.max_concurrent_runs, t.max_concurrent_runs),
-                    learning_intensity: changed(&known.learning_intensity, t.learning_intensity),
-                    meta_learning: changed(&known.meta_learning, t.meta_learning),
-                    budget_period: changed(&known.budget_period, t.budget_period),
-                };
-                let unchanged = matches!(
-                    &update,
-                    Event::TenantUpdated {
-                        budget_micros: None,
-                        max_concurrent_runs: None,
-                        learning_intensity: None,
-                        meta_learning: None,
-                        budget_period: None,
-                        ..
-                    }
-                );
-                (!unchanged).then_some(update)
-            }
-        };
-        out.extend(event);
-    }
-    out
 }
 
 /// Runs `workload` on virtual time, appending every step to `ledger`;
@@ -729,29 +469,6 @@ pub fn run_simulated(
     drive(sim, options.stop_after_steps, progress, wall)
 }
 
-/// The arrival times of every pipeline run: `(time, submission, instance)`.
-pub(crate) fn arrivals(workload: &Workload) -> Vec<(i64, usize, u32)> {
-    let mut arrivals = Vec::new();
-    for (i, s) in workload.submissions.iter().enumerate() {
-        for n in 0..s.runs {
-            arrivals.push((
-                workload
-                    .start
-                    .0
-                    .saturating_add(s.interval_micros.saturating_mul(i64::from(n))),
-                i,
-                n,
-            ));
-        }
-    }
-    arrivals.sort_unstable();
-    arrivals
-}
-
-pub(crate) fn total_tasks(workload: &Workload) -> u64 {
-    workload.total_tasks()
-}
-
 /// Runs the event loop until every task has ended, then finishes the run.
 fn drive(
     mut sim: Sim<'_>,
@@ -759,10 +476,8 @@ fn drive(
     progress: &mut dyn FnMut(u64, u64),
     wall: Instant,
 ) -> Result<RunReport, RunError> {
-    let workload = sim.workload;
-    let run = sim.run.clone();
-    let arrivals = arrivals(workload);
-    let total_tasks = total_tasks(workload);
+    let arrivals = arrivals(sim.workload);
+    let total_tasks = total_tasks(sim.workload);
     // On resume, pipeline runs already submitted are not submitted again.
     let mut next_arrival = 0usize;
     while next_arrival < arrivals.len()
@@ -773,37 +488,7 @@ fn drive(
     let mut steps = 0u64;
     loop {
         let seq_at_step = sim.lent.state().seq;
-        // A run may start in a later budget period than the ledger's last
-        // (a run of a later day): its periods turn before anything is decided.
-        let now = sim.now;
-        decide::turn_periods(&mut sim, now)?;
-        if sim.backpressure && !sim.over_threshold() {
-            sim.backpressure = false;
-            let threshold = sim.threshold_count();
-            sim.emit(Event::BackpressureReleased {
-                run: run.clone(),
-                running: sim.running,
-                threshold,
-            })?;
-        }
-        if !sim.backpressure {
-            // Pipeline runs that waited for their tenant's concurrency go first.
-            sim.admit_deferred()?;
-        }
-        while !sim.backpressure
-            && next_arrival < arrivals.len()
-            && arrivals[next_arrival].0 <= sim.now.0
-        {
-            let (_, submission, instance) = arrivals[next_arrival];
-            sim.admit_instance(submission, instance)?;
-            next_arrival += 1;
-        }
-        sim.dispatch()?;
-        // Steps are decided on the lent state, so the ledger need not answer
-        // each one: append in batches of a few thousand events.
-        if sim.lent.pending() >= FLUSH_EVENTS {
-            sim.flush()?;
-        }
+        sim.step(&arrivals, &mut next_arrival)?;
         steps += 1;
         if stop_after_steps.is_some_and(|limit| steps >= limit) {
             // The drill dies right after its last append.
@@ -812,83 +497,147 @@ fn drive(
             return Err(RunError::Stopped(steps));
         }
         progress(sim.ended_appended, total_tasks);
+        match sim.next_wake(&arrivals, next_arrival) {
+            Some(at) => sim.advance(Timestamp(at.max(sim.now.0)))?,
+            None if sim.idle(seq_at_step)? => break,
+            None => {}
+        }
+    }
+    sim.finish(wall)
+}
 
-        let mut wake: Option<i64> = sim.timers.peek().map(|t| t.0.0);
-        if !sim.backpressure && next_arrival < arrivals.len() {
+/// The parts of the event loop.
+impl Sim<'_> {
+    /// One step at the current time: periods turn, backpressure releases,
+    /// waiting and arriving pipeline runs are admitted, free workers take
+    /// ready tasks.
+    fn step(
+        &mut self,
+        arrivals: &[(i64, usize, u32)],
+        next_arrival: &mut usize,
+    ) -> Result<(), RunError> {
+        // A run may start in a later budget period than the ledger's last
+        // (a run of a later day): its periods turn before anything is decided.
+        let now = self.now;
+        decide::turn_periods(self, now)?;
+        self.release_backpressure()?;
+        if !self.backpressure {
+            // Pipeline runs that waited for their tenant's concurrency go first.
+            self.admit_deferred()?;
+        }
+        while !self.backpressure
+            && *next_arrival < arrivals.len()
+            && arrivals[*next_arrival].0 <= self.now.0
+        {
+            let (_, submission, instance) = arrivals[*next_arrival];
+            self.admit_instance(submission, instance)?;
+            *next_arrival += 1;
+        }
+        self.dispatch()?;
+        // Steps are decided on the lent state, so the ledger need not answer
+        // each one: append in batches of a few thousand events.
+        if self.lent.pending() >= FLUSH_EVENTS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The virtual time of the next thing to happen: an attempt ending, a
+    /// pipeline run arriving (unless backpressure holds arrivals back) or
+    /// a retry coming due; `None` when nothing is scheduled.
+    fn next_wake(&mut self, arrivals: &[(i64, usize, u32)], next_arrival: usize) -> Option<i64> {
+        let mut wake: Option<i64> = self.timers.peek().map(|t| t.0.0);
+        if !self.backpressure && next_arrival < arrivals.len() {
             wake = Some(wake.map_or(arrivals[next_arrival].0, |w| {
                 w.min(arrivals[next_arrival].0)
             }));
         }
-        while sim.retry_wakeups.peek().is_some_and(|r| r.0 <= sim.now.0) {
-            sim.retry_wakeups.pop();
+        while self.retry_wakeups.peek().is_some_and(|r| r.0 <= self.now.0) {
+            self.retry_wakeups.pop();
         }
-        if let Some(Reverse(at)) = sim.retry_wakeups.peek().copied() {
+        if let Some(Reverse(at)) = self.retry_wakeups.peek().copied() {
             wake = Some(wake.map_or(at, |w| w.min(at)));
         }
-        let Some(at) = wake else {
-            // A step that ended tasks without running them (a skip, a
-            // termination) may have made others ready: nothing runs only
-            // once a step decides nothing.
-            if sim.lent.state().seq != seq_at_step {
-                continue;
-            }
-            if sim.deferred.is_empty() {
-                break;
-            }
-            // Nothing runs, so no concurrency limit can hold them back: a
-            // deferred run still refused here never will be admitted.
-            if sim.admit_deferred()? == 0 {
-                for (tenant, queue) in std::mem::take(&mut sim.deferred) {
-                    for (_, instance) in queue {
-                        let reason = format!(
-                            "pipeline run #{instance} of tenant `{tenant}` could not be admitted"
-                        );
-                        sim.emit(Event::AdmissionDenied {
-                            tenant: tenant.clone(),
-                            task: None,
-                            reason,
-                        })?;
-                    }
+        wake
+    }
+
+    /// Nothing is scheduled: whether the run is done. It is not when the
+    /// step just taken decided something (a skip or a termination may
+    /// have made other tasks ready), nor while pipeline runs wait to be
+    /// admitted — those still refused now never will be, and are denied.
+    fn idle(&mut self, seq_at_step: u64) -> Result<bool, RunError> {
+        // A step that ended tasks without running them (a skip, a
+        // termination) may have made others ready: nothing runs only
+        // once a step decides nothing.
+        if self.lent.state().seq != seq_at_step {
+            return Ok(false);
+        }
+        if self.deferred.is_empty() {
+            return Ok(true);
+        }
+        // Nothing runs, so no concurrency limit can hold them back: a
+        // deferred run still refused here never will be admitted.
+        if self.admit_deferred()? == 0 {
+            for (tenant, queue) in std::mem::take(&mut self.deferred) {
+                for (_, instance) in queue {
+                    let reason = format!(
+                        "pipeline run #{instance} of tenant `{tenant}` could not be admitted"
+                    );
+                    self.emit(Event::AdmissionDenied {
+                        tenant: tenant.clone(),
+                        task: None,
+                        reason,
+                    })?;
                 }
             }
-            continue;
-        };
-        let next = Timestamp(at.max(sim.now.0));
+        }
+        Ok(false)
+    }
+
+    /// Moves the virtual time to `next` and ends the attempts due by then.
+    fn advance(&mut self, next: Timestamp) -> Result<(), RunError> {
         // Budgets of tenants with a period start again when it turns.
-        sim.now = next;
-        decide::turn_periods(&mut sim, next)?;
-        while sim.timers.peek().is_some_and(|t| t.0.0 <= sim.now.0) {
-            let Some(Reverse((_, _, task, worker, attempt, timed_out, params))) = sim.timers.pop()
+        self.now = next;
+        decide::turn_periods(self, next)?;
+        while self.timers.peek().is_some_and(|t| t.0.0 <= self.now.0) {
+            let Some(Reverse((_, _, task, worker, attempt, timed_out, params))) = self.timers.pop()
             else {
                 break;
             };
-            sim.finish_attempt(task, worker, attempt, timed_out, params)?;
+            self.finish_attempt(task, worker, attempt, timed_out, params)?;
         }
+        Ok(())
     }
-    sim.emit(Event::RunFinished { run: run.clone() })?;
-    sim.flush()?;
-    sim.wait()?;
 
-    // One state: what the executor decided on is what the ledger holds.
-    let digests = sim.lent.state().digests();
-    let elapsed = sim.now.0 - workload.start.0;
-    let summary = sim
-        .lent
-        .state()
-        .runs
-        .get(&run)
-        .cloned()
-        .ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
-    let Sim { ledger, lent, .. } = sim;
-    lent.give_back();
-    let head = ledger.head()?;
-    Ok(RunReport::new(
-        &summary,
-        elapsed,
-        wall,
-        head,
-        digests.combined,
-    ))
+    /// Records the run's end, waits until the ledger holds everything and
+    /// gives the state back.
+    fn finish(mut self, wall: Instant) -> Result<RunReport, RunError> {
+        let run = self.run.clone();
+        self.emit(Event::RunFinished { run: run.clone() })?;
+        self.flush()?;
+        self.wait()?;
+
+        // One state: what the executor decided on is what the ledger holds.
+        let digests = self.lent.state().digests();
+        let elapsed = self.now.0 - self.workload.start.0;
+        let summary = self
+            .lent
+            .state()
+            .runs
+            .get(&run)
+            .cloned()
+            .ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
+        let Sim { ledger, lent, .. } = self;
+        lent.give_back();
+        let head = ledger.head()?;
+        Ok(RunReport::new(
+            &summary,
+            elapsed,
+            wall,
+            head,
+            digests.combined,
+        ))
+    }
 }
 
 /// Finishes a run whose process died: leases it held are returned
