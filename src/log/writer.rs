@@ -1080,6 +1080,12 @@ impl Writer {
             .map_or(Micros::ZERO, |t| t.reserved_micros);
         cover.note(index, &entry.event, task_reserved);
         let seq = self.head.seq + 1;
+        assert_eq!(
+            seq,
+            self.state.seq + 1,
+            "record {seq} does not follow the live state's seq {}",
+            self.state.seq
+        );
         let recorded_at = match entry.recorded_at {
             Some(at) => at,
             None => {
@@ -1148,6 +1154,7 @@ impl Writer {
             }
             group.records += 1;
         }
+        group.builder.assert_at(self.head.seq, &self.head.hash);
         let receipt = Receipt {
             first_seq: start.seq + 1,
             last_seq: self.head.seq,
