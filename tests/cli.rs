@@ -391,7 +391,10 @@ fn bench_distributed_reports_every_worker_count_beside_its_baselines() {
     }
     // Every single-task run's dispatch is measured; latencies are ordered.
     assert_eq!(report["dispatch_samples"], 200, "{last}");
-    let (p50, p99) = (report["dispatch_p50_us"].as_u64(), report["dispatch_p99_us"].as_u64());
+    let (p50, p99) = (
+        report["dispatch_p50_us"].as_u64(),
+        report["dispatch_p99_us"].as_u64(),
+    );
     assert!(p50.unwrap() <= p99.unwrap(), "{last}");
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "{last}");

@@ -678,7 +678,10 @@ fn senders_past_the_inbox_capacity_wait_and_are_all_appended_in_order() {
     let seqs: Vec<u64> = (pending.into_iter())
         .map(|p| p.wait().unwrap().first_seq)
         .collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "pipelined appends out of order");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "pipelined appends out of order"
+    );
     let receipts = rt.block_on(asynchronous).unwrap();
     assert_eq!(receipts.len(), n);
     let (head, tenants) = ledger

@@ -628,6 +628,14 @@ impl Checker {
                     fields: field_diffs(&serde_json::Value::Null, &expect.event),
                 });
             };
+            // An optional event the ledger lacks (an event of another
+            // kind stands there) is skipped without a field by field look,
+            // which would only find their `type` fields differ.
+            if expect.optional
+                && std::mem::discriminant(&record.event) != std::mem::discriminant(&expect.event)
+            {
+                continue;
+            }
             let fields = match expect.compare {
                 // Equal events need no field by field look.
                 _ if record.event == expect.event => Vec::new(),

@@ -352,7 +352,11 @@ pub fn run_distributed_bench(
     let (memory_always_rate, memory_always_cores) = memory(Durability::Always)?;
 
     progress("dispatch latency: the in-memory queue, idle");
-    let dispatch = measure_dispatch(&runtime, &scratch.path().join("dispatch"), config.durability)?;
+    let dispatch = measure_dispatch(
+        &runtime,
+        &scratch.path().join("dispatch"),
+        config.durability,
+    )?;
 
     let mut runs = Vec::new();
     for &k in &config.workers {

@@ -103,6 +103,22 @@ impl Tenant {
         }
     }
 
+    /// Asserts what every reservation leaves: `spent + reserved ≤ budget`
+    /// with `reserved` reserved in all. Validation refuses a reservation
+    /// past the budget, and the admitter never decides one, so this holds
+    /// after each; only spend goes past the budget (an overrun, or costs
+    /// imported without a task), and neither reserves.
+    pub fn assert_reservation_fits(&self, reserved: Micros) {
+        let spent = self.spent_micros();
+        let committed = spent.0.saturating_add(reserved.0);
+        assert!(
+            committed <= self.budget_micros.0,
+            "tenant `{}`: a reservation takes spent {spent} + reserved {reserved} past its budget {}",
+            self.tenant,
+            self.budget_micros
+        );
+    }
+
     /// Budget not yet spent or reserved (may be negative after an overrun).
     pub fn available_micros(&self) -> Micros {
         Micros(

@@ -374,7 +374,13 @@ fn heard<S: Step>(
             Progress::Started if known.is_some() => (Vec::new(), Heard::Started(None)),
             Progress::Started => {
                 let state = step.state();
-                match decide::claim(state, &report.task, report.claimed, &report.worker, deadline) {
+                match decide::claim(
+                    state,
+                    &report.task,
+                    report.claimed,
+                    &report.worker,
+                    deadline,
+                ) {
                     Some((events, attempt)) => {
                         started.push((key, attempt));
                         (events, Heard::Started(Some(attempt)))

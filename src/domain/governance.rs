@@ -147,6 +147,7 @@ impl<'s> Admitter<'s> {
         if ceiling <= available {
             self.reserved
                 .insert(&t.tenant, Micros(extra.0.saturating_add(ceiling.0)));
+            tenant.assert_reservation_fits(Micros(reserved.0.saturating_add(ceiling.0)));
             return Ok(ceiling);
         }
         let reason = format!(

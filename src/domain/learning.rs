@@ -16,10 +16,13 @@
 //! tenant that opts into meta-learning also sees, for arms it has not tried,
 //! the mean reward over all opted-in tenants — only as an aggregate, with
 //! Laplace noise of scale `2 × 10,000 / ε` on the reward sum and `2 / ε` on
-//! the count (ε = [`META_EPSILON`], split between the two; one outcome
-//! changes the sum by at most 10,000 bp and the count by 1). The noise is
-//! drawn from the run's seed and the aggregate's size, so the same aggregate
-//! always reads the same, and a replay chooses the same.
+//! the count (ε = [`META_EPSILON_MILLI`] / 1,000, split between the two;
+//! one outcome changes the sum by at most 10,000 bp and the count by 1).
+//! The noise is drawn from the run's seed and the aggregate's size, so the
+//! same aggregate always reads the same, and a replay chooses the same. It
+//! is computed in integers ([`laplace_q32`]: fixed point with 32 fractional
+//! bits, the logarithm by repeated squaring), never in platform floating
+//! point, so a recorded choice is the same on every machine.
 
 use std::collections::BTreeMap;
 
@@ -33,9 +36,12 @@ use super::ids::{TaskId, TenantId};
 use super::money::Micros;
 use super::policy::Policy;
 
-/// The privacy parameter of meta-learning: ε of the ε-differentially
-/// private release of one aggregate (per arm).
-pub const META_EPSILON: f64 = 1.0;
+/// The privacy parameter of meta-learning, in thousandths: ε (here 1) of
+/// the ε-differentially private release of one aggregate (per arm).
+pub const META_EPSILON_MILLI: i64 = 1_000;
+/// The most one outcome moves an arm's reward sum (bp): the sensitivity of
+/// the sum.
+const REWARD_BP_MAX: i64 = 10_000;
 /// The most arms a node may offer.
 pub const MAX_ARMS: usize = 16;
 
@@ -217,11 +223,84 @@ impl Choice {
     }
 }
 
-/// A Laplace(0, `scale`) sample from a uniform draw (inverse CDF).
-fn laplace(scale: f64, draw: u64) -> f64 {
-    // u in (-0.5, 0.5), never an end, so the logarithm stays finite.
-    let u = ((draw >> 12) as f64 + 0.5) / (1u64 << 52) as f64 - 0.5;
-    -scale * u.signum() * (1.0 - 2.0 * u.abs()).ln()
+/// Fractional bits of the fixed-point numbers of the noise: a value `v`
+/// stands for `v / 2^32`.
+const FRAC_BITS: u32 = 32;
+/// ln 2 with 64 fractional bits, rounded to nearest
+/// (0.693147180559945309417… × 2^64).
+const LN2_Q64: u128 = 0xB172_17F7_D1CF_79AC;
+
+/// log2(`x`) with [`FRAC_BITS`] fractional bits, for `x ≥ 1`: the integer
+/// part is the position of the top bit; the fraction comes a bit at a time
+/// by repeated squaring (the classic binary-logarithm algorithm, e.g. C. S.
+/// Turner, "A fast binary logarithm algorithm", IEEE Signal Processing
+/// Magazine, 2010): with `y = x / 2^⌊log2 x⌋` in [1, 2), squaring `y`
+/// doubles its logarithm, so the next bit is 1 exactly when `y²` reaches 2
+/// (and `y²` is halved). `y` is held with 62 fractional bits, its square in
+/// a u128; each result is below the true value by less than 2^-31.
+fn log2_q32(x: u64) -> u64 {
+    assert_ne!(x, 0, "log2 of 0");
+    let int = 63 - x.leading_zeros();
+    let mut y = if int <= 62 {
+        u128::from(x) << (62 - int)
+    } else {
+        u128::from(x) >> (int - 62)
+    };
+    let mut frac = 0u64;
+    for bit in (0..FRAC_BITS).rev() {
+        y = (y * y) >> 62;
+        if y >= 2 << 62 {
+            y >>= 1;
+            frac |= 1 << bit;
+        }
+    }
+    (u64::from(int) << FRAC_BITS) | frac
+}
+
+/// An Exponential(1) sample with [`FRAC_BITS`] fractional bits from `m`,
+/// uniform in [0, 2^63): `-ln w` for `w = (2m + 1) / 2^64`, uniform in
+/// (0, 1) and never an end, so the result is finite: at most 64 ln 2.
+/// `-ln w = ln 2 × (64 − log2(2m + 1))`.
+fn exponential_q32(m: u64) -> u64 {
+    assert!(
+        m < 1 << 63,
+        "the uniform draw {m} of an exponential has 63 bits"
+    );
+    let log2_inverse = (64 << FRAC_BITS) - log2_q32((m << 1) | 1);
+    // < 2^38 × 2^64: no overflow; the product keeps 64 + 32 bits.
+    u64::try_from((u128::from(log2_inverse) * LN2_Q64) >> 64).unwrap_or(u64::MAX)
+}
+
+/// A Laplace(0, b) sample with [`FRAC_BITS`] fractional bits, `b =
+/// scale_num / scale_den`, from a uniform `draw`. The inverse CDF,
+/// `-b·sgn(u)·ln(1 − 2|u|)` for `u` uniform in (−½, ½), is a fair random
+/// sign times an Exponential(b), since `1 − 2|u|` is uniform in (0, 1):
+/// the top bit of `draw` is the sign, the other 63 bits the exponential.
+/// Integer arithmetic only: the same on every machine.
+pub fn laplace_q32(scale_num: i64, scale_den: i64, draw: u64) -> i128 {
+    assert!(
+        scale_num >= 0,
+        "a Laplace scale numerator {scale_num} below 0"
+    );
+    assert!(
+        scale_den > 0,
+        "a Laplace scale denominator {scale_den} not above 0"
+    );
+    let magnitude = i128::from(exponential_q32(draw & (u64::MAX >> 1))) * i128::from(scale_num)
+        / i128::from(scale_den);
+    if draw >> 63 == 1 {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+/// `n / d` rounded to the nearest integer, halves away from zero; `d > 0`.
+fn div_round(n: i128, d: i128) -> i128 {
+    assert!(d > 0, "a rounded division by {d}");
+    let q = (n.unsigned_abs() * 2 + d.unsigned_abs()) / (d.unsigned_abs() * 2);
+    let q = i128::try_from(q).unwrap_or(i128::MAX);
+    if n < 0 { -q } else { q }
 }
 
 impl Learning {
@@ -250,14 +329,21 @@ impl Learning {
     pub fn meta_estimate(&self, arm: &str, seed: u64) -> Option<i64> {
         let stats = self.meta.get(arm)?;
         let size = u32::try_from(stats.pulls).unwrap_or(u32::MAX);
-        let sum = stats.reward_bp_sum as f64
-            + laplace(
-                2.0 * 10_000.0 / META_EPSILON,
+        // Scales 2 × sensitivity / ε, with ε in thousandths; both in Q32.
+        let sum = (i128::from(stats.reward_bp_sum) << FRAC_BITS)
+            + laplace_q32(
+                2 * REWARD_BP_MAX * 1_000,
+                META_EPSILON_MILLI,
                 draw(seed, "meta-sum", arm, size),
             );
-        let count =
-            stats.pulls as f64 + laplace(2.0 / META_EPSILON, draw(seed, "meta-count", arm, size));
-        Some((sum / count.max(1.0)).clamp(0.0, 10_000.0).round() as i64)
+        let count = (i128::from(stats.pulls) << FRAC_BITS)
+            + laplace_q32(
+                2 * 1_000,
+                META_EPSILON_MILLI,
+                draw(seed, "meta-count", arm, size),
+            );
+        let mean = div_round(sum, count.max(1 << FRAC_BITS));
+        Some(i64::try_from(mean.clamp(0, REWARD_BP_MAX.into())).unwrap_or(0))
     }
 
     /// Chooses a value of `param` among `values` for attempt `attempt` of a
@@ -623,16 +709,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn laplace_is_finite_symmetric_and_scaled() {
-        let samples: Vec<f64> = (0..20_000u32)
-            .map(|i| laplace(1.0, draw(7, "t", "x", i)))
+    fn laplace_is_symmetric_and_scaled() {
+        const ONE: i128 = 1 << FRAC_BITS;
+        let n = 20_000i128;
+        let samples: Vec<i128> = (0..n as u32)
+            .map(|i| laplace_q32(1, 1, draw(7, "t", "x", i)))
             .collect();
-        assert!(samples.iter().all(|x| x.is_finite()));
-        let mean = samples.iter().sum::<f64>() / samples.len() as f64;
-        let mad = samples.iter().map(|x| x.abs()).sum::<f64>() / samples.len() as f64;
-        // Laplace(0, 1): mean 0, mean absolute deviation 1.
-        assert!(mean.abs() < 0.05, "mean {mean}");
-        assert!((mad - 1.0).abs() < 0.05, "mad {mad}");
-        assert!(laplace(1.0, 0).is_finite() && laplace(1.0, u64::MAX).is_finite());
+        let sum: i128 = samples.iter().sum();
+        let sum_abs: i128 = samples.iter().map(|x| x.abs()).sum();
+        // Laplace(0, 1): mean 0, mean absolute deviation 1 (within 0.05).
+        assert!((sum * 20).abs() < n * ONE, "mean {}", sum / n);
+        assert!(
+            ((sum_abs - n * ONE) * 20).abs() < n * ONE,
+            "mad {}",
+            sum_abs / n
+        );
+        // The ends of the draw stay finite: ±64 ln 2 at most.
+        assert!(laplace_q32(1, 1, 0) > 0);
+        assert!(laplace_q32(1, 1, u64::MAX) <= 0);
+        assert!(laplace_q32(1, 1, 0) <= 45 * ONE);
+        assert!(laplace_q32(1, 1, u64::MAX) >= -45 * ONE);
+    }
+
+    #[test]
+    fn laplace_gives_the_same_numbers_everywhere() {
+        // Pinned: a change here changes recorded meta-learning choices.
+        // The largest: 64 ln 2 = 44.36141955583649…, × 2^32 = 190530846196.45…
+        assert_eq!(laplace_q32(1, 1, 0), 190_530_846_196);
+        assert_eq!(laplace_q32(1, 1, 1 << 63), -190_530_846_196);
+        assert_eq!(laplace_q32(1, 1, u64::MAX), 0);
+        assert_eq!(laplace_q32(20_000_000, 1_000, 0), 3_810_616_923_920_000);
+        assert_eq!(laplace_q32(1, 1, draw(7, "t", "x", 0)), -7_731_073_147);
+        assert_eq!(log2_q32(1), 0);
+        assert_eq!(log2_q32(2), 1 << FRAC_BITS);
+        // log2 3 = 1.58496250072115…, × 2^32 = 6807362105.98…
+        assert_eq!(log2_q32(3), 6_807_362_105);
+        assert_eq!(log2_q32(u64::MAX), (64 << FRAC_BITS) - 1);
+    }
+
+    #[test]
+    #[allow(clippy::float_arithmetic)]
+    fn log2_is_within_two_units_of_the_last_bit() {
+        // The float logarithm only checks the integer one here; nothing
+        // recorded depends on it.
+        let mut x = 1u64;
+        for i in 0..2_000u64 {
+            let exact = (x as f64).log2() * (1u64 << FRAC_BITS) as f64;
+            let got = log2_q32(x) as f64;
+            assert!((got - exact).abs() <= 2.0, "log2({x}): {got} vs {exact}");
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i) | 1;
+        }
     }
 }

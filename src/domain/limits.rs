@@ -263,10 +263,8 @@ mod tests {
             "`tenant` is 257 bytes, over ID_BYTES_MAX (256 bytes)"
         );
         let control = check_id("task", "a\u{7}b").unwrap_err().to_string();
-        assert!(
-            control.contains("`task`") && control.contains("U+0007"),
-            "{control}"
-        );
+        assert!(control.contains("`task`"), "{control}");
+        assert!(control.contains("U+0007"), "{control}");
         assert!(check_id("task", "ünïcødé/../#x\u{a0}\u{ff}").is_ok());
         let c1 = check_id("task", "a\u{85}").unwrap_err().to_string();
         assert!(c1.contains("U+0085"), "{c1}");

@@ -4,6 +4,10 @@
 //! `domain` knows nothing of sled, tokio, Redis, files or the system clock:
 //! every input (time, seq) arrives as a value, so unit tests need no runtime
 //! and no disk, and the live path and replay fold through the same code.
+//! Nor does it know platform floating point: a decision is integer
+//! arithmetic, the same on every machine (tests may use floats to check).
+
+#![deny(clippy::float_arithmetic)]
 
 pub mod activity;
 pub mod budget;

@@ -157,6 +157,8 @@ pub struct FrameBuilder {
     last_time: i64,
     prev_hash: blake3::Hash,
     last_hash: blake3::Hash,
+    /// The hash before the last record pushed: what its hash chains from.
+    before_last: blake3::Hash,
     entries: Vec<u8>,
 }
 
@@ -169,6 +171,7 @@ impl FrameBuilder {
             last_time: 0,
             prev_hash,
             last_hash: prev_hash,
+            before_last: prev_hash,
             entries: Vec::with_capacity(MAX_FRAME_BYTES + 256),
         }
     }
@@ -189,6 +192,28 @@ impl FrameBuilder {
         self.entries.len() >= MAX_FRAME_BYTES
     }
 
+    /// The seq the next record pushed gets.
+    pub fn next_seq(&self) -> u64 {
+        self.first_seq + u64::from(self.count)
+    }
+
+    /// Asserts that the builder stands where the writer's head is: its next
+    /// record is `head_seq + 1` (seqs follow one another across records,
+    /// frames and commit groups) and its last hash is `head_hash` (the
+    /// chain link the next record hashes from).
+    pub fn assert_at(&self, head_seq: u64, head_hash: &blake3::Hash) {
+        assert_eq!(
+            self.next_seq(),
+            head_seq + 1,
+            "the frame builder's next seq {} does not follow the head's seq {head_seq}",
+            self.next_seq()
+        );
+        assert_eq!(
+            self.last_hash, *head_hash,
+            "the frame builder's last hash is not the head's hash at seq {head_seq}"
+        );
+    }
+
     pub fn push(&mut self, recorded_at: Timestamp, hash: blake3::Hash, event_bytes: &[u8]) {
         if self.count == 0 {
             self.base_time = recorded_at.0;
@@ -203,12 +228,19 @@ impl FrameBuilder {
         };
         let _ = bincode::encode_into_std_write(entry, &mut self.entries, CONFIG);
         self.last_time = recorded_at.0;
+        self.before_last = self.last_hash;
         self.last_hash = hash;
         self.count += 1;
     }
 
-    /// The frame's bytes; the builder is ready for the next frame.
+    /// The frame's bytes, read back once and checked
+    /// ([`assert_built`]); the builder is ready for the next frame.
     pub fn finish(&mut self) -> Vec<u8> {
+        assert!(
+            self.count > 0,
+            "an empty frame at seq {} is never written",
+            self.first_seq
+        );
         let header = FrameHeader {
             version: FRAME_VERSION,
             first_seq: self.first_seq,
@@ -218,14 +250,87 @@ impl FrameBuilder {
             last_hash: *self.last_hash.as_bytes(),
         };
         let mut out = Vec::with_capacity(self.entries.len() + 96);
-        let _ = bincode::encode_into_std_write(header, &mut out, CONFIG);
+        let _ = bincode::encode_into_std_write(&header, &mut out, CONFIG);
         out.extend_from_slice(&self.entries);
+        assert_built(&out, &header, &self.before_last);
         self.entries.clear();
         self.first_seq += u64::from(self.count);
         self.count = 0;
         self.prev_hash = self.last_hash;
         out
     }
+}
+
+/// Reads back the frame `bytes` just built from `header` and asserts it
+/// holds what was meant, each check its own assert: the header decodes as
+/// written (first seq, count, the hash before the frame and at its end),
+/// the entries run to the end of the bytes, one per record, and the last
+/// record's hash re-derived from its stored bytes — its seq, its time
+/// summed from the stored deltas, `before_last` and its event — is the
+/// frame's last hash, the link the next record chains from.
+///
+/// Cost: a decode of each entry (no hashing) and one blake3 per frame, not
+/// one per record: a frame holds tens of records, and the walk of every
+/// record's hash is what `verify` and every read already do.
+pub fn assert_built(bytes: &[u8], header: &FrameHeader, before_last: &blake3::Hash) {
+    let first_seq = header.first_seq;
+    let (stored, mut entries) = match decode_header(bytes) {
+        Ok(decoded) => decoded,
+        Err(what) => panic!("the frame built at seq {first_seq} cannot be read back: {what}"),
+    };
+    assert_eq!(
+        stored.first_seq, first_seq,
+        "the frame built at seq {first_seq} reads back as starting at seq {}",
+        stored.first_seq
+    );
+    assert_eq!(
+        stored.count, header.count,
+        "the frame built at seq {first_seq} with {} records reads back with {}",
+        header.count, stored.count
+    );
+    assert_eq!(
+        stored.prev_hash, header.prev_hash,
+        "the frame built at seq {first_seq} reads back with another hash before it"
+    );
+    assert_eq!(
+        stored.last_hash, header.last_hash,
+        "the frame built at seq {first_seq} reads back with another last hash"
+    );
+    let mut time = stored.base_time;
+    let mut last: Option<Entry<'_>> = None;
+    for i in 0..u64::from(stored.count) {
+        let (entry, used): (Entry<'_>, usize) =
+            match bincode::borrow_decode_from_slice(entries, CONFIG) {
+                Ok(decoded) => decoded,
+                Err(e) => panic!(
+                    "record {} of the frame built at seq {first_seq} cannot be read back: {e}",
+                    first_seq + i
+                ),
+            };
+        entries = &entries[used..];
+        time = time.wrapping_add(entry.time_delta);
+        last = Some(entry);
+    }
+    assert!(
+        entries.is_empty(),
+        "the frame built at seq {first_seq} has {} bytes after its last record",
+        entries.len()
+    );
+    let Some(last) = last else {
+        panic!("the frame built at seq {first_seq} has no record");
+    };
+    let last_seq = first_seq + u64::from(stored.count) - 1;
+    let hash = record_hash(last_seq, Timestamp(time), before_last, last.event);
+    assert_eq!(
+        hash.as_bytes(),
+        &stored.last_hash,
+        "record {last_seq}'s hash re-derived from its frame is not the chain's link"
+    );
+    assert_eq!(
+        hash.as_bytes()[..TAG_LEN],
+        last.tag,
+        "record {last_seq}'s hash re-derived from its frame does not match its tag"
+    );
 }
 
 /// A decoded frame with owned entries: what a test or a repair tool edits.

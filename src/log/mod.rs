@@ -17,6 +17,4 @@ pub mod writer;
 
 pub use record::{Record, ZERO_HASH};
 pub use store::{ChainBreak, Checkpoint, Head, Store, StoreError, WalkError};
-pub use writer::{
-    Append, AppendError, Durability, Ledger, LedgerOptions, OpenError, Receipt,
-};
+pub use writer::{Append, AppendError, Durability, Ledger, LedgerOptions, OpenError, Receipt};

@@ -10,8 +10,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::domain::state::scope_of;
 use crate::domain::{Event, RunId, State, TaskId, TenantId};
 use crate::log::store::{
-    ChainBreak, Head, IndexBuilder, IndexEntry, IndexKind, IndexSummary, Store, WalkError,
-    decode_record,
+    ChainBreak, Head, IndexBuilder, IndexEntry, IndexKind, IndexSummary, ReadBack, Store,
+    WalkError, decode_record,
 };
 
 /// The result of a fold.
@@ -287,8 +287,10 @@ fn fold_inner(
     let mut records = 0u64;
     let hwm = index_above.unwrap_or(u64::MAX);
     let mut index = IndexBuilder::default();
+    let mut read_back = ReadBack::default();
     let head = store.read_chain(decode_record, |frames| {
         for record in frames.into_iter().flatten() {
+            read_back.next(record.seq, &record.hash);
             if record.seq > hwm {
                 let (run, tenant) = state.scope(&record.event);
                 let place = (
@@ -308,6 +310,7 @@ fn fold_inner(
             }
         }
     })?;
+    read_back.finish(&head);
     state.seq = head.seq;
     let folded = Folded {
         state,

@@ -72,6 +72,56 @@ pub enum WalkError {
     Storage(#[from] sled::Error),
 }
 
+/// The order of records read back from the chain, asserted as they come:
+/// each record's seq is the one before it plus one, from seq 1, and at the
+/// end the last record's hash (re-derived by the walk from its bytes) is
+/// the head the chain's last frame links to. A read that checked the chain
+/// hands records this way; anything else is a bug of the reader (a lost,
+/// repeated or reordered frame between the threads that hash and the one
+/// that folds), and folding past it would build a wrong state.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadBack {
+    seq: u64,
+    hash: blake3::Hash,
+}
+
+impl Default for ReadBack {
+    fn default() -> Self {
+        ReadBack {
+            seq: 0,
+            hash: ZERO_HASH,
+        }
+    }
+}
+
+impl ReadBack {
+    /// Takes the record read next.
+    pub fn next(&mut self, seq: u64, hash: &blake3::Hash) {
+        assert_eq!(
+            seq,
+            self.seq + 1,
+            "record {seq} was read back after record {}",
+            self.seq
+        );
+        self.seq = seq;
+        self.hash = *hash;
+    }
+
+    /// Asserts that the records taken end at `head`, the read's end.
+    pub fn finish(&self, head: &Head) {
+        assert_eq!(
+            self.seq, head.seq,
+            "the records read back end at seq {} but the chain at seq {}",
+            self.seq, head.seq
+        );
+        assert_eq!(
+            self.hash, head.hash,
+            "the hash of record {} read back is not the chain's last link",
+            self.seq
+        );
+    }
+}
+
 /// Where a walk ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Head {

@@ -2,7 +2,7 @@
 //! decode every event, and check every checkpoint against the chain.
 
 use super::codec::decode_event;
-use super::store::{ChainBreak, Head, Store, WalkError};
+use super::store::{ChainBreak, Head, ReadBack, Store, WalkError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -47,10 +47,12 @@ pub fn verify_mapping<T: Send>(
         Ok(event) => Ok((raw.seq, raw.hash, map(&raw, &event))),
         Err(what) => Err(format!("event cannot be decoded: {what}")),
     };
+    let mut read_back = ReadBack::default();
     let walked = store.read_chain(check, |frames| {
         for frame in frames {
             records += frame.len() as u64;
             for (seq, hash, mapped) in frame {
+                read_back.next(seq, &hash);
                 observe(seq, &hash, mapped);
                 while wanted.peek().is_some_and(|&w| w < seq) {
                     wanted.next();
@@ -73,6 +75,7 @@ pub fn verify_mapping<T: Send>(
         }
         Err(WalkError::Storage(e)) => return Err(e),
     };
+    read_back.finish(&head);
     for checkpoint in &checkpoints {
         if checkpoint.seq > head.seq {
             return Ok(Err(ChainBreak {

@@ -144,7 +144,6 @@ pub enum OpenError {
 type Query = Box<dyn FnOnce(&State, Head) -> Deliver + Send>;
 type Deliver = Box<dyn FnOnce() + Send>;
 
-
 enum Msg {
     Append {
         entries: Vec<Append>,
@@ -237,7 +236,10 @@ impl Ledger {
 
     /// Sends `msg`, yielding while the inbox is full.
     async fn send_async(&self, msg: Msg) -> Result<(), AppendError> {
-        self.tx.send_async(msg).await.map_err(|_| AppendError::Closed)
+        self.tx
+            .send_async(msg)
+            .await
+            .map_err(|_| AppendError::Closed)
     }
 
     /// Appends a batch atomically; returns once it is as durable as the
@@ -857,9 +859,7 @@ impl Writer {
     /// Handles a non-append message; returns true when the writer must stop.
     fn control(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Append { .. } | Msg::Commands { .. } | Msg::AppendLent { .. } => {
-                false
-            }
+            Msg::Append { .. } | Msg::Commands { .. } | Msg::AppendLent { .. } => false,
             Msg::Lend { reply } => {
                 let lent = match &self.poisoned {
                     Some(why) => Err(AppendError::Storage(why.clone())),
@@ -1073,6 +1073,12 @@ impl Writer {
             .map_or(Micros::ZERO, |t| t.reserved_micros);
         cover.note(index, &entry.event, task_reserved);
         let seq = self.head.seq + 1;
+        assert_eq!(
+            seq,
+            self.state.seq + 1,
+            "record {seq} does not follow the live state's seq {}",
+            self.state.seq
+        );
         let recorded_at = match entry.recorded_at {
             Some(at) => at,
             None => {
@@ -1091,7 +1097,17 @@ impl Writer {
         let (run, tenant) = self.state.scope(&entry.event);
         let run = run.map(|r| group.index.slot(IndexKind::Run, r.as_str()));
         let tenant = tenant.map(|t| group.index.slot(IndexKind::Tenant, t.as_str()));
+        let reserved_by = match &entry.event {
+            Event::CostReserved { tenant, .. } => Some(tenant.clone()),
+            _ => None,
+        };
         self.state.evolve(seq, recorded_at, entry.event);
+        // Validated, so it holds: spent + reserved never passes the budget
+        // by a reservation. Checked here, not in the fold, so that a
+        // forged ledger is reported by replay, never a panic.
+        if let Some(t) = reserved_by.and_then(|t| self.state.tenants.get(&t)) {
+            t.assert_reservation_fits(t.reserved_micros);
+        }
         group.staged.push(Staged {
             recorded_at,
             hash,
@@ -1141,6 +1157,7 @@ impl Writer {
             }
             group.records += 1;
         }
+        group.builder.assert_at(self.head.seq, &self.head.hash);
         let receipt = Receipt {
             first_seq: start.seq + 1,
             last_seq: self.head.seq,
