@@ -2,13 +2,16 @@
 //! random workloads (many tenants, tight budgets, random costs, failures
 //! and timeouts, high concurrency) never take a tenant's `spent + reserved`
 //! past its budget at any seq unless a `budget_overrun` was recorded, no
-//! event moves the numbers of a tenant it does not belong to, and every
-//! recorded decision re-checks (`replay --check`).
+//! event moves the numbers of a tenant it does not belong to, every
+//! recorded decision re-checks (`replay --check`), and a window of events
+//! undone from a mark (the writer's undo of a rejected command) leaves the
+//! state exactly as it was at the mark.
 
 mod support;
 
 use proptest::prelude::*;
-use runledger::domain::{Event, State, TenantId};
+use runledger::domain::journal::Undo;
+use runledger::domain::{Event, State, TenantId, Timestamp};
 use runledger::log::Store;
 use runledger::runtime::{RunOptions, run_simulated};
 use runledger::workload::Workload;
@@ -78,6 +81,33 @@ fn recheck(dir: &std::path::Path) -> runledger::audit::check::CheckReport {
     runledger::audit::check::check(&store, Default::default()).unwrap()
 }
 
+/// The writer's undo of a rejected command: from `state`, a window of the
+/// next events applied after a mark and undone leaves the state exactly as
+/// it was at the mark (projections, indices and memories), wherever the
+/// mark falls.
+fn check_undo(state: &State, next: &[(u64, Timestamp, Event)], kept: usize) -> Result<(), String> {
+    let mut trial = state.clone();
+    trial.record(true);
+    let (before, after) = next.split_at(kept.min(next.len()));
+    for (seq, at, event) in before.iter().cloned() {
+        trial.evolve(seq, at, event);
+    }
+    trial.mark();
+    let marked = trial.clone();
+    for (seq, at, event) in after.iter().cloned() {
+        trial.evolve(seq, at, event);
+    }
+    trial.undo();
+    if trial != marked {
+        let seq = after.first().map_or(0, |e| e.0);
+        return Err(format!(
+            "undoing {} events from seq {seq} left another state",
+            after.len()
+        ));
+    }
+    Ok(())
+}
+
 fn check_every_seq(dir: &std::path::Path) -> Result<u64, String> {
     let store = Store::open(dir, false).map_err(|e| e.to_string())?;
     let mut events = Vec::new();
@@ -92,7 +122,13 @@ fn check_every_seq(dir: &std::path::Path) -> Result<u64, String> {
         })
         .map_err(|e| e.to_string())?;
     let mut state = State::new();
+    // Some 16 undo windows per ledger, each from a clone of the state.
+    let undo_every = (events.len() as u64 / 16).max(7);
     for (seq, at, event) in events.iter().cloned() {
+        if seq % undo_every == 0 {
+            let window = &events[seq as usize - 1..events.len().min(seq as usize + 11)];
+            check_undo(&state, window, (seq % 3) as usize)?;
+        }
         let (_, owner) = state.scope(&event);
         let owner: Option<TenantId> = owner.cloned().or_else(|| match &event {
             Event::TaskSubmitted { tenant, .. } => Some(tenant.clone()),

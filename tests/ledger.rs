@@ -477,10 +477,10 @@ fn wall_clock_stamps_are_not_frozen_by_records_stamped_in_the_future() {
 }
 
 /// The settler's overrun, recorded before its costs, must have them in the
-/// same step: a step with the overrun alone is dropped whole, and the live
-/// state is as before it (the next step sees no overrun).
+/// same command: a command with the overrun alone is dropped whole, and the
+/// live state is as before it (the next step sees no overrun).
 #[test]
-fn a_step_recording_an_overrun_without_its_cost_is_dropped_whole() {
+fn a_command_recording_an_overrun_without_its_cost_is_dropped_whole() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -523,7 +523,7 @@ fn a_step_recording_an_overrun_without_its_cost_is_dropped_whole() {
     };
     let lone = overrun.clone();
     let rules = || Rules::new(QueuePolicy::default(), 1);
-    let refused = rt.block_on(ledger.commands(rules(), vec![Command::Record(vec![lone])]));
+    let refused = rt.block_on(ledger.command(rules(), Command::Record(vec![lone])));
     assert!(
         matches!(
             &refused,
@@ -538,11 +538,67 @@ fn a_step_recording_an_overrun_without_its_cost_is_dropped_whole() {
         .query(|state, head| (head.seq, state.tenants.get(&"acme".into()).unwrap().overrun))
         .unwrap();
     assert_eq!((head, overrun_seen), (4, false));
-    let step = vec![Command::Record(vec![overrun, cost(150)])];
-    let (receipt, outcomes) = rt.block_on(ledger.commands(rules(), step)).unwrap();
-    assert_eq!(outcomes, vec![Outcome::Recorded]);
+    let step = Command::Record(vec![overrun, cost(150)]);
+    let (receipt, outcome) = rt.block_on(ledger.command(rules(), step)).unwrap();
+    assert_eq!(outcome, Outcome::Recorded);
     assert_eq!((receipt.first_seq, receipt.last_seq), (5, 6));
     ledger.close().unwrap();
+}
+
+/// A command rejected inside a step drops its own events only, even those
+/// the live state already took before the rejected one: the writer undoes
+/// them (no fold of the ledger), the step's other commands are appended,
+/// later steps decide on the undone state, and the live state is what a
+/// fold of the log gives.
+#[test]
+fn a_rejected_command_drops_only_its_own_events_from_the_step() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open_ledger(dir.path());
+    ledger
+        .append([
+            tenant("acme", 1_000),
+            Event::RunStarted {
+                run: "r".into(),
+                seed: 1,
+                config_hash: String::new(),
+            },
+            submit("r", "t1", "acme", Vec::new()),
+        ])
+        .unwrap();
+    let rules = || Rules::new(QueuePolicy::default(), 1);
+    let record = |tasks: &[&str]| {
+        let events = tasks.iter().map(|t| submit("r", t, "acme", Vec::new()));
+        Command::Record(events.collect())
+    };
+    // t3 is valid and applied; t1 again is refused, so t3 goes too.
+    let step = vec![record(&["t2"]), record(&["t3", "t1"]), record(&["t4"])];
+    let (receipt, decided) = rt.block_on(ledger.commands(rules(), step)).unwrap();
+    assert!(matches!(decided[0], Ok(Outcome::Recorded)), "{decided:?}");
+    assert!(
+        matches!(&decided[1], Err(AppendError::Rejected { index: 1, .. })),
+        "{decided:?}"
+    );
+    assert!(matches!(decided[2], Ok(Outcome::Recorded)), "{decided:?}");
+    assert_eq!((receipt.first_seq, receipt.last_seq), (4, 5));
+    // The undone submission can be made again.
+    let (receipt, _) = rt
+        .block_on(ledger.command(rules(), record(&["t3"])))
+        .unwrap();
+    assert_eq!(receipt.last_seq, 6);
+    let live = ledger.query(|state, _| state.clone()).unwrap();
+    ledger.close().unwrap();
+    let folded = replay::fold(&Store::open(dir.path(), false).unwrap(), None).unwrap();
+    assert!(live == folded.state, "the live state differs from the fold");
+    let ids: Vec<_> = live
+        .queue
+        .sorted()
+        .into_iter()
+        .map(|(id, _)| id.0.clone())
+        .collect();
+    assert_eq!(ids, ["t1", "t2", "t3", "t4"]);
 }
 
 /// A lent state ([`Ledger::lend`]) is the ledger's one live state: what the

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::event::{Decision, Event};
 use super::ids::{RunId, WorkerId};
+use super::journal::{Journaled, Undo};
 use super::money::Micros;
 use super::time::Timestamp;
 
@@ -45,9 +46,21 @@ pub struct RunSummary {
     pub decisions: [u64; 3],
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Runs {
-    runs: FxHashMap<RunId, RunSummary>,
+    runs: Journaled<FxHashMap<RunId, RunSummary>>,
+}
+
+impl Undo for Runs {
+    fn record(&mut self, on: bool) {
+        self.runs.record(on);
+    }
+    fn mark(&mut self) {
+        self.runs.mark();
+    }
+    fn undo(&mut self) {
+        self.runs.undo();
+    }
 }
 
 impl Runs {
@@ -203,9 +216,21 @@ impl WorkerStats {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Workers {
-    workers: FxHashMap<WorkerId, WorkerStats>,
+    workers: Journaled<FxHashMap<WorkerId, WorkerStats>>,
+}
+
+impl Undo for Workers {
+    fn record(&mut self, on: bool) {
+        self.workers.record(on);
+    }
+    fn mark(&mut self) {
+        self.workers.mark();
+    }
+    fn undo(&mut self) {
+        self.workers.undo();
+    }
 }
 
 impl Workers {

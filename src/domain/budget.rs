@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::event::{BudgetPeriod, BudgetStatus, Category, Event, LearningIntensity};
 use super::ids::{TaskId, TenantId};
+use super::journal::{Journaled, Undo};
 use super::money::Micros;
 use super::policy::{CRITICAL_BP, WARNING_BP};
 use super::rejection::Rejection;
@@ -130,9 +131,21 @@ impl Tenant {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tenants {
-    tenants: FxHashMap<TenantId, Tenant>,
+    tenants: Journaled<FxHashMap<TenantId, Tenant>>,
+}
+
+impl Undo for Tenants {
+    fn record(&mut self, on: bool) {
+        self.tenants.record(on);
+    }
+    fn mark(&mut self) {
+        self.tenants.mark();
+    }
+    fn undo(&mut self) {
+        self.tenants.undo();
+    }
 }
 
 /// The spend of all categories (saturating).

@@ -33,6 +33,7 @@ use serde::Serialize;
 use super::draw::draw;
 use super::event::{Event, LearningIntensity, Params};
 use super::ids::{TaskId, TenantId};
+use super::journal::{Journaled, Undo};
 use super::money::Micros;
 use super::policy::Policy;
 
@@ -113,13 +114,31 @@ struct Pending {
     explored: bool,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Learning {
-    profiles: FxHashMap<TenantId, LearningProfile>,
+    profiles: Journaled<FxHashMap<TenantId, LearningProfile>>,
     /// Choices awaiting their outcome, by task.
-    pending: FxHashMap<TaskId, Pending>,
+    pending: Journaled<FxHashMap<TaskId, Pending>>,
     /// Per arm, the outcomes of every tenant that opted into meta-learning.
-    meta: BTreeMap<String, ArmStats>,
+    meta: Journaled<BTreeMap<String, ArmStats>>,
+}
+
+impl Undo for Learning {
+    fn record(&mut self, on: bool) {
+        self.profiles.record(on);
+        self.pending.record(on);
+        self.meta.record(on);
+    }
+    fn mark(&mut self) {
+        self.profiles.mark();
+        self.pending.mark();
+        self.meta.mark();
+    }
+    fn undo(&mut self) {
+        self.profiles.undo();
+        self.pending.undo();
+        self.meta.undo();
+    }
 }
 
 /// What the learning projection's digest covers.
@@ -555,8 +574,7 @@ impl Learning {
                         .add(*reward_bp, *cost_micros);
                     if p.meta_learning {
                         self.meta
-                            .entry(arm.clone())
-                            .or_default()
+                            .get_or_insert_with(arm, ArmStats::default)
                             .add(*reward_bp, *cost_micros);
                     }
                 }

@@ -19,6 +19,7 @@ pub mod draw;
 pub mod event;
 pub mod governance;
 pub mod ids;
+pub mod journal;
 pub mod learning;
 pub mod limits;
 pub mod money;

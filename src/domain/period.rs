@@ -8,7 +8,7 @@
 //! is derived from the log by `State::evolve` and lies outside the digests.
 //! The decision built on it is `governance::period_resets`.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
@@ -16,6 +16,7 @@ use rustc_hash::FxHashMap;
 
 use super::event::BudgetPeriod;
 use super::ids::TenantId;
+use super::journal::{Journaled, Undo};
 use super::time::Timestamp;
 
 const DAY_MICROS: i64 = 86_400_000_000;
@@ -81,10 +82,25 @@ pub fn period_over(period: BudgetPeriod, started: Timestamp, now: Timestamp) -> 
 /// where that end exists. A tenant's kind changes only together with a
 /// [`Periods::begin`] (registration, update to another kind), so `begin`
 /// keeps it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Periods {
-    started: FxHashMap<TenantId, Timestamp>,
-    ends: BTreeSet<(Timestamp, TenantId)>,
+    started: Journaled<FxHashMap<TenantId, Timestamp>>,
+    ends: Journaled<BTreeMap<(Timestamp, TenantId), ()>>,
+}
+
+impl Undo for Periods {
+    fn record(&mut self, on: bool) {
+        self.started.record(on);
+        self.ends.record(on);
+    }
+    fn mark(&mut self) {
+        self.started.mark();
+        self.ends.mark();
+    }
+    fn undo(&mut self) {
+        self.started.undo();
+        self.ends.undo();
+    }
 }
 
 impl Periods {
@@ -115,13 +131,13 @@ impl Periods {
             // Reuses the stored id for the new entry.
             id = self
                 .ends
-                .take(&(end, tenant.clone()))
-                .map(|(_, stored)| stored);
+                .remove_entry(&(end, tenant.clone()))
+                .map(|((_, stored), ())| stored);
             debug_assert!(id.is_some(), "`{tenant}` had no period end at {end}");
         }
         if let Some(end) = period_end(kind, at) {
             self.ends
-                .insert((end, id.unwrap_or_else(|| tenant.clone())));
+                .insert((end, id.unwrap_or_else(|| tenant.clone())), ());
         }
     }
 
@@ -135,7 +151,7 @@ impl Periods {
         };
         self.ends
             .range((Bound::Unbounded, upper))
-            .filter_map(|(_, tenant)| Some((tenant, self.started(tenant)?)))
+            .filter_map(|((_, tenant), ())| Some((tenant, self.started(tenant)?)))
     }
 
     /// The ends the invariant asks for, given each tenant's kind (`None`
@@ -144,12 +160,12 @@ impl Periods {
     fn expected_ends(
         &self,
         kind_of: impl Fn(&TenantId) -> Option<BudgetPeriod>,
-    ) -> BTreeSet<(Timestamp, TenantId)> {
+    ) -> BTreeMap<(Timestamp, TenantId), ()> {
         self.started
             .iter()
             .filter_map(|(tenant, &started)| {
                 let end = period_end(kind_of(tenant)?, started)?;
-                Some((end, tenant.clone()))
+                Some(((end, tenant.clone()), ()))
             })
             .collect()
     }
@@ -346,7 +362,7 @@ mod tests {
     fn same_resets(state: &State, now: Timestamp) -> Result<(), TestCaseError> {
         let periods = state.periods();
         let expected = periods.expected_ends(|t| state.tenants.get(t).map(|t| t.budget_period));
-        prop_assert_eq!(&periods.ends, &expected);
+        prop_assert_eq!(&*periods.ends, &expected);
         prop_assert_eq!(
             period_resets(state, now),
             period_resets_walk(state, now),

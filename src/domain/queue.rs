@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::cost::{Plan, degraded_ceiling};
 use super::event::{Event, Params, Priority};
 use super::ids::{PipelineId, RunId, TaskId, TenantId, WorkerId};
+use super::journal::{Journaled, Kept, Undo};
 use super::money::Micros;
 use super::rejection::Rejection;
 use super::time::Timestamp;
@@ -119,7 +120,7 @@ struct Memo {
 pub struct Queue {
     /// Boxed so the table holds 32-byte entries: growing it moves and
     /// faults in far less memory than inline 300-byte tasks would.
-    tasks: FxHashMap<TaskId, Box<Task>>,
+    tasks: Journaled<FxHashMap<TaskId, Box<Task>>>,
     /// What [`Queue::remaining`] computed, kept until a submission or a
     /// start changes it: a cache over `tasks`, outside the digests. A
     /// `RefCell` because the deciders read the queue through `&State`.
@@ -127,13 +128,59 @@ pub struct Queue {
     /// Ready tasks per priority, keyed by `ready_seq` (FIFO); one record
     /// can make several tasks ready (an ACK releasing its dependants), kept
     /// in the order it released them.
-    ready: [BTreeMap<u64, Vec<TaskId>>; 5],
-    ready_len: [u64; 5],
-    counts: QueueCounts,
+    ready: [Journaled<BTreeMap<u64, Vec<TaskId>>>; 5],
+    ready_len: Kept<[u64; 5]>,
+    counts: Kept<QueueCounts>,
     /// The leased tasks, in id order: what lease expiry looks at, so that
     /// it costs the leases held, not every task ever submitted. An index
     /// over `tasks`, outside the digests.
-    leased: std::collections::BTreeSet<TaskId>,
+    leased: Journaled<BTreeMap<TaskId, ()>>,
+}
+
+/// The memo of shares is a cache, not part of the value.
+impl PartialEq for Queue {
+    fn eq(&self, other: &Self) -> bool {
+        self.tasks == other.tasks
+            && self.ready == other.ready
+            && *self.ready_len == *other.ready_len
+            && *self.counts == *other.counts
+            && self.leased == other.leased
+    }
+}
+
+impl Undo for Queue {
+    fn record(&mut self, on: bool) {
+        self.tasks.record(on);
+        for ready in &mut self.ready {
+            ready.record(on);
+        }
+        self.ready_len.record(on);
+        self.counts.record(on);
+        self.leased.record(on);
+    }
+
+    fn mark(&mut self) {
+        self.tasks.mark();
+        for ready in &mut self.ready {
+            ready.mark();
+        }
+        self.ready_len.mark();
+        self.counts.mark();
+        self.leased.mark();
+    }
+
+    /// Also forgets every remembered share: one may have been computed
+    /// from a task as the undone events left it.
+    fn undo(&mut self) {
+        self.tasks.undo();
+        for ready in &mut self.ready {
+            ready.undo();
+        }
+        self.ready_len.undo();
+        self.counts.undo();
+        self.leased.undo();
+        self.memo.get_mut().below.clear();
+    }
 }
 
 impl Task {
@@ -157,7 +204,7 @@ impl Queue {
     }
 
     pub fn counts(&self) -> QueueCounts {
-        self.counts
+        *self.counts
     }
 
     pub fn len(&self) -> usize {
@@ -182,15 +229,14 @@ impl Queue {
 
     /// Number of ready tasks per priority, highest priority first.
     pub fn ready_by_priority(&self) -> [u64; 5] {
-        self.ready_len
+        *self.ready_len
     }
 
     fn make_ready(&mut self, priority: Priority, seq: u64, task: TaskId) {
         self.ready[priority.index()]
-            .entry(seq)
-            .or_default()
+            .get_or_insert_with(&seq, Vec::new)
             .push(task);
-        self.ready_len[priority.index()] += 1;
+        self.ready_len.get_mut()[priority.index()] += 1;
     }
 
     fn unready(&mut self, priority: Priority, seq: u64, task: &TaskId) {
@@ -198,7 +244,7 @@ impl Queue {
         if let Some(ids) = set.get_mut(&seq) {
             if let Some(i) = ids.iter().position(|id| id == task) {
                 ids.remove(i);
-                self.ready_len[priority.index()] -= 1;
+                self.ready_len.get_mut()[priority.index()] -= 1;
             }
             if ids.is_empty() {
                 set.remove(&seq);
@@ -503,18 +549,18 @@ impl Queue {
         if to == TaskStatus::Pending {
             self.make_ready(priority, seq, task.clone());
         }
-        *self.counts.slot(from) -= 1;
-        *self.counts.slot(to) += 1;
+        *self.counts.get_mut().slot(from) -= 1;
+        *self.counts.get_mut().slot(to) += 1;
         if from == TaskStatus::Leased && to != TaskStatus::Leased {
             self.leased.remove(task);
         } else if to == TaskStatus::Leased && from != TaskStatus::Leased {
-            self.leased.insert(task.clone());
+            self.leased.insert(task.clone(), ());
         }
     }
 
     /// The leased tasks, in id order.
     pub fn leased(&self) -> impl Iterator<Item = (&TaskId, &Task)> {
-        (self.leased.iter()).filter_map(|id| self.get(id).map(|t| (id, t)))
+        (self.leased.keys()).filter_map(|id| self.get(id).map(|t| (id, t)))
     }
 
     /// Applies a queue event (assumed valid), taking its strings. Returns
@@ -553,7 +599,7 @@ impl Queue {
                 } else {
                     TaskStatus::Waiting
                 };
-                *self.counts.slot(status) += 1;
+                *self.counts.get_mut().slot(status) += 1;
                 if status == TaskStatus::Pending {
                     self.make_ready(priority, seq, task.clone());
                 }
@@ -632,7 +678,7 @@ impl Queue {
                 ..
             } => {
                 self.set_status(&task, TaskStatus::Pending, seq);
-                self.counts.retries += 1;
+                self.counts.get_mut().retries += 1;
                 if let Some(t) = self.tasks.get_mut(&task) {
                     t.worker = None;
                     t.lease_deadline = None;
@@ -643,7 +689,7 @@ impl Queue {
             }
             Event::LeaseExpired { task, .. } => {
                 self.set_status(&task, TaskStatus::Pending, seq);
-                self.counts.retries += 1;
+                self.counts.get_mut().retries += 1;
                 if let Some(t) = self.tasks.get_mut(&task) {
                     t.worker = None;
                     t.lease_deadline = None;

@@ -8,13 +8,14 @@
 //! one line whatever the hash-map order.
 
 use bincode::Encode;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use super::activity::{RunStatus, Runs, Workers};
 use super::budget::Tenants;
 use super::event::{BudgetPeriod, Decision, Event};
 use super::ids::{PipelineId, RunId, TaskId, TenantId};
+use super::journal::{Journaled, Undo};
 use super::learning::Learning;
 use super::money::Micros;
 use super::period::Periods;
@@ -22,7 +23,8 @@ use super::queue::Queue;
 use super::rejection::Rejection;
 use super::time::Timestamp;
 
-/// Every projection the ledger can rebuild.
+/// Every projection the ledger can rebuild. Equal states (`==`) hold the
+/// same projections, indices and memories.
 #[derive(Clone, Debug, Default)]
 pub struct State {
     pub queue: Queue,
@@ -32,22 +34,103 @@ pub struct State {
     pub learning: Learning,
     /// The workload text each run recorded (what `resume` needs); derived
     /// from the log like the rest, outside the digests.
-    workloads: FxHashMap<RunId, String>,
+    workloads: Journaled<FxHashMap<RunId, String>>,
     /// When each tenant's current budget period began (its registration,
     /// a change of its period kind, or its last reset), and the tenants by
     /// when that period ends; outside the digests.
     periods: Periods,
     /// Open (non-terminal) tasks per pipeline instance, by run.
-    pipelines: FxHashMap<RunId, FxHashMap<PipelineId, u32>>,
+    pipelines: Journaled<FxHashMap<(RunId, PipelineId), u32>>,
     /// What each run's tasks hold reserved (runs holding nothing are
     /// absent); outside the digests, like the task reservations it sums.
-    reserved_by_run: FxHashMap<RunId, i64>,
+    reserved_by_run: Journaled<FxHashMap<RunId, i64>>,
     /// What the gate has recorded about open tasks; outside the digests.
     gate: GateMemory,
     /// Seq of the last event folded in.
     pub seq: u64,
     /// `recorded_at` of the last event folded in.
     pub last_at: Timestamp,
+    /// `(seq, last_at)` at the last mark, while recording ([`Undo`]).
+    at_mark: SeqAtMark,
+}
+
+/// Equal projections, indices and memories: the journal and the memo of
+/// shares (a cache) are not part of the value.
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        self.queue == other.queue
+            && self.tenants == other.tenants
+            && self.runs == other.runs
+            && self.workers == other.workers
+            && self.learning == other.learning
+            && self.workloads == other.workloads
+            && self.periods == other.periods
+            && self.pipelines == other.pipelines
+            && self.reserved_by_run == other.reserved_by_run
+            && self.gate == other.gate
+            && self.seq == other.seq
+            && self.last_at == other.last_at
+    }
+}
+
+/// A clone of the state starts without a journal, like its tables.
+#[derive(Debug, Default)]
+struct SeqAtMark(Option<(u64, Timestamp)>);
+
+impl Clone for SeqAtMark {
+    fn clone(&self) -> Self {
+        SeqAtMark(None)
+    }
+}
+
+/// The writer's undo of a rejected command: every table of the state keeps
+/// its journal (see [`super::journal`]).
+impl Undo for State {
+    fn record(&mut self, on: bool) {
+        self.queue.record(on);
+        self.tenants.record(on);
+        self.runs.record(on);
+        self.workers.record(on);
+        self.learning.record(on);
+        self.workloads.record(on);
+        self.periods.record(on);
+        self.pipelines.record(on);
+        self.reserved_by_run.record(on);
+        self.gate.record(on);
+        self.at_mark = SeqAtMark(on.then_some((self.seq, self.last_at)));
+    }
+
+    fn mark(&mut self) {
+        self.queue.mark();
+        self.tenants.mark();
+        self.runs.mark();
+        self.workers.mark();
+        self.learning.mark();
+        self.workloads.mark();
+        self.periods.mark();
+        self.pipelines.mark();
+        self.reserved_by_run.mark();
+        self.gate.mark();
+        if self.at_mark.0.is_some() {
+            self.at_mark = SeqAtMark(Some((self.seq, self.last_at)));
+        }
+    }
+
+    fn undo(&mut self) {
+        self.queue.undo();
+        self.tenants.undo();
+        self.runs.undo();
+        self.workers.undo();
+        self.learning.undo();
+        self.workloads.undo();
+        self.periods.undo();
+        self.pipelines.undo();
+        self.reserved_by_run.undo();
+        self.gate.undo();
+        if let Some((seq, last_at)) = self.at_mark.0 {
+            (self.seq, self.last_at) = (seq, last_at);
+        }
+    }
 }
 
 /// What the gate in front of every attempt has recorded about each open
@@ -55,10 +138,25 @@ pub struct State {
 /// verdict, and whether its present wait for admission is recorded.
 /// Derived from the log like the rest (`replay --check` reads the same
 /// memory the executors decided with).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 struct GateMemory {
-    verdicts: FxHashMap<TaskId, Decision>,
-    waiting: FxHashSet<TaskId>,
+    verdicts: Journaled<FxHashMap<TaskId, Decision>>,
+    waiting: Journaled<FxHashMap<TaskId, ()>>,
+}
+
+impl Undo for GateMemory {
+    fn record(&mut self, on: bool) {
+        self.verdicts.record(on);
+        self.waiting.record(on);
+    }
+    fn mark(&mut self) {
+        self.verdicts.mark();
+        self.waiting.mark();
+    }
+    fn undo(&mut self) {
+        self.verdicts.undo();
+        self.waiting.undo();
+    }
 }
 
 impl GateMemory {
@@ -74,7 +172,7 @@ impl GateMemory {
             Event::AdmissionDenied {
                 task: Some(task), ..
             } => {
-                self.waiting.insert(task.clone());
+                self.waiting.insert(task.clone(), ());
             }
             // A wait ends with the lease or the task.
             Event::TaskDequeued { task, .. } => {
@@ -182,7 +280,7 @@ impl State {
 
     /// Whether `task`'s present wait for admission is recorded.
     pub fn wait_recorded(&self, task: &TaskId) -> bool {
-        self.gate.waiting.contains(task)
+        self.gate.waiting.contains_key(task)
     }
 
     /// The workload text recorded for `run`.
@@ -290,14 +388,8 @@ impl State {
                 // A task without a pipeline is a pipeline run of its own.
                 None => self.tenants.run_opened(tenant),
                 Some(pipeline) => {
-                    let pipelines = match self.pipelines.get_mut(run) {
-                        Some(p) => p,
-                        None => self.pipelines.entry(run.clone()).or_default(),
-                    };
-                    let open = match pipelines.get_mut(pipeline) {
-                        Some(open) => open,
-                        None => pipelines.entry(pipeline.clone()).or_insert(0),
-                    };
+                    let key = (run.clone(), pipeline.clone());
+                    let open = self.pipelines.get_or_insert_with(&key, || 0);
                     *open += 1;
                     if *open == 1 {
                         self.tenants.run_opened(tenant);
@@ -385,14 +477,11 @@ pub fn scope_of<'a>(
 
 /// `run`'s tasks reserved `delta` more (or less); a run holding nothing
 /// leaves the map.
-fn note_reserved(reserved_by_run: &mut FxHashMap<RunId, i64>, run: &RunId, delta: i64) {
+fn note_reserved(reserved_by_run: &mut Journaled<FxHashMap<RunId, i64>>, run: &RunId, delta: i64) {
     if delta == 0 {
         return;
     }
-    let held = match reserved_by_run.get_mut(run) {
-        Some(held) => held,
-        None => reserved_by_run.entry(run.clone()).or_insert(0),
-    };
+    let held = reserved_by_run.get_or_insert_with(run, || 0);
     *held = held.saturating_add(delta);
     if *held == 0 {
         reserved_by_run.remove(run);
@@ -402,7 +491,7 @@ fn note_reserved(reserved_by_run: &mut FxHashMap<RunId, i64>, run: &RunId, delta
 /// A task of a pipeline run ended: the run stops counting towards its
 /// tenant's concurrency when it has no open task left.
 fn close_pipeline_task(
-    pipelines: &mut FxHashMap<RunId, FxHashMap<PipelineId, u32>>,
+    pipelines: &mut Journaled<FxHashMap<(RunId, PipelineId), u32>>,
     tenants: &mut Tenants,
     t: &super::queue::Task,
 ) {
@@ -410,17 +499,12 @@ fn close_pipeline_task(
         tenants.run_closed(&t.tenant);
         return;
     };
-    let Some(open_by_pipeline) = pipelines.get_mut(&t.run) else {
-        return;
-    };
-    if let Some(open) = open_by_pipeline.get_mut(pipeline) {
+    let key = (t.run.clone(), pipeline.clone());
+    if let Some(open) = pipelines.get_mut(&key) {
         *open = open.saturating_sub(1);
         if *open == 0 {
-            open_by_pipeline.remove(pipeline);
+            pipelines.remove(&key);
             tenants.run_closed(&t.tenant);
         }
-    }
-    if open_by_pipeline.is_empty() {
-        pipelines.remove(&t.run);
     }
 }

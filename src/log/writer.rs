@@ -32,6 +32,7 @@ use super::store::{Checkpoint, Head, IndexBuilder, IndexKind, Store, StoreError,
 use crate::domain::budget::OverrunCover;
 use crate::domain::command::{self, Command, Outcome};
 use crate::domain::decide::{self as decider, Rules};
+use crate::domain::journal::Undo;
 use crate::domain::{Event, Micros, Rejection, State, Timestamp, limits};
 use crate::log::replay;
 
@@ -144,6 +145,10 @@ pub enum OpenError {
 type Query = Box<dyn FnOnce(&State, Head) -> Deliver + Send>;
 type Deliver = Box<dyn FnOnce() + Send>;
 
+/// What one command of a step decided, or why it was rejected (its events
+/// dropped, the step's other commands kept).
+pub type Decided = Result<Outcome, AppendError>;
+
 enum Msg {
     Append {
         entries: Vec<Append>,
@@ -153,7 +158,7 @@ enum Msg {
     Commands {
         commands: Vec<Command>,
         rules: Rules,
-        reply: oneshot::Sender<Result<(Receipt, Vec<Outcome>), AppendError>>,
+        reply: oneshot::Sender<Result<(Receipt, Vec<Decided>), AppendError>>,
     },
     Query(Query),
     /// Hand the live state to one caller ([`Ledger::lend`]).
@@ -207,10 +212,13 @@ impl Ledger {
             Some(pace) => Some(Syncer::start(Arc::clone(&store), pace).map_err(io_error)?),
             None => None,
         };
+        let mut state = folded.state;
+        // A rejected command is undone, never refolded.
+        state.record(true);
         let writer = Writer {
             syncer,
             store,
-            state: folded.state,
+            state,
             head: folded.head,
             last_wall: Timestamp::EPOCH,
             options,
@@ -285,13 +293,15 @@ impl Ledger {
     /// Makes the decisions `commands` name, in order, each on the state the
     /// ones before it left (after the budget periods due now turn), and
     /// appends their events in one step: what each decided, once the step
-    /// is as durable as the ledger promises. All or nothing: a rejected
-    /// event drops the whole step and the caller gets the rejection.
+    /// is as durable as the ledger promises. Each command is all or
+    /// nothing: a rejected event drops its command's events (undone on the
+    /// live state) and the others stand. The step fails whole only when the
+    /// ledger cannot write.
     pub async fn commands(
         &self,
         rules: Rules,
         commands: Vec<Command>,
-    ) -> Result<(Receipt, Vec<Outcome>), AppendError> {
+    ) -> Result<(Receipt, Vec<Decided>), AppendError> {
         let (reply, rx) = oneshot::channel();
         self.send_async(Msg::Commands {
             commands,
@@ -300,6 +310,17 @@ impl Ledger {
         })
         .await?;
         rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// [`Ledger::commands`] of one command, whose rejection is the error.
+    pub async fn command(
+        &self,
+        rules: Rules,
+        command: Command,
+    ) -> Result<(Receipt, Outcome), AppendError> {
+        let (receipt, mut decided) = self.commands(rules, vec![command]).await?;
+        let outcome = decided.pop().expect("a step answers each of its commands");
+        Ok((receipt, outcome?))
     }
 
     /// Lends the live state to the caller, who decides, validates and
@@ -404,11 +425,23 @@ struct Draft<'w> {
     group: &'w mut Group,
     now: Timestamp,
     pushed: usize,
-    /// `Some(None)`: the ledger cannot write; `Some(Some(..))`: a push was
-    /// rejected. Either way nothing of the step is appended.
-    failed: Option<Option<(usize, Rejection)>>,
-    /// The step's overruns and the spend behind them.
+    /// Where the present command began: its events are undone together.
+    unit: Unit,
+    /// A push of the present command was rejected: the rest of the
+    /// command fails too, and its events are undone.
+    failed: Option<(usize, Rejection)>,
+    /// The command's overruns and the spend behind them.
     cover: OverrunCover,
+}
+
+/// Where a command began: the head, the events pushed, and the group's
+/// staged records and bytes.
+#[derive(Clone, Copy)]
+struct Unit {
+    head: Head,
+    pushed: usize,
+    staged: usize,
+    scratch: usize,
 }
 
 impl Draft<'_> {
@@ -418,35 +451,67 @@ impl Draft<'_> {
     }
 
     /// Validates `event` on the current state and applies it. After a
-    /// rejection every later push fails too and the step is dropped whole.
+    /// rejection every later push of the command fails too.
     pub fn push(&mut self, event: Event) -> Result<(), AppendError> {
-        if let Some(failed) = &self.failed {
-            return Err(match failed {
-                Some((index, rejection)) => AppendError::Rejected {
-                    index: *index,
-                    rejection: rejection.clone(),
-                },
-                None => AppendError::Storage(self.writer.poisoned.clone().unwrap_or_default()),
+        if let Some((index, rejection)) = &self.failed {
+            return Err(AppendError::Rejected {
+                index: *index,
+                rejection: rejection.clone(),
             });
         }
         let entry = Append {
             recorded_at: Some(self.now),
             event,
         };
-        match self
-            .writer
-            .stage(self.group, entry, self.pushed, &mut self.cover)
-        {
+        // The event's place in its command.
+        let index = self.pushed - self.unit.pushed;
+        match self.writer.stage(self.group, entry, index, &mut self.cover) {
             Ok(()) => {
                 self.pushed += 1;
                 Ok(())
             }
             Err(rejection) => {
-                let index = self.pushed;
-                self.failed = Some(Some((index, rejection.clone())));
+                self.failed = Some((index, rejection.clone()));
                 Err(AppendError::Rejected { index, rejection })
             }
         }
+    }
+
+    /// A command begins: what it pushes is undone together.
+    fn open_unit(&mut self) {
+        self.writer.state.mark();
+        self.unit = Unit {
+            head: self.writer.head,
+            pushed: self.pushed,
+            staged: self.group.staged.len(),
+            scratch: self.group.scratch.len(),
+        };
+        self.failed = None;
+        self.cover = OverrunCover::new();
+    }
+
+    /// The command ended with `result`: kept if it and all it pushed
+    /// stand (each overrun with the spend behind it), else undone.
+    fn close_unit<T>(&mut self, result: Result<T, AppendError>) -> Result<T, AppendError> {
+        let covered = std::mem::replace(&mut self.cover, OverrunCover::new()).check();
+        let result = result.and_then(|value| match covered {
+            Ok(()) => Ok(value),
+            Err((index, rejection)) => Err(AppendError::Rejected { index, rejection }),
+        });
+        if result.is_err() {
+            self.undo_unit();
+        }
+        result
+    }
+
+    /// Drops what the present command pushed: the live state returns to
+    /// its mark, and the head and the group to where the command began.
+    fn undo_unit(&mut self) {
+        self.writer.state.undo();
+        self.writer.head = self.unit.head;
+        self.pushed = self.unit.pushed;
+        self.group.staged.truncate(self.unit.staged);
+        self.group.scratch.truncate(self.unit.scratch);
     }
 }
 
@@ -865,6 +930,9 @@ impl Writer {
                     Some(why) => Err(AppendError::Storage(why.clone())),
                     None => {
                         self.lent = true;
+                        // The borrower checks each event before it applies
+                        // it: nothing of it is ever undone.
+                        self.state.record(false);
                         Ok((std::mem::take(&mut self.state), self.head))
                     }
                 };
@@ -874,7 +942,10 @@ impl Writer {
             Msg::Return(state) => {
                 self.lent = false;
                 match state {
-                    Some(state) if state.seq == self.head.seq => self.state = *state,
+                    Some(state) if state.seq == self.head.seq => {
+                        self.state = *state;
+                        self.state.record(true);
+                    }
                     // The borrower stopped midway, or a batch of it was
                     // refused: the state is what the log says.
                     _ => self.refold(),
@@ -957,84 +1028,85 @@ impl Writer {
 
     /// Validates and evolves one batch into the group. A batch is
     /// all-or-nothing: its records are staged and join the group only when
-    /// every event passed; a rejection after the first event commits what the
-    /// group held before and refolds the live state from the log.
+    /// every event passed; a rejection undoes what the batch did to the
+    /// live state.
     fn accept(&mut self, group: &mut Group, entries: Vec<Append>, reply: Replier) {
         if !self.begin(group) {
             self.refuse(reply);
             return;
         }
+        self.state.mark();
         let start = (self.head, self.last_wall);
         let count = entries.len();
         let mut cover = OverrunCover::new();
         for (index, entry) in entries.into_iter().enumerate() {
             if let Err(rejection) = self.stage(group, entry, index, &mut cover) {
-                self.abort(group, start, index);
+                self.abort(group, start);
                 reply(Err(AppendError::Rejected { index, rejection }));
                 return;
             }
         }
         if let Err((index, rejection)) = cover.check() {
-            self.abort(group, start, count);
+            self.abort(group, start);
             reply(Err(AppendError::Rejected { index, rejection }));
             return;
         }
         self.take_staged(group, start.0, count, reply);
     }
 
-    /// Makes the decisions `commands` name on a draft of the live state,
-    /// after the budget periods due now turn, and answers with what each
-    /// decided; returns how many events they pushed. All or nothing: a
-    /// rejected event drops the whole step and the caller hears why.
+    /// Makes the decisions `commands` name on the live state, after the
+    /// budget periods due now turn, and answers with what each decided;
+    /// returns how many events they pushed. Each command is all or
+    /// nothing: a rejected one is undone on the live state and answered
+    /// with its rejection, the others stand.
     fn commands(
         &mut self,
         group: &mut Group,
         commands: Vec<Command>,
         rules: &Rules,
-        reply: oneshot::Sender<Result<(Receipt, Vec<Outcome>), AppendError>>,
+        reply: oneshot::Sender<Result<(Receipt, Vec<Decided>), AppendError>>,
     ) -> usize {
-        let poisoned = !self.begin(group);
-        let start = (self.head, self.last_wall);
+        if !self.begin(group) {
+            let why = self.poisoned.clone().unwrap_or_default();
+            let _ = reply.send(Err(AppendError::Storage(why)));
+            return 0;
+        }
+        let start = self.head;
         let now = wall_clock().max(self.last_wall);
         self.last_wall = now;
+        let unit = Unit {
+            head: start,
+            pushed: 0,
+            staged: 0,
+            scratch: 0,
+        };
         let mut draft = Draft {
             writer: self,
             group,
             now,
             pushed: 0,
-            failed: poisoned.then_some(None),
+            unit,
+            failed: None,
             cover: OverrunCover::new(),
         };
-        let mut outcomes = Vec::with_capacity(commands.len());
-        if decider::turn_periods(&mut draft, now).is_ok() {
-            for command in commands {
-                match command::apply(&mut draft, now, command, rules) {
-                    Ok(outcome) => outcomes.push(outcome),
-                    Err(_) => break,
-                }
-            }
+        // The turns due now come first; the commands decide after them.
+        draft.open_unit();
+        let turned = decider::turn_periods(&mut draft, now);
+        if let Err(e) = draft.close_unit(turned) {
+            let _ = reply.send(Err(e));
+            return 0;
         }
-        let (pushed, failed, cover) = (draft.pushed, draft.failed, draft.cover);
+        let mut decided = Vec::with_capacity(commands.len());
+        for command in commands {
+            draft.open_unit();
+            let outcome = command::apply(&mut draft, now, command, rules);
+            decided.push(draft.close_unit(outcome));
+        }
+        let pushed = draft.pushed;
         let reply: Replier = Box::new(move |result: Result<Receipt, AppendError>| {
-            let _ = reply.send(result.map(|receipt| (receipt, outcomes)));
+            let _ = reply.send(result.map(|receipt| (receipt, decided)));
         });
-        let uncovered = match failed {
-            None => cover.check().err(),
-            Some(_) => None,
-        };
-        match (failed, uncovered) {
-            (None, None) => self.take_staged(group, start.0, pushed, reply),
-            (None, Some((index, rejection))) => {
-                // The live state took every pushed event.
-                self.abort(group, start, pushed);
-                reply(Err(AppendError::Rejected { index, rejection }));
-            }
-            (Some(None), _) => self.refuse(reply),
-            (Some(Some((index, rejection))), _) => {
-                self.abort(group, start, index);
-                reply(Err(AppendError::Rejected { index, rejection }));
-            }
-        }
+        self.take_staged(group, start, pushed, reply);
         pushed
     }
 
@@ -1119,19 +1191,12 @@ impl Writer {
         Ok(())
     }
 
-    /// Drops a rejected batch: the head goes back to `start`, and if the
-    /// live state took some of the batch's events (`taken`), the group
-    /// written so far is committed and the state refolded from the log.
-    fn abort(&mut self, group: &mut Group, start: (Head, Timestamp), taken: usize) {
+    /// Drops a rejected batch: the live state returns to its mark (the
+    /// batch's start) and the head to `start`.
+    fn abort(&mut self, group: &mut Group, start: (Head, Timestamp)) {
+        self.state.undo();
         (self.head, self.last_wall) = start;
         group.staged.clear();
-        if taken > 0 {
-            // Write what the group held before this batch, without a
-            // checkpoint: the live state still holds the rejected events
-            // until the refold.
-            self.commit_with(group, false);
-            self.refold();
-        }
     }
 
     /// Moves the staged records of an accepted batch into the group's
@@ -1170,10 +1235,14 @@ impl Writer {
         }
     }
 
-    /// Rebuilds the live state from the log (after a rejected batch).
+    /// Rebuilds the live state from the log (after a borrower stopped
+    /// midway).
     fn refold(&mut self) {
         match replay::fold_and_index(&self.store) {
-            Ok(folded) => self.state = folded.state,
+            Ok(folded) => {
+                self.state = folded.state;
+                self.state.record(true);
+            }
             Err(e) => self.poisoned = Some(format!("cannot refold the ledger: {e}")),
         }
     }

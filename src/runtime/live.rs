@@ -384,7 +384,7 @@ async fn begin(
                 which: Expiring::Run(run.clone()),
                 lost: Lost::Release,
             };
-            ledger.commands(rules, vec![expire]).await?;
+            ledger.command(rules, expire).await?;
         }
         return Ok(state);
     }
@@ -451,9 +451,9 @@ async fn submit(pool: Arc<Pool>, workload: Workload, resumed: Option<crate::doma
             runs,
             denial_recorded,
         };
-        let outcome = pool.ledger.commands(pool.rules, vec![command]).await;
-        let (taken, waiting) = match outcome.map(|(_, mut o)| o.pop()) {
-            Ok(Some(Outcome::Submitted { taken, waiting })) => (taken, waiting),
+        let outcome = pool.ledger.command(pool.rules, command).await;
+        let (taken, waiting) = match outcome.map(|(_, o)| o) {
+            Ok(Outcome::Submitted { taken, waiting }) => (taken, waiting),
             Ok(other) => {
                 let why = format!("a submission step answered {other:?}");
                 return pool.fail(RunError::Impossible(why));

@@ -273,9 +273,41 @@ impl MemoryQueue {
         }
     }
 
-    async fn run(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, QueueError> {
-        let (_, outcomes) = self.ledger.commands(self.rules, commands).await?;
-        Ok(outcomes)
+    /// One command in one ledger step; its rejection is the error.
+    async fn run(&self, command: Command) -> Result<Outcome, QueueError> {
+        let (_, outcome) = self.ledger.command(self.rules, command).await?;
+        Ok(outcome)
+    }
+
+    /// Settles `reports` (and with `then`, decides it after them) in one
+    /// ledger step; a result the ledger refuses is dropped with a warning,
+    /// its lease left to expire like a lost worker's, and the other
+    /// results stand. Answers `then`'s outcome.
+    async fn settle_then(
+        &self,
+        reports: &[(Lease, Report)],
+        then: Option<Command>,
+    ) -> Result<Option<Outcome>, QueueError> {
+        let mut commands: Vec<Command> = reports.iter().map(|(l, r)| r.settle(l)).collect();
+        let then_sent = then.is_some();
+        commands.extend(then);
+        let (_, mut decided) = self.ledger.commands(self.rules, commands).await?;
+        let then = match then_sent {
+            true => decided.pop().transpose()?,
+            false => None,
+        };
+        for ((lease, _), decided) in reports.iter().zip(&decided) {
+            match decided {
+                Ok(Outcome::Settled(None)) => {
+                    tracing::warn!(task = %lease.task, attempt = lease.attempt, "stale result dropped");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(task = %lease.task, attempt = lease.attempt, error = %e, "result refused; its lease will expire");
+                }
+            }
+        }
+        Ok(then)
     }
 
     async fn lease(
@@ -289,8 +321,8 @@ impl MemoryQueue {
             workers,
             lease_micros: micros_of(lease),
         };
-        Ok(match self.run(vec![command]).await?.pop() {
-            Some(Outcome::Leased(leases)) => leases,
+        Ok(match self.run(command).await? {
+            Outcome::Leased(leases) => leases,
             _ => Vec::new(),
         })
     }
@@ -310,19 +342,9 @@ fn reward_of(output: &Params) -> i32 {
         .map_or(10_000, |r| r.clamp(0, 10_000) as i32)
 }
 
-/// Warns of each report a settle step dropped, its attempt no longer
-/// current.
-fn warn_stale<'l>(leases: impl IntoIterator<Item = &'l Lease>, outcomes: &[Outcome]) {
-    for (lease, outcome) in leases.into_iter().zip(outcomes) {
-        if *outcome == Outcome::Settled(None) {
-            tracing::warn!(task = %lease.task, attempt = lease.attempt, "stale result dropped");
-        }
-    }
-}
-
 impl TaskQueue for MemoryQueue {
     async fn enqueue(&self, tasks: Vec<Event>) -> Result<(), QueueError> {
-        self.run(vec![Command::Record(tasks)]).await?;
+        self.run(Command::Record(tasks)).await?;
         Ok(())
     }
 
@@ -356,9 +378,7 @@ impl TaskQueue for MemoryQueue {
     }
 
     async fn settle_many(&self, reports: &[(Lease, Report)]) -> Result<(), QueueError> {
-        let commands = reports.iter().map(|(l, r)| r.settle(l)).collect();
-        let outcomes = self.run(commands).await?;
-        warn_stale(reports.iter().map(|(l, _)| l), &outcomes);
+        self.settle_then(reports, None).await?;
         Ok(())
     }
 
@@ -369,24 +389,15 @@ impl TaskQueue for MemoryQueue {
         workers: &[WorkerId],
         lease: Duration,
     ) -> Result<Vec<Lease>, QueueError> {
-        let mut commands: Vec<Command> = reports.iter().map(|(l, r)| r.settle(l)).collect();
-        if !workers.is_empty() {
-            commands.push(Command::Lease {
-                run: run.clone(),
-                workers: workers.to_vec(),
-                lease_micros: micros_of(lease),
-            });
-        }
-        let mut outcomes = self.run(commands).await?;
-        let leases = match workers.is_empty() {
-            true => Vec::new(),
-            false => match outcomes.pop() {
-                Some(Outcome::Leased(leases)) => leases,
-                _ => Vec::new(),
-            },
-        };
-        warn_stale(reports.iter().map(|(l, _)| l), &outcomes);
-        Ok(leases)
+        let then = (!workers.is_empty()).then(|| Command::Lease {
+            run: run.clone(),
+            workers: workers.to_vec(),
+            lease_micros: micros_of(lease),
+        });
+        Ok(match self.settle_then(reports, then).await? {
+            Some(Outcome::Leased(leases)) => leases,
+            _ => Vec::new(),
+        })
     }
 
     async fn ack_many(&self, done: Vec<Done>) -> Result<(), QueueError> {
@@ -409,10 +420,8 @@ impl TaskQueue for MemoryQueue {
             timed_out,
             costs,
         };
-        Ok(match self.run(vec![report.settle(lease)]).await?.pop() {
-            Some(Outcome::Settled(Some(ended))) => {
-                nack_outcome(ended).unwrap_or(NackOutcome::Stale)
-            }
+        Ok(match self.run(report.settle(lease)).await? {
+            Outcome::Settled(Some(ended)) => nack_outcome(ended).unwrap_or(NackOutcome::Stale),
             _ => NackOutcome::Stale,
         })
     }
@@ -436,9 +445,9 @@ pub async fn expire_due(ledger: &Ledger, rules: Rules, lost: Lost) -> Result<usi
         which: Expiring::Due,
         lost,
     };
-    let (_, outcomes) = ledger.commands(rules, vec![command]).await?;
-    Ok(match outcomes.first() {
-        Some(Outcome::Expired(n)) => *n,
+    let (_, outcome) = ledger.command(rules, command).await?;
+    Ok(match outcome {
+        Outcome::Expired(n) => n,
         _ => 0,
     })
 }

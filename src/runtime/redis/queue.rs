@@ -247,8 +247,8 @@ impl RedisQueue {
     /// Makes the decision `command` names in one ledger step.
     async fn step(&self, command: Command) -> Result<CommandOutcome, QueueError> {
         let rules = Rules::new(self.policy, self.seed);
-        let (_, mut outcomes) = self.ledger.commands(rules, vec![command]).await?;
-        Ok(outcomes.pop().expect("a step answers each of its commands"))
+        let (_, outcome) = self.ledger.command(rules, command).await?;
+        Ok(outcome)
     }
 
     /// Records the claimed attempts as leases of `worker` in one ledger
