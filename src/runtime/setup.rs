@@ -312,16 +312,7 @@ pub(crate) fn total_tasks(workload: &Workload) -> u64 {
 /// A free run id for a run that names none: `base`, else the first of
 /// `base-2`, `base-3`, ... not in the ledger yet.
 pub fn unused_run_id(state: &State, base: &str) -> String {
-    (1u32..)
-        .map(|n| {
-            if n == 1 {
-                base.to_owned()
-            } else {
-                format!("{base}-{n}")
-            }
-        })
-        .find(|id| state.runs.get(&RunId(id.clone())).is_none())
-        .unwrap_or_else(|| base.to_owned())
+    state.runs.unused_id(base).0
 }
 
 /// Whether `running` attempts put a pool of `max_concurrency` over its
