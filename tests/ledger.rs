@@ -172,14 +172,15 @@ proptest! {
             }
             ledger.append(batch.to_vec()).unwrap();
         }
-        let live = ledger.query(|state, head| (state.digests(), head)).unwrap();
+        let (state, head) = ledger.state().unwrap();
         ledger.close().unwrap();
-        prop_assert_eq!(live.1.seq, events.len() as u64);
-        prop_assert_eq!(live.0, fold_in_memory(&events).digests());
+        let digests = state.digests();
+        prop_assert_eq!(head.seq, events.len() as u64);
+        prop_assert_eq!(digests, fold_in_memory(&events).digests());
         let store = open_store(dir.path());
         let folded = replay::fold(&store, None).unwrap();
-        prop_assert_eq!(folded.state.digests(), live.0);
-        prop_assert_eq!(folded.head, live.1);
+        prop_assert_eq!(folded.state.digests(), digests);
+        prop_assert_eq!(folded.head, head);
     }
 }
 
@@ -204,9 +205,8 @@ fn ledger_append_rejected_batch_appends_nothing() {
         }
         other => panic!("expected a rejection, got {other:?}"),
     }
-    let (seq, runs) = ledger
-        .query(|state, head| (head.seq, state.runs.len()))
-        .unwrap();
+    let (state, head) = ledger.state().unwrap();
+    let (seq, runs) = (head.seq, state.runs.len());
     assert_eq!(
         (seq, runs),
         (1, 0),
@@ -467,7 +467,7 @@ fn wall_clock_stamps_are_not_frozen_by_records_stamped_in_the_future() {
         .unwrap();
     ledger.append([tenant("globex", 10)]).unwrap();
     ledger.append([tenant("initech", 10)]).unwrap();
-    let (last_at, seq) = ledger.query(|state, _| (state.last_at, state.seq)).unwrap();
+    let (last_at, seq) = ledger.state().map(|(s, _)| (s.last_at, s.seq)).unwrap();
     ledger.close().unwrap();
     assert_eq!(seq, 3);
     assert!(
@@ -534,9 +534,8 @@ fn a_step_recording_an_overrun_without_its_cost_is_dropped_whole() {
         ),
         "{refused:?}"
     );
-    let (head, overrun_seen) = ledger
-        .query(|state, head| (head.seq, state.tenants.get(&"acme".into()).unwrap().overrun))
-        .unwrap();
+    let head = ledger.head().unwrap().seq;
+    let overrun_seen = ledger.tenant(&"acme".into()).unwrap().unwrap().overrun;
     assert_eq!((head, overrun_seen), (4, false));
     let step = vec![Command::Record(vec![overrun, cost(150)])];
     let (receipt, outcomes) = rt.block_on(ledger.commands(rules(), step)).unwrap();
@@ -583,9 +582,8 @@ fn a_lent_state_records_what_an_append_would_and_holds_other_callers() {
         other
             .append([Event::RunFinished { run: "r".into() }])
             .unwrap();
-        other
-            .query(|state, head| (state.queue.counts(), head.seq))
-            .unwrap()
+        let (state, head) = other.state().unwrap();
+        (state.queue.counts(), head.seq)
     });
     for (i, event) in events.iter().enumerate() {
         lent.record(at(i), event.clone()).unwrap();
@@ -627,9 +625,8 @@ fn a_lent_state_dropped_midway_is_refolded_from_the_log() {
     lent.send().unwrap().wait().unwrap();
     lent.record(Timestamp(2), tenant("t1", 1_000)).unwrap();
     drop(lent);
-    let (tenants, seq) = ledger
-        .query(|state, head| (state.tenants.sorted().len(), head.seq))
-        .unwrap();
+    let (state, head) = ledger.state().unwrap();
+    let (tenants, seq) = (state.tenants.sorted().len(), head.seq);
     assert_eq!((tenants, seq), (1, 1));
     // And the ledger goes on from there.
     ledger.append([tenant("t1", 1_000)]).unwrap();
@@ -684,9 +681,8 @@ fn senders_past_the_inbox_capacity_wait_and_are_all_appended_in_order() {
     );
     let receipts = rt.block_on(asynchronous).unwrap();
     assert_eq!(receipts.len(), n);
-    let (head, tenants) = ledger
-        .query(|state, head| (head.seq, state.tenants.sorted().len()))
-        .unwrap();
+    let (state, head) = ledger.state().unwrap();
+    let (head, tenants) = (head.seq, state.tenants.sorted().len());
     assert_eq!((head, tenants), (2 * n as u64, 2 * n));
     ledger.close().unwrap();
 }

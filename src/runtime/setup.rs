@@ -309,12 +309,6 @@ pub(crate) fn total_tasks(workload: &Workload) -> u64 {
     workload.total_tasks()
 }
 
-/// A free run id for a run that names none: `base`, else the first of
-/// `base-2`, `base-3`, ... not in the ledger yet.
-pub fn unused_run_id(state: &State, base: &str) -> String {
-    state.runs.unused_id(base).0
-}
-
 /// Whether `running` attempts put a pool of `max_concurrency` over its
 /// backpressure threshold (`threshold_bp` of it): backpressure engages
 /// above it and releases at or below it.
