@@ -686,3 +686,97 @@ fn senders_past_the_inbox_capacity_wait_and_are_all_appended_in_order() {
     assert_eq!((head, tenants), (2 * n as u64, 2 * n));
     ledger.close().unwrap();
 }
+
+#[test]
+fn ledger_typed_queries_answer_from_the_live_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open_ledger(dir.path());
+    let (r1, r2) = (RunId::from("r1"), RunId::from("r2"));
+    ledger
+        .append([
+            tenant("acme", 100),
+            events::run_started("r1", 11),
+            events::run_started("r2", 22),
+            submit("r1", "a", "acme", vec![]),
+            submit("r1", "b", "acme", vec![]),
+            Event::CostReserved {
+                tenant: "acme".into(),
+                task: "a".into(),
+                amount_micros: Micros(5),
+            },
+        ])
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (state, head) = ledger.state().unwrap();
+    assert_eq!(head.seq, 6);
+    assert_eq!(ledger.head().unwrap(), head);
+    assert_eq!(rt.block_on(ledger.head_async()).unwrap(), head);
+    let counts = ledger.queue_counts().unwrap();
+    assert_eq!((counts.pending, counts.done), (2, 0));
+    assert_eq!(rt.block_on(ledger.queue_counts_async()).unwrap(), counts);
+    let progress = runledger::domain::activity::RunProgress {
+        tasks_submitted: 2,
+        tasks_ended: 0,
+        running: 0,
+    };
+    assert_eq!(ledger.run_progress(&r1).unwrap(), Some(progress));
+    assert_eq!(ledger.run_progress(&"none".into()).unwrap(), None);
+    assert_eq!(
+        rt.block_on(ledger.run_progress_async(&r1)).unwrap(),
+        Some(progress)
+    );
+    // Only `a` holds a reservation: only it is admitted.
+    let admitted = rt.block_on(ledger.admitted_tasks_async(&r1)).unwrap();
+    assert_eq!(admitted, vec![TaskId::from("a")]);
+    assert!(
+        rt.block_on(ledger.admitted_tasks_async(&r2))
+            .unwrap()
+            .is_empty()
+    );
+    let acme = ledger.tenant(&"acme".into()).unwrap().unwrap();
+    assert_eq!(acme.reserved_micros, Micros(5));
+    assert!(ledger.tenant(&"nobody".into()).unwrap().is_none());
+    let async_acme = rt.block_on(ledger.tenant_async(&"acme".into())).unwrap();
+    assert_eq!(async_acme, Some(acme));
+    assert_eq!(ledger.unused_run_id("r1").unwrap(), RunId::from("r1-2"));
+    assert_eq!(ledger.unused_run_id("r3").unwrap(), RunId::from("r3"));
+    let end = rt.block_on(ledger.run_end_async(&r1)).unwrap();
+    assert_eq!(end.summary.as_ref(), state.runs.get(&r1));
+    assert_eq!(end.digests, state.digests());
+    assert_eq!((end.head, end.last_at), (head, state.last_at));
+    // The run to resume: the one named, else the running one started last.
+    let target = |run: Option<&RunId>| ledger.resume_target(run).unwrap().map(|t| (t.run, t.seed));
+    assert_eq!(target(None), Some((r2.clone(), 22)));
+    assert_eq!(target(Some(&r1)), Some((r1.clone(), 11)));
+    ledger
+        .append([Event::RunFinished { run: r2.clone() }])
+        .unwrap();
+    assert_eq!(target(None), Some((r1.clone(), 11)));
+    assert_eq!(target(Some(&"none".into())), None);
+    ledger.close().unwrap();
+}
+
+/// Under `always`, a read sent behind an append that is not answered yet
+/// sees it: the answer waits for the group to be durable.
+#[test]
+fn ledger_query_under_always_sees_the_append_sent_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LedgerOptions {
+        durability: Durability::Always,
+        ..options()
+    };
+    let ledger = Ledger::open(dir.path(), options).unwrap();
+    for k in 0..5u64 {
+        let pending = ledger
+            .append_pipelined(vec![tenant(&format!("t{k}"), 100).into()])
+            .unwrap();
+        let seen = ledger.head().unwrap();
+        let receipt = pending.wait().unwrap();
+        assert_eq!(seen.seq, k + 1);
+        assert_eq!((receipt.last_seq, receipt.head), (seen.seq, seen.hash));
+        assert!(ledger.tenant(&format!("t{k}").into()).unwrap().is_some());
+    }
+    ledger.close().unwrap();
+}

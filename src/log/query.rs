@@ -265,3 +265,49 @@ impl Ledger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Event;
+
+    /// The name of a query's variant, as its `Debug` spells it.
+    fn name(query: &Query) -> String {
+        let text = format!("{query:?}");
+        text.split('(').next().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn answer_is_the_variant_of_its_query() {
+        let mut state = State::new();
+        state.evolve(
+            1,
+            Timestamp(1),
+            Event::RunStarted {
+                run: "r".into(),
+                seed: 7,
+                config_hash: String::new(),
+            },
+        );
+        let head = Head {
+            seq: 1,
+            hash: blake3::hash(b"head"),
+        };
+        let queries = [
+            Query::Head,
+            Query::State,
+            Query::QueueCounts,
+            Query::RunProgress("r".into()),
+            Query::RunEnd("r".into()),
+            Query::AdmittedTasks("r".into()),
+            Query::Tenant("t".into()),
+            Query::ResumeTarget(None),
+            Query::UnusedRunId("r".to_owned()),
+        ];
+        for query in queries {
+            let expected = name(&query);
+            let answer = answer(&state, head, query);
+            assert_eq!(answer.name(), expected);
+        }
+    }
+}

@@ -1257,3 +1257,62 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{BudgetPeriod, LearningIntensity, TenantId};
+
+    fn tenant(id: &str) -> Append {
+        Append::from(Event::TenantRegistered {
+            tenant: TenantId::from(id),
+            budget_micros: Micros(1_000),
+            max_concurrent_runs: 1,
+            learning_intensity: LearningIntensity::Balanced,
+            meta_learning: false,
+            budget_period: BudgetPeriod::None,
+        })
+    }
+
+    /// Under `always`, a read sent right behind appends not yet answered
+    /// sees them, and its answer comes only once they are durable: by then
+    /// every append's own answer (sent after the flush) has arrived.
+    #[test]
+    fn query_under_always_answered_after_the_appends_before_it_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LedgerOptions {
+            durability: Durability::Always,
+            checkpoint_every: 0,
+            create: true,
+        };
+        let ledger = Ledger::open(dir.path(), options).unwrap();
+        let pending: Vec<PendingAppend> = (0..3)
+            .map(|k| {
+                let entries = vec![tenant(&format!("t{k}"))];
+                ledger.append_pipelined(entries).unwrap()
+            })
+            .collect();
+        let head = ledger.head().unwrap();
+        let receipts: Vec<Receipt> = pending
+            .into_iter()
+            .map(|mut p| p.0.try_recv().expect("answered before the read").unwrap())
+            .collect();
+        assert_eq!(head.seq, 3);
+        assert_eq!(
+            receipts.last().map(|r| (r.last_seq, r.head)),
+            Some((3, head.hash))
+        );
+        // The same on the async path, and for a read of more than the head.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut pending = ledger.append_pipelined(vec![tenant("t3")]).unwrap();
+        let counted = rt
+            .block_on(ledger.tenant_async(&TenantId::from("t3")))
+            .unwrap();
+        let receipt = pending.0.try_recv().expect("answered before the read");
+        assert_eq!(receipt.unwrap().last_seq, 4);
+        assert_eq!(counted.map(|t| t.budget_micros), Some(Micros(1_000)));
+        ledger.close().unwrap();
+    }
+}
