@@ -176,10 +176,7 @@ fn append_run(
     }];
     for k in 0..appenders {
         let tenant = TenantId(format!("bench-tenant-{k}"));
-        let known = {
-            let tenant = tenant.clone();
-            ledger.query(move |state, _| state.tenants.get(&tenant).is_some())?
-        };
+        let known = ledger.tenant(&tenant)?.is_some();
         if !known {
             setup.push(Event::TenantRegistered {
                 tenant,
@@ -497,7 +494,7 @@ pub fn run_queue_bench(
         }
         Ok::<Duration, anyhow::Error>(start.elapsed())
     })?;
-    let done = ledger.query(|s, _| s.queue.counts().done)?;
+    let done = ledger.queue_counts()?.done;
     ledger.close()?;
     anyhow::ensure!(done == tasks, "only {done} of {tasks} tasks were ACKed");
     Ok(QueueBenchReport {

@@ -10,7 +10,8 @@
 //!   handler's outcomes). No IO, no clock; its modules import downward,
 //!   never in a circle (`tests/layout.rs`).
 //! - [`log`]: the ledger — records, the hash chain, the versioned codec,
-//!   frames, the data directory, the sled store, the group-commit writer,
+//!   frames, the data directory, the sled store, the group-commit writer
+//!   and the typed reads it answers (`log::query`),
 //!   replay (folding a stored log back into projections) and chain
 //!   verification.
 //! - [`wire`]: the JSON line format of `ingest` and `log --json`.

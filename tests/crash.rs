@@ -65,12 +65,7 @@ fn crash_child_appends_until_killed() {
         }
     };
     let tenant = TenantId::from(TENANT);
-    let known = {
-        let tenant = tenant.clone();
-        ledger
-            .query(move |state, _| state.tenants.get(&tenant).is_some())
-            .expect("child: query")
-    };
+    let known = ledger.tenant(&tenant).expect("child: query").is_some();
     let stdout = std::io::stdout();
     if !known {
         let r = ledger

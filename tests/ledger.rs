@@ -172,14 +172,15 @@ proptest! {
             }
             ledger.append(batch.to_vec()).unwrap();
         }
-        let live = ledger.query(|state, head| (state.digests(), head)).unwrap();
+        let (state, head) = ledger.state().unwrap();
         ledger.close().unwrap();
-        prop_assert_eq!(live.1.seq, events.len() as u64);
-        prop_assert_eq!(live.0, fold_in_memory(&events).digests());
+        let digests = state.digests();
+        prop_assert_eq!(head.seq, events.len() as u64);
+        prop_assert_eq!(digests, fold_in_memory(&events).digests());
         let store = open_store(dir.path());
         let folded = replay::fold(&store, None).unwrap();
-        prop_assert_eq!(folded.state.digests(), live.0);
-        prop_assert_eq!(folded.head, live.1);
+        prop_assert_eq!(folded.state.digests(), digests);
+        prop_assert_eq!(folded.head, head);
     }
 }
 
@@ -204,9 +205,8 @@ fn ledger_append_rejected_batch_appends_nothing() {
         }
         other => panic!("expected a rejection, got {other:?}"),
     }
-    let (seq, runs) = ledger
-        .query(|state, head| (head.seq, state.runs.len()))
-        .unwrap();
+    let (state, head) = ledger.state().unwrap();
+    let (seq, runs) = (head.seq, state.runs.len());
     assert_eq!(
         (seq, runs),
         (1, 0),
@@ -467,7 +467,7 @@ fn wall_clock_stamps_are_not_frozen_by_records_stamped_in_the_future() {
         .unwrap();
     ledger.append([tenant("globex", 10)]).unwrap();
     ledger.append([tenant("initech", 10)]).unwrap();
-    let (last_at, seq) = ledger.query(|state, _| (state.last_at, state.seq)).unwrap();
+    let (last_at, seq) = ledger.state().map(|(s, _)| (s.last_at, s.seq)).unwrap();
     ledger.close().unwrap();
     assert_eq!(seq, 3);
     assert!(
@@ -534,9 +534,8 @@ fn a_command_recording_an_overrun_without_its_cost_is_dropped_whole() {
         ),
         "{refused:?}"
     );
-    let (head, overrun_seen) = ledger
-        .query(|state, head| (head.seq, state.tenants.get(&"acme".into()).unwrap().overrun))
-        .unwrap();
+    let head = ledger.head().unwrap().seq;
+    let overrun_seen = ledger.tenant(&"acme".into()).unwrap().unwrap().overrun;
     assert_eq!((head, overrun_seen), (4, false));
     let step = Command::Record(vec![overrun, cost(150)]);
     let (receipt, outcome) = rt.block_on(ledger.command(rules(), step)).unwrap();
@@ -588,7 +587,7 @@ fn a_rejected_command_drops_only_its_own_events_from_the_step() {
         .block_on(ledger.command(rules(), record(&["t3"])))
         .unwrap();
     assert_eq!(receipt.last_seq, 6);
-    let live = ledger.query(|state, _| state.clone()).unwrap();
+    let live = ledger.state().unwrap().0;
     ledger.close().unwrap();
     let folded = replay::fold(&Store::open(dir.path(), false).unwrap(), None).unwrap();
     assert!(live == folded.state, "the live state differs from the fold");
@@ -639,9 +638,8 @@ fn a_lent_state_records_what_an_append_would_and_holds_other_callers() {
         other
             .append([Event::RunFinished { run: "r".into() }])
             .unwrap();
-        other
-            .query(|state, head| (state.queue.counts(), head.seq))
-            .unwrap()
+        let (state, head) = other.state().unwrap();
+        (state.queue.counts(), head.seq)
     });
     for (i, event) in events.iter().enumerate() {
         lent.record(at(i), event.clone()).unwrap();
@@ -683,9 +681,8 @@ fn a_lent_state_dropped_midway_is_refolded_from_the_log() {
     lent.send().unwrap().wait().unwrap();
     lent.record(Timestamp(2), tenant("t1", 1_000)).unwrap();
     drop(lent);
-    let (tenants, seq) = ledger
-        .query(|state, head| (state.tenants.sorted().len(), head.seq))
-        .unwrap();
+    let (state, head) = ledger.state().unwrap();
+    let (tenants, seq) = (state.tenants.sorted().len(), head.seq);
     assert_eq!((tenants, seq), (1, 1));
     // And the ledger goes on from there.
     ledger.append([tenant("t1", 1_000)]).unwrap();
@@ -740,9 +737,102 @@ fn senders_past_the_inbox_capacity_wait_and_are_all_appended_in_order() {
     );
     let receipts = rt.block_on(asynchronous).unwrap();
     assert_eq!(receipts.len(), n);
-    let (head, tenants) = ledger
-        .query(|state, head| (head.seq, state.tenants.sorted().len()))
-        .unwrap();
+    let (state, head) = ledger.state().unwrap();
+    let (head, tenants) = (head.seq, state.tenants.sorted().len());
     assert_eq!((head, tenants), (2 * n as u64, 2 * n));
+    ledger.close().unwrap();
+}
+
+#[test]
+fn ledger_typed_queries_answer_from_the_live_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open_ledger(dir.path());
+    let (r1, r2) = (RunId::from("r1"), RunId::from("r2"));
+    ledger
+        .append([
+            tenant("acme", 100),
+            events::run_started("r1", 11),
+            events::run_started("r2", 22),
+            submit("r1", "a", "acme", vec![]),
+            submit("r1", "b", "acme", vec![]),
+            Event::CostReserved {
+                tenant: "acme".into(),
+                task: "a".into(),
+                amount_micros: Micros(5),
+            },
+        ])
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (state, head) = ledger.state().unwrap();
+    assert_eq!(head.seq, 6);
+    assert_eq!(ledger.head().unwrap(), head);
+    assert_eq!(rt.block_on(ledger.head_async()).unwrap(), head);
+    let counts = ledger.queue_counts().unwrap();
+    assert_eq!((counts.pending, counts.done), (2, 0));
+    assert_eq!(rt.block_on(ledger.queue_counts_async()).unwrap(), counts);
+    let progress = runledger::domain::activity::RunProgress {
+        tasks_submitted: 2,
+        tasks_ended: 0,
+        running: 0,
+    };
+    assert_eq!(ledger.run_progress(&r1).unwrap(), Some(progress));
+    assert_eq!(ledger.run_progress(&"none".into()).unwrap(), None);
+    assert_eq!(
+        rt.block_on(ledger.run_progress_async(&r1)).unwrap(),
+        Some(progress)
+    );
+    // Only `a` holds a reservation: only it is admitted.
+    let admitted = rt.block_on(ledger.admitted_tasks_async(&r1)).unwrap();
+    assert_eq!(admitted, vec![TaskId::from("a")]);
+    assert!(
+        rt.block_on(ledger.admitted_tasks_async(&r2))
+            .unwrap()
+            .is_empty()
+    );
+    let acme = ledger.tenant(&"acme".into()).unwrap().unwrap();
+    assert_eq!(acme.reserved_micros, Micros(5));
+    assert!(ledger.tenant(&"nobody".into()).unwrap().is_none());
+    let async_acme = rt.block_on(ledger.tenant_async(&"acme".into())).unwrap();
+    assert_eq!(async_acme, Some(acme));
+    assert_eq!(ledger.unused_run_id("r1").unwrap(), RunId::from("r1-2"));
+    assert_eq!(ledger.unused_run_id("r3").unwrap(), RunId::from("r3"));
+    let end = rt.block_on(ledger.run_end_async(&r1)).unwrap();
+    assert_eq!(end.summary.as_ref(), state.runs.get(&r1));
+    assert_eq!(end.digests, state.digests());
+    assert_eq!((end.head, end.last_at), (head, state.last_at));
+    // The run to resume: the one named, else the running one started last.
+    let target = |run: Option<&RunId>| ledger.resume_target(run).unwrap().map(|t| (t.run, t.seed));
+    assert_eq!(target(None), Some((r2.clone(), 22)));
+    assert_eq!(target(Some(&r1)), Some((r1.clone(), 11)));
+    ledger
+        .append([Event::RunFinished { run: r2.clone() }])
+        .unwrap();
+    assert_eq!(target(None), Some((r1.clone(), 11)));
+    assert_eq!(target(Some(&"none".into())), None);
+    ledger.close().unwrap();
+}
+
+/// Under `always`, a read sent behind an append that is not answered yet
+/// sees it: the answer waits for the group to be durable.
+#[test]
+fn ledger_query_under_always_sees_the_append_sent_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LedgerOptions {
+        durability: Durability::Always,
+        ..options()
+    };
+    let ledger = Ledger::open(dir.path(), options).unwrap();
+    for k in 0..5u64 {
+        let pending = ledger
+            .append_pipelined(vec![tenant(&format!("t{k}"), 100).into()])
+            .unwrap();
+        let seen = ledger.head().unwrap();
+        let receipt = pending.wait().unwrap();
+        assert_eq!(seen.seq, k + 1);
+        assert_eq!((receipt.last_seq, receipt.head), (seen.seq, seen.hash));
+        assert!(ledger.tenant(&format!("t{k}").into()).unwrap().is_some());
+    }
     ledger.close().unwrap();
 }

@@ -311,9 +311,8 @@ fn a_big_event_is_durable_when_its_append_returns_blob_files_included() {
     }
     ledger.close().unwrap();
     let reopened = Ledger::open(dir.path(), options()).unwrap();
-    let text = reopened
-        .query(|state, _| state.workload_of(&"r1".into()).map(str::to_owned))
-        .unwrap();
+    let (state, _) = reopened.state().unwrap();
+    let text = state.workload_of(&"r1".into()).map(str::to_owned);
     let Event::WorkloadRecorded { text: expected, .. } = big else {
         unreachable!()
     };

@@ -186,7 +186,7 @@ impl<Q: TaskQueue> Harness<Q> {
     }
 
     async fn head(&self) -> u64 {
-        self.ledger.query_async(|_, head| head.seq).await.unwrap()
+        self.ledger.head_async().await.unwrap().seq
     }
 }
 
@@ -394,17 +394,10 @@ fn overflowing_costs() -> Vec<(runledger::domain::Category, Micros)> {
 
 /// The error of the task's last recorded failure.
 async fn last_error<Q: TaskQueue>(h: &Harness<Q>, task: &str) -> String {
-    let task = TaskId::from(task);
-    h.ledger
-        .query_async(move |state, _| {
-            state
-                .queue
-                .get(&task)
-                .map(|t| t.last_error.clone())
-                .unwrap_or_default()
-        })
-        .await
-        .unwrap()
+    let (state, _) = h.ledger.state_async().await.unwrap();
+    (state.queue.get(&TaskId::from(task)))
+        .map(|t| t.last_error.clone())
+        .unwrap_or_default()
 }
 
 async fn an_answer_whose_costs_the_ledger_refuses_is_a_failed_attempt<Q: TaskQueue>(h: Harness<Q>) {
@@ -456,16 +449,12 @@ async fn an_answer_whose_costs_the_ledger_refuses_is_a_failed_attempt<Q: TaskQue
         .nack(&third, "boom".to_owned(), false, costs)
         .await
         .unwrap();
-    let spent = h
+    let spent = (h
         .ledger
-        .query_async(|state, _| {
-            state
-                .tenants
-                .get(&TenantId::from("acme"))
-                .map(|t| t.spent_micros())
-        })
+        .tenant_async(&TenantId::from("acme"))
         .await
-        .unwrap();
+        .unwrap())
+    .map(|t| t.spent_micros());
     assert_eq!(spent, Some(Micros(7)));
     assert_eq!(h.queue.depth().await.unwrap().dead_lettered, 1);
     let _ = h.recheck().await;

@@ -117,7 +117,7 @@ fn kill_and_resume(text: &str, kill_after: u64) -> Result<(), String> {
             .map_err(|e| format!("resume after {kill_after} steps failed: {e}"))?,
         Err(e) => return Err(format!("the run failed before the kill: {e}")),
     };
-    let state = ledger.query(|s, _| s.clone()).unwrap();
+    let (state, _) = ledger.state().unwrap();
     ledger.close().unwrap();
     if report.tasks != report.acked + report.dead_lettered + report.cancelled + report.skipped {
         return Err(format!("not every task ended: {report:?}"));
@@ -196,14 +196,10 @@ fn kills_mid_run_leave_leased_attempts_with_reservations() {
             &mut |_, _| {},
         );
         assert!(matches!(stopped, Err(RunError::Stopped(_))), "{kill_after}");
-        let held = ledger
-            .query(|s, _| {
-                s.queue.sorted().iter().any(|(_, t)| {
-                    t.status == runledger::domain::queue::TaskStatus::Leased
-                        && t.reserved_micros.0 > 0
-                })
-            })
-            .unwrap();
+        let (state, _) = ledger.state().unwrap();
+        let held = state.queue.sorted().iter().any(|(_, t)| {
+            t.status == runledger::domain::queue::TaskStatus::Leased && t.reserved_micros.0 > 0
+        });
         with_reservations += u32::from(held);
         ledger.close().unwrap();
     }

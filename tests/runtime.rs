@@ -117,7 +117,7 @@ fn workload(body: &str) -> Workload {
 fn run(dir: &Path, w: &Workload) -> (runledger::runtime::RunReport, State) {
     let ledger = open_ledger(dir);
     let report = run_simulated(&ledger, w, &RunOptions::default(), &mut |_, _| {}).unwrap();
-    let state = ledger.query(|s, _| s.clone()).unwrap();
+    let (state, _) = ledger.state().unwrap();
     ledger.close().unwrap();
     (report, state)
 }
@@ -448,7 +448,7 @@ fn resume_finishes_a_run_whose_process_stopped_mid_run() {
         stopped,
         Err(runledger::runtime::sim::RunError::Stopped(6))
     ));
-    let leased = ledger.query(|s, _| s.queue.counts().leased).unwrap();
+    let leased = ledger.queue_counts().unwrap().leased;
     assert!(leased > 0, "the drill stops with attempts in flight");
     let report = runledger::runtime::sim::resume_simulated(&ledger, None, &mut |_, _| {}).unwrap();
     ledger.close().unwrap();
@@ -525,7 +525,7 @@ fn a_run_never_executes_another_runs_tasks() {
     )
     .unwrap();
     assert_eq!(b.tasks, b.acked + b.dead_lettered + b.cancelled + b.skipped);
-    let state = ledger.query(|s, _| s.clone()).unwrap();
+    let (state, _) = ledger.state().unwrap();
     let a = state.runs.get(&"A".into()).unwrap();
     assert_eq!(a.tasks_acked, 0, "run B must not have run A's tasks");
     let resumed =

@@ -15,8 +15,8 @@ use super::open::{open_ledger, open_store, walk_error};
 use super::output::print_json;
 use super::process::{exit_on_signal, live_runtime};
 use crate::domain::RunId;
+use crate::log::query::ResumeTarget;
 use crate::log::{Durability, Ledger};
-use crate::runtime::setup::unused_run_id;
 use crate::runtime::{RunError, RunOptions, RunReport, run_simulated};
 use crate::views::{self, Table, bp_percent};
 use crate::workload::Workload;
@@ -156,7 +156,7 @@ fn execute(
     if !explicit_id {
         let seed = options.seed.unwrap_or(workload.seed);
         let base = workload.default_run_id(seed);
-        options.run_id = Some(ledger.query(move |state, _| unused_run_id(state, &base))?);
+        options.run_id = Some(ledger.unused_run_id(&base)?.0);
     }
     let bar = progress_bar(json);
     let kill_after = kill_after_tasks()?;
@@ -312,7 +312,7 @@ fn finish_run(
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let state = ledger.query(|state, _| state.clone())?;
+    let (state, _) = ledger.state()?;
     ledger.close()?;
     let tenants = views::tenants(&state);
     let workers = views::workers(&state);
@@ -500,30 +500,10 @@ fn print_summary(
 
 /// Finishes an unfinished run with the executor its workload calls for.
 fn resume(ledger: &Ledger, run: Option<&str>, queue: &QueueArgs) -> Result<RunReport, RunError> {
-    let target = {
-        let run = run.map(str::to_owned);
-        ledger.query(move |state, _| {
-            let summary = match &run {
-                Some(id) => state.runs.get(&RunId(id.clone())),
-                None => state
-                    .runs
-                    .sorted()
-                    .into_iter()
-                    .rev()
-                    .find(|r| r.status == crate::domain::activity::RunStatus::Running),
-            };
-            summary.map(|s| {
-                (
-                    s.run.clone(),
-                    s.seed,
-                    state.workload_of(&s.run).map(str::to_owned),
-                )
-            })
-        })?
-    };
-    let recorded = match &target {
-        Some((_, _, Some(text))) => Workload::parse("<recorded workload>", text).ok(),
-        _ => None,
+    let target = ledger.resume_target(run.map(RunId::from).as_ref())?;
+    let recorded = match target.as_ref().and_then(|t| t.workload.as_deref()) {
+        Some(text) => Workload::parse("<recorded workload>", text).ok(),
+        None => None,
     };
     let simulated = recorded.as_ref().is_none_or(Workload::is_simulated);
     // The queue the run was on: the flag, else its workload's.
@@ -534,7 +514,12 @@ fn resume(ledger: &Ledger, run: Option<&str>, queue: &QueueArgs) -> Result<RunRe
     if simulated && !on_redis {
         return crate::runtime::sim::resume_simulated(ledger, run, &mut |_, _| {});
     }
-    let Some((id, seed, Some(text))) = target else {
+    let Some(ResumeTarget {
+        run: id,
+        seed,
+        workload: Some(text),
+    }) = target
+    else {
         return Err(RunError::Resume(
             "no unfinished run in the ledger".to_owned(),
         ));
@@ -542,15 +527,12 @@ fn resume(ledger: &Ledger, run: Option<&str>, queue: &QueueArgs) -> Result<RunRe
     let mut workload = Workload::parse("<recorded workload>", &text)
         .map_err(|e| RunError::Resume(e.to_string()))?;
     // Relative `exec` paths run against the workload file's directory, not
-    // this process's.
-    let workload = {
-        let run = id.clone();
-        ledger.query(move |state, _| {
-            crate::runtime::live::resolve_recorded_exec_paths(state, &mut workload, &run)
-                .map(|()| workload)
-        })??
-    };
-    let mut workload = workload;
+    // this process's; the tasks the run submitted show it (a copy of the
+    // state, taken only then).
+    if workload.has_relative_exec_paths() {
+        let (state, _) = ledger.state()?;
+        crate::runtime::live::resolve_recorded_exec_paths(&state, &mut workload, &id)?;
+    }
     if let Some((index, shards)) = queue.shard {
         workload = workload.shard(index, shards);
     }

@@ -46,6 +46,29 @@ pub struct RunSummary {
     pub decisions: [u64; 3],
 }
 
+impl RunSummary {
+    /// The counters a run in progress is watched by.
+    pub fn progress(&self) -> RunProgress {
+        RunProgress {
+            tasks_submitted: self.tasks_submitted,
+            tasks_ended: self.tasks_acked
+                + self.tasks_dead_lettered
+                + self.tasks_cancelled
+                + self.tasks_skipped,
+            running: self.running,
+        }
+    }
+}
+
+/// How far a run is: its tasks submitted, its tasks ended (ACKed,
+/// dead-lettered, cancelled or skipped), its attempts running.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct RunProgress {
+    pub tasks_submitted: u64,
+    pub tasks_ended: u64,
+    pub running: u32,
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Runs {
     runs: Journaled<FxHashMap<RunId, RunSummary>>,
@@ -84,6 +107,30 @@ impl Runs {
                 .then_with(|| a.run.cmp(&b.run))
         });
         all
+    }
+
+    /// The running run started last (ties: the greatest id).
+    pub fn latest_running(&self) -> Option<&RunSummary> {
+        self.sorted()
+            .into_iter()
+            .rev()
+            .find(|r| r.status == RunStatus::Running)
+    }
+
+    /// A free id for a run that names none: `base`, else the first of
+    /// `base-2`, `base-3`, ... no run has yet.
+    pub fn unused_id(&self, base: &str) -> RunId {
+        (1u32..)
+            .map(|n| {
+                if n == 1 {
+                    base.to_owned()
+                } else {
+                    format!("{base}-{n}")
+                }
+            })
+            .map(RunId)
+            .find(|id| self.get(id).is_none())
+            .unwrap_or_else(|| RunId(base.to_owned()))
     }
 
     /// Applies an event; `task_run` is the run of the event's task.

@@ -14,6 +14,11 @@
 //! thread flushes at most once an interval: the writer never waits for the
 //! disk.
 //!
+//! Reads are typed too: a [`Query`] is data, answered by the writer's own
+//! code on the live state (`query::answer`) and, under `always`, handed
+//! over by the syncer once every group before it is durable. No caller
+//! code runs on the writer's thread.
+//!
 //! Every event is checked against `domain::limits` before it is chained
 //! (ids, params, times, and its encoding against `EVENT_BYTES_MAX`), so no
 //! record the decoder would refuse can ever be written.
@@ -27,6 +32,7 @@ use tokio::sync::oneshot;
 
 use super::codec::encode_event_into;
 use super::frame::FrameBuilder;
+use super::query::{self, Answer, Query};
 use super::record::record_hash;
 use super::store::{Checkpoint, Head, IndexBuilder, IndexKind, Store, StoreError, WalkError};
 use crate::domain::budget::OverrunCover;
@@ -138,13 +144,6 @@ pub enum OpenError {
     Damaged(#[from] WalkError),
 }
 
-/// A read of the live state: computed on the writer's thread, it returns
-/// how to hand its answer over — at once, or under `always` once every
-/// group it saw is durable (nothing outside learns of a record before it
-/// is on disk).
-type Query = Box<dyn FnOnce(&State, Head) -> Deliver + Send>;
-type Deliver = Box<dyn FnOnce() + Send>;
-
 /// What one command of a step decided, or why it was rejected (its events
 /// dropped, the step's other commands kept).
 pub type Decided = Result<Outcome, AppendError>;
@@ -160,16 +159,20 @@ enum Msg {
         rules: Rules,
         reply: oneshot::Sender<Result<(Receipt, Vec<Decided>), AppendError>>,
     },
-    Query(Query),
+    /// A read of the live state ([`Ledger::query`]): answered with
+    /// [`query::answer`] when handled, handed over at once, or under
+    /// `always` once every group it saw is durable (nothing outside learns
+    /// of a record before it is on disk).
+    Query {
+        query: Query,
+        reply: oneshot::Sender<Answer>,
+    },
     /// Hand the live state to one caller ([`Ledger::lend`]).
     Lend {
         reply: oneshot::Sender<Result<(State, Head), AppendError>>,
     },
     /// Records the borrower decided, validated and applied on the lent state.
-    AppendLent {
-        batch: LentBatch,
-        reply: Replier,
-    },
+    AppendLent { batch: LentBatch, reply: Replier },
     /// The lent state comes back: `None` when the borrower stopped without
     /// sending all it applied (the writer refolds).
     Return(Option<Box<State>>),
@@ -341,39 +344,19 @@ impl Ledger {
         })
     }
 
-    /// Runs `f` on the live projection (after every append sent before).
-    pub fn query<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&State, Head) -> R + Send + 'static,
-    ) -> Result<R, AppendError> {
+    /// Answers `query` on the live projection, after every append sent
+    /// before (the typed reads in [`super::query`] ask through this).
+    pub fn query(&self, query: Query) -> Result<Answer, AppendError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Query(Box::new(move |state, head| {
-            let answer = f(state, head);
-            Box::new(move || {
-                let _ = reply.send(answer);
-            })
-        })))?;
+        self.send(Msg::Query { query, reply })?;
         rx.blocking_recv().map_err(|_| AppendError::Closed)
     }
 
     /// [`Ledger::query`] for async code.
-    pub async fn query_async<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&State, Head) -> R + Send + 'static,
-    ) -> Result<R, AppendError> {
+    pub async fn query_async(&self, query: Query) -> Result<Answer, AppendError> {
         let (reply, rx) = oneshot::channel();
-        self.send_async(Msg::Query(Box::new(move |state, head| {
-            let answer = f(state, head);
-            Box::new(move || {
-                let _ = reply.send(answer);
-            })
-        })))
-        .await?;
+        self.send_async(Msg::Query { query, reply }).await?;
         rx.await.map_err(|_| AppendError::Closed)
-    }
-
-    pub fn head(&self) -> Result<Head, AppendError> {
-        self.query(|_, head| head)
     }
 
     /// Records a checkpoint of the current head and projection digest.
@@ -726,7 +709,20 @@ enum Durable {
     Group(Vec<Reply>),
     /// A read made on a state that holds every group sent before it:
     /// delivered once they are flushed.
-    Read(Deliver),
+    Read(Box<Read>),
+}
+
+/// A read's answer, computed, and where it goes.
+struct Read {
+    answer: Answer,
+    reply: oneshot::Sender<Answer>,
+}
+
+impl Read {
+    /// Hands the answer over (a caller that stopped waiting loses it).
+    fn deliver(self) {
+        let _ = self.reply.send(self.answer);
+    }
 }
 
 /// The thread that makes groups durable: under `always` it answers them
@@ -775,7 +771,7 @@ impl Syncer {
                                     reply(answer.map_err(AppendError::Storage));
                                 }
                             }
-                            Durable::Read(deliver) => deliver(),
+                            Durable::Read(read) => read.deliver(),
                         }
                     }
                 }
@@ -952,17 +948,20 @@ impl Writer {
                 }
                 false
             }
-            Msg::Query(f) => {
-                let deliver = f(&self.state, self.head);
+            Msg::Query { query, reply } => {
+                let read = Read {
+                    answer: query::answer(&self.state, self.head, query),
+                    reply,
+                };
                 match &self.syncer {
                     Some(syncer) if matches!(self.options.durability, Durability::Always) => {
-                        if let Err(mpsc::SendError(Durable::Read(deliver))) =
-                            syncer.tx.send(Durable::Read(deliver))
+                        if let Err(mpsc::SendError(Durable::Read(read))) =
+                            syncer.tx.send(Durable::Read(Box::new(read)))
                         {
-                            deliver();
+                            read.deliver();
                         }
                     }
-                    _ => deliver(),
+                    _ => read.deliver(),
                 }
                 false
             }
@@ -1325,5 +1324,64 @@ impl Writer {
         {
             self.poisoned = Some(why);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{BudgetPeriod, LearningIntensity, TenantId};
+
+    fn tenant(id: &str) -> Append {
+        Append::from(Event::TenantRegistered {
+            tenant: TenantId::from(id),
+            budget_micros: Micros(1_000),
+            max_concurrent_runs: 1,
+            learning_intensity: LearningIntensity::Balanced,
+            meta_learning: false,
+            budget_period: BudgetPeriod::None,
+        })
+    }
+
+    /// Under `always`, a read sent right behind appends not yet answered
+    /// sees them, and its answer comes only once they are durable: by then
+    /// every append's own answer (sent after the flush) has arrived.
+    #[test]
+    fn query_under_always_answered_after_the_appends_before_it_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LedgerOptions {
+            durability: Durability::Always,
+            checkpoint_every: 0,
+            create: true,
+        };
+        let ledger = Ledger::open(dir.path(), options).unwrap();
+        let pending: Vec<PendingAppend> = (0..3)
+            .map(|k| {
+                let entries = vec![tenant(&format!("t{k}"))];
+                ledger.append_pipelined(entries).unwrap()
+            })
+            .collect();
+        let head = ledger.head().unwrap();
+        let receipts: Vec<Receipt> = pending
+            .into_iter()
+            .map(|mut p| p.0.try_recv().expect("answered before the read").unwrap())
+            .collect();
+        assert_eq!(head.seq, 3);
+        assert_eq!(
+            receipts.last().map(|r| (r.last_seq, r.head)),
+            Some((3, head.hash))
+        );
+        // The same on the async path, and for a read of more than the head.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut pending = ledger.append_pipelined(vec![tenant("t3")]).unwrap();
+        let counted = rt
+            .block_on(ledger.tenant_async(&TenantId::from("t3")))
+            .unwrap();
+        let receipt = pending.0.try_recv().expect("answered before the read");
+        assert_eq!(receipt.unwrap().last_seq, 4);
+        assert_eq!(counted.map(|t| t.budget_micros), Some(Micros(1_000)));
+        ledger.close().unwrap();
     }
 }

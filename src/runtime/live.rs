@@ -101,18 +101,8 @@ impl Pool {
 
     /// Tasks of the run submitted, and ended.
     async fn task_counts(&self) -> Result<(u64, u64), RunError> {
-        let run = self.run.clone();
-        Ok(self
-            .ledger
-            .query_async(move |state, _| {
-                state.runs.get(&run).map_or((0, 0), |r| {
-                    (
-                        r.tasks_submitted,
-                        r.tasks_acked + r.tasks_dead_lettered + r.tasks_cancelled + r.tasks_skipped,
-                    )
-                })
-            })
-            .await?)
+        let progress = self.ledger.run_progress_async(&self.run).await?;
+        Ok(progress.map_or((0, 0), |p| (p.tasks_submitted, p.tasks_ended)))
     }
 }
 
@@ -375,7 +365,7 @@ async fn begin(
     if !resume {
         workload.check_run(run.as_str())?;
     }
-    let state = ledger.query_async(|state, _| state.clone()).await?;
+    let (state, _) = ledger.state_async().await?;
     if resume {
         // On Redis, leases belong to workers that may still be running:
         // they are taken over in Redis, not expired here.
@@ -740,26 +730,14 @@ async fn finish(ledger: &Ledger, run: &RunId, wall: Instant) -> Result<RunReport
     ledger
         .append_async(vec![Append::from(Event::RunFinished { run: run.clone() })])
         .await?;
-    let (summary, digests, head, last_at) = {
-        let run = run.clone();
-        ledger
-            .query_async(move |state, head| {
-                (
-                    state.runs.get(&run).cloned(),
-                    state.digests(),
-                    head,
-                    state.last_at,
-                )
-            })
-            .await?
-    };
-    let s = summary.ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
+    let end = ledger.run_end_async(run).await?;
+    let s = (end.summary).ok_or_else(|| RunError::Impossible("the run vanished".to_owned()))?;
     Ok(RunReport::new(
         &s,
-        last_at.0 - s.started_at.0,
+        end.last_at.0 - s.started_at.0,
         wall,
-        head,
-        digests.combined,
+        end.head,
+        end.digests.combined,
     ))
 }
 

@@ -431,10 +431,7 @@ impl TaskQueue for MemoryQueue {
     }
 
     async fn depth(&self) -> Result<QueueCounts, QueueError> {
-        Ok(self
-            .ledger
-            .query_async(|state, _| state.queue.counts())
-            .await?)
+        Ok(self.ledger.queue_counts_async().await?)
     }
 }
 

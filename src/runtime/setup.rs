@@ -309,21 +309,6 @@ pub(crate) fn total_tasks(workload: &Workload) -> u64 {
     workload.total_tasks()
 }
 
-/// A free run id for a run that names none: `base`, else the first of
-/// `base-2`, `base-3`, ... not in the ledger yet.
-pub fn unused_run_id(state: &State, base: &str) -> String {
-    (1u32..)
-        .map(|n| {
-            if n == 1 {
-                base.to_owned()
-            } else {
-                format!("{base}-{n}")
-            }
-        })
-        .find(|id| state.runs.get(&RunId(id.clone())).is_none())
-        .unwrap_or_else(|| base.to_owned())
-}
-
 /// Whether `running` attempts put a pool of `max_concurrency` over its
 /// backpressure threshold (`threshold_bp` of it): backpressure engages
 /// above it and releases at or below it.

@@ -26,7 +26,6 @@ use crate::domain::command::{
     Command, Heard, Outcome as CommandOutcome, Progress, Reported, Ticket,
 };
 use crate::domain::decide::{Answer, Rules};
-use crate::domain::governance::admitted;
 use crate::domain::limits::check_id;
 use crate::domain::queue::QueueCounts;
 use crate::domain::scheduler::{Lost, QueuePolicy};
@@ -114,19 +113,7 @@ impl RedisQueue {
     /// envelopes are on the streams, or were lost with the coordinator:
     /// then they are sent again after twice the lease, never admitted again).
     pub async fn resume(&self, run: &RunId) -> Result<(), QueueError> {
-        let run = run.clone();
-        let admitted = self
-            .ledger
-            .query_async(move |state, _| {
-                state
-                    .queue
-                    .sorted()
-                    .into_iter()
-                    .filter(|(id, t)| t.run == run && admitted(state, id))
-                    .map(|(id, _)| id.clone())
-                    .collect::<Vec<_>>()
-            })
-            .await?;
+        let admitted = self.ledger.admitted_tasks_async(run).await?;
         let now = std::time::Instant::now();
         let mut dispatched = lock(&self.dispatched);
         for task in admitted {
@@ -166,12 +153,7 @@ impl RedisQueue {
         max_in_flight: u32,
         lease: Duration,
     ) -> Result<(), QueueError> {
-        let leased = {
-            let run = run.clone();
-            self.ledger
-                .query_async(move |state, _| state.runs.get(&run).map_or(0, |r| r.running))
-                .await?
-        };
+        let leased = (self.ledger.run_progress_async(run).await?).map_or(0, |p| p.running);
         let dispatched = {
             let mut dispatched = lock(&self.dispatched);
             let stale = self.streams.config().lease * 2;
@@ -602,9 +584,6 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn depth(&self) -> Result<QueueCounts, QueueError> {
-        Ok(self
-            .ledger
-            .query_async(|state, _| state.queue.counts())
-            .await?)
+        Ok(self.ledger.queue_counts_async().await?)
     }
 }
