@@ -34,7 +34,9 @@ use super::codec::encode_event_into;
 use super::frame::FrameBuilder;
 use super::query::{self, Answer, Query};
 use super::record::record_hash;
-use super::store::{Checkpoint, Head, IndexBuilder, IndexKind, Store, StoreError, WalkError};
+use super::store::{
+    Checkpoint, Head, IndexBuilder, IndexEntry, IndexKind, Store, StoreError, WalkError,
+};
 use crate::domain::budget::OverrunCover;
 use crate::domain::command::{self, Command, Outcome};
 use crate::domain::decide::{self as decider, Rules};
@@ -49,6 +51,12 @@ pub const MAX_GROUP_EVENTS: usize = 64 * 1024;
 /// call blocks, an async one yields) until the writer catches up. The
 /// capacity is the backpressure on everything that appends.
 pub const INBOX_MESSAGES: usize = 1024;
+
+/// Records whose index entries the writer gathers before it writes them:
+/// the indices are a projection that may lag the log (a reader walks the
+/// log past their mark, and a writable open indexes what they miss), so a
+/// group does not pay the index trees' and summaries' writes of its own.
+const INDEX_WRITE_RECORDS: u64 = 32 * 1024;
 
 /// Groups handed to the syncer and not yet flushed: past it the writer
 /// waits for the disk.
@@ -229,6 +237,7 @@ impl Ledger {
             poisoned: None,
             lent: false,
             held: std::collections::VecDeque::new(),
+            unindexed: (Vec::new(), 0),
         };
         let thread = std::thread::Builder::new()
             .name("runledger-writer".to_owned())
@@ -676,6 +685,10 @@ struct Writer {
     lent: bool,
     /// Messages that arrived while the state was lent, in order.
     held: std::collections::VecDeque<Msg>,
+    /// Index entries of the records written since the indices' mark, and
+    /// how many records (written every [`INDEX_WRITE_RECORDS`], at a
+    /// checkpoint and on close).
+    unindexed: (Vec<IndexEntry>, u64),
 }
 
 /// Answers one append once its fate is known.
@@ -998,7 +1011,7 @@ impl Writer {
             syncer.stop();
         }
         self.check_syncer();
-        if self.poisoned.is_none() && self.since_checkpoint > 0 {
+        if self.poisoned.is_none() && (self.since_checkpoint > 0 || self.unindexed.1 > 0) {
             self.checkpoint()?;
         }
         self.store
@@ -1015,6 +1028,10 @@ impl Writer {
             head: *self.head.hash.as_bytes(),
             digest: *self.state.digests().combined.as_bytes(),
         };
+        if self.unindexed.1 > 0 {
+            self.write_index()
+                .map_err(|e| AppendError::Storage(e.to_string()))?;
+        }
         self.store
             .write_checkpoint(checkpoint)
             .map_err(|e| AppendError::Storage(e.to_string()))?;
@@ -1249,10 +1266,6 @@ impl Writer {
     /// Writes the group, makes it durable per the mode and answers its
     /// appenders. Returns true if unflushed data remains.
     fn commit(&mut self, group: &mut Group) {
-        self.commit_with(group, true)
-    }
-
-    fn commit_with(&mut self, group: &mut Group, allow_checkpoint: bool) {
         if group.records == 0 && group.replies.is_empty() {
             return;
         }
@@ -1263,10 +1276,11 @@ impl Writer {
         let frames = std::mem::take(&mut group.frames);
         let mut result = self.store.write_frames(frames).map_err(|e| e.to_string());
         if result.is_ok() {
-            result = self
-                .store
-                .write_index(group.index.take(), self.head.seq)
-                .map_err(|e| e.to_string());
+            self.unindexed.0.append(&mut group.index.take());
+            self.unindexed.1 += group.records;
+            if self.unindexed.1 >= INDEX_WRITE_RECORDS {
+                result = self.write_index().map_err(|e| e.to_string());
+            }
         }
         if let Err(why) = result {
             self.poisoned = Some(why.clone());
@@ -1302,8 +1316,7 @@ impl Writer {
         group.records = 0;
         group.builder = FrameBuilder::new(self.head.seq + 1, self.head.hash);
         // A lent state is the borrower's: checkpoints wait for its return.
-        if allow_checkpoint
-            && !self.lent
+        if !self.lent
             && self.options.checkpoint_every > 0
             && self.since_checkpoint >= self.options.checkpoint_every
         {
@@ -1311,6 +1324,14 @@ impl Writer {
                 self.poisoned = Some(e.to_string());
             }
         }
+    }
+
+    /// Writes the index entries gathered since the last write, with the
+    /// head as their mark.
+    fn write_index(&mut self) -> Result<(), sled::Error> {
+        let entries = std::mem::take(&mut self.unindexed.0);
+        self.unindexed.1 = 0;
+        self.store.write_index(entries, self.head.seq)
     }
 
     fn check_syncer(&mut self) {
