@@ -98,6 +98,14 @@ fn check_undo(state: &State, next: &[(u64, Timestamp, Event)], kept: usize) -> R
         trial.evolve(seq, at, event);
     }
     trial.undo();
+    // What the cost agent projects, recomputed after the undo forgot it.
+    let projected = |s: &State| -> Vec<(i64, i64)> {
+        let tasks = s.queue.sorted().into_iter().take(24);
+        tasks.map(|(id, _)| s.queue.remaining(id)).collect()
+    };
+    if projected(&trial) != projected(&marked) {
+        return Err("undo left another projection of the remaining DAG".to_owned());
+    }
     if trial != marked {
         let seq = after.first().map_or(0, |e| e.0);
         return Err(format!(

@@ -7,7 +7,7 @@
 //! `budget_overrun`, and an overrun needs spend behind it: a tenant-wide
 //! one (no task) the tenant's `spent + reserved` past its budget by at
 //! least its amount at its seq; one naming a task ([`OverrunCover`]) that
-//! task's spend past its reservation, recorded in the same append — the
+//! task's spend past its reservation, recorded in the same append (or command of a step) — the
 //! settler records the overrun just before the costs that cause it.
 
 use bincode::{Decode, Encode};
@@ -308,7 +308,7 @@ impl Tenants {
                 let t = self.tenant(tenant)?;
                 non_negative("amount_micros", *amount_micros)?;
                 if let Some(task) = task {
-                    // Covered by the task's spend in the same append (see
+                    // Covered by the task's spend in the same append or command (see
                     // `OverrunCover`), which may come after it.
                     return owned_by(tenant, task);
                 }
@@ -522,7 +522,7 @@ pub fn consumed(amount: Micros, task_reserved: Micros) -> Micros {
 
 /// Within one append (a batch, or one decision step), the overruns that
 /// name a task must be covered by that task's spend past its reservation
-/// recorded in the same append, before or after them: the settler records
+/// recorded in the same append (a command, in a step), before or after them: the settler records
 /// an overrun just before the costs that cause it, older ledgers just
 /// after. The writer notes every event of an append on the state just
 /// before it, then checks the whole append.

@@ -173,9 +173,8 @@ impl<T: Table> Undo for Journaled<T> {
     }
 
     fn mark(&mut self) {
-        // Clearing an empty map would still sweep its capacity.
         if let Some(before) = self.before.as_mut().filter(|b| !b.is_empty()) {
-            before.clear();
+            forget(before);
         }
     }
 
@@ -193,8 +192,23 @@ impl<T: Table> Undo for Journaled<T> {
                 }
             }
         }
+        forget(before);
     }
 }
+
+/// Empties a journal. Clearing a map sweeps its whole capacity, so one
+/// that a large command grew is dropped instead: the commands after it
+/// would each pay for its size.
+fn forget<K, V>(before: &mut FxHashMap<K, V>) {
+    if before.capacity() > JOURNAL_KEPT_CAPACITY {
+        *before = FxHashMap::default();
+    } else {
+        before.clear();
+    }
+}
+
+/// The most entries a journal keeps room for between commands.
+const JOURNAL_KEPT_CAPACITY: usize = 1024;
 
 /// A value changed whole (counters): kept at the mark while recording.
 #[derive(Debug, Default)]
@@ -284,6 +298,24 @@ mod tests {
         *count.get_mut() = 7;
         count.undo();
         assert_eq!(*count, 5);
+    }
+
+    #[test]
+    fn marks_in_a_row_each_start_a_new_journal_and_a_large_one_is_dropped() {
+        let mut table: Journaled<FxHashMap<u32, u32>> = Journaled::default();
+        table.record(true);
+        for key in 0..10_000 {
+            table.insert(key, key);
+        }
+        table.mark();
+        let room = |t: &Journaled<FxHashMap<u32, u32>>| t.before.as_ref().map(|b| b.capacity());
+        assert!(room(&table).unwrap() <= JOURNAL_KEPT_CAPACITY);
+        table.insert(1, 100);
+        table.mark();
+        table.insert(2, 200);
+        table.undo();
+        assert_eq!((table.get(&1), table.get(&2)), (Some(&100), Some(&2)));
+        assert_eq!(table.len(), 10_000);
     }
 
     #[test]

@@ -135,7 +135,8 @@ pub struct Receipt {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AppendError {
-    /// Event `index` of the batch is impossible; nothing of the batch was appended.
+    /// Event `index` of the batch (of the command, in a step) is
+    /// impossible; nothing of the batch (the command) was appended.
     #[error("event {index} of the batch: {rejection}")]
     Rejected { index: usize, rejection: Rejection },
     #[error("the ledger cannot write: {0}")]
@@ -308,7 +309,8 @@ impl Ledger {
     /// is as durable as the ledger promises. Each command is all or
     /// nothing: a rejected event drops its command's events (undone on the
     /// live state) and the others stand. The step fails whole only when the
-    /// ledger cannot write.
+    /// ledger cannot write, or the period turns due before it are refused
+    /// (the error's index is then the turns' event).
     pub async fn commands(
         &self,
         rules: Rules,
@@ -486,7 +488,10 @@ impl Draft<'_> {
     /// stand (each overrun with the spend behind it), else undone.
     fn close_unit<T>(&mut self, result: Result<T, AppendError>) -> Result<T, AppendError> {
         let covered = std::mem::replace(&mut self.cover, OverrunCover::new()).check();
-        let result = result.and_then(|value| match covered {
+        // A push refused is the command's rejection, even if the decider
+        // went on without it.
+        let failed = self.failed.take().map_or(Ok(()), Err);
+        let result = result.and_then(|value| match failed.and(covered) {
             Ok(()) => Ok(value),
             Err((index, rejection)) => Err(AppendError::Rejected { index, rejection }),
         });

@@ -618,9 +618,10 @@ impl Conductor {
                     continue;
                 }
                 Err(QueueError::Ledger(AppendError::Rejected { rejection, .. })) => {
-                    // Impossible for a current attempt: the results are
-                    // dropped, their leases expire and the tasks run again.
-                    tracing::warn!(%rejection, results = results.len(), "results refused");
+                    // The lease step was refused (each result was recorded
+                    // or refused on its own): no worker gets a task this
+                    // round, the next step asks again.
+                    tracing::warn!(%rejection, "lease step refused");
                     Vec::new()
                 }
                 Err(e) => return Err(e.into()),

@@ -293,8 +293,8 @@ impl MemoryQueue {
         commands.extend(then);
         let (_, mut decided) = self.ledger.commands(self.rules, commands).await?;
         let then = match then_sent {
-            true => decided.pop().transpose()?,
-            false => None,
+            true => decided.pop().transpose(),
+            false => Ok(None),
         };
         for ((lease, _), decided) in reports.iter().zip(&decided) {
             match decided {
@@ -307,7 +307,8 @@ impl MemoryQueue {
                 }
             }
         }
-        Ok(then)
+        // The results stand even when `then` was refused.
+        Ok(then?)
     }
 
     async fn lease(
