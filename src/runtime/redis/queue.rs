@@ -337,6 +337,8 @@ impl RedisQueue {
                         tenant: lease.tenant,
                         worker: lease.worker,
                         outcome,
+                        // Its start is in the ledger already (the claim).
+                        announces_start: false,
                     };
                     Some((receipt, result))
                 })
@@ -441,35 +443,50 @@ impl RedisQueue {
                 }
             })
             .collect();
+        // A report that announces its attempt's start stands for two: the
+        // start, then the end.
         let reports = {
             let claims = lock(&self.claims);
-            (results.iter())
-                .map(|result| Reported {
+            let mut reports = Vec::with_capacity(results.len());
+            for result in &results {
+                let report = |what| Reported {
                     task: result.task.clone(),
                     run: result.run.clone(),
                     worker: result.worker.clone(),
                     claimed: result.attempt,
                     known: claims.get(&(result.task.clone(), result.attempt)).copied(),
-                    what: match &result.outcome {
-                        Outcome::Started => Progress::Started,
-                        Outcome::Ack { output, costs } => Progress::Ended {
-                            answer: success(result.attempt_of(), output.clone()),
-                            costs: costs.clone(),
-                        },
-                        Outcome::Nack {
-                            error,
-                            timed_out,
-                            costs,
-                        } => Progress::Ended {
-                            answer: Answer::Failed {
-                                error: error.clone(),
-                                timed_out: *timed_out,
-                            },
-                            costs: costs.clone(),
-                        },
-                    },
-                })
-                .collect()
+                    what,
+                };
+                let ended = |answer, costs: &Vec<_>| Progress::Ended {
+                    answer,
+                    costs: costs.clone(),
+                };
+                match &result.outcome {
+                    Outcome::Started => reports.push(report(Progress::Started)),
+                    Outcome::Ack { output, costs } => {
+                        if result.announces_start {
+                            reports.push(report(Progress::Started));
+                        }
+                        let answer = success(result.attempt_of(), output.clone());
+                        reports.push(report(ended(answer, costs)));
+                    }
+                    Outcome::Nack {
+                        error,
+                        timed_out,
+                        costs,
+                    } => {
+                        if result.announces_start {
+                            reports.push(report(Progress::Started));
+                        }
+                        let answer = Answer::Failed {
+                            error: error.clone(),
+                            timed_out: *timed_out,
+                        };
+                        reports.push(report(ended(answer, costs)));
+                    }
+                }
+            }
+            reports
         };
         let command = Command::Heard {
             reports,
@@ -482,16 +499,20 @@ impl RedisQueue {
         let mut decided = Vec::new();
         let mut claims = lock(&self.claims);
         let mut dispatched = lock(&self.dispatched);
-        for (result, heard) in results.into_iter().zip(heard) {
+        let mut heard = heard.into_iter();
+        for result in results {
             let key = (result.task, result.attempt);
             let failed = matches!(result.outcome, Outcome::Nack { .. });
-            match heard {
-                Heard::Started(Some(attempt)) => {
+            let starts = matches!(result.outcome, Outcome::Started) || result.announces_start;
+            let ends = !matches!(result.outcome, Outcome::Started);
+            if starts {
+                if let Some(Heard::Started(Some(attempt))) = heard.next() {
                     dispatched.remove(&key.0);
-                    claims.insert(key, attempt);
+                    claims.insert(key.clone(), attempt);
                 }
-                Heard::Started(None) => {}
-                Heard::Ended(ended) => {
+            }
+            if ends {
+                if let Some(Heard::Ended(ended)) = heard.next() {
                     claims.remove(&key);
                     match ended.and_then(nack_outcome) {
                         Some(outcome) => decided.push((key, outcome)),

@@ -146,11 +146,13 @@ return {out, last}
 
 /// Report results: each is added to the results stream, then its task
 /// entry is acknowledged and deleted — in one atomic step, so a worker
-/// that dies cannot leave an acknowledged task without its result.
+/// that dies cannot leave an acknowledged task without its result. An
+/// announcement (a start, priority `-`) is only added: its task entry
+/// stays pending until the attempt's report.
 ///
 /// KEYS[1]: the results stream; KEYS[2..6]: the priority streams.
-/// ARGV: group, results bound, then triples (priority index, task entry
-/// id, result JSON).
+/// ARGV: group, results bound, then triples (priority index or `-`, task
+/// entry id, result JSON), added in order.
 /// Returns the number of results added, or `{"full", key}` (nothing done).
 pub const REPORT: &str = r#"
 local group = ARGV[1]
@@ -162,8 +164,10 @@ end
 local ids = {{}, {}, {}, {}, {}}
 for i = 3, #ARGV, 3 do
   redis.call('XADD', KEYS[1], '*', 'r', ARGV[i + 2])
-  local p = tonumber(ARGV[i]) + 1
-  ids[p][#ids[p] + 1] = ARGV[i + 1]
+  if ARGV[i] ~= '-' then
+    local p = tonumber(ARGV[i]) + 1
+    ids[p][#ids[p] + 1] = ARGV[i + 1]
+  end
 end
 -- One XACK and one XDEL per stream, after every result is in.
 for p = 1, 5 do
