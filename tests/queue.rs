@@ -665,7 +665,7 @@ async fn redis_a_report_that_announces_its_start_is_recorded_as_lease_then_end_o
         .await
         .unwrap();
     let before = h.head().await;
-    h.queue.fill(&RunId::from(RUN), 8, LEASE).await.unwrap();
+    h.queue.fill(&RunId::from(RUN), 8, 1, LEASE).await.unwrap();
     // A worker elsewhere claims it; it never announces the start alone.
     let worker_side = RedisStreams::connect(&url, StreamsConfig::default())
         .await
