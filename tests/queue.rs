@@ -622,3 +622,74 @@ queue_suite!(redis, |ledger, policy| async move {
         .unwrap();
     Some((queue, Box::new(server) as Box<dyn std::any::Any>))
 });
+
+/// A worker folds its announcement into the report when the attempt ends
+/// before the announcement was sent (`announces_start`): the coordinator
+/// records the lease, then the end, from that one entry — and the same
+/// report read twice counts once.
+#[tokio::test]
+async fn redis_a_report_that_announces_its_start_is_recorded_as_lease_then_end_once() {
+    use runledger::runtime::redis::Outcome;
+    let Some(server) = support::redis::RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let make = |ledger, policy| {
+        let url = url.clone();
+        async move {
+            let streams = RedisStreams::connect(&url, StreamsConfig::default())
+                .await
+                .unwrap();
+            let queue = RedisQueue::new(ledger, streams, policy, SEED)
+                .await
+                .unwrap();
+            Some((queue, Box::new(()) as Box<dyn std::any::Any>))
+        }
+    };
+    let Some(h) = harness(policy(), make).await else {
+        return;
+    };
+    h.queue
+        .enqueue(vec![task("t", Priority::Normal, &[], 3)])
+        .await
+        .unwrap();
+    let before = h.head().await;
+    h.queue.fill(&RunId::from(RUN), 8, 1, LEASE).await.unwrap();
+    // A worker elsewhere claims it; it never announces the start alone.
+    let worker_side = RedisStreams::connect(&url, StreamsConfig::default())
+        .await
+        .unwrap();
+    let claimed = worker_side.claim("w1", 4, NO_WAIT).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let done = Outcome::Ack {
+        output: Params::null(),
+        costs: Vec::new(),
+    };
+    let mut result = claimed[0].result(&worker(1), done);
+    result.announces_start = true;
+    for _ in 0..2 {
+        worker_side
+            .report(&claimed[0].receipt, &result)
+            .await
+            .unwrap();
+    }
+    h.queue.apply_results().await.unwrap();
+    let events = h.events_after(before).await;
+    let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
+    let at = |kind: &str| kinds.iter().position(|k| *k == kind);
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "task_dequeued").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "task_acked").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(at("task_dequeued") < at("task_acked"), "{kinds:?}");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::TaskDequeued { worker: w, attempt: 1, .. } if *w == worker(1)
+    )));
+}

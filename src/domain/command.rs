@@ -307,7 +307,8 @@ fn admit<S: Step>(
     rules: &Rules,
 ) -> Result<Vec<Ticket>, S::Error> {
     let max = max.max(1);
-    let skip: std::collections::HashSet<TaskId> = skip.into_iter().collect();
+    // Looked up, never iterated: its order decides nothing.
+    let skip: rustc_hash::FxHashSet<TaskId> = skip.into_iter().collect();
     let state = step.state();
     let window = max * 2 + 16 + skip.len();
     let picked: Vec<TaskId> = next_ready_many(state, now, state.seq, &rules.queue, window, |t| {
@@ -363,12 +364,13 @@ fn heard<S: Step>(
     rules: &Rules,
 ) -> Result<Vec<Heard>, S::Error> {
     let deadline = now.saturating_add_micros(lease_micros);
-    // (task, claim attempt) → ledger attempt, for the starts of this step.
-    let mut started: Vec<((TaskId, u32), u32)> = Vec::new();
+    // (task, claim attempt) → ledger attempt, for the starts of this step
+    // (looked up, never iterated: its order decides nothing).
+    let mut started: rustc_hash::FxHashMap<(TaskId, u32), u32> = Default::default();
     let mut heard = Vec::with_capacity(reports.len());
     for report in reports {
         let key = (report.task.clone(), report.claimed);
-        let known = (started.iter().find(|(k, _)| *k == key).map(|(_, a)| *a)).or(report.known);
+        let known = started.get(&key).copied().or(report.known);
         let (events, outcome) = match report.what {
             // Read again after a restart or a failed acknowledgement.
             Progress::Started if known.is_some() => (Vec::new(), Heard::Started(None)),
@@ -382,7 +384,7 @@ fn heard<S: Step>(
                     deadline,
                 ) {
                     Some((events, attempt)) => {
-                        started.push((key, attempt));
+                        started.insert(key, attempt);
                         (events, Heard::Started(Some(attempt)))
                     }
                     None => (Vec::new(), Heard::Started(None)),

@@ -461,9 +461,20 @@ async fn submit(pool: Arc<Pool>, workload: Workload, resumed: Option<crate::doma
     pool.wake.notify_one();
 }
 
+/// How long the Redis coordinator's loops wait for work before looking
+/// again: the results loop blocks on the results stream and the dispatch
+/// loop waits for results to be recorded (each wakes at once when there is
+/// something); past this, a retry or a stale dispatch may have come due.
+const COORDINATOR_WAIT: Duration = Duration::from_millis(20);
+
 /// The Redis coordinator's two loops, so that admitting and dispatching
 /// never waits for recording results, nor the other way round (each waits
-/// for its ledger steps to be durable): until the run has no open task left.
+/// for its ledger steps to be durable): until the run has no open task
+/// left. Neither polls: the results loop blocks reading the results
+/// stream, and the dispatch loop runs again when results were recorded
+/// (then it dispatches once an eighth of the window is free, so each
+/// admission step takes a batch), runs were submitted, or
+/// [`COORDINATOR_WAIT`] passed (then any room will do).
 fn coordinate(
     tasks: &mut tokio::task::JoinSet<()>,
     pool: &Arc<Pool>,
@@ -475,14 +486,24 @@ fn coordinate(
     let lease = timeout + Duration::from_secs(5);
     {
         let (pool, coordinator, done) = (Arc::clone(pool), coordinator.clone(), Arc::clone(&done));
+        // Woken by recorded results, it waits for room for a batch (an
+        // eighth of the window); otherwise any room will do.
+        let batch = (in_flight / 8).max(1);
         tasks.spawn(async move {
             let mut retries = Retries::new("dispatching to Redis");
+            let mut min_room = 1;
             while !pool.stopped() && !done.load(Ordering::SeqCst) {
-                let round = coordinator.fill(&pool.run, in_flight, lease).await;
+                let round = coordinator
+                    .fill(&pool.run, in_flight, min_room, lease)
+                    .await;
                 if !retry_transport(&pool, &mut retries, round).await {
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                min_room = tokio::select! {
+                    () = coordinator.recorded() => batch,
+                    () = pool.wake.notified() => 1,
+                    () = tokio::time::sleep(COORDINATOR_WAIT) => 1,
+                };
             }
         });
     }
@@ -490,7 +511,10 @@ fn coordinate(
     tasks.spawn(async move {
         let mut retries = Retries::new("recording results from Redis");
         while !pool.stopped() {
-            let round = coordinator.apply_results().await.map(drop);
+            let round = coordinator
+                .apply_results_within(COORDINATOR_WAIT)
+                .await
+                .map(drop);
             if !retry_transport(&pool, &mut retries, round).await {
                 return;
             }
@@ -502,7 +526,6 @@ fn coordinate(
                 Ok(_) => {}
                 Err(e) => return pool.fail(e),
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
 }

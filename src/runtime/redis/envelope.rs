@@ -71,6 +71,7 @@ impl Claimed {
             tenant: self.envelope.tenant.clone(),
             worker: worker.clone(),
             outcome,
+            announces_start: false,
         }
     }
 }
@@ -121,6 +122,12 @@ pub struct TaskResult {
     pub tenant: TenantId,
     pub worker: WorkerId,
     pub outcome: Outcome,
+    /// The worker did not announce this attempt's start on its own (the
+    /// announcement was still waiting to be sent when the attempt ended):
+    /// this report stands for both, and the coordinator records the lease,
+    /// then the end. Absent from the JSON when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub announces_start: bool,
 }
 
 impl TaskResult {

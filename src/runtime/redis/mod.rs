@@ -936,52 +936,37 @@ impl RedisStreams {
 
     /// Announces attempts a worker starts (`Outcome::Started` results):
     /// added to the results stream, the task entries left pending until
-    /// their final report. One pipelined, atomic request.
+    /// their final report; see [`RedisStreams::send_results`].
     pub async fn announce(&self, results: &[TaskResult]) -> Result<(), RedisError> {
-        if results.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for result in results {
-            let json = Self::encode(
-                || {
-                    format!(
-                        "the start of task {} attempt {}",
-                        result.task, result.attempt
-                    )
-                },
-                result,
-            )?;
-            pipe.cmd("XADD")
-                .arg(&self.inner.keys.results)
-                .arg("*")
-                .arg("r")
-                .arg(json)
-                .ignore();
-        }
-        let mut conn = self.conn();
-        self.call(
-            "announce",
-            Duration::ZERO,
-            pipe.query_async::<()>(&mut conn),
-        )
-        .await
+        let entries: Vec<_> = results.iter().map(|r| (None, r)).collect();
+        self.send_results(&entries).await
     }
 
-    /// Reports one attempt; see [`RedisStreams::report_many`].
+    /// Reports one attempt; see [`RedisStreams::send_results`].
     pub async fn report(&self, receipt: &Receipt, result: &TaskResult) -> Result<(), RedisError> {
-        self.report_many(&[(receipt.clone(), result.clone())]).await
+        self.send_results(&[(Some(receipt), result)]).await
     }
 
-    /// Reports attempts: each result is added to the results stream and
-    /// its task entry acknowledged and deleted, in one atomic script —
-    /// result first, then the acknowledgement, so no order of failures
-    /// leaves a task acknowledged without its result. A report for an
-    /// entry already reclaimed by another consumer still lands (the
-    /// coordinator deduplicates by (task, attempt)).
+    /// Reports attempts; see [`RedisStreams::send_results`].
     pub async fn report_many(&self, reports: &[(Receipt, TaskResult)]) -> Result<(), RedisError> {
-        for chunk in reports.chunks(SCRIPT_BATCH_MAX) {
+        let entries: Vec<_> = reports.iter().map(|(r, t)| (Some(r), t)).collect();
+        self.send_results(&entries).await
+    }
+
+    /// Adds results to the results stream in order, up to
+    /// [`SCRIPT_BATCH_MAX`] per atomic script: a report (with the receipt
+    /// of its task entry) also acknowledges and deletes its entry — after
+    /// every result of the script is in, so no order of failures leaves a
+    /// task acknowledged without its result; an announcement (no receipt)
+    /// leaves the entry pending. A report for an entry already reclaimed by
+    /// another consumer still lands (the coordinator deduplicates by (task,
+    /// attempt)). Refused whole with [`RedisError::Full`] when the results
+    /// stream would pass its bound.
+    pub async fn send_results(
+        &self,
+        entries: &[(Option<&Receipt>, &TaskResult)],
+    ) -> Result<(), RedisError> {
+        for chunk in entries.chunks(SCRIPT_BATCH_MAX) {
             let mut invocation = self.inner.scripts.report.prepare_invoke();
             invocation.key(&self.inner.keys.results);
             for key in &self.inner.keys.tasks {
@@ -990,7 +975,7 @@ impl RedisStreams {
             invocation
                 .arg(WORKER_GROUP)
                 .arg(self.inner.config.results_len_max);
-            for (receipt, result) in chunk {
+            for &(receipt, result) in chunk {
                 let json = Self::encode(
                     || {
                         format!(
@@ -1000,10 +985,13 @@ impl RedisStreams {
                     },
                     result,
                 )?;
-                invocation
-                    .arg(receipt.priority.index())
-                    .arg(&receipt.stream_id)
-                    .arg(json);
+                match receipt {
+                    Some(receipt) => invocation
+                        .arg(receipt.priority.index())
+                        .arg(&receipt.stream_id),
+                    None => invocation.arg("-").arg(""),
+                };
+                invocation.arg(json);
             }
             let mut conn = self.conn();
             let reply: Value = self

@@ -16,12 +16,15 @@
 //! or stuck) is the next attempt: the ledger records the lost lease, then
 //! the new one.
 
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
-use super::{Claimed, Outcome, Receipt, RedisError, RedisStreams, TaskEnvelope, TaskResult};
+use super::{
+    Claimed, Outcome, Receipt, RedisError, RedisStreams, ResultEntry, TaskEnvelope, TaskResult,
+};
 use crate::domain::command::{
     Command, Heard, Outcome as CommandOutcome, Progress, Reported, Ticket,
 };
@@ -63,6 +66,12 @@ pub struct RedisQueue {
     /// One reader of the results at a time: a worker's announcement and
     /// its result must be recorded in the order they were reported.
     applying: Arc<tokio::sync::Mutex<()>>,
+    /// Whether results may have been read and not acknowledged (at start,
+    /// after a failure or a cut-short read): then the next read takes the
+    /// pending ones first.
+    unacknowledged: Arc<AtomicBool>,
+    /// Signalled when results are recorded: room for more dispatches.
+    recorded: Arc<tokio::sync::Notify>,
     /// The run's attempt timeout, sent with every envelope (ms; 0: none).
     timeout_ms: u64,
 }
@@ -97,6 +106,8 @@ impl RedisQueue {
             unsent: Arc::default(),
             dispatching: Arc::default(),
             applying: Arc::default(),
+            unacknowledged: Arc::new(AtomicBool::new(true)),
+            recorded: Arc::default(),
             timeout_ms: 0,
         })
     }
@@ -140,17 +151,19 @@ impl RedisQueue {
         max_in_flight: u32,
         lease: Duration,
     ) -> Result<(), QueueError> {
-        self.fill(run, max_in_flight, lease).await?;
+        self.fill(run, max_in_flight, 1, lease).await?;
         self.apply_results().await?;
         Ok(())
     }
 
     /// Keeps up to `max_in_flight` tasks of `run` dispatched or leased,
-    /// dispatching more through the gate when there is room.
+    /// dispatching more through the gate when there is room for at least
+    /// `min_room` (a larger batch costs the gate less per task).
     pub async fn fill(
         &self,
         run: &RunId,
         max_in_flight: u32,
+        min_room: u32,
         lease: Duration,
     ) -> Result<(), QueueError> {
         let leased = (self.ledger.run_progress_async(run).await?).map_or(0, |p| p.running);
@@ -162,7 +175,7 @@ impl RedisQueue {
         };
         let in_flight = dispatched.saturating_add(leased as usize);
         let room = (max_in_flight as usize).saturating_sub(in_flight);
-        if room > 0 {
+        if room > 0 && room >= min_room as usize {
             self.dispatch(run, room, lease).await?;
         }
         Ok(())
@@ -319,6 +332,8 @@ impl RedisQueue {
                         tenant: lease.tenant,
                         worker: lease.worker,
                         outcome,
+                        // Its start is in the ledger already (the claim).
+                        announces_start: false,
                     };
                     Some((receipt, result))
                 })
@@ -342,36 +357,33 @@ impl RedisQueue {
     /// (task, attempt); acknowledges them in Redis once appended. Returns
     /// what each NACK led to.
     pub async fn apply_results(&self) -> Result<FxHashMap<(TaskId, u32), NackOutcome>, QueueError> {
+        self.apply_results_within(Duration::ZERO).await
+    }
+
+    /// [`RedisQueue::apply_results`], first waiting up to `wait` for a
+    /// result when none is there (a blocking read: it wakes as soon as one
+    /// is reported).
+    pub async fn apply_results_within(
+        &self,
+        wait: Duration,
+    ) -> Result<FxHashMap<(TaskId, u32), NackOutcome>, QueueError> {
         let _one_reader = self.applying.lock().await;
         let mut outcomes = FxHashMap::default();
-        // First what was read before and not acknowledged (the
-        // acknowledgement failed, or this coordinator restarted): applying
-        // a result twice records nothing the second time.
-        let mut pending = true;
+        let mut wait = wait;
+        // Read while the batch before was being acknowledged.
+        let mut next: Option<Vec<ResultEntry>> = None;
         loop {
-            let entries = if pending {
-                let entries = self
-                    .streams
-                    .pending_results(COORDINATOR, RESULTS_PER_STEP)
-                    .await?;
-                pending = !entries.is_empty();
-                if pending {
-                    entries
-                } else {
-                    self.streams
-                        .results(COORDINATOR, RESULTS_PER_STEP, Duration::ZERO)
-                        .await?
-                }
-            } else {
-                self.streams
-                    .results(COORDINATOR, RESULTS_PER_STEP, Duration::ZERO)
-                    .await?
+            let entries = match next.take() {
+                Some(entries) => entries,
+                None => self.read_results(std::mem::take(&mut wait)).await?,
             };
             if entries.is_empty() {
                 return Ok(outcomes);
             }
-            let results: Vec<TaskResult> = entries.iter().map(|e| e.result.clone()).collect();
-            let decided = match self.record(results.clone()).await {
+            let (ids, results): (Vec<String>, Vec<TaskResult>) = (entries.into_iter())
+                .map(|e| (e.stream_id, e.result))
+                .unzip();
+            let decided = match self.record(&results).await {
                 // The ledger refused one of them, which no result it can
                 // be sent should do (a worker id it cannot take is dropped
                 // first, an answer it would refuse is already a failed
@@ -380,8 +392,8 @@ impl RedisQueue {
                 // the results behind it.
                 Err(QueueError::Ledger(crate::log::AppendError::Rejected { .. })) => {
                     let mut decided = Vec::new();
-                    for result in results {
-                        match self.record(vec![result.clone()]).await {
+                    for result in &results {
+                        match self.record(std::slice::from_ref(result)).await {
                             Ok(one) => decided.extend(one),
                             Err(QueueError::Ledger(crate::log::AppendError::Rejected {
                                 rejection,
@@ -397,9 +409,55 @@ impl RedisQueue {
                 other => other?,
             };
             outcomes.extend(decided);
-            let ids: Vec<String> = entries.into_iter().map(|e| e.stream_id).collect();
-            self.streams.ack_results(&ids).await?;
+            // Room for more: the dispatch loop may fill it.
+            self.recorded.notify_one();
+            // The acknowledgement and the next read in one round trip; the
+            // read's entries stay unacknowledged until recorded in turn.
+            let (acked, read) = tokio::join!(
+                self.streams.ack_results(&ids),
+                self.streams
+                    .results(COORDINATOR, RESULTS_PER_STEP, Duration::ZERO)
+            );
+            acked?;
+            let read = read?;
+            if read.is_empty() {
+                self.unacknowledged.store(false, AtomicOrdering::SeqCst);
+            }
+            next = Some(read);
         }
+    }
+
+    /// Results to record: first what was read before and not acknowledged
+    /// (the acknowledgement failed, a read was cut short, or this
+    /// coordinator restarted — applying a result twice records nothing the
+    /// second time), else new ones, waiting up to `wait` for one.
+    async fn read_results(&self, wait: Duration) -> Result<Vec<ResultEntry>, QueueError> {
+        if self.unacknowledged.load(AtomicOrdering::SeqCst) {
+            let pending = self
+                .streams
+                .pending_results(COORDINATOR, RESULTS_PER_STEP)
+                .await?;
+            if !pending.is_empty() {
+                return Ok(pending);
+            }
+        }
+        // Until the read answers, it may take entries this process never
+        // sees (a read cut short): they are pending then.
+        self.unacknowledged.store(true, AtomicOrdering::SeqCst);
+        let read = self
+            .streams
+            .results(COORDINATOR, RESULTS_PER_STEP, wait)
+            .await?;
+        if read.is_empty() {
+            self.unacknowledged.store(false, AtomicOrdering::SeqCst);
+        }
+        Ok(read)
+    }
+
+    /// Returns once results are recorded after the call (or were since
+    /// the last call returned): room for more dispatches may have opened.
+    pub async fn recorded(&self) {
+        self.recorded.notified().await;
     }
 }
 
@@ -410,11 +468,11 @@ impl RedisQueue {
     /// the ledger.
     async fn record(
         &self,
-        results: Vec<TaskResult>,
+        results: &[TaskResult],
     ) -> Result<Vec<((TaskId, u32), NackOutcome)>, QueueError> {
         // A worker id the ledger cannot take would refuse the whole step:
         // such a result is dropped here, with a warning, never sent.
-        let results: Vec<TaskResult> = (results.into_iter())
+        let results: Vec<&TaskResult> = (results.iter())
             .filter(|result| match check_id("worker", result.worker.as_str()) {
                 Ok(()) => true,
                 Err(rejection) => {
@@ -423,35 +481,50 @@ impl RedisQueue {
                 }
             })
             .collect();
+        // A report that announces its attempt's start stands for two: the
+        // start, then the end.
         let reports = {
             let claims = lock(&self.claims);
-            (results.iter())
-                .map(|result| Reported {
+            let mut reports = Vec::with_capacity(results.len());
+            for &result in &results {
+                let report = |what| Reported {
                     task: result.task.clone(),
                     run: result.run.clone(),
                     worker: result.worker.clone(),
                     claimed: result.attempt,
                     known: claims.get(&(result.task.clone(), result.attempt)).copied(),
-                    what: match &result.outcome {
-                        Outcome::Started => Progress::Started,
-                        Outcome::Ack { output, costs } => Progress::Ended {
-                            answer: success(result.attempt_of(), output.clone()),
-                            costs: costs.clone(),
-                        },
-                        Outcome::Nack {
-                            error,
-                            timed_out,
-                            costs,
-                        } => Progress::Ended {
-                            answer: Answer::Failed {
-                                error: error.clone(),
-                                timed_out: *timed_out,
-                            },
-                            costs: costs.clone(),
-                        },
-                    },
-                })
-                .collect()
+                    what,
+                };
+                let ended = |answer, costs: &Vec<_>| Progress::Ended {
+                    answer,
+                    costs: costs.clone(),
+                };
+                match &result.outcome {
+                    Outcome::Started => reports.push(report(Progress::Started)),
+                    Outcome::Ack { output, costs } => {
+                        if result.announces_start {
+                            reports.push(report(Progress::Started));
+                        }
+                        let answer = success(result.attempt_of(), output.clone());
+                        reports.push(report(ended(answer, costs)));
+                    }
+                    Outcome::Nack {
+                        error,
+                        timed_out,
+                        costs,
+                    } => {
+                        if result.announces_start {
+                            reports.push(report(Progress::Started));
+                        }
+                        let answer = Answer::Failed {
+                            error: error.clone(),
+                            timed_out: *timed_out,
+                        };
+                        reports.push(report(ended(answer, costs)));
+                    }
+                }
+            }
+            reports
         };
         let command = Command::Heard {
             reports,
@@ -464,16 +537,20 @@ impl RedisQueue {
         let mut decided = Vec::new();
         let mut claims = lock(&self.claims);
         let mut dispatched = lock(&self.dispatched);
-        for (result, heard) in results.into_iter().zip(heard) {
-            let key = (result.task, result.attempt);
+        let mut heard = heard.into_iter();
+        for result in results {
+            let key = (result.task.clone(), result.attempt);
             let failed = matches!(result.outcome, Outcome::Nack { .. });
-            match heard {
-                Heard::Started(Some(attempt)) => {
+            let starts = matches!(result.outcome, Outcome::Started) || result.announces_start;
+            let ends = !matches!(result.outcome, Outcome::Started);
+            if starts {
+                if let Some(Heard::Started(Some(attempt))) = heard.next() {
                     dispatched.remove(&key.0);
-                    claims.insert(key, attempt);
+                    claims.insert(key.clone(), attempt);
                 }
-                Heard::Started(None) => {}
-                Heard::Ended(ended) => {
+            }
+            if ends {
+                if let Some(Heard::Ended(ended)) = heard.next() {
                     claims.remove(&key);
                     match ended.and_then(nack_outcome) {
                         Some(outcome) => decided.push((key, outcome)),

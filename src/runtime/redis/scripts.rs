@@ -49,6 +49,10 @@ return ids
 /// priority order, and an entry that has waited `k × aging_ms` longer than
 /// the head `k` levels above it goes first — no flood starves BATCH.
 ///
+/// When XINFO's `lag` shows at most one stream with undelivered entries,
+/// they are read from it directly (nothing to rank); when a lag is
+/// unknown, or several streams hold entries, the heads are ranked.
+///
 /// Returns `{entries, last}`: entries are `{priority index, id, payload or
 /// false, delivery count}`; `last` holds each stream's last-delivered id
 /// (for the caller's blocking wake-up read when nothing was claimed).
@@ -70,17 +74,23 @@ local function payload(fields)
 end
 
 local last = {}
+-- Entries not yet delivered per stream, when Redis knows (XINFO's lag).
+local lag = {}
 for p = 1, 5 do
   local key = KEYS[p]
   local ld = nil
   if redis.call('EXISTS', key) == 1 then
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
-      local name, lid = nil, nil
+      local name, lid, l = nil, nil, nil
       for j = 1, #g, 2 do
         if g[j] == 'name' then name = g[j + 1] end
         if g[j] == 'last-delivered-id' then lid = g[j + 1] end
+        if g[j] == 'lag' then l = g[j + 1] end
       end
-      if name == group then ld = lid end
+      if name == group then
+        ld = lid
+        if type(l) == 'number' then lag[p] = l end
+      end
     end
   end
   if ld == nil then
@@ -106,6 +116,28 @@ if reclaim then
 end
 
 local want = max - #out
+-- When at most one stream has undelivered entries there is nothing to
+-- rank: read them in order, without looking at the heads first.
+local only, waiting = nil, 0
+for p = 1, 5 do
+  if lag[p] == nil then
+    waiting = 2
+  elseif lag[p] > 0 then
+    waiting = waiting + 1
+    only = p
+  end
+end
+if want > 0 and waiting <= 1 then
+  if only ~= nil then
+    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want, 'STREAMS', KEYS[only], '>')
+    if r and r[1] then
+      for _, e in ipairs(r[1][2]) do
+        out[#out + 1] = {only - 1, e[1], payload(e[2]), 1}
+      end
+    end
+  end
+  want = 0
+end
 if want > 0 then
   local heads = {}
   for p = 1, 5 do
@@ -146,11 +178,13 @@ return {out, last}
 
 /// Report results: each is added to the results stream, then its task
 /// entry is acknowledged and deleted — in one atomic step, so a worker
-/// that dies cannot leave an acknowledged task without its result.
+/// that dies cannot leave an acknowledged task without its result. An
+/// announcement (a start, priority `-`) is only added: its task entry
+/// stays pending until the attempt's report.
 ///
 /// KEYS[1]: the results stream; KEYS[2..6]: the priority streams.
-/// ARGV: group, results bound, then triples (priority index, task entry
-/// id, result JSON).
+/// ARGV: group, results bound, then triples (priority index or `-`, task
+/// entry id, result JSON), added in order.
 /// Returns the number of results added, or `{"full", key}` (nothing done).
 pub const REPORT: &str = r#"
 local group = ARGV[1]
@@ -162,8 +196,10 @@ end
 local ids = {{}, {}, {}, {}, {}}
 for i = 3, #ARGV, 3 do
   redis.call('XADD', KEYS[1], '*', 'r', ARGV[i + 2])
-  local p = tonumber(ARGV[i]) + 1
-  ids[p][#ids[p] + 1] = ARGV[i + 1]
+  if ARGV[i] ~= '-' then
+    local p = tonumber(ARGV[i]) + 1
+    ids[p][#ids[p] + 1] = ARGV[i + 1]
+  end
 end
 -- One XACK and one XDEL per stream, after every result is in.
 for p = 1, 5 do

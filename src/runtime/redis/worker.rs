@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Claimed, Outcome, RedisError, RedisStreams, Retries};
+use super::{
+    Claimed, Outcome, Receipt, RedisError, RedisStreams, Retries, SCRIPT_BATCH_MAX, TaskResult,
+};
 use crate::domain::WorkerId;
 use crate::runtime::handler::{Handlers, TaskContext};
 
@@ -79,12 +81,32 @@ impl Stop {
     }
 }
 
+/// What a worker's attempts hand its reporter, in the order it must reach
+/// the results stream.
+enum Sent {
+    /// Attempts claimed and about to start (their announcement).
+    Started(Vec<TaskResult>),
+    /// An attempt ended: its report, acknowledging its task entry.
+    Ended(Receipt, TaskResult),
+}
+
+/// Items the reporter queue holds at most per attempt slot: an attempt
+/// that ends with the queue full waits to hand its result over (and keeps
+/// its slot meanwhile).
+const SENT_PER_SLOT_MAX: usize = 2;
+
 /// Runs until `stop` is set, or until idle for `options.idle_exit`. Redis
 /// going away is waited out (each failed call logged); an error retrying
 /// cannot fix (a key of the wrong type, a missing permission) ends the
 /// worker with [`RedisError::GaveUp`] after
 /// [`PERMANENT_RETRIES_MAX`](super::PERMANENT_RETRIES_MAX) tries, once its
 /// running attempts have finished.
+///
+/// The claim loop never waits for Redis to take an announcement or a
+/// report: both go, in order, to one reporter task, which sends everything
+/// that is waiting in one script call ([`RedisStreams::send_results`]);
+/// an announcement still waiting when its attempt ends is folded into the
+/// attempt's report ([`TaskResult::announces_start`]).
 pub async fn run_worker(
     streams: RedisStreams,
     handlers: Handlers,
@@ -95,18 +117,17 @@ pub async fn run_worker(
     let running = Arc::new(AtomicU32::new(0));
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let handlers = Arc::new(handlers);
+    let queue_max = (options.concurrency.max(1) as usize).saturating_mul(SENT_PER_SLOT_MAX);
+    let (sent, to_send) = tokio::sync::mpsc::channel(queue_max);
+    let mut reporter = tokio::spawn(reporter(streams.clone(), to_send, stop.clone()));
     let mut attempts = tokio::task::JoinSet::new();
     let mut idle_since = tokio::time::Instant::now();
     let mut claims = Retries::new("claiming tasks");
     let mut fatal = None;
     while !stop.is_set() {
-        // An attempt whose report Redis refused for good ends the worker.
-        while let Some(joined) = attempts.try_join_next() {
-            if let Some(e) = report_failure(joined) {
-                fatal.get_or_insert(e);
-            }
-        }
-        if fatal.is_some() {
+        while attempts.try_join_next().is_some() {}
+        // A report Redis refused for good ends the worker.
+        if reporter.is_finished() {
             break;
         }
         let free = options
@@ -114,11 +135,7 @@ pub async fn run_worker(
             .saturating_sub(running.load(Ordering::SeqCst));
         if free == 0 {
             tokio::select! {
-                Some(joined) = attempts.join_next() => {
-                    if let Some(e) = report_failure(joined) {
-                        fatal.get_or_insert(e);
-                    }
-                }
+                Some(_) = attempts.join_next() => {}
                 () = stop.wait() => {}
             }
             continue;
@@ -162,37 +179,23 @@ pub async fn run_worker(
             continue;
         }
         idle_since = tokio::time::Instant::now();
-        let started: Vec<_> = claimed
-            .iter()
+        // The coordinator records the lease from this: it goes to the
+        // reporter before any result of these attempts, so it lands first.
+        // Not announced, the claimed entries stay pending and are taken
+        // over after their lease.
+        let started = (claimed.iter())
             .map(|c| c.result(&options.id, Outcome::Started))
             .collect();
-        // The coordinator records the lease from this: it must land
-        // before the result does. Not announced, the claimed entries stay
-        // pending and are taken over after their lease.
-        let mut announces = Retries::new("announcing started attempts");
-        let announced = loop {
-            match streams.announce(&started).await {
-                Ok(()) => break Ok(()),
-                Err(e) => match announces.failed(&e, e.is_permanent(), stop.is_set()) {
-                    Some(wait) => stop.sleep(wait).await,
-                    None => break Err(gave_up(&announces, e)),
-                },
-            }
-        };
-        if let Err(e) = announced {
-            if !stop.is_set() {
-                fatal = Some(e);
-            }
+        if sent.send(Sent::Started(started)).await.is_err() {
             break;
         }
         for claim in claimed {
             running.fetch_add(1, Ordering::SeqCst);
-            let (streams, handlers, running, counts, stop) = (
-                streams.clone(),
+            let (handlers, running, counts, sent) = (
                 Arc::clone(&handlers),
                 Arc::clone(&running),
                 Arc::clone(&counts),
-                stop.clone(),
+                sent.clone(),
             );
             let (id, timeout) = (options.id.clone(), options.timeout);
             attempts.spawn(async move {
@@ -204,15 +207,25 @@ pub async fn run_worker(
                     2
                 };
                 counts[slot].fetch_add(1, Ordering::SeqCst);
-                let reported = report(&streams, &claim, claim.result(&id, outcome), &stop).await;
+                let result = claim.result(&id, outcome);
+                // The reporter gone (it gave up), the entry stays pending
+                // and runs again after its lease.
+                let _ = sent.send(Sent::Ended(claim.receipt, result)).await;
                 running.fetch_sub(1, Ordering::SeqCst);
-                reported
             });
         }
     }
-    while let Some(joined) = attempts.join_next().await {
-        if let Some(e) = report_failure(joined) {
+    while attempts.join_next().await.is_some() {}
+    // Every sender gone, the reporter sends what is left and ends.
+    drop(sent);
+    let reported = (&mut reporter).await;
+    match reported {
+        Ok(Err(e)) => {
             fatal.get_or_insert(e);
+        }
+        Ok(Ok(())) => {}
+        Err(e) => {
+            tracing::error!("the reporter ended abnormally: {e}");
         }
     }
     if let Some(e) = fatal {
@@ -225,14 +238,112 @@ pub async fn run_worker(
     })
 }
 
-/// The error of a finished attempt task whose result could not be
-/// reported for a reason retrying cannot fix.
-fn report_failure(
-    joined: Result<Result<(), RedisError>, tokio::task::JoinError>,
-) -> Option<RedisError> {
-    match joined {
-        Ok(Err(e)) => Some(e),
-        Ok(Ok(())) | Err(_) => None,
+/// How long the reporter holds an announcement back: an attempt that ends
+/// meanwhile is announced by its report ([`TaskResult::announces_start`]),
+/// one entry instead of two; a longer one is announced after this, its
+/// lease recorded while it runs.
+const ANNOUNCE_HOLD: Duration = Duration::from_millis(5);
+
+/// Sends what the attempts hand over until every sender is gone: each
+/// call takes every report waiting (up to [`SCRIPT_BATCH_MAX`] handed
+/// over at once) in one script, with the announcements held for
+/// [`ANNOUNCE_HOLD`] by then; an announcement whose attempt's report
+/// comes first is folded into that report. Retries while Redis is away (a
+/// restart): a result is never dropped while the worker runs; once
+/// stopping and Redis is away, what is left is not sent — its entries
+/// stay pending and run again after their lease. An error when a call
+/// failed for a reason retrying cannot fix.
+async fn reporter(
+    streams: RedisStreams,
+    mut to_send: tokio::sync::mpsc::Receiver<Sent>,
+    stop: Stop,
+) -> Result<(), RedisError> {
+    let mut handed = Vec::new();
+    // Announcements not sent yet, oldest first, with when they came.
+    let mut held: std::collections::VecDeque<(tokio::time::Instant, TaskResult)> =
+        std::collections::VecDeque::new();
+    let mut open = true;
+    // Once stopping and Redis is away, what is left is dropped unsent.
+    let mut abandoned = false;
+    while open || !held.is_empty() {
+        if open {
+            let receiving = to_send.recv_many(&mut handed, SCRIPT_BATCH_MAX);
+            let received = match held.front() {
+                None => receiving.await,
+                Some(&(at, _)) => tokio::time::timeout_at(at + ANNOUNCE_HOLD, receiving)
+                    .await
+                    .unwrap_or(usize::MAX),
+            };
+            open = received != 0;
+        }
+        let now = tokio::time::Instant::now();
+        let mut reports = Vec::new();
+        for sent in handed.drain(..) {
+            match sent {
+                Sent::Started(results) => held.extend(results.into_iter().map(|r| (now, r))),
+                Sent::Ended(receipt, mut result) => {
+                    let started = (held.iter())
+                        .position(|(_, s)| s.attempt == result.attempt && s.task == result.task);
+                    if let Some(i) = started {
+                        held.remove(i);
+                        result.announces_start = true;
+                    }
+                    reports.push((Some(receipt), result));
+                }
+            }
+        }
+        // The announcements held long enough, or all once nothing more
+        // comes; then the reports.
+        let mut entries = Vec::with_capacity(reports.len());
+        while let Some(&(at, _)) = held.front() {
+            if open && now < at + ANNOUNCE_HOLD {
+                break;
+            }
+            if let Some((_, result)) = held.pop_front() {
+                entries.push((None, result));
+            }
+        }
+        entries.append(&mut reports);
+        if entries.is_empty() {
+            continue;
+        }
+        if abandoned {
+            not_reported(&entries);
+            continue;
+        }
+        let mut retries = Retries::new("reporting a result");
+        loop {
+            let refs: Vec<_> = (entries.iter())
+                .map(|(receipt, result)| (receipt.as_ref(), result))
+                .collect();
+            match streams.send_results(&refs).await {
+                Ok(()) => break,
+                Err(e) => match retries.failed(&e, e.is_permanent(), stop.is_set()) {
+                    // Not cut short by a stop: a report is worth a few tries.
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None if stop.is_set() && !e.is_permanent() => {
+                        not_reported(&entries);
+                        abandoned = true;
+                        break;
+                    }
+                    None => return Err(gave_up(&retries, e)),
+                },
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Says which results a stopping worker leaves unreported.
+fn not_reported(entries: &[(Option<Receipt>, TaskResult)]) {
+    for (receipt, result) in entries {
+        if receipt.is_some() {
+            tracing::warn!(
+                "stopping: the result of task {} attempt {} was not reported; it runs again after its lease",
+                result.task,
+                result.attempt
+            );
+        }
     }
 }
 
@@ -261,36 +372,4 @@ async fn attempt(handlers: &Handlers, claim: &Claimed, timeout: Duration) -> Out
         ms => timeout.min(Duration::from_millis(ms)),
     };
     handlers.attempt(&e.handler, ctx, timeout).await.into()
-}
-
-/// Reports a result, retrying while Redis is away (a restart): a result
-/// is never dropped while the worker runs; if the worker dies or stops
-/// first, or Redis refuses the report for good, the entry stays pending
-/// and is taken over and run again after its lease. An error when the
-/// report could not be made for a reason retrying cannot fix.
-async fn report(
-    streams: &RedisStreams,
-    claim: &Claimed,
-    result: super::TaskResult,
-    stop: &Stop,
-) -> Result<(), RedisError> {
-    let mut retries = Retries::new("reporting a result");
-    loop {
-        match streams.report(&claim.receipt, &result).await {
-            Ok(()) => return Ok(()),
-            Err(e) => match retries.failed(&e, e.is_permanent(), stop.is_set()) {
-                // Not cut short by a stop: a report is worth a few tries.
-                Some(wait) => tokio::time::sleep(wait).await,
-                None if stop.is_set() && !e.is_permanent() => {
-                    tracing::warn!(
-                        "stopping: the result of task {} attempt {} was not reported; it runs again after its lease",
-                        result.task,
-                        result.attempt
-                    );
-                    return Ok(());
-                }
-                None => return Err(gave_up(&retries, e)),
-            },
-        }
-    }
 }
